@@ -1,0 +1,563 @@
+//! The wave engine: runs a [`Plan`] through a [`Transport`], steered by [`Command`]s, reporting
+//! everything as [`Event`]s.
+//!
+//! It knows nothing about terminals, printing or files. Consumers read the event channel; the
+//! channel is unbounded so that a slow consumer (a busy screen) never stalls a deploy.
+//!
+//! Every "may this start?" decision and every control change goes through one lock, and the
+//! corresponding event is emitted while holding it. That makes the event stream itself the
+//! proof of the control semantics: after `Paused` no `HostStarted`/`StepStarted`/`WaveStarted`
+//! appears until `Resumed`, and after `Aborted` none appears at all.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{
+    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream,
+    WaveOutline,
+};
+use crate::plan::{HostPlan, Plan, StepKind};
+use crate::profile::FailureAction;
+use crate::secrets::Redactor;
+use crate::transport::{ExecRequest, HostSession, OutputSink, Target, Transport};
+
+/// Where events go. Sending never blocks; a consumer that went away is not an error for the
+/// deploy, which must still finish (and be audited by whoever is left).
+#[derive(Clone)]
+pub struct EventSink(mpsc::UnboundedSender<Stamped>);
+
+impl EventSink {
+    pub fn new(sender: mpsc::UnboundedSender<Stamped>) -> Self {
+        Self(sender)
+    }
+
+    fn emit(&self, event: Event) {
+        let _ = self.0.send(Stamped {
+            at: Utc::now(),
+            event,
+        });
+    }
+}
+
+/// Runs the plan to its end (success, failure or abort) and returns every host's summary. The
+/// last event emitted is always `DeployFinished`.
+pub async fn run(
+    plan: Plan,
+    transport: Arc<dyn Transport>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    events: EventSink,
+    redactor: Redactor,
+) -> (Outcome, Vec<HostSummary>) {
+    let started = Instant::now();
+    let control = Arc::new(Control::new(events.clone()));
+    let commands_task = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                control.apply(command);
+            }
+        })
+    };
+
+    events.emit(Event::DeployStarted {
+        service: plan.service.clone(),
+        env: plan.env.clone(),
+        release: plan.release.clone(),
+        waves: plan
+            .waves
+            .iter()
+            .map(|w| WaveOutline {
+                wave: w.number,
+                hosts: w.hosts.iter().map(|h| h.host.name.clone()).collect(),
+                max_failures: w.max_failures,
+            })
+            .collect(),
+        steps: plan
+            .waves
+            .first()
+            .and_then(|w| w.hosts.first())
+            .map_or_else(Vec::new, |h| {
+                h.steps.iter().map(|s| s.name.clone()).collect()
+            }),
+    });
+
+    let shared = Arc::new(Shared {
+        control: control.clone(),
+        transport,
+        redactor,
+        env: plan.env.clone(),
+    });
+    let mut summaries = Vec::new();
+    let wave_count = plan.waves.len();
+    for wave in plan.waves {
+        let number = wave.number;
+        let names: Vec<String> = wave.hosts.iter().map(|h| h.host.name.clone()).collect();
+        if control
+            .admit(
+                Event::WaveStarted {
+                    wave: number,
+                    hosts: names,
+                },
+                None,
+            )
+            .await
+            == Gate::Stop
+        {
+            summaries.extend(wave.hosts.iter().map(|h| not_started(number, h)));
+            continue;
+        }
+        let results = run_wave(&shared, number, wave.hosts, wave.max_failures, &plan.policy).await;
+        let count = |s: HostState| results.iter().filter(|r| r.state == s).count();
+        events.emit(Event::WaveFinished {
+            wave: number,
+            done: count(HostState::Done),
+            failed: count(HostState::Failed),
+            cancelled: count(HostState::Cancelled),
+            not_started: count(HostState::NotStarted),
+        });
+        summaries.extend(results);
+        if number < wave_count && !plan.policy.pause_between_waves.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(plan.policy.pause_between_waves) => {}
+                _ = control.abort.cancelled() => {}
+            }
+        }
+    }
+
+    commands_task.abort();
+    let outcome = if control.lock().aborted.is_some() {
+        Outcome::Aborted
+    } else if summaries.iter().all(|s| s.state == HostState::Done) {
+        Outcome::Succeeded
+    } else {
+        Outcome::Failed
+    };
+    events.emit(Event::DeployFinished {
+        outcome,
+        duration_ms: started.elapsed().as_millis() as u64,
+        hosts: summaries.clone(),
+    });
+    (outcome, summaries)
+}
+
+/// What every host task of a deploy shares.
+struct Shared {
+    control: Arc<Control>,
+    transport: Arc<dyn Transport>,
+    redactor: Redactor,
+    env: String,
+}
+
+async fn run_wave(
+    shared: &Arc<Shared>,
+    wave: usize,
+    hosts: Vec<HostPlan>,
+    max_failures: usize,
+    policy: &crate::profile::RolloutPolicy,
+) -> Vec<HostSummary> {
+    let slots = Arc::new(Semaphore::new(policy.parallel.max(1)));
+    let mut tasks = JoinSet::new();
+    // A host task that panicked has no summary of its own but must still be accounted for.
+    let mut summaries: Vec<HostSummary> = hosts
+        .iter()
+        .map(|h| HostSummary {
+            state: HostState::Failed,
+            last_result: Some(StepResult::Error {
+                message: "internal error in wavedeck".into(),
+            }),
+            ..not_started(wave, h)
+        })
+        .collect();
+    for host in hosts {
+        let shared = shared.clone();
+        let slots = slots.clone();
+        tasks.spawn(async move {
+            // The semaphore is FIFO, so hosts start in plan order.
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return not_started(wave, &host);
+            };
+            run_host(&shared, wave, host).await
+        });
+    }
+
+    let mut done: BTreeMap<String, HostSummary> = BTreeMap::new();
+    let mut failed_hosts = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let Ok(summary) = joined else { continue };
+        if summary.state == HostState::Failed {
+            failed_hosts.push(summary.host.clone());
+            if failed_hosts.len() > max_failures {
+                shared.control.threshold_exceeded(
+                    wave,
+                    &failed_hosts,
+                    max_failures,
+                    policy.on_failure,
+                );
+            }
+        }
+        done.insert(summary.host.clone(), summary);
+    }
+    for summary in &mut summaries {
+        if let Some(finished) = done.remove(&summary.host) {
+            *summary = finished;
+        }
+    }
+    summaries
+}
+
+fn not_started(wave: usize, host: &HostPlan) -> HostSummary {
+    HostSummary {
+        host: host.host.name.clone(),
+        wave,
+        state: HostState::NotStarted,
+        steps_done: 0,
+        steps_total: host.steps.len(),
+        stopped_at: None,
+        last_result: None,
+    }
+}
+
+async fn run_host(shared: &Shared, wave: usize, plan: HostPlan) -> HostSummary {
+    let control = &shared.control;
+    let name = plan.host.name.clone();
+    let mut summary = not_started(wave, &plan);
+    if control
+        .admit(
+            Event::HostStarted {
+                wave,
+                host: name.clone(),
+            },
+            None,
+        )
+        .await
+        == Gate::Stop
+    {
+        return summary;
+    }
+    let finish = |mut summary: HostSummary, state: HostState| {
+        summary.state = state;
+        control.events.emit(Event::HostFinished {
+            wave,
+            host: summary.host.clone(),
+            state,
+        });
+        summary
+    };
+
+    let target = Target {
+        env: shared.env.clone(),
+        host: plan.host.clone(),
+    };
+    let session: Box<dyn HostSession> = tokio::select! {
+        opened = shared.transport.open(&target) => match opened {
+            Ok(session) => session,
+            Err(e) => {
+                let message = shared.redactor.redact(&e.to_string()).into_owned();
+                control.events.emit(Event::Output {
+                    host: name.clone(),
+                    step: "connect".into(),
+                    stream: Stream::Stderr,
+                    line: message.clone(),
+                });
+                summary.stopped_at = Some("connect".into());
+                summary.last_result = Some(StepResult::Error { message });
+                return finish(summary, HostState::Failed);
+            }
+        },
+        _ = control.abort.cancelled() => return finish(summary, HostState::Cancelled),
+    };
+
+    let total = plan.steps.len();
+    for (i, step) in plan.steps.iter().enumerate() {
+        let index = i + 1;
+        let mut attempt = 1;
+        loop {
+            let started_event = Event::StepStarted {
+                wave,
+                host: name.clone(),
+                step: step.name.clone(),
+                kind: step.kind,
+                index,
+                total,
+                attempt,
+                command: step.shown.clone(),
+            };
+            if control
+                .admit(started_event, Some((&name, &step.name)))
+                .await
+                == Gate::Stop
+            {
+                summary.stopped_at = Some(step.name.clone());
+                return finish(summary, HostState::Cancelled);
+            }
+            let sink = StepOutput {
+                shared,
+                host: &name,
+                step: &step.name,
+            };
+            let began = Instant::now();
+            let request = ExecRequest {
+                command: &step.command.0,
+                timeout: step.timeout,
+            };
+            let result = session.exec(request, &sink, &control.abort).await;
+            let elapsed = began.elapsed();
+            if step.kind == StepKind::Health {
+                control.events.emit(Event::HealthSample {
+                    host: name.clone(),
+                    check: step.name.clone(),
+                    healthy: result.succeeded(),
+                    latency_ms: elapsed.as_millis() as u64,
+                });
+            }
+            let ok = result.succeeded();
+            let will_retry = !ok && attempt <= step.retries && result != StepResult::Cancelled;
+            control.step_finished(
+                &name,
+                Event::StepFinished {
+                    wave,
+                    host: name.clone(),
+                    step: step.name.clone(),
+                    index,
+                    attempt,
+                    result: result.clone(),
+                    duration_ms: elapsed.as_millis() as u64,
+                    will_retry,
+                },
+            );
+            summary.last_result = Some(result.clone());
+            if ok {
+                summary.steps_done = index;
+                break;
+            }
+            if !will_retry {
+                summary.stopped_at = Some(step.name.clone());
+                let state = if result == StepResult::Cancelled {
+                    HostState::Cancelled
+                } else {
+                    HostState::Failed
+                };
+                return finish(summary, state);
+            }
+            attempt += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(step.retry_delay) => {}
+                _ = control.abort.cancelled() => {}
+            }
+        }
+    }
+    finish(summary, HostState::Done)
+}
+
+/// Turns a step's output into events, masking secrets first.
+struct StepOutput<'a> {
+    shared: &'a Shared,
+    host: &'a str,
+    step: &'a str,
+}
+
+impl OutputSink for StepOutput<'_> {
+    fn line(&self, stream: Stream, line: String) {
+        let line = match self.shared.redactor.redact(&line) {
+            std::borrow::Cow::Borrowed(_) => line,
+            std::borrow::Cow::Owned(masked) => masked,
+        };
+        self.shared.control.events.emit(Event::Output {
+            host: self.host.to_string(),
+            step: self.step.to_string(),
+            stream,
+            line,
+        });
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Go,
+    Stop,
+}
+
+/// Pause, resume and abort, and the bookkeeping that makes them exact.
+struct Control {
+    state: Mutex<ControlState>,
+    /// Bumped on every change so that waiting hosts re-check.
+    changed: watch::Sender<u64>,
+    /// Fired by abort; every running command selects on it.
+    abort: CancellationToken,
+    events: EventSink,
+}
+
+#[derive(Default)]
+struct ControlState {
+    paused: Option<PauseCause>,
+    aborted: Option<String>,
+    /// Host → step now running, to tell the operator what a pause is still waiting for.
+    running: BTreeMap<String, String>,
+}
+
+impl Control {
+    fn new(events: EventSink) -> Self {
+        Self {
+            state: Mutex::new(ControlState::default()),
+            changed: watch::Sender::new(0),
+            abort: CancellationToken::new(),
+            events,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        // A poisoned lock means a panic elsewhere while holding it; the state itself is still
+        // consistent (every change is a single assignment), so keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits until starting is allowed, then emits `event` as the start. `running` registers a
+    /// step as in flight.
+    async fn admit(&self, event: Event, running: Option<(&str, &str)>) -> Gate {
+        let mut changes = self.changed.subscribe();
+        loop {
+            {
+                let mut state = self.lock();
+                if state.aborted.is_some() {
+                    return Gate::Stop;
+                }
+                if state.paused.is_none() {
+                    if let Some((host, step)) = running {
+                        state.running.insert(host.to_string(), step.to_string());
+                    }
+                    self.events.emit(event);
+                    return Gate::Go;
+                }
+                changes.mark_unchanged();
+            }
+            if changes.changed().await.is_err() {
+                return Gate::Stop;
+            }
+        }
+    }
+
+    fn step_finished(&self, host: &str, event: Event) {
+        let mut state = self.lock();
+        state.running.remove(host);
+        self.events.emit(event);
+    }
+
+    fn apply(&self, command: Command) {
+        match &command {
+            Command::Pause => self.pause(PauseCause::Operator, Some(command.clone())),
+            Command::Resume => {
+                let mut state = self.lock();
+                let why = if state.aborted.is_some() {
+                    Some("the deploy was aborted")
+                } else if state.paused.is_none() {
+                    Some("not paused")
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => self.events.emit(Event::CommandIgnored {
+                        command,
+                        why: why.into(),
+                    }),
+                    None => {
+                        state.paused = None;
+                        self.events.emit(Event::Resumed);
+                        drop(state);
+                        self.bump();
+                    }
+                }
+            }
+            Command::Abort { reason } => self.abort(reason.clone(), Some(command.clone())),
+        }
+    }
+
+    fn pause(&self, cause: PauseCause, command: Option<Command>) {
+        let mut state = self.lock();
+        let why = if state.aborted.is_some() {
+            Some("the deploy was aborted")
+        } else if state.paused.is_some() {
+            Some("already paused")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            if let Some(command) = command {
+                self.events.emit(Event::CommandIgnored {
+                    command,
+                    why: why.into(),
+                });
+            }
+            return;
+        }
+        state.paused = Some(cause.clone());
+        let running = state
+            .running
+            .iter()
+            .map(|(h, s)| format!("{h}: {s}"))
+            .collect();
+        self.events.emit(Event::Paused { cause, running });
+        drop(state);
+        self.bump();
+    }
+
+    fn abort(&self, reason: String, command: Option<Command>) {
+        let mut state = self.lock();
+        if state.aborted.is_some() {
+            if let Some(command) = command {
+                self.events.emit(Event::CommandIgnored {
+                    command,
+                    why: "already aborted".into(),
+                });
+            }
+            return;
+        }
+        state.aborted = Some(reason.clone());
+        self.events.emit(Event::Aborted { reason });
+        drop(state);
+        self.abort.cancel();
+        self.bump();
+    }
+
+    fn threshold_exceeded(
+        &self,
+        wave: usize,
+        failed_hosts: &[String],
+        limit: usize,
+        action: FailureAction,
+    ) {
+        let failures = failed_hosts.len();
+        self.events.emit(Event::ThresholdExceeded {
+            wave,
+            failures,
+            limit,
+            failed_hosts: failed_hosts.to_vec(),
+        });
+        match action {
+            FailureAction::Pause => self.pause(
+                PauseCause::FailureThreshold {
+                    wave,
+                    failures,
+                    limit,
+                },
+                None,
+            ),
+            FailureAction::Abort => self.abort(
+                format!(
+                    "wave {wave}: {failures} hosts failed, more than the {limit} allowed ({})",
+                    failed_hosts.join(", ")
+                ),
+                None,
+            ),
+        }
+    }
+}

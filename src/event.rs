@@ -1,0 +1,230 @@
+//! The engine's vocabulary: commands in, events out.
+//!
+//! Events are past-tense facts; commands are requests. The console, the headless printer and
+//! the audit writer all consume the same [`Stamped`] events, so what is shown, printed and
+//! recorded cannot drift apart. Nothing here holds a secret: commands are carried in their
+//! masked form and output lines are redacted before they become events.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::plan::StepKind;
+
+/// A request from the operator (or a signal) to the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Start nothing new; let running steps finish.
+    Pause,
+    Resume,
+    /// Start nothing new and cancel running steps.
+    Abort {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Where a host ended up. Every host of the plan gets exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    Done,
+    Failed,
+    /// Started, then stopped by an abort.
+    Cancelled,
+    /// Never started (abort, or a wave that was never reached).
+    NotStarted,
+}
+
+/// How one attempt at a step ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum StepResult {
+    Exited {
+        code: i32,
+    },
+    Signalled {
+        signal: i32,
+    },
+    TimedOut,
+    Cancelled,
+    /// The transport could not run it at all (spawn failed, connection lost).
+    Error {
+        message: String,
+    },
+}
+
+impl StepResult {
+    pub fn succeeded(&self) -> bool {
+        matches!(self, StepResult::Exited { code: 0 })
+    }
+
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            StepResult::Exited { code } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for StepResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepResult::Exited { code } => write!(f, "exit {code}"),
+            StepResult::Signalled { signal } => write!(f, "killed by signal {signal}"),
+            StepResult::TimedOut => f.write_str("timed out"),
+            StepResult::Cancelled => f.write_str("cancelled"),
+            StepResult::Error { message } => write!(f, "error: {message}"),
+        }
+    }
+}
+
+/// Why the engine paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum PauseCause {
+    Operator,
+    FailureThreshold {
+        wave: usize,
+        failures: usize,
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    /// Ran to the end, but some hosts failed.
+    Failed,
+    Aborted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaveOutline {
+    pub wave: usize,
+    pub hosts: Vec<String>,
+    pub max_failures: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostSummary {
+    pub host: String,
+    pub wave: usize,
+    pub state: HostState,
+    pub steps_done: usize,
+    pub steps_total: usize,
+    /// The step it failed or was cancelled in.
+    pub stopped_at: Option<String>,
+    pub last_result: Option<StepResult>,
+}
+
+/// A fact emitted by the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    DeployStarted {
+        service: String,
+        env: String,
+        release: String,
+        waves: Vec<WaveOutline>,
+        steps: Vec<String>,
+    },
+    WaveStarted {
+        wave: usize,
+        hosts: Vec<String>,
+    },
+    HostStarted {
+        wave: usize,
+        host: String,
+    },
+    StepStarted {
+        wave: usize,
+        host: String,
+        step: String,
+        kind: StepKind,
+        /// 1-based position in the host's pipeline, of `total`.
+        index: usize,
+        total: usize,
+        attempt: u32,
+        /// The command with secrets masked.
+        command: String,
+    },
+    Output {
+        host: String,
+        step: String,
+        stream: Stream,
+        line: String,
+    },
+    StepFinished {
+        wave: usize,
+        host: String,
+        step: String,
+        index: usize,
+        attempt: u32,
+        #[serde(flatten)]
+        result: StepResult,
+        duration_ms: u64,
+        /// Another attempt follows.
+        will_retry: bool,
+    },
+    HealthSample {
+        host: String,
+        check: String,
+        healthy: bool,
+        latency_ms: u64,
+    },
+    HostFinished {
+        wave: usize,
+        host: String,
+        state: HostState,
+    },
+    WaveFinished {
+        wave: usize,
+        done: usize,
+        failed: usize,
+        cancelled: usize,
+        not_started: usize,
+    },
+    ThresholdExceeded {
+        wave: usize,
+        failures: usize,
+        limit: usize,
+        failed_hosts: Vec<String>,
+    },
+    Paused {
+        #[serde(flatten)]
+        cause: PauseCause,
+        /// Steps still running, which will finish: `host: step`.
+        running: Vec<String>,
+    },
+    Resumed,
+    Aborted {
+        reason: String,
+    },
+    /// A command that could not apply (resume while not paused, …), so the operator learns it.
+    CommandIgnored {
+        #[serde(flatten)]
+        command: Command,
+        why: String,
+    },
+    DeployFinished {
+        outcome: Outcome,
+        duration_ms: u64,
+        hosts: Vec<HostSummary>,
+    },
+}
+
+/// An event with the time the engine emitted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stamped {
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub event: Event,
+}

@@ -1,0 +1,334 @@
+//! Headless mode: the engine's events as plain lines for CI logs and pipes.
+//!
+//! The printer is a pure function from an event to the lines it prints, so it is tested
+//! without a terminal and is easy to keep in step with the console.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::audit::CommandSource;
+use crate::engine::{self, EventSink};
+use crate::event::{Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult};
+use crate::exit;
+use crate::session::Session;
+
+/// Renders one event as zero or more lines (without trailing newline).
+pub fn render(event: &Event) -> Option<String> {
+    let text = match event {
+        Event::DeployStarted {
+            service,
+            env,
+            release,
+            waves,
+            ..
+        } => {
+            let hosts: usize = waves.iter().map(|w| w.hosts.len()).sum();
+            format!(
+                "== deploying {service} {release} to {env}: {hosts} hosts in {} waves",
+                waves.len()
+            )
+        }
+        Event::WaveStarted { wave, hosts } => {
+            format!("== wave {wave} started: {}", hosts.join(", "))
+        }
+        Event::HostStarted { .. } => return None,
+        Event::StepStarted {
+            host,
+            step,
+            index,
+            total,
+            attempt,
+            ..
+        } => {
+            let retry = if *attempt > 1 {
+                format!(", attempt {attempt}")
+            } else {
+                String::new()
+            };
+            format!("[{host}] -> {step} ({index}/{total}{retry})")
+        }
+        Event::Output { host, line, .. } => format!("[{host}] {line}"),
+        Event::StepFinished {
+            host,
+            step,
+            result,
+            duration_ms,
+            will_retry,
+            ..
+        } => {
+            if result.succeeded() {
+                return None;
+            }
+            let next = if *will_retry { ", will retry" } else { "" };
+            format!(
+                "[{host}] !! {step} failed: {result} after {}{next}",
+                seconds(*duration_ms)
+            )
+        }
+        Event::HealthSample { .. } => return None,
+        Event::HostFinished { host, state, .. } => match state {
+            HostState::Done => format!("[{host}] done"),
+            other => format!("[{host}] {}", state_word(*other)),
+        },
+        Event::WaveFinished {
+            wave,
+            done,
+            failed,
+            cancelled,
+            not_started,
+        } => format!(
+            "== wave {wave} finished: {done} done, {failed} failed, {cancelled} cancelled, {not_started} not started"
+        ),
+        Event::ThresholdExceeded {
+            wave,
+            failures,
+            limit,
+            failed_hosts,
+        } => format!(
+            "== wave {wave}: {failures} failed hosts exceed the limit of {limit} ({})",
+            failed_hosts.join(", ")
+        ),
+        Event::Paused { cause, running } => {
+            let why = match cause {
+                PauseCause::Operator => "by operator".to_string(),
+                PauseCause::FailureThreshold { wave, .. } => {
+                    format!("by failure threshold in wave {wave}")
+                }
+            };
+            let still = if running.is_empty() {
+                String::new()
+            } else {
+                format!("; still running: {}", running.join(", "))
+            };
+            format!("== PAUSED {why}{still}")
+        }
+        Event::Resumed => "== resumed".to_string(),
+        Event::Aborted { reason } => format!("== ABORTED: {reason}"),
+        Event::CommandIgnored { command, why } => format!("== ignored {command:?}: {why}"),
+        Event::DeployFinished {
+            outcome,
+            duration_ms,
+            hosts,
+        } => summary_table(*outcome, *duration_ms, hosts),
+    };
+    Some(text)
+}
+
+/// The final table: one row per host, then the verdict.
+pub fn summary_table(outcome: Outcome, duration_ms: u64, hosts: &[HostSummary]) -> String {
+    let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    let mut out = format!("\n{:<width$}  WAVE  STATE        STEPS  LAST\n", "HOST");
+    for h in hosts {
+        let last = match (&h.last_result, &h.stopped_at) {
+            (Some(result), Some(step)) => format!("{step}: {result}"),
+            (Some(StepResult::Exited { code: 0 }), None) => "ok".into(),
+            (Some(result), None) => result.to_string(),
+            (None, _) => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>4}  {:<11}  {:>2}/{:<2}  {last}",
+            h.host,
+            h.wave,
+            state_word(h.state),
+            h.steps_done,
+            h.steps_total
+        );
+    }
+    let count = |s: HostState| hosts.iter().filter(|h| h.state == s).count();
+    let _ = write!(
+        out,
+        "\n{}: {} done, {} failed, {} cancelled, {} not started in {}",
+        match outcome {
+            Outcome::Succeeded => "SUCCEEDED",
+            Outcome::Failed => "FAILED",
+            Outcome::Aborted => "ABORTED",
+        },
+        count(HostState::Done),
+        count(HostState::Failed),
+        count(HostState::Cancelled),
+        count(HostState::NotStarted),
+        seconds(duration_ms)
+    );
+    out
+}
+
+pub fn state_word(state: HostState) -> &'static str {
+    match state {
+        HostState::Done => "done",
+        HostState::Failed => "FAILED",
+        HostState::Cancelled => "cancelled",
+        HostState::NotStarted => "not started",
+    }
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+/// Runs a prepared session to the end, printing as it goes; returns the process exit code.
+///
+/// SIGINT, SIGTERM and SIGHUP abort the deploy (audited as operator commands); the function
+/// still waits for the engine to finish so the final states and the session end are recorded.
+/// A failure-threshold pause cannot be resumed by anyone here, so it becomes an abort.
+pub async fn drive(session: Session) -> i32 {
+    let Session {
+        plan,
+        redactor,
+        mut audit,
+        transport,
+        ..
+    } = session;
+    say(&format!("audit log: {}", audit.path().display()));
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let (event_tx, mut events) = mpsc::unbounded_channel();
+    let engine = tokio::spawn(engine::run(
+        plan,
+        transport,
+        command_rx,
+        EventSink::new(event_tx),
+        redactor,
+    ));
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("error: cannot listen for signals: {e}"));
+            engine.abort();
+            let _ = audit.close("error", exit::CANNOT_START);
+            return exit::CANNOT_START;
+        }
+    };
+
+    let mut stopped_by_policy = false;
+    let mut outcome = None;
+    while outcome.is_none() {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                audit.event(&event);
+                if let Some(text) = render(&event.event) {
+                    say(&text);
+                }
+                match &event.event {
+                    Event::Paused { cause: PauseCause::FailureThreshold { wave, failures, limit }, .. } => {
+                        let reason = format!(
+                            "wave {wave}: {failures} failures exceed the limit of {limit}; \
+                             headless mode has no operator to resume"
+                        );
+                        let command = Command::Abort { reason };
+                        audit.command(&command, CommandSource::Policy);
+                        let _ = commands.send(command);
+                        stopped_by_policy = true;
+                    }
+                    Event::DeployFinished { outcome: o, .. } => outcome = Some(*o),
+                    _ => {}
+                }
+            }
+            name = signals.next() => {
+                say(&format!("== {name} received: aborting (running steps get {}s to stop)", crate::transport::KILL_GRACE.as_secs()));
+                let command = Command::Abort { reason: format!("{name} received") };
+                audit.command(&command, CommandSource::Signal);
+                let _ = commands.send(command);
+            }
+        }
+    }
+    let _ = engine.await;
+    let (word, code) = match outcome {
+        Some(Outcome::Succeeded) => ("succeeded", exit::OK),
+        Some(Outcome::Failed) => ("failed", exit::FAILED),
+        Some(Outcome::Aborted) if stopped_by_policy => ("failed", exit::FAILED),
+        Some(Outcome::Aborted) => ("aborted", exit::ABORTED),
+        None => ("error", exit::CANNOT_START),
+    };
+    let path = audit.path().to_path_buf();
+    if let Err(e) = audit.close(word, code) {
+        say(&format!("error: {e}"));
+    }
+    say(&format!("audit log: {}", path.display()));
+    code
+}
+
+/// Prints a line; a closed stdout (a pipe whose reader went away) must not stop the deploy.
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+/// The signals that mean "abort" to a deploy.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Stream;
+
+    #[test]
+    fn output_lines_carry_the_host() {
+        let e = Event::Output {
+            host: "web-1".into(),
+            step: "s".into(),
+            stream: Stream::Stderr,
+            line: "hi".into(),
+        };
+        assert_eq!(render(&e).unwrap(), "[web-1] hi");
+    }
+
+    #[test]
+    fn table_names_where_each_host_stopped() {
+        let hosts = vec![
+            HostSummary {
+                host: "a".into(),
+                wave: 1,
+                state: HostState::Done,
+                steps_done: 3,
+                steps_total: 3,
+                stopped_at: None,
+                last_result: Some(StepResult::Exited { code: 0 }),
+            },
+            HostSummary {
+                host: "bb".into(),
+                wave: 2,
+                state: HostState::Failed,
+                steps_done: 1,
+                steps_total: 3,
+                stopped_at: Some("restart".into()),
+                last_result: Some(StepResult::Exited { code: 7 }),
+            },
+        ];
+        let table = summary_table(Outcome::Failed, 1500, &hosts);
+        assert!(
+            table.contains("bb       2  FAILED        1/3   restart: exit 7"),
+            "{table}"
+        );
+        assert!(
+            table.ends_with("FAILED: 1 done, 1 failed, 0 cancelled, 0 not started in 1.5s"),
+            "{table}"
+        );
+    }
+}

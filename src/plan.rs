@@ -1,0 +1,422 @@
+//! The planner: turns a profile, an environment and a release into waves of hosts, each host
+//! with the exact commands it will run.
+//!
+//! Planning is pure and deterministic (hosts keep their profile order), so `wavedeck plan`
+//! shows precisely what `deploy` will do. Templates are rendered here, once; the engine only
+//! runs what it is given.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::profile::{
+    Amount, Environment, Host, Profile, RolloutPolicy, TransportKind, is_safe_name,
+};
+use crate::secrets::{Secrets, Sensitive};
+use crate::template;
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub service: String,
+    pub env: String,
+    pub release: String,
+    pub protected: bool,
+    pub transport: TransportKind,
+    pub policy: RolloutPolicy,
+    pub waves: Vec<Wave>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Wave {
+    /// 1-based, as shown to operators.
+    pub number: usize,
+    pub hosts: Vec<HostPlan>,
+    /// Failures this wave tolerates; one more triggers the policy's `on_failure`.
+    pub max_failures: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostPlan {
+    pub host: Host,
+    pub steps: Vec<PlannedStep>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Command,
+    /// A health check: each attempt is also reported as a health sample.
+    Health,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedStep {
+    pub name: String,
+    pub kind: StepKind,
+    /// What runs on the host, secrets included.
+    pub command: Sensitive,
+    /// The same command with secrets masked: the only form shown or logged.
+    pub shown: String,
+    pub timeout: Duration,
+    /// Extra attempts after a failure.
+    pub retries: u32,
+    pub retry_delay: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no environment `{name}` in this profile (environments: {known})")]
+    UnknownEnvironment { name: String, known: String },
+    #[error(
+        "release `{0}` is not usable: use letters, digits, `.`, `_` or `-`, not starting with `.` or `-`"
+    )]
+    BadRelease(String),
+    #[error("cannot render {what} for host {host}: {message}")]
+    Render {
+        what: String,
+        host: String,
+        message: String,
+    },
+}
+
+impl Plan {
+    /// Plans a deploy. `secrets` may be [`Secrets::masked`] for a dry run.
+    pub fn build(
+        profile: &Profile,
+        env_name: &str,
+        release: &str,
+        secrets: &Secrets,
+    ) -> Result<Plan, PlanError> {
+        let env = profile
+            .environment(env_name)
+            .ok_or_else(|| PlanError::UnknownEnvironment {
+                name: env_name.to_string(),
+                known: profile.environment_names().join(", "),
+            })?;
+        if !is_safe_name(release) {
+            return Err(PlanError::BadRelease(release.to_string()));
+        }
+        let masked = Secrets::masked(profile);
+        let groups = wave_sizes(env.hosts.len(), &env.policy);
+        let mut waves = Vec::new();
+        let mut next = 0;
+        for (i, size) in groups.into_iter().enumerate() {
+            let number = i + 1;
+            let mut hosts = Vec::new();
+            for host in &env.hosts[next..next + size] {
+                let real = variables(profile, env, host, release, number, secrets);
+                let shown = variables(profile, env, host, release, number, &masked);
+                hosts.push(HostPlan {
+                    host: host.clone(),
+                    steps: host_steps(profile, host, &real, &shown)?,
+                });
+            }
+            next += size;
+            waves.push(Wave {
+                number,
+                max_failures: failure_limit(size, env.policy.max_failures),
+                hosts,
+            });
+        }
+        Ok(Plan {
+            service: profile.service.clone(),
+            env: env.name.clone(),
+            release: release.to_string(),
+            protected: env.protected,
+            transport: env.transport,
+            policy: env.policy.clone(),
+            waves,
+        })
+    }
+
+    pub fn host_count(&self) -> usize {
+        self.waves.iter().map(|w| w.hosts.len()).sum()
+    }
+
+    /// A human-readable rendering for `wavedeck plan`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let p = &self.policy;
+        let _ = writeln!(
+            out,
+            "Plan for {} {} → {} ({} hosts, {} waves){}",
+            self.service,
+            self.env,
+            self.release,
+            self.host_count(),
+            self.waves.len(),
+            if self.protected { "  [PROTECTED]" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "canary {} · batch {} · parallel {} · max failures per wave {} then {} · pause between waves {}",
+            p.canary,
+            p.batch,
+            p.parallel,
+            p.max_failures,
+            match p.on_failure {
+                crate::profile::FailureAction::Pause => "pause",
+                crate::profile::FailureAction::Abort => "abort",
+            },
+            humantime::format_duration(p.pause_between_waves)
+        );
+        for wave in &self.waves {
+            let names: Vec<&str> = wave.hosts.iter().map(|h| h.host.name.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "\nwave {} ({} host{}, tolerates {} failure{}): {}",
+                wave.number,
+                wave.hosts.len(),
+                if wave.hosts.len() == 1 { "" } else { "s" },
+                wave.max_failures,
+                if wave.max_failures == 1 { "" } else { "s" },
+                names.join(", ")
+            );
+        }
+        if let Some(first) = self.waves.first().and_then(|w| w.hosts.first()) {
+            let _ = writeln!(out, "\nsteps (as for {}):", first.host.name);
+            for (i, step) in first.steps.iter().enumerate() {
+                let kind = if step.kind == StepKind::Health {
+                    " [health]"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "  {}. {}{kind} (timeout {}, retries {})\n       {}",
+                    i + 1,
+                    step.name,
+                    humantime::format_duration(step.timeout),
+                    step.retries,
+                    step.shown.replace('\n', "\n       ")
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Sizes of the waves: the canary first, then batches over the rest. A percentage batch is of
+/// the whole environment, rounded up, so "10%" of 15 hosts is 2 and never 0.
+pub fn wave_sizes(hosts: usize, policy: &RolloutPolicy) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let canary = policy.canary.min(hosts);
+    if canary > 0 {
+        sizes.push(canary);
+    }
+    let batch = match policy.batch {
+        Amount::Count(n) => n.max(1),
+        Amount::Percent(p) => (hosts * p as usize).div_ceil(100).max(1),
+    };
+    let mut left = hosts - canary;
+    while left > 0 {
+        let size = batch.min(left);
+        sizes.push(size);
+        left -= size;
+    }
+    sizes
+}
+
+/// Failures tolerated in a wave of `size` hosts. A percentage rounds down, so "10%" of a wave
+/// of 5 tolerates none: erring towards stopping.
+pub fn failure_limit(size: usize, max: Amount) -> usize {
+    match max {
+        Amount::Count(n) => n,
+        Amount::Percent(p) => size * p as usize / 100,
+    }
+}
+
+fn variables(
+    profile: &Profile,
+    env: &Environment,
+    host: &Host,
+    release: &str,
+    wave: usize,
+    secrets: &Secrets,
+) -> BTreeMap<String, String> {
+    let mut vars = profile.vars.clone();
+    vars.extend(env.vars.clone());
+    vars.extend(host.vars.clone());
+    vars.extend(secrets.values().map(|(k, v)| (k.clone(), v.clone())));
+    vars.insert("service".into(), profile.service.clone());
+    vars.insert("env".into(), env.name.clone());
+    vars.insert("host".into(), host.name.clone());
+    vars.insert("address".into(), host.address.clone());
+    vars.insert("release".into(), release.to_string());
+    vars.insert("wave".into(), wave.to_string());
+    vars
+}
+
+fn host_steps(
+    profile: &Profile,
+    host: &Host,
+    real: &BTreeMap<String, String>,
+    shown: &BTreeMap<String, String>,
+) -> Result<Vec<PlannedStep>, PlanError> {
+    let render = |what: &str, source: &str| -> Result<(Sensitive, String), PlanError> {
+        let fail = |message| PlanError::Render {
+            what: what.to_string(),
+            host: host.name.clone(),
+            message,
+        };
+        Ok((
+            Sensitive(template::render(source, real).map_err(fail)?),
+            template::render(source, shown).map_err(fail)?,
+        ))
+    };
+    let health_after = |after: Option<&str>| -> Result<Vec<PlannedStep>, PlanError> {
+        let mut out = Vec::new();
+        for check in profile
+            .health
+            .iter()
+            .filter(|c| c.after.as_deref() == after)
+        {
+            let (command, shown) = render(&format!("health check `{}`", check.name), &check.run)?;
+            out.push(PlannedStep {
+                name: check.name.clone(),
+                kind: StepKind::Health,
+                command,
+                shown,
+                timeout: check.timeout,
+                retries: check.retries,
+                retry_delay: check.interval,
+            });
+        }
+        Ok(out)
+    };
+    let mut steps = Vec::new();
+    for step in &profile.steps {
+        let (command, shown) = render(&format!("step `{}`", step.name), &step.run)?;
+        steps.push(PlannedStep {
+            name: step.name.clone(),
+            kind: StepKind::Command,
+            command,
+            shown,
+            timeout: step.timeout,
+            retries: step.retries,
+            retry_delay: step.retry_delay,
+        });
+        steps.extend(health_after(Some(&step.name))?);
+    }
+    steps.extend(health_after(None)?);
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::FailureAction;
+    use std::path::Path;
+
+    fn policy(canary: usize, batch: Amount) -> RolloutPolicy {
+        RolloutPolicy {
+            canary,
+            batch,
+            max_failures: Amount::Count(0),
+            on_failure: FailureAction::Pause,
+            pause_between_waves: Duration::ZERO,
+            parallel: 10,
+        }
+    }
+
+    #[test]
+    fn canary_then_counted_batches() {
+        assert_eq!(wave_sizes(10, &policy(1, Amount::Count(4))), [1, 4, 4, 1]);
+    }
+
+    #[test]
+    fn percentages_are_of_the_whole_fleet_and_round_up() {
+        assert_eq!(
+            wave_sizes(15, &policy(1, Amount::Percent(10))),
+            [1, 2, 2, 2, 2, 2, 2, 2]
+        );
+        assert_eq!(wave_sizes(6, &policy(0, Amount::Percent(50))), [3, 3]);
+        assert_eq!(wave_sizes(3, &policy(0, Amount::Percent(1))), [1, 1, 1]);
+    }
+
+    #[test]
+    fn tiny_fleets() {
+        assert_eq!(wave_sizes(1, &policy(1, Amount::Percent(25))), [1]);
+        assert_eq!(wave_sizes(2, &policy(5, Amount::Count(3))), [2]);
+        assert!(wave_sizes(0, &policy(1, Amount::Count(3))).is_empty());
+        assert_eq!(wave_sizes(3, &policy(0, Amount::Percent(100))), [3]);
+    }
+
+    #[test]
+    fn failure_limits_round_down() {
+        assert_eq!(failure_limit(5, Amount::Percent(10)), 0);
+        assert_eq!(failure_limit(10, Amount::Percent(25)), 2);
+        assert_eq!(failure_limit(3, Amount::Count(1)), 1);
+    }
+
+    const PROFILE: &str = r#"
+[service]
+name = "web"
+[vars]
+root = "/srv/web"
+[secrets]
+token = { env = "T" }
+[plan]
+canary = 1
+batch = 2
+[[environments]]
+name = "dev"
+hosts = [{ name = "a" }, { name = "b" }, { name = "c" }, { name = "d" }]
+[[steps]]
+name = "fetch"
+run = "curl -H 'X: {{ token }}' {{ root }}/{{ release }} # {{ host }} w{{ wave }}"
+[[steps]]
+name = "restart"
+run = "restart"
+[[health]]
+name = "up"
+run = "check {{ host }}"
+after = "fetch"
+[[health]]
+name = "final"
+run = "true"
+"#;
+
+    #[test]
+    fn plan_renders_steps_and_masks_secrets_in_what_is_shown() {
+        let profile = Profile::parse(Path::new("p.toml"), PROFILE).unwrap();
+        let secrets = Secrets::from_lookup(&profile, |_| Some("s3cret".into())).unwrap();
+        let plan = Plan::build(&profile, "dev", "v2", &secrets).unwrap();
+        let sizes: Vec<usize> = plan.waves.iter().map(|w| w.hosts.len()).collect();
+        assert_eq!(sizes, [1, 2, 1]);
+        let b = &plan.waves[1].hosts[0];
+        assert_eq!(b.host.name, "b");
+        let names: Vec<&str> = b.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["fetch", "up", "restart", "final"]);
+        assert_eq!(
+            b.steps[0].command.0,
+            "curl -H 'X: s3cret' /srv/web/v2 # b w2"
+        );
+        assert_eq!(b.steps[0].shown, "curl -H 'X: ******' /srv/web/v2 # b w2");
+        assert!(!plan.describe().contains("s3cret"));
+        assert!(!format!("{plan:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn plan_is_deterministic_and_rejects_bad_input() {
+        let profile = Profile::parse(Path::new("p.toml"), PROFILE).unwrap();
+        let masked = Secrets::masked(&profile);
+        let a = Plan::build(&profile, "dev", "v2", &masked)
+            .unwrap()
+            .describe();
+        let b = Plan::build(&profile, "dev", "v2", &masked)
+            .unwrap()
+            .describe();
+        assert_eq!(a, b);
+        assert!(matches!(
+            Plan::build(&profile, "prod", "v2", &masked),
+            Err(PlanError::UnknownEnvironment { .. })
+        ));
+        assert!(matches!(
+            Plan::build(&profile, "dev", "v2; rm -rf /", &masked),
+            Err(PlanError::BadRelease(_))
+        ));
+    }
+}

@@ -1,0 +1,934 @@
+//! Profiles: one TOML file per service describing its environments, hosts, rollout plan,
+//! steps, health checks and rollback.
+//!
+//! Parsing is two passes. serde reads the file strictly (unknown keys are errors) into `Raw*`
+//! types that keep the source span of everything worth pointing at; then `validate` checks the
+//! meaning and reports every problem it finds at once, each at `file:line:col`. The rest of the
+//! program only ever sees the validated [`Profile`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::template;
+
+/// Names every template may use without defining them.
+pub const BUILTIN_VARS: &[&str] = &["service", "env", "host", "address", "release", "wave"];
+
+/// Default step timeout: long enough for a package install, short enough that a hung step is
+/// noticed within a coffee's time.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEALTH_RETRIES: u32 = 10;
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_PARALLEL: usize = 50;
+
+/// A validated profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub path: PathBuf,
+    /// sha256 of the file as read, so the audit log pins exactly which profile ran.
+    pub sha256: String,
+    pub service: String,
+    pub description: Option<String>,
+    pub vars: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, SecretRef>,
+    pub environments: Vec<Environment>,
+    pub steps: Vec<Step>,
+    pub health: Vec<HealthCheck>,
+    pub rollback: Vec<Step>,
+}
+
+/// Where a secret's value comes from. Its value is never stored in the profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub env_var: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    /// Production-like: needs explicit confirmation (`--yes` headless, typing the name in the
+    /// console) before a deploy starts.
+    pub protected: bool,
+    pub transport: TransportKind,
+    pub vars: BTreeMap<String, String>,
+    pub hosts: Vec<Host>,
+    pub policy: RolloutPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    Local,
+    Ssh,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    pub labels: Vec<String>,
+    pub vars: BTreeMap<String, String>,
+}
+
+/// How hosts are grouped into waves and what happens when a wave goes bad.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutPolicy {
+    /// Hosts in the first wave; 0 means no canary wave.
+    pub canary: usize,
+    pub batch: Amount,
+    /// Failures a wave may have; exceeding it triggers `on_failure`.
+    pub max_failures: Amount,
+    pub on_failure: FailureAction,
+    pub pause_between_waves: Duration,
+    /// Hosts running at once inside a wave.
+    pub parallel: usize,
+}
+
+/// A count of hosts, or a percentage of some total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    Count(usize),
+    Percent(u8),
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::Count(n) => write!(f, "{n}"),
+            Amount::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    Pause,
+    Abort,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub name: String,
+    /// A template, rendered per host when the plan is made.
+    pub run: String,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub retry_delay: Duration,
+}
+
+/// A command whose success means the host serves traffic; polled until it passes or its
+/// retries run out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub name: String,
+    pub run: String,
+    /// The step after which the check runs; `None` means after the last step.
+    pub after: Option<String>,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub interval: Duration,
+}
+
+impl Profile {
+    /// Reads and validates a profile, reporting every problem found.
+    pub fn load(path: &Path) -> Result<Profile, Diagnostics> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic::whole_file(
+                path,
+                format!("cannot read profile: {e}"),
+            )])
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Parses profile text; `path` is used for messages and recorded in the profile.
+    pub fn parse(path: &Path, source: &str) -> Result<Profile, Diagnostics> {
+        let raw: RawProfile = toml::from_str(source).map_err(|e| {
+            let message = e.message().trim_end().replace('\n', " ");
+            Diagnostics(vec![match e.span() {
+                Some(span) => Diagnostic::at(path, source, span, message),
+                None => Diagnostic::whole_file(path, message),
+            }])
+        })?;
+        let mut v = Validator {
+            path,
+            source,
+            problems: Vec::new(),
+        };
+        let profile = v.profile(raw);
+        if v.problems.is_empty() {
+            Ok(profile)
+        } else {
+            Err(Diagnostics(v.problems))
+        }
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    pub fn environment_names(&self) -> Vec<&str> {
+        self.environments.iter().map(|e| e.name.as_str()).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    service: RawService,
+    #[serde(default)]
+    vars: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    secrets: BTreeMap<String, Spanned<RawSecret>>,
+    #[serde(default)]
+    plan: RawPlan,
+    #[serde(default)]
+    environments: Vec<Spanned<RawEnvironment>>,
+    #[serde(default)]
+    steps: Vec<Spanned<RawStep>>,
+    #[serde(default)]
+    health: Vec<Spanned<RawHealth>>,
+    #[serde(default)]
+    rollback: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    env: String,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    canary: Option<Spanned<i64>>,
+    batch: Option<Spanned<toml::Value>>,
+    max_failures: Option<Spanned<toml::Value>>,
+    on_failure: Option<Spanned<String>>,
+    pause_between_waves: Option<Spanned<String>>,
+    parallel: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    name: Spanned<String>,
+    #[serde(default)]
+    protected: bool,
+    transport: Option<Spanned<String>>,
+    #[serde(default)]
+    vars: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    plan: RawPlan,
+    #[serde(default)]
+    hosts: Vec<Spanned<RawHost>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: Spanned<String>,
+    address: Option<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    vars: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Spanned<String>,
+    run: Spanned<String>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
+    retry_delay: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    name: Spanned<String>,
+    kind: Option<Spanned<String>>,
+    run: Spanned<String>,
+    after: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
+    interval: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+struct Validator<'a> {
+    path: &'a Path,
+    source: &'a str,
+    problems: Vec<Diagnostic>,
+}
+
+/// A template and where it stands, kept until every environment's variables are known.
+struct TemplateUse<'r> {
+    what: String,
+    text: &'r Spanned<String>,
+}
+
+impl Validator<'_> {
+    fn problem<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.problems
+            .push(Diagnostic::at(self.path, self.source, at.span(), message));
+    }
+
+    fn profile(&mut self, raw: RawProfile) -> Profile {
+        let service = raw.service.name.get_ref().trim().to_string();
+        if service.is_empty() {
+            self.problem(&raw.service.name, "service name must not be empty");
+        }
+        let vars = self.vars(&raw.vars, "variable");
+        let secrets = self.secrets(&raw.secrets);
+        for (name, value) in &raw.vars {
+            if raw.secrets.contains_key(name) {
+                self.problem(
+                    value,
+                    format!("`{name}` is both a variable and a secret; rename one"),
+                );
+            }
+        }
+
+        let mut environments = Vec::new();
+        let mut env_names = BTreeSet::new();
+        for env in &raw.environments {
+            if !env_names.insert(env.get_ref().name.get_ref().clone()) {
+                self.problem(
+                    &env.get_ref().name,
+                    format!(
+                        "environment `{}` is defined twice",
+                        env.get_ref().name.get_ref()
+                    ),
+                );
+            }
+            environments.push(self.environment(env, &raw.plan));
+        }
+        if raw.environments.is_empty() {
+            self.problems.push(Diagnostic::whole_file(
+                self.path,
+                "no environments: add at least one [[environments]] table with hosts",
+            ));
+        }
+
+        let mut step_names = BTreeSet::new();
+        let steps = self.steps(&raw.steps, "step", &mut step_names);
+        if raw.steps.is_empty() {
+            self.problems.push(Diagnostic::whole_file(
+                self.path,
+                "no steps: add at least one [[steps]] table",
+            ));
+        }
+        let mut rollback_names = BTreeSet::new();
+        let rollback = self.steps(&raw.rollback, "rollback step", &mut rollback_names);
+        let health = self.health(&raw.health, &steps);
+
+        // Every template must only read names that exist for every host it will run on.
+        let mut uses: Vec<TemplateUse> = Vec::new();
+        for s in raw.steps.iter() {
+            uses.push(TemplateUse {
+                what: format!("step `{}`", s.get_ref().name.get_ref()),
+                text: &s.get_ref().run,
+            });
+        }
+        for s in raw.rollback.iter() {
+            uses.push(TemplateUse {
+                what: format!("rollback step `{}`", s.get_ref().name.get_ref()),
+                text: &s.get_ref().run,
+            });
+        }
+        for h in raw.health.iter() {
+            uses.push(TemplateUse {
+                what: format!("health check `{}`", h.get_ref().name.get_ref()),
+                text: &h.get_ref().run,
+            });
+        }
+        self.check_templates(&uses, &vars, &secrets, &environments);
+
+        Profile {
+            path: self.path.to_path_buf(),
+            sha256: hex_sha256(self.source.as_bytes()),
+            service,
+            description: raw.service.description,
+            vars,
+            secrets,
+            environments,
+            steps,
+            health,
+            rollback,
+        }
+    }
+
+    fn vars(
+        &mut self,
+        raw: &BTreeMap<String, Spanned<String>>,
+        what: &str,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (name, value) in raw {
+            if BUILTIN_VARS.contains(&name.as_str()) {
+                self.problem(
+                    value,
+                    format!("{what} `{name}` would hide the built-in `{{{{{name}}}}}`; rename it"),
+                );
+            } else if !is_identifier(name) {
+                self.problem(
+                    value,
+                    format!(
+                        "{what} name `{name}` is not usable in templates: use letters, digits and _"
+                    ),
+                );
+            }
+            out.insert(name.clone(), value.get_ref().clone());
+        }
+        out
+    }
+
+    fn secrets(
+        &mut self,
+        raw: &BTreeMap<String, Spanned<RawSecret>>,
+    ) -> BTreeMap<String, SecretRef> {
+        let mut out = BTreeMap::new();
+        for (name, secret) in raw {
+            if BUILTIN_VARS.contains(&name.as_str()) || !is_identifier(name) {
+                self.problem(
+                    secret,
+                    format!("secret name `{name}` must be an identifier other than a built-in"),
+                );
+            }
+            let env_var = secret.get_ref().env.clone();
+            if env_var.is_empty() {
+                self.problem(
+                    secret,
+                    format!("secret `{name}` needs `env`, the environment variable holding it"),
+                );
+            }
+            out.insert(name.clone(), SecretRef { env_var });
+        }
+        out
+    }
+
+    fn environment(&mut self, raw: &Spanned<RawEnvironment>, base: &RawPlan) -> Environment {
+        let env = raw.get_ref();
+        let name = env.name.get_ref().clone();
+        if !is_safe_name(&name) {
+            self.problem(
+                &env.name,
+                "environment name must be letters, digits, `.`, `_` or `-`",
+            );
+        }
+        let transport = match env.transport.as_ref().map(|t| (t, t.get_ref().as_str())) {
+            None | Some((_, "local")) => TransportKind::Local,
+            Some((_, "ssh")) => TransportKind::Ssh,
+            Some((t, other)) => {
+                self.problem(
+                    t,
+                    format!("unknown transport `{other}`: expected \"local\" or \"ssh\""),
+                );
+                TransportKind::Local
+            }
+        };
+        let vars = self.vars(&env.vars, "variable");
+        let policy = self.policy(&merge_plan(base, &env.plan));
+
+        let mut hosts = Vec::new();
+        let mut host_names = BTreeSet::new();
+        for h in &env.hosts {
+            let raw_host = h.get_ref();
+            let host_name = raw_host.name.get_ref().clone();
+            if !is_safe_name(&host_name) {
+                self.problem(
+                    &raw_host.name,
+                    "host name must be letters, digits, `.`, `_` or `-`",
+                );
+            }
+            if !host_names.insert(host_name.clone()) {
+                self.problem(
+                    &raw_host.name,
+                    format!("host `{host_name}` appears twice in environment `{name}`"),
+                );
+            }
+            hosts.push(Host {
+                address: raw_host
+                    .address
+                    .clone()
+                    .unwrap_or_else(|| host_name.clone()),
+                name: host_name,
+                labels: raw_host.labels.clone(),
+                vars: self.vars(&raw_host.vars, "variable"),
+            });
+        }
+        if env.hosts.is_empty() {
+            self.problem(&env.name, format!("environment `{name}` has no hosts"));
+        }
+        Environment {
+            name,
+            protected: env.protected,
+            transport,
+            vars,
+            hosts,
+            policy,
+        }
+    }
+
+    fn policy(&mut self, raw: &RawPlan) -> RolloutPolicy {
+        let canary = match &raw.canary {
+            None => 1,
+            Some(c) if *c.get_ref() < 0 => {
+                self.problem(c, "canary must be 0 (no canary wave) or a number of hosts");
+                1
+            }
+            Some(c) => *c.get_ref() as usize,
+        };
+        let batch = match &raw.batch {
+            None => Amount::Percent(25),
+            Some(b) => match self.amount(b, "batch") {
+                Some(Amount::Count(0)) | Some(Amount::Percent(0)) => {
+                    self.problem(b, "batch must be at least 1 host or 1%");
+                    Amount::Count(1)
+                }
+                Some(a) => a,
+                None => Amount::Count(1),
+            },
+        };
+        let max_failures = match &raw.max_failures {
+            None => Amount::Count(0),
+            Some(m) => self.amount(m, "max_failures").unwrap_or(Amount::Count(0)),
+        };
+        let on_failure = match raw.on_failure.as_ref().map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "pause")) => FailureAction::Pause,
+            Some((_, "abort")) => FailureAction::Abort,
+            Some((s, other)) => {
+                self.problem(
+                    s,
+                    format!("unknown on_failure `{other}`: expected \"pause\" or \"abort\""),
+                );
+                FailureAction::Pause
+            }
+        };
+        let pause_between_waves = raw
+            .pause_between_waves
+            .as_ref()
+            .map_or(Duration::ZERO, |d| self.duration(d, Duration::ZERO));
+        let parallel = match &raw.parallel {
+            None => DEFAULT_PARALLEL,
+            Some(p) if *p.get_ref() < 1 => {
+                self.problem(p, "parallel must be at least 1");
+                1
+            }
+            Some(p) => *p.get_ref() as usize,
+        };
+        RolloutPolicy {
+            canary,
+            batch,
+            max_failures,
+            on_failure,
+            pause_between_waves,
+            parallel,
+        }
+    }
+
+    fn amount(&mut self, raw: &Spanned<toml::Value>, what: &str) -> Option<Amount> {
+        let expected =
+            format!("{what} must be a number of hosts like 2 or a percentage like \"25%\"");
+        match raw.get_ref() {
+            toml::Value::Integer(n) if *n >= 0 => Some(Amount::Count(*n as usize)),
+            toml::Value::String(s) => {
+                let parsed = s
+                    .trim()
+                    .strip_suffix('%')
+                    .and_then(|p| p.trim().parse::<u32>().ok());
+                match parsed {
+                    Some(p) if p <= 100 => Some(Amount::Percent(p as u8)),
+                    Some(_) => {
+                        self.problem(raw, format!("{what} must be between 0% and 100%"));
+                        None
+                    }
+                    None => {
+                        self.problem(raw, expected);
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.problem(raw, expected);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, raw: &Spanned<String>, fallback: Duration) -> Duration {
+        match humantime::parse_duration(raw.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(
+                    raw,
+                    format!("expected a duration like \"30s\", \"500ms\" or \"2m\" ({e})"),
+                );
+                fallback
+            }
+        }
+    }
+
+    fn steps(
+        &mut self,
+        raw: &[Spanned<RawStep>],
+        what: &str,
+        names: &mut BTreeSet<String>,
+    ) -> Vec<Step> {
+        let mut out = Vec::new();
+        for s in raw {
+            let step = s.get_ref();
+            let name = step.name.get_ref().clone();
+            if name.trim().is_empty() {
+                self.problem(&step.name, format!("{what} name must not be empty"));
+            }
+            if !names.insert(name.clone()) {
+                self.problem(&step.name, format!("{what} `{name}` is defined twice"));
+            }
+            out.push(Step {
+                name,
+                run: step.run.get_ref().clone(),
+                timeout: step.timeout.as_ref().map_or(DEFAULT_STEP_TIMEOUT, |d| {
+                    self.duration(d, DEFAULT_STEP_TIMEOUT)
+                }),
+                retries: step.retries.unwrap_or(0),
+                retry_delay: step.retry_delay.as_ref().map_or(DEFAULT_RETRY_DELAY, |d| {
+                    self.duration(d, DEFAULT_RETRY_DELAY)
+                }),
+            });
+        }
+        out
+    }
+
+    fn health(&mut self, raw: &[Spanned<RawHealth>], steps: &[Step]) -> Vec<HealthCheck> {
+        let mut out = Vec::new();
+        let mut names = BTreeSet::new();
+        for h in raw {
+            let check = h.get_ref();
+            let name = check.name.get_ref().clone();
+            if !names.insert(name.clone()) {
+                self.problem(
+                    &check.name,
+                    format!("health check `{name}` is defined twice"),
+                );
+            }
+            if let Some(kind) = &check.kind
+                && kind.get_ref() != "command"
+            {
+                self.problem(
+                    kind,
+                    format!(
+                        "unknown health check kind `{}`: expected \"command\"",
+                        kind.get_ref()
+                    ),
+                );
+            }
+            if let Some(after) = &check.after
+                && !steps.iter().any(|s| &s.name == after.get_ref())
+            {
+                let known: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+                self.problem(
+                    after,
+                    format!(
+                        "unknown step `{}` (steps are: {})",
+                        after.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+            }
+            out.push(HealthCheck {
+                name,
+                run: check.run.get_ref().clone(),
+                after: check.after.as_ref().map(|a| a.get_ref().clone()),
+                timeout: check.timeout.as_ref().map_or(DEFAULT_HEALTH_TIMEOUT, |d| {
+                    self.duration(d, DEFAULT_HEALTH_TIMEOUT)
+                }),
+                retries: check.retries.unwrap_or(DEFAULT_HEALTH_RETRIES),
+                interval: check
+                    .interval
+                    .as_ref()
+                    .map_or(DEFAULT_HEALTH_INTERVAL, |d| {
+                        self.duration(d, DEFAULT_HEALTH_INTERVAL)
+                    }),
+            });
+        }
+        out
+    }
+
+    fn check_templates(
+        &mut self,
+        uses: &[TemplateUse],
+        vars: &BTreeMap<String, String>,
+        secrets: &BTreeMap<String, SecretRef>,
+        environments: &[Environment],
+    ) {
+        for u in uses {
+            let names = match template::variables(u.text.get_ref()) {
+                Ok(names) => names,
+                Err(e) => {
+                    self.problem(u.text, format!("{}: template error: {e}", u.what));
+                    continue;
+                }
+            };
+            for name in names {
+                let global = BUILTIN_VARS.contains(&name.as_str())
+                    || vars.contains_key(&name)
+                    || secrets.contains_key(&name);
+                if global {
+                    continue;
+                }
+                let missing: Vec<String> = environments
+                    .iter()
+                    .flat_map(|env| {
+                        env.hosts
+                            .iter()
+                            .filter(|h| {
+                                !env.vars.contains_key(&name) && !h.vars.contains_key(&name)
+                            })
+                            .map(move |h| format!("{}/{}", env.name, h.name))
+                    })
+                    .collect();
+                let host_count: usize = environments.iter().map(|e| e.hosts.len()).sum();
+                if missing.is_empty() {
+                    continue;
+                }
+                let message = if missing.len() == host_count {
+                    format!(
+                        "{} uses `{{{{{name}}}}}`, which is not defined: add it under [vars] or [secrets] \
+                         (built-ins are: {})",
+                        u.what,
+                        BUILTIN_VARS.join(", ")
+                    )
+                } else {
+                    format!(
+                        "{} uses `{{{{{name}}}}}`, which is not defined for {}: define it in [vars] or for those \
+                         environments or hosts",
+                        u.what,
+                        summarize(&missing)
+                    )
+                };
+                self.problem(u.text, message);
+            }
+        }
+    }
+}
+
+/// Environment-level plan keys override the profile-level ones key by key.
+fn merge_plan(base: &RawPlan, over: &RawPlan) -> RawPlan {
+    RawPlan {
+        canary: over.canary.clone().or_else(|| base.canary.clone()),
+        batch: over.batch.clone().or_else(|| base.batch.clone()),
+        max_failures: over
+            .max_failures
+            .clone()
+            .or_else(|| base.max_failures.clone()),
+        on_failure: over.on_failure.clone().or_else(|| base.on_failure.clone()),
+        pause_between_waves: over
+            .pause_between_waves
+            .clone()
+            .or_else(|| base.pause_between_waves.clone()),
+        parallel: over.parallel.clone().or_else(|| base.parallel.clone()),
+    }
+}
+
+fn summarize(items: &[String]) -> String {
+    const SHOWN: usize = 4;
+    if items.len() <= SHOWN {
+        items.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            items[..SHOWN].join(", "),
+            items.len() - SHOWN
+        )
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Names that end up in paths and shell commands: no separators, no leading dot or dash.
+pub fn is_safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(['.', '-'])
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[service]
+name = "web"
+
+[[environments]]
+name = "dev"
+hosts = [{ name = "a" }, { name = "b" }]
+
+[[steps]]
+name = "hello"
+run = "echo {{ host }} {{ release }}"
+"#;
+
+    fn parse(src: &str) -> Result<Profile, Diagnostics> {
+        Profile::parse(Path::new("t.toml"), src)
+    }
+
+    #[test]
+    fn minimal_profile_gets_documented_defaults() {
+        let p = parse(MINIMAL).unwrap();
+        let env = p.environment("dev").unwrap();
+        assert_eq!(env.policy.canary, 1);
+        assert_eq!(env.policy.batch, Amount::Percent(25));
+        assert_eq!(env.policy.max_failures, Amount::Count(0));
+        assert_eq!(env.policy.on_failure, FailureAction::Pause);
+        assert_eq!(env.policy.parallel, DEFAULT_PARALLEL);
+        assert_eq!(env.hosts[0].address, "a");
+        assert_eq!(p.steps[0].timeout, DEFAULT_STEP_TIMEOUT);
+        assert_eq!(p.sha256.len(), 64);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let src = MINIMAL.replace("name = \"hello\"", "name = \"hello\"\ntimeuot = \"3s\"");
+        let err = parse(&src).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        let d = &err.0[0];
+        assert_eq!(d.position, Some((14, 1)), "{d}");
+        assert!(d.message.contains("timeuot"), "{d}");
+    }
+
+    #[test]
+    fn environment_plan_overrides_profile_plan_key_by_key() {
+        let src = MINIMAL.replace(
+            "[[environments]]",
+            "[plan]\ncanary = 2\nbatch = 3\n\n[[environments]]\nplan = { batch = \"50%\" }",
+        );
+        let p = parse(&src).unwrap();
+        let policy = &p.environments[0].policy;
+        assert_eq!((policy.canary, policy.batch), (2, Amount::Percent(50)));
+    }
+
+    #[test]
+    fn validation_reports_every_problem_at_once() {
+        let src = r#"
+[service]
+name = "web"
+
+[plan]
+batch = "140%"
+on_failure = "panic"
+
+[[environments]]
+name = "dev"
+hosts = [{ name = "a" }, { name = "a" }]
+
+[[environments]]
+name = "empty"
+
+[[steps]]
+name = "hello"
+run = "echo {{ colour }}"
+timeout = "soon"
+
+[[health]]
+name = "up"
+run = "true"
+after = "helo"
+"#;
+        let err = parse(src).unwrap_err();
+        let text = err.to_string();
+        let expect = [
+            ("t.toml:6:9", "between 0% and 100%"),
+            ("t.toml:7:14", "on_failure"),
+            ("t.toml:11:37", "appears twice"),
+            ("t.toml:14:8", "has no hosts"),
+            ("t.toml:18:7", "colour"),
+            ("t.toml:19:11", "duration"),
+            ("t.toml:24:9", "unknown step `helo`"),
+        ];
+        for (place, what) in expect {
+            assert!(
+                err.0
+                    .iter()
+                    .any(|d| d.to_string().starts_with(place) && d.message.contains(what)),
+                "missing {place} {what} in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn variable_missing_in_some_hosts_names_them() {
+        let src = MINIMAL.replace("{{ host }}", "{{ port }}").replace(
+            "{ name = \"a\" }",
+            "{ name = \"a\", vars = { port = \"80\" } }",
+        );
+        let err = parse(&src).unwrap_err();
+        assert!(err.0[0].message.contains("not defined for dev/b"), "{err}");
+    }
+
+    #[test]
+    fn zero_batch_and_bad_amount_types_are_rejected() {
+        for (batch, expect) in [
+            ("0", "at least 1"),
+            ("\"0%\"", "at least 1"),
+            ("true", "number of hosts"),
+        ] {
+            let src = MINIMAL.replace(
+                "[[environments]]",
+                &format!("[plan]\nbatch = {batch}\n[[environments]]"),
+            );
+            let err = parse(&src).unwrap_err();
+            assert!(err.to_string().contains(expect), "{batch}: {err}");
+        }
+    }
+
+    #[test]
+    fn unsafe_host_names_are_rejected() {
+        let err = parse(&MINIMAL.replace("{ name = \"b\" }", "{ name = \"../etc\" }")).unwrap_err();
+        assert!(err.to_string().contains("host name must be"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let err = parse("[service\nname = 1").unwrap_err();
+        assert_eq!(err.0[0].position.map(|p| p.0), Some(1), "{err}");
+    }
+}
