@@ -167,10 +167,18 @@ impl Profile {
         };
         let profile = v.profile(raw);
         if v.problems.is_empty() {
-            Ok(profile)
-        } else {
-            Err(Diagnostics(v.problems))
+            return Ok(profile);
         }
+        // The profile-level plan is checked once per environment it applies to; say it once.
+        let mut seen = Vec::new();
+        v.problems.retain(|d| {
+            let first = !seen.contains(d);
+            if first {
+                seen.push(d.clone());
+            }
+            first
+        });
+        Err(Diagnostics(v.problems))
     }
 
     pub fn environment(&self, name: &str) -> Option<&Environment> {
@@ -831,7 +839,7 @@ run = "echo {{ host }} {{ release }}"
         let err = parse(&src).unwrap_err();
         assert_eq!(err.0.len(), 1);
         let d = &err.0[0];
-        assert_eq!(d.position, Some((14, 1)), "{d}");
+        assert_eq!(d.position, Some((11, 1)), "{d}");
         assert!(d.message.contains("timeuot"), "{d}");
     }
 
@@ -878,7 +886,7 @@ after = "helo"
         let expect = [
             ("t.toml:6:9", "between 0% and 100%"),
             ("t.toml:7:14", "on_failure"),
-            ("t.toml:11:37", "appears twice"),
+            ("t.toml:11:35", "appears twice"),
             ("t.toml:14:8", "has no hosts"),
             ("t.toml:18:7", "colour"),
             ("t.toml:19:11", "duration"),
@@ -892,6 +900,7 @@ after = "helo"
                 "missing {place} {what} in:\n{text}"
             );
         }
+        assert_eq!(err.0.len(), expect.len(), "each problem once:\n{text}");
     }
 
     #[test]

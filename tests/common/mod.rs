@@ -1,0 +1,114 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use wavedeck::engine::{self, EventSink};
+use wavedeck::event::{Command, Event, HostSummary, Outcome, Stamped};
+use wavedeck::plan::Plan;
+use wavedeck::profile::Profile;
+use wavedeck::secrets::Secrets;
+use wavedeck::transport::local::LocalTransport;
+
+/// Upper bound on any single wait, so a broken engine fails the test instead of hanging it.
+/// Waits end as soon as the awaited event arrives; this is never a sleep.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running engine with its event log.
+pub struct Deploy {
+    pub events: Vec<Event>,
+    rx: mpsc::UnboundedReceiver<Stamped>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    handle: Option<JoinHandle<(Outcome, Vec<HostSummary>)>>,
+}
+
+impl Deploy {
+    pub fn start(source: &str, root: &Path) -> Deploy {
+        Self::start_with_secrets(source, root, &[])
+    }
+
+    pub fn start_with_secrets(source: &str, root: &Path, secrets: &[(&str, &str)]) -> Deploy {
+        let profile =
+            Profile::parse(Path::new("test.toml"), source).unwrap_or_else(|e| panic!("{e}"));
+        let secrets = Secrets::from_lookup(&profile, |var| {
+            secrets
+                .iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        let plan = Plan::build(&profile, "test", "r1", &secrets).unwrap();
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let transport = Arc::new(LocalTransport::new(root));
+        let handle = tokio::spawn(engine::run(
+            plan,
+            transport,
+            command_rx,
+            EventSink::new(tx),
+            secrets.redactor(),
+        ));
+        Deploy {
+            events: Vec::new(),
+            rx,
+            commands,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits for the first event (from now on) matching `pred`, and returns it.
+    pub async fn until(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.rx.recv()).await;
+            match next {
+                Ok(Some(stamped)) => {
+                    self.events.push(stamped.event.clone());
+                    if pred(&stamped.event) {
+                        return stamped.event;
+                    }
+                }
+                Ok(None) => panic!("engine stopped before {what}; events:\n{:#?}", self.events),
+                Err(_) => panic!("no {what} within {PATIENCE:?}; events:\n{:#?}", self.events),
+            }
+        }
+    }
+
+    pub fn send(&self, command: Command) {
+        self.commands.send(command).unwrap();
+    }
+
+    /// Runs to the end; returns the outcome and summaries.
+    pub async fn finish(&mut self) -> (Outcome, Vec<HostSummary>) {
+        self.until("DeployFinished", |e| {
+            matches!(e, Event::DeployFinished { .. })
+        })
+        .await;
+        let handle = self.handle.take().unwrap();
+        tokio::time::timeout(PATIENCE, handle)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Index of the first recorded event matching `pred`.
+    pub fn position(&self, pred: impl Fn(&Event) -> bool) -> Option<usize> {
+        self.events.iter().position(pred)
+    }
+}
+
+pub fn is_start(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::WaveStarted { .. } | Event::HostStarted { .. } | Event::StepStarted { .. }
+    )
+}
+
+/// Shell snippet that blocks until `file` exists in the host's directory: the test's way to
+/// hold a step open until it has checked what it needs to.
+pub fn wait_for_file(file: &str) -> String {
+    format!("while [ ! -e ../{file} ]; do sleep 0.02; done")
+}
