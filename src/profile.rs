@@ -322,6 +322,8 @@ impl Validator<'_> {
             }
         }
 
+        // Checked on its own too, so its problems show even before any environment exists.
+        self.policy(&raw.plan);
         let mut environments = Vec::new();
         let mut env_names = BTreeSet::new();
         for env in &raw.environments {
