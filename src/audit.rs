@@ -44,7 +44,7 @@ pub struct SessionStart {
 }
 
 /// Where the operator's command came from, recorded with it.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandSource {
     Keyboard,

@@ -82,6 +82,20 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+/// Reads TOML into `T`, turning a syntax, type or unknown-key error into a located diagnostic.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    source: &str,
+) -> Result<T, Diagnostics> {
+    toml::from_str(source).map_err(|e| {
+        let message = e.message().trim_end().replace('\n', " ");
+        Diagnostics(vec![match e.span() {
+            Some(span) => Diagnostic::at(path, source, span, message),
+            None => Diagnostic::whole_file(path, message),
+        }])
+    })
+}
+
 /// 1-based line and character column of a byte offset, plus the text of that line.
 fn line_col(source: &str, offset: usize) -> (usize, usize, &str) {
     let offset = offset.min(source.len());

@@ -9,12 +9,13 @@
 //! - [`engine`] runs a plan through a [`transport`], taking [`event::Command`]s and emitting
 //!   [`event::Event`]s. It knows nothing about terminals or files.
 //! - Consumers of events: [`headless`] (plain lines for CI), [`audit`] (the JSON-lines session
-//!   record) and, later, the console.
+//!   record) and [`console`] (the full-screen TUI, which also sends commands back).
 //! - [`session`] wires one deploy together for either front end.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod console;
 pub mod diag;
 pub mod engine;
 pub mod event;

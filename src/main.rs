@@ -16,11 +16,29 @@ use wavedeck::session::{self, SessionOptions, SetupError};
 #[command(
     name = "wavedeck",
     version,
-    about = "Drive and watch rolling deployments"
+    about = "Drive and watch rolling deployments",
+    long_about = "Drive and watch rolling deployments.\n\nWithout a subcommand, opens the console on a \
+                  profile file or directory (default: ./profiles, then ~/.config/wavedeck/profiles).",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Cmd,
+    command: Option<Cmd>,
+    /// A profile file or a directory of profiles for the console.
+    path: Option<PathBuf>,
+    /// Console theme: dark, light, high-contrast, or a theme file. NO_COLOR turns colour off.
+    #[arg(long)]
+    theme: Option<String>,
+    /// Lines of output kept per host in the console [default: 10000].
+    #[arg(long)]
+    scrollback: Option<usize>,
+    /// Directory for audit logs [default: $WAVEDECK_AUDIT_DIR, else the data directory].
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
+    /// Directory holding local-transport hosts [default: $WAVEDECK_LOCAL_ROOT, else the data
+    /// directory].
+    #[arg(long)]
+    local_root: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -59,19 +77,26 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Cmd::Plan {
+        None => wavedeck::console::run(wavedeck::console::ConsoleOptions {
+            path: cli.path,
+            theme: cli.theme,
+            audit_dir: cli.audit_dir,
+            local_root: cli.local_root,
+            scrollback: cli.scrollback,
+        }),
+        Some(Cmd::Plan {
             profile,
             env,
             release,
-        } => plan(&profile, &env, &release),
-        Cmd::Deploy {
+        }) => plan(&profile, &env, &release),
+        Some(Cmd::Deploy {
             profile,
             env,
             release,
             yes,
             audit_dir,
             local_root,
-        } => {
+        }) => {
             let options = SessionOptions {
                 profile: &profile,
                 env: &env,

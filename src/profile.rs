@@ -153,13 +153,7 @@ impl Profile {
 
     /// Parses profile text; `path` is used for messages and recorded in the profile.
     pub fn parse(path: &Path, source: &str) -> Result<Profile, Diagnostics> {
-        let raw: RawProfile = toml::from_str(source).map_err(|e| {
-            let message = e.message().trim_end().replace('\n', " ");
-            Diagnostics(vec![match e.span() {
-                Some(span) => Diagnostic::at(path, source, span, message),
-                None => Diagnostic::whole_file(path, message),
-            }])
-        })?;
+        let raw: RawProfile = crate::diag::parse_toml(path, source)?;
         let mut v = Validator {
             path,
             source,

@@ -1,0 +1,974 @@
+//! The console's state and what keys and mouse clicks do to it.
+//!
+//! `App` holds the deploy model (changed only by engine events) and UI-only state (selection,
+//! scroll, dialogs). A key becomes changes to UI state plus [`Effect`]s for the runtime to carry
+//! out: start a deploy, send a command to the engine (audited first), quit. Nothing here does
+//! I/O, so every key path is unit-tested without a terminal.
+
+use crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use ratatui::layout::{Position, Rect};
+use ratatui_textarea::TextArea;
+
+use super::layout::{self, DeployLayout};
+use super::model::{ControlView, DeployModel, HostPhase, HostView};
+use crate::audit::CommandSource;
+use crate::event::{Command, Stamped};
+use crate::plan::Plan;
+use crate::profile::Profile;
+use crate::secrets::Secrets;
+
+/// What the runtime must do after a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    StartDeploy {
+        profile: usize,
+        env: String,
+        release: String,
+    },
+    Send(Command, CommandSource),
+    Quit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Hosts,
+    Logs,
+    Health,
+    Timeline,
+}
+
+impl Pane {
+    fn next(self) -> Pane {
+        match self {
+            Pane::Hosts => Pane::Logs,
+            Pane::Logs => Pane::Health,
+            Pane::Health => Pane::Timeline,
+            Pane::Timeline => Pane::Hosts,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Plan order: wave, then profile order.
+    Plan,
+    /// Failed first, then running, then the rest.
+    Trouble,
+    Name,
+}
+
+/// A modal dialog; it takes every key while open.
+pub enum Dialog {
+    Release(TextArea<'static>),
+    ConfirmPlan {
+        plan: Box<Plan>,
+        release: String,
+    },
+    TypeName {
+        release: String,
+        input: TextArea<'static>,
+        wrong: bool,
+    },
+    AbortReason {
+        input: TextArea<'static>,
+        empty: bool,
+    },
+    ConfirmQuit,
+    Filter(TextArea<'static>),
+    Search(TextArea<'static>),
+    Help,
+}
+
+/// A command sent to the engine and not yet acknowledged by an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    Pausing,
+    Resuming,
+    Aborting,
+}
+
+/// One environment of one profile, as listed in the overview.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub profile: usize,
+    pub env: usize,
+}
+
+pub struct App {
+    pub profiles: Vec<Profile>,
+    pub targets: Vec<Target>,
+    pub selected_target: usize,
+    /// The plan for the selected environment, for the overview (secrets masked).
+    pub preview: Result<Plan, String>,
+    pub deploy: Option<DeployModel>,
+    pub dialog: Option<Dialog>,
+    pub pending: Option<Pending>,
+    pub focus: Pane,
+    /// Index into `visible_hosts()`.
+    pub selected_host: usize,
+    /// Lines scrolled up from the bottom of the log; 0 follows the tail.
+    pub log_scroll: usize,
+    pub timeline_scroll: usize,
+    pub interleaved: bool,
+    pub filter: String,
+    pub search: Option<String>,
+    pub sort: SortOrder,
+    /// A one-line message for the operator (errors, hints); cleared by the next key.
+    pub status: Option<String>,
+    /// Quit once the deploy has finished (the operator asked to quit mid-deploy).
+    pub quit_when_finished: bool,
+    pub operator: String,
+    pub scrollback: usize,
+    /// The terminal's size, for mapping mouse positions onto panes.
+    pub size: Rect,
+}
+
+impl App {
+    pub fn new(profiles: Vec<Profile>, operator: &str, scrollback: usize) -> App {
+        let targets = profiles
+            .iter()
+            .enumerate()
+            .flat_map(|(p, profile)| {
+                (0..profile.environments.len()).map(move |e| Target { profile: p, env: e })
+            })
+            .collect();
+        let mut app = App {
+            profiles,
+            targets,
+            selected_target: 0,
+            preview: Err(String::new()),
+            deploy: None,
+            dialog: None,
+            pending: None,
+            focus: Pane::Hosts,
+            selected_host: 0,
+            log_scroll: 0,
+            timeline_scroll: 0,
+            interleaved: false,
+            filter: String::new(),
+            search: None,
+            sort: SortOrder::Plan,
+            status: None,
+            quit_when_finished: false,
+            operator: operator.to_string(),
+            scrollback,
+            size: Rect::new(0, 0, 80, 24),
+        };
+        app.refresh_preview();
+        app
+    }
+
+    pub fn target_profile(&self) -> Option<&Profile> {
+        self.targets
+            .get(self.selected_target)
+            .map(|t| &self.profiles[t.profile])
+    }
+
+    pub fn target_env(&self) -> Option<&crate::profile::Environment> {
+        self.targets
+            .get(self.selected_target)
+            .map(|t| &self.profiles[t.profile].environments[t.env])
+    }
+
+    fn refresh_preview(&mut self) {
+        self.preview = match (self.target_profile(), self.target_env()) {
+            (Some(p), Some(e)) => {
+                Plan::build(p, &e.name, "RELEASE", &Secrets::masked(p)).map_err(|e| e.to_string())
+            }
+            _ => Err("no environment selected".into()),
+        };
+    }
+
+    pub fn deploy_running(&self) -> bool {
+        self.deploy.as_ref().is_some_and(|d| !d.is_finished())
+    }
+
+    /// Starts showing a deploy the runtime has just launched.
+    pub fn begin_deploy(&mut self) {
+        self.deploy = Some(DeployModel::new(&self.operator, self.scrollback));
+        self.dialog = None;
+        self.pending = None;
+        self.focus = Pane::Hosts;
+        self.selected_host = 0;
+        self.log_scroll = 0;
+        self.timeline_scroll = 0;
+        self.filter.clear();
+        self.search = None;
+        self.quit_when_finished = false;
+    }
+
+    /// Applies an engine event; returns effects (quitting once an aborted deploy finished).
+    pub fn on_event(&mut self, event: &Stamped) -> Vec<Effect> {
+        use crate::event::Event;
+        // Keep the selection on the same host while the list changes under it.
+        let selected = self.selected_name();
+        let Some(model) = self.deploy.as_mut() else {
+            return Vec::new();
+        };
+        model.apply(event);
+        match &event.event {
+            Event::Paused { .. } if self.pending == Some(Pending::Pausing) => self.pending = None,
+            Event::Resumed if self.pending == Some(Pending::Resuming) => self.pending = None,
+            Event::Aborted { .. } => self.pending = None,
+            Event::CommandIgnored { .. } => self.pending = None,
+            _ => {}
+        }
+        if let Some(name) = selected {
+            self.select_name(&name);
+        }
+        if matches!(event.event, Event::DeployFinished { .. }) {
+            self.pending = None;
+            if self.quit_when_finished {
+                return vec![Effect::Quit];
+            }
+        }
+        Vec::new()
+    }
+
+    /// Hosts after filter and sort, as indices into the model's host list.
+    pub fn visible_hosts(&self) -> Vec<usize> {
+        let Some(model) = &self.deploy else {
+            return Vec::new();
+        };
+        let needle = self.filter.to_lowercase();
+        let mut hosts: Vec<usize> = (0..model.hosts.len())
+            .filter(|&i| needle.is_empty() || host_matches(&model.hosts[i], &needle))
+            .collect();
+        match self.sort {
+            SortOrder::Plan => {}
+            SortOrder::Name => {
+                hosts.sort_by(|&a, &b| model.hosts[a].name.cmp(&model.hosts[b].name))
+            }
+            SortOrder::Trouble => hosts.sort_by_key(|&i| trouble_rank(model.hosts[i].phase)),
+        }
+        hosts
+    }
+
+    pub fn selected_name(&self) -> Option<String> {
+        let model = self.deploy.as_ref()?;
+        let visible = self.visible_hosts();
+        visible
+            .get(self.selected_host)
+            .map(|&i| model.hosts[i].name.clone())
+    }
+
+    fn select_name(&mut self, name: &str) {
+        if let (Some(model), visible) = (&self.deploy, self.visible_hosts())
+            && let Some(pos) = visible.iter().position(|&i| model.hosts[i].name == name)
+        {
+            self.selected_host = pos;
+        }
+    }
+
+    pub fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        if key.kind == KeyEventKind::Release {
+            return Vec::new();
+        }
+        self.status = None;
+        if self.dialog.is_some() {
+            return self.on_dialog_key(key);
+        }
+        let ctrl_c =
+            key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+        if key.code == KeyCode::Char('q') || ctrl_c {
+            return self.request_quit();
+        }
+        if key.code == KeyCode::Char('?') {
+            self.dialog = Some(Dialog::Help);
+            return Vec::new();
+        }
+        if self.deploy.is_some() {
+            self.on_deploy_key(key)
+        } else {
+            self.on_overview_key(key)
+        }
+    }
+
+    fn request_quit(&mut self) -> Vec<Effect> {
+        if self.deploy_running() {
+            self.dialog = Some(Dialog::ConfirmQuit);
+            Vec::new()
+        } else {
+            vec![Effect::Quit]
+        }
+    }
+
+    fn on_overview_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        match key.code {
+            KeyCode::Up | KeyCode::Char('k') => {
+                self.selected_target = self.selected_target.saturating_sub(1);
+                self.refresh_preview();
+            }
+            KeyCode::Down | KeyCode::Char('j') => {
+                if self.selected_target + 1 < self.targets.len() {
+                    self.selected_target += 1;
+                    self.refresh_preview();
+                }
+            }
+            KeyCode::Enter | KeyCode::Char('d') => {
+                if self.targets.is_empty() {
+                    return Vec::new();
+                }
+                if let Err(e) = &self.preview {
+                    self.status = Some(format!("cannot plan this environment: {e}"));
+                    return Vec::new();
+                }
+                self.dialog = Some(Dialog::Release(text_input("release to deploy, e.g. 2.4.1")));
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn on_deploy_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let running = self.deploy_running();
+        match key.code {
+            KeyCode::Char('p') if running => {
+                return self.send(Command::Pause, Pending::Pausing);
+            }
+            KeyCode::Char('r') if running => {
+                return self.send(Command::Resume, Pending::Resuming);
+            }
+            KeyCode::Char('a') if running => {
+                self.dialog = Some(Dialog::AbortReason {
+                    input: text_input("why are you aborting?"),
+                    empty: false,
+                });
+            }
+            KeyCode::Char('p' | 'r' | 'a') => self.status = Some("the deploy has finished".into()),
+            KeyCode::Tab => self.focus = self.focus.next(),
+            KeyCode::BackTab => {
+                for _ in 0..3 {
+                    self.focus = self.focus.next();
+                }
+            }
+            KeyCode::Enter => {
+                if self.focus == Pane::Hosts {
+                    self.focus = Pane::Logs;
+                    self.interleaved = false;
+                    self.log_scroll = 0;
+                } else {
+                    self.focus = Pane::Hosts;
+                }
+            }
+            KeyCode::Esc => {
+                if !self.filter.is_empty() {
+                    self.filter.clear();
+                } else if self.search.is_some() {
+                    self.search = None;
+                } else {
+                    self.focus = Pane::Hosts;
+                }
+            }
+            KeyCode::Char('/') => {
+                self.dialog = Some(if self.focus == Pane::Logs {
+                    Dialog::Search(text_input("search the log"))
+                } else {
+                    Dialog::Filter(text_input("filter hosts by name, state or step"))
+                });
+            }
+            KeyCode::Char('n') => self.jump_to_match(true),
+            KeyCode::Char('N') => self.jump_to_match(false),
+            KeyCode::Char('i') => {
+                self.interleaved = !self.interleaved;
+                self.log_scroll = 0;
+            }
+            KeyCode::Char('s') => {
+                self.sort = match self.sort {
+                    SortOrder::Plan => SortOrder::Trouble,
+                    SortOrder::Trouble => SortOrder::Name,
+                    SortOrder::Name => SortOrder::Plan,
+                };
+            }
+            KeyCode::Char('o') if !running => {
+                // Back to the overview to start another deploy.
+                self.deploy = None;
+                self.refresh_preview();
+            }
+            KeyCode::Up | KeyCode::Char('k') => self.move_in_focus(-1),
+            KeyCode::Down | KeyCode::Char('j') => self.move_in_focus(1),
+            KeyCode::PageUp => self.scroll_log(self.log_page() as isize),
+            KeyCode::PageDown => self.scroll_log(-(self.log_page() as isize)),
+            KeyCode::Home => self.log_scroll = self.log_len(),
+            KeyCode::End => self.log_scroll = 0,
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn send(&mut self, command: Command, pending: Pending) -> Vec<Effect> {
+        self.pending = Some(pending);
+        vec![Effect::Send(command, CommandSource::Keyboard)]
+    }
+
+    fn move_in_focus(&mut self, delta: isize) {
+        match self.focus {
+            Pane::Hosts | Pane::Health => {
+                let count = self.visible_hosts().len();
+                if count > 0 {
+                    self.selected_host =
+                        (self.selected_host as isize + delta).clamp(0, count as isize - 1) as usize;
+                    self.log_scroll = 0;
+                }
+            }
+            Pane::Logs => self.scroll_log(-delta),
+            Pane::Timeline => {
+                let len = self.deploy.as_ref().map_or(0, |d| d.timeline.len());
+                self.timeline_scroll =
+                    (self.timeline_scroll as isize - delta).clamp(0, len as isize) as usize;
+            }
+        }
+    }
+
+    /// Positive scrolls up (back in time); reaching 0 resumes following.
+    pub fn scroll_log(&mut self, delta: isize) {
+        let max = self.log_len();
+        self.log_scroll = (self.log_scroll as isize + delta).clamp(0, max as isize) as usize;
+    }
+
+    fn log_page(&self) -> usize {
+        let area = layout::deploy(self.size).logs;
+        area.height.saturating_sub(3).max(1) as usize
+    }
+
+    /// Lines in the log now shown.
+    pub fn log_len(&self) -> usize {
+        self.current_log().map_or(0, |l| l.len())
+    }
+
+    pub fn current_log(&self) -> Option<&super::logs::LogBuffer> {
+        let model = self.deploy.as_ref()?;
+        if self.interleaved {
+            return Some(&model.combined);
+        }
+        let name = self.selected_name()?;
+        model.host(&name).map(|h| &h.logs)
+    }
+
+    fn jump_to_match(&mut self, older: bool) {
+        let (Some(needle), Some(log)) = (self.search.clone(), self.current_log()) else {
+            return;
+        };
+        let len = log.len();
+        if len == 0 {
+            return;
+        }
+        let bottom = len - 1 - self.log_scroll.min(len - 1);
+        let found = if older {
+            if bottom == 0 {
+                None
+            } else {
+                log.find_back(&needle, bottom - 1)
+            }
+        } else {
+            log.find_forward(&needle, bottom + 1)
+        };
+        match found {
+            Some(i) => self.log_scroll = len - 1 - i,
+            None => self.status = Some(format!("no more matches for \"{needle}\"")),
+        }
+    }
+
+    fn on_dialog_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let Some(dialog) = self.dialog.take() else {
+            return Vec::new();
+        };
+        let esc = key.code == KeyCode::Esc;
+        let enter = key.code == KeyCode::Enter;
+        match dialog {
+            Dialog::Help => {}
+            Dialog::ConfirmQuit => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                    if !self.deploy_running() {
+                        return vec![Effect::Quit];
+                    }
+                    self.quit_when_finished = true;
+                    self.pending = Some(Pending::Aborting);
+                    let reason = format!("{} quit the console during the deploy", self.operator);
+                    return vec![Effect::Send(
+                        Command::Abort { reason },
+                        CommandSource::Keyboard,
+                    )];
+                }
+                KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {}
+                _ => self.dialog = Some(Dialog::ConfirmQuit),
+            },
+            Dialog::Release(mut input) => {
+                if esc {
+                    return Vec::new();
+                }
+                if enter {
+                    let release = input_text(&input);
+                    return self.release_chosen(release, input);
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::Release(input));
+            }
+            Dialog::ConfirmPlan { plan, release } => {
+                if enter {
+                    if plan.protected {
+                        self.dialog = Some(Dialog::TypeName {
+                            release,
+                            input: text_input(&format!("type {} to confirm", plan.env)),
+                            wrong: false,
+                        });
+                        return Vec::new();
+                    }
+                    return self.start(release);
+                }
+                if !esc {
+                    self.dialog = Some(Dialog::ConfirmPlan { plan, release });
+                }
+            }
+            Dialog::TypeName {
+                release, mut input, ..
+            } => {
+                if esc {
+                    return Vec::new();
+                }
+                if enter {
+                    let expected = self
+                        .target_env()
+                        .map(|e| e.name.clone())
+                        .unwrap_or_default();
+                    if input_text(&input) == expected {
+                        return self.start(release);
+                    }
+                    self.dialog = Some(Dialog::TypeName {
+                        release,
+                        input,
+                        wrong: true,
+                    });
+                    return Vec::new();
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::TypeName {
+                    release,
+                    input,
+                    wrong: false,
+                });
+            }
+            Dialog::AbortReason { mut input, .. } => {
+                if esc {
+                    return Vec::new();
+                }
+                if enter {
+                    let reason = input_text(&input);
+                    if reason.is_empty() {
+                        self.dialog = Some(Dialog::AbortReason { input, empty: true });
+                        return Vec::new();
+                    }
+                    if !self.deploy_running() {
+                        self.status = Some("the deploy has already finished".into());
+                        return Vec::new();
+                    }
+                    return self.send(Command::Abort { reason }, Pending::Aborting);
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::AbortReason {
+                    input,
+                    empty: false,
+                });
+            }
+            Dialog::Filter(mut input) => {
+                if esc {
+                    self.filter.clear();
+                    return Vec::new();
+                }
+                let before = self.selected_name();
+                if !enter {
+                    input.input(key);
+                    self.dialog = Some(Dialog::Filter(input.clone()));
+                }
+                // Filter as the operator types.
+                self.filter = input_text(&input);
+                self.selected_host = 0;
+                if let Some(name) = before {
+                    self.select_name(&name);
+                }
+            }
+            Dialog::Search(mut input) => {
+                if esc {
+                    return Vec::new();
+                }
+                if enter {
+                    let needle = input_text(&input);
+                    self.search = (!needle.is_empty()).then_some(needle);
+                    self.jump_to_match(true);
+                    if self.search.is_some() && self.status.is_some() {
+                        // Nothing above the current position: try from the bottom.
+                        self.status = None;
+                        self.log_scroll = 0;
+                        let len = self.log_len();
+                        if let (Some(needle), Some(log)) = (&self.search, self.current_log())
+                            && let Some(i) = log.find_back(needle, len.saturating_sub(1))
+                        {
+                            self.log_scroll = len - 1 - i;
+                        } else {
+                            self.status = Some("no match".into());
+                        }
+                    }
+                    return Vec::new();
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::Search(input));
+            }
+        }
+        Vec::new()
+    }
+
+    fn release_chosen(&mut self, release: String, input: TextArea<'static>) -> Vec<Effect> {
+        let (Some(profile), Some(env)) = (self.target_profile(), self.target_env()) else {
+            return Vec::new();
+        };
+        match Plan::build(profile, &env.name, &release, &Secrets::masked(profile)) {
+            Ok(plan) => {
+                self.dialog = Some(Dialog::ConfirmPlan {
+                    plan: Box::new(plan),
+                    release,
+                });
+            }
+            Err(e) => {
+                self.status = Some(e.to_string());
+                self.dialog = Some(Dialog::Release(input));
+            }
+        }
+        Vec::new()
+    }
+
+    fn start(&mut self, release: String) -> Vec<Effect> {
+        let Some(target) = self.targets.get(self.selected_target) else {
+            return Vec::new();
+        };
+        let env = self.profiles[target.profile].environments[target.env]
+            .name
+            .clone();
+        vec![Effect::StartDeploy {
+            profile: target.profile,
+            env,
+            release,
+        }]
+    }
+
+    pub fn on_mouse(&mut self, mouse: MouseEvent) {
+        if self.deploy.is_none() || self.dialog.is_some() {
+            return;
+        }
+        let areas: DeployLayout = layout::deploy(self.size);
+        let at = Position::new(mouse.column, mouse.row);
+        match mouse.kind {
+            MouseEventKind::Down(MouseButton::Left) if areas.hosts.contains(at) => {
+                // Row 0 is the border, row 1 the header.
+                let row = mouse.row.saturating_sub(areas.hosts.y + 2) as usize;
+                let first =
+                    layout::first_visible_row(self.selected_host, layout::table_rows(areas.hosts));
+                let count = self.visible_hosts().len();
+                if mouse.row >= areas.hosts.y + 2 && first + row < count {
+                    self.selected_host = first + row;
+                    self.focus = Pane::Hosts;
+                    self.log_scroll = 0;
+                }
+            }
+            MouseEventKind::Down(MouseButton::Left) if areas.logs.contains(at) => {
+                self.focus = Pane::Logs
+            }
+            MouseEventKind::ScrollUp if areas.logs.contains(at) => self.scroll_log(3),
+            MouseEventKind::ScrollDown if areas.logs.contains(at) => self.scroll_log(-3),
+            MouseEventKind::ScrollUp if areas.hosts.contains(at) => {
+                self.move_in_focus_of(Pane::Hosts, -1)
+            }
+            MouseEventKind::ScrollDown if areas.hosts.contains(at) => {
+                self.move_in_focus_of(Pane::Hosts, 1)
+            }
+            _ => {}
+        }
+    }
+
+    fn move_in_focus_of(&mut self, pane: Pane, delta: isize) {
+        let focus = self.focus;
+        self.focus = pane;
+        self.move_in_focus(delta);
+        self.focus = focus;
+    }
+
+    /// What the header says about the engine, including commands not yet acknowledged.
+    pub fn control_label(&self) -> Option<String> {
+        let model = self.deploy.as_ref()?;
+        let label = match (&model.control, self.pending) {
+            (ControlView::Finished(outcome), _) => format!("{outcome:?}").to_uppercase(),
+            (ControlView::Aborted { .. }, _) => "ABORTING… stopping running steps".into(),
+            (_, Some(Pending::Aborting)) => "aborting…".into(),
+            (_, Some(Pending::Pausing)) => "pausing…".into(),
+            (_, Some(Pending::Resuming)) => "resuming…".into(),
+            (ControlView::Paused { .. }, None) => "PAUSED".into(),
+            (ControlView::Running, None) => "RUNNING".into(),
+        };
+        Some(label)
+    }
+}
+
+fn host_matches(host: &HostView, needle: &str) -> bool {
+    host.name.to_lowercase().contains(needle)
+        || phase_word(host.phase).contains(needle)
+        || host
+            .step
+            .as_deref()
+            .is_some_and(|s| s.to_lowercase().contains(needle))
+}
+
+pub fn phase_word(phase: HostPhase) -> &'static str {
+    match phase {
+        HostPhase::Waiting => "waiting",
+        HostPhase::Running => "running",
+        HostPhase::Done => "done",
+        HostPhase::Failed => "failed",
+        HostPhase::Cancelled => "cancelled",
+        HostPhase::Skipped => "skipped",
+    }
+}
+
+fn trouble_rank(phase: HostPhase) -> u8 {
+    match phase {
+        HostPhase::Failed => 0,
+        HostPhase::Cancelled => 1,
+        HostPhase::Running => 2,
+        HostPhase::Waiting => 3,
+        HostPhase::Skipped => 4,
+        HostPhase::Done => 5,
+    }
+}
+
+fn text_input(placeholder: &str) -> TextArea<'static> {
+    let mut input = TextArea::default();
+    input.set_placeholder_text(placeholder);
+    input.set_cursor_line_style(ratatui::style::Style::default());
+    input
+}
+
+fn input_text(input: &TextArea) -> String {
+    input.lines().join(" ").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::model::tests::{stamp, started};
+    use crate::event::{Event, PauseCause};
+    use std::path::Path;
+
+    pub(crate) fn demo_profile() -> Profile {
+        let src =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/demo.toml"))
+                .unwrap();
+        Profile::parse(Path::new("profiles/demo.toml"), &src).unwrap()
+    }
+
+    fn key(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    fn typed(app: &mut App, text: &str) {
+        for c in text.chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+    }
+
+    fn deploying() -> App {
+        let mut app = App::new(vec![demo_profile()], "ann", 100);
+        app.begin_deploy();
+        app.on_event(&started());
+        app
+    }
+
+    #[test]
+    fn starting_a_deploy_asks_release_then_shows_the_plan() {
+        let mut app = App::new(vec![demo_profile()], "ann", 100);
+        assert_eq!(app.on_key(key(KeyCode::Enter)), []);
+        assert!(matches!(app.dialog, Some(Dialog::Release(_))));
+        typed(&mut app, "2.4.1");
+        app.on_key(key(KeyCode::Enter));
+        assert!(
+            matches!(&app.dialog, Some(Dialog::ConfirmPlan { release, .. }) if release == "2.4.1")
+        );
+        let effects = app.on_key(key(KeyCode::Enter));
+        assert_eq!(
+            effects,
+            [Effect::StartDeploy {
+                profile: 0,
+                env: "dev".into(),
+                release: "2.4.1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn an_unusable_release_is_refused_in_place() {
+        let mut app = App::new(vec![demo_profile()], "ann", 100);
+        app.on_key(key(KeyCode::Enter));
+        typed(&mut app, "2.4.1; rm");
+        app.on_key(key(KeyCode::Enter));
+        assert!(matches!(app.dialog, Some(Dialog::Release(_))));
+        assert!(app.status.as_deref().unwrap_or("").contains("not usable"));
+    }
+
+    #[test]
+    fn a_protected_environment_needs_its_name_typed() {
+        let mut app = App::new(vec![demo_profile()], "ann", 100);
+        app.on_key(key(KeyCode::Down));
+        app.on_key(key(KeyCode::Down));
+        assert_eq!(app.target_env().unwrap().name, "production");
+        app.on_key(key(KeyCode::Enter));
+        typed(&mut app, "9");
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            [],
+            "plan confirmed, name not typed yet"
+        );
+        typed(&mut app, "prod");
+        assert_eq!(app.on_key(key(KeyCode::Enter)), []);
+        assert!(matches!(
+            app.dialog,
+            Some(Dialog::TypeName { wrong: true, .. })
+        ));
+        typed(&mut app, "uction");
+        let effects = app.on_key(key(KeyCode::Enter));
+        assert_eq!(
+            effects,
+            [Effect::StartDeploy {
+                profile: 0,
+                env: "production".into(),
+                release: "9".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn pause_shows_pausing_until_the_engine_acknowledges() {
+        let mut app = deploying();
+        let effects = app.on_key(key(KeyCode::Char('p')));
+        assert_eq!(
+            effects,
+            [Effect::Send(Command::Pause, CommandSource::Keyboard)]
+        );
+        assert_eq!(app.control_label().unwrap(), "pausing…");
+        app.on_event(&stamp(
+            1,
+            Event::Paused {
+                cause: PauseCause::Operator,
+                running: vec![],
+            },
+        ));
+        assert_eq!(app.control_label().unwrap(), "PAUSED");
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('r'))),
+            [Effect::Send(Command::Resume, CommandSource::Keyboard)]
+        );
+        app.on_event(&stamp(2, Event::Resumed));
+        assert_eq!(app.control_label().unwrap(), "RUNNING");
+    }
+
+    #[test]
+    fn abort_requires_a_reason() {
+        let mut app = deploying();
+        app.on_key(key(KeyCode::Char('a')));
+        assert_eq!(app.on_key(key(KeyCode::Enter)), []);
+        assert!(matches!(
+            app.dialog,
+            Some(Dialog::AbortReason { empty: true, .. })
+        ));
+        typed(&mut app, "db on fire");
+        let effects = app.on_key(key(KeyCode::Enter));
+        assert_eq!(
+            effects,
+            [Effect::Send(
+                Command::Abort {
+                    reason: "db on fire".into()
+                },
+                CommandSource::Keyboard
+            )]
+        );
+    }
+
+    #[test]
+    fn quitting_mid_deploy_asks_then_aborts_and_quits_when_finished() {
+        let mut app = deploying();
+        assert_eq!(app.on_key(key(KeyCode::Char('q'))), []);
+        assert!(matches!(app.dialog, Some(Dialog::ConfirmQuit)));
+        let effects = app.on_key(key(KeyCode::Char('y')));
+        assert!(
+            matches!(&effects[..], [Effect::Send(Command::Abort { reason }, _)] if reason.contains("quit"))
+        );
+        let done = Event::DeployFinished {
+            outcome: crate::event::Outcome::Aborted,
+            duration_ms: 1,
+            hosts: vec![],
+        };
+        assert_eq!(app.on_event(&stamp(3, done)), [Effect::Quit]);
+    }
+
+    #[test]
+    fn quit_without_a_deploy_is_immediate() {
+        let mut app = App::new(vec![demo_profile()], "ann", 100);
+        assert_eq!(app.on_key(key(KeyCode::Char('q'))), [Effect::Quit]);
+    }
+
+    #[test]
+    fn filter_narrows_hosts_and_keeps_the_selection() {
+        let mut app = deploying();
+        app.on_key(key(KeyCode::Down));
+        assert_eq!(app.selected_name().as_deref(), Some("b"));
+        app.on_key(key(KeyCode::Char('/')));
+        typed(&mut app, "c");
+        assert_eq!(app.visible_hosts(), [2]);
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(app.filter, "c");
+        app.on_key(key(KeyCode::Esc));
+        assert_eq!(app.visible_hosts().len(), 3);
+    }
+
+    #[test]
+    fn scrolling_up_stops_following_and_end_resumes() {
+        let mut app = deploying();
+        for i in 0..50 {
+            app.on_event(&stamp(
+                1,
+                Event::Output {
+                    host: "a".into(),
+                    step: "s".into(),
+                    stream: crate::event::Stream::Stdout,
+                    line: format!("l{i}"),
+                },
+            ));
+        }
+        app.on_key(key(KeyCode::PageUp));
+        assert!(app.log_scroll > 0);
+        app.on_key(key(KeyCode::End));
+        assert_eq!(app.log_scroll, 0);
+        app.on_key(key(KeyCode::Home));
+        assert_eq!(app.log_scroll, 50);
+    }
+
+    #[test]
+    fn search_jumps_to_the_latest_match() {
+        let mut app = deploying();
+        for line in ["boot", "error: disk", "ok", "fine"] {
+            app.on_event(&stamp(
+                1,
+                Event::Output {
+                    host: "a".into(),
+                    step: "s".into(),
+                    stream: crate::event::Stream::Stdout,
+                    line: line.into(),
+                },
+            ));
+        }
+        app.focus = Pane::Logs;
+        app.on_key(key(KeyCode::Char('/')));
+        typed(&mut app, "ERROR");
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(app.log_scroll, 2, "match is two lines above the tail");
+    }
+}

@@ -1,0 +1,170 @@
+//! Bounded per-host scrollback.
+//!
+//! Lines are cleaned once, on arrival (terminal escape sequences and control characters removed,
+//! tabs expanded), so drawing never has to look at them again and a hostile or colourful command
+//! cannot move the cursor or change colours on the operator's screen.
+
+use std::collections::VecDeque;
+
+use crate::event::Stream;
+
+/// Default lines kept per host; `--scrollback` changes it.
+pub const DEFAULT_SCROLLBACK: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Set in the interleaved all-hosts view.
+    pub host: Option<String>,
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// A ring buffer of lines that also counts what it has dropped, so scroll positions stay valid
+/// as old lines fall off the front.
+#[derive(Debug, Clone)]
+pub struct LogBuffer {
+    lines: VecDeque<LogLine>,
+    capacity: usize,
+    /// Lines ever pushed; a line's absolute number is stable even after older ones are dropped.
+    total: u64,
+}
+
+impl LogBuffer {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            lines: VecDeque::new(),
+            capacity: capacity.max(1),
+            total: 0,
+        }
+    }
+
+    pub fn push(&mut self, line: LogLine) {
+        if self.lines.len() == self.capacity {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+        self.total += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub fn get(&self, index: usize) -> Option<&LogLine> {
+        self.lines.get(index)
+    }
+
+    /// The lines `[start, start + count)`, clamped to what exists.
+    pub fn slice(&self, start: usize, count: usize) -> impl Iterator<Item = &LogLine> {
+        self.lines.iter().skip(start).take(count)
+    }
+
+    /// Index of the last line at or before `before` containing `needle` (case-insensitive).
+    pub fn find_back(&self, needle: &str, before: usize) -> Option<usize> {
+        let needle = needle.to_lowercase();
+        let end = before.min(self.lines.len().saturating_sub(1));
+        (0..=end)
+            .rev()
+            .find(|&i| self.lines[i].text.to_lowercase().contains(&needle))
+    }
+
+    /// Index of the first line at or after `from` containing `needle` (case-insensitive).
+    pub fn find_forward(&self, needle: &str, from: usize) -> Option<usize> {
+        let needle = needle.to_lowercase();
+        (from..self.lines.len()).find(|&i| self.lines[i].text.to_lowercase().contains(&needle))
+    }
+}
+
+/// Removes ANSI escape sequences and control characters, expands tabs, and keeps only the text
+/// after the last carriage return (what a terminal would finally show for progress bars).
+pub fn clean(raw: &str) -> String {
+    let visible = raw.rsplit('\r').find(|s| !s.is_empty()).unwrap_or("");
+    let mut out = String::with_capacity(visible.len());
+    let mut chars = visible.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters and intermediates, then one final byte in @..~.
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC: up to BEL or ST (ESC \).
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || (c == '\u{1b}' && chars.peek() == Some(&'\\')) {
+                            if c == '\u{1b}' {
+                                chars.next();
+                            }
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\t' => {
+                let pad = 8 - out.chars().count() % 8;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            host: None,
+            stream: Stream::Stdout,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn keeps_only_the_newest_lines() {
+        let mut b = LogBuffer::new(3);
+        for i in 0..5 {
+            b.push(line(&i.to_string()));
+        }
+        let kept: Vec<&str> = b.slice(0, 10).map(|l| l.text.as_str()).collect();
+        assert_eq!(kept, ["2", "3", "4"]);
+        assert_eq!(b.total(), 5);
+    }
+
+    #[test]
+    fn cleaning_strips_escapes_and_controls() {
+        assert_eq!(clean("\u{1b}[1;31mred\u{1b}[0m text"), "red text");
+        assert_eq!(clean("\u{1b}]0;title\u{7}after"), "after");
+        assert_eq!(clean("10%\r50%\r100%"), "100%");
+        assert_eq!(clean("a\tb"), "a       b");
+        assert_eq!(clean("bell\u{7}"), "bell");
+    }
+
+    #[test]
+    fn search_is_case_insensitive_both_ways() {
+        let mut b = LogBuffer::new(10);
+        for t in ["start", "ERROR one", "ok", "error two"] {
+            b.push(line(t));
+        }
+        assert_eq!(b.find_back("error", 3), Some(3));
+        assert_eq!(b.find_back("error", 2), Some(1));
+        assert_eq!(b.find_forward("error", 2), Some(3));
+        assert_eq!(b.find_forward("nothing", 0), None);
+    }
+}

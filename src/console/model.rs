@@ -1,0 +1,608 @@
+//! What the console knows about a running deploy, built only from engine events.
+//!
+//! `apply` is the single place where deploy state changes; the console never guesses (it shows
+//! "PAUSED" only after the engine's `Paused`). Everything held here is bounded: scrollback per
+//! host, the interleaved log, health history and the timeline.
+
+use std::collections::{HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+
+use super::logs::{LogBuffer, LogLine, clean};
+use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult};
+
+/// Health samples kept per host for the sparkline.
+pub const HEALTH_HISTORY: usize = 120;
+/// Timeline entries kept.
+pub const TIMELINE_LEN: usize = 1_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPhase {
+    Waiting,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+    /// The deploy ended without starting it.
+    Skipped,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostView {
+    pub name: String,
+    pub wave: usize,
+    pub phase: HostPhase,
+    pub step: Option<String>,
+    /// 1-based index of the current or last step, of `total_steps`.
+    pub step_index: usize,
+    pub total_steps: usize,
+    pub attempt: u32,
+    pub started: Option<DateTime<Utc>>,
+    pub finished: Option<DateTime<Utc>>,
+    pub last_result: Option<StepResult>,
+    pub healthy: Option<bool>,
+    /// Latency in ms of recent health samples; `None` for a failed sample.
+    pub health: VecDeque<Option<u64>>,
+    pub logs: LogBuffer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WavePhase {
+    Pending,
+    Running,
+    Finished,
+}
+
+#[derive(Debug, Clone)]
+pub struct WaveView {
+    pub number: usize,
+    /// Indices into `DeployModel::hosts`.
+    pub hosts: Vec<usize>,
+    pub max_failures: usize,
+    pub phase: WavePhase,
+}
+
+/// The engine's control state, as last reported by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlView {
+    Running,
+    Paused {
+        cause: PauseCause,
+        running: Vec<String>,
+    },
+    Aborted {
+        reason: String,
+    },
+    Finished(Outcome),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Info,
+    Good,
+    Warn,
+    Bad,
+}
+
+#[derive(Debug, Clone)]
+pub struct TimelineEntry {
+    pub at: DateTime<Utc>,
+    pub severity: Severity,
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeployModel {
+    pub service: String,
+    pub env: String,
+    pub release: String,
+    pub operator: String,
+    pub steps: Vec<String>,
+    pub hosts: Vec<HostView>,
+    index: HashMap<String, usize>,
+    pub waves: Vec<WaveView>,
+    pub control: ControlView,
+    /// The engine said aborted but has not finished yet (running steps being killed).
+    pub aborting: bool,
+    pub started: Option<DateTime<Utc>>,
+    pub finished: Option<DateTime<Utc>>,
+    /// Every host's output interleaved, each line tagged with its host.
+    pub combined: LogBuffer,
+    pub timeline: VecDeque<TimelineEntry>,
+    scrollback: usize,
+}
+
+impl DeployModel {
+    pub fn new(operator: &str, scrollback: usize) -> Self {
+        Self {
+            service: String::new(),
+            env: String::new(),
+            release: String::new(),
+            operator: operator.to_string(),
+            steps: Vec::new(),
+            hosts: Vec::new(),
+            index: HashMap::new(),
+            waves: Vec::new(),
+            control: ControlView::Running,
+            aborting: false,
+            started: None,
+            finished: None,
+            combined: LogBuffer::new(scrollback),
+            timeline: VecDeque::new(),
+            scrollback,
+        }
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostView> {
+        self.index.get(name).map(|&i| &self.hosts[i])
+    }
+
+    fn host_mut(&mut self, name: &str) -> Option<&mut HostView> {
+        self.index.get(name).map(|&i| &mut self.hosts[i])
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.control, ControlView::Finished(_))
+    }
+
+    pub fn count(&self, phase: HostPhase) -> usize {
+        self.hosts.iter().filter(|h| h.phase == phase).count()
+    }
+
+    /// Hosts that reached a final state, for the overall gauge.
+    pub fn settled(&self) -> usize {
+        self.hosts
+            .iter()
+            .filter(|h| !matches!(h.phase, HostPhase::Waiting | HostPhase::Running))
+            .count()
+    }
+
+    fn note(&mut self, at: DateTime<Utc>, severity: Severity, text: String) {
+        if self.timeline.len() == TIMELINE_LEN {
+            self.timeline.pop_front();
+        }
+        self.timeline
+            .push_back(TimelineEntry { at, severity, text });
+    }
+
+    /// Folds one engine event into the model.
+    pub fn apply(&mut self, stamped: &Stamped) {
+        let at = stamped.at;
+        match &stamped.event {
+            Event::DeployStarted {
+                service,
+                env,
+                release,
+                waves,
+                steps,
+            } => {
+                self.service = service.clone();
+                self.env = env.clone();
+                self.release = release.clone();
+                self.steps = steps.clone();
+                self.started = Some(at);
+                self.hosts.clear();
+                self.index.clear();
+                self.waves.clear();
+                for wave in waves {
+                    let mut members = Vec::new();
+                    for name in &wave.hosts {
+                        members.push(self.hosts.len());
+                        self.index.insert(name.clone(), self.hosts.len());
+                        self.hosts.push(HostView {
+                            name: name.clone(),
+                            wave: wave.wave,
+                            phase: HostPhase::Waiting,
+                            step: None,
+                            step_index: 0,
+                            total_steps: steps.len(),
+                            attempt: 0,
+                            started: None,
+                            finished: None,
+                            last_result: None,
+                            healthy: None,
+                            health: VecDeque::new(),
+                            logs: LogBuffer::new(self.scrollback),
+                        });
+                    }
+                    self.waves.push(WaveView {
+                        number: wave.wave,
+                        hosts: members,
+                        max_failures: wave.max_failures,
+                        phase: WavePhase::Pending,
+                    });
+                }
+                let text = format!(
+                    "deploy of {} {} to {} started by {}",
+                    service, release, env, self.operator
+                );
+                self.note(at, Severity::Info, text);
+            }
+            Event::WaveStarted { wave, hosts } => {
+                if let Some(w) = self.waves.iter_mut().find(|w| w.number == *wave) {
+                    w.phase = WavePhase::Running;
+                }
+                self.note(
+                    at,
+                    Severity::Info,
+                    format!("wave {wave} started ({} hosts)", hosts.len()),
+                );
+            }
+            Event::HostStarted { host, .. } => {
+                if let Some(h) = self.host_mut(host) {
+                    h.phase = HostPhase::Running;
+                    h.started = Some(at);
+                }
+            }
+            Event::StepStarted {
+                host,
+                step,
+                index,
+                total,
+                attempt,
+                ..
+            } => {
+                if let Some(h) = self.host_mut(host) {
+                    h.phase = HostPhase::Running;
+                    h.step = Some(step.clone());
+                    h.step_index = *index;
+                    h.total_steps = *total;
+                    h.attempt = *attempt;
+                }
+            }
+            Event::Output {
+                host, stream, line, ..
+            } => {
+                let text = clean(line);
+                self.combined.push(LogLine {
+                    host: Some(host.clone()),
+                    stream: *stream,
+                    text: text.clone(),
+                });
+                if let Some(h) = self.host_mut(host) {
+                    h.logs.push(LogLine {
+                        host: None,
+                        stream: *stream,
+                        text,
+                    });
+                }
+            }
+            Event::StepFinished {
+                host,
+                step,
+                result,
+                will_retry,
+                ..
+            } => {
+                let failed = !result.succeeded();
+                if let Some(h) = self.host_mut(host) {
+                    h.last_result = Some(result.clone());
+                }
+                if failed && *will_retry {
+                    self.note(
+                        at,
+                        Severity::Warn,
+                        format!("{host}: {step} {result}, retrying"),
+                    );
+                }
+            }
+            Event::HealthSample {
+                host,
+                healthy,
+                latency_ms,
+                ..
+            } => {
+                if let Some(h) = self.host_mut(host) {
+                    h.healthy = Some(*healthy);
+                    if h.health.len() == HEALTH_HISTORY {
+                        h.health.pop_front();
+                    }
+                    h.health.push_back(healthy.then_some(*latency_ms));
+                }
+            }
+            Event::HostFinished { host, state, .. } => {
+                let phase = match state {
+                    HostState::Done => HostPhase::Done,
+                    HostState::Failed => HostPhase::Failed,
+                    HostState::Cancelled => HostPhase::Cancelled,
+                    HostState::NotStarted => HostPhase::Skipped,
+                };
+                let mut failure = None;
+                if let Some(h) = self.host_mut(host) {
+                    h.phase = phase;
+                    h.finished = Some(at);
+                    if phase == HostPhase::Failed {
+                        let at_step = h
+                            .step
+                            .as_ref()
+                            .map(|s| format!(" at {s}"))
+                            .unwrap_or_default();
+                        let result = h
+                            .last_result
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default();
+                        failure = Some(format!("{host} FAILED{at_step}{result}"));
+                    }
+                }
+                if let Some(text) = failure {
+                    self.note(at, Severity::Bad, text);
+                }
+            }
+            Event::WaveFinished {
+                wave,
+                done,
+                failed,
+                cancelled,
+                not_started,
+            } => {
+                if let Some(w) = self.waves.iter_mut().find(|w| w.number == *wave) {
+                    w.phase = WavePhase::Finished;
+                }
+                let severity = if *failed + *cancelled > 0 {
+                    Severity::Warn
+                } else {
+                    Severity::Good
+                };
+                let mut text = format!("wave {wave} finished: {done} done");
+                for (n, word) in [
+                    (failed, "failed"),
+                    (cancelled, "cancelled"),
+                    (not_started, "not started"),
+                ] {
+                    if *n > 0 {
+                        text.push_str(&format!(", {n} {word}"));
+                    }
+                }
+                self.note(at, severity, text);
+            }
+            Event::ThresholdExceeded {
+                wave,
+                failures,
+                limit,
+                failed_hosts,
+            } => {
+                let text = format!(
+                    "wave {wave}: {failures} failed > {limit} allowed ({})",
+                    failed_hosts.join(", ")
+                );
+                self.note(at, Severity::Bad, text);
+            }
+            Event::Paused { cause, running } => {
+                let by = match cause {
+                    PauseCause::Operator => format!("paused by {}", self.operator),
+                    PauseCause::FailureThreshold { wave, .. } => {
+                        format!("paused by failure threshold in wave {wave}")
+                    }
+                };
+                self.control = ControlView::Paused {
+                    cause: cause.clone(),
+                    running: running.clone(),
+                };
+                self.note(at, Severity::Warn, by);
+            }
+            Event::Resumed => {
+                self.control = ControlView::Running;
+                let text = format!("resumed by {}", self.operator);
+                self.note(at, Severity::Info, text);
+            }
+            Event::Aborted { reason } => {
+                self.control = ControlView::Aborted {
+                    reason: reason.clone(),
+                };
+                self.aborting = true;
+                self.note(at, Severity::Bad, format!("ABORTED: {reason}"));
+            }
+            Event::CommandIgnored { command, why } => {
+                let name = match command {
+                    crate::event::Command::Pause => "pause",
+                    crate::event::Command::Resume => "resume",
+                    crate::event::Command::Abort { .. } => "abort",
+                };
+                self.note(at, Severity::Info, format!("{name} ignored: {why}"));
+            }
+            Event::DeployFinished { outcome, hosts, .. } => {
+                // Hosts the engine never finished (never started, or stopped before starting) are
+                // settled here, so nothing is left looking like it is still in progress.
+                for h in &mut self.hosts {
+                    if matches!(h.phase, HostPhase::Waiting | HostPhase::Running) {
+                        let state = hosts.iter().find(|s| s.host == h.name).map(|s| s.state);
+                        h.phase = match state {
+                            Some(HostState::Done) => HostPhase::Done,
+                            Some(HostState::Failed) => HostPhase::Failed,
+                            Some(HostState::Cancelled) => HostPhase::Cancelled,
+                            Some(HostState::NotStarted) | None => HostPhase::Skipped,
+                        };
+                    }
+                }
+                self.control = ControlView::Finished(*outcome);
+                self.aborting = false;
+                self.finished = Some(at);
+                let (severity, word) = match outcome {
+                    Outcome::Succeeded => (Severity::Good, "SUCCEEDED"),
+                    Outcome::Failed => (Severity::Bad, "FAILED"),
+                    Outcome::Aborted => (Severity::Bad, "ABORTED"),
+                };
+                self.note(at, severity, format!("deploy {word}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::event::{Stream, WaveOutline};
+
+    pub(crate) fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    pub(crate) fn stamp(secs: i64, event: Event) -> Stamped {
+        Stamped {
+            at: at(secs),
+            event,
+        }
+    }
+
+    pub(crate) fn started() -> Stamped {
+        stamp(
+            0,
+            Event::DeployStarted {
+                service: "shop".into(),
+                env: "staging".into(),
+                release: "2.4.1".into(),
+                waves: vec![
+                    WaveOutline {
+                        wave: 1,
+                        hosts: vec!["a".into()],
+                        max_failures: 0,
+                    },
+                    WaveOutline {
+                        wave: 2,
+                        hosts: vec!["b".into(), "c".into()],
+                        max_failures: 0,
+                    },
+                ],
+                steps: vec!["stage".into(), "health".into()],
+            },
+        )
+    }
+
+    #[test]
+    fn deploy_started_lays_out_waves_and_hosts() {
+        let mut m = DeployModel::new("ann", 100);
+        m.apply(&started());
+        assert_eq!(m.hosts.len(), 3);
+        assert_eq!(m.waves[1].hosts, [1, 2]);
+        assert_eq!(m.host("c").unwrap().wave, 2);
+        assert!(m.hosts.iter().all(|h| h.phase == HostPhase::Waiting));
+    }
+
+    #[test]
+    fn host_progress_follows_step_events() {
+        let mut m = DeployModel::new("ann", 100);
+        m.apply(&started());
+        m.apply(&stamp(
+            1,
+            Event::HostStarted {
+                wave: 1,
+                host: "a".into(),
+            },
+        ));
+        m.apply(&stamp(
+            2,
+            Event::StepStarted {
+                wave: 1,
+                host: "a".into(),
+                step: "health".into(),
+                kind: crate::plan::StepKind::Health,
+                index: 2,
+                total: 2,
+                attempt: 1,
+                command: "x".into(),
+            },
+        ));
+        m.apply(&stamp(
+            3,
+            Event::Output {
+                host: "a".into(),
+                step: "health".into(),
+                stream: Stream::Stderr,
+                line: "\u{1b}[31m503\u{1b}[0m".into(),
+            },
+        ));
+        m.apply(&stamp(
+            4,
+            Event::HealthSample {
+                host: "a".into(),
+                check: "health".into(),
+                healthy: false,
+                latency_ms: 9,
+            },
+        ));
+        let a = m.host("a").unwrap();
+        assert_eq!(
+            (a.phase, a.step.as_deref(), a.step_index),
+            (HostPhase::Running, Some("health"), 2)
+        );
+        assert_eq!(a.logs.get(0).unwrap().text, "503");
+        assert_eq!(m.combined.get(0).unwrap().host.as_deref(), Some("a"));
+        assert_eq!((a.healthy, a.health.back()), (Some(false), Some(&None)));
+    }
+
+    #[test]
+    fn paused_only_when_the_engine_says_so_and_timeline_records_who() {
+        let mut m = DeployModel::new("ann", 100);
+        m.apply(&started());
+        assert_eq!(m.control, ControlView::Running);
+        m.apply(&stamp(
+            5,
+            Event::Paused {
+                cause: PauseCause::Operator,
+                running: vec!["a: stage".into()],
+            },
+        ));
+        assert!(
+            matches!(&m.control, ControlView::Paused { running, .. } if running == &["a: stage"])
+        );
+        assert_eq!(m.timeline.back().unwrap().text, "paused by ann");
+        m.apply(&stamp(6, Event::Resumed));
+        assert_eq!(m.control, ControlView::Running);
+    }
+
+    #[test]
+    fn failures_and_the_end_are_on_the_timeline() {
+        let mut m = DeployModel::new("ann", 100);
+        m.apply(&started());
+        m.apply(&stamp(
+            1,
+            Event::HostStarted {
+                wave: 1,
+                host: "a".into(),
+            },
+        ));
+        m.apply(&stamp(
+            2,
+            Event::StepFinished {
+                wave: 1,
+                host: "a".into(),
+                step: "stage".into(),
+                index: 1,
+                attempt: 1,
+                result: StepResult::Exited { code: 2 },
+                duration_ms: 5,
+                will_retry: false,
+            },
+        ));
+        m.apply(&stamp(
+            3,
+            Event::HostFinished {
+                wave: 1,
+                host: "a".into(),
+                state: HostState::Failed,
+            },
+        ));
+        m.apply(&stamp(
+            4,
+            Event::Aborted {
+                reason: "bad".into(),
+            },
+        ));
+        assert!(m.aborting);
+        m.apply(&stamp(
+            5,
+            Event::DeployFinished {
+                outcome: Outcome::Aborted,
+                duration_ms: 5000,
+                hosts: vec![],
+            },
+        ));
+        assert_eq!(m.host("a").unwrap().phase, HostPhase::Failed);
+        assert_eq!(m.host("b").unwrap().phase, HostPhase::Skipped);
+        assert!(!m.aborting);
+        let texts: Vec<&str> = m.timeline.iter().map(|t| t.text.as_str()).collect();
+        assert!(texts.contains(&"a FAILED: exit 2"), "{texts:?}");
+        assert_eq!(texts.last(), Some(&"deploy ABORTED"));
+    }
+}

@@ -1,0 +1,924 @@
+//! Drawing: a pure function of the app state, the theme and the clock.
+//!
+//! Nothing here mutates state, locks or does I/O. Only what is visible is built: the host
+//! table's visible rows, the log's visible lines.
+
+use chrono::{DateTime, FixedOffset, Utc};
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, BorderType, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
+
+use super::app::{App, Dialog, Pane, SortOrder, phase_word};
+use super::layout::{self, DeployLayout};
+use super::model::{ControlView, DeployModel, HostPhase, HostView, Severity, WavePhase};
+use super::theme::Theme;
+use crate::event::{Outcome, PauseCause, Stream};
+use crate::plan::Plan;
+
+/// The time the frame is drawn at and the operator's UTC offset, passed in so that drawing
+/// stays pure and snapshots stay stable.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub now: DateTime<Utc>,
+    pub offset: FixedOffset,
+}
+
+pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, clock: Clock) {
+    let area = frame.area();
+    if layout::too_small(area) {
+        let text = format!(
+            "terminal too small: {}×{}\nwavedeck needs at least {}×{}",
+            area.width,
+            area.height,
+            layout::MIN_WIDTH,
+            layout::MIN_HEIGHT
+        );
+        frame.render_widget(
+            Paragraph::new(text)
+                .alignment(Alignment::Center)
+                .wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    }
+    match &app.deploy {
+        Some(model) => draw_deploy(frame, app, model, theme, clock),
+        None => draw_overview(frame, app, theme),
+    }
+    if let Some(dialog) = &app.dialog {
+        draw_dialog(frame, app, dialog, theme);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overview
+
+fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
+    let [header, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    let profiles = app.profiles.len();
+    let title = format!(
+        " wavedeck · {profiles} profile{} · operator {} ",
+        if profiles == 1 { "" } else { "s" },
+        app.operator
+    );
+    frame.render_widget(Paragraph::new(title).style(theme.header()), header);
+
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(38), Constraint::Percentage(62)]).areas(body);
+    let mut lines = Vec::new();
+    for (i, target) in app.targets.iter().enumerate() {
+        let profile = &app.profiles[target.profile];
+        let env = &profile.environments[target.env];
+        let mut spans = vec![
+            Span::raw(format!(" {} / {}", profile.service, env.name)),
+            Span::styled(format!("  {} hosts", env.hosts.len()), theme.muted()),
+        ];
+        if env.protected {
+            spans.push(Span::styled("  PROTECTED", theme.bad()));
+        }
+        let line = Line::from(spans);
+        lines.push(if i == app.selected_target {
+            line.style(theme.selection())
+        } else {
+            line
+        });
+    }
+    frame.render_widget(
+        Paragraph::new(lines).block(pane_block(" Environments ", true, theme)),
+        left,
+    );
+
+    let [hosts_area, plan_area] =
+        Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(right);
+    if let Some(env) = app.target_env() {
+        let rows = env.hosts.iter().map(|h| {
+            Row::new(vec![
+                Cell::from(h.name.clone()),
+                Cell::from(h.address.clone()),
+                Cell::from(h.labels.join(",")),
+                Cell::from("—"),
+                Cell::from(Span::styled("not checked", theme.muted())),
+            ])
+        });
+        let widths = [
+            Constraint::Percentage(24),
+            Constraint::Percentage(18),
+            Constraint::Percentage(22),
+            Constraint::Percentage(14),
+            Constraint::Percentage(22),
+        ];
+        let header_row =
+            Row::new(vec!["HOST", "ADDRESS", "LABELS", "RELEASE", "HEALTH"]).style(theme.muted());
+        let transport = match env.transport {
+            crate::profile::TransportKind::Local => "local",
+            crate::profile::TransportKind::Ssh => "ssh",
+        };
+        let title = format!(" Hosts — {} ({transport} transport) ", env.name);
+        frame.render_widget(
+            Table::new(rows, widths)
+                .header(header_row)
+                .block(pane_block(&title, false, theme)),
+            hosts_area,
+        );
+    }
+    let plan_text = match &app.preview {
+        Ok(plan) => plan_lines(plan, theme),
+        Err(e) => vec![Line::styled(e.clone(), theme.bad())],
+    };
+    frame.render_widget(
+        Paragraph::new(plan_text)
+            .wrap(Wrap { trim: false })
+            .block(pane_block(" Plan ", false, theme)),
+        plan_area,
+    );
+    let hint = if app.targets.is_empty() {
+        "no environments in these profiles · q quit"
+    } else {
+        "↑↓ choose environment · Enter deploy · ? help · q quit"
+    };
+    draw_footer(frame, footer, app, hint, theme);
+}
+
+fn plan_lines(plan: &Plan, theme: &Theme) -> Vec<Line<'static>> {
+    let p = &plan.policy;
+    let mut lines = vec![Line::from(vec![
+        Span::raw(format!(
+            "{} hosts in {} waves",
+            plan.host_count(),
+            plan.waves.len()
+        )),
+        Span::styled(
+            format!(
+                " · canary {} · batch {} · parallel {} · max failures {} per wave",
+                p.canary, p.batch, p.parallel, p.max_failures
+            ),
+            theme.muted(),
+        ),
+    ])];
+    for wave in &plan.waves {
+        let names: Vec<&str> = wave.hosts.iter().map(|h| h.host.name.as_str()).collect();
+        lines.push(Line::from(vec![
+            Span::styled(format!("wave {:>2}: ", wave.number), theme.fg(theme.accent)),
+            Span::raw(names.join(", ")),
+        ]));
+    }
+    if let Some(host) = plan.waves.first().and_then(|w| w.hosts.first()) {
+        let steps: Vec<&str> = host.steps.iter().map(|s| s.name.as_str()).collect();
+        lines.push(Line::styled(
+            format!("steps: {}", steps.join(" → ")),
+            theme.muted(),
+        ));
+    }
+    lines
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deploy view
+
+fn draw_deploy(frame: &mut Frame, app: &App, model: &DeployModel, theme: &Theme, clock: Clock) {
+    let areas = layout::deploy(frame.area());
+    draw_header(frame, areas.header, app, model, theme, clock);
+    draw_waves(frame, areas.waves, model, theme);
+    draw_hosts(frame, areas.hosts, app, model, theme, clock);
+    draw_details(frame, &areas, app, model, theme, clock);
+    let hint = if model.is_finished() {
+        "o overview · Tab pane · / filter · i all hosts · ? help · q quit"
+    } else {
+        "p pause · r resume · a abort · Tab pane · / filter · i all hosts · ? help · q quit"
+    };
+    draw_footer(frame, areas.footer, app, hint, theme);
+}
+
+fn draw_header(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    model: &DeployModel,
+    theme: &Theme,
+    clock: Clock,
+) {
+    let elapsed = match (model.started, model.finished) {
+        (Some(start), Some(end)) => end - start,
+        (Some(start), None) => clock.now - start,
+        _ => chrono::Duration::zero(),
+    };
+    let left = format!(
+        " wavedeck · {} → {} · release {} · by {} · {} ",
+        model.service,
+        model.env,
+        model.release,
+        model.operator,
+        clock_text(elapsed)
+    );
+    let label = app.control_label().unwrap_or_default();
+    let label_style = match &model.control {
+        ControlView::Paused { .. } | ControlView::Aborted { .. } => theme.banner(),
+        ControlView::Finished(Outcome::Succeeded) => {
+            theme.header().fg(theme.ok).add_modifier(Modifier::BOLD)
+        }
+        ControlView::Finished(_) => theme.banner(),
+        ControlView::Running => theme.header().add_modifier(Modifier::BOLD),
+    };
+    let right = format!(" {label} ");
+    let [l, r] = Layout::horizontal([
+        Constraint::Min(0),
+        Constraint::Length(right.chars().count() as u16),
+    ])
+    .areas(area);
+    frame.render_widget(Paragraph::new(left).style(theme.header()), l);
+    frame.render_widget(Paragraph::new(right).style(label_style), r);
+}
+
+fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme) {
+    let [chips_area, status_area] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
+    let mut spans = vec![Span::raw(" ")];
+    for wave in &model.waves {
+        let hosts: Vec<&HostView> = wave.hosts.iter().map(|&i| &model.hosts[i]).collect();
+        let settled = hosts
+            .iter()
+            .filter(|h| !matches!(h.phase, HostPhase::Waiting | HostPhase::Running))
+            .count();
+        let failed = hosts
+            .iter()
+            .filter(|h| h.phase == HostPhase::Failed)
+            .count();
+        let (mark, style) = match (wave.phase, failed) {
+            (_, f) if f > 0 => ("✗", theme.bad()),
+            (WavePhase::Finished, _) if hosts.iter().all(|h| h.phase == HostPhase::Done) => {
+                ("✓", theme.fg(theme.ok))
+            }
+            (WavePhase::Finished, _) => ("■", theme.fg(theme.warn)),
+            (WavePhase::Running, _) => ("▶", theme.fg(theme.running).add_modifier(Modifier::BOLD)),
+            (WavePhase::Pending, _) => ("·", theme.muted()),
+        };
+        let name =
+            if wave.number == 1 && model.waves.len() > 1 && hosts.len() < model.hosts.len() / 2 + 1
+            {
+                "canary".to_string()
+            } else {
+                format!("W{}", wave.number)
+            };
+        spans.push(Span::styled(
+            format!("{mark} {name} {settled}/{} ", hosts.len()),
+            style,
+        ));
+        spans.push(Span::styled(bar(settled, hosts.len(), 6), style));
+        spans.push(Span::raw("  "));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), chips_area);
+
+    let status = match &model.control {
+        ControlView::Paused { cause, running } => {
+            let why = match cause {
+                PauseCause::Operator => format!("PAUSED by {}", model.operator),
+                PauseCause::FailureThreshold {
+                    wave,
+                    failures,
+                    limit,
+                } => {
+                    format!(
+                        "PAUSED: wave {wave} has {failures} failed host(s), more than the {limit} allowed"
+                    )
+                }
+            };
+            let still = if running.is_empty() {
+                "nothing running".to_string()
+            } else {
+                format!("still finishing: {}", running.join(", "))
+            };
+            Line::styled(
+                format!(" {why} · {still} · r resume · a abort "),
+                theme.banner(),
+            )
+        }
+        ControlView::Aborted { reason } => Line::styled(
+            format!(" ABORTED: {reason} · waiting for running steps to stop "),
+            theme.banner(),
+        ),
+        ControlView::Finished(outcome) => {
+            let (word, style) = match outcome {
+                Outcome::Succeeded => {
+                    ("SUCCEEDED", theme.fg(theme.ok).add_modifier(Modifier::BOLD))
+                }
+                Outcome::Failed => ("FAILED", theme.banner()),
+                Outcome::Aborted => ("ABORTED", theme.banner()),
+            };
+            Line::styled(
+                format!(
+                    " {word}: {} done · {} failed · {} cancelled · {} skipped · o overview · q quit ",
+                    model.count(HostPhase::Done),
+                    model.count(HostPhase::Failed),
+                    model.count(HostPhase::Cancelled),
+                    model.count(HostPhase::Skipped)
+                ),
+                style,
+            )
+        }
+        ControlView::Running => {
+            let total = model.hosts.len();
+            Line::from(vec![
+                Span::raw(" overall "),
+                Span::styled(bar(model.settled(), total, 24), theme.fg(theme.accent)),
+                Span::raw(format!(
+                    " {}/{} hosts · {} running · {} done · ",
+                    model.settled(),
+                    total,
+                    model.count(HostPhase::Running),
+                    model.count(HostPhase::Done)
+                )),
+                Span::styled(
+                    format!("{} failed", model.count(HostPhase::Failed)),
+                    if model.count(HostPhase::Failed) > 0 {
+                        theme.bad()
+                    } else {
+                        theme.text()
+                    },
+                ),
+            ])
+        }
+    };
+    frame.render_widget(Paragraph::new(status), status_area);
+}
+
+fn draw_hosts(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    model: &DeployModel,
+    theme: &Theme,
+    clock: Clock,
+) {
+    let visible = app.visible_hosts();
+    let rows_fit = layout::table_rows(area);
+    let first = layout::first_visible_row(app.selected_host, rows_fit);
+    let rows = visible
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(rows_fit)
+        .map(|(pos, &i)| {
+            let h = &model.hosts[i];
+            let (state, style) = host_state(h, theme);
+            let elapsed = match (h.started, h.finished) {
+                (Some(s), Some(f)) => clock_text(f - s),
+                (Some(s), None) => clock_text(clock.now - s),
+                _ => String::new(),
+            };
+            let exit = match &h.last_result {
+                Some(r) => r
+                    .exit_code()
+                    .map_or_else(|| short_result(r), |c| c.to_string()),
+                None => String::new(),
+            };
+            let health = match h.healthy {
+                Some(true) => Span::styled("up", theme.fg(theme.ok)),
+                Some(false) => Span::styled("DOWN", theme.bad()),
+                None => Span::styled("–", theme.muted()),
+            };
+            let row = Row::new(vec![
+                Cell::from(h.name.clone()),
+                Cell::from(h.wave.to_string()),
+                Cell::from(Span::styled(state, style)),
+                Cell::from(h.step.clone().unwrap_or_default()),
+                Cell::from(elapsed),
+                Cell::from(exit),
+                Cell::from(health),
+            ]);
+            if pos == app.selected_host {
+                row.style(theme.selection())
+            } else {
+                row
+            }
+        });
+    let widths = [
+        Constraint::Min(10),
+        Constraint::Length(2),
+        Constraint::Length(12),
+        Constraint::Min(8),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(5),
+    ];
+    let header =
+        Row::new(vec!["HOST", "W", "STATE", "STEP", "TIME", "EXIT", "HLTH"]).style(theme.muted());
+    let mut title = format!(" Hosts {}/{} ", visible.len(), model.hosts.len());
+    if !app.filter.is_empty() {
+        title.push_str(&format!("· filter \"{}\" ", app.filter));
+    }
+    match app.sort {
+        SortOrder::Plan => {}
+        SortOrder::Trouble => title.push_str("· problems first "),
+        SortOrder::Name => title.push_str("· by name "),
+    }
+    let table = Table::new(rows, widths).header(header).block(pane_block(
+        &title,
+        app.focus == Pane::Hosts,
+        theme,
+    ));
+    frame.render_widget(table, area);
+}
+
+fn host_state(h: &HostView, theme: &Theme) -> (String, Style) {
+    match h.phase {
+        HostPhase::Running => {
+            let retry = if h.attempt > 1 {
+                format!(" #{}", h.attempt)
+            } else {
+                String::new()
+            };
+            (
+                format!("run {}/{}{retry}", h.step_index, h.total_steps),
+                theme.fg(theme.running),
+            )
+        }
+        HostPhase::Failed => ("FAILED".into(), theme.bad()),
+        HostPhase::Done => ("done".into(), theme.fg(theme.ok)),
+        HostPhase::Cancelled => ("cancelled".into(), theme.fg(theme.warn)),
+        HostPhase::Waiting | HostPhase::Skipped => (phase_word(h.phase).into(), theme.muted()),
+    }
+}
+
+fn draw_details(
+    frame: &mut Frame,
+    areas: &DeployLayout,
+    app: &App,
+    model: &DeployModel,
+    theme: &Theme,
+    clock: Clock,
+) {
+    if areas.shared_detail {
+        match app.focus {
+            Pane::Health => draw_health(frame, areas.health, app, model, theme),
+            Pane::Timeline => draw_timeline(frame, areas.timeline, app, model, theme, clock),
+            Pane::Hosts | Pane::Logs => draw_log(frame, areas.logs, app, theme),
+        }
+    } else {
+        draw_log(frame, areas.logs, app, theme);
+        draw_health(frame, areas.health, app, model, theme);
+        draw_timeline(frame, areas.timeline, app, model, theme, clock);
+    }
+}
+
+fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let who = if app.interleaved {
+        "all hosts".to_string()
+    } else {
+        app.selected_name().unwrap_or_else(|| "—".into())
+    };
+    let mode = if app.log_scroll == 0 {
+        "following".to_string()
+    } else {
+        format!("↑{} · End to follow", app.log_scroll)
+    };
+    let search = app
+        .search
+        .as_ref()
+        .map(|s| format!(" · /{s} n/N"))
+        .unwrap_or_default();
+    let title = format!(" Log — {who} ({mode}{search}) ");
+    let block = pane_block(&title, app.focus == Pane::Logs, theme);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let Some(log) = app.current_log() else { return };
+    let height = inner.height as usize;
+    let end = log.len().saturating_sub(app.log_scroll.min(log.len()));
+    let start = end.saturating_sub(height);
+    let needle = app.search.as_ref().map(|s| s.to_lowercase());
+    let lines: Vec<Line> = log
+        .slice(start, end - start)
+        .map(|l| {
+            let marker = if l.stream == Stream::Stderr { "!" } else { " " };
+            let mut spans = vec![Span::styled(marker, theme.fg(theme.stderr))];
+            if let Some(host) = &l.host {
+                spans.push(Span::styled(format!("{host:<12} "), theme.fg(theme.accent)));
+            }
+            let mut style = if l.stream == Stream::Stderr {
+                theme.fg(theme.stderr)
+            } else {
+                theme.text()
+            };
+            if needle
+                .as_ref()
+                .is_some_and(|n| l.text.to_lowercase().contains(n))
+            {
+                style = style.add_modifier(Modifier::REVERSED);
+            }
+            spans.push(Span::styled(l.text.clone(), style));
+            Line::from(spans)
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_health(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, theme: &Theme) {
+    let mut summary = Vec::new();
+    for wave in &model.waves {
+        let sampled: Vec<&HostView> = wave
+            .hosts
+            .iter()
+            .map(|&i| &model.hosts[i])
+            .filter(|h| h.healthy.is_some())
+            .collect();
+        if !sampled.is_empty() {
+            let up = sampled.iter().filter(|h| h.healthy == Some(true)).count();
+            summary.push(format!("W{} {up}/{} up", wave.number, sampled.len()));
+        }
+    }
+    let title = if summary.is_empty() {
+        " Health ".to_string()
+    } else {
+        format!(" Health · {} ", summary.join(" · "))
+    };
+    let block = pane_block(&title, app.focus == Pane::Health, theme);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let visible = app.visible_hosts();
+    let rows = inner.height as usize;
+    let first = layout::first_visible_row(app.selected_host, rows);
+    let spark_width = inner.width.saturating_sub(28) as usize;
+    let lines: Vec<Line> = visible
+        .iter()
+        .skip(first)
+        .take(rows)
+        .map(|&i| {
+            let h = &model.hosts[i];
+            let (word, style) = match h.healthy {
+                Some(true) => ("up  ", theme.fg(theme.ok)),
+                Some(false) => ("DOWN", theme.bad()),
+                None => ("–   ", theme.muted()),
+            };
+            let latency = h
+                .health
+                .iter()
+                .rev()
+                .find_map(|s| *s)
+                .map(|ms| format!("{ms:>5}ms"))
+                .unwrap_or_else(|| "      –".into());
+            Line::from(vec![
+                Span::raw(format!(" {:<14}", truncate(&h.name, 14))),
+                Span::styled(word, style),
+                Span::raw(format!(" {latency} ")),
+                Span::styled(sparkline(&h.health, spark_width), theme.fg(theme.accent)),
+            ])
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_timeline(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    model: &DeployModel,
+    theme: &Theme,
+    clock: Clock,
+) {
+    let block = pane_block(" Timeline ", app.focus == Pane::Timeline, theme);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let height = inner.height as usize;
+    let len = model.timeline.len();
+    let end = len.saturating_sub(app.timeline_scroll.min(len));
+    let start = end.saturating_sub(height);
+    let lines: Vec<Line> = model
+        .timeline
+        .iter()
+        .skip(start)
+        .take(end - start)
+        .map(|entry| {
+            let style = match entry.severity {
+                Severity::Info => theme.text(),
+                Severity::Good => theme.fg(theme.ok),
+                Severity::Warn => theme.fg(theme.warn),
+                Severity::Bad => theme.bad(),
+            };
+            Line::from(vec![
+                Span::styled(
+                    format!(
+                        " {} ",
+                        entry.at.with_timezone(&clock.offset).format("%H:%M:%S")
+                    ),
+                    theme.muted(),
+                ),
+                Span::styled(entry.text.clone(), style),
+            ])
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, app: &App, hint: &str, theme: &Theme) {
+    let line = match &app.status {
+        Some(status) => Line::styled(
+            format!(" {status}"),
+            theme.fg(theme.warn).add_modifier(Modifier::BOLD),
+        ),
+        None => Line::styled(format!(" {hint}"), theme.muted()),
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dialogs
+
+fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
+    let area = frame.area();
+    match dialog {
+        Dialog::Help => {
+            let rect = layout::centered(area, 64, 22);
+            let keys: &[(&str, &str)] = &[
+                (
+                    "↑ ↓  j k",
+                    "choose environment / host, scroll the focused pane",
+                ),
+                ("Enter", "deploy the environment · show the host's log"),
+                (
+                    "Tab / Shift-Tab",
+                    "next / previous pane: hosts, log, health, timeline",
+                ),
+                ("p", "pause: finish running steps, start nothing new"),
+                ("r", "resume where it stopped"),
+                ("a", "abort (asks for a reason): running steps are killed"),
+                ("/", "filter hosts (hosts pane) · search the log (log pane)"),
+                ("n N", "next older / newer log match"),
+                ("PgUp PgDn", "scroll the log (following pauses)"),
+                ("Home End", "top of the log · back to following the tail"),
+                ("i", "log of all hosts interleaved / of the selected host"),
+                ("s", "sort hosts: plan order, problems first, name"),
+                ("o", "back to the overview after a deploy"),
+                ("Esc", "close a dialog, clear the filter or search"),
+                (
+                    "q  Ctrl-C",
+                    "quit (asks first while a deploy runs; aborts it)",
+                ),
+                ("mouse", "click a host to select it, wheel scrolls the log"),
+            ];
+            let mut lines: Vec<Line> = keys
+                .iter()
+                .map(|(k, what)| {
+                    Line::from(vec![
+                        Span::styled(format!(" {k:<16}"), theme.fg(theme.accent)),
+                        Span::raw(*what),
+                    ])
+                })
+                .collect();
+            lines.push(Line::raw(""));
+            lines.push(Line::styled(
+                " Every pause, resume, abort and quit is in the audit log.",
+                theme.muted(),
+            ));
+            lines.push(Line::styled(" any key closes this help", theme.muted()));
+            popup(frame, rect, " Keys ", Paragraph::new(lines), theme, false);
+        }
+        Dialog::ConfirmQuit => {
+            let rect = layout::centered(area, 60, 7);
+            let text = vec![
+                Line::raw(" A deploy is running."),
+                Line::raw(" Quitting aborts it: running steps are killed, nothing new starts."),
+                Line::raw(""),
+                Line::styled(" Quit and abort? y / n", theme.bad()),
+            ];
+            popup(frame, rect, " Quit ", Paragraph::new(text), theme, true);
+        }
+        Dialog::Release(input) => {
+            let env = app.target_env().map(|e| e.name.as_str()).unwrap_or("?");
+            let service = app
+                .target_profile()
+                .map(|p| p.service.as_str())
+                .unwrap_or("?");
+            let rect = layout::centered(area, 60, 6);
+            input_popup(
+                frame,
+                rect,
+                &format!(" Deploy {service} to {env} "),
+                "Release:",
+                input,
+                None,
+                theme,
+                false,
+            );
+        }
+        Dialog::ConfirmPlan { plan, release } => {
+            let height = (plan.waves.len() as u16 + 10).min(area.height);
+            let rect = layout::centered(area, 78, height);
+            let mut lines = plan_lines(plan, theme);
+            lines.insert(
+                0,
+                Line::raw(format!(
+                    "Deploy {} {} to {}:",
+                    plan.service, release, plan.env
+                )),
+            );
+            lines.push(Line::raw(""));
+            if plan.protected {
+                lines.push(Line::styled(
+                    format!("{} is PROTECTED: you will type its name next.", plan.env),
+                    theme.bad(),
+                ));
+            }
+            lines.push(Line::styled(
+                "Enter start · Esc cancel",
+                theme.fg(theme.accent),
+            ));
+            popup(
+                frame,
+                rect,
+                " Confirm plan ",
+                Paragraph::new(lines).wrap(Wrap { trim: false }),
+                theme,
+                plan.protected,
+            );
+        }
+        Dialog::TypeName { input, wrong, .. } => {
+            let env = app.target_env().map(|e| e.name.as_str()).unwrap_or("?");
+            let rect = layout::centered(area, 60, 7);
+            let error = wrong.then(|| format!("that is not \"{env}\": nothing was started"));
+            input_popup(
+                frame,
+                rect,
+                &format!(" {env} is PROTECTED "),
+                &format!("Type {env}:"),
+                input,
+                error,
+                theme,
+                true,
+            );
+        }
+        Dialog::AbortReason { input, empty } => {
+            let rect = layout::centered(area, 64, 7);
+            let error = empty.then(|| "a reason is required: it goes to the audit log".to_string());
+            input_popup(
+                frame,
+                rect,
+                " Abort the deploy ",
+                "Reason:",
+                input,
+                error,
+                theme,
+                true,
+            );
+        }
+        Dialog::Filter(input) | Dialog::Search(input) => {
+            let label = if matches!(dialog, Dialog::Filter(_)) {
+                "Filter hosts:"
+            } else {
+                "Search log:"
+            };
+            let rect = layout::centered(area, 56, 5);
+            input_popup(frame, rect, " / ", label, input, None, theme, false);
+        }
+    }
+}
+
+fn popup(frame: &mut Frame, rect: Rect, title: &str, body: Paragraph, theme: &Theme, danger: bool) {
+    frame.render_widget(Clear, rect);
+    let border = if danger {
+        theme.bad()
+    } else {
+        theme.border(true)
+    };
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .border_type(BorderType::Double)
+        .border_style(border)
+        .title(title.to_string());
+    frame.render_widget(body.block(block), rect);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn input_popup(
+    frame: &mut Frame,
+    rect: Rect,
+    title: &str,
+    label: &str,
+    input: &ratatui_textarea::TextArea,
+    error: Option<String>,
+    theme: &Theme,
+    danger: bool,
+) {
+    frame.render_widget(Clear, rect);
+    let border = if danger {
+        theme.bad()
+    } else {
+        theme.border(true)
+    };
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .border_type(BorderType::Double)
+        .border_style(border)
+        .title(title.to_string());
+    let inner = block.inner(rect);
+    frame.render_widget(block, rect);
+    let [label_area, input_area, error_area] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(0),
+    ])
+    .areas(inner);
+    frame.render_widget(Paragraph::new(format!(" {label}")), label_area);
+    let field = Rect {
+        x: input_area.x + 1,
+        width: input_area.width.saturating_sub(2),
+        ..input_area
+    };
+    frame.render_widget(input, field);
+    let hint = error.map_or_else(
+        || Line::styled(" Enter confirm · Esc cancel", theme.muted()),
+        |e| Line::styled(format!(" {e}"), theme.bad()),
+    );
+    frame.render_widget(Paragraph::new(hint), error_area);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small pieces
+
+fn pane_block(title: &str, focused: bool, theme: &Theme) -> Block<'static> {
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .border_style(theme.border(focused))
+        .title(title.to_string());
+    if focused {
+        block.border_type(BorderType::Thick)
+    } else {
+        block
+    }
+}
+
+fn bar(done: usize, total: usize, width: usize) -> String {
+    let filled = if total == 0 {
+        0
+    } else {
+        (done * width).div_ceil(total).min(width)
+    };
+    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
+}
+
+/// Latencies as block characters scaled to the largest shown; a failed sample is `×`.
+pub fn sparkline(samples: &std::collections::VecDeque<Option<u64>>, width: usize) -> String {
+    const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let shown: Vec<Option<u64>> = samples.iter().rev().take(width).rev().copied().collect();
+    let max = shown.iter().flatten().copied().max().unwrap_or(0).max(1);
+    shown
+        .iter()
+        .map(|s| match s {
+            Some(ms) => BLOCKS[((*ms * 7) / max) as usize],
+            None => '×',
+        })
+        .collect()
+}
+
+fn clock_text(d: chrono::Duration) -> String {
+    let secs = d.num_seconds().max(0);
+    if secs >= 3600 {
+        format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    } else {
+        format!("{:02}:{:02}", secs / 60, secs % 60)
+    }
+}
+
+fn short_result(r: &crate::event::StepResult) -> String {
+    use crate::event::StepResult;
+    match r {
+        StepResult::Exited { code } => code.to_string(),
+        StepResult::Signalled { signal } => format!("sig{signal}"),
+        StepResult::TimedOut => "tmout".into(),
+        StepResult::Cancelled => "cancl".into(),
+        StepResult::Error { .. } => "err".into(),
+    }
+}
+
+fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        s.chars().take(width - 1).chain(['…']).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparkline_scales_and_marks_failures() {
+        let samples = [Some(10), Some(80), None, Some(40)].into_iter().collect();
+        assert_eq!(sparkline(&samples, 10), "▁█×▄");
+        assert_eq!(sparkline(&samples, 2), "×█", "scaled to what is shown");
+    }
+
+    #[test]
+    fn bars_and_clocks() {
+        assert_eq!(bar(1, 3, 6), "██░░░░");
+        assert_eq!(bar(0, 0, 3), "░░░");
+        assert_eq!(clock_text(chrono::Duration::seconds(3725)), "1:02:05");
+        assert_eq!(clock_text(chrono::Duration::seconds(65)), "01:05");
+    }
+}
