@@ -218,6 +218,14 @@ impl App {
         if let Some(name) = selected {
             self.select_name(&name);
         }
+        // When a wave goes bad, show the first failed host: its log says why.
+        if let Event::ThresholdExceeded { failed_hosts, .. } = &event.event
+            && let Some(first) = failed_hosts.first()
+        {
+            self.select_name(first);
+            self.log_scroll = 0;
+            self.interleaved = false;
+        }
         if matches!(event.event, Event::DeployFinished { .. }) {
             self.pending = None;
             if self.quit_when_finished {
@@ -301,11 +309,9 @@ impl App {
                 self.selected_target = self.selected_target.saturating_sub(1);
                 self.refresh_preview();
             }
-            KeyCode::Down | KeyCode::Char('j') => {
-                if self.selected_target + 1 < self.targets.len() {
-                    self.selected_target += 1;
-                    self.refresh_preview();
-                }
+            KeyCode::Down | KeyCode::Char('j') if self.selected_target + 1 < self.targets.len() => {
+                self.selected_target += 1;
+                self.refresh_preview();
             }
             KeyCode::Enter | KeyCode::Char('d') => {
                 if self.targets.is_empty() {

@@ -71,14 +71,20 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
     frame.render_widget(Paragraph::new(title).style(theme.header()), header);
 
     let [left, right] =
-        Layout::horizontal([Constraint::Percentage(38), Constraint::Percentage(62)]).areas(body);
+        Layout::horizontal([Constraint::Length(34), Constraint::Min(0)]).areas(body);
     let mut lines = Vec::new();
+    let mut last_profile = None;
     for (i, target) in app.targets.iter().enumerate() {
         let profile = &app.profiles[target.profile];
+        if last_profile != Some(target.profile) {
+            last_profile = Some(target.profile);
+            let style = theme.fg(theme.accent).add_modifier(Modifier::BOLD);
+            lines.push(Line::styled(format!(" {}", profile.service), style));
+        }
         let env = &profile.environments[target.env];
         let mut spans = vec![
-            Span::raw(format!(" {} / {}", profile.service, env.name)),
-            Span::styled(format!("  {} hosts", env.hosts.len()), theme.muted()),
+            Span::raw(format!("   {:<14}", env.name)),
+            Span::styled(format!("{:>4}", env.hosts.len()), theme.muted()),
         ];
         if env.protected {
             spans.push(Span::styled("  PROTECTED", theme.bad()));
@@ -91,7 +97,7 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
         });
     }
     frame.render_widget(
-        Paragraph::new(lines).block(pane_block(" Environments ", true, theme)),
+        Paragraph::new(lines).block(pane_block(" Environments · hosts ", true, theme)),
         left,
     );
 
@@ -102,20 +108,15 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
             Row::new(vec![
                 Cell::from(h.name.clone()),
                 Cell::from(h.address.clone()),
-                Cell::from(h.labels.join(",")),
-                Cell::from("—"),
-                Cell::from(Span::styled("not checked", theme.muted())),
+                Cell::from(h.labels.join(", ")),
             ])
         });
         let widths = [
-            Constraint::Percentage(24),
-            Constraint::Percentage(18),
-            Constraint::Percentage(22),
-            Constraint::Percentage(14),
-            Constraint::Percentage(22),
+            Constraint::Percentage(34),
+            Constraint::Percentage(26),
+            Constraint::Percentage(40),
         ];
-        let header_row =
-            Row::new(vec!["HOST", "ADDRESS", "LABELS", "RELEASE", "HEALTH"]).style(theme.muted());
+        let header_row = Row::new(vec!["HOST", "ADDRESS", "LABELS"]).style(theme.muted());
         let transport = match env.transport {
             crate::profile::TransportKind::Local => "local",
             crate::profile::TransportKind::Ssh => "ssh",
@@ -191,7 +192,7 @@ fn draw_deploy(frame: &mut Frame, app: &App, model: &DeployModel, theme: &Theme,
     let hint = if model.is_finished() {
         "o overview · Tab pane · / filter · i all hosts · ? help · q quit"
     } else {
-        "p pause · r resume · a abort · Tab pane · / filter · i all hosts · ? help · q quit"
+        "p pause · r resume · a abort · Tab pane · / filter · i all · ? help · q quit"
     };
     draw_footer(frame, areas.footer, app, hint, theme);
 }
@@ -242,16 +243,24 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
     let mut spans = vec![Span::raw(" ")];
     for wave in &model.waves {
         let hosts: Vec<&HostView> = wave.hosts.iter().map(|&i| &model.hosts[i]).collect();
+        // Hosts that ran to an end; skipped ones never ran and do not fill the bar.
         let settled = hosts
             .iter()
-            .filter(|h| !matches!(h.phase, HostPhase::Waiting | HostPhase::Running))
+            .filter(|h| {
+                matches!(
+                    h.phase,
+                    HostPhase::Done | HostPhase::Failed | HostPhase::Cancelled
+                )
+            })
             .count();
         let failed = hosts
             .iter()
             .filter(|h| h.phase == HostPhase::Failed)
             .count();
+        let never_ran = hosts.iter().all(|h| h.phase == HostPhase::Skipped);
         let (mark, style) = match (wave.phase, failed) {
             (_, f) if f > 0 => ("✗", theme.bad()),
+            _ if never_ran => ("–", theme.muted()),
             (WavePhase::Finished, _) if hosts.iter().all(|h| h.phase == HostPhase::Done) => {
                 ("✓", theme.fg(theme.ok))
             }
@@ -284,18 +293,16 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
                     failures,
                     limit,
                 } => {
-                    format!(
-                        "PAUSED: wave {wave} has {failures} failed host(s), more than the {limit} allowed"
-                    )
+                    format!("PAUSED · wave {wave}: {failures} failed > {limit} allowed")
                 }
             };
             let still = if running.is_empty() {
                 "nothing running".to_string()
             } else {
-                format!("still finishing: {}", running.join(", "))
+                format!("finishing: {}", running.join(", "))
             };
             Line::styled(
-                format!(" {why} · {still} · r resume · a abort "),
+                format!(" {why} · r resume · a abort · {still} "),
                 theme.banner(),
             )
         }
@@ -633,39 +640,33 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
     let area = frame.area();
     match dialog {
         Dialog::Help => {
-            let rect = layout::centered(area, 64, 22);
+            let rect = layout::centered(area, 70, 22);
             let keys: &[(&str, &str)] = &[
+                ("↑ ↓  j k", "choose environment or host; scroll the pane"),
+                ("Enter", "deploy the environment · focus the host's log"),
                 (
-                    "↑ ↓  j k",
-                    "choose environment / host, scroll the focused pane",
-                ),
-                ("Enter", "deploy the environment · show the host's log"),
-                (
-                    "Tab / Shift-Tab",
+                    "Tab  Shift-Tab",
                     "next / previous pane: hosts, log, health, timeline",
                 ),
-                ("p", "pause: finish running steps, start nothing new"),
-                ("r", "resume where it stopped"),
-                ("a", "abort (asks for a reason): running steps are killed"),
-                ("/", "filter hosts (hosts pane) · search the log (log pane)"),
-                ("n N", "next older / newer log match"),
-                ("PgUp PgDn", "scroll the log (following pauses)"),
-                ("Home End", "top of the log · back to following the tail"),
-                ("i", "log of all hosts interleaved / of the selected host"),
+                ("p", "pause: running steps finish, nothing new starts"),
+                ("r", "resume exactly where it stopped"),
+                ("a", "abort, with a reason: running steps are killed"),
+                ("/", "filter hosts · in the log pane: search the log"),
+                ("n  N", "older / newer search match"),
+                ("PgUp  PgDn", "scroll the log (stops following the tail)"),
+                ("Home  End", "top of the log · follow the tail again"),
+                ("i", "all hosts' output interleaved, or one host's"),
                 ("s", "sort hosts: plan order, problems first, name"),
                 ("o", "back to the overview after a deploy"),
-                ("Esc", "close a dialog, clear the filter or search"),
-                (
-                    "q  Ctrl-C",
-                    "quit (asks first while a deploy runs; aborts it)",
-                ),
-                ("mouse", "click a host to select it, wheel scrolls the log"),
+                ("Esc", "close a dialog · clear the filter or search"),
+                ("q  Ctrl-C", "quit; during a deploy asks, then aborts it"),
+                ("mouse", "click selects a host · wheel scrolls the log"),
             ];
             let mut lines: Vec<Line> = keys
                 .iter()
                 .map(|(k, what)| {
                     Line::from(vec![
-                        Span::styled(format!(" {k:<16}"), theme.fg(theme.accent)),
+                        Span::styled(format!(" {k:<15}"), theme.fg(theme.accent)),
                         Span::raw(*what),
                     ])
                 })

@@ -1,0 +1,434 @@
+//! Every console screen drawn on ratatui's TestBackend at 80×24 and 160×48, compared with
+//! stored snapshots (`tests/snapshots/`). Time is fixed and events are synthetic, so the
+//! screens are stable; review changes with `INSTA_UPDATE=always cargo test` and `git diff`.
+#![allow(clippy::unwrap_used)] // Tests panic on unexpected errors by design.
+
+use std::path::Path;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::layout::Rect;
+use wavedeck::console::app::App;
+use wavedeck::console::theme::Theme;
+use wavedeck::console::view::{self, Clock};
+use wavedeck::event::{
+    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream,
+    WaveOutline,
+};
+use wavedeck::plan::StepKind;
+use wavedeck::profile::Profile;
+
+const SIZES: [(u16, u16); 2] = [(80, 24), (160, 48)];
+
+fn t(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+}
+
+fn demo() -> Profile {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/demo.toml");
+    Profile::parse(
+        Path::new("profiles/demo.toml"),
+        &std::fs::read_to_string(path).unwrap(),
+    )
+    .unwrap()
+}
+
+fn app() -> App {
+    App::new(vec![demo()], "ann", 1000)
+}
+
+fn key(app: &mut App, code: KeyCode) {
+    app.on_key(KeyEvent::new(code, KeyModifiers::NONE));
+}
+
+fn typed(app: &mut App, text: &str) {
+    for c in text.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+fn render(app: &mut App, width: u16, height: u16, now: i64) -> String {
+    app.size = Rect::new(0, 0, width, height);
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    let clock = Clock {
+        now: t(now),
+        offset: FixedOffset::east_opt(0).unwrap(),
+    };
+    terminal
+        .draw(|f| view::draw(f, app, &Theme::dark(), clock))
+        .unwrap();
+    terminal.backend().to_string()
+}
+
+fn snapshot(name: &str, app: &mut App, now: i64) {
+    for (w, h) in SIZES {
+        let screen = render(app, w, h, now);
+        insta::assert_snapshot!(format!("{name}_{w}x{h}"), screen);
+    }
+}
+
+/// Replays a staging deploy up to a point: wave 1 done, wave 2 running with stg-web-4 failing.
+fn feed(app: &mut App, events: Vec<(i64, Event)>) {
+    for (secs, event) in events {
+        app.on_event(&Stamped { at: t(secs), event });
+    }
+}
+
+fn step(wave: usize, host: &str, name: &str, index: usize, attempt: u32) -> Event {
+    Event::StepStarted {
+        wave,
+        host: host.into(),
+        step: name.into(),
+        kind: if name == "healthz" {
+            StepKind::Health
+        } else {
+            StepKind::Command
+        },
+        index,
+        total: 5,
+        attempt,
+        command: format!("run {name}"),
+    }
+}
+
+fn finished(
+    wave: usize,
+    host: &str,
+    name: &str,
+    index: usize,
+    code: i32,
+    will_retry: bool,
+) -> Event {
+    Event::StepFinished {
+        wave,
+        host: host.into(),
+        step: name.into(),
+        index,
+        attempt: 1,
+        result: StepResult::Exited { code },
+        duration_ms: 300,
+        will_retry,
+    }
+}
+
+fn out(host: &str, stream: Stream, line: &str) -> Event {
+    Event::Output {
+        host: host.into(),
+        step: "s".into(),
+        stream,
+        line: line.into(),
+    }
+}
+
+fn staging_in_flight() -> App {
+    let mut app = app();
+    key(&mut app, KeyCode::Down);
+    app.begin_deploy();
+    let steps = ["stage", "switch", "restart", "healthz", "prune"];
+    let mut events = vec![
+        (
+            0,
+            Event::DeployStarted {
+                service: "shopfront".into(),
+                env: "staging".into(),
+                release: "2.4.1".into(),
+                waves: vec![
+                    WaveOutline {
+                        wave: 1,
+                        hosts: vec!["stg-web-1".into()],
+                        max_failures: 0,
+                    },
+                    WaveOutline {
+                        wave: 2,
+                        hosts: vec!["stg-web-2".into(), "stg-web-3".into(), "stg-web-4".into()],
+                        max_failures: 0,
+                    },
+                    WaveOutline {
+                        wave: 3,
+                        hosts: vec!["stg-worker-1".into(), "stg-worker-2".into()],
+                        max_failures: 0,
+                    },
+                ],
+                steps: steps.iter().map(|s| s.to_string()).collect(),
+            },
+        ),
+        (
+            0,
+            Event::WaveStarted {
+                wave: 1,
+                hosts: vec!["stg-web-1".into()],
+            },
+        ),
+        (
+            0,
+            Event::HostStarted {
+                wave: 1,
+                host: "stg-web-1".into(),
+            },
+        ),
+    ];
+    for (i, s) in steps.iter().enumerate() {
+        events.push((i as i64, step(1, "stg-web-1", s, i + 1, 1)));
+        events.push((
+            i as i64,
+            out(
+                "stg-web-1",
+                Stream::Stdout,
+                &format!("\u{1b}[32m{s}\u{1b}[0m ok on stg-web-1"),
+            ),
+        ));
+        if *s == "healthz" {
+            events.push((
+                i as i64,
+                Event::HealthSample {
+                    host: "stg-web-1".into(),
+                    check: "healthz".into(),
+                    healthy: true,
+                    latency_ms: 4,
+                },
+            ));
+        }
+        events.push((i as i64, finished(1, "stg-web-1", s, i + 1, 0, false)));
+    }
+    events.push((
+        5,
+        Event::HostFinished {
+            wave: 1,
+            host: "stg-web-1".into(),
+            state: HostState::Done,
+        },
+    ));
+    events.push((
+        5,
+        Event::WaveFinished {
+            wave: 1,
+            done: 1,
+            failed: 0,
+            cancelled: 0,
+            not_started: 0,
+        },
+    ));
+    events.push((
+        6,
+        Event::WaveStarted {
+            wave: 2,
+            hosts: vec!["stg-web-2".into(), "stg-web-3".into(), "stg-web-4".into()],
+        },
+    ));
+    for host in ["stg-web-2", "stg-web-3", "stg-web-4"] {
+        events.push((
+            6,
+            Event::HostStarted {
+                wave: 2,
+                host: host.into(),
+            },
+        ));
+        events.push((6, step(2, host, "stage", 1, 1)));
+        events.push((7, out(host, Stream::Stdout, "  fetched app.bin")));
+    }
+    events.push((8, step(2, "stg-web-4", "healthz", 4, 1)));
+    events.push((
+        8,
+        out(
+            "stg-web-4",
+            Stream::Stderr,
+            "GET /healthz -> 503 Service Unavailable",
+        ),
+    ));
+    events.push((
+        8,
+        Event::HealthSample {
+            host: "stg-web-4".into(),
+            check: "healthz".into(),
+            healthy: false,
+            latency_ms: 12,
+        },
+    ));
+    events.push((8, finished(2, "stg-web-4", "healthz", 4, 1, true)));
+    feed(&mut app, events);
+    app
+}
+
+fn threshold_paused() -> App {
+    let mut app = staging_in_flight();
+    feed(
+        &mut app,
+        vec![
+            (9, finished(2, "stg-web-4", "healthz", 4, 1, false)),
+            (
+                9,
+                Event::HostFinished {
+                    wave: 2,
+                    host: "stg-web-4".into(),
+                    state: HostState::Failed,
+                },
+            ),
+            (
+                9,
+                Event::ThresholdExceeded {
+                    wave: 2,
+                    failures: 1,
+                    limit: 0,
+                    failed_hosts: vec!["stg-web-4".into()],
+                },
+            ),
+            (
+                9,
+                Event::Paused {
+                    cause: PauseCause::FailureThreshold {
+                        wave: 2,
+                        failures: 1,
+                        limit: 0,
+                    },
+                    running: vec!["stg-web-2: stage".into(), "stg-web-3: stage".into()],
+                },
+            ),
+        ],
+    );
+    app
+}
+
+#[test]
+fn overview() {
+    let mut app = app();
+    snapshot("overview", &mut app, 0);
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down);
+    snapshot("overview_protected", &mut app, 0);
+}
+
+#[test]
+fn start_dialogs() {
+    let mut app = app();
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Enter);
+    typed(&mut app, "2.4.1");
+    snapshot("dialog_release", &mut app, 0);
+    key(&mut app, KeyCode::Enter);
+    snapshot("dialog_confirm_plan", &mut app, 0);
+    key(&mut app, KeyCode::Enter);
+    typed(&mut app, "prod");
+    key(&mut app, KeyCode::Enter);
+    snapshot("dialog_type_name_wrong", &mut app, 0);
+}
+
+#[test]
+fn deploy_running() {
+    let mut app = staging_in_flight();
+    snapshot("deploy_running", &mut app, 9);
+    key(&mut app, KeyCode::Char('p'));
+    snapshot("deploy_pausing", &mut app, 9);
+}
+
+#[test]
+fn deploy_paused_by_threshold() {
+    let mut app = threshold_paused();
+    snapshot("deploy_paused_threshold", &mut app, 10);
+    // The failed host's log, and the panes a small terminal shows in turn.
+    key(&mut app, KeyCode::Char('s'));
+    snapshot("deploy_paused_problems_first", &mut app, 10);
+    key(&mut app, KeyCode::Tab);
+    key(&mut app, KeyCode::Tab);
+    snapshot("deploy_health_pane", &mut app, 10);
+    key(&mut app, KeyCode::Tab);
+    snapshot("deploy_timeline_pane", &mut app, 10);
+}
+
+#[test]
+fn interleaved_log_and_filter() {
+    let mut app = staging_in_flight();
+    key(&mut app, KeyCode::Char('i'));
+    snapshot("deploy_interleaved", &mut app, 9);
+    key(&mut app, KeyCode::Char('/'));
+    typed(&mut app, "web-4");
+    key(&mut app, KeyCode::Enter);
+    snapshot("deploy_filtered", &mut app, 9);
+}
+
+#[test]
+fn abort_and_quit_dialogs() {
+    let mut app = staging_in_flight();
+    key(&mut app, KeyCode::Char('a'));
+    typed(&mut app, "db on fire");
+    snapshot("dialog_abort_reason", &mut app, 9);
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('q'));
+    snapshot("dialog_confirm_quit", &mut app, 9);
+    key(&mut app, KeyCode::Char('n'));
+    key(&mut app, KeyCode::Char('?'));
+    snapshot("help", &mut app, 9);
+}
+
+#[test]
+fn aborted_then_finished() {
+    let mut app = threshold_paused();
+    app.on_key(KeyEvent::new(KeyCode::Char('a'), KeyModifiers::NONE));
+    typed(&mut app, "stg-web-4 db pool");
+    key(&mut app, KeyCode::Enter);
+    feed(
+        &mut app,
+        vec![(
+            11,
+            Event::Aborted {
+                reason: "stg-web-4 db pool".into(),
+            },
+        )],
+    );
+    snapshot("deploy_aborting", &mut app, 11);
+    let summary = |host: &str, wave, state| HostSummary {
+        host: String::from(host),
+        wave,
+        state,
+        steps_done: 0,
+        steps_total: 5,
+        stopped_at: None,
+        last_result: None,
+    };
+    feed(
+        &mut app,
+        vec![
+            (
+                12,
+                Event::HostFinished {
+                    wave: 2,
+                    host: "stg-web-2".into(),
+                    state: HostState::Cancelled,
+                },
+            ),
+            (
+                12,
+                Event::HostFinished {
+                    wave: 2,
+                    host: "stg-web-3".into(),
+                    state: HostState::Cancelled,
+                },
+            ),
+            (
+                12,
+                Event::DeployFinished {
+                    outcome: Outcome::Aborted,
+                    duration_ms: 12_000,
+                    hosts: vec![
+                        summary("stg-worker-1", 3, HostState::NotStarted),
+                        summary("stg-worker-2", 3, HostState::NotStarted),
+                    ],
+                },
+            ),
+        ],
+    );
+    snapshot("deploy_aborted", &mut app, 30);
+    let ignored = Event::CommandIgnored {
+        command: Command::Resume,
+        why: "the deploy was aborted".into(),
+    };
+    feed(&mut app, vec![(13, ignored)]);
+}
+
+#[test]
+fn too_small() {
+    let mut app = app();
+    insta::assert_snapshot!("too_small_60x20", render(&mut app, 60, 20, 0));
+}
