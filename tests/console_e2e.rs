@@ -1,0 +1,236 @@
+//! End-to-end: the real binary's console inside tmux, driven with send-keys and read with
+//! capture-pane, on the demo profile. Each test uses its own tmux server socket, so nothing
+//! touches the operator's tmux.
+//!
+//! Waiting is on what the screen shows (polled, with a deadline), never on fixed sleeps.
+#![allow(clippy::unwrap_used)] // Tests panic on unexpected errors by design.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/demo.toml");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A console running in a private tmux server.
+struct Console {
+    socket: String,
+    dir: tempfile::TempDir,
+}
+
+fn tmux_available() -> bool {
+    let found = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var("CI").is_err(), "tmux is required in CI (.ci/run installs it)");
+        eprintln!("skipping: tmux is not installed");
+    }
+    found
+}
+
+impl Console {
+    fn start() -> Console {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let socket = format!("wavedeck-test-{}-{}", std::process::id(), COUNT.fetch_add(1, Ordering::SeqCst));
+        let dir = tempfile::tempdir().unwrap();
+        let exit_file = dir.path().join("exit-code");
+        // The shell stays after wavedeck exits so the test can read the restored screen.
+        let script = format!(
+            "cd '{root}' && WAVEDECK_AUDIT_DIR='{audit}' WAVEDECK_LOCAL_ROOT='{hosts}' USER=e2e-operator \
+             '{bin}' '{demo}'; echo $? > '{exit}'; echo WAVEDECK-EXITED; exec sleep 600",
+            root = dir.path().display(),
+            audit = dir.path().join("audit").display(),
+            hosts = dir.path().join("hosts").display(),
+            bin = env!("CARGO_BIN_EXE_wavedeck"),
+            demo = DEMO,
+            exit = exit_file.display(),
+        );
+        let status = Command::new("tmux")
+            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-x", "120", "-y", "40", "sh", "-c", &script])
+            .env_remove("TMUX")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let console = Console { socket, dir };
+        console.wait_for("Environments");
+        console
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux").args(["-L", &self.socket]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "0"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.tmux(&["send-keys", "-t", "0", k]);
+        }
+    }
+
+    fn type_text(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", "0", "-l", text]);
+    }
+
+    /// Polls the screen until it contains `text`; fails with the screen after the deadline.
+    fn wait_for(&self, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(start.elapsed() < DEADLINE, "no {text:?} on screen within {DEADLINE:?}:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn exit_code(&self) -> i32 {
+        self.wait_for("WAVEDECK-EXITED");
+        std::fs::read_to_string(self.dir.path().join("exit-code")).unwrap().trim().parse().unwrap()
+    }
+
+    fn audit_files(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.dir.path().join("audit")) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        let files = self.audit_files();
+        assert_eq!(files.len(), 1, "{files:?}");
+        read_audit(&files[0])
+    }
+
+    /// Starts a deploy of `release` to the environment `downs` rows below the first.
+    fn start_deploy(&self, downs: usize, release: &str) {
+        for _ in 0..downs {
+            self.keys(&["Down"]);
+        }
+        self.keys(&["Enter"]);
+        self.wait_for("Release:");
+        self.type_text(release);
+        self.keys(&["Enter"]);
+        self.wait_for("Enter start");
+        self.keys(&["Enter"]);
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+    }
+}
+
+fn read_audit(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn is_start(r: &Value) -> bool {
+    r["record"] == "event" && matches!(r["event"].as_str(), Some("wave_started" | "host_started" | "step_started"))
+}
+
+fn position(records: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
+    records.iter().position(pred).unwrap_or_else(|| panic!("not in audit log: {records:#?}"))
+}
+
+#[test]
+fn pause_after_the_first_wave_then_resume_to_the_end() {
+    if !tmux_available() {
+        return;
+    }
+    let c = Console::start();
+    c.start_deploy(0, "3.0.0");
+    c.wait_for("wave 1 finished");
+    c.keys(&["p"]);
+    let paused = c.wait_for("PAUSED by e2e-operator");
+    assert!(paused.contains("PAUSED"), "{paused}");
+    c.keys(&["r"]);
+    let done = c.wait_for("SUCCEEDED:");
+    assert!(done.contains("3 done"), "{done}");
+    c.keys(&["q"]);
+    assert_eq!(c.exit_code(), 0);
+    assert_eq!(c.tmux(&["display-message", "-p", "-t", "0", "#{alternate_on}"]).trim(), "0", "terminal restored");
+
+    let records = c.audit();
+    let commands: Vec<(&str, &str, &str)> = records
+        .iter()
+        .filter(|r| r["record"] == "operator_command")
+        .map(|r| (r["command"].as_str().unwrap(), r["source"].as_str().unwrap(), r["operator"].as_str().unwrap()))
+        .collect();
+    assert_eq!(commands, [("pause", "keyboard", "e2e-operator"), ("resume", "keyboard", "e2e-operator")]);
+    let paused_at = position(&records, |r| r["event"] == "paused");
+    let resumed_at = position(&records, |r| r["event"] == "resumed");
+    let started: Vec<&Value> = records[paused_at..resumed_at].iter().filter(|r| is_start(r)).collect();
+    assert!(started.is_empty(), "started while paused: {started:#?}");
+    assert!(records[resumed_at..].iter().any(|r| r["event"] == "wave_started" && r["wave"] == 2), "wave 2 ran after resume");
+    assert_eq!(records.last().unwrap()["outcome"], "succeeded");
+}
+
+#[test]
+fn abort_with_a_reason_is_audited() {
+    if !tmux_available() {
+        return;
+    }
+    let c = Console::start();
+    c.start_deploy(1, "3.0.1");
+    c.wait_for("run 1/5");
+    c.keys(&["a"]);
+    c.wait_for("Reason:");
+    c.keys(&["Enter"]);
+    c.wait_for("a reason is required");
+    c.type_text("canary looks wrong");
+    c.keys(&["Enter"]);
+    let screen = c.wait_for("ABORTED:");
+    assert!(screen.contains("skipped"), "{screen}");
+    c.keys(&["q"]);
+    assert_eq!(c.exit_code(), 3);
+
+    let records = c.audit();
+    let abort = &records[position(&records, |r| r["record"] == "operator_command")];
+    assert_eq!((abort["command"].as_str(), abort["reason"].as_str()), (Some("abort"), Some("canary looks wrong")));
+    let aborted_at = position(&records, |r| r["event"] == "aborted");
+    assert!(!records[aborted_at..].iter().any(is_start));
+    assert_eq!(records.last().unwrap()["outcome"], "aborted");
+}
+
+#[test]
+fn protected_environment_needs_its_name_and_quitting_mid_deploy_aborts() {
+    if !tmux_available() {
+        return;
+    }
+    let c = Console::start();
+    c.start_deploy(2, "3.1.0");
+    c.wait_for("Type production:");
+    c.type_text("prod");
+    c.keys(&["Enter"]);
+    c.wait_for("that is not \"production\": nothing was started");
+    assert!(c.audit_files().is_empty(), "a wrong name must not start anything");
+    c.keys(&["Escape"]);
+    c.start_deploy(0, "3.1.0");
+    c.wait_for("Type production:");
+    c.type_text("production");
+    c.keys(&["Enter"]);
+    c.wait_for("run 1/5");
+    c.keys(&["q"]);
+    c.wait_for("Quit and abort? y / n");
+    c.keys(&["y"]);
+    assert_eq!(c.exit_code(), 3);
+    let screen = c.screen();
+    assert!(screen.contains("audit log:"), "the audit path is printed after the console closes:\n{screen}");
+    assert_eq!(c.tmux(&["display-message", "-p", "-t", "0", "#{alternate_on}"]).trim(), "0");
+
+    let records = c.audit();
+    let confirmed = &records[position(&records, |r| r["record"] == "deploy_confirmed")];
+    assert_eq!(confirmed["protected"], true);
+    let abort = &records[position(&records, |r| r["record"] == "operator_command")];
+    assert!(abort["reason"].as_str().unwrap().contains("quit the console"), "{abort}");
+    assert_eq!(records.last().unwrap()["record"], "session_end");
+    assert_eq!(records.last().unwrap()["outcome"], "aborted");
+}
