@@ -5,6 +5,7 @@
 //! cannot move the cursor or change colours on the operator's screen.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::event::Stream;
 
@@ -16,7 +17,8 @@ pub struct LogLine {
     /// Set in the interleaved all-hosts view.
     pub host: Option<String>,
     pub stream: Stream,
-    pub text: String,
+    /// Shared between the host's own log and the interleaved one: each line is stored once.
+    pub text: Arc<str>,
 }
 
 /// A ring buffer of lines that also counts what it has dropped, so scroll positions stay valid
@@ -142,7 +144,7 @@ mod tests {
         for i in 0..5 {
             b.push(line(&i.to_string()));
         }
-        let kept: Vec<&str> = b.slice(0, 10).map(|l| l.text.as_str()).collect();
+        let kept: Vec<&str> = b.slice(0, 10).map(|l| &*l.text).collect();
         assert_eq!(kept, ["2", "3", "4"]);
         assert_eq!(b.total(), 5);
     }

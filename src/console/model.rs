@@ -225,7 +225,7 @@ impl DeployModel {
                 self.note(
                     at,
                     Severity::Info,
-                    format!("wave {wave} started ({} hosts)", hosts.len()),
+                    format!("wave {wave} started: {}", hosts.join(", ")),
                 );
             }
             Event::HostStarted { host, .. } => {
@@ -253,7 +253,7 @@ impl DeployModel {
             Event::Output {
                 host, stream, line, ..
             } => {
-                let text = clean(line);
+                let text: std::sync::Arc<str> = clean(line).into();
                 self.combined.push(LogLine {
                     host: Some(host.clone()),
                     stream: *stream,
@@ -526,7 +526,7 @@ pub(crate) mod tests {
             (a.phase, a.step.as_deref(), a.step_index),
             (HostPhase::Running, Some("health"), 2)
         );
-        assert_eq!(a.logs.get(0).unwrap().text, "503");
+        assert_eq!(&*a.logs.get(0).unwrap().text, "503");
         assert_eq!(m.combined.get(0).unwrap().host.as_deref(), Some("a"));
         assert_eq!((a.healthy, a.health.back()), (Some(false), Some(&None)));
     }

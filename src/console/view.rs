@@ -518,7 +518,7 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             {
                 style = style.add_modifier(Modifier::REVERSED);
             }
-            spans.push(Span::styled(l.text.clone(), style));
+            spans.push(Span::styled(l.text.to_string(), style));
             Line::from(spans)
         })
         .collect();
