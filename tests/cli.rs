@@ -303,3 +303,11 @@ fn bad_input_is_refused_with_a_location_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!s.audit_dir().exists(), "nothing starts on bad input");
 }
+
+#[test]
+fn the_console_without_a_terminal_points_to_headless_mode() {
+    let s = Sandbox::new();
+    let out = s.run(&[DEMO]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("wavedeck deploy PROFILE --env ENV --release RELEASE"), "{}", text(&out.stderr));
+}

@@ -49,7 +49,8 @@ impl Console {
         // The shell stays after wavedeck exits so the test can read the restored screen.
         let script = format!(
             "cd '{root}' && WAVEDECK_AUDIT_DIR='{audit}' WAVEDECK_LOCAL_ROOT='{hosts}' USER=e2e-operator \
-             '{bin}' '{demo}'; echo $? > '{exit}'; echo WAVEDECK-EXITED; exec sleep 600",
+             sh -c 'echo $$ > wavedeck.pid; exec \"$0\" \"$1\"' '{bin}' '{demo}'; \
+             echo $? > '{exit}'; echo WAVEDECK-EXITED; exec sleep 600",
             root = dir.path().display(),
             audit = dir.path().join("audit").display(),
             hosts = dir.path().join("hosts").display(),
@@ -128,6 +129,10 @@ impl Console {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    fn pid(&self) -> i32 {
+        std::fs::read_to_string(self.dir.path().join("wavedeck.pid")).unwrap().trim().parse().unwrap()
     }
 
     fn audit_files(&self) -> Vec<PathBuf> {
@@ -324,5 +329,23 @@ fn protected_environment_needs_its_name_and_quitting_mid_deploy_aborts() {
         "{abort}"
     );
     assert_eq!(records.last().unwrap()["record"], "session_end");
+    assert_eq!(records.last().unwrap()["outcome"], "aborted");
+}
+
+#[test]
+fn sigterm_aborts_the_deploy_audits_it_and_restores_the_terminal() {
+    if !tmux_available() {
+        return;
+    }
+    let c = Console::start();
+    c.start_deploy(1, "3.2.0");
+    c.wait_for("run 1/5");
+    let pid = nix::unistd::Pid::from_raw(c.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(c.exit_code(), 3);
+    assert_eq!(c.tmux(&["display-message", "-p", "-t", "0", "#{alternate_on}"]).trim(), "0");
+    let records = c.audit();
+    let abort = &records[position(&records, |r| r["record"] == "operator_command")];
+    assert_eq!((abort["source"].as_str(), abort["reason"].as_str()), (Some("signal"), Some("SIGTERM received")));
     assert_eq!(records.last().unwrap()["outcome"], "aborted");
 }
