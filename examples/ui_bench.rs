@@ -25,15 +25,9 @@ const LINES_PER_SECOND: usize = 50_000;
 const FPS: usize = 30;
 
 fn main() {
-    let seconds: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let seconds: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20);
     let hosts: Vec<String> = (0..HOSTS).map(|i| format!("web-{i:03}")).collect();
-    let host_list: Vec<String> = hosts
-        .iter()
-        .map(|h| format!("{{ name = \"{h}\" }}"))
-        .collect();
+    let host_list: Vec<String> = hosts.iter().map(|h| format!("{{ name = \"{h}\" }}")).collect();
     let profile_text = format!(
         "[service]\nname = \"bench\"\n[[environments]]\nname = \"load\"\nhosts = [{}]\n[[steps]]\nname = \"run\"\nrun = \"true\"\n",
         host_list.join(", ")
@@ -48,18 +42,11 @@ fn main() {
         service: "bench".into(),
         env: "load".into(),
         release: "1".into(),
-        waves: vec![WaveOutline {
-            wave: 1,
-            hosts: hosts.clone(),
-            max_failures: 0,
-        }],
+        waves: vec![WaveOutline { wave: 1, hosts: hosts.clone(), max_failures: 0 }],
         steps: vec!["run".into()],
     }));
     for h in &hosts {
-        app.on_event(&stamp(Event::HostStarted {
-            wave: 1,
-            host: h.clone(),
-        }));
+        app.on_event(&stamp(Event::HostStarted { wave: 1, host: h.clone() }));
         app.on_event(&stamp(Event::StepStarted {
             wave: 1,
             host: h.clone(),
@@ -74,10 +61,7 @@ fn main() {
 
     let mut terminal = Terminal::new(TestBackend::new(160, 48)).unwrap();
     let theme = Theme::dark();
-    let clock = Clock {
-        now,
-        offset: FixedOffset::east_opt(0).unwrap(),
-    };
+    let clock = Clock { now, offset: FixedOffset::east_opt(0).unwrap() };
     let per_frame = LINES_PER_SECOND / FPS;
     let mut draw_times = Vec::new();
     let mut apply_time = Duration::ZERO;
@@ -89,21 +73,12 @@ fn main() {
             .map(|_| {
                 line_no += 1;
                 let host = hosts[line_no % HOSTS].clone();
-                let stream = if line_no % 10 == 0 {
-                    Stream::Stderr
-                } else {
-                    Stream::Stdout
-                };
+                let stream = if line_no % 10 == 0 { Stream::Stderr } else { Stream::Stdout };
                 let line = format!(
                     "\u{1b}[32m{line_no:>9}\u{1b}[0m GET /api/orders 200 12ms upstream=10.0.0.{}",
                     line_no % 255
                 );
-                stamp(Event::Output {
-                    host,
-                    step: "run".into(),
-                    stream,
-                    line,
-                })
+                stamp(Event::Output { host, step: "run".into(), stream, line })
             })
             .collect();
         let t = Instant::now();
@@ -116,9 +91,7 @@ fn main() {
             app.selected_host = (frame / FPS * 37) % HOSTS;
         }
         let t = Instant::now();
-        terminal
-            .draw(|f| view::draw(f, &app, &theme, clock))
-            .unwrap();
+        terminal.draw(|f| view::draw(f, &app, &theme, clock)).unwrap();
         draw_times.push(t.elapsed());
     }
     draw_times.sort();
@@ -127,12 +100,7 @@ fn main() {
     println!(
         "ui_bench: {HOSTS} hosts, {LINES_PER_SECOND} lines/s for {seconds} simulated s ({total_lines} lines), 160x48, scrollback {DEFAULT_SCROLLBACK}/host"
     );
-    println!(
-        "draw per frame: p50 {:?}  p99 {:?}  max {:?}",
-        pct(0.50),
-        pct(0.99),
-        draw_times.last().unwrap()
-    );
+    println!("draw per frame: p50 {:?}  p99 {:?}  max {:?}", pct(0.50), pct(0.99), draw_times.last().unwrap());
     println!(
         "event folding: {:.0} lines/s on one core ({:.1}% of a {FPS} fps frame budget at {LINES_PER_SECOND} lines/s)",
         total_lines as f64 / apply_time.as_secs_f64(),
@@ -151,9 +119,7 @@ fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }

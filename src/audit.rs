@@ -71,16 +71,9 @@ impl AuditLog {
     pub fn open(dir: &Path, start: &SessionStart, redactor: Redactor) -> std::io::Result<AuditLog> {
         std::fs::create_dir_all(dir)?;
         let now = Utc::now();
-        let session = format!(
-            "{}-{}",
-            now.format("%Y%m%dT%H%M%S%.3fZ"),
-            std::process::id()
-        );
+        let session = format!("{}-{}", now.format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
         let path = dir.join(format!("wavedeck-{session}.jsonl"));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
         let (writer, guard) = NonBlockingBuilder::default()
             .lossy(false)
             .buffered_lines_limit(BUFFERED_LINES)
@@ -97,11 +90,7 @@ impl AuditLog {
             write_failed: false,
         };
         let mut start = start.clone();
-        start.argv = start
-            .argv
-            .iter()
-            .map(|a| log.redactor.redact(a).into_owned())
-            .collect();
+        start.argv = start.argv.iter().map(|a| log.redactor.redact(a).into_owned()).collect();
         log.record(now, "session_start", &start);
         Ok(log)
     }
@@ -130,15 +119,7 @@ impl AuditLog {
             command: &'a Command,
         }
         let operator = self.operator.clone();
-        self.record(
-            Utc::now(),
-            "operator_command",
-            &OperatorCommand {
-                operator: &operator,
-                source,
-                command,
-            },
-        );
+        self.record(Utc::now(), "operator_command", &OperatorCommand { operator: &operator, source, command });
     }
 
     /// Records a free-form note with fields (refusals, warnings).
@@ -162,11 +143,7 @@ impl AuditLog {
         if self.writer.is_none() {
             return;
         }
-        self.record(
-            Utc::now(),
-            "session_end",
-            &json!({ "outcome": outcome, "exit_code": exit_code }),
-        );
+        self.record(Utc::now(), "session_end", &json!({ "outcome": outcome, "exit_code": exit_code }));
         // Dropping the writer then the guard makes the worker drain its queue and stop.
         self.writer = None;
         drop(self.guard.take());
@@ -182,10 +159,7 @@ impl AuditLog {
         };
         self.seq += 1;
         let mut line = Map::new();
-        line.insert(
-            "ts".into(),
-            Value::String(at.to_rfc3339_opts(SecondsFormat::Millis, false)),
-        );
+        line.insert("ts".into(), Value::String(at.to_rfc3339_opts(SecondsFormat::Millis, false)));
         line.insert("session".into(), Value::String(self.session.clone()));
         line.insert("seq".into(), Value::from(self.seq));
         line.insert("record".into(), Value::String(kind.to_string()));
@@ -217,11 +191,7 @@ impl Drop for AuditLog {
     /// A log dropped without `close` (an error path or a panic unwinding) still gets its end
     /// record and is flushed.
     fn drop(&mut self) {
-        let outcome = if std::thread::panicking() {
-            "crashed"
-        } else {
-            "interrupted"
-        };
+        let outcome = if std::thread::panicking() { "crashed" } else { "interrupted" };
         self.end(outcome, -1);
     }
 }
@@ -255,8 +225,7 @@ pub fn operator_name() -> String {
 }
 
 pub fn machine_name() -> String {
-    nix::unistd::gethostname()
-        .map_or_else(|_| "unknown".into(), |h| h.to_string_lossy().into_owned())
+    nix::unistd::gethostname().map_or_else(|_| "unknown".into(), |h| h.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -279,11 +248,7 @@ mod tests {
     }
 
     fn lines(path: &Path) -> Vec<Value> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     #[test]
@@ -292,26 +257,12 @@ mod tests {
         let secrets = crate::secrets::Secrets::default();
         let mut log = AuditLog::open(dir.path(), &start(), secrets.redactor()).unwrap();
         let path = log.path().to_path_buf();
-        log.command(
-            &Command::Abort {
-                reason: "db on fire".into(),
-            },
-            CommandSource::Keyboard,
-        );
-        log.event(&Stamped {
-            at: Utc::now(),
-            event: Event::Resumed,
-        });
+        log.command(&Command::Abort { reason: "db on fire".into() }, CommandSource::Keyboard);
+        log.event(&Stamped { at: Utc::now(), event: Event::Resumed });
         log.close("aborted", 3).unwrap();
         let records = lines(&path);
-        let kinds: Vec<&str> = records
-            .iter()
-            .map(|r| r["record"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            kinds,
-            ["session_start", "operator_command", "event", "session_end"]
-        );
+        let kinds: Vec<&str> = records.iter().map(|r| r["record"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["session_start", "operator_command", "event", "session_end"]);
         assert_eq!(records[1]["operator"], "alice");
         assert_eq!(records[1]["reason"], "db on fire");
         assert_eq!(records[2]["event"], "resumed");

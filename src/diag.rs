@@ -23,12 +23,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A problem with the file as a whole.
     pub fn whole_file(file: &Path, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            position: None,
-            message: message.into(),
-            source_line: None,
-        }
+        Self { file: file.to_path_buf(), position: None, message: message.into(), source_line: None }
     }
 
     /// A problem at a byte span of `source`.
@@ -46,18 +41,12 @@ impl Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, col)) => {
-                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)?
-            }
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)?,
             None => write!(f, "{}: {}", self.file.display(), self.message)?,
         }
         if let (Some((line, col)), Some(text)) = (self.position, &self.source_line) {
             let gutter = line.to_string().len();
-            write!(
-                f,
-                "\n{:gutter$} |\n{line} | {text}\n{:gutter$} | {:>col$}",
-                "", "", "^"
-            )?;
+            write!(f, "\n{:gutter$} |\n{line} | {text}\n{:gutter$} | {:>col$}", "", "", "^")?;
         }
         Ok(())
     }
@@ -83,10 +72,7 @@ impl fmt::Display for Diagnostics {
 impl std::error::Error for Diagnostics {}
 
 /// Reads TOML into `T`, turning a syntax, type or unknown-key error into a located diagnostic.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    source: &str,
-) -> Result<T, Diagnostics> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, source: &str) -> Result<T, Diagnostics> {
     toml::from_str(source).map_err(|e| {
         let message = e.message().trim_end().replace('\n', " ");
         Diagnostics(vec![match e.span() {
@@ -103,14 +89,8 @@ fn line_col(source: &str, offset: usize) -> (usize, usize, &str) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = before.matches('\n').count() + 1;
     let col = before[line_start..].chars().count() + 1;
-    let line_end = source[line_start..]
-        .find('\n')
-        .map_or(source.len(), |i| line_start + i);
-    (
-        line,
-        col,
-        source[line_start..line_end].trim_end_matches('\r'),
-    )
+    let line_end = source[line_start..].find('\n').map_or(source.len(), |i| line_start + i);
+    (line, col, source[line_start..line_end].trim_end_matches('\r'))
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {

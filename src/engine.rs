@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -19,13 +19,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{
-    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream,
-    WaveOutline,
+    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream, WaveOutline,
 };
-use crate::plan::{HostPlan, Plan, StepKind};
+use crate::plan::{HostPlan, Plan, PlannedAction, StepKind};
 use crate::profile::FailureAction;
 use crate::secrets::Redactor;
-use crate::transport::{ExecRequest, HostSession, OutputSink, Target, Transport};
+use crate::transport::{
+    ConnectObserver, ExecRequest, HostSession, OutputSink, Target, Transport, TransportError, UploadRequest,
+};
 
 /// Where events go. Sending never blocks; a consumer that went away is not an error for the
 /// deploy, which must still finish (and be audited by whoever is left).
@@ -38,10 +39,7 @@ impl EventSink {
     }
 
     fn emit(&self, event: Event) {
-        let _ = self.0.send(Stamped {
-            at: Utc::now(),
-            event,
-        });
+        let _ = self.0.send(Stamped { at: Utc::now(), event });
     }
 }
 
@@ -82,33 +80,16 @@ pub async fn run(
             .waves
             .first()
             .and_then(|w| w.hosts.first())
-            .map_or_else(Vec::new, |h| {
-                h.steps.iter().map(|s| s.name.clone()).collect()
-            }),
+            .map_or_else(Vec::new, |h| h.steps.iter().map(|s| s.name.clone()).collect()),
     });
 
-    let shared = Arc::new(Shared {
-        control: control.clone(),
-        transport,
-        redactor,
-        env: plan.env.clone(),
-    });
+    let shared = Arc::new(Shared { control: control.clone(), transport, redactor, env: plan.env.clone() });
     let mut summaries = Vec::new();
     let wave_count = plan.waves.len();
     for wave in plan.waves {
         let number = wave.number;
         let names: Vec<String> = wave.hosts.iter().map(|h| h.host.name.clone()).collect();
-        if control
-            .admit(
-                Event::WaveStarted {
-                    wave: number,
-                    hosts: names,
-                },
-                None,
-            )
-            .await
-            == Gate::Stop
-        {
+        if control.admit(Event::WaveStarted { wave: number, hosts: names }, None).await == Gate::Stop {
             summaries.extend(wave.hosts.iter().map(|h| not_started(number, h)));
             continue;
         }
@@ -168,9 +149,7 @@ async fn run_wave(
         .iter()
         .map(|h| HostSummary {
             state: HostState::Failed,
-            last_result: Some(StepResult::Error {
-                message: "internal error in wavedeck".into(),
-            }),
+            last_result: Some(StepResult::Error { message: "internal error in wavedeck".into() }),
             ..not_started(wave, h)
         })
         .collect();
@@ -193,12 +172,7 @@ async fn run_wave(
         if summary.state == HostState::Failed {
             failed_hosts.push(summary.host.clone());
             if failed_hosts.len() > max_failures {
-                shared.control.threshold_exceeded(
-                    wave,
-                    &failed_hosts,
-                    max_failures,
-                    policy.on_failure,
-                );
+                shared.control.threshold_exceeded(wave, &failed_hosts, max_failures, policy.on_failure);
             }
         }
         done.insert(summary.host.clone(), summary);
@@ -227,35 +201,19 @@ async fn run_host(shared: &Shared, wave: usize, plan: HostPlan) -> HostSummary {
     let control = &shared.control;
     let name = plan.host.name.clone();
     let mut summary = not_started(wave, &plan);
-    if control
-        .admit(
-            Event::HostStarted {
-                wave,
-                host: name.clone(),
-            },
-            None,
-        )
-        .await
-        == Gate::Stop
-    {
+    if control.admit(Event::HostStarted { wave, host: name.clone() }, None).await == Gate::Stop {
         return summary;
     }
     let finish = |mut summary: HostSummary, state: HostState| {
         summary.state = state;
-        control.events.emit(Event::HostFinished {
-            wave,
-            host: summary.host.clone(),
-            state,
-        });
+        control.events.emit(Event::HostFinished { wave, host: summary.host.clone(), state });
         summary
     };
 
-    let target = Target {
-        env: shared.env.clone(),
-        host: plan.host.clone(),
-    };
+    let target = Target { env: shared.env.clone(), host: plan.host.clone() };
+    let observer = ConnectEvents { shared, host: &name };
     let session: Box<dyn HostSession> = tokio::select! {
-        opened = shared.transport.open(&target) => match opened {
+        opened = shared.transport.open(&target, &observer) => match opened {
             Ok(session) => session,
             Err(e) => {
                 let message = shared.redactor.redact(&e.to_string()).into_owned();
@@ -288,25 +246,22 @@ async fn run_host(shared: &Shared, wave: usize, plan: HostPlan) -> HostSummary {
                 attempt,
                 command: step.shown.clone(),
             };
-            if control
-                .admit(started_event, Some((&name, &step.name)))
-                .await
-                == Gate::Stop
-            {
+            if control.admit(started_event, Some((&name, &step.name))).await == Gate::Stop {
                 summary.stopped_at = Some(step.name.clone());
                 return finish(summary, HostState::Cancelled);
             }
-            let sink = StepOutput {
-                shared,
-                host: &name,
-                step: &step.name,
-            };
+            let sink = StepOutput { shared, host: &name, step: &step.name };
             let began = Instant::now();
-            let request = ExecRequest {
-                command: &step.command.0,
-                timeout: step.timeout,
+            let result = match &step.action {
+                PlannedAction::Run(command) => {
+                    let request = ExecRequest { command: &command.0, timeout: step.timeout };
+                    session.exec(request, &sink, &control.abort).await
+                }
+                PlannedAction::Upload { from, to } => {
+                    let request = UploadRequest { from, to, timeout: step.timeout };
+                    session.upload(request, &sink, &control.abort).await
+                }
             };
-            let result = session.exec(request, &sink, &control.abort).await;
             let elapsed = began.elapsed();
             if step.kind == StepKind::Health {
                 control.events.emit(Event::HealthSample {
@@ -338,11 +293,7 @@ async fn run_host(shared: &Shared, wave: usize, plan: HostPlan) -> HostSummary {
             }
             if !will_retry {
                 summary.stopped_at = Some(step.name.clone());
-                let state = if result == StepResult::Cancelled {
-                    HostState::Cancelled
-                } else {
-                    HostState::Failed
-                };
+                let state = if result == StepResult::Cancelled { HostState::Cancelled } else { HostState::Failed };
                 return finish(summary, state);
             }
             attempt += 1;
@@ -373,6 +324,35 @@ impl OutputSink for StepOutput<'_> {
             step: self.step.to_string(),
             stream,
             line,
+        });
+    }
+
+    fn progress(&self, sent: u64, total: u64) {
+        self.shared.control.events.emit(Event::UploadProgress {
+            host: self.host.to_string(),
+            step: self.step.to_string(),
+            sent,
+            total,
+        });
+    }
+}
+
+/// Reports a host's failed connection attempts as events (retries included), so a flaky host
+/// is visible while it is being retried, and a changed host key reaches the audit log.
+struct ConnectEvents<'a> {
+    shared: &'a Shared,
+    host: &'a str,
+}
+
+impl ConnectObserver for ConnectEvents<'_> {
+    fn attempt_failed(&self, attempt: u32, of: u32, error: &TransportError, retry_in: Option<Duration>) {
+        self.shared.control.events.emit(Event::ConnectFailed {
+            host: self.host.to_string(),
+            attempt,
+            of,
+            kind: error.kind().to_string(),
+            message: self.shared.redactor.redact(&error.to_string()).into_owned(),
+            retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
         });
     }
 }
@@ -465,10 +445,7 @@ impl Control {
                     None
                 };
                 match why {
-                    Some(why) => self.events.emit(Event::CommandIgnored {
-                        command,
-                        why: why.into(),
-                    }),
+                    Some(why) => self.events.emit(Event::CommandIgnored { command, why: why.into() }),
                     None => {
                         state.paused = None;
                         self.events.emit(Event::Resumed);
@@ -492,19 +469,12 @@ impl Control {
         };
         if let Some(why) = why {
             if let Some(command) = command {
-                self.events.emit(Event::CommandIgnored {
-                    command,
-                    why: why.into(),
-                });
+                self.events.emit(Event::CommandIgnored { command, why: why.into() });
             }
             return;
         }
         state.paused = Some(cause.clone());
-        let running = state
-            .running
-            .iter()
-            .map(|(h, s)| format!("{h}: {s}"))
-            .collect();
+        let running = state.running.iter().map(|(h, s)| format!("{h}: {s}")).collect();
         self.events.emit(Event::Paused { cause, running });
         drop(state);
         self.bump();
@@ -514,10 +484,7 @@ impl Control {
         let mut state = self.lock();
         if state.aborted.is_some() {
             if let Some(command) = command {
-                self.events.emit(Event::CommandIgnored {
-                    command,
-                    why: "already aborted".into(),
-                });
+                self.events.emit(Event::CommandIgnored { command, why: "already aborted".into() });
             }
             return;
         }
@@ -528,29 +495,11 @@ impl Control {
         self.bump();
     }
 
-    fn threshold_exceeded(
-        &self,
-        wave: usize,
-        failed_hosts: &[String],
-        limit: usize,
-        action: FailureAction,
-    ) {
+    fn threshold_exceeded(&self, wave: usize, failed_hosts: &[String], limit: usize, action: FailureAction) {
         let failures = failed_hosts.len();
-        self.events.emit(Event::ThresholdExceeded {
-            wave,
-            failures,
-            limit,
-            failed_hosts: failed_hosts.to_vec(),
-        });
+        self.events.emit(Event::ThresholdExceeded { wave, failures, limit, failed_hosts: failed_hosts.to_vec() });
         match action {
-            FailureAction::Pause => self.pause(
-                PauseCause::FailureThreshold {
-                    wave,
-                    failures,
-                    limit,
-                },
-                None,
-            ),
+            FailureAction::Pause => self.pause(PauseCause::FailureThreshold { wave, failures, limit }, None),
             FailureAction::Abort => self.abort(
                 format!(
                     "wave {wave}: {failures} hosts failed, more than the {limit} allowed ({})",

@@ -54,6 +54,10 @@ pub enum StepResult {
     },
     TimedOut,
     Cancelled,
+    /// Nothing needed doing (the host already had it).
+    Skipped {
+        reason: String,
+    },
     /// The transport could not run it at all (spawn failed, connection lost).
     Error {
         message: String,
@@ -62,7 +66,7 @@ pub enum StepResult {
 
 impl StepResult {
     pub fn succeeded(&self) -> bool {
-        matches!(self, StepResult::Exited { code: 0 })
+        matches!(self, StepResult::Exited { code: 0 } | StepResult::Skipped { .. })
     }
 
     pub fn exit_code(&self) -> Option<i32> {
@@ -80,6 +84,7 @@ impl std::fmt::Display for StepResult {
             StepResult::Signalled { signal } => write!(f, "killed by signal {signal}"),
             StepResult::TimedOut => f.write_str("timed out"),
             StepResult::Cancelled => f.write_str("cancelled"),
+            StepResult::Skipped { reason } => write!(f, "skipped: {reason}"),
             StepResult::Error { message } => write!(f, "error: {message}"),
         }
     }
@@ -90,11 +95,7 @@ impl std::fmt::Display for StepResult {
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum PauseCause {
     Operator,
-    FailureThreshold {
-        wave: usize,
-        failures: usize,
-        limit: usize,
-    },
+    FailureThreshold { wave: usize, failures: usize, limit: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -173,6 +174,22 @@ pub enum Event {
         duration_ms: u64,
         /// Another attempt follows.
         will_retry: bool,
+    },
+    /// An upload's progress; emitted at most every 256 KiB or so, and at the end.
+    UploadProgress {
+        host: String,
+        step: String,
+        sent: u64,
+        total: u64,
+    },
+    /// A connection attempt failed; `retry_in_ms` says whether and when another follows.
+    ConnectFailed {
+        host: String,
+        attempt: u32,
+        of: u32,
+        kind: String,
+        message: String,
+        retry_in_ms: Option<u64>,
     },
     HealthSample {
         host: String,

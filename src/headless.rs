@@ -18,79 +18,48 @@ use crate::session::Session;
 /// Renders one event as zero or more lines (without trailing newline).
 pub fn render(event: &Event) -> Option<String> {
     let text = match event {
-        Event::DeployStarted {
-            service,
-            env,
-            release,
-            waves,
-            ..
-        } => {
+        Event::DeployStarted { service, env, release, waves, .. } => {
             let hosts: usize = waves.iter().map(|w| w.hosts.len()).sum();
-            format!(
-                "== deploying {service} {release} to {env}: {hosts} hosts in {} waves",
-                waves.len()
-            )
+            format!("== deploying {service} {release} to {env}: {hosts} hosts in {} waves", waves.len())
         }
         Event::WaveStarted { wave, hosts } => {
             format!("== wave {wave} started: {}", hosts.join(", "))
         }
         Event::HostStarted { .. } => return None,
-        Event::StepStarted {
-            host,
-            step,
-            index,
-            total,
-            attempt,
-            ..
-        } => {
-            let retry = if *attempt > 1 {
-                format!(", attempt {attempt}")
-            } else {
-                String::new()
-            };
+        Event::StepStarted { host, step, index, total, attempt, .. } => {
+            let retry = if *attempt > 1 { format!(", attempt {attempt}") } else { String::new() };
             format!("[{host}] -> {step} ({index}/{total}{retry})")
         }
         Event::Output { host, line, .. } => format!("[{host}] {line}"),
-        Event::StepFinished {
-            host,
-            step,
-            result,
-            duration_ms,
-            will_retry,
-            ..
-        } => {
+        Event::StepFinished { host, step, result, duration_ms, will_retry, .. } => {
             if result.succeeded() {
                 return None;
             }
             let next = if *will_retry { ", will retry" } else { "" };
-            format!(
-                "[{host}] !! {step} failed: {result} after {}{next}",
-                seconds(*duration_ms)
-            )
+            format!("[{host}] !! {step} failed: {result} after {}{next}", seconds(*duration_ms))
         }
         Event::HealthSample { .. } => return None,
+        Event::UploadProgress { host, sent, total, .. } if sent == total && *total > 0 => {
+            format!("[{host}] sent {total} bytes")
+        }
+        Event::UploadProgress { .. } => return None,
+        Event::ConnectFailed { host, attempt, of, kind, message, retry_in_ms } => {
+            let next = match retry_in_ms {
+                Some(ms) => format!("; retrying in {}", seconds(*ms)),
+                None => String::new(),
+            };
+            format!("[{host}] !! connection attempt {attempt}/{of} failed ({kind}): {message}{next}")
+        }
         Event::HostFinished { host, state, .. } => match state {
             HostState::Done => format!("[{host}] done"),
             other => format!("[{host}] {}", state_word(*other)),
         },
-        Event::WaveFinished {
-            wave,
-            done,
-            failed,
-            cancelled,
-            not_started,
-        } => format!(
+        Event::WaveFinished { wave, done, failed, cancelled, not_started } => format!(
             "== wave {wave} finished: {done} done, {failed} failed, {cancelled} cancelled, {not_started} not started"
         ),
-        Event::ThresholdExceeded {
-            wave,
-            failures,
-            limit,
-            failed_hosts,
-        } => format!(
-            "== wave {wave}: {failures} failed hosts exceed the limit of {limit} ({})",
-            failed_hosts.join(", ")
-        ),
+        Event::ThresholdExceeded { wave, failures, limit, failed_hosts } => {
+            format!("== wave {wave}: {failures} failed hosts exceed the limit of {limit} ({})", failed_hosts.join(", "))
+        }
         Event::Paused { cause, running } => {
             let why = match cause {
                 PauseCause::Operator => "by operator".to_string(),
@@ -98,21 +67,14 @@ pub fn render(event: &Event) -> Option<String> {
                     format!("by failure threshold in wave {wave}")
                 }
             };
-            let still = if running.is_empty() {
-                String::new()
-            } else {
-                format!("; still running: {}", running.join(", "))
-            };
+            let still =
+                if running.is_empty() { String::new() } else { format!("; still running: {}", running.join(", ")) };
             format!("== PAUSED {why}{still}")
         }
         Event::Resumed => "== resumed".to_string(),
         Event::Aborted { reason } => format!("== ABORTED: {reason}"),
         Event::CommandIgnored { command, why } => format!("== ignored {command:?}: {why}"),
-        Event::DeployFinished {
-            outcome,
-            duration_ms,
-            hosts,
-        } => summary_table(*outcome, *duration_ms, hosts),
+        Event::DeployFinished { outcome, duration_ms, hosts } => summary_table(*outcome, *duration_ms, hosts),
     };
     Some(text)
 }
@@ -175,23 +137,11 @@ fn seconds(ms: u64) -> String {
 /// still waits for the engine to finish so the final states and the session end are recorded.
 /// A failure-threshold pause cannot be resumed by anyone here, so it becomes an abort.
 pub async fn drive(session: Session) -> i32 {
-    let Session {
-        plan,
-        redactor,
-        mut audit,
-        transport,
-        ..
-    } = session;
+    let Session { plan, redactor, mut audit, transport, .. } = session;
     say(&format!("audit log: {}", audit.path().display()));
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (event_tx, mut events) = mpsc::unbounded_channel();
-    let engine = tokio::spawn(engine::run(
-        plan,
-        transport,
-        command_rx,
-        EventSink::new(event_tx),
-        redactor,
-    ));
+    let engine = tokio::spawn(engine::run(plan, transport, command_rx, EventSink::new(event_tx), redactor));
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
@@ -290,12 +240,7 @@ mod tests {
 
     #[test]
     fn output_lines_carry_the_host() {
-        let e = Event::Output {
-            host: "web-1".into(),
-            step: "s".into(),
-            stream: Stream::Stderr,
-            line: "hi".into(),
-        };
+        let e = Event::Output { host: "web-1".into(), step: "s".into(), stream: Stream::Stderr, line: "hi".into() };
         assert_eq!(render(&e).unwrap(), "[web-1] hi");
     }
 
@@ -322,13 +267,7 @@ mod tests {
             },
         ];
         let table = summary_table(Outcome::Failed, 1500, &hosts);
-        assert!(
-            table.contains("bb       2  FAILED        1/3   restart: exit 7"),
-            "{table}"
-        );
-        assert!(
-            table.ends_with("FAILED: 1 done, 1 failed, 0 cancelled, 0 not started in 1.5s"),
-            "{table}"
-        );
+        assert!(table.contains("bb       2  FAILED        1/3   restart: exit 7"), "{table}");
+        assert!(table.ends_with("FAILED: 1 done, 1 failed, 0 cancelled, 0 not started in 1.5s"), "{table}");
     }
 }

@@ -84,19 +84,8 @@ fn main() -> ExitCode {
             local_root: cli.local_root,
             scrollback: cli.scrollback,
         }),
-        Some(Cmd::Plan {
-            profile,
-            env,
-            release,
-        }) => plan(&profile, &env, &release),
-        Some(Cmd::Deploy {
-            profile,
-            env,
-            release,
-            yes,
-            audit_dir,
-            local_root,
-        }) => {
+        Some(Cmd::Plan { profile, env, release }) => plan(&profile, &env, &release),
+        Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root }) => {
             let options = SessionOptions {
                 profile: &profile,
                 env: &env,
@@ -143,15 +132,10 @@ fn deploy(options: &SessionOptions, yes: bool) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            return fail(&SetupError::CannotStart(format!(
-                "cannot start the async runtime: {e}"
-            )));
+            return fail(&SetupError::CannotStart(format!("cannot start the async runtime: {e}")));
         }
     };
     runtime.block_on(wavedeck::headless::drive(session))

@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::profile::{
-    Amount, Environment, Host, Profile, RolloutPolicy, TransportKind, is_safe_name,
+    Amount, Environment, Host, Profile, RolloutPolicy, StepAction, TransportKind, is_safe_name, profile_relative,
 };
 use crate::secrets::{Secrets, Sensitive};
 use crate::template;
@@ -55,9 +56,8 @@ pub enum StepKind {
 pub struct PlannedStep {
     pub name: String,
     pub kind: StepKind,
-    /// What runs on the host, secrets included.
-    pub command: Sensitive,
-    /// The same command with secrets masked: the only form shown or logged.
+    pub action: PlannedAction,
+    /// What the step does with secrets masked: the only form shown or logged.
     pub shown: String,
     pub timeout: Duration,
     /// Extra attempts after a failure.
@@ -65,36 +65,31 @@ pub struct PlannedStep {
     pub retry_delay: Duration,
 }
 
+#[derive(Debug, Clone)]
+pub enum PlannedAction {
+    /// A shell command, secrets included.
+    Run(Sensitive),
+    /// A local file to copy to `to` on the host.
+    Upload { from: PathBuf, to: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("no environment `{name}` in this profile (environments: {known})")]
     UnknownEnvironment { name: String, known: String },
-    #[error(
-        "release `{0}` is not usable: use letters, digits, `.`, `_` or `-`, not starting with `.` or `-`"
-    )]
+    #[error("release `{0}` is not usable: use letters, digits, `.`, `_` or `-`, not starting with `.` or `-`")]
     BadRelease(String),
     #[error("cannot render {what} for host {host}: {message}")]
-    Render {
-        what: String,
-        host: String,
-        message: String,
-    },
+    Render { what: String, host: String, message: String },
 }
 
 impl Plan {
     /// Plans a deploy. `secrets` may be [`Secrets::masked`] for a dry run.
-    pub fn build(
-        profile: &Profile,
-        env_name: &str,
-        release: &str,
-        secrets: &Secrets,
-    ) -> Result<Plan, PlanError> {
-        let env = profile
-            .environment(env_name)
-            .ok_or_else(|| PlanError::UnknownEnvironment {
-                name: env_name.to_string(),
-                known: profile.environment_names().join(", "),
-            })?;
+    pub fn build(profile: &Profile, env_name: &str, release: &str, secrets: &Secrets) -> Result<Plan, PlanError> {
+        let env = profile.environment(env_name).ok_or_else(|| PlanError::UnknownEnvironment {
+            name: env_name.to_string(),
+            known: profile.environment_names().join(", "),
+        })?;
         if !is_safe_name(release) {
             return Err(PlanError::BadRelease(release.to_string()));
         }
@@ -108,17 +103,10 @@ impl Plan {
             for host in &env.hosts[next..next + size] {
                 let real = variables(profile, env, host, release, number, secrets);
                 let shown = variables(profile, env, host, release, number, &masked);
-                hosts.push(HostPlan {
-                    host: host.clone(),
-                    steps: host_steps(profile, host, &real, &shown)?,
-                });
+                hosts.push(HostPlan { host: host.clone(), steps: host_steps(profile, host, &real, &shown)? });
             }
             next += size;
-            waves.push(Wave {
-                number,
-                max_failures: failure_limit(size, env.policy.max_failures),
-                hosts,
-            });
+            waves.push(Wave { number, max_failures: failure_limit(size, env.policy.max_failures), hosts });
         }
         Ok(Plan {
             service: profile.service.clone(),
@@ -178,11 +166,7 @@ impl Plan {
         if let Some(first) = self.waves.first().and_then(|w| w.hosts.first()) {
             let _ = writeln!(out, "\nsteps (as for {}):", first.host.name);
             for (i, step) in first.steps.iter().enumerate() {
-                let kind = if step.kind == StepKind::Health {
-                    " [health]"
-                } else {
-                    ""
-                };
+                let kind = if step.kind == StepKind::Health { " [health]" } else { "" };
                 let _ = writeln!(
                     out,
                     "  {}. {}{kind} (timeout {}, retries {})\n       {}",
@@ -256,28 +240,17 @@ fn host_steps(
     shown: &BTreeMap<String, String>,
 ) -> Result<Vec<PlannedStep>, PlanError> {
     let render = |what: &str, source: &str| -> Result<(Sensitive, String), PlanError> {
-        let fail = |message| PlanError::Render {
-            what: what.to_string(),
-            host: host.name.clone(),
-            message,
-        };
-        Ok((
-            Sensitive(template::render(source, real).map_err(fail)?),
-            template::render(source, shown).map_err(fail)?,
-        ))
+        let fail = |message| PlanError::Render { what: what.to_string(), host: host.name.clone(), message };
+        Ok((Sensitive(template::render(source, real).map_err(fail)?), template::render(source, shown).map_err(fail)?))
     };
     let health_after = |after: Option<&str>| -> Result<Vec<PlannedStep>, PlanError> {
         let mut out = Vec::new();
-        for check in profile
-            .health
-            .iter()
-            .filter(|c| c.after.as_deref() == after)
-        {
+        for check in profile.health.iter().filter(|c| c.after.as_deref() == after) {
             let (command, shown) = render(&format!("health check `{}`", check.name), &check.run)?;
             out.push(PlannedStep {
                 name: check.name.clone(),
                 kind: StepKind::Health,
-                command,
+                action: PlannedAction::Run(command),
                 shown,
                 timeout: check.timeout,
                 retries: check.retries,
@@ -288,11 +261,25 @@ fn host_steps(
     };
     let mut steps = Vec::new();
     for step in &profile.steps {
-        let (command, shown) = render(&format!("step `{}`", step.name), &step.run)?;
+        let what = format!("step `{}`", step.name);
+        let (action, shown) = match &step.action {
+            StepAction::Run(run) => {
+                let (command, shown) = render(&what, run)?;
+                (PlannedAction::Run(command), shown)
+            }
+            StepAction::Upload { from, to } => {
+                // Paths are not secret; render with the masked values so none can leak into them.
+                let (_, from) = render(&what, from)?;
+                let (_, to) = render(&what, to)?;
+                let local = profile_relative(profile.path.parent().unwrap_or(Path::new(".")), &from);
+                let shown = format!("upload {} -> {to}", local.display());
+                (PlannedAction::Upload { from: local, to }, shown)
+            }
+        };
         steps.push(PlannedStep {
             name: step.name.clone(),
             kind: StepKind::Command,
-            command,
+            action,
             shown,
             timeout: step.timeout,
             retries: step.retries,
@@ -308,7 +295,6 @@ fn host_steps(
 mod tests {
     use super::*;
     use crate::profile::FailureAction;
-    use std::path::Path;
 
     fn policy(canary: usize, batch: Amount) -> RolloutPolicy {
         RolloutPolicy {
@@ -328,10 +314,7 @@ mod tests {
 
     #[test]
     fn percentages_are_of_the_whole_fleet_and_round_up() {
-        assert_eq!(
-            wave_sizes(15, &policy(1, Amount::Percent(10))),
-            [1, 2, 2, 2, 2, 2, 2, 2]
-        );
+        assert_eq!(wave_sizes(15, &policy(1, Amount::Percent(10))), [1, 2, 2, 2, 2, 2, 2, 2]);
         assert_eq!(wave_sizes(6, &policy(0, Amount::Percent(50))), [3, 3]);
         assert_eq!(wave_sizes(3, &policy(0, Amount::Percent(1))), [1, 1, 1]);
     }
@@ -390,10 +373,8 @@ run = "true"
         assert_eq!(b.host.name, "b");
         let names: Vec<&str> = b.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["fetch", "up", "restart", "final"]);
-        assert_eq!(
-            b.steps[0].command.0,
-            "curl -H 'X: s3cret' /srv/web/v2 # b w2"
-        );
+        let PlannedAction::Run(command) = &b.steps[0].action else { panic!("a run step") };
+        assert_eq!(command.0, "curl -H 'X: s3cret' /srv/web/v2 # b w2");
         assert_eq!(b.steps[0].shown, "curl -H 'X: ******' /srv/web/v2 # b w2");
         assert!(!plan.describe().contains("s3cret"));
         assert!(!format!("{plan:?}").contains("s3cret"));
@@ -403,20 +384,10 @@ run = "true"
     fn plan_is_deterministic_and_rejects_bad_input() {
         let profile = Profile::parse(Path::new("p.toml"), PROFILE).unwrap();
         let masked = Secrets::masked(&profile);
-        let a = Plan::build(&profile, "dev", "v2", &masked)
-            .unwrap()
-            .describe();
-        let b = Plan::build(&profile, "dev", "v2", &masked)
-            .unwrap()
-            .describe();
+        let a = Plan::build(&profile, "dev", "v2", &masked).unwrap().describe();
+        let b = Plan::build(&profile, "dev", "v2", &masked).unwrap().describe();
         assert_eq!(a, b);
-        assert!(matches!(
-            Plan::build(&profile, "prod", "v2", &masked),
-            Err(PlanError::UnknownEnvironment { .. })
-        ));
-        assert!(matches!(
-            Plan::build(&profile, "dev", "v2; rm -rf /", &masked),
-            Err(PlanError::BadRelease(_))
-        ));
+        assert!(matches!(Plan::build(&profile, "prod", "v2", &masked), Err(PlanError::UnknownEnvironment { .. })));
+        assert!(matches!(Plan::build(&profile, "dev", "v2; rm -rf /", &masked), Err(PlanError::BadRelease(_))));
     }
 }

@@ -62,6 +62,7 @@ pub struct Environment {
     pub vars: BTreeMap<String, String>,
     pub hosts: Vec<Host>,
     pub policy: RolloutPolicy,
+    pub ssh: SshSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -75,6 +76,9 @@ pub enum TransportKind {
 pub struct Host {
     pub name: String,
     pub address: String,
+    /// SSH login and port for this host, over the environment's settings.
+    pub user: Option<String>,
+    pub port: Option<u16>,
     pub labels: Vec<String>,
     pub vars: BTreeMap<String, String>,
 }
@@ -119,12 +123,60 @@ pub enum FailureAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub name: String,
-    /// A template, rendered per host when the plan is made.
-    pub run: String,
+    pub action: StepAction,
     pub timeout: Duration,
     pub retries: u32,
     pub retry_delay: Duration,
 }
+
+/// What a step does. Both forms hold templates, rendered per host when the plan is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepAction {
+    /// A shell command.
+    Run(String),
+    /// Copy a local file (relative paths are relative to the profile's directory) to a path on
+    /// the host (relative paths are relative to the host's deploy directory). Verified by
+    /// sha256, written under a temporary name and renamed into place, skipped when the host
+    /// already has the same file.
+    Upload { from: String, to: String },
+}
+
+/// How an unknown host key is treated (OpenSSH's StrictHostKeyChecking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// Refuse unknown and changed keys.
+    Strict,
+    /// Record an unknown key on first contact; still refuse a changed one.
+    AcceptNew,
+}
+
+/// How to reach hosts over SSH. Profile-level `[ssh]`, overridden key by key by an
+/// environment's `ssh = { … }`, then by a host's own `user` and `port`, then by ~/.ssh/config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSettings {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    /// Identity files to offer (besides the agent's keys); empty means ssh_config's
+    /// IdentityFile or OpenSSH's defaults.
+    pub identity_files: Vec<PathBuf>,
+    /// Extra known_hosts files, checked after ~/.ssh/known_hosts. `accept-new` records new
+    /// keys in the first of them (or in ~/.ssh/known_hosts when there is none).
+    pub known_hosts: Vec<PathBuf>,
+    pub host_key_policy: HostKeyPolicy,
+    /// The ssh_config file to honour; `None` reads none.
+    pub config: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Connection attempts before a host counts as unreachable.
+    pub connect_attempts: u32,
+    pub keepalive_interval: Duration,
+    /// Where steps run and relative upload targets land.
+    pub deploy_path: String,
+}
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// A command whose success means the host serves traffic; polled until it passes or its
 /// retries run out.
@@ -142,23 +194,15 @@ pub struct HealthCheck {
 impl Profile {
     /// Reads and validates a profile, reporting every problem found.
     pub fn load(path: &Path) -> Result<Profile, Diagnostics> {
-        let source = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics(vec![Diagnostic::whole_file(
-                path,
-                format!("cannot read profile: {e}"),
-            )])
-        })?;
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| Diagnostics(vec![Diagnostic::whole_file(path, format!("cannot read profile: {e}"))]))?;
         Self::parse(path, &source)
     }
 
     /// Parses profile text; `path` is used for messages and recorded in the profile.
     pub fn parse(path: &Path, source: &str) -> Result<Profile, Diagnostics> {
         let raw: RawProfile = crate::diag::parse_toml(path, source)?;
-        let mut v = Validator {
-            path,
-            source,
-            problems: Vec::new(),
-        };
+        let mut v = Validator { path, source, problems: Vec::new() };
         let profile = v.profile(raw);
         if v.problems.is_empty() {
             return Ok(profile);
@@ -197,6 +241,8 @@ struct RawProfile {
     secrets: BTreeMap<String, Spanned<RawSecret>>,
     #[serde(default)]
     plan: RawPlan,
+    #[serde(default)]
+    ssh: RawSsh,
     #[serde(default)]
     environments: Vec<Spanned<RawEnvironment>>,
     #[serde(default)]
@@ -243,7 +289,24 @@ struct RawEnvironment {
     #[serde(default)]
     plan: RawPlan,
     #[serde(default)]
+    ssh: RawSsh,
+    #[serde(default)]
     hosts: Vec<Spanned<RawHost>>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    user: Option<String>,
+    port: Option<Spanned<i64>>,
+    identity_files: Option<Vec<String>>,
+    known_hosts: Option<Vec<String>>,
+    host_key_policy: Option<Spanned<String>>,
+    config: Option<String>,
+    connect_timeout: Option<Spanned<String>>,
+    connect_attempts: Option<Spanned<i64>>,
+    keepalive_interval: Option<Spanned<String>>,
+    deploy_path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +314,8 @@ struct RawEnvironment {
 struct RawHost {
     name: Spanned<String>,
     address: Option<String>,
+    user: Option<String>,
+    port: Option<Spanned<i64>>,
     #[serde(default)]
     labels: Vec<String>,
     #[serde(default)]
@@ -261,10 +326,18 @@ struct RawHost {
 #[serde(deny_unknown_fields)]
 struct RawStep {
     name: Spanned<String>,
-    run: Spanned<String>,
+    run: Option<Spanned<String>>,
+    upload: Option<Spanned<RawUpload>>,
     timeout: Option<Spanned<String>>,
     retries: Option<u32>,
     retry_delay: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpload {
+    from: Spanned<String>,
+    to: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -296,8 +369,7 @@ struct TemplateUse<'r> {
 
 impl Validator<'_> {
     fn problem<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
-        self.problems
-            .push(Diagnostic::at(self.path, self.source, at.span(), message));
+        self.problems.push(Diagnostic::at(self.path, self.source, at.span(), message));
     }
 
     fn profile(&mut self, raw: RawProfile) -> Profile {
@@ -309,28 +381,23 @@ impl Validator<'_> {
         let secrets = self.secrets(&raw.secrets);
         for (name, value) in &raw.vars {
             if raw.secrets.contains_key(name) {
-                self.problem(
-                    value,
-                    format!("`{name}` is both a variable and a secret; rename one"),
-                );
+                self.problem(value, format!("`{name}` is both a variable and a secret; rename one"));
             }
         }
 
-        // Checked on its own too, so its problems show even before any environment exists.
+        // Checked on their own too, so their problems show even before any environment exists.
         self.policy(&raw.plan);
+        self.ssh(&raw.ssh);
         let mut environments = Vec::new();
         let mut env_names = BTreeSet::new();
         for env in &raw.environments {
             if !env_names.insert(env.get_ref().name.get_ref().clone()) {
                 self.problem(
                     &env.get_ref().name,
-                    format!(
-                        "environment `{}` is defined twice",
-                        env.get_ref().name.get_ref()
-                    ),
+                    format!("environment `{}` is defined twice", env.get_ref().name.get_ref()),
                 );
             }
-            environments.push(self.environment(env, &raw.plan));
+            environments.push(self.environment(env, &raw.plan, &raw.ssh));
         }
         if raw.environments.is_empty() {
             self.problems.push(Diagnostic::whole_file(
@@ -342,10 +409,7 @@ impl Validator<'_> {
         let mut step_names = BTreeSet::new();
         let steps = self.steps(&raw.steps, "step", &mut step_names);
         if raw.steps.is_empty() {
-            self.problems.push(Diagnostic::whole_file(
-                self.path,
-                "no steps: add at least one [[steps]] table",
-            ));
+            self.problems.push(Diagnostic::whole_file(self.path, "no steps: add at least one [[steps]] table"));
         }
         let mut rollback_names = BTreeSet::new();
         let rollback = self.steps(&raw.rollback, "rollback step", &mut rollback_names);
@@ -353,17 +417,19 @@ impl Validator<'_> {
 
         // Every template must only read names that exist for every host it will run on.
         let mut uses: Vec<TemplateUse> = Vec::new();
-        for s in raw.steps.iter() {
-            uses.push(TemplateUse {
-                what: format!("step `{}`", s.get_ref().name.get_ref()),
-                text: &s.get_ref().run,
-            });
-        }
-        for s in raw.rollback.iter() {
-            uses.push(TemplateUse {
-                what: format!("rollback step `{}`", s.get_ref().name.get_ref()),
-                text: &s.get_ref().run,
-            });
+        for (kind, list) in [("step", &raw.steps), ("rollback step", &raw.rollback)] {
+            for s in list.iter() {
+                let step = s.get_ref();
+                let what = format!("{kind} `{}`", step.name.get_ref());
+                let texts = [
+                    step.run.as_ref(),
+                    step.upload.as_ref().map(|u| &u.get_ref().from),
+                    step.upload.as_ref().map(|u| &u.get_ref().to),
+                ];
+                for text in texts.into_iter().flatten() {
+                    uses.push(TemplateUse { what: what.clone(), text });
+                }
+            }
         }
         for h in raw.health.iter() {
             uses.push(TemplateUse {
@@ -387,24 +453,15 @@ impl Validator<'_> {
         }
     }
 
-    fn vars(
-        &mut self,
-        raw: &BTreeMap<String, Spanned<String>>,
-        what: &str,
-    ) -> BTreeMap<String, String> {
+    fn vars(&mut self, raw: &BTreeMap<String, Spanned<String>>, what: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for (name, value) in raw {
             if BUILTIN_VARS.contains(&name.as_str()) {
-                self.problem(
-                    value,
-                    format!("{what} `{name}` would hide the built-in `{{{{{name}}}}}`; rename it"),
-                );
+                self.problem(value, format!("{what} `{name}` would hide the built-in `{{{{{name}}}}}`; rename it"));
             } else if !is_identifier(name) {
                 self.problem(
                     value,
-                    format!(
-                        "{what} name `{name}` is not usable in templates: use letters, digits and _"
-                    ),
+                    format!("{what} name `{name}` is not usable in templates: use letters, digits and _"),
                 );
             }
             out.insert(name.clone(), value.get_ref().clone());
@@ -412,52 +469,49 @@ impl Validator<'_> {
         out
     }
 
-    fn secrets(
-        &mut self,
-        raw: &BTreeMap<String, Spanned<RawSecret>>,
-    ) -> BTreeMap<String, SecretRef> {
+    fn secrets(&mut self, raw: &BTreeMap<String, Spanned<RawSecret>>) -> BTreeMap<String, SecretRef> {
         let mut out = BTreeMap::new();
         for (name, secret) in raw {
             if BUILTIN_VARS.contains(&name.as_str()) || !is_identifier(name) {
-                self.problem(
-                    secret,
-                    format!("secret name `{name}` must be an identifier other than a built-in"),
-                );
+                self.problem(secret, format!("secret name `{name}` must be an identifier other than a built-in"));
             }
             let env_var = secret.get_ref().env.clone();
             if env_var.is_empty() {
-                self.problem(
-                    secret,
-                    format!("secret `{name}` needs `env`, the environment variable holding it"),
-                );
+                self.problem(secret, format!("secret `{name}` needs `env`, the environment variable holding it"));
             }
             out.insert(name.clone(), SecretRef { env_var });
         }
         out
     }
 
-    fn environment(&mut self, raw: &Spanned<RawEnvironment>, base: &RawPlan) -> Environment {
+    fn environment(&mut self, raw: &Spanned<RawEnvironment>, base: &RawPlan, base_ssh: &RawSsh) -> Environment {
         let env = raw.get_ref();
         let name = env.name.get_ref().clone();
         if !is_safe_name(&name) {
-            self.problem(
-                &env.name,
-                "environment name must be letters, digits, `.`, `_` or `-`",
-            );
+            self.problem(&env.name, "environment name must be letters, digits, `.`, `_` or `-`");
         }
         let transport = match env.transport.as_ref().map(|t| (t, t.get_ref().as_str())) {
             None | Some((_, "local")) => TransportKind::Local,
             Some((_, "ssh")) => TransportKind::Ssh,
             Some((t, other)) => {
-                self.problem(
-                    t,
-                    format!("unknown transport `{other}`: expected \"local\" or \"ssh\""),
-                );
+                self.problem(t, format!("unknown transport `{other}`: expected \"local\" or \"ssh\""));
                 TransportKind::Local
             }
         };
         let vars = self.vars(&env.vars, "variable");
         let policy = self.policy(&merge_plan(base, &env.plan));
+        let ssh = self.ssh(&merge_ssh(base_ssh, &env.ssh));
+        if env.protected && ssh.host_key_policy == HostKeyPolicy::AcceptNew {
+            let at = env.ssh.host_key_policy.as_ref().or(base_ssh.host_key_policy.as_ref());
+            let message = format!(
+                "environment `{name}` is protected: host_key_policy \"accept-new\" is not allowed for it; \
+                 add its host keys to known_hosts instead"
+            );
+            match at {
+                Some(at) => self.problem(at, message),
+                None => self.problem(&env.name, message),
+            }
+        }
 
         let mut hosts = Vec::new();
         let mut host_names = BTreeSet::new();
@@ -465,22 +519,16 @@ impl Validator<'_> {
             let raw_host = h.get_ref();
             let host_name = raw_host.name.get_ref().clone();
             if !is_safe_name(&host_name) {
-                self.problem(
-                    &raw_host.name,
-                    "host name must be letters, digits, `.`, `_` or `-`",
-                );
+                self.problem(&raw_host.name, "host name must be letters, digits, `.`, `_` or `-`");
             }
             if !host_names.insert(host_name.clone()) {
-                self.problem(
-                    &raw_host.name,
-                    format!("host `{host_name}` appears twice in environment `{name}`"),
-                );
+                self.problem(&raw_host.name, format!("host `{host_name}` appears twice in environment `{name}`"));
             }
+            let port = raw_host.port.as_ref().and_then(|p| self.port(p));
             hosts.push(Host {
-                address: raw_host
-                    .address
-                    .clone()
-                    .unwrap_or_else(|| host_name.clone()),
+                address: raw_host.address.clone().unwrap_or_else(|| host_name.clone()),
+                user: raw_host.user.clone(),
+                port,
                 name: host_name,
                 labels: raw_host.labels.clone(),
                 vars: self.vars(&raw_host.vars, "variable"),
@@ -489,14 +537,7 @@ impl Validator<'_> {
         if env.hosts.is_empty() {
             self.problem(&env.name, format!("environment `{name}` has no hosts"));
         }
-        Environment {
-            name,
-            protected: env.protected,
-            transport,
-            vars,
-            hosts,
-            policy,
-        }
+        Environment { name, protected: env.protected, transport, vars, hosts, policy, ssh }
     }
 
     fn policy(&mut self, raw: &RawPlan) -> RolloutPolicy {
@@ -527,17 +568,12 @@ impl Validator<'_> {
             None | Some((_, "pause")) => FailureAction::Pause,
             Some((_, "abort")) => FailureAction::Abort,
             Some((s, other)) => {
-                self.problem(
-                    s,
-                    format!("unknown on_failure `{other}`: expected \"pause\" or \"abort\""),
-                );
+                self.problem(s, format!("unknown on_failure `{other}`: expected \"pause\" or \"abort\""));
                 FailureAction::Pause
             }
         };
-        let pause_between_waves = raw
-            .pause_between_waves
-            .as_ref()
-            .map_or(Duration::ZERO, |d| self.duration(d, Duration::ZERO));
+        let pause_between_waves =
+            raw.pause_between_waves.as_ref().map_or(Duration::ZERO, |d| self.duration(d, Duration::ZERO));
         let parallel = match &raw.parallel {
             None => DEFAULT_PARALLEL,
             Some(p) if *p.get_ref() < 1 => {
@@ -546,26 +582,68 @@ impl Validator<'_> {
             }
             Some(p) => *p.get_ref() as usize,
         };
-        RolloutPolicy {
-            canary,
-            batch,
-            max_failures,
-            on_failure,
-            pause_between_waves,
-            parallel,
+        RolloutPolicy { canary, batch, max_failures, on_failure, pause_between_waves, parallel }
+    }
+
+    fn port(&mut self, raw: &Spanned<i64>) -> Option<u16> {
+        match u16::try_from(*raw.get_ref()) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                self.problem(raw, "port must be between 1 and 65535");
+                None
+            }
+        }
+    }
+
+    fn ssh(&mut self, raw: &RawSsh) -> SshSettings {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let host_key_policy = match raw.host_key_policy.as_ref().map(|p| (p, p.get_ref().as_str())) {
+            None | Some((_, "strict")) => HostKeyPolicy::Strict,
+            Some((_, "accept-new")) => HostKeyPolicy::AcceptNew,
+            Some((p, other)) => {
+                self.problem(p, format!("unknown host_key_policy `{other}`: expected \"strict\" or \"accept-new\""));
+                HostKeyPolicy::Strict
+            }
+        };
+        let connect_attempts = match &raw.connect_attempts {
+            None => DEFAULT_CONNECT_ATTEMPTS,
+            Some(n) if (1..=20).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => {
+                self.problem(n, "connect_attempts must be between 1 and 20");
+                DEFAULT_CONNECT_ATTEMPTS
+            }
+        };
+        let config = match raw.config.as_deref() {
+            Some("none") => None,
+            Some(path) => Some(profile_relative(base, path)),
+            None => Some(PathBuf::from("~/.ssh/config")),
+        };
+        SshSettings {
+            user: raw.user.clone(),
+            port: raw.port.as_ref().and_then(|p| self.port(p)),
+            identity_files: raw.identity_files.iter().flatten().map(|p| profile_relative(base, p)).collect(),
+            known_hosts: raw.known_hosts.iter().flatten().map(|p| profile_relative(base, p)).collect(),
+            host_key_policy,
+            config,
+            connect_timeout: raw
+                .connect_timeout
+                .as_ref()
+                .map_or(DEFAULT_CONNECT_TIMEOUT, |d| self.duration(d, DEFAULT_CONNECT_TIMEOUT)),
+            connect_attempts,
+            keepalive_interval: raw
+                .keepalive_interval
+                .as_ref()
+                .map_or(DEFAULT_KEEPALIVE, |d| self.duration(d, DEFAULT_KEEPALIVE)),
+            deploy_path: raw.deploy_path.clone().unwrap_or_else(|| ".".into()),
         }
     }
 
     fn amount(&mut self, raw: &Spanned<toml::Value>, what: &str) -> Option<Amount> {
-        let expected =
-            format!("{what} must be a number of hosts like 2 or a percentage like \"25%\"");
+        let expected = format!("{what} must be a number of hosts like 2 or a percentage like \"25%\"");
         match raw.get_ref() {
             toml::Value::Integer(n) if *n >= 0 => Some(Amount::Count(*n as usize)),
             toml::Value::String(s) => {
-                let parsed = s
-                    .trim()
-                    .strip_suffix('%')
-                    .and_then(|p| p.trim().parse::<u32>().ok());
+                let parsed = s.trim().strip_suffix('%').and_then(|p| p.trim().parse::<u32>().ok());
                 match parsed {
                     Some(p) if p <= 100 => Some(Amount::Percent(p as u8)),
                     Some(_) => {
@@ -589,21 +667,13 @@ impl Validator<'_> {
         match humantime::parse_duration(raw.get_ref()) {
             Ok(d) => d,
             Err(e) => {
-                self.problem(
-                    raw,
-                    format!("expected a duration like \"30s\", \"500ms\" or \"2m\" ({e})"),
-                );
+                self.problem(raw, format!("expected a duration like \"30s\", \"500ms\" or \"2m\" ({e})"));
                 fallback
             }
         }
     }
 
-    fn steps(
-        &mut self,
-        raw: &[Spanned<RawStep>],
-        what: &str,
-        names: &mut BTreeSet<String>,
-    ) -> Vec<Step> {
+    fn steps(&mut self, raw: &[Spanned<RawStep>], what: &str, names: &mut BTreeSet<String>) -> Vec<Step> {
         let mut out = Vec::new();
         for s in raw {
             let step = s.get_ref();
@@ -614,16 +684,33 @@ impl Validator<'_> {
             if !names.insert(name.clone()) {
                 self.problem(&step.name, format!("{what} `{name}` is defined twice"));
             }
+            let action = match (&step.run, &step.upload) {
+                (Some(run), None) => StepAction::Run(run.get_ref().clone()),
+                (None, Some(upload)) => StepAction::Upload {
+                    from: upload.get_ref().from.get_ref().clone(),
+                    to: upload.get_ref().to.get_ref().clone(),
+                },
+                (Some(run), Some(_)) => {
+                    self.problem(run, format!("{what} `{name}` has both `run` and `upload`: use one"));
+                    StepAction::Run(run.get_ref().clone())
+                }
+                (None, None) => {
+                    self.problem(
+                        &step.name,
+                        format!("{what} `{name}` needs `run` (a command) or `upload` (a file to copy)"),
+                    );
+                    StepAction::Run(String::new())
+                }
+            };
             out.push(Step {
                 name,
-                run: step.run.get_ref().clone(),
-                timeout: step.timeout.as_ref().map_or(DEFAULT_STEP_TIMEOUT, |d| {
-                    self.duration(d, DEFAULT_STEP_TIMEOUT)
-                }),
+                action,
+                timeout: step.timeout.as_ref().map_or(DEFAULT_STEP_TIMEOUT, |d| self.duration(d, DEFAULT_STEP_TIMEOUT)),
                 retries: step.retries.unwrap_or(0),
-                retry_delay: step.retry_delay.as_ref().map_or(DEFAULT_RETRY_DELAY, |d| {
-                    self.duration(d, DEFAULT_RETRY_DELAY)
-                }),
+                retry_delay: step
+                    .retry_delay
+                    .as_ref()
+                    .map_or(DEFAULT_RETRY_DELAY, |d| self.duration(d, DEFAULT_RETRY_DELAY)),
             });
         }
         out
@@ -636,49 +723,32 @@ impl Validator<'_> {
             let check = h.get_ref();
             let name = check.name.get_ref().clone();
             if !names.insert(name.clone()) {
-                self.problem(
-                    &check.name,
-                    format!("health check `{name}` is defined twice"),
-                );
+                self.problem(&check.name, format!("health check `{name}` is defined twice"));
             }
             if let Some(kind) = &check.kind
                 && kind.get_ref() != "command"
             {
-                self.problem(
-                    kind,
-                    format!(
-                        "unknown health check kind `{}`: expected \"command\"",
-                        kind.get_ref()
-                    ),
-                );
+                self.problem(kind, format!("unknown health check kind `{}`: expected \"command\"", kind.get_ref()));
             }
             if let Some(after) = &check.after
                 && !steps.iter().any(|s| &s.name == after.get_ref())
             {
                 let known: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
-                self.problem(
-                    after,
-                    format!(
-                        "unknown step `{}` (steps are: {})",
-                        after.get_ref(),
-                        known.join(", ")
-                    ),
-                );
+                self.problem(after, format!("unknown step `{}` (steps are: {})", after.get_ref(), known.join(", ")));
             }
             out.push(HealthCheck {
                 name,
                 run: check.run.get_ref().clone(),
                 after: check.after.as_ref().map(|a| a.get_ref().clone()),
-                timeout: check.timeout.as_ref().map_or(DEFAULT_HEALTH_TIMEOUT, |d| {
-                    self.duration(d, DEFAULT_HEALTH_TIMEOUT)
-                }),
+                timeout: check
+                    .timeout
+                    .as_ref()
+                    .map_or(DEFAULT_HEALTH_TIMEOUT, |d| self.duration(d, DEFAULT_HEALTH_TIMEOUT)),
                 retries: check.retries.unwrap_or(DEFAULT_HEALTH_RETRIES),
                 interval: check
                     .interval
                     .as_ref()
-                    .map_or(DEFAULT_HEALTH_INTERVAL, |d| {
-                        self.duration(d, DEFAULT_HEALTH_INTERVAL)
-                    }),
+                    .map_or(DEFAULT_HEALTH_INTERVAL, |d| self.duration(d, DEFAULT_HEALTH_INTERVAL)),
             });
         }
         out
@@ -700,9 +770,8 @@ impl Validator<'_> {
                 }
             };
             for name in names {
-                let global = BUILTIN_VARS.contains(&name.as_str())
-                    || vars.contains_key(&name)
-                    || secrets.contains_key(&name);
+                let global =
+                    BUILTIN_VARS.contains(&name.as_str()) || vars.contains_key(&name) || secrets.contains_key(&name);
                 if global {
                     continue;
                 }
@@ -711,9 +780,7 @@ impl Validator<'_> {
                     .flat_map(|env| {
                         env.hosts
                             .iter()
-                            .filter(|h| {
-                                !env.vars.contains_key(&name) && !h.vars.contains_key(&name)
-                            })
+                            .filter(|h| !env.vars.contains_key(&name) && !h.vars.contains_key(&name))
                             .map(move |h| format!("{}/{}", env.name, h.name))
                     })
                     .collect();
@@ -747,17 +814,32 @@ fn merge_plan(base: &RawPlan, over: &RawPlan) -> RawPlan {
     RawPlan {
         canary: over.canary.clone().or_else(|| base.canary.clone()),
         batch: over.batch.clone().or_else(|| base.batch.clone()),
-        max_failures: over
-            .max_failures
-            .clone()
-            .or_else(|| base.max_failures.clone()),
+        max_failures: over.max_failures.clone().or_else(|| base.max_failures.clone()),
         on_failure: over.on_failure.clone().or_else(|| base.on_failure.clone()),
-        pause_between_waves: over
-            .pause_between_waves
-            .clone()
-            .or_else(|| base.pause_between_waves.clone()),
+        pause_between_waves: over.pause_between_waves.clone().or_else(|| base.pause_between_waves.clone()),
         parallel: over.parallel.clone().or_else(|| base.parallel.clone()),
     }
+}
+
+fn merge_ssh(base: &RawSsh, over: &RawSsh) -> RawSsh {
+    RawSsh {
+        user: over.user.clone().or_else(|| base.user.clone()),
+        port: over.port.clone().or_else(|| base.port.clone()),
+        identity_files: over.identity_files.clone().or_else(|| base.identity_files.clone()),
+        known_hosts: over.known_hosts.clone().or_else(|| base.known_hosts.clone()),
+        host_key_policy: over.host_key_policy.clone().or_else(|| base.host_key_policy.clone()),
+        config: over.config.clone().or_else(|| base.config.clone()),
+        connect_timeout: over.connect_timeout.clone().or_else(|| base.connect_timeout.clone()),
+        connect_attempts: over.connect_attempts.clone().or_else(|| base.connect_attempts.clone()),
+        keepalive_interval: over.keepalive_interval.clone().or_else(|| base.keepalive_interval.clone()),
+        deploy_path: over.deploy_path.clone().or_else(|| base.deploy_path.clone()),
+    }
+}
+
+/// A path from a profile: `~/…` stays for the transport to expand; a relative path is taken
+/// from the profile's own directory, so a profile works from any working directory.
+pub fn profile_relative(profile_dir: &Path, path: &str) -> PathBuf {
+    if path.starts_with('~') || Path::new(path).is_absolute() { PathBuf::from(path) } else { profile_dir.join(path) }
 }
 
 fn summarize(items: &[String]) -> String {
@@ -765,11 +847,7 @@ fn summarize(items: &[String]) -> String {
     if items.len() <= SHOWN {
         items.join(", ")
     } else {
-        format!(
-            "{} and {} more",
-            items[..SHOWN].join(", "),
-            items.len() - SHOWN
-        )
+        format!("{} and {} more", items[..SHOWN].join(", "), items.len() - SHOWN)
     }
 }
 
@@ -783,15 +861,11 @@ fn is_identifier(s: &str) -> bool {
 pub fn is_safe_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(['.', '-'])
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 pub fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -890,9 +964,7 @@ after = "helo"
         ];
         for (place, what) in expect {
             assert!(
-                err.0
-                    .iter()
-                    .any(|d| d.to_string().starts_with(place) && d.message.contains(what)),
+                err.0.iter().any(|d| d.to_string().starts_with(place) && d.message.contains(what)),
                 "missing {place} {what} in:\n{text}"
             );
         }
@@ -901,25 +973,17 @@ after = "helo"
 
     #[test]
     fn variable_missing_in_some_hosts_names_them() {
-        let src = MINIMAL.replace("{{ host }}", "{{ port }}").replace(
-            "{ name = \"a\" }",
-            "{ name = \"a\", vars = { port = \"80\" } }",
-        );
+        let src = MINIMAL
+            .replace("{{ host }}", "{{ port }}")
+            .replace("{ name = \"a\" }", "{ name = \"a\", vars = { port = \"80\" } }");
         let err = parse(&src).unwrap_err();
         assert!(err.0[0].message.contains("not defined for dev/b"), "{err}");
     }
 
     #[test]
     fn zero_batch_and_bad_amount_types_are_rejected() {
-        for (batch, expect) in [
-            ("0", "at least 1"),
-            ("\"0%\"", "at least 1"),
-            ("true", "number of hosts"),
-        ] {
-            let src = MINIMAL.replace(
-                "[[environments]]",
-                &format!("[plan]\nbatch = {batch}\n[[environments]]"),
-            );
+        for (batch, expect) in [("0", "at least 1"), ("\"0%\"", "at least 1"), ("true", "number of hosts")] {
+            let src = MINIMAL.replace("[[environments]]", &format!("[plan]\nbatch = {batch}\n[[environments]]"));
             let err = parse(&src).unwrap_err();
             assert!(err.to_string().contains(expect), "{batch}: {err}");
         }

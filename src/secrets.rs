@@ -32,10 +32,7 @@ impl Secrets {
 
     /// Resolves secrets through `lookup` (the environment, or a test's map); names every
     /// missing one at once.
-    pub fn from_lookup(
-        profile: &Profile,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Secrets, String> {
+    pub fn from_lookup(profile: &Profile, lookup: impl Fn(&str) -> Option<String>) -> Result<Secrets, String> {
         let mut values = BTreeMap::new();
         let mut missing = Vec::new();
         for (name, secret) in &profile.secrets {
@@ -49,22 +46,13 @@ impl Secrets {
         if missing.is_empty() {
             Ok(Secrets { values })
         } else {
-            Err(format!(
-                "secrets not set in the environment: {}",
-                missing.join(", ")
-            ))
+            Err(format!("secrets not set in the environment: {}", missing.join(", ")))
         }
     }
 
     /// Placeholder values for showing a plan without needing the secrets.
     pub fn masked(profile: &Profile) -> Secrets {
-        Secrets {
-            values: profile
-                .secrets
-                .keys()
-                .map(|k| (k.clone(), MASK.to_string()))
-                .collect(),
-        }
+        Secrets { values: profile.secrets.keys().map(|k| (k.clone(), MASK.to_string())).collect() }
     }
 
     pub fn values(&self) -> impl Iterator<Item = (&String, &String)> {
@@ -72,12 +60,7 @@ impl Secrets {
     }
 
     pub fn redactor(&self) -> Redactor {
-        let mut needles: Vec<String> = self
-            .values
-            .values()
-            .filter(|v| v.as_str() != MASK)
-            .cloned()
-            .collect();
+        let mut needles: Vec<String> = self.values.values().filter(|v| v.as_str() != MASK).cloned().collect();
         // Longest first so a secret containing another is masked whole.
         needles.sort_by_key(|v| std::cmp::Reverse(v.len()));
         Redactor { needles }
@@ -125,17 +108,10 @@ mod tests {
 
     #[test]
     fn masks_every_occurrence_longest_first() {
-        let s = Secrets {
-            values: BTreeMap::from([
-                ("a".into(), "hunter2".into()),
-                ("b".into(), "hunter2-long".into()),
-            ]),
-        };
+        let s =
+            Secrets { values: BTreeMap::from([("a".into(), "hunter2".into()), ("b".into(), "hunter2-long".into())]) };
         let r = s.redactor();
-        assert_eq!(
-            r.redact("x hunter2-long y hunter2"),
-            format!("x {MASK} y {MASK}")
-        );
+        assert_eq!(r.redact("x hunter2-long y hunter2"), format!("x {MASK} y {MASK}"));
         assert!(matches!(r.redact("clean"), Cow::Borrowed(_)));
     }
 }

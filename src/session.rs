@@ -65,10 +65,7 @@ pub fn prepare(options: &SessionOptions, profile: Profile) -> Result<Session, Se
     };
     let redactor = secrets.redactor();
     let dir = audit::audit_dir(options.audit_dir).ok_or_else(|| {
-        SetupError::CannotStart(format!(
-            "no home directory to keep the audit log in: set {}",
-            audit::AUDIT_DIR_ENV
-        ))
+        SetupError::CannotStart(format!("no home directory to keep the audit log in: set {}", audit::AUDIT_DIR_ENV))
     })?;
     let start = SessionStart {
         operator: audit::operator_name(),
@@ -87,13 +84,7 @@ pub fn prepare(options: &SessionOptions, profile: Profile) -> Result<Session, Se
             dir.display()
         ))
     })?;
-    Ok(Session {
-        profile,
-        plan,
-        redactor,
-        audit,
-        transport,
-    })
+    Ok(Session { profile, plan, redactor, audit, transport })
 }
 
 /// Where local "hosts" live: `--local-root`, else `$WAVEDECK_LOCAL_ROOT`, else the platform
@@ -107,9 +98,5 @@ fn local_root(flag: Option<&Path>) -> Result<PathBuf, SetupError> {
     }
     directories::ProjectDirs::from("", "", "wavedeck")
         .map(|d| d.data_dir().join("local-hosts"))
-        .ok_or_else(|| {
-            SetupError::CannotStart(format!(
-                "no home directory for local hosts: set {LOCAL_ROOT_ENV}"
-            ))
-        })
+        .ok_or_else(|| SetupError::CannotStart(format!("no home directory for local hosts: set {LOCAL_ROOT_ENV}")))
 }

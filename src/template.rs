@@ -45,10 +45,7 @@ mod tests {
     #[test]
     fn lists_the_names_a_template_reads() {
         let names = variables("cd /srv/{{ service }} && ln -s {{release}} current").unwrap();
-        assert_eq!(
-            names.into_iter().collect::<Vec<_>>(),
-            ["release", "service"]
-        );
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["release", "service"]);
     }
 
     #[test]

@@ -16,9 +16,7 @@ struct Sandbox {
 
 impl Sandbox {
     fn new() -> Self {
-        Sandbox {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Sandbox { dir: tempfile::tempdir().unwrap() }
     }
 
     fn audit_dir(&self) -> PathBuf {
@@ -40,10 +38,7 @@ impl Sandbox {
 
     /// The records of the single audit file this sandbox produced.
     fn audit(&self) -> Vec<Value> {
-        let files: Vec<PathBuf> = std::fs::read_dir(self.audit_dir())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let files: Vec<PathBuf> = std::fs::read_dir(self.audit_dir()).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(files.len(), 1, "{files:?}");
         audit_records(&files[0])
     }
@@ -55,16 +50,13 @@ fn audit_records(path: &Path) -> Vec<Value> {
         .lines()
         .enumerate()
         .map(|(i, line)| {
-            serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {line}", i + 1))
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {line}", i + 1))
         })
         .collect()
 }
 
 fn events<'a>(records: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-    records
-        .iter()
-        .filter(move |r| r["record"] == "event" && r["event"] == kind)
+    records.iter().filter(move |r| r["record"] == "event" && r["event"] == kind)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -79,36 +71,18 @@ fn plan_is_printed_and_deterministic() {
     assert!(a.status.success(), "{}", text(&a.stderr));
     assert_eq!(a.stdout, b.stdout);
     let out = text(&a.stdout);
-    assert!(
-        out.contains("wave 1 (1 host, tolerates 0 failures): stg-web-1"),
-        "{out}"
-    );
-    assert!(
-        out.contains("wave 2 (3 hosts, tolerates 0 failures): stg-web-2, stg-web-3, stg-web-4"),
-        "{out}"
-    );
-    assert!(
-        !s.audit_dir().exists(),
-        "a dry run must not start an audited session"
-    );
+    assert!(out.contains("wave 1 (1 host, tolerates 0 failures): stg-web-1"), "{out}");
+    assert!(out.contains("wave 2 (3 hosts, tolerates 0 failures): stg-web-2, stg-web-3, stg-web-4"), "{out}");
+    assert!(!s.audit_dir().exists(), "a dry run must not start an audited session");
 }
 
 #[test]
 fn a_clean_deploy_succeeds_and_every_host_and_step_is_audited() {
     let s = Sandbox::new();
     let out = s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.4.1"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out.stdout), text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains("[dev-web-1] GET /healthz -> 200 OK, serving 2.4.1"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("[dev-web-1] GET /healthz -> 200 OK, serving 2.4.1"), "{stdout}");
     assert!(stdout.contains("SUCCEEDED: 3 done, 0 failed"), "{stdout}");
 
     let records = s.audit();
@@ -119,38 +93,18 @@ fn a_clean_deploy_succeeds_and_every_host_and_step_is_audited() {
     assert_eq!(first["profile_sha256"].as_str().unwrap().len(), 64);
     let last = records.last().unwrap();
     assert_eq!(
-        (
-            last["record"].as_str(),
-            last["outcome"].as_str(),
-            last["exit_code"].as_i64()
-        ),
+        (last["record"].as_str(), last["outcome"].as_str(), last["exit_code"].as_i64()),
         (Some("session_end"), Some("succeeded"), Some(0))
     );
 
     let steps = ["stage", "switch", "restart", "healthz", "prune"];
     for host in ["dev-web-1", "dev-web-2", "dev-worker-1"] {
-        assert_eq!(
-            events(&records, "host_started")
-                .filter(|r| r["host"] == host)
-                .count(),
-            1,
-            "{host}"
-        );
-        assert!(
-            events(&records, "host_finished").any(|r| r["host"] == host && r["state"] == "done"),
-            "{host}"
-        );
+        assert_eq!(events(&records, "host_started").filter(|r| r["host"] == host).count(), 1, "{host}");
+        assert!(events(&records, "host_finished").any(|r| r["host"] == host && r["state"] == "done"), "{host}");
         for step in steps {
-            let started = events(&records, "step_started")
-                .filter(|r| r["host"] == host && r["step"] == step)
-                .count();
+            let started = events(&records, "step_started").filter(|r| r["host"] == host && r["step"] == step).count();
             let finished = events(&records, "step_finished")
-                .filter(|r| {
-                    r["host"] == host
-                        && r["step"] == step
-                        && r["result"] == "exited"
-                        && r["code"] == 0
-                })
+                .filter(|r| r["host"] == host && r["step"] == step && r["result"] == "exited" && r["code"] == 0)
                 .count();
             assert_eq!((started, finished), (1, 1), "{host} {step}");
         }
@@ -162,10 +116,7 @@ fn a_clean_deploy_succeeds_and_every_host_and_step_is_audited() {
     }
     // The host really got the release.
     let current = s.dir.path().join("hosts/dev/dev-web-1/current");
-    assert_eq!(
-        std::fs::read_link(current).unwrap(),
-        Path::new("releases/2.4.1")
-    );
+    assert_eq!(std::fs::read_link(current).unwrap(), Path::new("releases/2.4.1"));
 }
 
 #[test]
@@ -175,36 +126,22 @@ fn the_staging_demo_stops_at_the_failure_threshold() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("stg-web-4        2  FAILED"), "{stdout}");
-    assert!(
-        stdout.contains("stg-worker-1     3  not started"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("stg-worker-1     3  not started"), "{stdout}");
 
     let records = s.audit();
-    assert!(
-        events(&records, "threshold_exceeded")
-            .any(|r| r["wave"] == 2 && r["failed_hosts"][0] == "stg-web-4")
-    );
-    let policy = records
-        .iter()
-        .find(|r| r["record"] == "operator_command")
-        .unwrap();
+    assert!(events(&records, "threshold_exceeded").any(|r| r["wave"] == 2 && r["failed_hosts"][0] == "stg-web-4"));
+    let policy = records.iter().find(|r| r["record"] == "operator_command").unwrap();
     assert_eq!(policy["source"], "policy");
     assert_eq!(policy["command"], "abort");
-    assert!(
-        events(&records, "health_sample")
-            .any(|r| r["host"] == "stg-web-4" && r["healthy"] == false)
-    );
+    assert!(events(&records, "health_sample").any(|r| r["host"] == "stg-web-4" && r["healthy"] == false));
     assert!(!events(&records, "wave_started").any(|r| r["wave"] == 3));
     assert_eq!(records.last().unwrap()["outcome"], "failed");
 }
 
 #[test]
 fn ctrl_c_aborts_and_the_audit_log_still_ends_the_session() {
-    for (signal, name) in [
-        (nix::sys::signal::Signal::SIGINT, "SIGINT"),
-        (nix::sys::signal::Signal::SIGTERM, "SIGTERM"),
-    ] {
+    for (signal, name) in [(nix::sys::signal::Signal::SIGINT, "SIGINT"), (nix::sys::signal::Signal::SIGTERM, "SIGTERM")]
+    {
         let s = Sandbox::new();
         let mut child = s
             .command(&["deploy", DEMO, "--env", "staging", "--release", "2.4.1"])
@@ -222,32 +159,16 @@ fn ctrl_c_aborts_and_the_audit_log_still_ends_the_session() {
         let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(3), "{name}: {rest:#?}");
-        assert!(
-            rest.iter()
-                .any(|l| l.contains(&format!("ABORTED: {name} received"))),
-            "{rest:#?}"
-        );
+        assert!(rest.iter().any(|l| l.contains(&format!("ABORTED: {name} received"))), "{rest:#?}");
 
         let records = s.audit();
-        let command = records
-            .iter()
-            .find(|r| r["record"] == "operator_command")
-            .unwrap();
-        assert_eq!(
-            (command["source"].as_str(), command["operator"].as_str()),
-            (Some("signal"), Some("test-operator"))
-        );
-        assert!(
-            events(&records, "host_finished")
-                .any(|r| r["host"] == "stg-web-1" && r["state"] == "cancelled")
-        );
+        let command = records.iter().find(|r| r["record"] == "operator_command").unwrap();
+        assert_eq!((command["source"].as_str(), command["operator"].as_str()), (Some("signal"), Some("test-operator")));
+        assert!(events(&records, "host_finished").any(|r| r["host"] == "stg-web-1" && r["state"] == "cancelled"));
         let finished = events(&records, "deploy_finished").next().unwrap();
         assert_eq!(finished["hosts"].as_array().unwrap().len(), 6);
         let last = records.last().unwrap();
-        assert_eq!(
-            (last["record"].as_str(), last["outcome"].as_str()),
-            (Some("session_end"), Some("aborted"))
-        );
+        assert_eq!((last["record"].as_str(), last["outcome"].as_str()), (Some("session_end"), Some("aborted")));
     }
 }
 
@@ -256,11 +177,7 @@ fn a_protected_environment_needs_yes() {
     let s = Sandbox::new();
     let out = s.run(&["deploy", DEMO, "--env", "production", "--release", "2.4.1"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("environment `production` is protected: add --yes"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("environment `production` is protected: add --yes"), "{}", text(&out.stderr));
     assert!(!s.audit_dir().exists());
 }
 
@@ -269,35 +186,15 @@ fn bad_input_is_refused_with_a_location_and_exit_2() {
     let s = Sandbox::new();
     let bad = s.dir.path().join("bad.toml");
     std::fs::write(&bad, "[service]\nname = \"x\"\n\n[plan]\nbatch = \"0%\"\n").unwrap();
-    let out = s.run(&[
-        "deploy",
-        bad.to_str().unwrap(),
-        "--env",
-        "dev",
-        "--release",
-        "1",
-    ]);
+    let out = s.run(&["deploy", bad.to_str().unwrap(), "--env", "dev", "--release", "1"]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(
-        err.contains(&format!(
-            "{}:5:9: batch must be at least 1 host or 1%",
-            bad.display()
-        )),
-        "{err}"
-    );
-    assert!(
-        err.contains("no environments"),
-        "all problems at once: {err}"
-    );
+    assert!(err.contains(&format!("{}:5:9: batch must be at least 1 host or 1%", bad.display())), "{err}");
+    assert!(err.contains("no environments"), "all problems at once: {err}");
 
     let out = s.run(&["deploy", DEMO, "--env", "qa", "--release", "1"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains(
-            "no environment `qa` in this profile (environments: dev, staging, production)"
-        )
-    );
+    assert!(text(&out.stderr).contains("no environment `qa` in this profile (environments: dev, staging, production)"));
 
     let out = s.run(&["deploy", DEMO, "--env", "dev", "--release", "1;reboot"]);
     assert_eq!(out.status.code(), Some(2));

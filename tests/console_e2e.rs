@@ -22,15 +22,9 @@ struct Console {
 }
 
 fn tmux_available() -> bool {
-    let found = Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let found = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
     if !found {
-        assert!(
-            std::env::var("CI").is_err(),
-            "tmux is required in CI (.ci/run installs it)"
-        );
+        assert!(std::env::var("CI").is_err(), "tmux is required in CI (.ci/run installs it)");
         eprintln!("skipping: tmux is not installed");
     }
     found
@@ -39,11 +33,7 @@ fn tmux_available() -> bool {
 impl Console {
     fn start() -> Console {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let socket = format!(
-            "wavedeck-test-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::SeqCst)
-        );
+        let socket = format!("wavedeck-test-{}-{}", std::process::id(), COUNT.fetch_add(1, Ordering::SeqCst));
         let dir = tempfile::tempdir().unwrap();
         let exit_file = dir.path().join("exit-code");
         // The shell stays after wavedeck exits so the test can read the restored screen.
@@ -59,21 +49,7 @@ impl Console {
             exit = exit_file.display(),
         );
         let status = Command::new("tmux")
-            .args([
-                "-L",
-                &socket,
-                "-f",
-                "/dev/null",
-                "new-session",
-                "-d",
-                "-x",
-                "120",
-                "-y",
-                "40",
-                "sh",
-                "-c",
-                &script,
-            ])
+            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-x", "120", "-y", "40", "sh", "-c", &script])
             .env_remove("TMUX")
             .status()
             .unwrap();
@@ -84,11 +60,7 @@ impl Console {
     }
 
     fn tmux(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = Command::new("tmux").args(["-L", &self.socket]).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -114,21 +86,14 @@ impl Console {
             if screen.contains(text) {
                 return screen;
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "no {text:?} on screen within {DEADLINE:?}:\n{screen}"
-            );
+            assert!(start.elapsed() < DEADLINE, "no {text:?} on screen within {DEADLINE:?}:\n{screen}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn exit_code(&self) -> i32 {
         self.wait_for("WAVEDECK-EXITED");
-        std::fs::read_to_string(self.dir.path().join("exit-code"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        std::fs::read_to_string(self.dir.path().join("exit-code")).unwrap().trim().parse().unwrap()
     }
 
     fn pid(&self) -> i32 {
@@ -164,33 +129,20 @@ impl Console {
 
 impl Drop for Console {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .status();
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
     }
 }
 
 fn read_audit(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn is_start(r: &Value) -> bool {
-    r["record"] == "event"
-        && matches!(
-            r["event"].as_str(),
-            Some("wave_started" | "host_started" | "step_started")
-        )
+    r["record"] == "event" && matches!(r["event"].as_str(), Some("wave_started" | "host_started" | "step_started"))
 }
 
 fn position(records: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
-    records
-        .iter()
-        .position(pred)
-        .unwrap_or_else(|| panic!("not in audit log: {records:#?}"))
+    records.iter().position(pred).unwrap_or_else(|| panic!("not in audit log: {records:#?}"))
 }
 
 #[test]
@@ -209,43 +161,21 @@ fn pause_after_the_first_wave_then_resume_to_the_end() {
     assert!(done.contains("3 done"), "{done}");
     c.keys(&["q"]);
     assert_eq!(c.exit_code(), 0);
-    assert_eq!(
-        c.tmux(&["display-message", "-p", "-t", "0", "#{alternate_on}"])
-            .trim(),
-        "0",
-        "terminal restored"
-    );
+    assert_eq!(c.tmux(&["display-message", "-p", "-t", "0", "#{alternate_on}"]).trim(), "0", "terminal restored");
 
     let records = c.audit();
     let commands: Vec<(&str, &str, &str)> = records
         .iter()
         .filter(|r| r["record"] == "operator_command")
-        .map(|r| {
-            (
-                r["command"].as_str().unwrap(),
-                r["source"].as_str().unwrap(),
-                r["operator"].as_str().unwrap(),
-            )
-        })
+        .map(|r| (r["command"].as_str().unwrap(), r["source"].as_str().unwrap(), r["operator"].as_str().unwrap()))
         .collect();
-    assert_eq!(
-        commands,
-        [
-            ("pause", "keyboard", "e2e-operator"),
-            ("resume", "keyboard", "e2e-operator")
-        ]
-    );
+    assert_eq!(commands, [("pause", "keyboard", "e2e-operator"), ("resume", "keyboard", "e2e-operator")]);
     let paused_at = position(&records, |r| r["event"] == "paused");
     let resumed_at = position(&records, |r| r["event"] == "resumed");
-    let started: Vec<&Value> = records[paused_at..resumed_at]
-        .iter()
-        .filter(|r| is_start(r))
-        .collect();
+    let started: Vec<&Value> = records[paused_at..resumed_at].iter().filter(|r| is_start(r)).collect();
     assert!(started.is_empty(), "started while paused: {started:#?}");
     assert!(
-        records[resumed_at..]
-            .iter()
-            .any(|r| r["event"] == "wave_started" && r["wave"] == 2),
+        records[resumed_at..].iter().any(|r| r["event"] == "wave_started" && r["wave"] == 2),
         "wave 2 ran after resume"
     );
     assert_eq!(records.last().unwrap()["outcome"], "succeeded");
@@ -272,10 +202,7 @@ fn abort_with_a_reason_is_audited() {
 
     let records = c.audit();
     let abort = &records[position(&records, |r| r["record"] == "operator_command")];
-    assert_eq!(
-        (abort["command"].as_str(), abort["reason"].as_str()),
-        (Some("abort"), Some("canary looks wrong"))
-    );
+    assert_eq!((abort["command"].as_str(), abort["reason"].as_str()), (Some("abort"), Some("canary looks wrong")));
     let aborted_at = position(&records, |r| r["event"] == "aborted");
     assert!(!records[aborted_at..].iter().any(is_start));
     assert_eq!(records.last().unwrap()["outcome"], "aborted");
@@ -292,10 +219,7 @@ fn protected_environment_needs_its_name_and_quitting_mid_deploy_aborts() {
     c.type_text("prod");
     c.keys(&["Enter"]);
     c.wait_for("that is not \"production\": nothing was started");
-    assert!(
-        c.audit_files().is_empty(),
-        "a wrong name must not start anything"
-    );
+    assert!(c.audit_files().is_empty(), "a wrong name must not start anything");
     c.keys(&["Escape"]);
     c.start_deploy(0, "3.1.0");
     c.wait_for("Type production:");
@@ -307,27 +231,14 @@ fn protected_environment_needs_its_name_and_quitting_mid_deploy_aborts() {
     c.keys(&["y"]);
     assert_eq!(c.exit_code(), 3);
     let screen = c.screen();
-    assert!(
-        screen.contains("audit log:"),
-        "the audit path is printed after the console closes:\n{screen}"
-    );
-    assert_eq!(
-        c.tmux(&["display-message", "-p", "-t", "0", "#{alternate_on}"])
-            .trim(),
-        "0"
-    );
+    assert!(screen.contains("audit log:"), "the audit path is printed after the console closes:\n{screen}");
+    assert_eq!(c.tmux(&["display-message", "-p", "-t", "0", "#{alternate_on}"]).trim(), "0");
 
     let records = c.audit();
     let confirmed = &records[position(&records, |r| r["record"] == "deploy_confirmed")];
     assert_eq!(confirmed["protected"], true);
     let abort = &records[position(&records, |r| r["record"] == "operator_command")];
-    assert!(
-        abort["reason"]
-            .as_str()
-            .unwrap()
-            .contains("quit the console"),
-        "{abort}"
-    );
+    assert!(abort["reason"].as_str().unwrap().contains("quit the console"), "{abort}");
     assert_eq!(records.last().unwrap()["record"], "session_end");
     assert_eq!(records.last().unwrap()["outcome"], "aborted");
 }

@@ -14,8 +14,7 @@ use wavedeck::console::app::App;
 use wavedeck::console::theme::Theme;
 use wavedeck::console::view::{self, Clock};
 use wavedeck::event::{
-    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream,
-    WaveOutline,
+    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream, WaveOutline,
 };
 use wavedeck::plan::StepKind;
 use wavedeck::profile::Profile;
@@ -28,11 +27,7 @@ fn t(secs: i64) -> DateTime<Utc> {
 
 fn demo() -> Profile {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/demo.toml");
-    Profile::parse(
-        Path::new("profiles/demo.toml"),
-        &std::fs::read_to_string(path).unwrap(),
-    )
-    .unwrap()
+    Profile::parse(Path::new("profiles/demo.toml"), &std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn app() -> App {
@@ -52,13 +47,8 @@ fn typed(app: &mut App, text: &str) {
 fn render(app: &mut App, width: u16, height: u16, now: i64) -> String {
     app.size = Rect::new(0, 0, width, height);
     let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
-    let clock = Clock {
-        now: t(now),
-        offset: FixedOffset::east_opt(0).unwrap(),
-    };
-    terminal
-        .draw(|f| view::draw(f, app, &Theme::dark(), clock))
-        .unwrap();
+    let clock = Clock { now: t(now), offset: FixedOffset::east_opt(0).unwrap() };
+    terminal.draw(|f| view::draw(f, app, &Theme::dark(), clock)).unwrap();
     terminal.backend().to_string()
 }
 
@@ -81,11 +71,7 @@ fn step(wave: usize, host: &str, name: &str, index: usize, attempt: u32) -> Even
         wave,
         host: host.into(),
         step: name.into(),
-        kind: if name == "healthz" {
-            StepKind::Health
-        } else {
-            StepKind::Command
-        },
+        kind: if name == "healthz" { StepKind::Health } else { StepKind::Command },
         index,
         total: 5,
         attempt,
@@ -93,14 +79,7 @@ fn step(wave: usize, host: &str, name: &str, index: usize, attempt: u32) -> Even
     }
 }
 
-fn finished(
-    wave: usize,
-    host: &str,
-    name: &str,
-    index: usize,
-    code: i32,
-    will_retry: bool,
-) -> Event {
+fn finished(wave: usize, host: &str, name: &str, index: usize, code: i32, will_retry: bool) -> Event {
     Event::StepFinished {
         wave,
         host: host.into(),
@@ -114,12 +93,7 @@ fn finished(
 }
 
 fn out(host: &str, stream: Stream, line: &str) -> Event {
-    Event::Output {
-        host: host.into(),
-        step: "s".into(),
-        stream,
-        line: line.into(),
-    }
+    Event::Output { host: host.into(), step: "s".into(), stream, line: line.into() }
 }
 
 fn staging_in_flight() -> App {
@@ -135,116 +109,47 @@ fn staging_in_flight() -> App {
                 env: "staging".into(),
                 release: "2.4.1".into(),
                 waves: vec![
-                    WaveOutline {
-                        wave: 1,
-                        hosts: vec!["stg-web-1".into()],
-                        max_failures: 0,
-                    },
+                    WaveOutline { wave: 1, hosts: vec!["stg-web-1".into()], max_failures: 0 },
                     WaveOutline {
                         wave: 2,
                         hosts: vec!["stg-web-2".into(), "stg-web-3".into(), "stg-web-4".into()],
                         max_failures: 0,
                     },
-                    WaveOutline {
-                        wave: 3,
-                        hosts: vec!["stg-worker-1".into(), "stg-worker-2".into()],
-                        max_failures: 0,
-                    },
+                    WaveOutline { wave: 3, hosts: vec!["stg-worker-1".into(), "stg-worker-2".into()], max_failures: 0 },
                 ],
                 steps: steps.iter().map(|s| s.to_string()).collect(),
             },
         ),
-        (
-            0,
-            Event::WaveStarted {
-                wave: 1,
-                hosts: vec!["stg-web-1".into()],
-            },
-        ),
-        (
-            0,
-            Event::HostStarted {
-                wave: 1,
-                host: "stg-web-1".into(),
-            },
-        ),
+        (0, Event::WaveStarted { wave: 1, hosts: vec!["stg-web-1".into()] }),
+        (0, Event::HostStarted { wave: 1, host: "stg-web-1".into() }),
     ];
     for (i, s) in steps.iter().enumerate() {
         events.push((i as i64, step(1, "stg-web-1", s, i + 1, 1)));
-        events.push((
-            i as i64,
-            out(
-                "stg-web-1",
-                Stream::Stdout,
-                &format!("\u{1b}[32m{s}\u{1b}[0m ok on stg-web-1"),
-            ),
-        ));
+        events.push((i as i64, out("stg-web-1", Stream::Stdout, &format!("\u{1b}[32m{s}\u{1b}[0m ok on stg-web-1"))));
         if *s == "healthz" {
             events.push((
                 i as i64,
-                Event::HealthSample {
-                    host: "stg-web-1".into(),
-                    check: "healthz".into(),
-                    healthy: true,
-                    latency_ms: 4,
-                },
+                Event::HealthSample { host: "stg-web-1".into(), check: "healthz".into(), healthy: true, latency_ms: 4 },
             ));
         }
         events.push((i as i64, finished(1, "stg-web-1", s, i + 1, 0, false)));
     }
-    events.push((
-        5,
-        Event::HostFinished {
-            wave: 1,
-            host: "stg-web-1".into(),
-            state: HostState::Done,
-        },
-    ));
-    events.push((
-        5,
-        Event::WaveFinished {
-            wave: 1,
-            done: 1,
-            failed: 0,
-            cancelled: 0,
-            not_started: 0,
-        },
-    ));
+    events.push((5, Event::HostFinished { wave: 1, host: "stg-web-1".into(), state: HostState::Done }));
+    events.push((5, Event::WaveFinished { wave: 1, done: 1, failed: 0, cancelled: 0, not_started: 0 }));
     events.push((
         6,
-        Event::WaveStarted {
-            wave: 2,
-            hosts: vec!["stg-web-2".into(), "stg-web-3".into(), "stg-web-4".into()],
-        },
+        Event::WaveStarted { wave: 2, hosts: vec!["stg-web-2".into(), "stg-web-3".into(), "stg-web-4".into()] },
     ));
     for host in ["stg-web-2", "stg-web-3", "stg-web-4"] {
-        events.push((
-            6,
-            Event::HostStarted {
-                wave: 2,
-                host: host.into(),
-            },
-        ));
+        events.push((6, Event::HostStarted { wave: 2, host: host.into() }));
         events.push((6, step(2, host, "stage", 1, 1)));
         events.push((7, out(host, Stream::Stdout, "  fetched app.bin")));
     }
     events.push((8, step(2, "stg-web-4", "healthz", 4, 1)));
+    events.push((8, out("stg-web-4", Stream::Stderr, "GET /healthz -> 503 Service Unavailable")));
     events.push((
         8,
-        out(
-            "stg-web-4",
-            Stream::Stderr,
-            "GET /healthz -> 503 Service Unavailable",
-        ),
-    ));
-    events.push((
-        8,
-        Event::HealthSample {
-            host: "stg-web-4".into(),
-            check: "healthz".into(),
-            healthy: false,
-            latency_ms: 12,
-        },
+        Event::HealthSample { host: "stg-web-4".into(), check: "healthz".into(), healthy: false, latency_ms: 12 },
     ));
     events.push((8, finished(2, "stg-web-4", "healthz", 4, 1, true)));
     feed(&mut app, events);
@@ -257,31 +162,12 @@ fn threshold_paused() -> App {
         &mut app,
         vec![
             (9, finished(2, "stg-web-4", "healthz", 4, 1, false)),
-            (
-                9,
-                Event::HostFinished {
-                    wave: 2,
-                    host: "stg-web-4".into(),
-                    state: HostState::Failed,
-                },
-            ),
-            (
-                9,
-                Event::ThresholdExceeded {
-                    wave: 2,
-                    failures: 1,
-                    limit: 0,
-                    failed_hosts: vec!["stg-web-4".into()],
-                },
-            ),
+            (9, Event::HostFinished { wave: 2, host: "stg-web-4".into(), state: HostState::Failed }),
+            (9, Event::ThresholdExceeded { wave: 2, failures: 1, limit: 0, failed_hosts: vec!["stg-web-4".into()] }),
             (
                 9,
                 Event::Paused {
-                    cause: PauseCause::FailureThreshold {
-                        wave: 2,
-                        failures: 1,
-                        limit: 0,
-                    },
+                    cause: PauseCause::FailureThreshold { wave: 2, failures: 1, limit: 0 },
                     running: vec!["stg-web-2: stage".into(), "stg-web-3: stage".into()],
                 },
             ),
@@ -368,15 +254,7 @@ fn aborted_then_finished() {
     app.on_key(KeyEvent::new(KeyCode::Char('a'), KeyModifiers::NONE));
     typed(&mut app, "stg-web-4 db pool");
     key(&mut app, KeyCode::Enter);
-    feed(
-        &mut app,
-        vec![(
-            11,
-            Event::Aborted {
-                reason: "stg-web-4 db pool".into(),
-            },
-        )],
-    );
+    feed(&mut app, vec![(11, Event::Aborted { reason: "stg-web-4 db pool".into() })]);
     snapshot("deploy_aborting", &mut app, 11);
     let summary = |host: &str, wave, state| HostSummary {
         host: String::from(host),
@@ -390,22 +268,8 @@ fn aborted_then_finished() {
     feed(
         &mut app,
         vec![
-            (
-                12,
-                Event::HostFinished {
-                    wave: 2,
-                    host: "stg-web-2".into(),
-                    state: HostState::Cancelled,
-                },
-            ),
-            (
-                12,
-                Event::HostFinished {
-                    wave: 2,
-                    host: "stg-web-3".into(),
-                    state: HostState::Cancelled,
-                },
-            ),
+            (12, Event::HostFinished { wave: 2, host: "stg-web-2".into(), state: HostState::Cancelled }),
+            (12, Event::HostFinished { wave: 2, host: "stg-web-3".into(), state: HostState::Cancelled }),
             (
                 12,
                 Event::DeployFinished {
@@ -420,10 +284,7 @@ fn aborted_then_finished() {
         ],
     );
     snapshot("deploy_aborted", &mut app, 30);
-    let ignored = Event::CommandIgnored {
-        command: Command::Resume,
-        why: "the deploy was aborted".into(),
-    };
+    let ignored = Event::CommandIgnored { command: Command::Resume, why: "the deploy was aborted".into() };
     feed(&mut app, vec![(13, ignored)]);
 }
 

@@ -7,18 +7,13 @@ use common::{Deploy, is_start, wait_for_file};
 use wavedeck::event::{Command, Event, HostState, Outcome, PauseCause, StepResult, Stream};
 
 fn profile(plan: &str, hosts: &[&str], steps: &[(&str, &str)]) -> String {
-    let hosts: Vec<String> = hosts
-        .iter()
-        .map(|h| format!("{{ name = \"{h}\" }}"))
-        .collect();
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("{{ name = \"{h}\" }}")).collect();
     let mut out = format!(
         "[service]\nname = \"svc\"\n[plan]\n{plan}\n[[environments]]\nname = \"test\"\nhosts = [{}]\n",
         hosts.join(", ")
     );
     for (name, run) in steps {
-        out.push_str(&format!(
-            "[[steps]]\nname = \"{name}\"\nretry_delay = \"10ms\"\nrun = '''\n{run}\n'''\n"
-        ));
+        out.push_str(&format!("[[steps]]\nname = \"{name}\"\nretry_delay = \"10ms\"\nrun = '''\n{run}\n'''\n"));
     }
     out
 }
@@ -39,67 +34,41 @@ async fn pause_stops_new_work_until_resume_and_resume_continues_where_it_stopped
     let src = profile(
         "canary = 1\nbatch = 2",
         &["a", "b", "c"],
-        &[
-            ("hold", &wait_for_file("go")),
-            ("after", "echo after-$WAVEDECK_HOST"),
-        ],
+        &[("hold", &wait_for_file("go")), ("after", "echo after-$WAVEDECK_HOST")],
     );
     let mut d = Deploy::start(&src, root.path());
-    d.until(
-        "a holding",
-        |e| matches!(e, Event::StepStarted { host, step, .. } if host == "a" && step == "hold"),
-    )
-    .await;
+    d.until("a holding", |e| matches!(e, Event::StepStarted { host, step, .. } if host == "a" && step == "hold")).await;
     d.send(Command::Pause);
-    let paused = d
-        .until("Paused", |e| matches!(e, Event::Paused { .. }))
-        .await;
-    assert_eq!(
-        paused,
-        Event::Paused {
-            cause: PauseCause::Operator,
-            running: vec!["a: hold".into()]
-        }
-    );
+    let paused = d.until("Paused", |e| matches!(e, Event::Paused { .. })).await;
+    assert_eq!(paused, Event::Paused { cause: PauseCause::Operator, running: vec!["a: hold".into()] });
 
     // The running step is allowed to finish while paused...
     touch(&root, "go");
-    d.until(
-        "hold finished",
-        |e| matches!(e, Event::StepFinished { host, step, .. } if host == "a" && step == "hold"),
-    )
-    .await;
+    d.until("hold finished", |e| matches!(e, Event::StepFinished { host, step, .. } if host == "a" && step == "hold"))
+        .await;
     // ...but a second pause is only acknowledged as ignored, proving the engine is responsive.
     d.send(Command::Pause);
-    d.until("ignored pause", |e| {
-        matches!(e, Event::CommandIgnored { .. })
-    })
-    .await;
+    d.until("ignored pause", |e| matches!(e, Event::CommandIgnored { .. })).await;
     d.send(Command::Resume);
     let (outcome, hosts) = d.finish().await;
 
     let paused_at = d.position(|e| matches!(e, Event::Paused { .. })).unwrap();
     let resumed_at = d.position(|e| matches!(e, Event::Resumed)).unwrap();
-    let started_while_paused: Vec<_> = d.events[paused_at..resumed_at]
-        .iter()
-        .filter(|e| is_start(e))
-        .collect();
-    assert!(
-        started_while_paused.is_empty(),
-        "started while paused: {started_while_paused:?}"
-    );
+    let started_while_paused: Vec<_> = d.events[paused_at..resumed_at].iter().filter(|e| is_start(e)).collect();
+    assert!(started_while_paused.is_empty(), "started while paused: {started_while_paused:?}");
     // Resume picked up a's next step, then the next wave, each exactly once.
     let after_resume = &d.events[resumed_at..];
     assert!(
         matches!(&after_resume[1], Event::StepStarted { host, step, attempt: 1, .. } if host == "a" && step == "after")
     );
-    let a_after = d.events.iter().filter(|e| matches!(e, Event::StepStarted { host, step, .. } if host == "a" && step == "after")).count();
+    let a_after = d
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::StepStarted { host, step, .. } if host == "a" && step == "after"))
+        .count();
     assert_eq!(a_after, 1);
     assert_eq!(outcome, Outcome::Succeeded);
-    assert!(
-        hosts.iter().all(|h| h.state == HostState::Done),
-        "{hosts:?}"
-    );
+    assert!(hosts.iter().all(|h| h.state == HostState::Done), "{hosts:?}");
 }
 
 #[tokio::test]
@@ -109,79 +78,42 @@ async fn abort_kills_running_commands_and_records_every_host() {
     let src = profile(
         "canary = 0\nbatch = 2",
         &["a", "b", "c"],
-        &[(
-            "long",
-            "sleep 300 &\necho $! > sleeper.pid\necho ready\nwait",
-        )],
+        &[("long", "sleep 300 &\necho $! > sleeper.pid\necho ready\nwait")],
     );
     let mut d = Deploy::start(&src, root.path());
     for _ in ["a", "b"] {
-        d.until(
-            "a host ready",
-            |e| matches!(e, Event::Output { line, .. } if line == "ready"),
-        )
-        .await;
+        d.until("a host ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
     }
-    d.send(Command::Abort {
-        reason: "db on fire".into(),
-    });
+    d.send(Command::Abort { reason: "db on fire".into() });
     let (outcome, hosts) = d.finish().await;
 
     assert_eq!(outcome, Outcome::Aborted);
-    assert!(d.events.contains(&Event::Aborted {
-        reason: "db on fire".into()
-    }));
-    let states: Vec<(String, HostState)> =
-        hosts.iter().map(|h| (h.host.clone(), h.state)).collect();
+    assert!(d.events.contains(&Event::Aborted { reason: "db on fire".into() }));
+    let states: Vec<(String, HostState)> = hosts.iter().map(|h| (h.host.clone(), h.state)).collect();
     assert_eq!(
         states,
-        [
-            ("a".into(), HostState::Cancelled),
-            ("b".into(), HostState::Cancelled),
-            ("c".into(), HostState::NotStarted)
-        ]
+        [("a".into(), HostState::Cancelled), ("b".into(), HostState::Cancelled), ("c".into(), HostState::NotStarted)]
     );
     assert_eq!(hosts[0].last_result, Some(StepResult::Cancelled));
     let aborted_at = d.position(|e| matches!(e, Event::Aborted { .. })).unwrap();
-    assert!(
-        !d.events[aborted_at..].iter().any(is_start),
-        "{:?}",
-        &d.events[aborted_at..]
-    );
+    assert!(!d.events[aborted_at..].iter().any(is_start), "{:?}", &d.events[aborted_at..]);
     for host in ["a", "b"] {
-        let pid: i32 =
-            std::fs::read_to_string(root.path().join("test").join(host).join("sleeper.pid"))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-        assert!(
-            !still_running_after_kill(pid),
-            "sleeper {pid} on {host} survived the abort"
-        );
+        let pid: i32 = std::fs::read_to_string(root.path().join("test").join(host).join("sleeper.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!still_running_after_kill(pid), "sleeper {pid} on {host} survived the abort");
     }
 }
 
 #[tokio::test]
 async fn a_command_ignoring_sigterm_is_killed_after_the_grace_period() {
     let root = root();
-    let src = profile(
-        "canary = 0",
-        &["a"],
-        &[(
-            "stubborn",
-            "trap '' TERM\necho ready\nwhile :; do sleep 0.05; done",
-        )],
-    );
+    let src = profile("canary = 0", &["a"], &[("stubborn", "trap '' TERM\necho ready\nwhile :; do sleep 0.05; done")]);
     let mut d = Deploy::start(&src, root.path());
-    d.until(
-        "ready",
-        |e| matches!(e, Event::Output { line, .. } if line == "ready"),
-    )
-    .await;
-    d.send(Command::Abort {
-        reason: "stop".into(),
-    });
+    d.until("ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
+    d.send(Command::Abort { reason: "stop".into() });
     let (outcome, hosts) = d.finish().await;
     assert_eq!(outcome, Outcome::Aborted);
     assert_eq!(hosts[0].state, HostState::Cancelled);
@@ -193,25 +125,13 @@ async fn failures_over_the_threshold_pause_the_deploy() {
     let src = profile(
         "canary = 0\nbatch = 2\nmax_failures = 0",
         &["a", "b", "c"],
-        &[(
-            "maybe",
-            "if [ \"$WAVEDECK_HOST\" = b ]; then echo broken >&2; exit 3; fi; echo fine",
-        )],
+        &[("maybe", "if [ \"$WAVEDECK_HOST\" = b ]; then echo broken >&2; exit 3; fi; echo fine")],
     );
     let mut d = Deploy::start(&src, root.path());
-    let paused = d
-        .until("Paused", |e| matches!(e, Event::Paused { .. }))
-        .await;
+    let paused = d.until("Paused", |e| matches!(e, Event::Paused { .. })).await;
     assert!(matches!(
         paused,
-        Event::Paused {
-            cause: PauseCause::FailureThreshold {
-                wave: 1,
-                failures: 1,
-                limit: 0
-            },
-            ..
-        }
+        Event::Paused { cause: PauseCause::FailureThreshold { wave: 1, failures: 1, limit: 0 }, .. }
     ));
     assert!(d.events.contains(&Event::ThresholdExceeded {
         wave: 1,
@@ -219,60 +139,39 @@ async fn failures_over_the_threshold_pause_the_deploy() {
         limit: 0,
         failed_hosts: vec!["b".into()]
     }));
-    d.until("wave 1 finished", |e| {
-        matches!(e, Event::WaveFinished { wave: 1, .. })
-    })
-    .await;
+    d.until("wave 1 finished", |e| matches!(e, Event::WaveFinished { wave: 1, .. })).await;
     // stderr is reported as such.
-    assert!(d.events.iter().any(|e| matches!(e, Event::Output { host, stream: Stream::Stderr, line, .. } if host == "b" && line == "broken")));
-    d.send(Command::Abort {
-        reason: "investigating".into(),
-    });
+    assert!(d.events.iter().any(
+        |e| matches!(e, Event::Output { host, stream: Stream::Stderr, line, .. } if host == "b" && line == "broken")
+    ));
+    d.send(Command::Abort { reason: "investigating".into() });
     let (outcome, hosts) = d.finish().await;
     assert_eq!(outcome, Outcome::Aborted);
     assert_eq!(hosts[1].last_result, Some(StepResult::Exited { code: 3 }));
     assert_eq!(hosts[2].state, HostState::NotStarted);
-    assert!(
-        !d.events
-            .iter()
-            .any(|e| matches!(e, Event::WaveStarted { wave: 2, .. }))
-    );
+    assert!(!d.events.iter().any(|e| matches!(e, Event::WaveStarted { wave: 2, .. })));
 }
 
 #[tokio::test]
 async fn threshold_with_abort_policy_aborts_without_an_operator() {
     let root = root();
-    let src = profile(
-        "canary = 1\nbatch = 1\non_failure = \"abort\"",
-        &["a", "b"],
-        &[("fail", "exit 1")],
-    );
+    let src = profile("canary = 1\nbatch = 1\non_failure = \"abort\"", &["a", "b"], &[("fail", "exit 1")]);
     let mut d = Deploy::start(&src, root.path());
     let (outcome, hosts) = d.finish().await;
     assert_eq!(outcome, Outcome::Aborted);
-    assert!(
-        d.events
-            .iter()
-            .any(|e| matches!(e, Event::Aborted { reason } if reason.contains("wave 1")))
-    );
+    assert!(d.events.iter().any(|e| matches!(e, Event::Aborted { reason } if reason.contains("wave 1"))));
     assert_eq!(hosts[1].state, HostState::NotStarted);
 }
 
 #[tokio::test]
 async fn failures_within_the_limit_let_the_deploy_finish_as_failed() {
     let root = root();
-    let src = profile(
-        "canary = 0\nbatch = 2\nmax_failures = 1",
-        &["a", "b", "c"],
-        &[("fail-a", "test $WAVEDECK_HOST != a")],
-    );
+    let src =
+        profile("canary = 0\nbatch = 2\nmax_failures = 1", &["a", "b", "c"], &[("fail-a", "test $WAVEDECK_HOST != a")]);
     let mut d = Deploy::start(&src, root.path());
     let (outcome, hosts) = d.finish().await;
     assert_eq!(outcome, Outcome::Failed);
-    assert_eq!(
-        hosts.iter().filter(|h| h.state == HostState::Done).count(),
-        2
-    );
+    assert_eq!(hosts.iter().filter(|h| h.state == HostState::Done).count(), 2);
     assert!(!d.events.iter().any(|e| matches!(e, Event::Paused { .. })));
 }
 
@@ -290,12 +189,8 @@ async fn a_timed_out_step_is_killed_and_fails_the_host() {
 #[tokio::test]
 async fn failed_attempts_are_retried() {
     let root = root();
-    let src = profile(
-        "canary = 0",
-        &["a"],
-        &[("flaky", "test -e marker || { touch marker; exit 1; }")],
-    )
-    .replace("retry_delay", "retries = 2\nretry_delay");
+    let src = profile("canary = 0", &["a"], &[("flaky", "test -e marker || { touch marker; exit 1; }")])
+        .replace("retry_delay", "retries = 2\nretry_delay");
     let mut d = Deploy::start(&src, root.path());
     let (outcome, _) = d.finish().await;
     assert_eq!(outcome, Outcome::Succeeded);
@@ -303,12 +198,9 @@ async fn failed_attempts_are_retried() {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::StepFinished {
-                attempt,
-                result,
-                will_retry,
-                ..
-            } => Some((*attempt, result.succeeded() || *will_retry)),
+            Event::StepFinished { attempt, result, will_retry, .. } => {
+                Some((*attempt, result.succeeded() || *will_retry))
+            }
             _ => None,
         })
         .collect();
@@ -318,25 +210,10 @@ async fn failed_attempts_are_retried() {
 #[tokio::test]
 async fn output_arrives_while_the_command_still_runs() {
     let root = root();
-    let src = profile(
-        "canary = 0",
-        &["a"],
-        &[(
-            "talk",
-            &format!("echo first\n{}\necho second", wait_for_file("go")),
-        )],
-    );
+    let src = profile("canary = 0", &["a"], &[("talk", &format!("echo first\n{}\necho second", wait_for_file("go")))]);
     let mut d = Deploy::start(&src, root.path());
-    d.until(
-        "first line",
-        |e| matches!(e, Event::Output { line, .. } if line == "first"),
-    )
-    .await;
-    assert!(
-        !d.events
-            .iter()
-            .any(|e| matches!(e, Event::StepFinished { .. }))
-    );
+    d.until("first line", |e| matches!(e, Event::Output { line, .. } if line == "first")).await;
+    assert!(!d.events.iter().any(|e| matches!(e, Event::StepFinished { .. })));
     touch(&root, "go");
     let (outcome, _) = d.finish().await;
     assert_eq!(outcome, Outcome::Succeeded);
@@ -351,21 +228,13 @@ async fn secrets_are_masked_in_output_and_commands() {
     d.finish().await;
     let all = format!("{:?}", d.events);
     assert!(!all.contains("hunter2"), "{all}");
-    assert!(
-        d.events
-            .iter()
-            .any(|e| matches!(e, Event::Output { line, .. } if line == "token=******"))
-    );
+    assert!(d.events.iter().any(|e| matches!(e, Event::Output { line, .. } if line == "token=******")));
 }
 
 #[tokio::test]
 async fn parallel_bounds_the_hosts_running_at_once() {
     let root = root();
-    let src = profile(
-        "canary = 0\nbatch = 6\nparallel = 2",
-        &["a", "b", "c", "d", "e", "f"],
-        &[("nap", "sleep 0.1")],
-    );
+    let src = profile("canary = 0\nbatch = 6\nparallel = 2", &["a", "b", "c", "d", "e", "f"], &[("nap", "sleep 0.1")]);
     let mut d = Deploy::start(&src, root.path());
     let (outcome, _) = d.finish().await;
     assert_eq!(outcome, Outcome::Succeeded);
@@ -386,19 +255,10 @@ async fn resume_when_not_paused_is_ignored_and_said() {
     let root = root();
     let src = profile("canary = 0", &["a"], &[("hold", &wait_for_file("go"))]);
     let mut d = Deploy::start(&src, root.path());
-    d.until("started", |e| matches!(e, Event::StepStarted { .. }))
-        .await;
+    d.until("started", |e| matches!(e, Event::StepStarted { .. })).await;
     d.send(Command::Resume);
-    let ignored = d
-        .until("ignored", |e| matches!(e, Event::CommandIgnored { .. }))
-        .await;
-    assert_eq!(
-        ignored,
-        Event::CommandIgnored {
-            command: Command::Resume,
-            why: "not paused".into()
-        }
-    );
+    let ignored = d.until("ignored", |e| matches!(e, Event::CommandIgnored { .. })).await;
+    assert_eq!(ignored, Event::CommandIgnored { command: Command::Resume, why: "not paused".into() });
     touch(&root, "go");
     assert_eq!(d.finish().await.0, Outcome::Succeeded);
 }
@@ -410,9 +270,7 @@ fn still_running_after_kill(pid: i32) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let alive = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+            Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
             Err(_) => false,
         };
         if !alive || std::time::Instant::now() > deadline {

@@ -5,9 +5,7 @@
 //! out: start a deploy, send a command to the engine (audited first), quit. Nothing here does
 //! I/O, so every key path is unit-tested without a terminal.
 
-use crossterm::event::{
-    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
-};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::{Position, Rect};
 use ratatui_textarea::TextArea;
 
@@ -22,11 +20,7 @@ use crate::secrets::Secrets;
 /// What the runtime must do after a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    StartDeploy {
-        profile: usize,
-        env: String,
-        release: String,
-    },
+    StartDeploy { profile: usize, env: String, release: String },
     Send(Command, CommandSource),
     Quit,
 }
@@ -62,19 +56,9 @@ pub enum SortOrder {
 /// A modal dialog; it takes every key while open.
 pub enum Dialog {
     Release(TextArea<'static>),
-    ConfirmPlan {
-        plan: Box<Plan>,
-        release: String,
-    },
-    TypeName {
-        release: String,
-        input: TextArea<'static>,
-        wrong: bool,
-    },
-    AbortReason {
-        input: TextArea<'static>,
-        empty: bool,
-    },
+    ConfirmPlan { plan: Box<Plan>, release: String },
+    TypeName { release: String, input: TextArea<'static>, wrong: bool },
+    AbortReason { input: TextArea<'static>, empty: bool },
     ConfirmQuit,
     Filter(TextArea<'static>),
     Search(TextArea<'static>),
@@ -130,9 +114,7 @@ impl App {
         let targets = profiles
             .iter()
             .enumerate()
-            .flat_map(|(p, profile)| {
-                (0..profile.environments.len()).map(move |e| Target { profile: p, env: e })
-            })
+            .flat_map(|(p, profile)| (0..profile.environments.len()).map(move |e| Target { profile: p, env: e }))
             .collect();
         let mut app = App {
             profiles,
@@ -161,22 +143,16 @@ impl App {
     }
 
     pub fn target_profile(&self) -> Option<&Profile> {
-        self.targets
-            .get(self.selected_target)
-            .map(|t| &self.profiles[t.profile])
+        self.targets.get(self.selected_target).map(|t| &self.profiles[t.profile])
     }
 
     pub fn target_env(&self) -> Option<&crate::profile::Environment> {
-        self.targets
-            .get(self.selected_target)
-            .map(|t| &self.profiles[t.profile].environments[t.env])
+        self.targets.get(self.selected_target).map(|t| &self.profiles[t.profile].environments[t.env])
     }
 
     fn refresh_preview(&mut self) {
         self.preview = match (self.target_profile(), self.target_env()) {
-            (Some(p), Some(e)) => {
-                Plan::build(p, &e.name, "RELEASE", &Secrets::masked(p)).map_err(|e| e.to_string())
-            }
+            (Some(p), Some(e)) => Plan::build(p, &e.name, "RELEASE", &Secrets::masked(p)).map_err(|e| e.to_string()),
             _ => Err("no environment selected".into()),
         };
     }
@@ -241,14 +217,11 @@ impl App {
             return Vec::new();
         };
         let needle = self.filter.to_lowercase();
-        let mut hosts: Vec<usize> = (0..model.hosts.len())
-            .filter(|&i| needle.is_empty() || host_matches(&model.hosts[i], &needle))
-            .collect();
+        let mut hosts: Vec<usize> =
+            (0..model.hosts.len()).filter(|&i| needle.is_empty() || host_matches(&model.hosts[i], &needle)).collect();
         match self.sort {
             SortOrder::Plan => {}
-            SortOrder::Name => {
-                hosts.sort_by(|&a, &b| model.hosts[a].name.cmp(&model.hosts[b].name))
-            }
+            SortOrder::Name => hosts.sort_by(|&a, &b| model.hosts[a].name.cmp(&model.hosts[b].name)),
             SortOrder::Trouble => hosts.sort_by_key(|&i| trouble_rank(model.hosts[i].phase)),
         }
         hosts
@@ -257,9 +230,7 @@ impl App {
     pub fn selected_name(&self) -> Option<String> {
         let model = self.deploy.as_ref()?;
         let visible = self.visible_hosts();
-        visible
-            .get(self.selected_host)
-            .map(|&i| model.hosts[i].name.clone())
+        visible.get(self.selected_host).map(|&i| model.hosts[i].name.clone())
     }
 
     fn select_name(&mut self, name: &str) {
@@ -278,8 +249,7 @@ impl App {
         if self.dialog.is_some() {
             return self.on_dialog_key(key);
         }
-        let ctrl_c =
-            key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+        let ctrl_c = key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
         if key.code == KeyCode::Char('q') || ctrl_c {
             return self.request_quit();
         }
@@ -287,11 +257,7 @@ impl App {
             self.dialog = Some(Dialog::Help);
             return Vec::new();
         }
-        if self.deploy.is_some() {
-            self.on_deploy_key(key)
-        } else {
-            self.on_overview_key(key)
-        }
+        if self.deploy.is_some() { self.on_deploy_key(key) } else { self.on_overview_key(key) }
     }
 
     fn request_quit(&mut self) -> Vec<Effect> {
@@ -338,10 +304,7 @@ impl App {
                 return self.send(Command::Resume, Pending::Resuming);
             }
             KeyCode::Char('a') if running => {
-                self.dialog = Some(Dialog::AbortReason {
-                    input: text_input("why are you aborting?"),
-                    empty: false,
-                });
+                self.dialog = Some(Dialog::AbortReason { input: text_input("why are you aborting?"), empty: false });
             }
             KeyCode::Char('p' | 'r' | 'a') => self.status = Some("the deploy has finished".into()),
             KeyCode::Tab => self.focus = self.focus.next(),
@@ -414,16 +377,14 @@ impl App {
             Pane::Hosts | Pane::Health => {
                 let count = self.visible_hosts().len();
                 if count > 0 {
-                    self.selected_host =
-                        (self.selected_host as isize + delta).clamp(0, count as isize - 1) as usize;
+                    self.selected_host = (self.selected_host as isize + delta).clamp(0, count as isize - 1) as usize;
                     self.log_scroll = 0;
                 }
             }
             Pane::Logs => self.scroll_log(-delta),
             Pane::Timeline => {
                 let len = self.deploy.as_ref().map_or(0, |d| d.timeline.len());
-                self.timeline_scroll =
-                    (self.timeline_scroll as isize - delta).clamp(0, len as isize) as usize;
+                self.timeline_scroll = (self.timeline_scroll as isize - delta).clamp(0, len as isize) as usize;
             }
         }
     }
@@ -463,11 +424,7 @@ impl App {
         }
         let bottom = len - 1 - self.log_scroll.min(len - 1);
         let found = if older {
-            if bottom == 0 {
-                None
-            } else {
-                log.find_back(&needle, bottom - 1)
-            }
+            if bottom == 0 { None } else { log.find_back(&needle, bottom - 1) }
         } else {
             log.find_forward(&needle, bottom + 1)
         };
@@ -493,10 +450,7 @@ impl App {
                     self.quit_when_finished = true;
                     self.pending = Some(Pending::Aborting);
                     let reason = format!("{} quit the console during the deploy", self.operator);
-                    return vec![Effect::Send(
-                        Command::Abort { reason },
-                        CommandSource::Keyboard,
-                    )];
+                    return vec![Effect::Send(Command::Abort { reason }, CommandSource::Keyboard)];
                 }
                 KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {}
                 _ => self.dialog = Some(Dialog::ConfirmQuit),
@@ -528,33 +482,20 @@ impl App {
                     self.dialog = Some(Dialog::ConfirmPlan { plan, release });
                 }
             }
-            Dialog::TypeName {
-                release, mut input, ..
-            } => {
+            Dialog::TypeName { release, mut input, .. } => {
                 if esc {
                     return Vec::new();
                 }
                 if enter {
-                    let expected = self
-                        .target_env()
-                        .map(|e| e.name.clone())
-                        .unwrap_or_default();
+                    let expected = self.target_env().map(|e| e.name.clone()).unwrap_or_default();
                     if input_text(&input) == expected {
                         return self.start(release);
                     }
-                    self.dialog = Some(Dialog::TypeName {
-                        release,
-                        input,
-                        wrong: true,
-                    });
+                    self.dialog = Some(Dialog::TypeName { release, input, wrong: true });
                     return Vec::new();
                 }
                 input.input(key);
-                self.dialog = Some(Dialog::TypeName {
-                    release,
-                    input,
-                    wrong: false,
-                });
+                self.dialog = Some(Dialog::TypeName { release, input, wrong: false });
             }
             Dialog::AbortReason { mut input, .. } => {
                 if esc {
@@ -573,10 +514,7 @@ impl App {
                     return self.send(Command::Abort { reason }, Pending::Aborting);
                 }
                 input.input(key);
-                self.dialog = Some(Dialog::AbortReason {
-                    input,
-                    empty: false,
-                });
+                self.dialog = Some(Dialog::AbortReason { input, empty: false });
             }
             Dialog::Filter(mut input) => {
                 if esc {
@@ -631,10 +569,7 @@ impl App {
         };
         match Plan::build(profile, &env.name, &release, &Secrets::masked(profile)) {
             Ok(plan) => {
-                self.dialog = Some(Dialog::ConfirmPlan {
-                    plan: Box::new(plan),
-                    release,
-                });
+                self.dialog = Some(Dialog::ConfirmPlan { plan: Box::new(plan), release });
             }
             Err(e) => {
                 self.status = Some(e.to_string());
@@ -648,14 +583,8 @@ impl App {
         let Some(target) = self.targets.get(self.selected_target) else {
             return Vec::new();
         };
-        let env = self.profiles[target.profile].environments[target.env]
-            .name
-            .clone();
-        vec![Effect::StartDeploy {
-            profile: target.profile,
-            env,
-            release,
-        }]
+        let env = self.profiles[target.profile].environments[target.env].name.clone();
+        vec![Effect::StartDeploy { profile: target.profile, env, release }]
     }
 
     pub fn on_mouse(&mut self, mouse: MouseEvent) {
@@ -668,8 +597,7 @@ impl App {
             MouseEventKind::Down(MouseButton::Left) if areas.hosts.contains(at) => {
                 // Row 0 is the border, row 1 the header.
                 let row = mouse.row.saturating_sub(areas.hosts.y + 2) as usize;
-                let first =
-                    layout::first_visible_row(self.selected_host, layout::table_rows(areas.hosts));
+                let first = layout::first_visible_row(self.selected_host, layout::table_rows(areas.hosts));
                 let count = self.visible_hosts().len();
                 if mouse.row >= areas.hosts.y + 2 && first + row < count {
                     self.selected_host = first + row;
@@ -677,17 +605,11 @@ impl App {
                     self.log_scroll = 0;
                 }
             }
-            MouseEventKind::Down(MouseButton::Left) if areas.logs.contains(at) => {
-                self.focus = Pane::Logs
-            }
+            MouseEventKind::Down(MouseButton::Left) if areas.logs.contains(at) => self.focus = Pane::Logs,
             MouseEventKind::ScrollUp if areas.logs.contains(at) => self.scroll_log(3),
             MouseEventKind::ScrollDown if areas.logs.contains(at) => self.scroll_log(-3),
-            MouseEventKind::ScrollUp if areas.hosts.contains(at) => {
-                self.move_in_focus_of(Pane::Hosts, -1)
-            }
-            MouseEventKind::ScrollDown if areas.hosts.contains(at) => {
-                self.move_in_focus_of(Pane::Hosts, 1)
-            }
+            MouseEventKind::ScrollUp if areas.hosts.contains(at) => self.move_in_focus_of(Pane::Hosts, -1),
+            MouseEventKind::ScrollDown if areas.hosts.contains(at) => self.move_in_focus_of(Pane::Hosts, 1),
             _ => {}
         }
     }
@@ -718,10 +640,7 @@ impl App {
 fn host_matches(host: &HostView, needle: &str) -> bool {
     host.name.to_lowercase().contains(needle)
         || phase_word(host.phase).contains(needle)
-        || host
-            .step
-            .as_deref()
-            .is_some_and(|s| s.to_lowercase().contains(needle))
+        || host.step.as_deref().is_some_and(|s| s.to_lowercase().contains(needle))
 }
 
 pub fn phase_word(phase: HostPhase) -> &'static str {
@@ -765,9 +684,7 @@ mod tests {
     use std::path::Path;
 
     pub(crate) fn demo_profile() -> Profile {
-        let src =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/demo.toml"))
-                .unwrap();
+        let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/demo.toml")).unwrap();
         Profile::parse(Path::new("profiles/demo.toml"), &src).unwrap()
     }
 
@@ -795,18 +712,9 @@ mod tests {
         assert!(matches!(app.dialog, Some(Dialog::Release(_))));
         typed(&mut app, "2.4.1");
         app.on_key(key(KeyCode::Enter));
-        assert!(
-            matches!(&app.dialog, Some(Dialog::ConfirmPlan { release, .. }) if release == "2.4.1")
-        );
+        assert!(matches!(&app.dialog, Some(Dialog::ConfirmPlan { release, .. }) if release == "2.4.1"));
         let effects = app.on_key(key(KeyCode::Enter));
-        assert_eq!(
-            effects,
-            [Effect::StartDeploy {
-                profile: 0,
-                env: "dev".into(),
-                release: "2.4.1".into()
-            }]
-        );
+        assert_eq!(effects, [Effect::StartDeploy { profile: 0, env: "dev".into(), release: "2.4.1".into() }]);
     }
 
     #[test]
@@ -828,50 +736,24 @@ mod tests {
         app.on_key(key(KeyCode::Enter));
         typed(&mut app, "9");
         app.on_key(key(KeyCode::Enter));
-        assert_eq!(
-            app.on_key(key(KeyCode::Enter)),
-            [],
-            "plan confirmed, name not typed yet"
-        );
+        assert_eq!(app.on_key(key(KeyCode::Enter)), [], "plan confirmed, name not typed yet");
         typed(&mut app, "prod");
         assert_eq!(app.on_key(key(KeyCode::Enter)), []);
-        assert!(matches!(
-            app.dialog,
-            Some(Dialog::TypeName { wrong: true, .. })
-        ));
+        assert!(matches!(app.dialog, Some(Dialog::TypeName { wrong: true, .. })));
         typed(&mut app, "uction");
         let effects = app.on_key(key(KeyCode::Enter));
-        assert_eq!(
-            effects,
-            [Effect::StartDeploy {
-                profile: 0,
-                env: "production".into(),
-                release: "9".into()
-            }]
-        );
+        assert_eq!(effects, [Effect::StartDeploy { profile: 0, env: "production".into(), release: "9".into() }]);
     }
 
     #[test]
     fn pause_shows_pausing_until_the_engine_acknowledges() {
         let mut app = deploying();
         let effects = app.on_key(key(KeyCode::Char('p')));
-        assert_eq!(
-            effects,
-            [Effect::Send(Command::Pause, CommandSource::Keyboard)]
-        );
+        assert_eq!(effects, [Effect::Send(Command::Pause, CommandSource::Keyboard)]);
         assert_eq!(app.control_label().unwrap(), "pausing…");
-        app.on_event(&stamp(
-            1,
-            Event::Paused {
-                cause: PauseCause::Operator,
-                running: vec![],
-            },
-        ));
+        app.on_event(&stamp(1, Event::Paused { cause: PauseCause::Operator, running: vec![] }));
         assert_eq!(app.control_label().unwrap(), "PAUSED");
-        assert_eq!(
-            app.on_key(key(KeyCode::Char('r'))),
-            [Effect::Send(Command::Resume, CommandSource::Keyboard)]
-        );
+        assert_eq!(app.on_key(key(KeyCode::Char('r'))), [Effect::Send(Command::Resume, CommandSource::Keyboard)]);
         app.on_event(&stamp(2, Event::Resumed));
         assert_eq!(app.control_label().unwrap(), "RUNNING");
     }
@@ -881,21 +763,10 @@ mod tests {
         let mut app = deploying();
         app.on_key(key(KeyCode::Char('a')));
         assert_eq!(app.on_key(key(KeyCode::Enter)), []);
-        assert!(matches!(
-            app.dialog,
-            Some(Dialog::AbortReason { empty: true, .. })
-        ));
+        assert!(matches!(app.dialog, Some(Dialog::AbortReason { empty: true, .. })));
         typed(&mut app, "db on fire");
         let effects = app.on_key(key(KeyCode::Enter));
-        assert_eq!(
-            effects,
-            [Effect::Send(
-                Command::Abort {
-                    reason: "db on fire".into()
-                },
-                CommandSource::Keyboard
-            )]
-        );
+        assert_eq!(effects, [Effect::Send(Command::Abort { reason: "db on fire".into() }, CommandSource::Keyboard)]);
     }
 
     #[test]
@@ -904,14 +775,8 @@ mod tests {
         assert_eq!(app.on_key(key(KeyCode::Char('q'))), []);
         assert!(matches!(app.dialog, Some(Dialog::ConfirmQuit)));
         let effects = app.on_key(key(KeyCode::Char('y')));
-        assert!(
-            matches!(&effects[..], [Effect::Send(Command::Abort { reason }, _)] if reason.contains("quit"))
-        );
-        let done = Event::DeployFinished {
-            outcome: crate::event::Outcome::Aborted,
-            duration_ms: 1,
-            hosts: vec![],
-        };
+        assert!(matches!(&effects[..], [Effect::Send(Command::Abort { reason }, _)] if reason.contains("quit")));
+        let done = Event::DeployFinished { outcome: crate::event::Outcome::Aborted, duration_ms: 1, hosts: vec![] };
         assert_eq!(app.on_event(&stamp(3, done)), [Effect::Quit]);
     }
 

@@ -31,12 +31,8 @@ impl Config {
     }
 
     pub fn read(path: &Path) -> Result<Config, Diagnostics> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics(vec![Diagnostic::whole_file(
-                path,
-                format!("cannot read config: {e}"),
-            )])
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Diagnostics(vec![Diagnostic::whole_file(path, format!("cannot read config: {e}"))]))?;
         crate::diag::parse_toml(path, &text)
     }
 }

@@ -31,34 +31,16 @@ pub fn too_small(area: Rect) -> bool {
 }
 
 pub fn deploy(area: Rect) -> DeployLayout {
-    let [header, waves, body, footer] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Length(2),
-        Constraint::Min(0),
-        Constraint::Length(1),
-    ])
-    .areas(area);
+    let [header, waves, body, footer] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(2), Constraint::Min(0), Constraint::Length(1)])
+            .areas(area);
     if area.width >= WIDE_WIDTH && area.height >= TALL_HEIGHT {
-        let [left, right] =
-            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
-                .areas(body);
-        let [hosts, health] =
-            Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(left);
-        let [logs, timeline] =
-            Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(right);
-        DeployLayout {
-            header,
-            waves,
-            hosts,
-            logs,
-            health,
-            timeline,
-            footer,
-            shared_detail: false,
-        }
+        let [left, right] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(body);
+        let [hosts, health] = Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(left);
+        let [logs, timeline] = Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(right);
+        DeployLayout { header, waves, hosts, logs, health, timeline, footer, shared_detail: false }
     } else {
-        let [hosts, detail] =
-            Layout::vertical([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(body);
+        let [hosts, detail] = Layout::vertical([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(body);
         DeployLayout {
             header,
             waves,
@@ -86,12 +68,7 @@ pub fn first_visible_row(selected: usize, rows: usize) -> usize {
 pub fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let width = width.min(area.width);
     let height = height.min(area.height);
-    Rect::new(
-        area.x + (area.width - width) / 2,
-        area.y + (area.height - height) / 2,
-        width,
-        height,
-    )
+    Rect::new(area.x + (area.width - width) / 2, area.y + (area.height - height) / 2, width, height)
 }
 
 #[cfg(test)]
@@ -103,10 +80,7 @@ mod tests {
         let l = deploy(Rect::new(0, 0, 80, 24));
         assert!(l.shared_detail);
         assert_eq!(l.logs, l.health);
-        assert_eq!(
-            l.header.height + l.waves.height + l.hosts.height + l.logs.height + l.footer.height,
-            24
-        );
+        assert_eq!(l.header.height + l.waves.height + l.hosts.height + l.logs.height + l.footer.height, 24);
     }
 
     #[test]

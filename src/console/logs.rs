@@ -33,11 +33,7 @@ pub struct LogBuffer {
 
 impl LogBuffer {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            lines: VecDeque::new(),
-            capacity: capacity.max(1),
-            total: 0,
-        }
+        Self { lines: VecDeque::new(), capacity: capacity.max(1), total: 0 }
     }
 
     pub fn push(&mut self, line: LogLine) {
@@ -73,9 +69,7 @@ impl LogBuffer {
     pub fn find_back(&self, needle: &str, before: usize) -> Option<usize> {
         let needle = needle.to_lowercase();
         let end = before.min(self.lines.len().saturating_sub(1));
-        (0..=end)
-            .rev()
-            .find(|&i| self.lines[i].text.to_lowercase().contains(&needle))
+        (0..=end).rev().find(|&i| self.lines[i].text.to_lowercase().contains(&needle))
     }
 
     /// Index of the first line at or after `from` containing `needle` (case-insensitive).
@@ -131,11 +125,7 @@ mod tests {
     use super::*;
 
     fn line(text: &str) -> LogLine {
-        LogLine {
-            host: None,
-            stream: Stream::Stdout,
-            text: text.into(),
-        }
+        LogLine { host: None, stream: Stream::Stdout, text: text.into() }
     }
 
     #[test]

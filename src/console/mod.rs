@@ -21,9 +21,7 @@ use std::time::Duration;
 use chrono::{Local, Offset, Utc};
 use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event as TermEvent, EventStream};
 use crossterm::execute;
-use crossterm::terminal::{
-    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
-};
+use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode};
 use futures_util::StreamExt;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -76,25 +74,16 @@ pub fn run(options: ConsoleOptions) -> i32 {
         }
     };
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let theme = match Theme::resolve(
-        options.theme.as_deref().or(config.theme.as_deref()),
-        no_color,
-    ) {
+    let theme = match Theme::resolve(options.theme.as_deref().or(config.theme.as_deref()), no_color) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{e}");
             return exit::INVALID;
         }
     };
-    let scrollback = options
-        .scrollback
-        .or(config.scrollback)
-        .unwrap_or(logs::DEFAULT_SCROLLBACK);
+    let scrollback = options.scrollback.or(config.scrollback).unwrap_or(logs::DEFAULT_SCROLLBACK);
     let app = App::new(profiles, &crate::audit::operator_name(), scrollback);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -112,14 +101,10 @@ pub fn run(options: ConsoleOptions) -> i32 {
 /// The profiles to show: the given file or directory, else `./profiles`, else the user's
 /// config directory.
 fn load_profiles(path: Option<&Path>) -> Result<Vec<Profile>, String> {
-    let user_dir =
-        directories::ProjectDirs::from("", "", "wavedeck").map(|d| d.config_dir().join("profiles"));
+    let user_dir = directories::ProjectDirs::from("", "", "wavedeck").map(|d| d.config_dir().join("profiles"));
     let candidates: Vec<PathBuf> = match path {
         Some(p) => vec![p.to_path_buf()],
-        None => [Some(PathBuf::from("profiles")), user_dir.clone()]
-            .into_iter()
-            .flatten()
-            .collect(),
+        None => [Some(PathBuf::from("profiles")), user_dir.clone()].into_iter().flatten().collect(),
     };
     for candidate in &candidates {
         let files = if candidate.is_dir() {
@@ -151,9 +136,7 @@ fn load_profiles(path: Option<&Path>) -> Result<Vec<Profile>, String> {
         }
         return Ok(profiles);
     }
-    let user = user_dir
-        .map(|d| d.display().to_string())
-        .unwrap_or_else(|| "~/.config/wavedeck/profiles".into());
+    let user = user_dir.map(|d| d.display().to_string()).unwrap_or_else(|| "~/.config/wavedeck/profiles".into());
     Err(format!(
         "wavedeck: no profiles found in ./profiles or {user}.\n\
          To try the demo, run this from a wavedeck checkout:  cargo run --release -- profiles/demo.toml"
@@ -167,12 +150,7 @@ struct Running {
     audit: AuditLog,
 }
 
-async fn console_loop(
-    mut app: App,
-    theme: Theme,
-    options: &ConsoleOptions,
-    audit_files: &mut Vec<PathBuf>,
-) -> i32 {
+async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audit_files: &mut Vec<PathBuf>) -> i32 {
     let mut terminal = match TerminalGuard::enter() {
         Ok(t) => t,
         Err(e) => {
@@ -183,10 +161,7 @@ async fn console_loop(
     if let Ok(size) = terminal.terminal.size() {
         app.size = Rect::new(0, 0, size.width, size.height);
     }
-    let (Ok(mut sigterm), Ok(mut sighup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let (Ok(mut sigterm), Ok(mut sighup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
         drop(terminal);
         eprintln!("cannot listen for signals");
         return exit::CANNOT_START;
@@ -262,17 +237,15 @@ async fn console_loop(
                         let _ = r.commands.send(command);
                     }
                 }
-                Effect::StartDeploy {
-                    profile,
-                    env,
-                    release,
-                } => match start_deploy(&app.profiles[profile], &env, &release, options) {
-                    Ok(r) => {
-                        app.begin_deploy();
-                        running = Some(r);
+                Effect::StartDeploy { profile, env, release } => {
+                    match start_deploy(&app.profiles[profile], &env, &release, options) {
+                        Ok(r) => {
+                            app.begin_deploy();
+                            running = Some(r);
+                        }
+                        Err(message) => app.status = Some(message),
                     }
-                    Err(message) => app.status = Some(message),
-                },
+                }
             }
             dirty = true;
         }
@@ -284,12 +257,7 @@ async fn console_loop(
 fn hang_up(app: &mut App, why: &str) -> Vec<Effect> {
     if app.deploy_running() {
         app.quit_when_finished = true;
-        vec![Effect::Send(
-            Command::Abort {
-                reason: why.to_string(),
-            },
-            CommandSource::Signal,
-        )]
+        vec![Effect::Send(Command::Abort { reason: why.to_string() }, CommandSource::Signal)]
     } else {
         vec![Effect::Quit]
     }
@@ -304,12 +272,7 @@ async fn recv_batch(running: &mut Option<Running>, batch: &mut Vec<Stamped>) -> 
     }
 }
 
-fn start_deploy(
-    profile: &Profile,
-    env: &str,
-    release: &str,
-    options: &ConsoleOptions,
-) -> Result<Running, String> {
+fn start_deploy(profile: &Profile, env: &str, release: &str, options: &ConsoleOptions) -> Result<Running, String> {
     let session_options = SessionOptions {
         profile: &profile.path,
         env,
@@ -318,8 +281,7 @@ fn start_deploy(
         local_root: options.local_root.as_deref(),
         mode: "console",
     };
-    let mut session =
-        session::prepare(&session_options, profile.clone()).map_err(|e| e.to_string())?;
+    let mut session = session::prepare(&session_options, profile.clone()).map_err(|e| e.to_string())?;
     session.audit.note(
         "deploy_confirmed",
         serde_json::json!({
@@ -330,18 +292,8 @@ fn start_deploy(
     );
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (event_tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(engine::run(
-        session.plan,
-        session.transport,
-        command_rx,
-        EventSink::new(event_tx),
-        session.redactor,
-    ));
-    Ok(Running {
-        commands,
-        events,
-        audit: session.audit,
-    })
+    tokio::spawn(engine::run(session.plan, session.transport, command_rx, EventSink::new(event_tx), session.redactor));
+    Ok(Running { commands, events, audit: session.audit })
 }
 
 fn outcome_code(outcome: Outcome) -> (&'static str, i32) {
@@ -366,8 +318,7 @@ impl TerminalGuard {
             restore_terminal();
             return Err(e);
         }
-        let terminal =
-            Terminal::new(CrosstermBackend::new(stdout)).inspect_err(|_| restore_terminal())?;
+        let terminal = Terminal::new(CrosstermBackend::new(stdout)).inspect_err(|_| restore_terminal())?;
         Ok(TerminalGuard { terminal })
     }
 }
@@ -380,12 +331,7 @@ impl Drop for TerminalGuard {
 
 fn restore_terminal() {
     let _ = disable_raw_mode();
-    let _ = execute!(
-        std::io::stdout(),
-        DisableMouseCapture,
-        LeaveAlternateScreen,
-        crossterm::cursor::Show
-    );
+    let _ = execute!(std::io::stdout(), DisableMouseCapture, LeaveAlternateScreen, crossterm::cursor::Show);
 }
 
 /// Restores the terminal before the panic message is printed, then lets the previous hook

@@ -40,6 +40,8 @@ pub struct HostView {
     pub started: Option<DateTime<Utc>>,
     pub finished: Option<DateTime<Utc>>,
     pub last_result: Option<StepResult>,
+    /// Bytes sent and total of the upload in progress.
+    pub upload: Option<(u64, u64)>,
     pub healthy: Option<bool>,
     /// Latency in ms of recent health samples; `None` for a failed sample.
     pub health: VecDeque<Option<u64>>,
@@ -66,13 +68,8 @@ pub struct WaveView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlView {
     Running,
-    Paused {
-        cause: PauseCause,
-        running: Vec<String>,
-    },
-    Aborted {
-        reason: String,
-    },
+    Paused { cause: PauseCause, running: Vec<String> },
+    Aborted { reason: String },
     Finished(Outcome),
 }
 
@@ -151,31 +148,21 @@ impl DeployModel {
 
     /// Hosts that reached a final state, for the overall gauge.
     pub fn settled(&self) -> usize {
-        self.hosts
-            .iter()
-            .filter(|h| !matches!(h.phase, HostPhase::Waiting | HostPhase::Running))
-            .count()
+        self.hosts.iter().filter(|h| !matches!(h.phase, HostPhase::Waiting | HostPhase::Running)).count()
     }
 
     fn note(&mut self, at: DateTime<Utc>, severity: Severity, text: String) {
         if self.timeline.len() == TIMELINE_LEN {
             self.timeline.pop_front();
         }
-        self.timeline
-            .push_back(TimelineEntry { at, severity, text });
+        self.timeline.push_back(TimelineEntry { at, severity, text });
     }
 
     /// Folds one engine event into the model.
     pub fn apply(&mut self, stamped: &Stamped) {
         let at = stamped.at;
         match &stamped.event {
-            Event::DeployStarted {
-                service,
-                env,
-                release,
-                waves,
-                steps,
-            } => {
+            Event::DeployStarted { service, env, release, waves, steps } => {
                 self.service = service.clone();
                 self.env = env.clone();
                 self.release = release.clone();
@@ -200,6 +187,7 @@ impl DeployModel {
                             started: None,
                             finished: None,
                             last_result: None,
+                            upload: None,
                             healthy: None,
                             health: VecDeque::new(),
                             logs: LogBuffer::new(self.scrollback),
@@ -212,21 +200,14 @@ impl DeployModel {
                         phase: WavePhase::Pending,
                     });
                 }
-                let text = format!(
-                    "deploy of {} {} to {} started by {}",
-                    service, release, env, self.operator
-                );
+                let text = format!("deploy of {} {} to {} started by {}", service, release, env, self.operator);
                 self.note(at, Severity::Info, text);
             }
             Event::WaveStarted { wave, hosts } => {
                 if let Some(w) = self.waves.iter_mut().find(|w| w.number == *wave) {
                     w.phase = WavePhase::Running;
                 }
-                self.note(
-                    at,
-                    Severity::Info,
-                    format!("wave {wave} started: {}", hosts.join(", ")),
-                );
+                self.note(at, Severity::Info, format!("wave {wave} started: {}", hosts.join(", ")));
             }
             Event::HostStarted { host, .. } => {
                 if let Some(h) = self.host_mut(host) {
@@ -234,14 +215,7 @@ impl DeployModel {
                     h.started = Some(at);
                 }
             }
-            Event::StepStarted {
-                host,
-                step,
-                index,
-                total,
-                attempt,
-                ..
-            } => {
+            Event::StepStarted { host, step, index, total, attempt, .. } => {
                 if let Some(h) = self.host_mut(host) {
                     h.phase = HostPhase::Running;
                     h.step = Some(step.clone());
@@ -250,48 +224,40 @@ impl DeployModel {
                     h.attempt = *attempt;
                 }
             }
-            Event::Output {
-                host, stream, line, ..
-            } => {
+            Event::Output { host, stream, line, .. } => {
                 let text: std::sync::Arc<str> = clean(line).into();
-                self.combined.push(LogLine {
-                    host: Some(host.clone()),
-                    stream: *stream,
-                    text: text.clone(),
-                });
+                self.combined.push(LogLine { host: Some(host.clone()), stream: *stream, text: text.clone() });
                 if let Some(h) = self.host_mut(host) {
-                    h.logs.push(LogLine {
-                        host: None,
-                        stream: *stream,
-                        text,
-                    });
+                    h.logs.push(LogLine { host: None, stream: *stream, text });
                 }
             }
-            Event::StepFinished {
-                host,
-                step,
-                result,
-                will_retry,
-                ..
-            } => {
+            Event::StepFinished { host, step, result, will_retry, .. } => {
                 let failed = !result.succeeded();
                 if let Some(h) = self.host_mut(host) {
                     h.last_result = Some(result.clone());
                 }
                 if failed && *will_retry {
-                    self.note(
-                        at,
-                        Severity::Warn,
-                        format!("{host}: {step} {result}, retrying"),
-                    );
+                    self.note(at, Severity::Warn, format!("{host}: {step} {result}, retrying"));
                 }
             }
-            Event::HealthSample {
-                host,
-                healthy,
-                latency_ms,
-                ..
-            } => {
+            Event::UploadProgress { host, sent, total, .. } => {
+                if let Some(h) = self.host_mut(host) {
+                    h.upload = (sent < total).then_some((*sent, *total));
+                }
+            }
+            Event::ConnectFailed { host, attempt, of, kind, message, retry_in_ms } => {
+                let text = format!("connection attempt {attempt}/{of} failed ({kind}): {message}");
+                if let Some(h) = self.host_mut(host) {
+                    h.logs.push(LogLine {
+                        host: None,
+                        stream: crate::event::Stream::Stderr,
+                        text: text.clone().into(),
+                    });
+                }
+                let severity = if retry_in_ms.is_some() { Severity::Warn } else { Severity::Bad };
+                self.note(at, severity, format!("{host}: {text}"));
+            }
+            Event::HealthSample { host, healthy, latency_ms, .. } => {
                 if let Some(h) = self.host_mut(host) {
                     h.healthy = Some(*healthy);
                     if h.health.len() == HEALTH_HISTORY {
@@ -312,16 +278,8 @@ impl DeployModel {
                     h.phase = phase;
                     h.finished = Some(at);
                     if phase == HostPhase::Failed {
-                        let at_step = h
-                            .step
-                            .as_ref()
-                            .map(|s| format!(" at {s}"))
-                            .unwrap_or_default();
-                        let result = h
-                            .last_result
-                            .as_ref()
-                            .map(|r| format!(": {r}"))
-                            .unwrap_or_default();
+                        let at_step = h.step.as_ref().map(|s| format!(" at {s}")).unwrap_or_default();
+                        let result = h.last_result.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
                         failure = Some(format!("{host} FAILED{at_step}{result}"));
                     }
                 }
@@ -329,43 +287,21 @@ impl DeployModel {
                     self.note(at, Severity::Bad, text);
                 }
             }
-            Event::WaveFinished {
-                wave,
-                done,
-                failed,
-                cancelled,
-                not_started,
-            } => {
+            Event::WaveFinished { wave, done, failed, cancelled, not_started } => {
                 if let Some(w) = self.waves.iter_mut().find(|w| w.number == *wave) {
                     w.phase = WavePhase::Finished;
                 }
-                let severity = if *failed + *cancelled > 0 {
-                    Severity::Warn
-                } else {
-                    Severity::Good
-                };
+                let severity = if *failed + *cancelled > 0 { Severity::Warn } else { Severity::Good };
                 let mut text = format!("wave {wave} finished: {done} done");
-                for (n, word) in [
-                    (failed, "failed"),
-                    (cancelled, "cancelled"),
-                    (not_started, "not started"),
-                ] {
+                for (n, word) in [(failed, "failed"), (cancelled, "cancelled"), (not_started, "not started")] {
                     if *n > 0 {
                         text.push_str(&format!(", {n} {word}"));
                     }
                 }
                 self.note(at, severity, text);
             }
-            Event::ThresholdExceeded {
-                wave,
-                failures,
-                limit,
-                failed_hosts,
-            } => {
-                let text = format!(
-                    "wave {wave}: {failures} failed > {limit} allowed ({})",
-                    failed_hosts.join(", ")
-                );
+            Event::ThresholdExceeded { wave, failures, limit, failed_hosts } => {
+                let text = format!("wave {wave}: {failures} failed > {limit} allowed ({})", failed_hosts.join(", "));
                 self.note(at, Severity::Bad, text);
             }
             Event::Paused { cause, running } => {
@@ -375,10 +311,7 @@ impl DeployModel {
                         format!("paused by failure threshold in wave {wave}")
                     }
                 };
-                self.control = ControlView::Paused {
-                    cause: cause.clone(),
-                    running: running.clone(),
-                };
+                self.control = ControlView::Paused { cause: cause.clone(), running: running.clone() };
                 self.note(at, Severity::Warn, by);
             }
             Event::Resumed => {
@@ -387,9 +320,7 @@ impl DeployModel {
                 self.note(at, Severity::Info, text);
             }
             Event::Aborted { reason } => {
-                self.control = ControlView::Aborted {
-                    reason: reason.clone(),
-                };
+                self.control = ControlView::Aborted { reason: reason.clone() };
                 self.aborting = true;
                 self.note(at, Severity::Bad, format!("ABORTED: {reason}"));
             }
@@ -439,10 +370,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn stamp(secs: i64, event: Event) -> Stamped {
-        Stamped {
-            at: at(secs),
-            event,
-        }
+        Stamped { at: at(secs), event }
     }
 
     pub(crate) fn started() -> Stamped {
@@ -453,16 +381,8 @@ pub(crate) mod tests {
                 env: "staging".into(),
                 release: "2.4.1".into(),
                 waves: vec![
-                    WaveOutline {
-                        wave: 1,
-                        hosts: vec!["a".into()],
-                        max_failures: 0,
-                    },
-                    WaveOutline {
-                        wave: 2,
-                        hosts: vec!["b".into(), "c".into()],
-                        max_failures: 0,
-                    },
+                    WaveOutline { wave: 1, hosts: vec!["a".into()], max_failures: 0 },
+                    WaveOutline { wave: 2, hosts: vec!["b".into(), "c".into()], max_failures: 0 },
                 ],
                 steps: vec!["stage".into(), "health".into()],
             },
@@ -483,13 +403,7 @@ pub(crate) mod tests {
     fn host_progress_follows_step_events() {
         let mut m = DeployModel::new("ann", 100);
         m.apply(&started());
-        m.apply(&stamp(
-            1,
-            Event::HostStarted {
-                wave: 1,
-                host: "a".into(),
-            },
-        ));
+        m.apply(&stamp(1, Event::HostStarted { wave: 1, host: "a".into() }));
         m.apply(&stamp(
             2,
             Event::StepStarted {
@@ -514,18 +428,10 @@ pub(crate) mod tests {
         ));
         m.apply(&stamp(
             4,
-            Event::HealthSample {
-                host: "a".into(),
-                check: "health".into(),
-                healthy: false,
-                latency_ms: 9,
-            },
+            Event::HealthSample { host: "a".into(), check: "health".into(), healthy: false, latency_ms: 9 },
         ));
         let a = m.host("a").unwrap();
-        assert_eq!(
-            (a.phase, a.step.as_deref(), a.step_index),
-            (HostPhase::Running, Some("health"), 2)
-        );
+        assert_eq!((a.phase, a.step.as_deref(), a.step_index), (HostPhase::Running, Some("health"), 2));
         assert_eq!(&*a.logs.get(0).unwrap().text, "503");
         assert_eq!(m.combined.get(0).unwrap().host.as_deref(), Some("a"));
         assert_eq!((a.healthy, a.health.back()), (Some(false), Some(&None)));
@@ -536,16 +442,8 @@ pub(crate) mod tests {
         let mut m = DeployModel::new("ann", 100);
         m.apply(&started());
         assert_eq!(m.control, ControlView::Running);
-        m.apply(&stamp(
-            5,
-            Event::Paused {
-                cause: PauseCause::Operator,
-                running: vec!["a: stage".into()],
-            },
-        ));
-        assert!(
-            matches!(&m.control, ControlView::Paused { running, .. } if running == &["a: stage"])
-        );
+        m.apply(&stamp(5, Event::Paused { cause: PauseCause::Operator, running: vec!["a: stage".into()] }));
+        assert!(matches!(&m.control, ControlView::Paused { running, .. } if running == &["a: stage"]));
         assert_eq!(m.timeline.back().unwrap().text, "paused by ann");
         m.apply(&stamp(6, Event::Resumed));
         assert_eq!(m.control, ControlView::Running);
@@ -555,13 +453,7 @@ pub(crate) mod tests {
     fn failures_and_the_end_are_on_the_timeline() {
         let mut m = DeployModel::new("ann", 100);
         m.apply(&started());
-        m.apply(&stamp(
-            1,
-            Event::HostStarted {
-                wave: 1,
-                host: "a".into(),
-            },
-        ));
+        m.apply(&stamp(1, Event::HostStarted { wave: 1, host: "a".into() }));
         m.apply(&stamp(
             2,
             Event::StepFinished {
@@ -575,29 +467,10 @@ pub(crate) mod tests {
                 will_retry: false,
             },
         ));
-        m.apply(&stamp(
-            3,
-            Event::HostFinished {
-                wave: 1,
-                host: "a".into(),
-                state: HostState::Failed,
-            },
-        ));
-        m.apply(&stamp(
-            4,
-            Event::Aborted {
-                reason: "bad".into(),
-            },
-        ));
+        m.apply(&stamp(3, Event::HostFinished { wave: 1, host: "a".into(), state: HostState::Failed }));
+        m.apply(&stamp(4, Event::Aborted { reason: "bad".into() }));
         assert!(m.aborting);
-        m.apply(&stamp(
-            5,
-            Event::DeployFinished {
-                outcome: Outcome::Aborted,
-                duration_ms: 5000,
-                hosts: vec![],
-            },
-        ));
+        m.apply(&stamp(5, Event::DeployFinished { outcome: Outcome::Aborted, duration_ms: 5000, hosts: vec![] }));
         assert_eq!(m.host("a").unwrap().phase, HostPhase::Failed);
         assert_eq!(m.host("b").unwrap().phase, HostPhase::Skipped);
         assert!(!m.aborting);

@@ -14,11 +14,7 @@ const LIGHT: &str = include_str!("../../themes/light.toml");
 const HIGH_CONTRAST: &str = include_str!("../../themes/high-contrast.toml");
 
 /// Built-in themes by name.
-pub const BUILT_IN: &[(&str, &str)] = &[
-    ("dark", DARK),
-    ("light", LIGHT),
-    ("high-contrast", HIGH_CONTRAST),
-];
+pub const BUILT_IN: &[(&str, &str)] = &[("dark", DARK), ("light", LIGHT), ("high-contrast", HIGH_CONTRAST)];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Theme {
@@ -81,10 +77,7 @@ impl Theme {
 
     /// No colours at all: for `NO_COLOR`.
     pub fn monochrome() -> Theme {
-        Theme {
-            color: false,
-            ..Theme::blank()
-        }
+        Theme { color: false, ..Theme::blank() }
     }
 
     fn blank() -> Theme {
@@ -128,10 +121,7 @@ impl Theme {
             let names: Vec<&str> = BUILT_IN.iter().map(|(n, _)| *n).collect();
             Diagnostics(vec![Diagnostic::whole_file(
                 path,
-                format!(
-                    "cannot read theme ({e}); built-in themes are: {}",
-                    names.join(", ")
-                ),
+                format!("cannot read theme ({e}); built-in themes are: {}", names.join(", ")),
             )])
         })?;
         theme.overlay(path, &text)?;
@@ -169,23 +159,18 @@ impl Theme {
                     path,
                     text,
                     value.span(),
-                    format!("`{}` is not a colour: use a name like \"green\", \"#rrggbb\" or \"0\"..\"255\"", value.get_ref()),
+                    format!(
+                        "`{}` is not a colour: use a name like \"green\", \"#rrggbb\" or \"0\"..\"255\"",
+                        value.get_ref()
+                    ),
                 )),
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Diagnostics(problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(Diagnostics(problems)) }
     }
 
     pub fn fg(&self, color: Color) -> Style {
-        if self.color {
-            Style::default().fg(color)
-        } else {
-            Style::default()
-        }
+        if self.color { Style::default().fg(color) } else { Style::default() }
     }
 
     pub fn text(&self) -> Style {
@@ -193,11 +178,7 @@ impl Theme {
     }
 
     pub fn muted(&self) -> Style {
-        if self.color {
-            self.fg(self.muted)
-        } else {
-            Style::default().add_modifier(Modifier::DIM)
-        }
+        if self.color { self.fg(self.muted) } else { Style::default().add_modifier(Modifier::DIM) }
     }
 
     pub fn bad(&self) -> Style {
@@ -215,11 +196,7 @@ impl Theme {
     /// The PAUSED / ABORTED banner: must be impossible to miss.
     pub fn banner(&self) -> Style {
         let style = Style::default().add_modifier(Modifier::BOLD);
-        if self.color {
-            style.fg(self.banner_fg).bg(self.banner_bg)
-        } else {
-            style.add_modifier(Modifier::REVERSED)
-        }
+        if self.color { style.fg(self.banner_fg).bg(self.banner_bg) } else { style.add_modifier(Modifier::REVERSED) }
     }
 
     pub fn header(&self) -> Style {
@@ -266,21 +243,10 @@ mod tests {
     #[test]
     fn bad_colours_and_keys_are_located() {
         let mut theme = Theme::dark();
-        let err = theme
-            .overlay(
-                Path::new("t.toml"),
-                "[colors]\nok = \"greenish\"\nbad = \"nope\"\n",
-            )
-            .unwrap_err();
+        let err = theme.overlay(Path::new("t.toml"), "[colors]\nok = \"greenish\"\nbad = \"nope\"\n").unwrap_err();
         assert_eq!(err.0.len(), 2);
-        assert!(
-            err.to_string()
-                .contains("t.toml:2:6: `greenish` is not a colour"),
-            "{err}"
-        );
-        let err = theme
-            .overlay(Path::new("t.toml"), "[colors]\nokk = \"red\"\n")
-            .unwrap_err();
+        assert!(err.to_string().contains("t.toml:2:6: `greenish` is not a colour"), "{err}");
+        let err = theme.overlay(Path::new("t.toml"), "[colors]\nokk = \"red\"\n").unwrap_err();
         assert!(err.to_string().contains("t.toml:2:1"), "{err}");
     }
 
@@ -288,9 +254,6 @@ mod tests {
     fn no_color_wins() {
         let theme = Theme::resolve(Some("light"), true).unwrap();
         assert!(!theme.color);
-        assert_eq!(
-            theme.selection(),
-            Style::default().add_modifier(Modifier::REVERSED)
-        );
+        assert_eq!(theme.selection(), Style::default().add_modifier(Modifier::REVERSED));
     }
 }

@@ -35,12 +35,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, clock: Clock) {
             layout::MIN_WIDTH,
             layout::MIN_HEIGHT
         );
-        frame.render_widget(
-            Paragraph::new(text)
-                .alignment(Alignment::Center)
-                .wrap(Wrap { trim: true }),
-            area,
-        );
+        frame.render_widget(Paragraph::new(text).alignment(Alignment::Center).wrap(Wrap { trim: true }), area);
         return;
     }
     match &app.deploy {
@@ -56,22 +51,14 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, clock: Clock) {
 // Overview
 
 fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
-    let [header, body, footer] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Min(0),
-        Constraint::Length(1),
-    ])
-    .areas(frame.area());
+    let [header, body, footer] =
+        Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(frame.area());
     let profiles = app.profiles.len();
-    let title = format!(
-        " wavedeck · {profiles} profile{} · operator {} ",
-        if profiles == 1 { "" } else { "s" },
-        app.operator
-    );
+    let title =
+        format!(" wavedeck · {profiles} profile{} · operator {} ", if profiles == 1 { "" } else { "s" }, app.operator);
     frame.render_widget(Paragraph::new(title).style(theme.header()), header);
 
-    let [left, right] =
-        Layout::horizontal([Constraint::Length(34), Constraint::Min(0)]).areas(body);
+    let [left, right] = Layout::horizontal([Constraint::Length(34), Constraint::Min(0)]).areas(body);
     let mut lines = Vec::new();
     let mut last_profile = None;
     for (i, target) in app.targets.iter().enumerate() {
@@ -90,32 +77,17 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
             spans.push(Span::styled("  PROTECTED", theme.bad()));
         }
         let line = Line::from(spans);
-        lines.push(if i == app.selected_target {
-            line.style(theme.selection())
-        } else {
-            line
-        });
+        lines.push(if i == app.selected_target { line.style(theme.selection()) } else { line });
     }
-    frame.render_widget(
-        Paragraph::new(lines).block(pane_block(" Environments · hosts ", true, theme)),
-        left,
-    );
+    frame.render_widget(Paragraph::new(lines).block(pane_block(" Environments · hosts ", true, theme)), left);
 
     let [hosts_area, plan_area] =
         Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(right);
     if let Some(env) = app.target_env() {
         let rows = env.hosts.iter().map(|h| {
-            Row::new(vec![
-                Cell::from(h.name.clone()),
-                Cell::from(h.address.clone()),
-                Cell::from(h.labels.join(", ")),
-            ])
+            Row::new(vec![Cell::from(h.name.clone()), Cell::from(h.address.clone()), Cell::from(h.labels.join(", "))])
         });
-        let widths = [
-            Constraint::Percentage(34),
-            Constraint::Percentage(26),
-            Constraint::Percentage(40),
-        ];
+        let widths = [Constraint::Percentage(34), Constraint::Percentage(26), Constraint::Percentage(40)];
         let header_row = Row::new(vec!["HOST", "ADDRESS", "LABELS"]).style(theme.muted());
         let transport = match env.transport {
             crate::profile::TransportKind::Local => "local",
@@ -123,9 +95,7 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
         };
         let title = format!(" Hosts — {} ({transport} transport) ", env.name);
         frame.render_widget(
-            Table::new(rows, widths)
-                .header(header_row)
-                .block(pane_block(&title, false, theme)),
+            Table::new(rows, widths).header(header_row).block(pane_block(&title, false, theme)),
             hosts_area,
         );
     }
@@ -134,9 +104,7 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
         Err(e) => vec![Line::styled(e.clone(), theme.bad())],
     };
     frame.render_widget(
-        Paragraph::new(plan_text)
-            .wrap(Wrap { trim: false })
-            .block(pane_block(" Plan ", false, theme)),
+        Paragraph::new(plan_text).wrap(Wrap { trim: false }).block(pane_block(" Plan ", false, theme)),
         plan_area,
     );
     let hint = if app.targets.is_empty() {
@@ -150,11 +118,7 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
 fn plan_lines(plan: &Plan, theme: &Theme) -> Vec<Line<'static>> {
     let p = &plan.policy;
     let mut lines = vec![Line::from(vec![
-        Span::raw(format!(
-            "{} hosts in {} waves",
-            plan.host_count(),
-            plan.waves.len()
-        )),
+        Span::raw(format!("{} hosts in {} waves", plan.host_count(), plan.waves.len())),
         Span::styled(
             format!(
                 " · canary {} · batch {} · parallel {} · max failures {} per wave",
@@ -172,10 +136,7 @@ fn plan_lines(plan: &Plan, theme: &Theme) -> Vec<Line<'static>> {
     }
     if let Some(host) = plan.waves.first().and_then(|w| w.hosts.first()) {
         let steps: Vec<&str> = host.steps.iter().map(|s| s.name.as_str()).collect();
-        lines.push(Line::styled(
-            format!("steps: {}", steps.join(" → ")),
-            theme.muted(),
-        ));
+        lines.push(Line::styled(format!("steps: {}", steps.join(" → ")), theme.muted()));
     }
     lines
 }
@@ -197,14 +158,7 @@ fn draw_deploy(frame: &mut Frame, app: &App, model: &DeployModel, theme: &Theme,
     draw_footer(frame, areas.footer, app, hint, theme);
 }
 
-fn draw_header(
-    frame: &mut Frame,
-    area: Rect,
-    app: &App,
-    model: &DeployModel,
-    theme: &Theme,
-    clock: Clock,
-) {
+fn draw_header(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, theme: &Theme, clock: Clock) {
     let elapsed = match (model.started, model.finished) {
         (Some(start), Some(end)) => end - start,
         (Some(start), None) => clock.now - start,
@@ -221,64 +175,42 @@ fn draw_header(
     let label = app.control_label().unwrap_or_default();
     let label_style = match &model.control {
         ControlView::Paused { .. } | ControlView::Aborted { .. } => theme.banner(),
-        ControlView::Finished(Outcome::Succeeded) => {
-            theme.header().fg(theme.ok).add_modifier(Modifier::BOLD)
-        }
+        ControlView::Finished(Outcome::Succeeded) => theme.header().fg(theme.ok).add_modifier(Modifier::BOLD),
         ControlView::Finished(_) => theme.banner(),
         ControlView::Running => theme.header().add_modifier(Modifier::BOLD),
     };
     let right = format!(" {label} ");
-    let [l, r] = Layout::horizontal([
-        Constraint::Min(0),
-        Constraint::Length(right.chars().count() as u16),
-    ])
-    .areas(area);
+    let [l, r] = Layout::horizontal([Constraint::Min(0), Constraint::Length(right.chars().count() as u16)]).areas(area);
     frame.render_widget(Paragraph::new(left).style(theme.header()), l);
     frame.render_widget(Paragraph::new(right).style(label_style), r);
 }
 
 fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme) {
-    let [chips_area, status_area] =
-        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
+    let [chips_area, status_area] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
     let mut spans = vec![Span::raw(" ")];
     for wave in &model.waves {
         let hosts: Vec<&HostView> = wave.hosts.iter().map(|&i| &model.hosts[i]).collect();
         // Hosts that ran to an end; skipped ones never ran and do not fill the bar.
         let settled = hosts
             .iter()
-            .filter(|h| {
-                matches!(
-                    h.phase,
-                    HostPhase::Done | HostPhase::Failed | HostPhase::Cancelled
-                )
-            })
+            .filter(|h| matches!(h.phase, HostPhase::Done | HostPhase::Failed | HostPhase::Cancelled))
             .count();
-        let failed = hosts
-            .iter()
-            .filter(|h| h.phase == HostPhase::Failed)
-            .count();
+        let failed = hosts.iter().filter(|h| h.phase == HostPhase::Failed).count();
         let never_ran = hosts.iter().all(|h| h.phase == HostPhase::Skipped);
         let (mark, style) = match (wave.phase, failed) {
             (_, f) if f > 0 => ("✗", theme.bad()),
             _ if never_ran => ("–", theme.muted()),
-            (WavePhase::Finished, _) if hosts.iter().all(|h| h.phase == HostPhase::Done) => {
-                ("✓", theme.fg(theme.ok))
-            }
+            (WavePhase::Finished, _) if hosts.iter().all(|h| h.phase == HostPhase::Done) => ("✓", theme.fg(theme.ok)),
             (WavePhase::Finished, _) => ("■", theme.fg(theme.warn)),
             (WavePhase::Running, _) => ("▶", theme.fg(theme.running).add_modifier(Modifier::BOLD)),
             (WavePhase::Pending, _) => ("·", theme.muted()),
         };
-        let name =
-            if wave.number == 1 && model.waves.len() > 1 && hosts.len() < model.hosts.len() / 2 + 1
-            {
-                "canary".to_string()
-            } else {
-                format!("W{}", wave.number)
-            };
-        spans.push(Span::styled(
-            format!("{mark} {name} {settled}/{} ", hosts.len()),
-            style,
-        ));
+        let name = if wave.number == 1 && model.waves.len() > 1 && hosts.len() < model.hosts.len() / 2 + 1 {
+            "canary".to_string()
+        } else {
+            format!("W{}", wave.number)
+        };
+        spans.push(Span::styled(format!("{mark} {name} {settled}/{} ", hosts.len()), style));
         spans.push(Span::styled(bar(settled, hosts.len(), 6), style));
         spans.push(Span::raw("  "));
     }
@@ -288,11 +220,7 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
         ControlView::Paused { cause, running } => {
             let why = match cause {
                 PauseCause::Operator => format!("PAUSED by {}", model.operator),
-                PauseCause::FailureThreshold {
-                    wave,
-                    failures,
-                    limit,
-                } => {
+                PauseCause::FailureThreshold { wave, failures, limit } => {
                     format!("PAUSED · wave {wave}: {failures} failed > {limit} allowed")
                 }
             };
@@ -301,20 +229,14 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
             } else {
                 format!("finishing: {}", running.join(", "))
             };
-            Line::styled(
-                format!(" {why} · r resume · a abort · {still} "),
-                theme.banner(),
-            )
+            Line::styled(format!(" {why} · r resume · a abort · {still} "), theme.banner())
         }
-        ControlView::Aborted { reason } => Line::styled(
-            format!(" ABORTED: {reason} · waiting for running steps to stop "),
-            theme.banner(),
-        ),
+        ControlView::Aborted { reason } => {
+            Line::styled(format!(" ABORTED: {reason} · waiting for running steps to stop "), theme.banner())
+        }
         ControlView::Finished(outcome) => {
             let (word, style) = match outcome {
-                Outcome::Succeeded => {
-                    ("SUCCEEDED", theme.fg(theme.ok).add_modifier(Modifier::BOLD))
-                }
+                Outcome::Succeeded => ("SUCCEEDED", theme.fg(theme.ok).add_modifier(Modifier::BOLD)),
                 Outcome::Failed => ("FAILED", theme.banner()),
                 Outcome::Aborted => ("ABORTED", theme.banner()),
             };
@@ -343,11 +265,7 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
                 )),
                 Span::styled(
                     format!("{} failed", model.count(HostPhase::Failed)),
-                    if model.count(HostPhase::Failed) > 0 {
-                        theme.bad()
-                    } else {
-                        theme.text()
-                    },
+                    if model.count(HostPhase::Failed) > 0 { theme.bad() } else { theme.text() },
                 ),
             ])
         }
@@ -355,56 +273,41 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
     frame.render_widget(Paragraph::new(status), status_area);
 }
 
-fn draw_hosts(
-    frame: &mut Frame,
-    area: Rect,
-    app: &App,
-    model: &DeployModel,
-    theme: &Theme,
-    clock: Clock,
-) {
+fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, theme: &Theme, clock: Clock) {
     let visible = app.visible_hosts();
     let rows_fit = layout::table_rows(area);
     let first = layout::first_visible_row(app.selected_host, rows_fit);
-    let rows = visible
-        .iter()
-        .enumerate()
-        .skip(first)
-        .take(rows_fit)
-        .map(|(pos, &i)| {
-            let h = &model.hosts[i];
-            let (state, style) = host_state(h, theme);
-            let elapsed = match (h.started, h.finished) {
-                (Some(s), Some(f)) => clock_text(f - s),
-                (Some(s), None) => clock_text(clock.now - s),
-                _ => String::new(),
-            };
-            let exit = match &h.last_result {
-                Some(r) => r
-                    .exit_code()
-                    .map_or_else(|| short_result(r), |c| c.to_string()),
-                None => String::new(),
-            };
-            let health = match h.healthy {
-                Some(true) => Span::styled("up", theme.fg(theme.ok)),
-                Some(false) => Span::styled("DOWN", theme.bad()),
-                None => Span::styled("–", theme.muted()),
-            };
-            let row = Row::new(vec![
-                Cell::from(h.name.clone()),
-                Cell::from(h.wave.to_string()),
-                Cell::from(Span::styled(state, style)),
-                Cell::from(h.step.clone().unwrap_or_default()),
-                Cell::from(elapsed),
-                Cell::from(exit),
-                Cell::from(health),
-            ]);
-            if pos == app.selected_host {
-                row.style(theme.selection())
-            } else {
-                row
-            }
-        });
+    let rows = visible.iter().enumerate().skip(first).take(rows_fit).map(|(pos, &i)| {
+        let h = &model.hosts[i];
+        let (state, style) = host_state(h, theme);
+        let elapsed = match (h.started, h.finished) {
+            (Some(s), Some(f)) => clock_text(f - s),
+            (Some(s), None) => clock_text(clock.now - s),
+            _ => String::new(),
+        };
+        let exit = match &h.last_result {
+            Some(r) => r.exit_code().map_or_else(|| short_result(r), |c| c.to_string()),
+            None => String::new(),
+        };
+        let health = match h.healthy {
+            Some(true) => Span::styled("up", theme.fg(theme.ok)),
+            Some(false) => Span::styled("DOWN", theme.bad()),
+            None => Span::styled("–", theme.muted()),
+        };
+        let row = Row::new(vec![
+            Cell::from(h.name.clone()),
+            Cell::from(h.wave.to_string()),
+            Cell::from(Span::styled(state, style)),
+            Cell::from(match (h.upload, &h.step) {
+                (Some((sent, total)), Some(step)) => format!("{step} {}%", sent * 100 / total.max(1)),
+                (_, step) => step.clone().unwrap_or_default(),
+            }),
+            Cell::from(elapsed),
+            Cell::from(exit),
+            Cell::from(health),
+        ]);
+        if pos == app.selected_host { row.style(theme.selection()) } else { row }
+    });
     let widths = [
         Constraint::Min(10),
         Constraint::Length(2),
@@ -414,8 +317,7 @@ fn draw_hosts(
         Constraint::Length(5),
         Constraint::Length(5),
     ];
-    let header =
-        Row::new(vec!["HOST", "W", "STATE", "STEP", "TIME", "EXIT", "HLTH"]).style(theme.muted());
+    let header = Row::new(vec!["HOST", "W", "STATE", "STEP", "TIME", "EXIT", "HLTH"]).style(theme.muted());
     let mut title = format!(" Hosts {}/{} ", visible.len(), model.hosts.len());
     if !app.filter.is_empty() {
         title.push_str(&format!("· filter \"{}\" ", app.filter));
@@ -425,26 +327,15 @@ fn draw_hosts(
         SortOrder::Trouble => title.push_str("· problems first "),
         SortOrder::Name => title.push_str("· by name "),
     }
-    let table = Table::new(rows, widths).header(header).block(pane_block(
-        &title,
-        app.focus == Pane::Hosts,
-        theme,
-    ));
+    let table = Table::new(rows, widths).header(header).block(pane_block(&title, app.focus == Pane::Hosts, theme));
     frame.render_widget(table, area);
 }
 
 fn host_state(h: &HostView, theme: &Theme) -> (String, Style) {
     match h.phase {
         HostPhase::Running => {
-            let retry = if h.attempt > 1 {
-                format!(" #{}", h.attempt)
-            } else {
-                String::new()
-            };
-            (
-                format!("run {}/{}{retry}", h.step_index, h.total_steps),
-                theme.fg(theme.running),
-            )
+            let retry = if h.attempt > 1 { format!(" #{}", h.attempt) } else { String::new() };
+            (format!("run {}/{}{retry}", h.step_index, h.total_steps), theme.fg(theme.running))
         }
         HostPhase::Failed => ("FAILED".into(), theme.bad()),
         HostPhase::Done => ("done".into(), theme.fg(theme.ok)),
@@ -453,14 +344,7 @@ fn host_state(h: &HostView, theme: &Theme) -> (String, Style) {
     }
 }
 
-fn draw_details(
-    frame: &mut Frame,
-    areas: &DeployLayout,
-    app: &App,
-    model: &DeployModel,
-    theme: &Theme,
-    clock: Clock,
-) {
+fn draw_details(frame: &mut Frame, areas: &DeployLayout, app: &App, model: &DeployModel, theme: &Theme, clock: Clock) {
     if areas.shared_detail {
         match app.focus {
             Pane::Health => draw_health(frame, areas.health, app, model, theme),
@@ -475,21 +359,11 @@ fn draw_details(
 }
 
 fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
-    let who = if app.interleaved {
-        "all hosts".to_string()
-    } else {
-        app.selected_name().unwrap_or_else(|| "—".into())
-    };
-    let mode = if app.log_scroll == 0 {
-        "following".to_string()
-    } else {
-        format!("↑{} · End to follow", app.log_scroll)
-    };
-    let search = app
-        .search
-        .as_ref()
-        .map(|s| format!(" · /{s} n/N"))
-        .unwrap_or_default();
+    let who =
+        if app.interleaved { "all hosts".to_string() } else { app.selected_name().unwrap_or_else(|| "—".into()) };
+    let mode =
+        if app.log_scroll == 0 { "following".to_string() } else { format!("↑{} · End to follow", app.log_scroll) };
+    let search = app.search.as_ref().map(|s| format!(" · /{s} n/N")).unwrap_or_default();
     let title = format!(" Log — {who} ({mode}{search}) ");
     let block = pane_block(&title, app.focus == Pane::Logs, theme);
     let inner = block.inner(area);
@@ -507,15 +381,8 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             if let Some(host) = &l.host {
                 spans.push(Span::styled(format!("{host:<12} "), theme.fg(theme.accent)));
             }
-            let mut style = if l.stream == Stream::Stderr {
-                theme.fg(theme.stderr)
-            } else {
-                theme.text()
-            };
-            if needle
-                .as_ref()
-                .is_some_and(|n| l.text.to_lowercase().contains(n))
-            {
+            let mut style = if l.stream == Stream::Stderr { theme.fg(theme.stderr) } else { theme.text() };
+            if needle.as_ref().is_some_and(|n| l.text.to_lowercase().contains(n)) {
                 style = style.add_modifier(Modifier::REVERSED);
             }
             spans.push(Span::styled(l.text.to_string(), style));
@@ -528,22 +395,15 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
 fn draw_health(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, theme: &Theme) {
     let mut summary = Vec::new();
     for wave in &model.waves {
-        let sampled: Vec<&HostView> = wave
-            .hosts
-            .iter()
-            .map(|&i| &model.hosts[i])
-            .filter(|h| h.healthy.is_some())
-            .collect();
+        let sampled: Vec<&HostView> =
+            wave.hosts.iter().map(|&i| &model.hosts[i]).filter(|h| h.healthy.is_some()).collect();
         if !sampled.is_empty() {
             let up = sampled.iter().filter(|h| h.healthy == Some(true)).count();
             summary.push(format!("W{} {up}/{} up", wave.number, sampled.len()));
         }
     }
-    let title = if summary.is_empty() {
-        " Health ".to_string()
-    } else {
-        format!(" Health · {} ", summary.join(" · "))
-    };
+    let title =
+        if summary.is_empty() { " Health ".to_string() } else { format!(" Health · {} ", summary.join(" · ")) };
     let block = pane_block(&title, app.focus == Pane::Health, theme);
     let inner = block.inner(area);
     frame.render_widget(block, area);
@@ -580,14 +440,7 @@ fn draw_health(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, th
     frame.render_widget(Paragraph::new(lines), inner);
 }
 
-fn draw_timeline(
-    frame: &mut Frame,
-    area: Rect,
-    app: &App,
-    model: &DeployModel,
-    theme: &Theme,
-    clock: Clock,
-) {
+fn draw_timeline(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, theme: &Theme, clock: Clock) {
     let block = pane_block(" Timeline ", app.focus == Pane::Timeline, theme);
     let inner = block.inner(area);
     frame.render_widget(block, area);
@@ -608,13 +461,7 @@ fn draw_timeline(
                 Severity::Bad => theme.bad(),
             };
             Line::from(vec![
-                Span::styled(
-                    format!(
-                        " {} ",
-                        entry.at.with_timezone(&clock.offset).format("%H:%M:%S")
-                    ),
-                    theme.muted(),
-                ),
+                Span::styled(format!(" {} ", entry.at.with_timezone(&clock.offset).format("%H:%M:%S")), theme.muted()),
                 Span::styled(entry.text.clone(), style),
             ])
         })
@@ -624,10 +471,7 @@ fn draw_timeline(
 
 fn draw_footer(frame: &mut Frame, area: Rect, app: &App, hint: &str, theme: &Theme) {
     let line = match &app.status {
-        Some(status) => Line::styled(
-            format!(" {status}"),
-            theme.fg(theme.warn).add_modifier(Modifier::BOLD),
-        ),
+        Some(status) => Line::styled(format!(" {status}"), theme.fg(theme.warn).add_modifier(Modifier::BOLD)),
         None => Line::styled(format!(" {hint}"), theme.muted()),
     };
     frame.render_widget(Paragraph::new(line), area);
@@ -644,10 +488,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
             let keys: &[(&str, &str)] = &[
                 ("↑ ↓  j k", "choose environment or host; scroll the pane"),
                 ("Enter", "deploy the environment · focus the host's log"),
-                (
-                    "Tab  Shift-Tab",
-                    "next / previous pane: hosts, log, health, timeline",
-                ),
+                ("Tab  Shift-Tab", "next / previous pane: hosts, log, health, timeline"),
                 ("p", "pause: running steps finish, nothing new starts"),
                 ("r", "resume exactly where it stopped"),
                 ("a", "abort, with a reason: running steps are killed"),
@@ -665,17 +506,11 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
             let mut lines: Vec<Line> = keys
                 .iter()
                 .map(|(k, what)| {
-                    Line::from(vec![
-                        Span::styled(format!(" {k:<15}"), theme.fg(theme.accent)),
-                        Span::raw(*what),
-                    ])
+                    Line::from(vec![Span::styled(format!(" {k:<15}"), theme.fg(theme.accent)), Span::raw(*what)])
                 })
                 .collect();
             lines.push(Line::raw(""));
-            lines.push(Line::styled(
-                " Every pause, resume, abort and quit is in the audit log.",
-                theme.muted(),
-            ));
+            lines.push(Line::styled(" Every pause, resume, abort and quit is in the audit log.", theme.muted()));
             lines.push(Line::styled(" any key closes this help", theme.muted()));
             popup(frame, rect, " Keys ", Paragraph::new(lines), theme, false);
         }
@@ -691,33 +526,15 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
         }
         Dialog::Release(input) => {
             let env = app.target_env().map(|e| e.name.as_str()).unwrap_or("?");
-            let service = app
-                .target_profile()
-                .map(|p| p.service.as_str())
-                .unwrap_or("?");
+            let service = app.target_profile().map(|p| p.service.as_str()).unwrap_or("?");
             let rect = layout::centered(area, 60, 6);
-            input_popup(
-                frame,
-                rect,
-                &format!(" Deploy {service} to {env} "),
-                "Release:",
-                input,
-                None,
-                theme,
-                false,
-            );
+            input_popup(frame, rect, &format!(" Deploy {service} to {env} "), "Release:", input, None, theme, false);
         }
         Dialog::ConfirmPlan { plan, release } => {
             let height = (plan.waves.len() as u16 + 10).min(area.height);
             let rect = layout::centered(area, 78, height);
             let mut lines = plan_lines(plan, theme);
-            lines.insert(
-                0,
-                Line::raw(format!(
-                    "Deploy {} {} to {}:",
-                    plan.service, release, plan.env
-                )),
-            );
+            lines.insert(0, Line::raw(format!("Deploy {} {} to {}:", plan.service, release, plan.env)));
             lines.push(Line::raw(""));
             if plan.protected {
                 lines.push(Line::styled(
@@ -725,10 +542,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                     theme.bad(),
                 ));
             }
-            lines.push(Line::styled(
-                "Enter start · Esc cancel",
-                theme.fg(theme.accent),
-            ));
+            lines.push(Line::styled("Enter start · Esc cancel", theme.fg(theme.accent)));
             popup(
                 frame,
                 rect,
@@ -756,23 +570,10 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
         Dialog::AbortReason { input, empty } => {
             let rect = layout::centered(area, 64, 7);
             let error = empty.then(|| "a reason is required: it goes to the audit log".to_string());
-            input_popup(
-                frame,
-                rect,
-                " Abort the deploy ",
-                "Reason:",
-                input,
-                error,
-                theme,
-                true,
-            );
+            input_popup(frame, rect, " Abort the deploy ", "Reason:", input, error, theme, true);
         }
         Dialog::Filter(input) | Dialog::Search(input) => {
-            let label = if matches!(dialog, Dialog::Filter(_)) {
-                "Filter hosts:"
-            } else {
-                "Search log:"
-            };
+            let label = if matches!(dialog, Dialog::Filter(_)) { "Filter hosts:" } else { "Search log:" };
             let rect = layout::centered(area, 56, 5);
             input_popup(frame, rect, " / ", label, input, None, theme, false);
         }
@@ -781,11 +582,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
 
 fn popup(frame: &mut Frame, rect: Rect, title: &str, body: Paragraph, theme: &Theme, danger: bool) {
     frame.render_widget(Clear, rect);
-    let border = if danger {
-        theme.bad()
-    } else {
-        theme.border(true)
-    };
+    let border = if danger { theme.bad() } else { theme.border(true) };
     let block = Block::default()
         .borders(Borders::ALL)
         .border_type(BorderType::Double)
@@ -806,11 +603,7 @@ fn input_popup(
     danger: bool,
 ) {
     frame.render_widget(Clear, rect);
-    let border = if danger {
-        theme.bad()
-    } else {
-        theme.border(true)
-    };
+    let border = if danger { theme.bad() } else { theme.border(true) };
     let block = Block::default()
         .borders(Borders::ALL)
         .border_type(BorderType::Double)
@@ -818,18 +611,10 @@ fn input_popup(
         .title(title.to_string());
     let inner = block.inner(rect);
     frame.render_widget(block, rect);
-    let [label_area, input_area, error_area] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Length(1),
-        Constraint::Min(0),
-    ])
-    .areas(inner);
+    let [label_area, input_area, error_area] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1), Constraint::Min(0)]).areas(inner);
     frame.render_widget(Paragraph::new(format!(" {label}")), label_area);
-    let field = Rect {
-        x: input_area.x + 1,
-        width: input_area.width.saturating_sub(2),
-        ..input_area
-    };
+    let field = Rect { x: input_area.x + 1, width: input_area.width.saturating_sub(2), ..input_area };
     frame.render_widget(input, field);
     let hint = error.map_or_else(
         || Line::styled(" Enter confirm · Esc cancel", theme.muted()),
@@ -842,23 +627,12 @@ fn input_popup(
 // Small pieces
 
 fn pane_block(title: &str, focused: bool, theme: &Theme) -> Block<'static> {
-    let block = Block::default()
-        .borders(Borders::ALL)
-        .border_style(theme.border(focused))
-        .title(title.to_string());
-    if focused {
-        block.border_type(BorderType::Thick)
-    } else {
-        block
-    }
+    let block = Block::default().borders(Borders::ALL).border_style(theme.border(focused)).title(title.to_string());
+    if focused { block.border_type(BorderType::Thick) } else { block }
 }
 
 fn bar(done: usize, total: usize, width: usize) -> String {
-    let filled = if total == 0 {
-        0
-    } else {
-        (done * width).div_ceil(total).min(width)
-    };
+    let filled = if total == 0 { 0 } else { (done * width).div_ceil(total).min(width) };
     format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
 }
 
@@ -892,16 +666,13 @@ fn short_result(r: &crate::event::StepResult) -> String {
         StepResult::Signalled { signal } => format!("sig{signal}"),
         StepResult::TimedOut => "tmout".into(),
         StepResult::Cancelled => "cancl".into(),
+        StepResult::Skipped { .. } => "skip".into(),
         StepResult::Error { .. } => "err".into(),
     }
 }
 
 fn truncate(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        s.to_string()
-    } else {
-        s.chars().take(width - 1).chain(['…']).collect()
-    }
+    if s.chars().count() <= width { s.to_string() } else { s.chars().take(width - 1).chain(['…']).collect() }
 }
 
 #[cfg(test)]

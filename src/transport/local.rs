@@ -4,19 +4,19 @@
 //! Every command runs in its own process group so that a timeout or an abort can signal the
 //! whole tree it started (SIGTERM, then SIGKILL after [`KILL_GRACE`]), leaving no orphans.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BoxFuture, ExecRequest, HostSession, KILL_GRACE, MAX_LINE_BYTES, OutputSink, Target, Transport,
-    TransportError,
+    BoxFuture, ConnectObserver, ExecRequest, HostSession, KILL_GRACE, MAX_LINE_BYTES, OutputSink, Target, Transport,
+    TransportError, UploadRequest, upload,
 };
 use crate::event::{StepResult, Stream};
 
@@ -45,17 +45,15 @@ impl Transport for LocalTransport {
     fn open<'a>(
         &'a self,
         target: &'a Target,
+        _observer: &'a dyn ConnectObserver,
     ) -> BoxFuture<'a, Result<Box<dyn HostSession>, TransportError>> {
         Box::pin(async move {
             let dir = self.host_dir(target);
-            tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-                TransportError::Unreachable(format!("cannot create {}: {e}", dir.display()))
-            })?;
-            Ok(Box::new(LocalSession {
-                dir,
-                host: target.host.name.clone(),
-                env: target.env.clone(),
-            }) as Box<dyn HostSession>)
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| TransportError::Unreachable(format!("cannot create {}: {e}", dir.display())))?;
+            Ok(Box::new(LocalSession { dir, host: target.host.name.clone(), env: target.env.clone() })
+                as Box<dyn HostSession>)
         })
     }
 }
@@ -88,11 +86,96 @@ impl HostSession for LocalSession {
                 .spawn();
             match child {
                 Ok(child) => supervise(child, request.timeout, output, cancel).await,
-                Err(e) => StepResult::Error {
-                    message: format!("cannot start sh: {e}"),
-                },
+                Err(e) => StepResult::Error { message: format!("cannot start sh: {e}") },
             }
         })
+    }
+
+    fn upload<'a>(
+        &'a self,
+        request: UploadRequest<'a>,
+        output: &'a dyn OutputSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, StepResult> {
+        Box::pin(async move {
+            // The host is confined to its directory: no absolute targets, no way out with "..".
+            let to = Path::new(request.to);
+            if to.is_absolute() || to.components().any(|c| matches!(c, Component::ParentDir)) {
+                return StepResult::Error {
+                    message: format!("upload target {} must stay inside the host directory", request.to),
+                };
+            }
+            let dest = self.dir.join(to);
+            let work = copy_verified(request.from, &dest, output);
+            tokio::select! {
+                result = work => result,
+                _ = tokio::time::sleep(request.timeout) => StepResult::TimedOut,
+                _ = cancel.cancelled() => StepResult::Cancelled,
+            }
+        })
+    }
+
+    fn free_space<'a>(&'a self) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(async move {
+            let stat = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| e.to_string())?;
+            Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+        })
+    }
+}
+
+/// Copies `from` to `dest` through a temporary file that is verified and then renamed, unless
+/// `dest` already has the same content. A cancelled copy leaves only the temporary file behind,
+/// never a half-written `dest`.
+async fn copy_verified(from: &Path, dest: &Path, output: &dyn OutputSink) -> StepResult {
+    let fail = |message: String| StepResult::Error { message };
+    let want = match upload::sha256_file(from).await {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    if dest.exists()
+        && let Ok(have) = upload::sha256_file(dest).await
+        && have == want
+    {
+        return StepResult::Skipped { reason: format!("{} already has sha256 {want}", dest.display()) };
+    }
+    if let Some(parent) = dest.parent()
+        && let Err(e) = tokio::fs::create_dir_all(parent).await
+    {
+        return fail(format!("cannot create {}: {e}", parent.display()));
+    }
+    let temp = PathBuf::from(upload::temporary_name(&dest.to_string_lossy()));
+    let copied = async {
+        let mut src = tokio::fs::File::open(from).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+        let total = src.metadata().await.map_err(|e| e.to_string())?.len();
+        let mut dst =
+            tokio::fs::File::create(&temp).await.map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+        let mut progress = upload::Progress::new(output, total);
+        let mut buf = vec![0u8; upload::CHUNK];
+        loop {
+            let n = src.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all(&buf[..n]).await.map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+            progress.add(n as u64);
+        }
+        dst.sync_all().await.map_err(|e| e.to_string())?;
+        progress.finish();
+        let got = upload::sha256_file(&temp).await?;
+        if got != want {
+            return Err(format!("sha256 mismatch after copy: expected {want}, got {got}"));
+        }
+        tokio::fs::rename(&temp, dest).await.map_err(|e| format!("cannot rename into {}: {e}", dest.display()))
+    };
+    match copied.await {
+        Ok(()) => {
+            output.line(Stream::Stdout, format!("uploaded {} (sha256 {want})", dest.display()));
+            StepResult::Exited { code: 0 }
+        }
+        Err(message) => {
+            let _ = tokio::fs::remove_file(&temp).await;
+            fail(message)
+        }
     }
 }
 
@@ -107,10 +190,7 @@ async fn supervise(
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     // Output is read while waiting, so a chatty command never blocks on a full pipe.
     let readers = async {
-        tokio::join!(
-            pump(stdout, Stream::Stdout, output),
-            pump(stderr, Stream::Stderr, output)
-        );
+        tokio::join!(pump(stdout, Stream::Stdout, output), pump(stderr, Stream::Stderr, output));
     };
     let stop = async {
         tokio::select! {
@@ -143,10 +223,7 @@ async fn supervise(
 async fn terminate(child: &mut Child, pgid: Option<Pid>) {
     let Some(pgid) = pgid else { return };
     let _ = killpg(pgid, Signal::SIGTERM);
-    if tokio::time::timeout(KILL_GRACE, child.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
         let _ = killpg(pgid, Signal::SIGKILL);
         let _ = child.wait().await;
     } else {
@@ -160,9 +237,7 @@ fn exit_result(status: std::process::ExitStatus) -> StepResult {
     match (status.code(), status.signal()) {
         (Some(code), _) => StepResult::Exited { code },
         (None, Some(signal)) => StepResult::Signalled { signal },
-        (None, None) => StepResult::Error {
-            message: "exited without a status".into(),
-        },
+        (None, None) => StepResult::Error { message: "exited without a status".into() },
     }
 }
 

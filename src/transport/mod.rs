@@ -7,8 +7,10 @@
 //! only learns the [`StepResult`].
 
 pub mod local;
+pub mod upload;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -41,15 +43,57 @@ pub struct ExecRequest<'a> {
     pub timeout: Duration,
 }
 
-/// Receives output lines as they are produced, without the trailing newline.
-pub trait OutputSink: Send + Sync {
-    fn line(&self, stream: Stream, line: String);
+/// A file to copy to a host.
+#[derive(Debug, Clone)]
+pub struct UploadRequest<'a> {
+    pub from: &'a Path,
+    /// Destination on the host; relative to its deploy directory unless absolute.
+    pub to: &'a str,
+    pub timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Receives what a running step produces: output lines as they are produced (without the
+/// trailing newline) and upload progress.
+pub trait OutputSink: Send + Sync {
+    fn line(&self, stream: Stream, line: String);
+
+    /// Bytes of an upload sent so far, of `total`.
+    fn progress(&self, _sent: u64, _total: u64) {}
+}
+
+/// Told about each connection attempt, so that retries are visible while they happen.
+pub trait ConnectObserver: Send + Sync {
+    fn attempt_failed(&self, attempt: u32, of: u32, error: &TransportError, retry_in: Option<Duration>);
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
+    /// No connection (refused, timed out, name not resolved, dropped): worth retrying.
     #[error("{0}")]
     Unreachable(String),
+    #[error("{0}")]
+    HostKeyUnknown(String),
+    /// The host presented a different key than the one on record: refused, never retried.
+    #[error("{0}")]
+    HostKeyChanged(String),
+    #[error("{0}")]
+    AuthFailed(String),
+    /// Local configuration that cannot work (unreadable or encrypted key, bad ssh_config).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl TransportError {
+    /// A short machine-readable name, for events and the audit log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransportError::Unreachable(_) => "unreachable",
+            TransportError::HostKeyUnknown(_) => "host_key_unknown",
+            TransportError::HostKeyChanged(_) => "host_key_changed",
+            TransportError::AuthFailed(_) => "auth_failed",
+            TransportError::Config(_) => "config",
+        }
+    }
 }
 
 pub trait Transport: Send + Sync {
@@ -57,6 +101,7 @@ pub trait Transport: Send + Sync {
     fn open<'a>(
         &'a self,
         target: &'a Target,
+        observer: &'a dyn ConnectObserver,
     ) -> BoxFuture<'a, Result<Box<dyn HostSession>, TransportError>>;
 }
 
@@ -68,4 +113,16 @@ pub trait HostSession: Send + Sync {
         output: &'a dyn OutputSink,
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, StepResult>;
+
+    /// Copies a file to the host: sha256-verified, atomically renamed into place, skipped
+    /// when the host already has identical content.
+    fn upload<'a>(
+        &'a self,
+        request: UploadRequest<'a>,
+        output: &'a dyn OutputSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, StepResult>;
+
+    /// Free space in the host's deploy directory, in bytes, for preflight checks.
+    fn free_space<'a>(&'a self) -> BoxFuture<'a, Result<u64, String>>;
 }

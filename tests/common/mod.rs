@@ -32,32 +32,16 @@ impl Deploy {
     }
 
     pub fn start_with_secrets(source: &str, root: &Path, secrets: &[(&str, &str)]) -> Deploy {
-        let profile =
-            Profile::parse(Path::new("test.toml"), source).unwrap_or_else(|e| panic!("{e}"));
-        let secrets = Secrets::from_lookup(&profile, |var| {
-            secrets
-                .iter()
-                .find(|(k, _)| *k == var)
-                .map(|(_, v)| v.to_string())
-        })
-        .unwrap();
+        let profile = Profile::parse(Path::new("test.toml"), source).unwrap_or_else(|e| panic!("{e}"));
+        let secrets =
+            Secrets::from_lookup(&profile, |var| secrets.iter().find(|(k, _)| *k == var).map(|(_, v)| v.to_string()))
+                .unwrap();
         let plan = Plan::build(&profile, "test", "r1", &secrets).unwrap();
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (tx, rx) = mpsc::unbounded_channel();
         let transport = Arc::new(LocalTransport::new(root));
-        let handle = tokio::spawn(engine::run(
-            plan,
-            transport,
-            command_rx,
-            EventSink::new(tx),
-            secrets.redactor(),
-        ));
-        Deploy {
-            events: Vec::new(),
-            rx,
-            commands,
-            handle: Some(handle),
-        }
+        let handle = tokio::spawn(engine::run(plan, transport, command_rx, EventSink::new(tx), secrets.redactor()));
+        Deploy { events: Vec::new(), rx, commands, handle: Some(handle) }
     }
 
     /// Waits for the first event (from now on) matching `pred`, and returns it.
@@ -83,15 +67,9 @@ impl Deploy {
 
     /// Runs to the end; returns the outcome and summaries.
     pub async fn finish(&mut self) -> (Outcome, Vec<HostSummary>) {
-        self.until("DeployFinished", |e| {
-            matches!(e, Event::DeployFinished { .. })
-        })
-        .await;
+        self.until("DeployFinished", |e| matches!(e, Event::DeployFinished { .. })).await;
         let handle = self.handle.take().unwrap();
-        tokio::time::timeout(PATIENCE, handle)
-            .await
-            .unwrap()
-            .unwrap()
+        tokio::time::timeout(PATIENCE, handle).await.unwrap().unwrap()
     }
 
     /// Index of the first recorded event matching `pred`.
@@ -101,10 +79,7 @@ impl Deploy {
 }
 
 pub fn is_start(e: &Event) -> bool {
-    matches!(
-        e,
-        Event::WaveStarted { .. } | Event::HostStarted { .. } | Event::StepStarted { .. }
-    )
+    matches!(e, Event::WaveStarted { .. } | Event::HostStarted { .. } | Event::StepStarted { .. })
 }
 
 /// Shell snippet that blocks until `file` exists in the host's directory: the test's way to
