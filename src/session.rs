@@ -12,6 +12,7 @@ use crate::profile::{Profile, TransportKind};
 use crate::secrets::{Redactor, Secrets};
 use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
+use crate::transport::ssh::SshTransport;
 
 /// Environment variable choosing where the local transport keeps its host directories.
 pub const LOCAL_ROOT_ENV: &str = "WAVEDECK_LOCAL_ROOT";
@@ -57,10 +58,10 @@ pub fn prepare(options: &SessionOptions, profile: Profile) -> Result<Session, Se
     let transport: Arc<dyn Transport> = match plan.transport {
         TransportKind::Local => Arc::new(LocalTransport::new(local_root(options.local_root)?)),
         TransportKind::Ssh => {
-            return Err(SetupError::Invalid(format!(
-                "environment `{}` uses the ssh transport, which this build of wavedeck does not have yet",
-                plan.env
-            )));
+            let env =
+                profile.environment(&plan.env).ok_or_else(|| SetupError::Invalid("environment vanished".into()))?;
+            ensure_fd_limit(plan.policy.parallel)?;
+            Arc::new(SshTransport::new(&env.ssh).map_err(|e| SetupError::Invalid(e.to_string()))?)
         }
     };
     let redactor = secrets.redactor();
@@ -85,6 +86,30 @@ pub fn prepare(options: &SessionOptions, profile: Profile) -> Result<Session, Se
         ))
     })?;
     Ok(Session { profile, plan, redactor, audit, transport })
+}
+
+/// File descriptors one SSH host needs at most while connected (its socket, a jump socket,
+/// an upload's local file), plus what the process needs anyway.
+const FDS_PER_HOST: u64 = 3;
+const FDS_RESERVED: u64 = 128;
+
+/// Raises the soft open-files limit to the hard one so that `parallel` connections fit, or
+/// says plainly why they cannot.
+pub fn ensure_fd_limit(parallel: usize) -> Result<(), SetupError> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let needed = parallel as u64 * FDS_PER_HOST + FDS_RESERVED;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return Ok(()) };
+    if soft >= needed {
+        return Ok(());
+    }
+    if hard >= needed {
+        return setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .map_err(|e| SetupError::CannotStart(format!("cannot raise the open-files limit to {hard}: {e}")));
+    }
+    Err(SetupError::CannotStart(format!(
+        "parallel = {parallel} needs about {needed} open files, but this shell allows at most {hard}: \
+         lower `parallel` in the profile or raise the hard limit (ulimit -Hn)"
+    )))
 }
 
 /// Where local "hosts" live: `--local-root`, else `$WAVEDECK_LOCAL_ROOT`, else the platform

@@ -7,6 +7,7 @@
 //! only learns the [`StepResult`].
 
 pub mod local;
+pub mod ssh;
 pub mod upload;
 
 use std::future::Future;

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use wavedeck::event::{Command, Event, HostSummary, Outcome, Stamped};
 use wavedeck::plan::Plan;
 use wavedeck::profile::Profile;
 use wavedeck::secrets::Secrets;
+use wavedeck::transport::Transport;
 use wavedeck::transport::local::LocalTransport;
 
 /// Upper bound on any single wait, so a broken engine fails the test instead of hanging it.
@@ -32,6 +35,15 @@ impl Deploy {
     }
 
     pub fn start_with_secrets(source: &str, root: &Path, secrets: &[(&str, &str)]) -> Deploy {
+        Self::start_full(source, Arc::new(LocalTransport::new(root)), secrets)
+    }
+
+    /// Runs the profile's `test` environment through `transport`.
+    pub fn start_on(source: &str, transport: Arc<dyn Transport>) -> Deploy {
+        Self::start_full(source, transport, &[])
+    }
+
+    fn start_full(source: &str, transport: Arc<dyn Transport>, secrets: &[(&str, &str)]) -> Deploy {
         let profile = Profile::parse(Path::new("test.toml"), source).unwrap_or_else(|e| panic!("{e}"));
         let secrets =
             Secrets::from_lookup(&profile, |var| secrets.iter().find(|(k, _)| *k == var).map(|(_, v)| v.to_string()))
@@ -39,7 +51,6 @@ impl Deploy {
         let plan = Plan::build(&profile, "test", "r1", &secrets).unwrap();
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (tx, rx) = mpsc::unbounded_channel();
-        let transport = Arc::new(LocalTransport::new(root));
         let handle = tokio::spawn(engine::run(plan, transport, command_rx, EventSink::new(tx), secrets.redactor()));
         Deploy { events: Vec::new(), rx, commands, handle: Some(handle) }
     }

@@ -1,0 +1,547 @@
+//! The SSH transport, on russh: one authenticated connection per host, a channel per step.
+//!
+//! What operators rely on from OpenSSH is kept: known_hosts verification (hashed and
+//! `[host]:port` entries), ~/.ssh/config (`Host` patterns, HostName, User, Port, IdentityFile,
+//! IdentitiesOnly, ProxyJump, ConnectTimeout, ServerAliveInterval), agent and identity-file
+//! keys. Every step runs under `setsid` in its own process group on the host, and reports that
+//! group first, so a timeout or abort can kill everything the step started.
+
+mod endpoint;
+mod hostkeys;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::client::{self, Handle};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
+use russh::{ChannelMsg, Sig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+pub use self::endpoint::{ConfigFile, Endpoint, expand_home};
+use self::hostkeys::Verifier;
+use super::{
+    BoxFuture, ConnectObserver, ExecRequest, HostSession, KILL_GRACE, MAX_LINE_BYTES, OutputSink, Target, Transport,
+    TransportError, UploadRequest, upload,
+};
+use crate::event::{StepResult, Stream};
+use crate::profile::SshSettings;
+
+/// Longest and first pause between connection attempts (doubled each time, with ±25% jitter).
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Unanswered keepalives after which a connection counts as dead.
+const KEEPALIVE_MAX: usize = 3;
+/// How the step's process group is announced on the first line of stdout.
+const PGID_MARKER: &str = "WAVEDECK-PGID ";
+
+pub struct SshTransport {
+    settings: SshSettings,
+    config: ConfigFile,
+    client: Arc<client::Config>,
+}
+
+impl SshTransport {
+    /// Reads ssh_config once for the whole deploy.
+    pub fn new(settings: &SshSettings) -> Result<SshTransport, TransportError> {
+        let config = ConfigFile::load(settings)?;
+        let client = Arc::new(client::Config {
+            keepalive_interval: Some(settings.keepalive_interval),
+            keepalive_max: KEEPALIVE_MAX,
+            nodelay: true,
+            ..Default::default()
+        });
+        Ok(SshTransport { settings: settings.clone(), config, client })
+    }
+
+    /// Resolves where a host's steps will go (for `check` and messages).
+    pub fn endpoint(&self, target: &Target) -> Result<Endpoint, TransportError> {
+        self.config.endpoint(&target.host, &self.settings)
+    }
+
+    async fn connect_once(&self, endpoint: &Endpoint) -> Result<Connection, TransportError> {
+        let mut hops: Vec<Handle<Verifier>> = Vec::new();
+        for hop in &endpoint.jumps {
+            let handle = self.handshake(hop, hops.last()).await?;
+            hops.push(handle);
+        }
+        let handle = self.handshake(endpoint, hops.last()).await?;
+        Ok(Connection { handle, _hops: hops })
+    }
+
+    /// Connects to `endpoint` (directly, or through `via`), verifies its key, authenticates.
+    async fn handshake(
+        &self,
+        endpoint: &Endpoint,
+        via: Option<&Handle<Verifier>>,
+    ) -> Result<Handle<Verifier>, TransportError> {
+        let verifier =
+            Verifier::new(&endpoint.hostname, endpoint.port, &self.settings.known_hosts, self.settings.host_key_policy);
+        let refusal = verifier.refusal.clone();
+        let place = format!("{}:{}", endpoint.hostname, endpoint.port);
+        let config = self.client.clone();
+        let connecting = async {
+            match via {
+                None => {
+                    let tcp = tokio::net::TcpStream::connect((endpoint.hostname.as_str(), endpoint.port))
+                        .await
+                        .map_err(|e| TransportError::Unreachable(format!("cannot connect to {place}: {e}")))?;
+                    let _ = tcp.set_nodelay(true);
+                    client::connect_stream(config, tcp, verifier).await
+                }
+                Some(jump) => {
+                    let channel = jump
+                        .channel_open_direct_tcpip(endpoint.hostname.clone(), u32::from(endpoint.port), "127.0.0.1", 0)
+                        .await
+                        .map_err(|e| TransportError::Unreachable(format!("jump host cannot reach {place}: {e}")))?;
+                    client::connect_stream(config, channel.into_stream(), verifier).await
+                }
+            }
+            .map_err(|e| {
+                refusal
+                    .lock()
+                    .ok()
+                    .and_then(|mut r| r.take())
+                    .unwrap_or_else(|| TransportError::Unreachable(format!("SSH handshake with {place} failed: {e}")))
+            })
+        };
+        let mut handle = tokio::time::timeout(endpoint.connect_timeout, connecting).await.map_err(|_| {
+            TransportError::Unreachable(format!(
+                "no SSH connection to {place} within {}",
+                humantime::format_duration(endpoint.connect_timeout)
+            ))
+        })??;
+        authenticate(&mut handle, endpoint).await?;
+        Ok(handle)
+    }
+}
+
+impl Transport for SshTransport {
+    fn open<'a>(
+        &'a self,
+        target: &'a Target,
+        observer: &'a dyn ConnectObserver,
+    ) -> BoxFuture<'a, Result<Box<dyn HostSession>, TransportError>> {
+        Box::pin(async move {
+            let endpoint = self.endpoint(target)?;
+            let attempts = self.settings.connect_attempts.max(1);
+            let mut delay = BACKOFF_FIRST;
+            for attempt in 1..=attempts {
+                match self.connect_once(&endpoint).await {
+                    Ok(connection) => {
+                        return Ok(Box::new(SshSession {
+                            connection,
+                            host: target.host.name.clone(),
+                            env: target.env.clone(),
+                            deploy_path: self.settings.deploy_path.clone(),
+                        }) as Box<dyn HostSession>);
+                    }
+                    Err(error) => {
+                        // Only a missing connection can get better by trying again.
+                        let retry = matches!(error, TransportError::Unreachable(_)) && attempt < attempts;
+                        let wait = retry.then(|| jitter(delay));
+                        observer.attempt_failed(attempt, attempts, &error, wait);
+                        match wait {
+                            Some(wait) => {
+                                tokio::time::sleep(wait).await;
+                                delay = (delay * 2).min(BACKOFF_MAX);
+                            }
+                            None => return Err(error),
+                        }
+                    }
+                }
+            }
+            Err(TransportError::Unreachable(format!("{} is unreachable", endpoint.alias)))
+        })
+    }
+}
+
+/// `d` ±25%, so a fleet that lost its network does not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(d.as_nanos() as u64);
+    let spread = (h.finish() % 501) as f64 / 1000.0; // 0.0..=0.5
+    d.mul_f64(0.75 + spread)
+}
+
+/// Agent keys first (unless IdentitiesOnly), then identity files, like OpenSSH.
+async fn authenticate(handle: &mut Handle<Verifier>, endpoint: &Endpoint) -> Result<(), TransportError> {
+    let user = endpoint.user.clone();
+    let rsa_hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+    let mut tried = Vec::new();
+    let wanted: Vec<russh::keys::PublicKey> = endpoint
+        .identities
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p.with_extension("pub")).ok())
+        .filter_map(|text| russh::keys::PublicKey::from_openssh(text.trim()).ok())
+        .collect();
+    if let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await
+        && let Ok(identities) = agent.request_identities().await
+    {
+        for identity in identities {
+            let key = identity.public_key().into_owned();
+            if endpoint.identities_only && !wanted.iter().any(|w| w.key_data() == key.key_data()) {
+                continue;
+            }
+            tried.push(format!("agent key {}", key.fingerprint(HashAlg::Sha256)));
+            let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+            if let Ok(result) = handle.authenticate_publickey_with(user.clone(), key, hash, &mut agent).await
+                && result.success()
+            {
+                return Ok(());
+            }
+        }
+    }
+    let mut encrypted = Vec::new();
+    for path in &endpoint.identities {
+        if !path.exists() {
+            continue;
+        }
+        let key = match russh::keys::load_secret_key(path, None) {
+            Ok(key) => key,
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                encrypted.push(path.display().to_string());
+                continue;
+            }
+            Err(e) => return Err(TransportError::Config(format!("cannot use identity file {}: {e}", path.display()))),
+        };
+        tried.push(path.display().to_string());
+        let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+        let result = handle
+            .authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .await
+            .map_err(|e| TransportError::Unreachable(format!("connection lost while authenticating: {e}")))?;
+        if result.success() {
+            return Ok(());
+        }
+    }
+    let place = format!("{}@{}:{}", endpoint.user, endpoint.hostname, endpoint.port);
+    if tried.is_empty() && !encrypted.is_empty() {
+        return Err(TransportError::Config(format!(
+            "identity file {} is encrypted and no ssh-agent holds it: run `ssh-add {}` first",
+            encrypted.join(", "),
+            encrypted[0]
+        )));
+    }
+    let offered = if tried.is_empty() {
+        "no keys: none found (set identity_files or start ssh-agent)".to_string()
+    } else {
+        tried.join(", ")
+    };
+    let skipped = if encrypted.is_empty() {
+        String::new()
+    } else {
+        format!("; encrypted and not in the agent: {}", encrypted.join(", "))
+    };
+    Err(TransportError::AuthFailed(format!("{place} refused every key offered ({offered}{skipped})")))
+}
+
+/// An authenticated connection, and the jump-host connections it runs through.
+struct Connection {
+    handle: Handle<Verifier>,
+    _hops: Vec<Handle<Verifier>>,
+}
+
+struct SshSession {
+    connection: Connection,
+    host: String,
+    env: String,
+    deploy_path: String,
+}
+
+impl SshSession {
+    /// The shell line that runs `command` in the deploy directory, in a new session whose
+    /// process group id is printed first.
+    fn wrap(&self, command: &str) -> String {
+        format!(
+            "cd {dir} && WAVEDECK_HOST={host} WAVEDECK_ENV={env} exec setsid -w sh -c 'echo \"{PGID_MARKER}$$\"; exec sh -c \"$1\"' wavedeck {cmd}",
+            dir = quote(&self.deploy_path),
+            host = quote(&self.host),
+            env = quote(&self.env),
+            cmd = quote(command),
+        )
+    }
+
+    /// Runs a short helper command and returns its exit code and stdout.
+    async fn capture(&self, command: &str) -> Result<(u32, String), String> {
+        let mut channel =
+            self.connection.handle.channel_open_session().await.map_err(|e| format!("cannot open a channel: {e}"))?;
+        channel.exec(true, command).await.map_err(|e| e.to_string())?;
+        let (mut code, mut out) = (None, Vec::new());
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
+                _ => {}
+            }
+        }
+        let code = code.ok_or_else(|| "connection lost while running a helper command".to_string())?;
+        Ok((code, String::from_utf8_lossy(&out).into_owned()))
+    }
+
+    async fn kill_group(&self, pgid: u32, signal: &str) {
+        let _ = self.capture(&format!("kill -{signal} -- -{pgid} 2>/dev/null")).await;
+    }
+
+    fn remote_path(&self, to: &str) -> String {
+        if to.starts_with('/') || self.deploy_path == "." {
+            to.to_string()
+        } else {
+            format!("{}/{to}", self.deploy_path.trim_end_matches('/'))
+        }
+    }
+
+    async fn remote_sha256(&self, path: &str) -> Option<String> {
+        let (code, out) = self.capture(&format!("sha256sum -- {} 2>/dev/null", quote(path))).await.ok()?;
+        (code == 0).then(|| out.split_whitespace().next().unwrap_or_default().to_string())
+    }
+
+    async fn send_file(&self, request: &UploadRequest<'_>, temp: &str, output: &dyn OutputSink) -> Result<(), String> {
+        let channel =
+            self.connection.handle.channel_open_session().await.map_err(|e| format!("cannot open a channel: {e}"))?;
+        channel.request_subsystem(true, "sftp").await.map_err(|e| format!("no sftp subsystem: {e}"))?;
+        let sftp =
+            russh_sftp::client::SftpSession::new(channel.into_stream()).await.map_err(|e| format!("sftp: {e}"))?;
+        let mut local = tokio::fs::File::open(request.from)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", request.from.display()))?;
+        let total = local.metadata().await.map_err(|e| e.to_string())?.len();
+        let mut remote = sftp.create(temp.to_string()).await.map_err(|e| format!("cannot create {temp}: {e}"))?;
+        let mut progress = upload::Progress::new(output, total);
+        let mut buf = vec![0u8; upload::CHUNK];
+        loop {
+            let n = local.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            remote.write_all(&buf[..n]).await.map_err(|e| format!("writing {temp}: {e}"))?;
+            progress.add(n as u64);
+        }
+        remote.shutdown().await.map_err(|e| format!("closing {temp}: {e}"))?;
+        progress.finish();
+        let _ = sftp.close().await;
+        Ok(())
+    }
+}
+
+impl HostSession for SshSession {
+    fn exec<'a>(
+        &'a self,
+        request: ExecRequest<'a>,
+        output: &'a dyn OutputSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, StepResult> {
+        Box::pin(async move {
+            let mut channel = match self.connection.handle.channel_open_session().await {
+                Ok(c) => c,
+                Err(e) => {
+                    return StepResult::Error { message: format!("cannot open a channel (connection lost?): {e}") };
+                }
+            };
+            if let Err(e) = channel.exec(true, self.wrap(request.command)).await {
+                return StepResult::Error { message: format!("cannot start the command: {e}") };
+            }
+            let mut stdout = LineSplitter::default();
+            let mut stderr = LineSplitter::default();
+            let mut pgid: Option<u32> = None;
+            let mut status: Option<StepResult> = None;
+            let deadline = tokio::time::sleep(request.timeout);
+            tokio::pin!(deadline);
+            let stopped = loop {
+                tokio::select! {
+                    msg = channel.wait() => match msg {
+                        Some(ChannelMsg::Data { data }) => stdout.push(&data, |line| {
+                            if pgid.is_none() && let Some(id) = line.strip_prefix(PGID_MARKER) {
+                                pgid = id.trim().parse().ok();
+                            } else {
+                                output.line(Stream::Stdout, line);
+                            }
+                        }),
+                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => stderr.push(&data, |line| output.line(Stream::Stderr, line)),
+                        Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(StepResult::Exited { code: exit_status as i32 }),
+                        Some(ChannelMsg::ExitSignal { signal_name, .. }) => status = Some(StepResult::Signalled { signal: signal_number(&signal_name) }),
+                        Some(_) => {}
+                        None => break None,
+                    },
+                    _ = &mut deadline => break Some(StepResult::TimedOut),
+                    _ = cancel.cancelled() => break Some(StepResult::Cancelled),
+                }
+            };
+            stdout.flush(|line| output.line(Stream::Stdout, line));
+            stderr.flush(|line| output.line(Stream::Stderr, line));
+            if let Some(stopped) = stopped {
+                if let Some(pgid) = pgid {
+                    self.kill_group(pgid, "TERM").await;
+                    // Give it the grace period to exit; then make sure.
+                    let ended =
+                        tokio::time::timeout(KILL_GRACE, async { while channel.wait().await.is_some() {} }).await;
+                    if ended.is_err() {
+                        self.kill_group(pgid, "KILL").await;
+                    }
+                }
+                let _ = channel.close().await;
+                return stopped;
+            }
+            status.unwrap_or_else(|| StepResult::Error {
+                message: "connection lost before the command finished (no exit status)".into(),
+            })
+        })
+    }
+
+    fn upload<'a>(
+        &'a self,
+        request: UploadRequest<'a>,
+        output: &'a dyn OutputSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, StepResult> {
+        Box::pin(async move {
+            let dest = self.remote_path(request.to);
+            let temp = upload::temporary_name(&dest);
+            let work = async {
+                let want = upload::sha256_file(request.from).await?;
+                if self.remote_sha256(&dest).await.as_deref() == Some(want.as_str()) {
+                    return Ok(Some(format!("{dest} already has sha256 {want}")));
+                }
+                let parent = dest.rsplit_once('/').map_or(".", |(p, _)| if p.is_empty() { "/" } else { p });
+                let (code, _) = self.capture(&format!("mkdir -p -- {}", quote(parent))).await?;
+                if code != 0 {
+                    return Err(format!("cannot create {parent} on the host"));
+                }
+                self.send_file(&request, &temp, output).await?;
+                match self.remote_sha256(&temp).await {
+                    Some(got) if got == want => {}
+                    got => {
+                        return Err(format!(
+                            "sha256 mismatch on the host: expected {want}, got {}",
+                            got.unwrap_or_else(|| "nothing".into())
+                        ));
+                    }
+                }
+                let (code, _) = self.capture(&format!("mv -f -- {} {}", quote(&temp), quote(&dest))).await?;
+                if code != 0 {
+                    return Err(format!("cannot rename {temp} to {dest}"));
+                }
+                output.line(Stream::Stdout, format!("uploaded {dest} (sha256 {want})"));
+                Ok(None)
+            };
+            let result = tokio::select! {
+                r = work => r,
+                _ = tokio::time::sleep(request.timeout) => Err("timed out".into()),
+                _ = cancel.cancelled() => Err("cancelled".into()),
+            };
+            match result {
+                Ok(Some(reason)) => StepResult::Skipped { reason },
+                Ok(None) => StepResult::Exited { code: 0 },
+                Err(message) => {
+                    let _ = self.capture(&format!("rm -f -- {}", quote(&temp))).await;
+                    match message.as_str() {
+                        "timed out" => StepResult::TimedOut,
+                        "cancelled" => StepResult::Cancelled,
+                        _ => StepResult::Error { message },
+                    }
+                }
+            }
+        })
+    }
+
+    fn free_space<'a>(&'a self) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(async move {
+            let (code, out) = self.capture(&format!("df -Pk -- {}", quote(&self.deploy_path))).await?;
+            let kib = out.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse::<u64>().ok());
+            match (code, kib) {
+                (0, Some(kib)) => Ok(kib * 1024),
+                _ => Err(format!("df failed for {}: {}", self.deploy_path, out.trim())),
+            }
+        })
+    }
+}
+
+/// Single-quotes for the remote shell.
+fn quote(s: &str) -> String {
+    shlex::try_quote(s).map_or_else(|_| format!("'{}'", s.replace('\'', "'\\''")), |q| q.into_owned())
+}
+
+fn signal_number(sig: &Sig) -> i32 {
+    match sig {
+        Sig::HUP => 1,
+        Sig::INT => 2,
+        Sig::QUIT => 3,
+        Sig::ILL => 4,
+        Sig::ABRT => 6,
+        Sig::FPE => 8,
+        Sig::KILL => 9,
+        Sig::USR1 => 10,
+        Sig::SEGV => 11,
+        Sig::PIPE => 13,
+        Sig::ALRM => 14,
+        Sig::TERM => 15,
+        Sig::Custom(_) => 0,
+    }
+}
+
+/// Splits a byte stream into lines, capping their length like the local transport.
+#[derive(Default)]
+struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(String)) {
+        while let Some(i) = data.iter().position(|&b| b == b'\n') {
+            self.partial.extend_from_slice(&data[..i]);
+            emit(self.take());
+            data = &data[i + 1..];
+        }
+        self.partial.extend_from_slice(data);
+        while self.partial.len() >= MAX_LINE_BYTES {
+            let rest = self.partial.split_off(MAX_LINE_BYTES);
+            emit(self.take());
+            self.partial = rest;
+        }
+    }
+
+    fn flush(&mut self, emit: impl FnOnce(String)) {
+        if !self.partial.is_empty() {
+            emit(self.take());
+        }
+    }
+
+    fn take(&mut self) -> String {
+        if self.partial.last() == Some(&b'\r') {
+            self.partial.pop();
+        }
+        let line = String::from_utf8_lossy(&self.partial).into_owned();
+        self.partial.clear();
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_across_chunks() {
+        let mut s = LineSplitter::default();
+        let mut lines = Vec::new();
+        s.push(b"one\ntw", |l| lines.push(l));
+        s.push(b"o\r\nthree", |l| lines.push(l));
+        s.flush(|l| lines.push(l));
+        assert_eq!(lines, ["one", "two", "three"]);
+    }
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        assert_eq!(quote("it's"), "'it'\"'\"'s'");
+        assert_eq!(quote("plain"), "plain");
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(4));
+            assert!(d >= Duration::from_secs(3) && d <= Duration::from_secs(5), "{d:?}");
+        }
+    }
+}

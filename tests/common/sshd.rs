@@ -1,0 +1,173 @@
+//! A real OpenSSH sshd for tests: its own host key, client keys, config, log and port on
+//! loopback, all in a temporary directory. The system's sshd configuration is never read or
+//! touched. Without sshd the tests skip with a reason, except in CI (`CI` set), where they fail.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// Returns false (after printing why) when the SSH tests cannot run here.
+pub fn available() -> bool {
+    if Path::new(SSHD).exists() && which("ssh-keygen") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "sshd and ssh-keygen are required in CI (.ci/run installs openssh-server)"
+    );
+    eprintln!("skipping: {SSHD} or ssh-keygen not found (apt-get install openssh-server)");
+    false
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}
+
+pub fn keygen(path: &Path, kind: &str) {
+    let _ = std::fs::remove_file(path);
+    let bits: &[&str] = if kind == "rsa" { &["-b", "2048"] } else { &[] };
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", "", "-C", "wavedeck-test", "-f"])
+        .arg(path)
+        .args(bits)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Sshd {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Child,
+}
+
+impl Sshd {
+    /// Starts sshd in `dir` (which must hold `authorized_keys`), with a fresh host key.
+    pub fn start(dir: &Path, name: &str) -> Sshd {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let host_key = dir.join("host_ed25519");
+        keygen(&host_key, "ed25519");
+        let port = free_port();
+        let config = dir.join("sshd_config");
+        let authorized = dir.parent().unwrap().join("authorized_keys");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\nPidFile {pid}\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
+                 MaxStartups 1000:30:1000\nMaxSessions 1000\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n\
+                 # bash skips ~/.bashrc when SHLVL is already >= 2, keeping command start-up quiet and fast.\n\
+                 SetEnv SHLVL=5\n",
+                host = host_key.display(),
+                auth = authorized.display(),
+                pid = dir.join("sshd.pid").display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(SSHD)
+            .arg("-D")
+            .arg("-f")
+            .arg(&config)
+            .arg("-E")
+            .arg(dir.join("sshd.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sshd = Sshd { dir, port, child };
+        sshd.wait_listening();
+        sshd
+    }
+
+    /// Polls until the port accepts connections: sshd has no readiness signal to wait on.
+    fn wait_listening(&self) {
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "sshd did not start; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+
+    /// The `known_hosts` line for this server.
+    pub fn known_hosts_line(&self) -> String {
+        let key = std::fs::read_to_string(self.dir.join("host_ed25519.pub")).unwrap();
+        let mut parts = key.split_whitespace();
+        format!("[127.0.0.1]:{} {} {}\n", self.port, parts.next().unwrap(), parts.next().unwrap())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the per-connection sshd processes (the listener's children): every open
+    /// connection drops as if the network had gone.
+    pub fn cut_connections(&self) {
+        let _ = Command::new("pkill").args(["-KILL", "-P", &self.pid().to_string()]).status();
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client key pair plus an authorized_keys holding it, and known_hosts for the servers.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub servers: Vec<Sshd>,
+}
+
+impl Fleet {
+    /// `count` sshd servers trusting one ed25519 client key (`client_ed25519`).
+    pub fn start(count: usize) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("client_ed25519");
+        keygen(&key, "ed25519");
+        std::fs::copy(key.with_extension("pub"), dir.path().join("authorized_keys")).unwrap();
+        std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
+        let servers: Vec<Sshd> = (0..count).map(|i| Sshd::start(dir.path(), &format!("sshd{i}"))).collect();
+        let known: String = servers.iter().map(|s| s.known_hosts_line()).collect();
+        std::fs::write(dir.path().join("known_hosts"), known).unwrap();
+        Fleet { dir, servers }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A profile with environment `test` whose hosts are this fleet's servers, running `steps`
+    /// (TOML `[[steps]]` tables) with `extra` added to its `[ssh]` table.
+    pub fn profile(&self, steps: &str, extra_ssh: &str) -> String {
+        let hosts: Vec<String> = self
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{{ name = \"h{i}\", address = \"127.0.0.1\", port = {} }}", s.port))
+            .collect();
+        format!(
+            "[service]\nname = \"svc\"\n\n[plan]\ncanary = 0\nbatch = \"100%\"\n\n[ssh]\nuser = \"root\"\n\
+             identity_files = [\"{key}\"]\nknown_hosts = [\"{known}\"]\nconfig = \"none\"\ndeploy_path = \"{deploy}\"\n\
+             connect_attempts = 1\nconnect_timeout = \"10s\"\n{extra_ssh}\n\n[[environments]]\nname = \"test\"\n\
+             transport = \"ssh\"\nhosts = [{hosts}]\n\n{steps}",
+            key = self.path("client_ed25519").display(),
+            known = self.path("known_hosts").display(),
+            deploy = self.path("deploy").display(),
+            hosts = hosts.join(", "),
+        )
+    }
+}

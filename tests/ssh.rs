@@ -1,0 +1,310 @@
+//! The SSH transport against real OpenSSH sshd servers started by the tests on loopback.
+#![allow(clippy::unwrap_used)] // Tests panic on unexpected errors by design.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Deploy;
+use common::sshd::{self, Fleet, Sshd};
+use wavedeck::event::{Command, Event, HostState, Outcome, StepResult, Stream};
+use wavedeck::profile::Profile;
+use wavedeck::transport::Transport;
+use wavedeck::transport::ssh::SshTransport;
+
+fn transport(profile: &str) -> Arc<dyn Transport> {
+    let profile = Profile::parse(Path::new("test.toml"), profile).unwrap_or_else(|e| panic!("{e}"));
+    Arc::new(SshTransport::new(&profile.environment("test").unwrap().ssh).unwrap())
+}
+
+fn start(profile: &str) -> Deploy {
+    Deploy::start_on(profile, transport(profile))
+}
+
+fn step(name: &str, run: &str, extra: &str) -> String {
+    format!("[[steps]]\nname = \"{name}\"\nretry_delay = \"10ms\"\n{extra}\nrun = '''\n{run}\n'''\n")
+}
+
+/// Whether a process is still running (a zombie counts as gone); polls briefly because a
+/// killed process needs a moment to die and there is no event for that.
+fn still_running(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')));
+        if !alive || Instant::now() > deadline {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn output_streams_before_exit_with_stderr_and_exit_code() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    // Steps run in the fleet's `deploy` directory; the test creates `go` there to let it finish.
+    let run = "echo one\necho warn >&2\nwhile [ ! -e go ]; do sleep 0.02; done\necho two\nexit 3";
+    let mut d = start(&fleet.profile(&step("talk", run, ""), ""));
+    d.until("first line", |e| matches!(e, Event::Output { line, .. } if line == "one")).await;
+    assert!(!d.events.iter().any(|e| matches!(e, Event::StepFinished { .. })), "output arrived before the exit");
+    std::fs::write(fleet.path("deploy/go"), b"").unwrap();
+    let (outcome, hosts) = d.finish().await;
+    assert_eq!(outcome, Outcome::Failed);
+    assert_eq!(hosts[0].last_result, Some(StepResult::Exited { code: 3 }));
+    let lines: Vec<(Stream, &str)> = d
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Output { stream, line, .. } => Some((*stream, line.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert!(lines.contains(&(Stream::Stderr, "warn")), "{lines:?}");
+    assert!(lines.contains(&(Stream::Stdout, "two")), "{lines:?}");
+    assert!(!lines.iter().any(|(_, l)| l.starts_with("WAVEDECK-PGID")), "the marker is not output");
+}
+
+#[tokio::test]
+async fn timeout_and_abort_kill_the_remote_process_group() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let run = "sleep 300 &\necho $! > sleeper.pid\necho ready\nwait";
+    let mut d = start(&fleet.profile(&step("slow", run, "timeout = \"1s\""), ""));
+    let (_, hosts) = d.finish().await;
+    assert_eq!(hosts[0].last_result, Some(StepResult::TimedOut));
+    let pid = read_pid(&fleet.path("deploy/sleeper.pid"));
+    assert!(!still_running(pid), "remote sleeper {pid} survived the timeout");
+
+    let mut d = start(&fleet.profile(&step("slow", run, ""), ""));
+    d.until("ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
+    d.send(Command::Abort { reason: "stop".into() });
+    let (outcome, hosts) = d.finish().await;
+    assert_eq!((outcome, hosts[0].state), (Outcome::Aborted, HostState::Cancelled));
+    let pid = read_pid(&fleet.path("deploy/sleeper.pid"));
+    assert!(!still_running(pid), "remote sleeper {pid} survived the abort");
+}
+
+fn connect_failure(d: &Deploy) -> (String, String) {
+    d.events
+        .iter()
+        .find_map(|e| match e {
+            Event::ConnectFailed { kind, message, .. } => Some((kind.clone(), message.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no ConnectFailed in {:#?}", d.events))
+}
+
+#[tokio::test]
+async fn unknown_and_changed_host_keys_are_refused() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    std::fs::write(fleet.path("known_hosts"), "").unwrap();
+    let mut d = start(&fleet.profile(&step("hi", "echo hi", ""), ""));
+    let (_, hosts) = d.finish().await;
+    let (kind, message) = connect_failure(&d);
+    assert_eq!(kind, "host_key_unknown");
+    assert!(message.contains("ssh-ed25519 SHA256:") && message.contains("accept-new"), "{message}");
+    assert_eq!(hosts[0].state, HostState::Failed);
+    assert!(!d.events.iter().any(|e| matches!(e, Event::StepStarted { .. })));
+
+    // Another server's key recorded for this one: a changed key.
+    let impostor = Sshd::start(fleet.dir.path(), "impostor");
+    let line =
+        impostor.known_hosts_line().replace(&format!(":{} ", impostor.port), &format!(":{} ", fleet.servers[0].port));
+    std::fs::write(fleet.path("known_hosts"), line).unwrap();
+    let profile = fleet.profile(&step("hi", "echo hi", ""), "").replace("connect_attempts = 1", "connect_attempts = 3");
+    let mut d = start(&profile);
+    d.finish().await;
+    let (kind, message) = connect_failure(&d);
+    assert_eq!(kind, "host_key_changed");
+    assert!(message.contains("HOST KEY CHANGED") && message.contains("known_hosts:1"), "{message}");
+    let attempts = d.events.iter().filter(|e| matches!(e, Event::ConnectFailed { .. })).count();
+    assert_eq!(attempts, 1, "a changed key is never retried");
+}
+
+#[tokio::test]
+async fn accept_new_records_an_unknown_key() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    std::fs::write(fleet.path("known_hosts"), "").unwrap();
+    let mut d = start(&fleet.profile(&step("hi", "echo hi", ""), "host_key_policy = \"accept-new\""));
+    assert_eq!(d.finish().await.0, Outcome::Succeeded);
+    let known = std::fs::read_to_string(fleet.path("known_hosts")).unwrap();
+    assert!(known.trim_start().starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", fleet.servers[0].port)), "{known}");
+}
+
+#[tokio::test]
+async fn auth_failure_names_what_was_tried() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    sshd::keygen(&fleet.path("stranger"), "ed25519");
+    let profile = fleet.profile(&step("hi", "echo hi", ""), "").replace("client_ed25519", "stranger");
+    let mut d = start(&profile);
+    d.finish().await;
+    let (kind, message) = connect_failure(&d);
+    assert_eq!(kind, "auth_failed");
+    assert!(message.contains("root@127.0.0.1") && message.contains("stranger"), "{message}");
+}
+
+#[tokio::test]
+async fn rsa_and_ecdsa_keys_authenticate() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    for kind in ["rsa", "ecdsa"] {
+        let key = fleet.path(&format!("client_{kind}"));
+        sshd::keygen(&key, kind);
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let mut authorized = std::fs::OpenOptions::new().append(true).open(fleet.path("authorized_keys")).unwrap();
+        std::io::Write::write_all(&mut authorized, public.as_bytes()).unwrap();
+        let profile =
+            fleet.profile(&step("hi", "echo hi", ""), "").replace("client_ed25519", &format!("client_{kind}"));
+        let mut d = start(&profile);
+        assert_eq!(d.finish().await.0, Outcome::Succeeded, "{kind}: {:#?}", d.events);
+    }
+}
+
+#[tokio::test]
+async fn an_encrypted_key_without_an_agent_is_named() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let key = fleet.path("locked");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "correct horse", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let profile = fleet.profile(&step("hi", "echo hi", ""), "").replace("client_ed25519", "locked");
+    let transport = transport(&profile);
+    // No agent for this test, whatever the machine has.
+    let mut d = temp_env_without_agent(|| Deploy::start_on(&profile, transport));
+    d.finish().await;
+    let (kind, message) = connect_failure(&d);
+    assert_eq!(kind, "config");
+    assert!(message.contains("locked") && message.contains("encrypted") && message.contains("ssh-add"), "{message}");
+}
+
+fn temp_env_without_agent<T>(f: impl FnOnce() -> T) -> T {
+    // The agent is looked up when connecting, which happens in the engine task; tests in this
+    // file never set SSH_AUTH_SOCK, so only an inherited one could interfere.
+    assert!(std::env::var_os("SSH_AUTH_SOCK").is_none(), "unset SSH_AUTH_SOCK to run this test");
+    f()
+}
+
+#[tokio::test]
+async fn a_cut_connection_fails_the_step_instead_of_hanging() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let mut d = start(&fleet.profile(&step("wait", "echo ready\nsleep 300", ""), "keepalive_interval = \"1s\""));
+    d.until("ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
+    fleet.servers[0].cut_connections();
+    let (outcome, hosts) = d.finish().await;
+    assert_eq!(outcome, Outcome::Failed);
+    match &hosts[0].last_result {
+        Some(StepResult::Error { message }) => assert!(message.contains("connection lost"), "{message}"),
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn uploads_are_verified_renamed_into_place_and_skipped_when_identical() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let artifact = fleet.path("app.tar");
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&artifact, &content).unwrap();
+    let upload = format!(
+        "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.tar\" }}\n",
+        artifact.display()
+    );
+    let profile = fleet.profile(&upload, "");
+    let mut d = start(&profile);
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    assert_eq!(std::fs::read(fleet.path("deploy/releases/app.tar")).unwrap(), content);
+    let leftovers: Vec<_> =
+        std::fs::read_dir(fleet.path("deploy/releases")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
+    let progress: Vec<(u64, u64)> = d
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::UploadProgress { sent, total, .. } => Some((*sent, *total)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress.first(), Some(&(0, 3_000_000)));
+    assert_eq!(progress.last(), Some(&(3_000_000, 3_000_000)));
+
+    let mut again = start(&profile);
+    let (_, hosts) = again.finish().await;
+    assert!(
+        matches!(&hosts[0].last_result, Some(StepResult::Skipped { reason }) if reason.contains("sha256")),
+        "{hosts:?}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_jump_goes_through_a_verified_bastion() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(2);
+    let (bastion, target) = (&fleet.servers[0], &fleet.servers[1]);
+    std::fs::write(
+        fleet.path("ssh_config"),
+        format!(
+            "Host inner-web\n  HostName 127.0.0.1\n  Port {}\n  ProxyJump root@127.0.0.1:{}\n",
+            target.port, bastion.port
+        ),
+    )
+    .unwrap();
+    let profile = fleet
+        .profile(&step("where", "echo via-jump", ""), &format!("config = \"{}\"", fleet.path("ssh_config").display()))
+        .replace("config = \"none\"\n", "")
+        .replace(&format!("{{ name = \"h0\", address = \"127.0.0.1\", port = {} }}, ", bastion.port), "")
+        .replace(&format!("address = \"127.0.0.1\", port = {} }}", target.port), "address = \"inner-web\" }");
+    let mut d = start(&profile);
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    assert!(d.events.iter().any(|e| matches!(e, Event::Output { line, .. } if line == "via-jump")));
+    assert!(
+        bastion.log().contains("direct-tcpip") || bastion.log().contains("Accepted publickey"),
+        "{}",
+        bastion.log()
+    );
+
+    // The bastion's key is verified like any host's.
+    let known = std::fs::read_to_string(fleet.path("known_hosts")).unwrap();
+    let without_bastion: String =
+        known.lines().filter(|l| !l.contains(&format!(":{} ", bastion.port))).map(|l| format!("{l}\n")).collect();
+    std::fs::write(fleet.path("known_hosts"), without_bastion).unwrap();
+    let mut d = start(&profile);
+    d.finish().await;
+    let (kind, message) = connect_failure(&d);
+    assert_eq!(kind, "host_key_unknown");
+    assert!(message.contains(&format!("[127.0.0.1]:{}", bastion.port)), "{message}");
+}
