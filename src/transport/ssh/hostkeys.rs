@@ -134,7 +134,7 @@ mod tests {
         let file = dir.path().join("known_hosts");
         let v = Verifier::new("new-host", 22, std::slice::from_ref(&file), HostKeyPolicy::AcceptNew);
         assert!(v.verify(&key(4)));
-        assert!(std::fs::read_to_string(&file).unwrap().starts_with("new-host "));
+        assert!(std::fs::read_to_string(&file).unwrap().trim_start().starts_with("new-host "));
         assert!(v.verify(&key(4)));
         assert!(!v.verify(&key(5)), "a changed key is refused even under accept-new");
     }
