@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod check;
 pub mod console;
 pub mod diag;
 pub mod engine;

@@ -53,6 +53,16 @@ enum Cmd {
         #[arg(long, default_value = "RELEASE")]
         release: String,
     },
+    /// Connect to every host of an environment and report whether it can be deployed to.
+    Check {
+        profile: PathBuf,
+        #[arg(long)]
+        env: String,
+        /// Directory holding local-transport hosts [default: $WAVEDECK_LOCAL_ROOT, else the
+        /// data directory].
+        #[arg(long)]
+        local_root: Option<PathBuf>,
+    },
     /// Run a deploy without the console: plain output and an exit code, for CI.
     Deploy {
         profile: PathBuf,
@@ -85,6 +95,7 @@ fn main() -> ExitCode {
             scrollback: cli.scrollback,
         }),
         Some(Cmd::Plan { profile, env, release }) => plan(&profile, &env, &release),
+        Some(Cmd::Check { profile, env, local_root }) => check(&profile, &env, local_root.as_deref()),
         Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root }) => {
             let options = SessionOptions {
                 profile: &profile,
@@ -111,6 +122,35 @@ fn plan(profile: &std::path::Path, env: &str, release: &str) -> i32 {
             exit::OK
         }
         Err(e) => fail(&SetupError::Invalid(e.to_string())),
+    }
+}
+
+fn check(profile: &std::path::Path, env: &str, local_root: Option<&std::path::Path>) -> i32 {
+    let profile = match session::load_profile(profile) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let Some(environment) = profile.environment(env) else {
+        let known = profile.environment_names().join(", ");
+        return fail(&SetupError::Invalid(format!("no environment `{env}` in this profile (environments: {known})")));
+    };
+    let root = match session::local_root(local_root) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = session::ensure_fd_limit(environment.policy.parallel) {
+        return fail(&e);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&SetupError::CannotStart(format!("cannot start the async runtime: {e}"))),
+    };
+    match runtime.block_on(wavedeck::check::check(environment, &root)) {
+        Ok(results) => {
+            println!("{}", wavedeck::check::report(env, &results));
+            if results.iter().all(|r| r.ok()) { exit::OK } else { exit::FAILED }
+        }
+        Err(e) => fail(&SetupError::Invalid(e)),
     }
 }
 

@@ -114,7 +114,7 @@ pub fn ensure_fd_limit(parallel: usize) -> Result<(), SetupError> {
 
 /// Where local "hosts" live: `--local-root`, else `$WAVEDECK_LOCAL_ROOT`, else the platform
 /// data directory.
-fn local_root(flag: Option<&Path>) -> Result<PathBuf, SetupError> {
+pub fn local_root(flag: Option<&Path>) -> Result<PathBuf, SetupError> {
     if let Some(dir) = flag {
         return Ok(dir.to_path_buf());
     }

@@ -1,0 +1,87 @@
+//! The real binary over SSH: `wavedeck check` and a headless deploy against sshd fleets.
+#![allow(clippy::unwrap_used)] // Tests panic on unexpected errors by design.
+
+mod common;
+
+use std::process::Command;
+
+use common::sshd::{self, Fleet};
+use serde_json::Value;
+
+fn wavedeck(fleet: &Fleet, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wavedeck"))
+        .args(args)
+        .env("WAVEDECK_AUDIT_DIR", fleet.path("audit"))
+        .env("HOME", fleet.path("home"))
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_reports_each_host_and_fails_if_any_is_not_ready() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(3);
+    // Host h1's key is not known; h3 points at a port where nothing listens.
+    let known = std::fs::read_to_string(fleet.path("known_hosts")).unwrap();
+    let h1 = format!(":{} ", fleet.servers[1].port);
+    std::fs::write(
+        fleet.path("known_hosts"),
+        known.lines().filter(|l| !l.contains(&h1)).map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let closed = sshd::free_port();
+    let profile = fleet
+        .profile("[[steps]]\nname = \"noop\"\nrun = \"true\"\n", "")
+        .replace("\nhosts = [", &format!("\nhosts = [{{ name = \"h3\", address = \"127.0.0.1\", port = {closed} }}, "));
+    std::fs::write(fleet.path("profile.toml"), profile).unwrap();
+    let out = wavedeck(&fleet, &["check", fleet.path("profile.toml").to_str().unwrap(), "--env", "test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let row = |host: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{host} ")))
+            .unwrap_or_else(|| panic!("{host}: {text}"))
+            .to_string()
+    };
+    assert!(row("h0").contains(" ok ") && row("h0").contains("GiB"), "{text}");
+    assert!(row("h2").contains(" ok "), "{text}");
+    assert!(row("h1").contains("host_key_unknown") && row("h1").contains("SHA256:"), "{text}");
+    assert!(row("h3").contains("unreachable"), "{text}");
+    assert!(text.trim_end().ends_with("test: 2 of 4 hosts ready, 2 NOT ready"), "{text}");
+}
+
+#[test]
+fn a_headless_deploy_over_ssh_reports_like_a_local_one() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(2);
+    let steps = "[[steps]]\nname = \"stage\"\nrun = \"mkdir -p releases/{{ release }}-{{ host }} && echo staged {{ host }}\"\n\
+                 [[steps]]\nname = \"switch\"\nrun = \"ln -sfn releases/{{ release }}-{{ host }} current-{{ host }} && echo switched\"\n";
+    std::fs::write(fleet.path("profile.toml"), fleet.profile(steps, "")).unwrap();
+    let out = wavedeck(
+        &fleet,
+        &["deploy", fleet.path("profile.toml").to_str().unwrap(), "--env", "test", "--release", "7.0"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("[h0] staged h0") && text.contains("[h1] switched"), "{text}");
+    assert_eq!(std::fs::read_link(fleet.path("deploy/current-h1")).unwrap(), std::path::Path::new("releases/7.0-h1"));
+
+    let audit = std::fs::read_dir(fleet.path("audit")).unwrap().next().unwrap().unwrap().path();
+    let records: Vec<Value> =
+        std::fs::read_to_string(audit).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for host in ["h0", "h1"] {
+        for step in ["stage", "switch"] {
+            assert!(
+                records
+                    .iter()
+                    .any(|r| r["event"] == "step_finished" && r["host"] == host && r["step"] == step && r["code"] == 0)
+            );
+        }
+    }
+    assert_eq!(records.last().unwrap()["outcome"], "succeeded");
+}
