@@ -308,3 +308,36 @@ async fn proxy_jump_goes_through_a_verified_bastion() {
     assert_eq!(kind, "host_key_unknown");
     assert!(message.contains(&format!("[127.0.0.1]:{}", bastion.port)), "{message}");
 }
+
+#[tokio::test]
+async fn an_unreachable_host_is_retried_with_backoff_and_each_attempt_is_an_event() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let closed = sshd::free_port();
+    let profile = fleet
+        .profile(&step("hi", "echo hi", ""), "")
+        .replace("connect_attempts = 1", "connect_attempts = 3")
+        .replace(&format!("port = {} }}", fleet.servers[0].port), &format!("port = {closed} }}"));
+    let mut d = start(&profile);
+    let (_, hosts) = d.finish().await;
+    let attempts: Vec<(u32, u32, String, Option<u64>)> = d
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConnectFailed { attempt, of, kind, retry_in_ms, .. } => {
+                Some((*attempt, *of, kind.clone(), *retry_in_ms))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert!(attempts.iter().all(|(_, of, kind, _)| *of == 3 && kind == "unreachable"));
+    let waits: Vec<Option<u64>> = attempts.iter().map(|a| a.3).collect();
+    // 0.5 s then 1 s, each ±25%; none after the last attempt.
+    assert!(matches!(waits[0], Some(ms) if (375..=625).contains(&ms)), "{waits:?}");
+    assert!(matches!(waits[1], Some(ms) if (750..=1250).contains(&ms)), "{waits:?}");
+    assert_eq!(waits[2], None);
+    assert_eq!(hosts[0].state, HostState::Failed);
+}

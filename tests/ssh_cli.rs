@@ -85,3 +85,44 @@ fn a_headless_deploy_over_ssh_reports_like_a_local_one() {
     }
     assert_eq!(records.last().unwrap()["outcome"], "succeeded");
 }
+
+#[test]
+fn keys_held_by_ssh_agent_authenticate() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let socket = fleet.path("agent.sock");
+    let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(std::process::Stdio::null()).spawn();
+    let Ok(mut agent) = agent else {
+        assert!(std::env::var_os("CI").is_none(), "ssh-agent is required in CI");
+        eprintln!("skipping: ssh-agent not found");
+        return;
+    };
+    // ssh-agent has no readiness signal: wait for its socket to appear.
+    let start = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "ssh-agent did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added =
+        Command::new("ssh-add").arg(fleet.path("client_ed25519")).env("SSH_AUTH_SOCK", &socket).output().unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    // No identity files at all: only the agent can authenticate.
+    let profile = fleet
+        .profile("[[steps]]\nname = \"hi\"\nrun = \"echo via-agent\"\n", "")
+        .replace(&format!("identity_files = [\"{}\"]\n", fleet.path("client_ed25519").display()), "");
+    std::fs::write(fleet.path("profile.toml"), profile).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wavedeck"))
+        .args(["deploy", fleet.path("profile.toml").to_str().unwrap(), "--env", "test", "--release", "1"])
+        .env("WAVEDECK_AUDIT_DIR", fleet.path("audit"))
+        .env("HOME", fleet.path("home"))
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("[h0] via-agent"), "{text}");
+}
