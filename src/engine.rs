@@ -84,10 +84,19 @@ pub async fn run(
     });
 
     let shared = Arc::new(Shared { control: control.clone(), transport, redactor, env: plan.env.clone() });
+    // A failed run-once step (a migration, say) stops the deploy before any host is touched.
+    let mut waves_allowed = true;
+    if let Some(once) = plan.once {
+        waves_allowed = run_once(&shared, once).await;
+    }
     let mut summaries = Vec::new();
     let wave_count = plan.waves.len();
     for wave in plan.waves {
         let number = wave.number;
+        if !waves_allowed {
+            summaries.extend(wave.hosts.iter().map(|h| not_started(number, h)));
+            continue;
+        }
         let names: Vec<String> = wave.hosts.iter().map(|h| h.host.name.clone()).collect();
         if control.admit(Event::WaveStarted { wave: number, hosts: names }, None).await == Gate::Stop {
             summaries.extend(wave.hosts.iter().map(|h| not_started(number, h)));
@@ -204,33 +213,72 @@ async fn run_host(shared: &Shared, wave: usize, plan: HostPlan) -> HostSummary {
     if control.admit(Event::HostStarted { wave, host: name.clone() }, None).await == Gate::Stop {
         return summary;
     }
-    let finish = |mut summary: HostSummary, state: HostState| {
-        summary.state = state;
-        control.events.emit(Event::HostFinished { wave, host: summary.host.clone(), state });
-        summary
+    let state = match connect(shared, &plan, &mut summary).await {
+        Ok(session) => run_steps(shared, wave, &plan, session.as_ref(), &mut summary).await,
+        Err(state) => state,
     };
+    summary.state = state;
+    control.events.emit(Event::HostFinished { wave, host: name, state });
+    summary
+}
 
+/// Runs the plan's run-once steps on their designated host before any wave; returns whether
+/// the waves may start.
+async fn run_once(shared: &Shared, once: HostPlan) -> bool {
+    let control = &shared.control;
+    let host = once.host.name.clone();
+    let steps = once.steps.iter().map(|s| s.name.clone()).collect();
+    if control.admit(Event::OnceStarted { host: host.clone(), steps }, None).await == Gate::Stop {
+        return false;
+    }
+    let mut summary = not_started(0, &once);
+    let state = match connect(shared, &once, &mut summary).await {
+        Ok(session) => run_steps(shared, 0, &once, session.as_ref(), &mut summary).await,
+        Err(state) => state,
+    };
+    let ok = state == HostState::Done;
+    control.events.emit(Event::OnceFinished { host, ok, stopped_at: summary.stopped_at, result: summary.last_result });
+    ok
+}
+
+/// Opens the host's session; a failure is recorded in `summary` and becomes the host's state.
+async fn connect(
+    shared: &Shared,
+    plan: &HostPlan,
+    summary: &mut HostSummary,
+) -> Result<Box<dyn HostSession>, HostState> {
+    let control = &shared.control;
+    let name = &plan.host.name;
     let target = Target { env: shared.env.clone(), host: plan.host.clone() };
-    let observer = ConnectEvents { shared, host: &name };
-    let session: Box<dyn HostSession> = tokio::select! {
-        opened = shared.transport.open(&target, &observer) => match opened {
-            Ok(session) => session,
-            Err(e) => {
-                let message = shared.redactor.redact(&e.to_string()).into_owned();
-                control.events.emit(Event::Output {
-                    host: name.clone(),
-                    step: "connect".into(),
-                    stream: Stream::Stderr,
-                    line: message.clone(),
-                });
-                summary.stopped_at = Some("connect".into());
-                summary.last_result = Some(StepResult::Error { message });
-                return finish(summary, HostState::Failed);
-            }
-        },
-        _ = control.abort.cancelled() => return finish(summary, HostState::Cancelled),
-    };
+    let observer = ConnectEvents { shared, host: name };
+    tokio::select! {
+        opened = shared.transport.open(&target, &observer) => opened.map_err(|e| {
+            let message = shared.redactor.redact(&e.to_string()).into_owned();
+            control.events.emit(Event::Output {
+                host: name.clone(),
+                step: "connect".into(),
+                stream: Stream::Stderr,
+                line: message.clone(),
+            });
+            summary.stopped_at = Some("connect".into());
+            summary.last_result = Some(StepResult::Error { message });
+            HostState::Failed
+        }),
+        _ = control.abort.cancelled() => Err(HostState::Cancelled),
+    }
+}
 
+/// Runs a host's steps in order, each through the pause/abort gate, with retries; returns the
+/// host's final state and fills in `summary`.
+async fn run_steps(
+    shared: &Shared,
+    wave: usize,
+    plan: &HostPlan,
+    session: &dyn HostSession,
+    summary: &mut HostSummary,
+) -> HostState {
+    let control = &shared.control;
+    let name = &plan.host.name;
     let total = plan.steps.len();
     for (i, step) in plan.steps.iter().enumerate() {
         let index = i + 1;
@@ -246,11 +294,11 @@ async fn run_host(shared: &Shared, wave: usize, plan: HostPlan) -> HostSummary {
                 attempt,
                 command: step.shown.clone(),
             };
-            if control.admit(started_event, Some((&name, &step.name))).await == Gate::Stop {
+            if control.admit(started_event, Some((name, &step.name))).await == Gate::Stop {
                 summary.stopped_at = Some(step.name.clone());
-                return finish(summary, HostState::Cancelled);
+                return HostState::Cancelled;
             }
-            let sink = StepOutput { shared, host: &name, step: &step.name };
+            let sink = StepOutput { shared, host: name, step: &step.name };
             let began = Instant::now();
             let result = match &step.action {
                 PlannedAction::Run(command) => {
@@ -274,7 +322,7 @@ async fn run_host(shared: &Shared, wave: usize, plan: HostPlan) -> HostSummary {
             let ok = result.succeeded();
             let will_retry = !ok && attempt <= step.retries && result != StepResult::Cancelled;
             control.step_finished(
-                &name,
+                name,
                 Event::StepFinished {
                     wave,
                     host: name.clone(),
@@ -293,8 +341,7 @@ async fn run_host(shared: &Shared, wave: usize, plan: HostPlan) -> HostSummary {
             }
             if !will_retry {
                 summary.stopped_at = Some(step.name.clone());
-                let state = if result == StepResult::Cancelled { HostState::Cancelled } else { HostState::Failed };
-                return finish(summary, state);
+                return if result == StepResult::Cancelled { HostState::Cancelled } else { HostState::Failed };
             }
             attempt += 1;
             tokio::select! {
@@ -303,7 +350,7 @@ async fn run_host(shared: &Shared, wave: usize, plan: HostPlan) -> HostSummary {
             }
         }
     }
-    finish(summary, HostState::Done)
+    HostState::Done
 }
 
 /// Turns a step's output into events, masking secrets first.

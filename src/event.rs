@@ -137,6 +137,19 @@ pub enum Event {
         waves: Vec<WaveOutline>,
         steps: Vec<String>,
     },
+    /// Run-once steps (a migration, …) start on their designated host, before any wave.
+    /// Their step events carry wave 0.
+    OnceStarted {
+        host: String,
+        steps: Vec<String>,
+    },
+    /// Run-once steps ended; when not `ok`, no wave starts.
+    OnceFinished {
+        host: String,
+        ok: bool,
+        stopped_at: Option<String>,
+        result: Option<StepResult>,
+    },
     WaveStarted {
         wave: usize,
         hosts: Vec<String>,

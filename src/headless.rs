@@ -22,6 +22,13 @@ pub fn render(event: &Event) -> Option<String> {
             let hosts: usize = waves.iter().map(|w| w.hosts.len()).sum();
             format!("== deploying {service} {release} to {env}: {hosts} hosts in {} waves", waves.len())
         }
+        Event::OnceStarted { host, steps } => format!("== run-once steps on {host}: {}", steps.join(", ")),
+        Event::OnceFinished { host, ok: true, .. } => format!("== run-once steps done on {host}"),
+        Event::OnceFinished { host, stopped_at, result, .. } => format!(
+            "== run-once step {} FAILED on {host} ({}): no wave will start",
+            stopped_at.as_deref().unwrap_or("?"),
+            result.as_ref().map_or_else(|| "no result".to_string(), |r| r.to_string())
+        ),
         Event::WaveStarted { wave, hosts } => {
             format!("== wave {wave} started: {}", hosts.join(", "))
         }

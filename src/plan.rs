@@ -27,6 +27,8 @@ pub struct Plan {
     pub transport: TransportKind,
     pub policy: RolloutPolicy,
     pub waves: Vec<Wave>,
+    /// Run-once steps and the host they run on, before the first wave.
+    pub once: Option<HostPlan>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +110,19 @@ impl Plan {
             next += size;
             waves.push(Wave { number, max_failures: failure_limit(size, env.policy.max_failures), hosts });
         }
+        let once_host = match &env.once_host {
+            Some(name) => env.hosts.iter().find(|h| &h.name == name),
+            None => waves.first().and_then(|w| w.hosts.first()).map(|h| &h.host),
+        };
+        let once = match once_host {
+            Some(host) if profile.steps.iter().any(|s| s.once) => {
+                let real = variables(profile, env, host, release, 0, secrets);
+                let shown = variables(profile, env, host, release, 0, &masked);
+                let steps = planned_steps(profile, host, &real, &shown, profile.steps.iter().filter(|s| s.once))?;
+                Some(HostPlan { host: host.clone(), steps })
+            }
+            _ => None,
+        };
         Ok(Plan {
             service: profile.service.clone(),
             env: env.name.clone(),
@@ -116,6 +131,7 @@ impl Plan {
             transport: env.transport,
             policy: env.policy.clone(),
             waves,
+            once,
         })
     }
 
@@ -160,6 +176,15 @@ impl Plan {
                 if wave.hosts.len() == 1 { "" } else { "s" },
                 wave.max_failures,
                 if wave.max_failures == 1 { "" } else { "s" },
+                names.join(", ")
+            );
+        }
+        if let Some(once) = &self.once {
+            let names: Vec<&str> = once.steps.iter().map(|s| s.name.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "\nbefore wave 1, once, on {}: {} (a failure stops the deploy before any host is touched)",
+                once.host.name,
                 names.join(", ")
             );
         }
@@ -233,11 +258,23 @@ fn variables(
     vars
 }
 
+/// A host's pipeline: every step that is not run-once, with health checks after the steps they
+/// follow.
 fn host_steps(
     profile: &Profile,
     host: &Host,
     real: &BTreeMap<String, String>,
     shown: &BTreeMap<String, String>,
+) -> Result<Vec<PlannedStep>, PlanError> {
+    planned_steps(profile, host, real, shown, profile.steps.iter().filter(|s| !s.once))
+}
+
+fn planned_steps<'p>(
+    profile: &'p Profile,
+    host: &Host,
+    real: &BTreeMap<String, String>,
+    shown: &BTreeMap<String, String>,
+    selected: impl Iterator<Item = &'p crate::profile::Step>,
 ) -> Result<Vec<PlannedStep>, PlanError> {
     let render = |what: &str, source: &str| -> Result<(Sensitive, String), PlanError> {
         let fail = |message| PlanError::Render { what: what.to_string(), host: host.name.clone(), message };
@@ -260,7 +297,7 @@ fn host_steps(
         Ok(out)
     };
     let mut steps = Vec::new();
-    for step in &profile.steps {
+    for step in selected {
         let what = format!("step `{}`", step.name);
         let (action, shown) = match &step.action {
             StepAction::Run(run) => {

@@ -63,6 +63,8 @@ pub struct Environment {
     pub hosts: Vec<Host>,
     pub policy: RolloutPolicy,
     pub ssh: SshSettings,
+    /// Where run-once steps run; the first host of the plan when not set.
+    pub once_host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -127,6 +129,8 @@ pub struct Step {
     pub timeout: Duration,
     pub retries: u32,
     pub retry_delay: Duration,
+    /// Runs once per deploy, on the environment's `once_host`, before the first wave.
+    pub once: bool,
 }
 
 /// What a step does. Both forms hold templates, rendered per host when the plan is made.
@@ -290,6 +294,7 @@ struct RawEnvironment {
     plan: RawPlan,
     #[serde(default)]
     ssh: RawSsh,
+    once_host: Option<Spanned<String>>,
     #[serde(default)]
     hosts: Vec<Spanned<RawHost>>,
 }
@@ -331,6 +336,8 @@ struct RawStep {
     timeout: Option<Spanned<String>>,
     retries: Option<u32>,
     retry_delay: Option<Spanned<String>>,
+    #[serde(default)]
+    once: bool,
 }
 
 #[derive(Deserialize)]
@@ -537,7 +544,13 @@ impl Validator<'_> {
         if env.hosts.is_empty() {
             self.problem(&env.name, format!("environment `{name}` has no hosts"));
         }
-        Environment { name, protected: env.protected, transport, vars, hosts, policy, ssh }
+        if let Some(once) = &env.once_host
+            && !env.hosts.iter().any(|h| h.get_ref().name.get_ref() == once.get_ref())
+        {
+            self.problem(once, format!("once_host `{}` is not a host of environment `{name}`", once.get_ref()));
+        }
+        let once_host = env.once_host.as_ref().map(|h| h.get_ref().clone());
+        Environment { name, protected: env.protected, transport, vars, hosts, policy, ssh, once_host }
     }
 
     fn policy(&mut self, raw: &RawPlan) -> RolloutPolicy {
@@ -711,6 +724,7 @@ impl Validator<'_> {
                     .retry_delay
                     .as_ref()
                     .map_or(DEFAULT_RETRY_DELAY, |d| self.duration(d, DEFAULT_RETRY_DELAY)),
+                once: step.once,
             });
         }
         out
@@ -735,6 +749,13 @@ impl Validator<'_> {
             {
                 let known: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
                 self.problem(after, format!("unknown step `{}` (steps are: {})", after.get_ref(), known.join(", ")));
+            } else if let Some(after) = &check.after
+                && steps.iter().any(|s| &s.name == after.get_ref() && s.once)
+            {
+                self.problem(
+                    after,
+                    format!("`{}` is a run-once step: health checks follow per-host steps", after.get_ref()),
+                );
             }
             out.push(HealthCheck {
                 name,

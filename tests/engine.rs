@@ -279,3 +279,44 @@ fn still_running_after_kill(pid: i32) -> bool {
         std::thread::yield_now();
     }
 }
+
+#[tokio::test]
+async fn run_once_steps_run_on_one_host_before_the_first_wave() {
+    let root = root();
+    let src = profile(
+        "canary = 1\nbatch = 2",
+        &["a", "b", "c"],
+        &[("migrate", "echo migrating on $WAVEDECK_HOST"), ("work", "echo work")],
+    )
+    .replace("name = \"migrate\"", "name = \"migrate\"\nonce = true");
+    let mut d = Deploy::start(&src, root.path());
+    assert_eq!(d.finish().await.0, Outcome::Succeeded);
+    let migrate_runs: Vec<&Event> =
+        d.events.iter().filter(|e| matches!(e, Event::StepStarted { step, .. } if step == "migrate")).collect();
+    assert_eq!(migrate_runs.len(), 1, "{migrate_runs:?}");
+    assert!(matches!(migrate_runs[0], Event::StepStarted { wave: 0, host, .. } if host == "a"));
+    let once_done = d.position(|e| matches!(e, Event::OnceFinished { ok: true, .. })).unwrap();
+    let first_wave = d.position(|e| matches!(e, Event::WaveStarted { .. })).unwrap();
+    assert!(once_done < first_wave);
+    let work_runs = d.events.iter().filter(|e| matches!(e, Event::StepStarted { step, .. } if step == "work")).count();
+    assert_eq!(work_runs, 3);
+}
+
+#[tokio::test]
+async fn a_failing_run_once_step_stops_before_any_host_is_touched() {
+    let root = root();
+    let src = profile(
+        "canary = 1",
+        &["a", "b"],
+        &[("migrate", "echo 'relation exists' >&2; exit 1"), ("work", "touch touched")],
+    )
+    .replace("name = \"migrate\"", "name = \"migrate\"\nonce = true")
+    .replace("hosts = [", "once_host = \"b\"\nhosts = [");
+    let mut d = Deploy::start(&src, root.path());
+    let (outcome, hosts) = d.finish().await;
+    assert_eq!(outcome, Outcome::Failed);
+    assert!(d.events.iter().any(|e| matches!(e, Event::OnceFinished { host, ok: false, stopped_at: Some(s), .. } if host == "b" && s == "migrate")));
+    assert!(!d.events.iter().any(|e| matches!(e, Event::WaveStarted { .. } | Event::HostStarted { .. })));
+    assert!(hosts.iter().all(|h| h.state == HostState::NotStarted));
+    assert!(!root.path().join("test/a/touched").exists() && !root.path().join("test/b/touched").exists());
+}

@@ -203,6 +203,24 @@ impl DeployModel {
                 let text = format!("deploy of {} {} to {} started by {}", service, release, env, self.operator);
                 self.note(at, Severity::Info, text);
             }
+            Event::OnceStarted { host, steps } => {
+                self.note(at, Severity::Info, format!("run-once steps on {host}: {}", steps.join(", ")));
+            }
+            Event::OnceFinished { host, ok, stopped_at, result } => {
+                let text = if *ok {
+                    format!("run-once steps done on {host}")
+                } else {
+                    let step = stopped_at.as_deref().unwrap_or("?");
+                    let why = result.as_ref().map_or_else(String::new, |r| format!(": {r}"));
+                    format!("run-once step {step} FAILED on {host}{why}; no wave will start")
+                };
+                self.note(at, if *ok { Severity::Good } else { Severity::Bad }, text);
+                // The host's own wave has not started: it waits like the others.
+                if let Some(h) = self.host_mut(host) {
+                    h.phase = HostPhase::Waiting;
+                    h.step = None;
+                }
+            }
             Event::WaveStarted { wave, hosts } => {
                 if let Some(w) = self.waves.iter_mut().find(|w| w.number == *wave) {
                     w.phase = WavePhase::Running;
