@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::profile::{Environment, TransportKind};
-use crate::transport::local::LocalTransport;
-use crate::transport::ssh::SshTransport;
+use crate::profile::Environment;
 use crate::transport::{ConnectObserver, Target, Transport, TransportError};
 
 /// Below this much free space a host is flagged (but still counts as reachable).
@@ -45,12 +43,8 @@ impl ConnectObserver for Attempts {
     }
 }
 
-/// Checks every host of `env`; `local_root` is where local-transport hosts live.
-pub async fn check(env: &Environment, local_root: &std::path::Path) -> Result<Vec<HostCheck>, String> {
-    let transport: Arc<dyn Transport> = match env.transport {
-        TransportKind::Local => Arc::new(LocalTransport::new(local_root)),
-        TransportKind::Ssh => Arc::new(SshTransport::new(&env.ssh).map_err(|e| e.to_string())?),
-    };
+/// Checks every host of `env` through `transport`.
+pub async fn check(env: &Environment, transport: Arc<dyn Transport>) -> Vec<HostCheck> {
     let slots = Arc::new(Semaphore::new(env.policy.parallel.max(1)));
     let mut tasks = Vec::new();
     for host in &env.hosts {
@@ -89,7 +83,7 @@ pub async fn check(env: &Environment, local_root: &std::path::Path) -> Result<Ve
             detail: format!("internal error: {e}"),
         }));
     }
-    Ok(results)
+    results
 }
 
 /// The report printed by `wavedeck check`.

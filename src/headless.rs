@@ -143,9 +143,17 @@ fn seconds(ms: u64) -> String {
 /// SIGINT, SIGTERM and SIGHUP abort the deploy (audited as operator commands); the function
 /// still waits for the engine to finish so the final states and the session end are recorded.
 /// A failure-threshold pause cannot be resumed by anyone here, so it becomes an abort.
-pub async fn drive(session: Session) -> i32 {
+pub async fn drive(mut session: Session) -> i32 {
+    say(&format!("audit log: {}", session.audit.path().display()));
+    let lock = match session.take_lock().await {
+        Ok(lock) => lock,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            let _ = session.audit.close("refused", code);
+            return code;
+        }
+    };
     let Session { plan, redactor, mut audit, transport, .. } = session;
-    say(&format!("audit log: {}", audit.path().display()));
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (event_tx, mut events) = mpsc::unbounded_channel();
     let engine = tokio::spawn(engine::run(plan, transport, command_rx, EventSink::new(event_tx), redactor));
@@ -193,6 +201,9 @@ pub async fn drive(session: Session) -> i32 {
         }
     }
     let _ = engine.await;
+    if let Some(problem) = crate::session::release_lock(&mut audit, lock).await {
+        say(&format!("error: {problem}"));
+    }
     let (word, code) = match outcome {
         Some(Outcome::Succeeded) => ("succeeded", exit::OK),
         Some(Outcome::Failed) => ("failed", exit::FAILED),

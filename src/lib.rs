@@ -21,6 +21,7 @@ pub mod diag;
 pub mod engine;
 pub mod event;
 pub mod headless;
+pub mod lock;
 pub mod plan;
 pub mod profile;
 pub mod secrets;
@@ -39,4 +40,6 @@ pub mod exit {
     pub const ABORTED: i32 = 3;
     /// This machine could not run the deploy (audit log unwritable, …): nothing was started.
     pub const CANNOT_START: i32 = 4;
+    /// Another deploy holds the environment's lock: nothing was started.
+    pub const LOCKED: i32 = 5;
 }

@@ -63,6 +63,19 @@ enum Cmd {
         #[arg(long)]
         local_root: Option<PathBuf>,
     },
+    /// Show who holds an environment's deploy lock and break it (asks first; audited).
+    Unlock {
+        profile: PathBuf,
+        #[arg(long)]
+        env: String,
+        /// Break it without asking.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
+        #[arg(long)]
+        local_root: Option<PathBuf>,
+    },
     /// Run a deploy without the console: plain output and an exit code, for CI.
     Deploy {
         profile: PathBuf,
@@ -96,6 +109,9 @@ fn main() -> ExitCode {
         }),
         Some(Cmd::Plan { profile, env, release }) => plan(&profile, &env, &release),
         Some(Cmd::Check { profile, env, local_root }) => check(&profile, &env, local_root.as_deref()),
+        Some(Cmd::Unlock { profile, env, yes, audit_dir, local_root }) => {
+            unlock(&profile, &env, yes, audit_dir.as_deref(), local_root.as_deref())
+        }
         Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root }) => {
             let options = SessionOptions {
                 profile: &profile,
@@ -134,23 +150,93 @@ fn check(profile: &std::path::Path, env: &str, local_root: Option<&std::path::Pa
         let known = profile.environment_names().join(", ");
         return fail(&SetupError::Invalid(format!("no environment `{env}` in this profile (environments: {known})")));
     };
-    let root = match session::local_root(local_root) {
-        Ok(r) => r,
+    let transport = match session::transport_for(environment, local_root) {
+        Ok(t) => t,
         Err(e) => return fail(&e),
     };
-    if let Err(e) = session::ensure_fd_limit(environment.policy.parallel) {
-        return fail(&e);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(&SetupError::CannotStart(format!("cannot start the async runtime: {e}"))),
+        Err(e) => return fail(&e),
     };
-    match runtime.block_on(wavedeck::check::check(environment, &root)) {
-        Ok(results) => {
-            println!("{}", wavedeck::check::report(env, &results));
-            if results.iter().all(|r| r.ok()) { exit::OK } else { exit::FAILED }
+    let results = runtime.block_on(wavedeck::check::check(environment, transport));
+    println!("{}", wavedeck::check::report(env, &results));
+    if results.iter().all(|r| r.ok()) { exit::OK } else { exit::FAILED }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, SetupError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SetupError::CannotStart(format!("cannot start the async runtime: {e}")))
+}
+
+/// Shows who holds an environment's deploy lock and, confirmed, breaks it (audited).
+fn unlock(
+    profile: &std::path::Path,
+    env: &str,
+    yes: bool,
+    audit_dir: Option<&std::path::Path>,
+    local_root: Option<&std::path::Path>,
+) -> i32 {
+    use std::io::{BufRead, IsTerminal, Write};
+    use wavedeck::lock::{self, LockPlace};
+    let profile = match session::load_profile(profile) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let Some(environment) = profile.environment(env) else {
+        let known = profile.environment_names().join(", ");
+        return fail(&SetupError::Invalid(format!("no environment `{env}` in this profile (environments: {known})")));
+    };
+    let Some(first) = environment.hosts.first() else { return fail(&SetupError::Invalid("no hosts".into())) };
+    let place = LockPlace::new(
+        wavedeck::transport::Target { env: env.to_string(), host: first.clone() },
+        environment.lock_path.as_deref(),
+    );
+    let (transport, runtime) = match (session::transport_for(environment, local_root), runtime()) {
+        (Ok(t), Ok(r)) => (t, r),
+        (Err(e), _) | (_, Err(e)) => return fail(&e),
+    };
+    let holder = match runtime.block_on(lock::inspect(transport.as_ref(), &place)) {
+        Ok(None) => {
+            println!("{env} is not locked ({} on {})", place.path, first.name);
+            return exit::OK;
         }
-        Err(e) => fail(&SetupError::Invalid(e)),
+        Ok(Some(holder)) => holder,
+        Err(e) => return fail(&SetupError::CannotStart(e.to_string())),
+    };
+    let who = holder.as_ref().map_or_else(|| "an unknown owner".to_string(), |h| h.describe(chrono::Utc::now()));
+    println!("{env} is locked by {who}\n  lock: {} on {}", place.path, first.name);
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return fail(&SetupError::Invalid("add --yes to break the lock".into()));
+        }
+        print!("Break it only if that deploy is really gone. Type {env} to break the lock: ");
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if answer.trim() != env {
+            println!("not broken");
+            return exit::INVALID;
+        }
+    }
+    let mut audit = match session::audit_action(&profile, env, "unlock", audit_dir) {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    audit.note("lock_break_requested", serde_json::json!({ "host": first.name, "path": place.path, "holder": holder }));
+    match runtime.block_on(lock::break_lock(transport.as_ref(), &place)) {
+        Ok(previous) => {
+            audit
+                .note("lock_broken", serde_json::json!({ "host": first.name, "path": place.path, "holder": previous }));
+            let _ = audit.close("unlocked", exit::OK);
+            println!("lock broken (audited)");
+            exit::OK
+        }
+        Err(e) => {
+            let _ = audit.close("error", exit::CANNOT_START);
+            fail(&SetupError::CannotStart(e.to_string()))
+        }
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Environment {
     pub ssh: SshSettings,
     /// Where run-once steps run; the first host of the plan when not set.
     pub once_host: Option<String>,
+    /// The deploy lock's directory on the first host; `.wavedeck/lock-<env>` when not set.
+    pub lock_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -295,6 +297,7 @@ struct RawEnvironment {
     #[serde(default)]
     ssh: RawSsh,
     once_host: Option<Spanned<String>>,
+    lock_path: Option<String>,
     #[serde(default)]
     hosts: Vec<Spanned<RawHost>>,
 }
@@ -550,7 +553,17 @@ impl Validator<'_> {
             self.problem(once, format!("once_host `{}` is not a host of environment `{name}`", once.get_ref()));
         }
         let once_host = env.once_host.as_ref().map(|h| h.get_ref().clone());
-        Environment { name, protected: env.protected, transport, vars, hosts, policy, ssh, once_host }
+        Environment {
+            name,
+            protected: env.protected,
+            transport,
+            vars,
+            hosts,
+            policy,
+            ssh,
+            once_host,
+            lock_path: env.lock_path.clone(),
+        }
     }
 
     fn policy(&mut self, raw: &RawPlan) -> RolloutPolicy {

@@ -7,15 +7,84 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::audit::{self, AuditLog, SessionStart};
+use crate::lock::{self, DeployLock, LockError, LockInfo, LockPlace};
 use crate::plan::Plan;
-use crate::profile::{Profile, TransportKind};
+use crate::profile::{Environment, Profile, TransportKind};
 use crate::secrets::{Redactor, Secrets};
-use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::SshTransport;
+use crate::transport::{Target, Transport};
 
 /// Environment variable choosing where the local transport keeps its host directories.
 pub const LOCAL_ROOT_ENV: &str = "WAVEDECK_LOCAL_ROOT";
+
+impl Session {
+    /// Where this deploy's lock lives: the first host of the plan.
+    pub fn lock_place(&self) -> Option<LockPlace> {
+        let env = self.profile.environment(&self.plan.env)?;
+        let first = self.plan.waves.first()?.hosts.first()?;
+        Some(LockPlace::new(Target { env: env.name.clone(), host: first.host.clone() }, env.lock_path.as_deref()))
+    }
+
+    /// Takes the environment's deploy lock, recording the attempt in the audit log. Returns the
+    /// lock, or the exit code and message to stop with.
+    pub async fn take_lock(&mut self) -> Result<Option<DeployLock>, (i32, String)> {
+        let Some(place) = self.lock_place() else { return Ok(None) };
+        let info = LockInfo {
+            session: self.audit.session_id().to_string(),
+            operator: audit::operator_name(),
+            machine: audit::machine_name(),
+            pid: std::process::id(),
+            env: self.plan.env.clone(),
+            release: self.plan.release.clone(),
+            started_at: chrono::Utc::now(),
+        };
+        let host = place.target.host.name.clone();
+        match lock::acquire(self.transport.as_ref(), &place, info).await {
+            Ok(held) => {
+                self.audit.note("lock_acquired", serde_json::json!({ "host": host, "path": place.path }));
+                Ok(Some(held))
+            }
+            Err(e) => {
+                let (code, holder) = match &e {
+                    LockError::Held { holder, .. } => (crate::exit::LOCKED, serde_json::to_value(holder).ok()),
+                    LockError::Failed { .. } => (crate::exit::CANNOT_START, None),
+                };
+                self.audit.note(
+                    "lock_refused",
+                    serde_json::json!({ "host": host, "path": place.path, "holder": holder, "message": e.to_string() }),
+                );
+                let hint = if code == crate::exit::LOCKED {
+                    format!(
+                        "\nIf that deploy is gone (a crashed console), break the lock with: wavedeck unlock {} --env {}",
+                        self.profile.path.display(),
+                        self.plan.env
+                    )
+                } else {
+                    String::new()
+                };
+                Err((code, format!("{e}{hint}")))
+            }
+        }
+    }
+}
+
+/// Releases a deploy lock at the end of a deploy, recording the outcome in the audit log.
+pub async fn release_lock(audit: &mut AuditLog, lock: Option<DeployLock>) -> Option<String> {
+    let lock = lock?;
+    let place = lock.place().clone();
+    match lock.release().await {
+        Ok(()) => {
+            audit.note("lock_released", serde_json::json!({ "host": place.target.host.name, "path": place.path }));
+            None
+        }
+        Err(e) => {
+            let message = format!("could not release the deploy lock on {}: {e}", place.target.host.name);
+            audit.note("lock_release_failed", serde_json::json!({ "message": message }));
+            Some(message)
+        }
+    }
+}
 
 /// Everything a deploy needs, ready to hand to the engine.
 pub struct Session {
@@ -55,15 +124,8 @@ pub fn prepare(options: &SessionOptions, profile: Profile) -> Result<Session, Se
     let secrets = Secrets::from_env(&profile).map_err(SetupError::Invalid)?;
     let plan = Plan::build(&profile, options.env, options.release, &secrets)
         .map_err(|e| SetupError::Invalid(e.to_string()))?;
-    let transport: Arc<dyn Transport> = match plan.transport {
-        TransportKind::Local => Arc::new(LocalTransport::new(local_root(options.local_root)?)),
-        TransportKind::Ssh => {
-            let env =
-                profile.environment(&plan.env).ok_or_else(|| SetupError::Invalid("environment vanished".into()))?;
-            ensure_fd_limit(plan.policy.parallel)?;
-            Arc::new(SshTransport::new(&env.ssh).map_err(|e| SetupError::Invalid(e.to_string()))?)
-        }
-    };
+    let env = profile.environment(&plan.env).ok_or_else(|| SetupError::Invalid("environment vanished".into()))?;
+    let transport = transport_for(env, options.local_root)?;
     let redactor = secrets.redactor();
     let dir = audit::audit_dir(options.audit_dir).ok_or_else(|| {
         SetupError::CannotStart(format!("no home directory to keep the audit log in: set {}", audit::AUDIT_DIR_ENV))
@@ -86,6 +148,42 @@ pub fn prepare(options: &SessionOptions, profile: Profile) -> Result<Session, Se
         ))
     })?;
     Ok(Session { profile, plan, redactor, audit, transport })
+}
+
+/// The transport an environment's hosts are reached through.
+pub fn transport_for(env: &Environment, local_root_flag: Option<&Path>) -> Result<Arc<dyn Transport>, SetupError> {
+    Ok(match env.transport {
+        TransportKind::Local => Arc::new(LocalTransport::new(local_root(local_root_flag)?)),
+        TransportKind::Ssh => {
+            ensure_fd_limit(env.policy.parallel)?;
+            Arc::new(SshTransport::new(&env.ssh).map_err(|e| SetupError::Invalid(e.to_string()))?)
+        }
+    })
+}
+
+/// Opens an audit session for an operator action that is not a deploy (breaking a lock).
+pub fn audit_action(
+    profile: &Profile,
+    env: &str,
+    mode: &str,
+    audit_dir: Option<&Path>,
+) -> Result<AuditLog, SetupError> {
+    let dir = audit::audit_dir(audit_dir).ok_or_else(|| {
+        SetupError::CannotStart(format!("no home directory for the audit log: set {}", audit::AUDIT_DIR_ENV))
+    })?;
+    let start = SessionStart {
+        operator: audit::operator_name(),
+        machine: audit::machine_name(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        argv: std::env::args().collect(),
+        mode: mode.to_string(),
+        profile: profile.path.clone(),
+        profile_sha256: profile.sha256.clone(),
+        env: env.to_string(),
+        release: String::new(),
+    };
+    AuditLog::open(&dir, &start, Redactor::default())
+        .map_err(|e| SetupError::CannotStart(format!("cannot write the audit log in {}: {e}", dir.display())))
 }
 
 /// File descriptors one SSH host needs at most while connected (its socket, a jump socket,

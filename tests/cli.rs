@@ -208,3 +208,75 @@ fn the_console_without_a_terminal_points_to_headless_mode() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("wavedeck deploy PROFILE --env ENV --release RELEASE"), "{}", text(&out.stderr));
 }
+
+/// Starts a headless deploy and returns it once its first host is busy (holding the lock).
+fn start_busy_deploy(
+    s: &Sandbox,
+    env: &str,
+) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut child =
+        s.command(&["deploy", DEMO, "--env", env, "--release", "2.4.1"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("fetched app.bin") {
+            break;
+        }
+    }
+    (child, lines)
+}
+
+fn audit_files(s: &Sandbox) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(s.audit_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_second_deploy_of_the_same_environment_is_refused_by_the_lock() {
+    let s = Sandbox::new();
+    let (mut first, rest) = start_busy_deploy(&s, "dev");
+    let second = s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.4.2"]);
+    assert_eq!(second.status.code(), Some(5), "{}", text(&second.stdout));
+    let err = text(&second.stderr);
+    assert!(
+        err.contains("dev is locked by another deploy: test-operator on") && err.contains("release 2.4.1"),
+        "{err}"
+    );
+    let _: Vec<_> = rest.collect();
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    // Released at the end: the next deploy goes through.
+    let third = s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.4.3"]);
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third.stderr));
+    let refused: Vec<Value> = audit_files(&s)
+        .iter()
+        .flat_map(|f| audit_records(f))
+        .filter(|r| r["record"] == "lock_refused" || r["record"] == "lock_released")
+        .collect();
+    assert_eq!(refused.iter().filter(|r| r["record"] == "lock_refused").count(), 1, "{refused:#?}");
+    assert_eq!(refused.iter().filter(|r| r["record"] == "lock_released").count(), 2, "{refused:#?}");
+}
+
+#[test]
+fn a_lock_left_by_a_killed_deploy_is_reported_and_can_be_broken() {
+    let s = Sandbox::new();
+    let (mut first, _) = start_busy_deploy(&s, "dev");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    first.wait().unwrap();
+
+    let refused = s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.4.2"]);
+    assert_eq!(refused.status.code(), Some(5));
+    let err = text(&refused.stderr);
+    assert!(err.contains("ago)") && err.contains("wavedeck unlock"), "{err}");
+
+    let without_yes = s.command(&["unlock", DEMO, "--env", "dev"]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(without_yes.status.code(), Some(2), "no confirmation, no break");
+    let unlocked = s.run(&["unlock", DEMO, "--env", "dev", "--yes"]);
+    assert_eq!(unlocked.status.code(), Some(0), "{}", text(&unlocked.stderr));
+    assert!(text(&unlocked.stdout).contains("dev is locked by test-operator on"), "{}", text(&unlocked.stdout));
+    let broken = audit_files(&s).iter().flat_map(|f| audit_records(f)).find(|r| r["record"] == "lock_broken").unwrap();
+    assert_eq!(broken["holder"]["operator"], "test-operator");
+    assert_eq!(broken["holder"]["release"], "2.4.1");
+
+    let after = s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.4.2"]);
+    assert_eq!(after.status.code(), Some(0), "{}", text(&after.stderr));
+}

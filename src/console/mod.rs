@@ -35,6 +35,7 @@ use crate::audit::{AuditLog, CommandSource};
 use crate::engine::{self, EventSink};
 use crate::event::{Command, Event, Outcome, Stamped};
 use crate::exit;
+use crate::lock::DeployLock;
 use crate::profile::Profile;
 use crate::session::{self, SessionOptions};
 
@@ -148,6 +149,7 @@ struct Running {
     commands: mpsc::UnboundedSender<Command>,
     events: mpsc::UnboundedReceiver<Stamped>,
     audit: AuditLog,
+    lock: Option<DeployLock>,
 }
 
 async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audit_files: &mut Vec<PathBuf>) -> i32 {
@@ -189,8 +191,10 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                 dirty = true;
                 if received == 0 {
                     // The engine stopped without finishing: record it rather than pretend.
-                    if let Some(r) = running.take() {
+                    if let Some(mut r) = running.take() {
                         audit_files.push(r.audit.path().to_path_buf());
+                        // The lock stays: nobody knows what the hosts were left in.
+                        drop(r.lock.take());
                         let _ = r.audit.close("error", exit::CANNOT_START);
                     }
                     app.status = Some("the deploy engine stopped unexpectedly; see the audit log".into());
@@ -202,8 +206,11 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                     effects.extend(app.on_event(&event));
                     if let Event::DeployFinished { outcome, .. } = event.event {
                         last_outcome = Some(outcome);
-                        if let Some(r) = running.take() {
+                        if let Some(mut r) = running.take() {
                             audit_files.push(r.audit.path().to_path_buf());
+                            if let Some(problem) = session::release_lock(&mut r.audit, r.lock.take()).await {
+                                app.status = Some(problem);
+                            }
                             let (word, code) = outcome_code(outcome);
                             if let Err(e) = r.audit.close(word, code) {
                                 app.status = Some(e.to_string());
@@ -238,7 +245,7 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                     }
                 }
                 Effect::StartDeploy { profile, env, release } => {
-                    match start_deploy(&app.profiles[profile], &env, &release, options) {
+                    match start_deploy(&app.profiles[profile], &env, &release, options, audit_files).await {
                         Ok(r) => {
                             app.begin_deploy();
                             running = Some(r);
@@ -272,7 +279,13 @@ async fn recv_batch(running: &mut Option<Running>, batch: &mut Vec<Stamped>) -> 
     }
 }
 
-fn start_deploy(profile: &Profile, env: &str, release: &str, options: &ConsoleOptions) -> Result<Running, String> {
+async fn start_deploy(
+    profile: &Profile,
+    env: &str,
+    release: &str,
+    options: &ConsoleOptions,
+    audit_files: &mut Vec<PathBuf>,
+) -> Result<Running, String> {
     let session_options = SessionOptions {
         profile: &profile.path,
         env,
@@ -290,10 +303,18 @@ fn start_deploy(profile: &Profile, env: &str, release: &str, options: &ConsoleOp
             "confirmation": if session.plan.protected { "typed environment name" } else { "confirmed plan" },
         }),
     );
+    let lock = match session.take_lock().await {
+        Ok(lock) => lock,
+        Err((code, message)) => {
+            audit_files.push(session.audit.path().to_path_buf());
+            let _ = session.audit.close("refused", code);
+            return Err(message.replace('\n', " "));
+        }
+    };
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (event_tx, events) = mpsc::unbounded_channel();
     tokio::spawn(engine::run(session.plan, session.transport, command_rx, EventSink::new(event_tx), session.redactor));
-    Ok(Running { commands, events, audit: session.audit })
+    Ok(Running { commands, events, audit: session.audit, lock })
 }
 
 fn outcome_code(outcome: Outcome) -> (&'static str, i32) {

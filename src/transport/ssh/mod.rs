@@ -22,7 +22,7 @@ pub use self::endpoint::{ConfigFile, Endpoint, expand_home};
 use self::hostkeys::Verifier;
 use super::{
     BoxFuture, ConnectObserver, ExecRequest, HostSession, KILL_GRACE, MAX_LINE_BYTES, OutputSink, Target, Transport,
-    TransportError, UploadRequest, upload,
+    TransportError, UploadRequest, shell_quote as quote, upload,
 };
 use crate::event::{StepResult, Stream};
 use crate::profile::SshSettings;
@@ -455,14 +455,6 @@ impl HostSession for SshSession {
             }
         })
     }
-}
-
-/// Quotes for the remote POSIX shell: plain words stay as they are, anything else goes in
-/// single quotes, inside which only `'` itself needs care. (Hand-written on purpose: the rule is
-/// three lines and must never produce double quotes, where `$` and backticks still expand.)
-fn quote(s: &str) -> String {
-    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c));
-    if plain { s.to_string() } else { format!("'{}'", s.replace('\'', "'\"'\"'")) }
 }
 
 fn signal_number(sig: &Sig) -> i32 {

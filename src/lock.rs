@@ -1,0 +1,247 @@
+//! The deploy lock: one deploy per environment at a time, whoever starts it and from wherever.
+//!
+//! The lock is a directory on the environment's first host (or at the profile's `lock_path`),
+//! created with `mkdir`, which is atomic on every POSIX filesystem: of two consoles racing,
+//! exactly one succeeds. Inside, `owner.json` says who holds it. It is made and removed through
+//! the same transport as the deploy, so it works for local and SSH hosts alike, and it survives a
+//! crashed console on purpose: the next one is told who held it and since when, and breaking it
+//! is an explicit, audited act (`wavedeck unlock`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{StepResult, Stream};
+use crate::transport::{
+    ConnectObserver, ExecRequest, HostSession, OutputSink, Target, Transport, TransportError, shell_quote,
+};
+
+/// How long taking, releasing or breaking the lock may take.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Exit code of the lock command when the lock is already held.
+const HELD: i32 = 75;
+
+/// Who holds the lock; written to `owner.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub session: String,
+    pub operator: String,
+    pub machine: String,
+    pub pid: u32,
+    pub env: String,
+    pub release: String,
+    pub started_at: DateTime<Utc>,
+}
+
+impl LockInfo {
+    /// "alice on box, release 2.4.1, since 14:02 UTC (12m ago)".
+    pub fn describe(&self, now: DateTime<Utc>) -> String {
+        let age = (now - self.started_at).to_std().unwrap_or_default();
+        let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
+        format!(
+            "{} on {} (pid {}), release {}, since {} ({age} ago)",
+            self.operator,
+            self.machine,
+            self.pid,
+            self.release,
+            self.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{env} is locked by another deploy: {}", holder_text(.holder, .raw))]
+    Held { env: String, holder: Option<LockInfo>, raw: String },
+    #[error("cannot take the deploy lock on {host}: {message}")]
+    Failed { host: String, message: String },
+}
+
+fn holder_text(holder: &Option<LockInfo>, raw: &str) -> String {
+    match holder {
+        Some(info) => info.describe(Utc::now()),
+        None if raw.trim().is_empty() => "owner unknown (the lock has no owner file)".into(),
+        None => format!("owner file unreadable: {}", raw.trim()),
+    }
+}
+
+/// Where the lock lives: the first host of the plan, at `path` relative to its working
+/// directory unless absolute.
+#[derive(Debug, Clone)]
+pub struct LockPlace {
+    pub target: Target,
+    pub path: String,
+}
+
+impl LockPlace {
+    pub fn new(target: Target, lock_path: Option<&str>) -> LockPlace {
+        let path = lock_path.map_or_else(|| format!(".wavedeck/lock-{}", target.env), str::to_string);
+        LockPlace { target, path }
+    }
+}
+
+/// A held lock. Release it with [`DeployLock::release`]; dropping it leaves the lock in place,
+/// as a crash would.
+pub struct DeployLock {
+    place: LockPlace,
+    session: Box<dyn HostSession>,
+    pub info: LockInfo,
+}
+
+impl DeployLock {
+    pub fn place(&self) -> &LockPlace {
+        &self.place
+    }
+
+    /// Removes the lock if it is still ours.
+    pub async fn release(self) -> Result<(), String> {
+        let dir = shell_quote(&self.place.path);
+        let owner = shell_quote(&format!("\"session\":\"{}\"", self.info.session));
+        let command = format!(
+            "if grep -qF {owner} {dir}/owner.json 2>/dev/null; then rm -rf {dir}; \
+             else echo 'the lock now belongs to someone else; left in place' >&2; exit 1; fi"
+        );
+        let (result, output) = run(self.session.as_ref(), &command).await;
+        if result.succeeded() { Ok(()) } else { Err(format!("{}: {}", result, output.trim())) }
+    }
+}
+
+/// Takes the lock for `info.env`.
+pub async fn acquire(transport: &dyn Transport, place: &LockPlace, info: LockInfo) -> Result<DeployLock, LockError> {
+    let session = open(transport, place).await?;
+    let json = serde_json::to_string(&info).map_err(|e| failed(place, e.to_string()))?;
+    let dir = shell_quote(&place.path);
+    let command = format!(
+        "mkdir -p \"$(dirname {dir})\" && if mkdir {dir} 2>/dev/null; then printf '%s\\n' {json} > {dir}/owner.json; \
+         else cat {dir}/owner.json 2>/dev/null; exit {HELD}; fi",
+        json = shell_quote(&json),
+    );
+    let (result, output) = run(session.as_ref(), &command).await;
+    match result {
+        StepResult::Exited { code: 0 } => Ok(DeployLock { place: place.clone(), session, info }),
+        StepResult::Exited { code: HELD } => {
+            Err(LockError::Held { env: info.env, holder: serde_json::from_str(output.trim()).ok(), raw: output })
+        }
+        other => Err(failed(place, format!("{other}: {}", output.trim()))),
+    }
+}
+
+/// Who holds the lock now, if anyone.
+pub async fn inspect(transport: &dyn Transport, place: &LockPlace) -> Result<Option<Option<LockInfo>>, LockError> {
+    let session = open(transport, place).await?;
+    let dir = shell_quote(&place.path);
+    let (result, output) =
+        run(session.as_ref(), &format!("test -d {dir} || exit 3; cat {dir}/owner.json 2>/dev/null; true")).await;
+    match result {
+        StepResult::Exited { code: 3 } => Ok(None),
+        StepResult::Exited { code: 0 } => Ok(Some(serde_json::from_str(output.trim()).ok())),
+        other => Err(failed(place, format!("{other}: {}", output.trim()))),
+    }
+}
+
+/// Removes the lock whoever holds it; returns who did.
+pub async fn break_lock(transport: &dyn Transport, place: &LockPlace) -> Result<Option<LockInfo>, LockError> {
+    let session = open(transport, place).await?;
+    let dir = shell_quote(&place.path);
+    let (result, output) = run(session.as_ref(), &format!("cat {dir}/owner.json 2>/dev/null; rm -rf {dir}")).await;
+    if result.succeeded() {
+        Ok(serde_json::from_str(output.trim()).ok())
+    } else {
+        Err(failed(place, format!("{result}: {}", output.trim())))
+    }
+}
+
+fn failed(place: &LockPlace, message: String) -> LockError {
+    LockError::Failed { host: place.target.host.name.clone(), message }
+}
+
+struct Quiet;
+
+impl ConnectObserver for Quiet {
+    fn attempt_failed(&self, _: u32, _: u32, _: &TransportError, _: Option<Duration>) {}
+}
+
+async fn open(transport: &dyn Transport, place: &LockPlace) -> Result<Box<dyn HostSession>, LockError> {
+    transport.open(&place.target, &Quiet).await.map_err(|e| failed(place, e.to_string()))
+}
+
+/// Collects a helper command's output.
+#[derive(Default)]
+struct Capture(std::sync::Mutex<String>);
+
+impl OutputSink for Capture {
+    fn line(&self, _stream: Stream, line: String) {
+        if let Ok(mut out) = self.0.lock() {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+}
+
+async fn run(session: &dyn HostSession, command: &str) -> (StepResult, String) {
+    let capture = Capture::default();
+    let never = CancellationToken::new();
+    let result = session.exec(ExecRequest { command, timeout: LOCK_TIMEOUT }, &capture, &never).await;
+    let output = capture.0.lock().map(|o| o.clone()).unwrap_or_default();
+    (result, output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Host;
+    use crate::transport::local::LocalTransport;
+
+    fn info(session: &str) -> LockInfo {
+        LockInfo {
+            session: session.into(),
+            operator: "ann".into(),
+            machine: "box".into(),
+            pid: 7,
+            env: "prod".into(),
+            release: "2.4.1".into(),
+            started_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+        }
+    }
+
+    fn place(root: &std::path::Path) -> (LocalTransport, LockPlace) {
+        let host = Host {
+            name: "web-1".into(),
+            address: "web-1".into(),
+            user: None,
+            port: None,
+            labels: vec![],
+            vars: Default::default(),
+        };
+        (LocalTransport::new(root), LockPlace::new(Target { env: "prod".into(), host }, None))
+    }
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_release_frees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (transport, place) = place(dir.path());
+        let first = acquire(&transport, &place, info("s1")).await.unwrap();
+        match acquire(&transport, &place, info("s2")).await {
+            Err(LockError::Held { holder: Some(holder), .. }) => assert_eq!(holder.session, "s1"),
+            other => panic!("expected Held, got {:?}", other.map(|l| l.info)),
+        }
+        first.release().await.unwrap();
+        let again = acquire(&transport, &place, info("s3")).await.unwrap();
+        assert_eq!(inspect(&transport, &place).await.unwrap(), Some(Some(info("s3"))));
+        assert_eq!(break_lock(&transport, &place).await.unwrap(), Some(info("s3")));
+        assert_eq!(inspect(&transport, &place).await.unwrap(), None);
+        // A lock broken under its holder is not removed by the holder's release.
+        let taken = acquire(&transport, &place, info("s4")).await.unwrap();
+        assert!(again.release().await.is_err());
+        taken.release().await.unwrap();
+    }
+
+    #[test]
+    fn the_holder_is_described_with_its_age() {
+        let now = DateTime::from_timestamp(1_800_000_000 + 754, 0).unwrap();
+        let text = info("s").describe(now);
+        assert_eq!(text, "ann on box (pid 7), release 2.4.1, since 2027-01-15 08:00:00 UTC (12m 34s ago)");
+    }
+}
