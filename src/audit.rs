@@ -53,6 +53,8 @@ pub enum CommandSource {
     /// Issued by wavedeck itself on the operator's standing orders (e.g. headless mode
     /// stopping at a failure threshold because nobody is there to resume).
     Policy,
+    /// Given on the command line (`--exclude`).
+    Flag,
 }
 
 pub struct AuditLog {

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{
-    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream, WaveOutline,
+    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream, TriageAction, WaveOutline,
 };
 use crate::plan::{HostPlan, Plan, PlannedAction, StepKind};
 use crate::profile::FailureAction;
@@ -54,15 +54,6 @@ pub async fn run(
 ) -> (Outcome, Vec<HostSummary>) {
     let started = Instant::now();
     let control = Arc::new(Control::new(events.clone()));
-    let commands_task = {
-        let control = control.clone();
-        tokio::spawn(async move {
-            while let Some(command) = commands.recv().await {
-                control.apply(command);
-            }
-        })
-    };
-
     events.emit(Event::DeployStarted {
         service: plan.service.clone(),
         env: plan.env.clone(),
@@ -83,35 +74,54 @@ pub async fn run(
             .map_or_else(Vec::new, |h| h.steps.iter().map(|s| s.name.clone()).collect()),
     });
 
+    let mut book = Book::new(&plan.waves);
+    control.register(book.summaries.iter().map(|s| s.host.clone()));
+    // Commands queued before the start (headless `--exclude`) apply before anything runs.
+    while let Ok(command) = commands.try_recv() {
+        control.apply(command);
+    }
+    let commands_task = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                control.apply(command);
+            }
+        })
+    };
     let shared = Arc::new(Shared { control: control.clone(), transport, redactor, env: plan.env.clone() });
     // A failed run-once step (a migration, say) stops the deploy before any host is touched.
     let mut waves_allowed = true;
     if let Some(once) = plan.once {
         waves_allowed = run_once(&shared, once).await;
     }
-    let mut summaries = Vec::new();
     let wave_count = plan.waves.len();
     for wave in plan.waves {
         let number = wave.number;
         if !waves_allowed {
-            summaries.extend(wave.hosts.iter().map(|h| not_started(number, h)));
             continue;
         }
         let names: Vec<String> = wave.hosts.iter().map(|h| h.host.name.clone()).collect();
-        if control.admit(Event::WaveStarted { wave: number, hosts: names }, None).await == Gate::Stop {
-            summaries.extend(wave.hosts.iter().map(|h| not_started(number, h)));
+        let started = loop {
+            match control.admit_wave(Event::WaveStarted { wave: number, hosts: names.clone() }).await {
+                Gate::Go => break true,
+                Gate::Retries => book.run_retries(&shared, &plan.policy).await,
+                Gate::Stop | Gate::Skipped => break false,
+            }
+        };
+        if !started {
             continue;
         }
-        let results = run_wave(&shared, number, wave.hosts, wave.max_failures, &plan.policy).await;
+        let hosts = wave.hosts.into_iter().map(|h| (book.summary(&h.host.name), h)).collect();
+        let results = run_wave(&shared, number, hosts, wave.max_failures, &[], &plan.policy).await;
         let count = |s: HostState| results.iter().filter(|r| r.state == s).count();
         events.emit(Event::WaveFinished {
             wave: number,
             done: count(HostState::Done),
             failed: count(HostState::Failed),
             cancelled: count(HostState::Cancelled),
-            not_started: count(HostState::NotStarted),
+            not_started: count(HostState::NotStarted) + count(HostState::Skipped),
         });
-        summaries.extend(results);
+        book.record(results);
         if number < wave_count && !plan.policy.pause_between_waves.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(plan.policy.pause_between_waves) => {}
@@ -119,11 +129,17 @@ pub async fn run(
             }
         }
     }
+    // A pause at the end (the last wave went bad) still lets the operator retry or skip hosts
+    // before the deploy is declared finished.
+    while waves_allowed && control.settle().await == Gate::Retries {
+        book.run_retries(&shared, &plan.policy).await;
+    }
 
     commands_task.abort();
+    let summaries = book.finish(&control);
     let outcome = if control.lock().aborted.is_some() {
         Outcome::Aborted
-    } else if summaries.iter().all(|s| s.state == HostState::Done) {
+    } else if summaries.iter().all(|s| matches!(s.state, HostState::Done | HostState::Skipped)) {
         Outcome::Succeeded
     } else {
         Outcome::Failed
@@ -136,6 +152,85 @@ pub async fn run(
     (outcome, summaries)
 }
 
+/// Every host's plan and latest summary, in plan order, so retries can pick a host up again.
+struct Book {
+    plans: BTreeMap<String, (usize, HostPlan)>,
+    max_failures: BTreeMap<usize, usize>,
+    summaries: Vec<HostSummary>,
+}
+
+impl Book {
+    fn new(waves: &[crate::plan::Wave]) -> Book {
+        let mut book = Book { plans: BTreeMap::new(), max_failures: BTreeMap::new(), summaries: Vec::new() };
+        for wave in waves {
+            book.max_failures.insert(wave.number, wave.max_failures);
+            for host in &wave.hosts {
+                book.summaries.push(not_started(wave.number, host));
+                book.plans.insert(host.host.name.clone(), (wave.number, host.clone()));
+            }
+        }
+        book
+    }
+
+    fn summary(&self, host: &str) -> HostSummary {
+        self.summaries.iter().find(|s| s.host == host).cloned().unwrap_or_else(|| HostSummary {
+            host: host.to_string(),
+            wave: 0,
+            state: HostState::NotStarted,
+            steps_done: 0,
+            steps_total: 0,
+            stopped_at: None,
+            last_result: None,
+        })
+    }
+
+    fn record(&mut self, results: Vec<HostSummary>) {
+        for result in results {
+            if let Some(slot) = self.summaries.iter_mut().find(|s| s.host == result.host) {
+                *slot = result;
+            }
+        }
+    }
+
+    /// Runs the hosts the operator asked to retry, each from the step it failed at, wave by
+    /// wave, counting its wave's other failures against the wave's limit.
+    async fn run_retries(&mut self, shared: &Arc<Shared>, policy: &crate::profile::RolloutPolicy) {
+        let queued = shared.control.take_retries();
+        let mut by_wave: BTreeMap<usize, Vec<(HostSummary, HostPlan)>> = BTreeMap::new();
+        for host in queued {
+            if let Some((wave, plan)) = self.plans.get(&host) {
+                let mut summary = self.summary(&host);
+                summary.state = HostState::NotStarted;
+                summary.stopped_at = None;
+                by_wave.entry(*wave).or_default().push((summary, plan.clone()));
+            }
+        }
+        for (wave, hosts) in by_wave {
+            let retried: Vec<&str> = hosts.iter().map(|(s, _)| s.host.as_str()).collect();
+            let still_failed: Vec<String> = self
+                .summaries
+                .iter()
+                .filter(|s| s.wave == wave && s.state == HostState::Failed && !retried.contains(&s.host.as_str()))
+                .map(|s| s.host.clone())
+                .collect();
+            let limit = self.max_failures.get(&wave).copied().unwrap_or(0);
+            let results = run_wave(shared, wave, hosts, limit, &still_failed, policy).await;
+            self.record(results);
+        }
+    }
+
+    /// The final summaries, with the operator's skips and exclusions applied.
+    fn finish(mut self, control: &Control) -> Vec<HostSummary> {
+        let skipped = control.skipped();
+        for summary in &mut self.summaries {
+            if skipped.contains(&summary.host) && summary.state != HostState::Done {
+                summary.state = HostState::Skipped;
+            }
+        }
+        self.summaries
+    }
+}
+
 /// What every host task of a deploy shares.
 struct Shared {
     control: Arc<Control>,
@@ -144,11 +239,14 @@ struct Shared {
     env: String,
 }
 
+/// Runs hosts of one wave concurrently (at most `parallel`), each continuing from its summary's
+/// `steps_done`; `failed_before` are this wave's hosts that already failed and still count.
 async fn run_wave(
     shared: &Arc<Shared>,
     wave: usize,
-    hosts: Vec<HostPlan>,
+    hosts: Vec<(HostSummary, HostPlan)>,
     max_failures: usize,
+    failed_before: &[String],
     policy: &crate::profile::RolloutPolicy,
 ) -> Vec<HostSummary> {
     let slots = Arc::new(Semaphore::new(policy.parallel.max(1)));
@@ -156,26 +254,24 @@ async fn run_wave(
     // A host task that panicked has no summary of its own but must still be accounted for.
     let mut summaries: Vec<HostSummary> = hosts
         .iter()
-        .map(|h| HostSummary {
+        .map(|(summary, _)| HostSummary {
             state: HostState::Failed,
             last_result: Some(StepResult::Error { message: "internal error in wavedeck".into() }),
-            ..not_started(wave, h)
+            ..summary.clone()
         })
         .collect();
-    for host in hosts {
+    for (summary, host) in hosts {
         let shared = shared.clone();
         let slots = slots.clone();
         tasks.spawn(async move {
             // The semaphore is FIFO, so hosts start in plan order.
-            let Ok(_slot) = slots.acquire_owned().await else {
-                return not_started(wave, &host);
-            };
-            run_host(&shared, wave, host).await
+            let Ok(_slot) = slots.acquire_owned().await else { return summary };
+            run_host(&shared, wave, host, summary).await
         });
     }
 
     let mut done: BTreeMap<String, HostSummary> = BTreeMap::new();
-    let mut failed_hosts = Vec::new();
+    let mut failed_hosts = failed_before.to_vec();
     while let Some(joined) = tasks.join_next().await {
         let Ok(summary) = joined else { continue };
         if summary.state == HostState::Failed {
@@ -206,18 +302,23 @@ fn not_started(wave: usize, host: &HostPlan) -> HostSummary {
     }
 }
 
-async fn run_host(shared: &Shared, wave: usize, plan: HostPlan) -> HostSummary {
+async fn run_host(shared: &Shared, wave: usize, plan: HostPlan, mut summary: HostSummary) -> HostSummary {
     let control = &shared.control;
     let name = plan.host.name.clone();
-    let mut summary = not_started(wave, &plan);
-    if control.admit(Event::HostStarted { wave, host: name.clone() }, None).await == Gate::Stop {
-        return summary;
+    match control.admit_host(wave, &name).await {
+        Gate::Go => {}
+        Gate::Skipped => {
+            summary.state = HostState::Skipped;
+            return summary;
+        }
+        Gate::Stop | Gate::Retries => return summary,
     }
     let state = match connect(shared, &plan, &mut summary).await {
         Ok(session) => run_steps(shared, wave, &plan, session.as_ref(), &mut summary).await,
         Err(state) => state,
     };
     summary.state = state;
+    control.host_finished(&name, state);
     control.events.emit(Event::HostFinished { wave, host: name, state });
     summary
 }
@@ -280,7 +381,8 @@ async fn run_steps(
     let control = &shared.control;
     let name = &plan.host.name;
     let total = plan.steps.len();
-    for (i, step) in plan.steps.iter().enumerate() {
+    // A retried host picks up at the step it failed at.
+    for (i, step) in plan.steps.iter().enumerate().skip(summary.steps_done) {
         let index = i + 1;
         let mut attempt = 1;
         loop {
@@ -408,6 +510,20 @@ impl ConnectObserver for ConnectEvents<'_> {
 enum Gate {
     Go,
     Stop,
+    /// The operator excluded or skipped this host.
+    Skipped,
+    /// Hosts are queued for a retry: run them before going on.
+    Retries,
+}
+
+fn triage_word(t: Triage) -> &'static str {
+    match t {
+        Triage::Pending => "waiting",
+        Triage::Running => "running",
+        Triage::Done => "done",
+        Triage::Failed => "failed",
+        Triage::Skipped => "skipped",
+    }
 }
 
 /// Pause, resume and abort, and the bookkeeping that makes them exact.
@@ -426,6 +542,21 @@ struct ControlState {
     aborted: Option<String>,
     /// Host → step now running, to tell the operator what a pause is still waiting for.
     running: BTreeMap<String, String>,
+    /// Where each host stands, for validating triage commands.
+    hosts: BTreeMap<String, Triage>,
+    /// Hosts the operator asked to retry, in the order asked.
+    retry: Vec<String>,
+}
+
+/// A host's standing as far as triage is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Triage {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    /// Failed and skipped, or excluded before it started: not deployed by this run.
+    Skipped,
 }
 
 impl Control {
@@ -473,6 +604,140 @@ impl Control {
         }
     }
 
+    /// Like `admit` for a host's start: also refuses a host the operator excluded, atomically
+    /// with the exclusion.
+    async fn admit_host(&self, wave: usize, host: &str) -> Gate {
+        let mut changes = self.changed.subscribe();
+        loop {
+            {
+                let mut state = self.lock();
+                if state.aborted.is_some() {
+                    return Gate::Stop;
+                }
+                if state.hosts.get(host) == Some(&Triage::Skipped) {
+                    return Gate::Skipped;
+                }
+                if state.paused.is_none() {
+                    state.hosts.insert(host.to_string(), Triage::Running);
+                    self.events.emit(Event::HostStarted { wave, host: host.to_string() });
+                    return Gate::Go;
+                }
+                changes.mark_unchanged();
+            }
+            if changes.changed().await.is_err() {
+                return Gate::Stop;
+            }
+        }
+    }
+
+    /// Like `admit` for a wave's start, but returns early when retries are queued, so they run
+    /// before the next wave.
+    async fn admit_wave(&self, event: Event) -> Gate {
+        let mut changes = self.changed.subscribe();
+        loop {
+            {
+                let state = self.lock();
+                if state.aborted.is_some() {
+                    return Gate::Stop;
+                }
+                if !state.retry.is_empty() {
+                    return Gate::Retries;
+                }
+                if state.paused.is_none() {
+                    self.events.emit(event);
+                    return Gate::Go;
+                }
+                changes.mark_unchanged();
+            }
+            if changes.changed().await.is_err() {
+                return Gate::Stop;
+            }
+        }
+    }
+
+    /// After the last wave: `Retries` while the operator queues retries, `Go` once the deploy
+    /// may finish (not paused, or aborted).
+    async fn settle(&self) -> Gate {
+        let mut changes = self.changed.subscribe();
+        loop {
+            {
+                let state = self.lock();
+                if state.aborted.is_some() {
+                    return Gate::Go;
+                }
+                if !state.retry.is_empty() {
+                    return Gate::Retries;
+                }
+                if state.paused.is_none() {
+                    return Gate::Go;
+                }
+                changes.mark_unchanged();
+            }
+            if changes.changed().await.is_err() {
+                return Gate::Go;
+            }
+        }
+    }
+
+    fn register(&self, hosts: impl Iterator<Item = String>) {
+        let mut state = self.lock();
+        for host in hosts {
+            state.hosts.insert(host, Triage::Pending);
+        }
+    }
+
+    fn host_finished(&self, host: &str, outcome: HostState) {
+        let triage = match outcome {
+            HostState::Done => Triage::Done,
+            HostState::Failed | HostState::Cancelled => Triage::Failed,
+            HostState::NotStarted => Triage::Pending,
+            HostState::Skipped => Triage::Skipped,
+        };
+        self.lock().hosts.insert(host.to_string(), triage);
+    }
+
+    fn take_retries(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().retry)
+    }
+
+    fn skipped(&self) -> Vec<String> {
+        self.lock().hosts.iter().filter(|(_, t)| **t == Triage::Skipped).map(|(h, _)| h.clone()).collect()
+    }
+
+    /// Retry, skip or exclude one host, if its standing allows it.
+    fn triage(&self, command: Command, host: &str, action: TriageAction) {
+        let mut state = self.lock();
+        let standing = state.hosts.get(host).copied();
+        let why = match (state.aborted.is_some(), standing, action) {
+            (true, _, _) => Some("the deploy was aborted".to_string()),
+            (_, None, _) => Some(format!("no host `{host}` in this deploy")),
+            (_, Some(Triage::Failed), TriageAction::Retry | TriageAction::Skip) => None,
+            (_, Some(Triage::Pending), TriageAction::Exclude) => None,
+            (_, Some(t), TriageAction::Retry | TriageAction::Skip) => {
+                Some(format!("{host} has not failed (it is {})", triage_word(t)))
+            }
+            (_, Some(t), TriageAction::Exclude) => {
+                Some(format!("{host} has already started (it is {})", triage_word(t)))
+            }
+        };
+        if let Some(why) = why {
+            self.events.emit(Event::CommandIgnored { command, why });
+            return;
+        }
+        match action {
+            TriageAction::Retry => {
+                state.hosts.insert(host.to_string(), Triage::Pending);
+                state.retry.push(host.to_string());
+            }
+            TriageAction::Skip | TriageAction::Exclude => {
+                state.hosts.insert(host.to_string(), Triage::Skipped);
+            }
+        }
+        self.events.emit(Event::HostTriaged { host: host.to_string(), action });
+        drop(state);
+        self.bump();
+    }
+
     fn step_finished(&self, host: &str, event: Event) {
         let mut state = self.lock();
         state.running.remove(host);
@@ -502,6 +767,9 @@ impl Control {
                 }
             }
             Command::Abort { reason } => self.abort(reason.clone(), Some(command.clone())),
+            Command::Retry { host } => self.triage(command.clone(), host, TriageAction::Retry),
+            Command::Skip { host } => self.triage(command.clone(), host, TriageAction::Skip),
+            Command::Exclude { host } => self.triage(command.clone(), host, TriageAction::Exclude),
         }
     }
 

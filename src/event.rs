@@ -21,6 +21,41 @@ pub enum Command {
     Abort {
         reason: String,
     },
+    /// Run a failed host again, from the step it failed at, before the next wave.
+    Retry {
+        host: String,
+    },
+    /// Accept a failed host's failure and go on without it.
+    Skip {
+        host: String,
+    },
+    /// Leave a host that has not started out of this deploy.
+    Exclude {
+        host: String,
+    },
+}
+
+impl Command {
+    /// The command's name as the operator knows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Abort { .. } => "abort",
+            Command::Retry { .. } => "retry",
+            Command::Skip { .. } => "skip",
+            Command::Exclude { .. } => "exclude",
+        }
+    }
+}
+
+/// What the operator did to one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriageAction {
+    Retry,
+    Skip,
+    Exclude,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,6 +75,8 @@ pub enum HostState {
     Cancelled,
     /// Never started (abort, or a wave that was never reached).
     NotStarted,
+    /// Left out by the operator (a failure skipped, or excluded before it started).
+    Skipped,
 }
 
 /// How one attempt at a step ended.
@@ -235,6 +272,11 @@ pub enum Event {
         running: Vec<String>,
     },
     Resumed,
+    /// The operator retried, skipped or excluded a host.
+    HostTriaged {
+        host: String,
+        action: TriageAction,
+    },
     Aborted {
         reason: String,
     },

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::audit::CommandSource;
 use crate::engine::{self, EventSink};
-use crate::event::{Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult};
+use crate::event::{Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, TriageAction};
 use crate::exit;
 use crate::session::Session;
 
@@ -80,7 +80,12 @@ pub fn render(event: &Event) -> Option<String> {
         }
         Event::Resumed => "== resumed".to_string(),
         Event::Aborted { reason } => format!("== ABORTED: {reason}"),
-        Event::CommandIgnored { command, why } => format!("== ignored {command:?}: {why}"),
+        Event::CommandIgnored { command, why } => format!("== {} ignored: {why}", command.name()),
+        Event::HostTriaged { host, action } => match action {
+            TriageAction::Retry => format!("== retry of {host} queued"),
+            TriageAction::Skip => format!("== {host} skipped: its failure is accepted"),
+            TriageAction::Exclude => format!("== {host} excluded from this deploy"),
+        },
         Event::DeployFinished { outcome, duration_ms, hosts } => summary_table(*outcome, *duration_ms, hosts),
     };
     Some(text)
@@ -131,6 +136,7 @@ pub fn state_word(state: HostState) -> &'static str {
         HostState::Failed => "FAILED",
         HostState::Cancelled => "cancelled",
         HostState::NotStarted => "not started",
+        HostState::Skipped => "skipped",
     }
 }
 
@@ -143,7 +149,7 @@ fn seconds(ms: u64) -> String {
 /// SIGINT, SIGTERM and SIGHUP abort the deploy (audited as operator commands); the function
 /// still waits for the engine to finish so the final states and the session end are recorded.
 /// A failure-threshold pause cannot be resumed by anyone here, so it becomes an abort.
-pub async fn drive(mut session: Session) -> i32 {
+pub async fn drive(mut session: Session, exclude: &[String]) -> i32 {
     say(&format!("audit log: {}", session.audit.path().display()));
     let lock = match session.take_lock().await {
         Ok(lock) => lock,
@@ -156,6 +162,12 @@ pub async fn drive(mut session: Session) -> i32 {
     let Session { plan, redactor, mut audit, transport, .. } = session;
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (event_tx, mut events) = mpsc::unbounded_channel();
+    // Queued before the engine starts, so they apply before any host does.
+    for host in exclude {
+        let command = Command::Exclude { host: host.clone() };
+        audit.command(&command, CommandSource::Flag);
+        let _ = commands.send(command);
+    }
     let engine = tokio::spawn(engine::run(plan, transport, command_rx, EventSink::new(event_tx), redactor));
     let mut signals = match Signals::new() {
         Ok(s) => s,

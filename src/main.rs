@@ -94,6 +94,9 @@ enum Cmd {
         /// data directory].
         #[arg(long)]
         local_root: Option<PathBuf>,
+        /// Leave this host out of the deploy (repeatable; audited).
+        #[arg(long, value_name = "HOST")]
+        exclude: Vec<String>,
     },
 }
 
@@ -112,7 +115,7 @@ fn main() -> ExitCode {
         Some(Cmd::Unlock { profile, env, yes, audit_dir, local_root }) => {
             unlock(&profile, &env, yes, audit_dir.as_deref(), local_root.as_deref())
         }
-        Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root }) => {
+        Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root, exclude }) => {
             let options = SessionOptions {
                 profile: &profile,
                 env: &env,
@@ -121,7 +124,7 @@ fn main() -> ExitCode {
                 local_root: local_root.as_deref(),
                 mode: "headless",
             };
-            deploy(&options, yes)
+            deploy(&options, yes, &exclude)
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -240,7 +243,7 @@ fn unlock(
     }
 }
 
-fn deploy(options: &SessionOptions, yes: bool) -> i32 {
+fn deploy(options: &SessionOptions, yes: bool, exclude: &[String]) -> i32 {
     let profile = match session::load_profile(options.profile) {
         Ok(p) => p,
         Err(e) => return fail(&e),
@@ -254,6 +257,11 @@ fn deploy(options: &SessionOptions, yes: bool) -> i32 {
             env.name
         )));
     }
+    if let Some(env) = profile.environment(options.env)
+        && let Some(unknown) = exclude.iter().find(|h| !env.hosts.iter().any(|host| &host.name == *h))
+    {
+        return fail(&SetupError::Invalid(format!("--exclude {unknown}: no such host in environment `{}`", env.name)));
+    }
     let session = match session::prepare(options, profile) {
         Ok(s) => s,
         Err(e) => return fail(&e),
@@ -264,7 +272,7 @@ fn deploy(options: &SessionOptions, yes: bool) -> i32 {
             return fail(&SetupError::CannotStart(format!("cannot start the async runtime: {e}")));
         }
     };
-    runtime.block_on(wavedeck::headless::drive(session))
+    runtime.block_on(wavedeck::headless::drive(session, exclude))
 }
 
 fn fail(error: &SetupError) -> i32 {

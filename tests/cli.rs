@@ -280,3 +280,23 @@ fn a_lock_left_by_a_killed_deploy_is_reported_and_can_be_broken() {
     let after = s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.4.2"]);
     assert_eq!(after.status.code(), Some(0), "{}", text(&after.stderr));
 }
+
+#[test]
+fn excluded_hosts_are_left_alone_and_audited() {
+    let s = Sandbox::new();
+    let out = s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.4.1", "--exclude", "dev-web-2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("dev-web-2        2  skipped"), "{stdout}");
+    assert!(!s.dir.path().join("hosts/dev/dev-web-2/current").exists());
+    let records = s.audit();
+    let command = records.iter().find(|r| r["record"] == "operator_command").unwrap();
+    assert_eq!(
+        (command["command"].as_str(), command["source"].as_str(), command["host"].as_str()),
+        (Some("exclude"), Some("flag"), Some("dev-web-2"))
+    );
+
+    let bad = s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.4.1", "--exclude", "web-99"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("--exclude web-99: no such host"), "{}", text(&bad.stderr));
+}

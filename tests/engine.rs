@@ -181,6 +181,9 @@ async fn a_timed_out_step_is_killed_and_fails_the_host() {
     let src = profile("canary = 0", &["a"], &[("slow", "sleep 300")])
         .replace("retry_delay", "timeout = \"200ms\"\nretry_delay");
     let mut d = Deploy::start(&src, root.path());
+    // The only wave exceeded its limit: the engine waits for the operator even at the end.
+    d.until("Paused", |e| matches!(e, Event::Paused { .. })).await;
+    d.send(Command::Resume);
     let (outcome, hosts) = d.finish().await;
     assert_eq!(outcome, Outcome::Failed);
     assert_eq!(hosts[0].last_result, Some(StepResult::TimedOut));
@@ -319,4 +322,57 @@ async fn a_failing_run_once_step_stops_before_any_host_is_touched() {
     assert!(!d.events.iter().any(|e| matches!(e, Event::WaveStarted { .. } | Event::HostStarted { .. })));
     assert!(hosts.iter().all(|h| h.state == HostState::NotStarted));
     assert!(!root.path().join("test/a/touched").exists() && !root.path().join("test/b/touched").exists());
+}
+
+#[tokio::test]
+async fn a_failed_host_can_be_retried_from_the_step_it_failed_at() {
+    let root = root();
+    // b fails its second step until the test creates `fixed`; the first step counts its runs.
+    let src = profile(
+        "canary = 0\nbatch = 2",
+        &["a", "b", "c"],
+        &[("first", "echo run >> runs"), ("second", "test $WAVEDECK_HOST != b || test -e ../fixed")],
+    );
+    let mut d = Deploy::start(&src, root.path());
+    d.until("Paused", |e| matches!(e, Event::Paused { .. })).await;
+    d.send(Command::Retry { host: "a".into() });
+    let refused = d.until("refusal", |e| matches!(e, Event::CommandIgnored { .. })).await;
+    assert!(matches!(&refused, Event::CommandIgnored { why, .. } if why.contains("has not failed")), "{refused:?}");
+    touch(&root, "fixed");
+    d.send(Command::Retry { host: "b".into() });
+    d.until("retry queued", |e| matches!(e, Event::HostTriaged { .. })).await;
+    d.send(Command::Resume);
+    let (outcome, hosts) = d.finish().await;
+    assert_eq!(outcome, Outcome::Succeeded, "{hosts:?}");
+    let runs = std::fs::read_to_string(root.path().join("test/b/runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the retry started at the failed step");
+    let resumed = d.position(|e| matches!(e, Event::Resumed)).unwrap();
+    let b_again =
+        d.events[resumed..].iter().position(|e| matches!(e, Event::HostStarted { host, .. } if host == "b")).unwrap();
+    let wave_two = d.events[resumed..].iter().position(|e| matches!(e, Event::WaveStarted { wave: 2, .. })).unwrap();
+    assert!(b_again < wave_two, "retries run before the next wave");
+}
+
+#[tokio::test]
+async fn skipping_a_failure_and_excluding_a_waiting_host() {
+    let root = root();
+    let src =
+        profile("canary = 1\nbatch = 2", &["a", "b", "c"], &[("work", "test $WAVEDECK_HOST != a && touch worked")]);
+    let mut d = Deploy::start(&src, root.path());
+    d.until("Paused", |e| matches!(e, Event::Paused { .. })).await;
+    d.send(Command::Skip { host: "a".into() });
+    d.send(Command::Exclude { host: "c".into() });
+    d.send(Command::Exclude { host: "nope".into() });
+    d.until(
+        "unknown host refused",
+        |e| matches!(e, Event::CommandIgnored { why, .. } if why.contains("no host `nope`")),
+    )
+    .await;
+    d.send(Command::Resume);
+    let (outcome, hosts) = d.finish().await;
+    let states: Vec<(&str, HostState)> = hosts.iter().map(|h| (h.host.as_str(), h.state)).collect();
+    assert_eq!(states, [("a", HostState::Skipped), ("b", HostState::Done), ("c", HostState::Skipped)]);
+    assert_eq!(outcome, Outcome::Succeeded, "skipped hosts were the operator's decision");
+    assert!(!root.path().join("test/c/worked").exists(), "an excluded host is never touched");
+    assert!(!d.events.iter().any(|e| matches!(e, Event::HostStarted { host, .. } if host == "c")));
 }

@@ -306,7 +306,9 @@ impl App {
             KeyCode::Char('a') if running => {
                 self.dialog = Some(Dialog::AbortReason { input: text_input("why are you aborting?"), empty: false });
             }
-            KeyCode::Char('p' | 'r' | 'a') => self.status = Some("the deploy has finished".into()),
+            KeyCode::Char('R') if running => return self.triage_selected(true),
+            KeyCode::Char('x') if running => return self.triage_selected(false),
+            KeyCode::Char('p' | 'r' | 'a' | 'R' | 'x') => self.status = Some("the deploy has finished".into()),
             KeyCode::Tab => self.focus = self.focus.next(),
             KeyCode::BackTab => {
                 for _ in 0..3 {
@@ -365,6 +367,19 @@ impl App {
             _ => {}
         }
         Vec::new()
+    }
+
+    /// `R` retries the selected host; `x` skips it if it failed or excludes it if it has not
+    /// started. The engine decides; a refusal comes back as an event and shows on the timeline.
+    fn triage_selected(&mut self, retry: bool) -> Vec<Effect> {
+        let Some(name) = self.selected_name() else { return Vec::new() };
+        let phase = self.deploy.as_ref().and_then(|d| d.host(&name)).map(|h| h.phase);
+        let command = match (retry, phase) {
+            (true, _) => Command::Retry { host: name },
+            (false, Some(HostPhase::Failed)) => Command::Skip { host: name },
+            (false, _) => Command::Exclude { host: name },
+        };
+        vec![Effect::Send(command, CommandSource::Keyboard)]
     }
 
     fn send(&mut self, command: Command, pending: Pending) -> Vec<Effect> {
@@ -778,6 +793,27 @@ mod tests {
         assert!(matches!(&effects[..], [Effect::Send(Command::Abort { reason }, _)] if reason.contains("quit")));
         let done = Event::DeployFinished { outcome: crate::event::Outcome::Aborted, duration_ms: 1, hosts: vec![] };
         assert_eq!(app.on_event(&stamp(3, done)), [Effect::Quit]);
+    }
+
+    #[test]
+    fn triage_keys_retry_skip_or_exclude_the_selected_host() {
+        let mut app = deploying();
+        // "a" is waiting: x excludes it.
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('x'))),
+            [Effect::Send(Command::Exclude { host: "a".into() }, CommandSource::Keyboard)]
+        );
+        app.on_event(&stamp(1, Event::HostStarted { wave: 1, host: "a".into() }));
+        let failed = Event::HostFinished { wave: 1, host: "a".into(), state: crate::event::HostState::Failed };
+        app.on_event(&stamp(2, failed));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('x'))),
+            [Effect::Send(Command::Skip { host: "a".into() }, CommandSource::Keyboard)]
+        );
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('R'))),
+            [Effect::Send(Command::Retry { host: "a".into() }, CommandSource::Keyboard)]
+        );
     }
 
     #[test]

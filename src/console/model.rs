@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use chrono::{DateTime, Utc};
 
 use super::logs::{LogBuffer, LogLine, clean};
-use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult};
+use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult, TriageAction};
 
 /// Health samples kept per host for the sparkline.
 pub const HEALTH_HISTORY: usize = 120;
@@ -289,7 +289,7 @@ impl DeployModel {
                     HostState::Done => HostPhase::Done,
                     HostState::Failed => HostPhase::Failed,
                     HostState::Cancelled => HostPhase::Cancelled,
-                    HostState::NotStarted => HostPhase::Skipped,
+                    HostState::NotStarted | HostState::Skipped => HostPhase::Skipped,
                 };
                 let mut failure = None;
                 if let Some(h) = self.host_mut(host) {
@@ -332,6 +332,17 @@ impl DeployModel {
                 self.control = ControlView::Paused { cause: cause.clone(), running: running.clone() };
                 self.note(at, Severity::Warn, by);
             }
+            Event::HostTriaged { host, action } => {
+                let (phase, text) = match action {
+                    TriageAction::Retry => (HostPhase::Waiting, format!("retry of {host} queued by {}", self.operator)),
+                    TriageAction::Skip => (HostPhase::Skipped, format!("{host} skipped by {}", self.operator)),
+                    TriageAction::Exclude => (HostPhase::Skipped, format!("{host} excluded by {}", self.operator)),
+                };
+                if let Some(h) = self.host_mut(host) {
+                    h.phase = phase;
+                }
+                self.note(at, Severity::Warn, text);
+            }
             Event::Resumed => {
                 self.control = ControlView::Running;
                 let text = format!("resumed by {}", self.operator);
@@ -343,12 +354,7 @@ impl DeployModel {
                 self.note(at, Severity::Bad, format!("ABORTED: {reason}"));
             }
             Event::CommandIgnored { command, why } => {
-                let name = match command {
-                    crate::event::Command::Pause => "pause",
-                    crate::event::Command::Resume => "resume",
-                    crate::event::Command::Abort { .. } => "abort",
-                };
-                self.note(at, Severity::Info, format!("{name} ignored: {why}"));
+                self.note(at, Severity::Info, format!("{} ignored: {why}", command.name()));
             }
             Event::DeployFinished { outcome, hosts, .. } => {
                 // Hosts the engine never finished (never started, or stopped before starting) are
@@ -360,7 +366,7 @@ impl DeployModel {
                             Some(HostState::Done) => HostPhase::Done,
                             Some(HostState::Failed) => HostPhase::Failed,
                             Some(HostState::Cancelled) => HostPhase::Cancelled,
-                            Some(HostState::NotStarted) | None => HostPhase::Skipped,
+                            Some(HostState::NotStarted | HostState::Skipped) | None => HostPhase::Skipped,
                         };
                     }
                 }

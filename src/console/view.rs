@@ -484,7 +484,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
     let area = frame.area();
     match dialog {
         Dialog::Help => {
-            let rect = layout::centered(area, 70, 22);
+            let rect = layout::centered(area, 70, 23);
             let keys: &[(&str, &str)] = &[
                 ("↑ ↓  j k", "choose environment or host; scroll the pane"),
                 ("Enter", "deploy the environment · focus the host's log"),
@@ -498,6 +498,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 ("Home  End", "top of the log · follow the tail again"),
                 ("i", "all hosts' output interleaved, or one host's"),
                 ("s", "sort hosts: plan order, problems first, name"),
+                ("R  x", "retry a failed host · skip it, or exclude a waiting one"),
                 ("o", "back to the overview after a deploy"),
                 ("Esc", "close a dialog · clear the filter or search"),
                 ("q  Ctrl-C", "quit; during a deploy asks, then aborts it"),

@@ -151,7 +151,8 @@ impl Fleet {
     }
 
     /// A profile with environment `test` whose hosts are this fleet's servers, running `steps`
-    /// (TOML `[[steps]]` tables) with `extra` added to its `[ssh]` table.
+    /// (TOML `[[steps]]` tables) with `extra` added to its `[ssh]` table. Failures do not trip
+    /// the wave threshold: these tests look at one failure at a time.
     pub fn profile(&self, steps: &str, extra_ssh: &str) -> String {
         let hosts: Vec<String> = self
             .servers
@@ -160,7 +161,7 @@ impl Fleet {
             .map(|(i, s)| format!("{{ name = \"h{i}\", address = \"127.0.0.1\", port = {} }}", s.port))
             .collect();
         format!(
-            "[service]\nname = \"svc\"\n\n[plan]\ncanary = 0\nbatch = \"100%\"\n\n[ssh]\nuser = \"root\"\n\
+            "[service]\nname = \"svc\"\n\n[plan]\ncanary = 0\nbatch = \"100%\"\nmax_failures = \"100%\"\n\n[ssh]\nuser = \"root\"\n\
              identity_files = [\"{key}\"]\nknown_hosts = [\"{known}\"]\nconfig = \"none\"\ndeploy_path = \"{deploy}\"\n\
              connect_attempts = 1\nconnect_timeout = \"10s\"\n{extra_ssh}\n\n[[environments]]\nname = \"test\"\n\
              transport = \"ssh\"\nhosts = [{hosts}]\n\n{steps}",
