@@ -154,6 +154,8 @@ fn run_openssh(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
             on_failure: wavedeck::profile::FailureAction::Pause,
             pause_between_waves: std::time::Duration::ZERO,
             parallel: PARALLEL,
+            soak: std::time::Duration::ZERO,
+            gate: wavedeck::profile::Promotion::Auto,
         },
     );
     let started = Instant::now();

@@ -21,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{
     Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream, TriageAction, WaveOutline,
 };
-use crate::plan::{HostPlan, Plan, PlannedAction, StepKind};
+use crate::health::{self, Streak};
+use crate::plan::{HostPlan, Plan, PlannedAction, PlannedStep, StepKind};
 use crate::profile::FailureAction;
+use crate::profile::Promotion;
 use crate::secrets::Redactor;
 use crate::transport::{
     ConnectObserver, ExecRequest, HostSession, OutputSink, Target, Transport, TransportError, UploadRequest,
@@ -88,7 +90,13 @@ pub async fn run(
             }
         })
     };
-    let shared = Arc::new(Shared { control: control.clone(), transport, redactor, env: plan.env.clone() });
+    let shared = Arc::new(Shared {
+        control: control.clone(),
+        transport,
+        redactor,
+        env: plan.env.clone(),
+        monitors: CancellationToken::new(),
+    });
     // A failed run-once step (a migration, say) stops the deploy before any host is touched.
     let mut waves_allowed = true;
     if let Some(once) = plan.once {
@@ -121,7 +129,15 @@ pub async fn run(
             cancelled: count(HostState::Cancelled),
             not_started: count(HostState::NotStarted) + count(HostState::Skipped),
         });
+        let failed: Vec<String> =
+            results.iter().filter(|r| r.state == HostState::Failed).map(|r| r.host.clone()).collect();
         book.record(results);
+        if !plan.policy.soak.is_zero() {
+            soak(&shared, number, &names, &failed, wave.max_failures, &plan.policy).await;
+        }
+        if number < wave_count && plan.policy.gate == Promotion::Manual {
+            control.await_promotion(number).await;
+        }
         if number < wave_count && !plan.policy.pause_between_waves.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(plan.policy.pause_between_waves) => {}
@@ -136,6 +152,7 @@ pub async fn run(
     }
 
     commands_task.abort();
+    shared.monitors.cancel();
     let summaries = book.finish(&control);
     let outcome = if control.lock().aborted.is_some() {
         Outcome::Aborted
@@ -237,6 +254,8 @@ struct Shared {
     transport: Arc<dyn Transport>,
     redactor: Redactor,
     env: String,
+    /// Stops the health monitors when the deploy ends.
+    monitors: CancellationToken,
 }
 
 /// Runs hosts of one wave concurrently (at most `parallel`), each continuing from its summary's
@@ -266,7 +285,14 @@ async fn run_wave(
         tasks.spawn(async move {
             // The semaphore is FIFO, so hosts start in plan order.
             let Ok(_slot) = slots.acquire_owned().await else { return summary };
-            run_host(&shared, wave, host, summary).await
+            let checks: Vec<PlannedStep> = host.steps.iter().filter(|s| s.monitor.is_some()).cloned().collect();
+            let target = host.host.clone();
+            let summary = run_host(&shared, wave, host, summary).await;
+            // A host that is done keeps being watched until the deploy ends.
+            if summary.state == HostState::Done && !checks.is_empty() {
+                tokio::spawn(monitor(shared.clone(), target, checks));
+            }
+            summary
         });
     }
 
@@ -411,6 +437,10 @@ async fn run_steps(
                     let request = UploadRequest { from, to, timeout: step.timeout };
                     session.upload(request, &sink, &control.abort).await
                 }
+                PlannedAction::Probe(probe) => tokio::select! {
+                    result = health::probe(probe, step.timeout) => result,
+                    _ = control.abort.cancelled() => StepResult::Cancelled,
+                },
             };
             let elapsed = began.elapsed();
             if step.kind == StepKind::Health {
@@ -453,6 +483,93 @@ async fn run_steps(
         }
     }
     HostState::Done
+}
+
+/// Watches a finished host's health checks until the deploy ends, turning samples into
+/// `HealthSample` events and streaks into `HealthChanged` verdicts.
+async fn monitor(shared: Arc<Shared>, host: crate::profile::Host, checks: Vec<PlannedStep>) {
+    let needs_session = checks.iter().any(|c| matches!(c.action, PlannedAction::Run(_)));
+    let target = Target { env: shared.env.clone(), host: host.clone() };
+    let session: Option<Arc<dyn HostSession>> = if needs_session {
+        let quiet = ConnectEvents { shared: &shared, host: &host.name };
+        shared.transport.open(&target, &quiet).await.ok().map(Arc::from)
+    } else {
+        None
+    };
+    let mut watchers = JoinSet::new();
+    for check in checks {
+        let (shared, session, name) = (shared.clone(), session.clone(), host.name.clone());
+        watchers.spawn(async move {
+            let Some(thresholds) = check.monitor else { return };
+            let mut streak = Streak::new(thresholds.healthy_after, thresholds.unhealthy_after);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(check.retry_delay) => {}
+                    _ = shared.monitors.cancelled() => return,
+                }
+                let began = Instant::now();
+                let result = match (&check.action, &session) {
+                    (PlannedAction::Probe(probe), _) => health::probe(probe, check.timeout).await,
+                    (PlannedAction::Run(command), Some(session)) => {
+                        let request = ExecRequest { command: &command.0, timeout: check.timeout };
+                        session.exec(request, &Discard, &shared.monitors).await
+                    }
+                    _ => StepResult::Error { message: "no connection for monitoring".into() },
+                };
+                if shared.monitors.is_cancelled() {
+                    return;
+                }
+                let healthy = result.succeeded();
+                shared.control.events.emit(Event::HealthSample {
+                    host: name.clone(),
+                    check: check.name.clone(),
+                    healthy,
+                    latency_ms: began.elapsed().as_millis() as u64,
+                });
+                if let Some(verdict) = streak.sample(healthy) {
+                    shared.control.health_changed(&name, &check.name, verdict);
+                }
+            }
+        });
+    }
+    while watchers.join_next().await.is_some() {}
+}
+
+/// Output of monitoring commands is not shown: a sample every few seconds per host would bury
+/// the deploy's own output. The verdicts are what matter.
+struct Discard;
+
+impl OutputSink for Discard {
+    fn line(&self, _stream: Stream, _line: String) {}
+}
+
+/// Holds the finished wave for `policy.soak` while its hosts are watched; hosts that go
+/// unhealthy count as failures against the wave's limit.
+async fn soak(
+    shared: &Shared,
+    wave: usize,
+    hosts: &[String],
+    failed: &[String],
+    max_failures: usize,
+    policy: &crate::profile::RolloutPolicy,
+) {
+    let control = &shared.control;
+    control.start_soak(hosts);
+    control.events.emit(Event::SoakStarted { wave, duration_ms: policy.soak.as_millis() as u64 });
+    tokio::select! {
+        _ = tokio::time::sleep(policy.soak) => {}
+        _ = control.abort.cancelled() => return,
+    }
+    let unhealthy = control.unhealthy_during_soak(hosts);
+    control.events.emit(Event::SoakFinished { wave, unhealthy: unhealthy.clone() });
+    if unhealthy.is_empty() {
+        return;
+    }
+    let mut bad: Vec<String> = failed.to_vec();
+    bad.extend(unhealthy.into_iter().filter(|h| !failed.contains(h)));
+    if bad.len() > max_failures {
+        control.threshold_exceeded(wave, &bad, max_failures, policy.on_failure);
+    }
 }
 
 /// Turns a step's output into events, masking secrets first.
@@ -544,6 +661,12 @@ struct ControlState {
     running: BTreeMap<String, String>,
     /// Where each host stands, for validating triage commands.
     hosts: BTreeMap<String, Triage>,
+    /// Hosts whose health verdict is now unhealthy.
+    unhealthy: std::collections::BTreeSet<String>,
+    /// Hosts that went unhealthy since their wave's soak began.
+    went_unhealthy: std::collections::BTreeSet<String>,
+    /// The wave waiting at a manual gate.
+    awaiting_promotion: Option<usize>,
     /// Hosts the operator asked to retry, in the order asked.
     retry: Vec<String>,
 }
@@ -696,6 +819,69 @@ impl Control {
         self.lock().hosts.insert(host.to_string(), triage);
     }
 
+    fn health_changed(&self, host: &str, check: &str, healthy: bool) {
+        let mut state = self.lock();
+        if healthy {
+            state.unhealthy.remove(host);
+        } else {
+            state.unhealthy.insert(host.to_string());
+            state.went_unhealthy.insert(host.to_string());
+        }
+        self.events.emit(Event::HealthChanged { host: host.to_string(), check: check.to_string(), healthy });
+    }
+
+    fn start_soak(&self, hosts: &[String]) {
+        let mut state = self.lock();
+        for host in hosts {
+            state.went_unhealthy.remove(host);
+        }
+    }
+
+    fn unhealthy_during_soak(&self, hosts: &[String]) -> Vec<String> {
+        let state = self.lock();
+        hosts.iter().filter(|h| state.went_unhealthy.contains(*h) || state.unhealthy.contains(*h)).cloned().collect()
+    }
+
+    /// Waits at a manual gate until the operator promotes the wave (or aborts).
+    async fn await_promotion(&self, wave: usize) {
+        let mut changes = self.changed.subscribe();
+        {
+            let mut state = self.lock();
+            if state.aborted.is_some() {
+                return;
+            }
+            state.awaiting_promotion = Some(wave);
+            self.events.emit(Event::AwaitingPromote { wave });
+        }
+        loop {
+            {
+                let state = self.lock();
+                if state.aborted.is_some() || state.awaiting_promotion.is_none() {
+                    return;
+                }
+                changes.mark_unchanged();
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn promote(&self) {
+        let mut state = self.lock();
+        match state.awaiting_promotion.take() {
+            Some(wave) => {
+                self.events.emit(Event::Promoted { wave });
+                drop(state);
+                self.bump();
+            }
+            None => self.events.emit(Event::CommandIgnored {
+                command: Command::Promote,
+                why: "no wave is waiting to be promoted".into(),
+            }),
+        }
+    }
+
     fn take_retries(&self) -> Vec<String> {
         std::mem::take(&mut self.lock().retry)
     }
@@ -770,6 +956,7 @@ impl Control {
             Command::Retry { host } => self.triage(command.clone(), host, TriageAction::Retry),
             Command::Skip { host } => self.triage(command.clone(), host, TriageAction::Skip),
             Command::Exclude { host } => self.triage(command.clone(), host, TriageAction::Exclude),
+            Command::Promote => self.promote(),
         }
     }
 

@@ -33,6 +33,8 @@ pub enum Command {
     Exclude {
         host: String,
     },
+    /// Let the next wave start after a manual gate.
+    Promote,
 }
 
 impl Command {
@@ -45,6 +47,7 @@ impl Command {
             Command::Retry { .. } => "retry",
             Command::Skip { .. } => "skip",
             Command::Exclude { .. } => "exclude",
+            Command::Promote => "promote",
         }
     }
 }
@@ -240,6 +243,29 @@ pub enum Event {
         kind: String,
         message: String,
         retry_in_ms: Option<u64>,
+    },
+    /// A host's health verdict changed while it was being monitored.
+    HealthChanged {
+        host: String,
+        check: String,
+        healthy: bool,
+    },
+    /// The wave's hosts must now stay healthy for `duration_ms`.
+    SoakStarted {
+        wave: usize,
+        duration_ms: u64,
+    },
+    /// Soak ended; `unhealthy` hosts went unhealthy during it and count as failures.
+    SoakFinished {
+        wave: usize,
+        unhealthy: Vec<String>,
+    },
+    /// A manual gate: the next wave waits for the operator to promote.
+    AwaitingPromote {
+        wave: usize,
+    },
+    Promoted {
+        wave: usize,
     },
     HealthSample {
         host: String,

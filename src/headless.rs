@@ -81,6 +81,16 @@ pub fn render(event: &Event) -> Option<String> {
         Event::Resumed => "== resumed".to_string(),
         Event::Aborted { reason } => format!("== ABORTED: {reason}"),
         Event::CommandIgnored { command, why } => format!("== {} ignored: {why}", command.name()),
+        Event::HealthChanged { host, check, healthy } => {
+            format!("[{host}] {} ({check})", if *healthy { "healthy again" } else { "!! UNHEALTHY" })
+        }
+        Event::SoakStarted { wave, duration_ms } => format!("== wave {wave} soaking for {}", seconds(*duration_ms)),
+        Event::SoakFinished { wave, unhealthy } if unhealthy.is_empty() => format!("== wave {wave} stayed healthy"),
+        Event::SoakFinished { wave, unhealthy } => {
+            format!("== wave {wave} went unhealthy during soak: {}", unhealthy.join(", "))
+        }
+        Event::AwaitingPromote { wave } => format!("== wave {wave} waits at a manual gate"),
+        Event::Promoted { wave } => format!("== wave {wave} promoted"),
         Event::HostTriaged { host, action } => match action {
             TriageAction::Retry => format!("== retry of {host} queued"),
             TriageAction::Skip => format!("== {host} skipped: its failure is accepted"),
@@ -149,7 +159,16 @@ fn seconds(ms: u64) -> String {
 /// SIGINT, SIGTERM and SIGHUP abort the deploy (audited as operator commands); the function
 /// still waits for the engine to finish so the final states and the session end are recorded.
 /// A failure-threshold pause cannot be resumed by anyone here, so it becomes an abort.
-pub async fn drive(mut session: Session, exclude: &[String]) -> i32 {
+/// What headless mode does where an operator would decide.
+#[derive(Debug, Clone, Default)]
+pub struct Orders {
+    /// Hosts to leave out (`--exclude`).
+    pub exclude: Vec<String>,
+    /// Promote waves at manual gates (`--promote`); without it a manual gate fails the deploy.
+    pub promote: bool,
+}
+
+pub async fn drive(mut session: Session, orders: &Orders) -> i32 {
     say(&format!("audit log: {}", session.audit.path().display()));
     let lock = match session.take_lock().await {
         Ok(lock) => lock,
@@ -163,7 +182,7 @@ pub async fn drive(mut session: Session, exclude: &[String]) -> i32 {
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (event_tx, mut events) = mpsc::unbounded_channel();
     // Queued before the engine starts, so they apply before any host does.
-    for host in exclude {
+    for host in &orders.exclude {
         let command = Command::Exclude { host: host.clone() };
         audit.command(&command, CommandSource::Flag);
         let _ = commands.send(command);
@@ -199,6 +218,18 @@ pub async fn drive(mut session: Session, exclude: &[String]) -> i32 {
                         audit.command(&command, CommandSource::Policy);
                         let _ = commands.send(command);
                         stopped_by_policy = true;
+                    }
+                    Event::AwaitingPromote { wave } => {
+                        let command = if orders.promote {
+                            Command::Promote
+                        } else {
+                            stopped_by_policy = true;
+                            Command::Abort {
+                                reason: format!("wave {wave} has a manual gate and headless mode runs without --promote"),
+                            }
+                        };
+                        audit.command(&command, CommandSource::Policy);
+                        let _ = commands.send(command);
                     }
                     Event::DeployFinished { outcome: o, .. } => outcome = Some(*o),
                     _ => {}

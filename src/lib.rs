@@ -21,6 +21,7 @@ pub mod diag;
 pub mod engine;
 pub mod event;
 pub mod headless;
+pub mod health;
 pub mod lock;
 pub mod plan;
 pub mod profile;

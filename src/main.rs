@@ -97,6 +97,9 @@ enum Cmd {
         /// Leave this host out of the deploy (repeatable; audited).
         #[arg(long, value_name = "HOST")]
         exclude: Vec<String>,
+        /// Promote waves at manual gates; without it a manual gate fails the deploy.
+        #[arg(long)]
+        promote: bool,
     },
 }
 
@@ -115,7 +118,7 @@ fn main() -> ExitCode {
         Some(Cmd::Unlock { profile, env, yes, audit_dir, local_root }) => {
             unlock(&profile, &env, yes, audit_dir.as_deref(), local_root.as_deref())
         }
-        Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root, exclude }) => {
+        Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root, exclude, promote }) => {
             let options = SessionOptions {
                 profile: &profile,
                 env: &env,
@@ -124,7 +127,7 @@ fn main() -> ExitCode {
                 local_root: local_root.as_deref(),
                 mode: "headless",
             };
-            deploy(&options, yes, &exclude)
+            deploy(&options, yes, &wavedeck::headless::Orders { exclude, promote })
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -243,7 +246,7 @@ fn unlock(
     }
 }
 
-fn deploy(options: &SessionOptions, yes: bool, exclude: &[String]) -> i32 {
+fn deploy(options: &SessionOptions, yes: bool, orders: &wavedeck::headless::Orders) -> i32 {
     let profile = match session::load_profile(options.profile) {
         Ok(p) => p,
         Err(e) => return fail(&e),
@@ -258,7 +261,7 @@ fn deploy(options: &SessionOptions, yes: bool, exclude: &[String]) -> i32 {
         )));
     }
     if let Some(env) = profile.environment(options.env)
-        && let Some(unknown) = exclude.iter().find(|h| !env.hosts.iter().any(|host| &host.name == *h))
+        && let Some(unknown) = orders.exclude.iter().find(|h| !env.hosts.iter().any(|host| &host.name == *h))
     {
         return fail(&SetupError::Invalid(format!("--exclude {unknown}: no such host in environment `{}`", env.name)));
     }
@@ -272,7 +275,7 @@ fn deploy(options: &SessionOptions, yes: bool, exclude: &[String]) -> i32 {
             return fail(&SetupError::CannotStart(format!("cannot start the async runtime: {e}")));
         }
     };
-    runtime.block_on(wavedeck::headless::drive(session, exclude))
+    runtime.block_on(wavedeck::headless::drive(session, orders))
 }
 
 fn fail(error: &SetupError) -> i32 {

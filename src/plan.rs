@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::health::Probe;
 use crate::profile::{
-    Amount, Environment, Host, Profile, RolloutPolicy, StepAction, TransportKind, is_safe_name, profile_relative,
+    Amount, Environment, HealthProbe, Host, Profile, RolloutPolicy, StepAction, TransportKind, is_safe_name,
+    profile_relative,
 };
 use crate::secrets::{Secrets, Sensitive};
 use crate::template;
@@ -65,6 +67,8 @@ pub struct PlannedStep {
     /// Extra attempts after a failure.
     pub retries: u32,
     pub retry_delay: Duration,
+    /// Set for health checks: they are also sampled continuously once the host is done.
+    pub monitor: Option<Thresholds>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +77,15 @@ pub enum PlannedAction {
     Run(Sensitive),
     /// A local file to copy to `to` on the host.
     Upload { from: PathBuf, to: String },
+    /// An HTTP or TCP check made from the console machine.
+    Probe(Probe),
+}
+
+/// How a health step is monitored after its host is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,15 +296,37 @@ fn planned_steps<'p>(
     let health_after = |after: Option<&str>| -> Result<Vec<PlannedStep>, PlanError> {
         let mut out = Vec::new();
         for check in profile.health.iter().filter(|c| c.after.as_deref() == after) {
-            let (command, shown) = render(&format!("health check `{}`", check.name), &check.run)?;
+            let what = format!("health check `{}`", check.name);
+            let (action, shown) = match &check.probe {
+                HealthProbe::Command(run) => {
+                    let (command, shown) = render(&what, run)?;
+                    (PlannedAction::Run(command), shown)
+                }
+                HealthProbe::Http { url, expect_status, body_contains, max_latency } => {
+                    let (_, url) = render(&what, url)?;
+                    let body_contains = body_contains.as_ref().map(|b| render(&what, b).map(|r| r.1)).transpose()?;
+                    let shown = format!("GET {url} expecting {expect_status}");
+                    let probe =
+                        Probe::Http { url, expect_status: *expect_status, body_contains, max_latency: *max_latency };
+                    (PlannedAction::Probe(probe), shown)
+                }
+                HealthProbe::Tcp { address } => {
+                    let (_, address) = render(&what, address)?;
+                    (PlannedAction::Probe(Probe::Tcp { address: address.clone() }), format!("tcp connect {address}"))
+                }
+            };
             out.push(PlannedStep {
                 name: check.name.clone(),
                 kind: StepKind::Health,
-                action: PlannedAction::Run(command),
+                action,
                 shown,
                 timeout: check.timeout,
                 retries: check.retries,
                 retry_delay: check.interval,
+                monitor: Some(Thresholds {
+                    healthy_after: check.healthy_after,
+                    unhealthy_after: check.unhealthy_after,
+                }),
             });
         }
         Ok(out)
@@ -321,6 +356,7 @@ fn planned_steps<'p>(
             timeout: step.timeout,
             retries: step.retries,
             retry_delay: step.retry_delay,
+            monitor: None,
         });
         steps.extend(health_after(Some(&step.name))?);
     }
@@ -341,6 +377,8 @@ mod tests {
             on_failure: FailureAction::Pause,
             pause_between_waves: Duration::ZERO,
             parallel: 10,
+            soak: Duration::ZERO,
+            gate: crate::profile::Promotion::Auto,
         }
     }
 

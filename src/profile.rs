@@ -99,6 +99,17 @@ pub struct RolloutPolicy {
     pub pause_between_waves: Duration,
     /// Hosts running at once inside a wave.
     pub parallel: usize,
+    /// After a wave, how long its hosts must stay healthy before the next wave may start.
+    pub soak: Duration,
+    pub gate: Promotion,
+}
+
+/// How a wave hands over to the next once it has soaked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promotion {
+    Auto,
+    /// Wait for the operator to promote (console `P`, headless `--promote`).
+    Manual,
 }
 
 /// A count of hosts, or a percentage of some total.
@@ -189,12 +200,27 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub name: String,
-    pub run: String,
+    pub probe: HealthProbe,
     /// The step after which the check runs; `None` means after the last step.
     pub after: Option<String>,
     pub timeout: Duration,
     pub retries: u32,
     pub interval: Duration,
+    /// While monitoring: consecutive successes before a host counts as healthy again.
+    pub healthy_after: u32,
+    /// While monitoring: consecutive failures before a host counts as unhealthy.
+    pub unhealthy_after: u32,
+}
+
+/// What a health check does; strings are templates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// A command run on the host through its transport; exit 0 is healthy.
+    Command(String),
+    /// An HTTP(S) request from the console machine (certificates verified).
+    Http { url: String, expect_status: u16, body_contains: Option<String>, max_latency: Option<Duration> },
+    /// A TCP connection from the console machine to `address` (`host:port`).
+    Tcp { address: String },
 }
 
 impl Profile {
@@ -281,6 +307,8 @@ struct RawPlan {
     on_failure: Option<Spanned<String>>,
     pause_between_waves: Option<Spanned<String>>,
     parallel: Option<Spanned<i64>>,
+    soak: Option<Spanned<String>>,
+    gate: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -355,7 +383,14 @@ struct RawUpload {
 struct RawHealth {
     name: Spanned<String>,
     kind: Option<Spanned<String>>,
-    run: Spanned<String>,
+    run: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    expect_status: Option<u16>,
+    body_contains: Option<Spanned<String>>,
+    max_latency: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    healthy_after: Option<u32>,
+    unhealthy_after: Option<u32>,
     after: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<u32>,
@@ -442,10 +477,11 @@ impl Validator<'_> {
             }
         }
         for h in raw.health.iter() {
-            uses.push(TemplateUse {
-                what: format!("health check `{}`", h.get_ref().name.get_ref()),
-                text: &h.get_ref().run,
-            });
+            let check = h.get_ref();
+            let what = format!("health check `{}`", check.name.get_ref());
+            for text in [&check.run, &check.url, &check.body_contains, &check.address].into_iter().flatten() {
+                uses.push(TemplateUse { what: what.clone(), text });
+            }
         }
         self.check_templates(&uses, &vars, &secrets, &environments);
 
@@ -608,7 +644,16 @@ impl Validator<'_> {
             }
             Some(p) => *p.get_ref() as usize,
         };
-        RolloutPolicy { canary, batch, max_failures, on_failure, pause_between_waves, parallel }
+        let soak = raw.soak.as_ref().map_or(Duration::ZERO, |d| self.duration(d, Duration::ZERO));
+        let gate = match raw.gate.as_ref().map(|g| (g, g.get_ref().as_str())) {
+            None | Some((_, "auto")) => Promotion::Auto,
+            Some((_, "manual")) => Promotion::Manual,
+            Some((g, other)) => {
+                self.problem(g, format!("unknown gate `{other}`: expected \"auto\" or \"manual\""));
+                Promotion::Auto
+            }
+        };
+        RolloutPolicy { canary, batch, max_failures, on_failure, pause_between_waves, parallel, soak, gate }
     }
 
     fn port(&mut self, raw: &Spanned<i64>) -> Option<u16> {
@@ -752,11 +797,48 @@ impl Validator<'_> {
             if !names.insert(name.clone()) {
                 self.problem(&check.name, format!("health check `{name}` is defined twice"));
             }
-            if let Some(kind) = &check.kind
-                && kind.get_ref() != "command"
-            {
-                self.problem(kind, format!("unknown health check kind `{}`: expected \"command\"", kind.get_ref()));
-            }
+            let needs = |field: &str| format!("health check `{name}` needs `{field}`");
+            let probe = match check.kind.as_ref().map(|k| (k, k.get_ref().as_str())) {
+                None | Some((_, "command")) => match &check.run {
+                    Some(run) => HealthProbe::Command(run.get_ref().clone()),
+                    None => {
+                        self.problem(&check.name, needs("run"));
+                        HealthProbe::Command(String::new())
+                    }
+                },
+                Some((kind, "http")) => match &check.url {
+                    Some(url) if url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://") => {
+                        HealthProbe::Http {
+                            url: url.get_ref().clone(),
+                            expect_status: check.expect_status.unwrap_or(200),
+                            body_contains: check.body_contains.as_ref().map(|b| b.get_ref().clone()),
+                            max_latency: check.max_latency.as_ref().map(|d| self.duration(d, DEFAULT_HEALTH_TIMEOUT)),
+                        }
+                    }
+                    Some(url) => {
+                        self.problem(url, "url must start with http:// or https://");
+                        HealthProbe::Tcp { address: String::new() }
+                    }
+                    None => {
+                        self.problem(kind, needs("url"));
+                        HealthProbe::Tcp { address: String::new() }
+                    }
+                },
+                Some((kind, "tcp")) => match &check.address {
+                    Some(address) => HealthProbe::Tcp { address: address.get_ref().clone() },
+                    None => {
+                        self.problem(kind, needs("address (host:port)"));
+                        HealthProbe::Tcp { address: String::new() }
+                    }
+                },
+                Some((kind, other)) => {
+                    self.problem(
+                        kind,
+                        format!("unknown health check kind `{other}`: expected \"command\", \"http\" or \"tcp\""),
+                    );
+                    HealthProbe::Command(String::new())
+                }
+            };
             if let Some(after) = &check.after
                 && !steps.iter().any(|s| &s.name == after.get_ref())
             {
@@ -772,7 +854,7 @@ impl Validator<'_> {
             }
             out.push(HealthCheck {
                 name,
-                run: check.run.get_ref().clone(),
+                probe,
                 after: check.after.as_ref().map(|a| a.get_ref().clone()),
                 timeout: check
                     .timeout
@@ -783,6 +865,8 @@ impl Validator<'_> {
                     .interval
                     .as_ref()
                     .map_or(DEFAULT_HEALTH_INTERVAL, |d| self.duration(d, DEFAULT_HEALTH_INTERVAL)),
+                healthy_after: check.healthy_after.unwrap_or(1).max(1),
+                unhealthy_after: check.unhealthy_after.unwrap_or(3).max(1),
             });
         }
         out
@@ -852,6 +936,8 @@ fn merge_plan(base: &RawPlan, over: &RawPlan) -> RawPlan {
         on_failure: over.on_failure.clone().or_else(|| base.on_failure.clone()),
         pause_between_waves: over.pause_between_waves.clone().or_else(|| base.pause_between_waves.clone()),
         parallel: over.parallel.clone().or_else(|| base.parallel.clone()),
+        soak: over.soak.clone().or_else(|| base.soak.clone()),
+        gate: over.gate.clone().or_else(|| base.gate.clone()),
     }
 }
 

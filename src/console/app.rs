@@ -307,6 +307,7 @@ impl App {
                 self.dialog = Some(Dialog::AbortReason { input: text_input("why are you aborting?"), empty: false });
             }
             KeyCode::Char('R') if running => return self.triage_selected(true),
+            KeyCode::Char('P') if running => return vec![Effect::Send(Command::Promote, CommandSource::Keyboard)],
             KeyCode::Char('x') if running => return self.triage_selected(false),
             KeyCode::Char('p' | 'r' | 'a' | 'R' | 'x') => self.status = Some("the deploy has finished".into()),
             KeyCode::Tab => self.focus = self.focus.next(),
@@ -646,6 +647,7 @@ impl App {
             (_, Some(Pending::Pausing)) => "pausing…".into(),
             (_, Some(Pending::Resuming)) => "resuming…".into(),
             (ControlView::Paused { .. }, None) => "PAUSED".into(),
+            (ControlView::AwaitingPromote { .. }, None) => "WAITING FOR PROMOTE".into(),
             (ControlView::Running, None) => "RUNNING".into(),
         };
         Some(label)

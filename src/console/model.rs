@@ -68,8 +68,17 @@ pub struct WaveView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlView {
     Running,
-    Paused { cause: PauseCause, running: Vec<String> },
-    Aborted { reason: String },
+    Paused {
+        cause: PauseCause,
+        running: Vec<String>,
+    },
+    Aborted {
+        reason: String,
+    },
+    /// A manual gate: the next wave waits for the operator.
+    AwaitingPromote {
+        wave: usize,
+    },
     Finished(Outcome),
 }
 
@@ -342,6 +351,37 @@ impl DeployModel {
                     h.phase = phase;
                 }
                 self.note(at, Severity::Warn, text);
+            }
+            Event::HealthChanged { host, check, healthy } => {
+                if let Some(h) = self.host_mut(host) {
+                    h.healthy = Some(*healthy);
+                }
+                let (severity, word) =
+                    if *healthy { (Severity::Good, "healthy again") } else { (Severity::Bad, "UNHEALTHY") };
+                self.note(at, severity, format!("{host} {word} ({check})"));
+            }
+            Event::SoakStarted { wave, duration_ms } => {
+                let text = format!("wave {wave} soaking for {}s: its hosts must stay healthy", duration_ms / 1000);
+                self.note(at, Severity::Info, text);
+            }
+            Event::SoakFinished { wave, unhealthy } if unhealthy.is_empty() => {
+                self.note(at, Severity::Good, format!("wave {wave} stayed healthy through its soak"));
+            }
+            Event::SoakFinished { wave, unhealthy } => {
+                self.note(at, Severity::Bad, format!("wave {wave} soak: unhealthy {}", unhealthy.join(", ")));
+            }
+            Event::AwaitingPromote { wave } => {
+                if !matches!(self.control, ControlView::Paused { .. } | ControlView::Aborted { .. }) {
+                    self.control = ControlView::AwaitingPromote { wave: *wave };
+                }
+                self.note(at, Severity::Warn, format!("wave {wave} waits to be promoted"));
+            }
+            Event::Promoted { wave } => {
+                if matches!(self.control, ControlView::AwaitingPromote { .. }) {
+                    self.control = ControlView::Running;
+                }
+                let text = format!("wave {wave} promoted by {}", self.operator);
+                self.note(at, Severity::Info, text);
             }
             Event::Resumed => {
                 self.control = ControlView::Running;

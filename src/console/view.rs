@@ -174,7 +174,9 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, th
     );
     let label = app.control_label().unwrap_or_default();
     let label_style = match &model.control {
-        ControlView::Paused { .. } | ControlView::Aborted { .. } => theme.banner(),
+        ControlView::Paused { .. } | ControlView::Aborted { .. } | ControlView::AwaitingPromote { .. } => {
+            theme.banner()
+        }
         ControlView::Finished(Outcome::Succeeded) => theme.header().fg(theme.ok).add_modifier(Modifier::BOLD),
         ControlView::Finished(_) => theme.banner(),
         ControlView::Running => theme.header().add_modifier(Modifier::BOLD),
@@ -234,6 +236,10 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
         ControlView::Aborted { reason } => {
             Line::styled(format!(" ABORTED: {reason} · waiting for running steps to stop "), theme.banner())
         }
+        ControlView::AwaitingPromote { wave } => Line::styled(
+            format!(" WAITING FOR PROMOTE · wave {wave} is done and healthy · P promote the next wave · a abort "),
+            theme.banner(),
+        ),
         ControlView::Finished(outcome) => {
             let (word, style) = match outcome {
                 Outcome::Succeeded => ("SUCCEEDED", theme.fg(theme.ok).add_modifier(Modifier::BOLD)),
