@@ -300,3 +300,27 @@ fn excluded_hosts_are_left_alone_and_audited() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("--exclude web-99: no such host"), "{}", text(&bad.stderr));
 }
+
+#[test]
+fn headless_manual_gates_fail_unless_promote_is_given() {
+    let s = Sandbox::new();
+    let profile = s.dir.path().join("gated.toml");
+    std::fs::write(
+        &profile,
+        "[service]\nname = \"gated\"\n[plan]\ncanary = 1\nbatch = 1\ngate = \"manual\"\n\
+         [[environments]]\nname = \"qa\"\nhosts = [{ name = \"a\" }, { name = \"b\" }]\n\
+         [[steps]]\nname = \"work\"\nrun = \"echo working\"\n",
+    )
+    .unwrap();
+    let path = profile.to_str().unwrap();
+    let stopped = s.run(&["deploy", path, "--env", "qa", "--release", "1"]);
+    assert_eq!(stopped.status.code(), Some(1), "{}", text(&stopped.stdout));
+    assert!(
+        text(&stopped.stdout).contains("manual gate and headless mode runs without --promote"),
+        "{}",
+        text(&stopped.stdout)
+    );
+    let promoted = s.run(&["deploy", path, "--env", "qa", "--release", "2", "--promote"]);
+    assert_eq!(promoted.status.code(), Some(0), "{}", text(&promoted.stdout));
+    assert!(text(&promoted.stdout).contains("== wave 1 promoted"), "{}", text(&promoted.stdout));
+}

@@ -376,3 +376,85 @@ async fn skipping_a_failure_and_excluding_a_waiting_host() {
     assert!(!root.path().join("test/c/worked").exists(), "an excluded host is never touched");
     assert!(!d.events.iter().any(|e| matches!(e, Event::HostStarted { host, .. } if host == "c")));
 }
+
+fn with_health(src: String, check: &str) -> String {
+    format!("{src}[[health]]\nname = \"up\"\nretries = 0\ninterval = \"50ms\"\ntimeout = \"5s\"\n{check}\n")
+}
+
+#[tokio::test]
+async fn a_host_that_goes_unhealthy_during_soak_fails_its_wave() {
+    let root = root();
+    let src = profile("canary = 1\nbatch = 1\nsoak = \"1500ms\"", &["a", "b"], &[("work", "true")]);
+    let src = with_health(src, "unhealthy_after = 2\nrun = 'test ! -e ../sick'");
+    let mut d = Deploy::start(&src, root.path());
+    d.until("soak", |e| matches!(e, Event::SoakStarted { wave: 1, .. })).await;
+    touch(&root, "sick");
+    let changed = d.until("verdict", |e| matches!(e, Event::HealthChanged { .. })).await;
+    assert_eq!(changed, Event::HealthChanged { host: "a".into(), check: "up".into(), healthy: false });
+    let finished = d.until("soak end", |e| matches!(e, Event::SoakFinished { .. })).await;
+    assert_eq!(finished, Event::SoakFinished { wave: 1, unhealthy: vec!["a".into()] });
+    let paused = d.until("Paused", |e| matches!(e, Event::Paused { .. })).await;
+    assert!(matches!(
+        paused,
+        Event::Paused { cause: PauseCause::FailureThreshold { wave: 1, failures: 1, limit: 0 }, .. }
+    ));
+    assert!(!d.events.iter().any(|e| matches!(e, Event::WaveStarted { wave: 2, .. })));
+    d.send(Command::Abort { reason: "canary unhealthy".into() });
+    assert_eq!(d.finish().await.0, Outcome::Aborted);
+}
+
+#[tokio::test]
+async fn a_manual_gate_waits_for_promotion() {
+    let root = root();
+    let src = profile("canary = 1\nbatch = 1\ngate = \"manual\"", &["a", "b"], &[("work", "true")]);
+    let mut d = Deploy::start(&src, root.path());
+    d.until("gate", |e| matches!(e, Event::AwaitingPromote { wave: 1 })).await;
+    assert!(!d.events.iter().any(|e| matches!(e, Event::WaveStarted { wave: 2, .. })));
+    d.send(Command::Promote);
+    d.until("promoted", |e| matches!(e, Event::Promoted { wave: 1 })).await;
+    assert_eq!(d.finish().await.0, Outcome::Succeeded);
+    // No gate after the last wave: nothing is left to promote.
+    assert_eq!(d.events.iter().filter(|e| matches!(e, Event::AwaitingPromote { .. })).count(), 1);
+}
+
+/// A one-connection-at-a-time HTTP server on loopback answering with `status` and `body`.
+async fn http_server(status: u16, body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 2048];
+            let _ = socket.read(&mut request).await;
+            let response =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    format!("http://{address}/healthz")
+}
+
+#[tokio::test]
+async fn http_checks_need_the_status_and_the_body() {
+    let root = root();
+    let good = http_server(200, "status: serving").await;
+    let src = with_health(
+        profile("canary = 0", &["a"], &[("work", "true")]),
+        &format!("kind = \"http\"\nurl = \"{good}\"\nbody_contains = \"serving\""),
+    );
+    let mut d = Deploy::start(&src, root.path());
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+
+    let bad = http_server(503, "pool exhausted").await;
+    let src = with_health(
+        profile("canary = 0\nmax_failures = 1", &["a"], &[("work", "true")]),
+        &format!("kind = \"http\"\nurl = \"{bad}\""),
+    );
+    let mut d = Deploy::start(&src, root.path());
+    let (outcome, hosts) = d.finish().await;
+    assert_eq!(outcome, Outcome::Failed);
+    match &hosts[0].last_result {
+        Some(StepResult::Error { message }) => assert!(message.contains("status 503, expected 200"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
