@@ -25,6 +25,7 @@ pub mod health;
 pub mod lock;
 pub mod plan;
 pub mod profile;
+pub mod rollback;
 pub mod secrets;
 pub mod session;
 pub mod template;

@@ -63,6 +63,20 @@ enum Cmd {
         #[arg(long)]
         local_root: Option<PathBuf>,
     },
+    /// Roll back the hosts the last deploy to an environment changed, in reverse wave order,
+    /// with the profile's [[rollback]] steps (shows where each host returns to first).
+    Rollback {
+        profile: PathBuf,
+        #[arg(long)]
+        env: String,
+        /// Start without asking (required for a protected environment when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
+        #[arg(long)]
+        local_root: Option<PathBuf>,
+    },
     /// Show who holds an environment's deploy lock and break it (asks first; audited).
     Unlock {
         profile: PathBuf,
@@ -115,6 +129,9 @@ fn main() -> ExitCode {
         }),
         Some(Cmd::Plan { profile, env, release }) => plan(&profile, &env, &release),
         Some(Cmd::Check { profile, env, local_root }) => check(&profile, &env, local_root.as_deref()),
+        Some(Cmd::Rollback { profile, env, yes, audit_dir, local_root }) => {
+            rollback(&profile, &env, yes, audit_dir.as_deref(), local_root.as_deref())
+        }
         Some(Cmd::Unlock { profile, env, yes, audit_dir, local_root }) => {
             unlock(&profile, &env, yes, audit_dir.as_deref(), local_root.as_deref())
         }
@@ -174,6 +191,113 @@ fn runtime() -> Result<tokio::runtime::Runtime, SetupError> {
         .enable_all()
         .build()
         .map_err(|e| SetupError::CannotStart(format!("cannot start the async runtime: {e}")))
+}
+
+/// Plans and runs a rollback of the last deploy, after showing where each host goes back to.
+fn rollback(
+    path: &std::path::Path,
+    env: &str,
+    yes: bool,
+    audit_dir: Option<&std::path::Path>,
+    local_root: Option<&std::path::Path>,
+) -> i32 {
+    use std::io::{BufRead, IsTerminal, Write};
+    let profile = match session::load_profile(path) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let Some(environment) = profile.environment(env).cloned() else {
+        let known = profile.environment_names().join(", ");
+        return fail(&SetupError::Invalid(format!("no environment `{env}` in this profile (environments: {known})")));
+    };
+    let Some(dir) = wavedeck::audit::audit_dir(audit_dir) else {
+        return fail(&SetupError::CannotStart("no audit directory to find the last deploy in".into()));
+    };
+    let last = match wavedeck::rollback::last_deploy(&dir, &profile.service, env) {
+        Ok(Some(last)) => last,
+        Ok(None) => {
+            return fail(&SetupError::Invalid(format!(
+                "no deploy of {} to {env} in the audit log at {}: nothing to roll back",
+                profile.service,
+                dir.display()
+            )));
+        }
+        Err(e) => return fail(&SetupError::CannotStart(e)),
+    };
+    if let Some(session) = &last.rolled_back_by {
+        return fail(&SetupError::Invalid(format!(
+            "the last deploy of {} to {env} ({} in session {}) was already rolled back in session {session}",
+            profile.service, last.release, last.session
+        )));
+    }
+    let mut waves = last.waves.clone();
+    waves.reverse();
+    let hosts: Vec<String> = waves.iter().flatten().cloned().collect();
+    let (transport, runtime) = match (session::transport_for(&environment, local_root), runtime()) {
+        (Ok(t), Ok(r)) => (t, r),
+        (Err(e), _) | (_, Err(e)) => return fail(&e),
+    };
+    let secrets = match Secrets::from_env(&profile) {
+        Ok(s) => s,
+        Err(e) => return fail(&SetupError::Invalid(e)),
+    };
+    let targets = runtime.block_on(wavedeck::rollback::preview(
+        transport.as_ref(),
+        &profile,
+        &environment,
+        &hosts,
+        &last.release,
+        &secrets,
+    ));
+    let known: std::collections::BTreeMap<String, String> =
+        targets.iter().filter_map(|(h, t)| t.as_ref().ok().map(|t| (h.clone(), t.clone()))).collect();
+    let options =
+        SessionOptions { profile: path, env, release: &last.release, audit_dir, local_root, mode: "rollback" };
+    let mut session = match session::prepare_with(&options, profile.clone(), |p, secrets| {
+        Plan::build_rollback(p, env, &last.release, &waves, &known, secrets)
+    }) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    println!(
+        "Rollback of {} {} on {env} (deploy session {}): {} hosts in {} waves, last deployed first",
+        profile.service,
+        last.release,
+        last.session,
+        session.plan.host_count(),
+        session.plan.waves.len()
+    );
+    for (host, target) in &targets {
+        match target {
+            Ok(release) => println!("  {host:<16} {} -> {release}", last.release),
+            Err(why) => println!("  {host:<16} {} -> ? ({why})", last.release),
+        }
+    }
+    let planned: Vec<serde_json::Value> = targets
+        .iter()
+        .map(|(h, t)| serde_json::json!({ "host": h, "target": t.as_ref().ok(), "problem": t.as_ref().err() }))
+        .collect();
+    session.audit.note(
+        "rollback_planned",
+        serde_json::json!({ "from_session": last.session, "release": last.release, "targets": planned }),
+    );
+    if !yes {
+        if environment.protected || !std::io::stdin().is_terminal() {
+            let _ = session.audit.close("refused", exit::INVALID);
+            let why = if environment.protected { format!("{env} is protected") } else { "not on a terminal".into() };
+            return fail(&SetupError::Invalid(format!("{why}: add --yes to roll back")));
+        }
+        print!("Type {env} to start the rollback: ");
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if answer.trim() != env {
+            println!("not started");
+            let _ = session.audit.close("refused", exit::INVALID);
+            return exit::INVALID;
+        }
+    }
+    runtime.block_on(wavedeck::headless::drive(session, &wavedeck::headless::Orders::default()))
 }
 
 /// Shows who holds an environment's deploy lock and, confirmed, breaks it (audited).

@@ -94,6 +94,8 @@ pub enum PlanError {
     UnknownEnvironment { name: String, known: String },
     #[error("release `{0}` is not usable: use letters, digits, `.`, `_` or `-`, not starting with `.` or `-`")]
     BadRelease(String),
+    #[error("this profile has no [[rollback]] steps")]
+    NoRollback,
     #[error("cannot render {what} for host {host}: {message}")]
     Render { what: String, host: String, message: String },
 }
@@ -146,6 +148,77 @@ impl Plan {
             waves,
             once,
         })
+    }
+
+    /// Plans a rollback of `from_release`: `waves` are host names in the order to roll them back
+    /// (the reverse of how they were deployed); each host runs the profile's rollback steps, then
+    /// every health check.
+    /// `targets` gives, per host, the release it returns to; templates see it as `{{ release }}`
+    /// (so health checks that verify the release keep working), and `from_release` elsewhere.
+    pub fn build_rollback(
+        profile: &Profile,
+        env_name: &str,
+        from_release: &str,
+        waves: &[Vec<String>],
+        targets: &BTreeMap<String, String>,
+        secrets: &Secrets,
+    ) -> Result<Plan, PlanError> {
+        let env = profile.environment(env_name).ok_or_else(|| PlanError::UnknownEnvironment {
+            name: env_name.to_string(),
+            known: profile.environment_names().join(", "),
+        })?;
+        if profile.rollback.is_empty() {
+            return Err(PlanError::NoRollback);
+        }
+        // After rolling back, every check applies, whichever deploy step it followed.
+        let mut checks_last = profile.clone();
+        for check in &mut checks_last.health {
+            check.after = None;
+        }
+        let masked = Secrets::masked(profile);
+        let mut planned = Vec::new();
+        for names in waves {
+            let mut hosts = Vec::new();
+            for host in env.hosts.iter().filter(|h| names.contains(&h.name)) {
+                let number = planned.len() + 1;
+                let release = targets.get(&host.name).map_or(from_release, String::as_str);
+                let real = variables(profile, env, host, release, number, secrets);
+                let shown = variables(profile, env, host, release, number, &masked);
+                let steps = planned_steps(&checks_last, host, &real, &shown, profile.rollback.iter())?;
+                hosts.push(HostPlan { host: host.clone(), steps });
+            }
+            if !hosts.is_empty() {
+                let max_failures = failure_limit(hosts.len(), env.policy.max_failures);
+                planned.push(Wave { number: planned.len() + 1, hosts, max_failures });
+            }
+        }
+        Ok(Plan {
+            service: profile.service.clone(),
+            env: env.name.clone(),
+            release: format!("rollback-of-{from_release}"),
+            protected: env.protected,
+            transport: env.transport,
+            policy: env.policy.clone(),
+            waves: planned,
+            once: None,
+        })
+    }
+
+    /// The profile's `rollback_target` command for one host, rendered.
+    pub fn rollback_target(
+        profile: &Profile,
+        env: &Environment,
+        host: &Host,
+        release: &str,
+        secrets: &Secrets,
+    ) -> Option<Result<Sensitive, PlanError>> {
+        let source = profile.rollback_target.as_ref()?;
+        let vars = variables(profile, env, host, release, 0, secrets);
+        Some(template::render(source, &vars).map(Sensitive).map_err(|message| PlanError::Render {
+            what: "rollback_target".into(),
+            host: host.name.clone(),
+            message,
+        }))
     }
 
     pub fn host_count(&self) -> usize {

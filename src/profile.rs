@@ -44,6 +44,8 @@ pub struct Profile {
     pub steps: Vec<Step>,
     pub health: Vec<HealthCheck>,
     pub rollback: Vec<Step>,
+    /// A command printing the release a host would return to on rollback (for the preview).
+    pub rollback_target: Option<String>,
 }
 
 /// Where a secret's value comes from. Its value is never stored in the profile.
@@ -283,6 +285,7 @@ struct RawProfile {
     health: Vec<Spanned<RawHealth>>,
     #[serde(default)]
     rollback: Vec<Spanned<RawStep>>,
+    rollback_target: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -476,6 +479,9 @@ impl Validator<'_> {
                 }
             }
         }
+        if let Some(target) = &raw.rollback_target {
+            uses.push(TemplateUse { what: "rollback_target".into(), text: target });
+        }
         for h in raw.health.iter() {
             let check = h.get_ref();
             let what = format!("health check `{}`", check.name.get_ref());
@@ -496,6 +502,7 @@ impl Validator<'_> {
             steps,
             health,
             rollback,
+            rollback_target: raw.rollback_target.as_ref().map(|t| t.get_ref().clone()),
         }
     }
 

@@ -121,9 +121,17 @@ pub fn load_profile(path: &Path) -> Result<Profile, SetupError> {
 
 /// Checks the input, plans, and opens the audit log (which records the session start).
 pub fn prepare(options: &SessionOptions, profile: Profile) -> Result<Session, SetupError> {
+    prepare_with(options, profile, |profile, secrets| Plan::build(profile, options.env, options.release, secrets))
+}
+
+/// `prepare` with another planner (rollback plans its own waves).
+pub fn prepare_with(
+    options: &SessionOptions,
+    profile: Profile,
+    planner: impl FnOnce(&Profile, &Secrets) -> Result<Plan, crate::plan::PlanError>,
+) -> Result<Session, SetupError> {
     let secrets = Secrets::from_env(&profile).map_err(SetupError::Invalid)?;
-    let plan = Plan::build(&profile, options.env, options.release, &secrets)
-        .map_err(|e| SetupError::Invalid(e.to_string()))?;
+    let plan = planner(&profile, &secrets).map_err(|e| SetupError::Invalid(e.to_string()))?;
     let env = profile.environment(&plan.env).ok_or_else(|| SetupError::Invalid("environment vanished".into()))?;
     let transport = transport_for(env, options.local_root)?;
     let redactor = secrets.redactor();

@@ -324,3 +324,37 @@ fn headless_manual_gates_fail_unless_promote_is_given() {
     assert_eq!(promoted.status.code(), Some(0), "{}", text(&promoted.stdout));
     assert!(text(&promoted.stdout).contains("== wave 1 promoted"), "{}", text(&promoted.stdout));
 }
+
+#[test]
+fn rollback_returns_the_hosts_the_last_deploy_changed_last_wave_first() {
+    let s = Sandbox::new();
+    assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "1.0"]).status.code(), Some(0));
+    assert_eq!(
+        s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.0", "--exclude", "dev-worker-1"]).status.code(),
+        Some(0)
+    );
+
+    let out = s.run(&["rollback", DEMO, "--env", "dev", "--yes"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("dev-web-1        2.0 -> 1.0") && stdout.contains("dev-web-2        2.0 -> 1.0"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("dev-worker-1     2.0"),
+        "an excluded host did not change and is not rolled back: {stdout}"
+    );
+    for host in ["dev-web-1", "dev-web-2", "dev-worker-1"] {
+        let current = std::fs::read_link(s.dir.path().join(format!("hosts/dev/{host}/current"))).unwrap();
+        assert_eq!(current, Path::new("releases/1.0"), "{host}");
+    }
+    // Wave 2 (dev-web-2) went back before wave 1 (dev-web-1).
+    let web2 = stdout.find("[dev-web-2] rolled back").unwrap();
+    let web1 = stdout.find("[dev-web-1] rolled back").unwrap();
+    assert!(web2 < web1, "{stdout}");
+
+    let again = s.run(&["rollback", DEMO, "--env", "dev", "--yes"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("already rolled back"), "{}", text(&again.stderr));
+}
