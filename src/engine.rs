@@ -426,9 +426,17 @@ async fn run_steps(
                 summary.stopped_at = Some(step.name.clone());
                 return HostState::Cancelled;
             }
-            let sink = StepOutput { shared, host: name, step: &step.name };
+            let sink = StepOutput { shared, host: name, step: &step.name, skipped: Mutex::new(None) };
             let began = Instant::now();
+            let guard = match &step.skip_if {
+                Some(check) => {
+                    let request = ExecRequest { command: &check.0, timeout: step.timeout };
+                    session.exec(request, &Discard, &control.abort).await.succeeded()
+                }
+                None => false,
+            };
             let result = match &step.action {
+                _ if guard => StepResult::Skipped { reason: "its skip_if check succeeded: already done".into() },
                 PlannedAction::Run(command) => {
                     let request = ExecRequest { command: &command.0, timeout: step.timeout };
                     session.exec(request, &sink, &control.abort).await
@@ -441,6 +449,11 @@ async fn run_steps(
                     result = health::probe(probe, step.timeout) => result,
                     _ = control.abort.cancelled() => StepResult::Cancelled,
                 },
+            };
+            // A step may report itself as having had nothing to do.
+            let result = match (result, sink.skipped.lock().ok().and_then(|mut s| s.take())) {
+                (StepResult::Exited { code: 0 }, Some(reason)) => StepResult::Skipped { reason },
+                (result, _) => result,
             };
             let elapsed = began.elapsed();
             if step.kind == StepKind::Health {
@@ -577,10 +590,21 @@ struct StepOutput<'a> {
     shared: &'a Shared,
     host: &'a str,
     step: &'a str,
+    /// Set when the step printed a `WAVEDECK-SKIP reason` line.
+    skipped: Mutex<Option<String>>,
 }
+
+/// A line a step prints to say it had nothing to do; exit 0 then means `skipped`.
+pub const SKIP_MARKER: &str = "WAVEDECK-SKIP ";
 
 impl OutputSink for StepOutput<'_> {
     fn line(&self, stream: Stream, line: String) {
+        if let Some(reason) = line.strip_prefix(SKIP_MARKER)
+            && let Ok(mut skipped) = self.skipped.lock()
+        {
+            *skipped = Some(self.shared.redactor.redact(reason).into_owned());
+            return;
+        }
         let line = match self.shared.redactor.redact(&line) {
             std::borrow::Cow::Borrowed(_) => line,
             std::borrow::Cow::Owned(masked) => masked,

@@ -38,6 +38,9 @@ pub fn render(event: &Event) -> Option<String> {
             format!("[{host}] -> {step} ({index}/{total}{retry})")
         }
         Event::Output { host, line, .. } => format!("[{host}] {line}"),
+        Event::StepFinished { host, step, result: StepResult::Skipped { reason }, .. } => {
+            format!("[{host}] -- {step} skipped: {reason}")
+        }
         Event::StepFinished { host, step, result, duration_ms, will_retry, .. } => {
             if result.succeeded() {
                 return None;

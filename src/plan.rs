@@ -69,6 +69,8 @@ pub struct PlannedStep {
     pub retry_delay: Duration,
     /// Set for health checks: they are also sampled continuously once the host is done.
     pub monitor: Option<Thresholds>,
+    /// A command that, when it succeeds on the host, makes this step `skipped`.
+    pub skip_if: Option<Sensitive>,
 }
 
 #[derive(Debug, Clone)]
@@ -400,6 +402,7 @@ fn planned_steps<'p>(
                     healthy_after: check.healthy_after,
                     unhealthy_after: check.unhealthy_after,
                 }),
+                skip_if: None,
             });
         }
         Ok(out)
@@ -430,6 +433,7 @@ fn planned_steps<'p>(
             retries: step.retries,
             retry_delay: step.retry_delay,
             monitor: None,
+            skip_if: step.skip_if.as_ref().map(|s| render(&what, s).map(|r| r.0)).transpose()?,
         });
         steps.extend(health_after(Some(&step.name))?);
     }

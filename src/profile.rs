@@ -46,6 +46,8 @@ pub struct Profile {
     pub rollback: Vec<Step>,
     /// A command printing the release a host would return to on rollback (for the preview).
     pub rollback_target: Option<String>,
+    /// The built-in release layout, when the profile opts in with `[releases]`.
+    pub releases: Option<ReleaseLayout>,
 }
 
 /// Where a secret's value comes from. Its value is never stored in the profile.
@@ -146,6 +148,8 @@ pub struct Step {
     pub retry_delay: Duration,
     /// Runs once per deploy, on the environment's `once_host`, before the first wave.
     pub once: bool,
+    /// A command template; when it succeeds on a host, the step is skipped there (idempotency).
+    pub skip_if: Option<String>,
 }
 
 /// What a step does. Both forms hold templates, rendered per host when the plan is made.
@@ -158,6 +162,60 @@ pub enum StepAction {
     /// sha256, written under a temporary name and renamed into place, skipped when the host
     /// already has the same file.
     Upload { from: String, to: String },
+}
+
+/// The built-in release layout: `dir/<release>` directories, a `current` symlink switched
+/// atomically, and `dir/.history` listing activated releases in order (what rollback reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseLayout {
+    pub dir: String,
+    /// Releases kept on a host by the `prune` built-in, the active one included.
+    pub keep: u32,
+}
+
+impl ReleaseLayout {
+    /// Points `current` at `dir/{{ release }}` atomically and records it; skipped when it is
+    /// already current.
+    pub fn activate(&self) -> String {
+        let d = crate::transport::shell_quote(&self.dir);
+        format!(
+            "test -d {d}/{{{{ release }}}} || {{ echo \"{d}/{{{{ release }}}} does not exist: stage it first\" >&2; exit 1; }}\n\
+             if [ \"$(readlink current 2>/dev/null)\" = {d}/{{{{ release }}}} ]; then echo \"WAVEDECK-SKIP {{{{ release }}}} is already current\"; exit 0; fi\n\
+             ln -sfn {d}/{{{{ release }}}} current.wavedeck-new && mv -T current.wavedeck-new current\n\
+             echo {{{{ release }}}} >> {d}/.history\n\
+             echo \"current -> {d}/{{{{ release }}}}\""
+        )
+    }
+
+    /// Removes all but the newest `keep` releases, never the current one.
+    pub fn prune(&self) -> String {
+        let d = crate::transport::shell_quote(&self.dir);
+        format!(
+            "cur=$(basename \"$(readlink current 2>/dev/null)\")\n\
+             ls -1t {d} | grep -vx \"$cur\" | tail -n +{keep} | while read -r old; do rm -rf {d}/\"$old\" && echo \"pruned $old\"; done\n\
+             echo \"keeping $(ls -1 {d} | wc -l) releases\"",
+            keep = self.keep.max(1)
+        )
+    }
+
+    /// Prints the release before the current one in the history: where a rollback goes.
+    pub fn previous(&self) -> String {
+        let d = crate::transport::shell_quote(&self.dir);
+        format!("grep -vx \"$(basename \"$(readlink current 2>/dev/null)\")\" {d}/.history 2>/dev/null | tail -n 1")
+    }
+
+    /// Switches `current` back to the previous release.
+    pub fn switch_back(&self) -> String {
+        let d = crate::transport::shell_quote(&self.dir);
+        format!(
+            "prev=$({previous})\n\
+             test -n \"$prev\" && test -d {d}/\"$prev\" || {{ echo \"no earlier release to return to\" >&2; exit 1; }}\n\
+             ln -sfn {d}/\"$prev\" current.wavedeck-new && mv -T current.wavedeck-new current\n\
+             echo \"$prev\" >> {d}/.history\n\
+             echo \"rolled back to $prev\"",
+            previous = self.previous()
+        )
+    }
 }
 
 /// How an unknown host key is treated (OpenSSH's StrictHostKeyChecking).
@@ -286,6 +344,7 @@ struct RawProfile {
     #[serde(default)]
     rollback: Vec<Spanned<RawStep>>,
     rollback_target: Option<Spanned<String>>,
+    releases: Option<RawReleases>,
 }
 
 #[derive(Deserialize)]
@@ -367,11 +426,20 @@ struct RawStep {
     name: Spanned<String>,
     run: Option<Spanned<String>>,
     upload: Option<Spanned<RawUpload>>,
+    builtin: Option<Spanned<String>>,
+    skip_if: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<u32>,
     retry_delay: Option<Spanned<String>>,
     #[serde(default)]
     once: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReleases {
+    dir: Option<String>,
+    keep: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -455,12 +523,27 @@ impl Validator<'_> {
         }
 
         let mut step_names = BTreeSet::new();
-        let steps = self.steps(&raw.steps, "step", &mut step_names);
+        let layout = raw.releases.as_ref().map(|r| ReleaseLayout {
+            dir: r.dir.clone().unwrap_or_else(|| "releases".into()),
+            keep: r.keep.unwrap_or(5),
+        });
+        let steps = self.steps(&raw.steps, "step", &mut step_names, layout.as_ref());
         if raw.steps.is_empty() {
             self.problems.push(Diagnostic::whole_file(self.path, "no steps: add at least one [[steps]] table"));
         }
         let mut rollback_names = BTreeSet::new();
-        let rollback = self.steps(&raw.rollback, "rollback step", &mut rollback_names);
+        let mut rollback = self.steps(&raw.rollback, "rollback step", &mut rollback_names, layout.as_ref());
+        if let (Some(layout), true) = (&layout, rollback.is_empty()) {
+            rollback.push(Step {
+                name: "switch-back".into(),
+                action: StepAction::Run(layout.switch_back()),
+                timeout: DEFAULT_STEP_TIMEOUT,
+                retries: 0,
+                retry_delay: DEFAULT_RETRY_DELAY,
+                once: false,
+                skip_if: None,
+            });
+        }
         let health = self.health(&raw.health, &steps);
 
         // Every template must only read names that exist for every host it will run on.
@@ -473,6 +556,7 @@ impl Validator<'_> {
                     step.run.as_ref(),
                     step.upload.as_ref().map(|u| &u.get_ref().from),
                     step.upload.as_ref().map(|u| &u.get_ref().to),
+                    step.skip_if.as_ref(),
                 ];
                 for text in texts.into_iter().flatten() {
                     uses.push(TemplateUse { what: what.clone(), text });
@@ -502,7 +586,12 @@ impl Validator<'_> {
             steps,
             health,
             rollback,
-            rollback_target: raw.rollback_target.as_ref().map(|t| t.get_ref().clone()),
+            rollback_target: raw
+                .rollback_target
+                .as_ref()
+                .map(|t| t.get_ref().clone())
+                .or_else(|| layout.as_ref().map(|l| l.previous())),
+            releases: layout,
         }
     }
 
@@ -751,7 +840,13 @@ impl Validator<'_> {
         }
     }
 
-    fn steps(&mut self, raw: &[Spanned<RawStep>], what: &str, names: &mut BTreeSet<String>) -> Vec<Step> {
+    fn steps(
+        &mut self,
+        raw: &[Spanned<RawStep>],
+        what: &str,
+        names: &mut BTreeSet<String>,
+        layout: Option<&ReleaseLayout>,
+    ) -> Vec<Step> {
         let mut out = Vec::new();
         for s in raw {
             let step = s.get_ref();
@@ -762,20 +857,40 @@ impl Validator<'_> {
             if !names.insert(name.clone()) {
                 self.problem(&step.name, format!("{what} `{name}` is defined twice"));
             }
-            let action = match (&step.run, &step.upload) {
-                (Some(run), None) => StepAction::Run(run.get_ref().clone()),
-                (None, Some(upload)) => StepAction::Upload {
+            let given =
+                [step.run.is_some(), step.upload.is_some(), step.builtin.is_some()].iter().filter(|g| **g).count();
+            if given > 1 {
+                self.problem(
+                    &step.name,
+                    format!("{what} `{name}` has more than one of `run`, `upload` and `builtin`: use one"),
+                );
+            }
+            let action = match (&step.run, &step.upload, &step.builtin) {
+                (Some(run), _, _) => StepAction::Run(run.get_ref().clone()),
+                (None, Some(upload), _) => StepAction::Upload {
                     from: upload.get_ref().from.get_ref().clone(),
                     to: upload.get_ref().to.get_ref().clone(),
                 },
-                (Some(run), Some(_)) => {
-                    self.problem(run, format!("{what} `{name}` has both `run` and `upload`: use one"));
-                    StepAction::Run(run.get_ref().clone())
-                }
-                (None, None) => {
+                (None, None, Some(builtin)) => match (builtin.get_ref().as_str(), layout) {
+                    ("activate", Some(layout)) => StepAction::Run(layout.activate()),
+                    ("prune", Some(layout)) => StepAction::Run(layout.prune()),
+                    ("switch-back", Some(layout)) => StepAction::Run(layout.switch_back()),
+                    ("activate" | "prune" | "switch-back", None) => {
+                        self.problem(builtin, "built-in release steps need a [releases] table");
+                        StepAction::Run(String::new())
+                    }
+                    (other, _) => {
+                        self.problem(
+                            builtin,
+                            format!("unknown builtin `{other}`: expected \"activate\", \"prune\" or \"switch-back\""),
+                        );
+                        StepAction::Run(String::new())
+                    }
+                },
+                (None, None, None) => {
                     self.problem(
                         &step.name,
-                        format!("{what} `{name}` needs `run` (a command) or `upload` (a file to copy)"),
+                        format!("{what} `{name}` needs `run` (a command), `upload` (a file to copy) or `builtin`"),
                     );
                     StepAction::Run(String::new())
                 }
@@ -790,6 +905,7 @@ impl Validator<'_> {
                     .as_ref()
                     .map_or(DEFAULT_RETRY_DELAY, |d| self.duration(d, DEFAULT_RETRY_DELAY)),
                 once: step.once,
+                skip_if: step.skip_if.as_ref().map(|s| s.get_ref().clone()),
             });
         }
         out

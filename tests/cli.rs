@@ -358,3 +358,20 @@ fn rollback_returns_the_hosts_the_last_deploy_changed_last_wave_first() {
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again.stderr).contains("already rolled back"), "{}", text(&again.stderr));
 }
+
+#[test]
+fn redeploying_the_same_release_skips_what_is_done() {
+    let s = Sandbox::new();
+    assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "3.0"]).status.code(), Some(0));
+    let again = s.run(&["deploy", DEMO, "--env", "dev", "--release", "3.0"]);
+    let stdout = text(&again.stdout);
+    assert_eq!(again.status.code(), Some(0), "{stdout}");
+    for host in ["dev-web-1", "dev-web-2", "dev-worker-1"] {
+        assert!(stdout.contains(&format!("[{host}] -- stage skipped")), "{stdout}");
+        assert!(stdout.contains(&format!("[{host}] -- switch skipped: 3.0 is already current")), "{stdout}");
+    }
+    let files = audit_files(&s);
+    let records = audit_records(files.last().unwrap());
+    let skipped = records.iter().filter(|r| r["event"] == "step_finished" && r["result"] == "skipped").count();
+    assert_eq!(skipped, 6, "stage and switch on three hosts");
+}
