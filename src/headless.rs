@@ -68,7 +68,10 @@ pub fn render(event: &Event) -> Option<String> {
             "== wave {wave} finished: {done} done, {failed} failed, {cancelled} cancelled, {not_started} not started"
         ),
         Event::ThresholdExceeded { wave, failures, limit, failed_hosts } => {
-            format!("== wave {wave}: {failures} failed hosts exceed the limit of {limit} ({})", failed_hosts.join(", "))
+            format!(
+                "== wave {wave}: {failures} bad host(s), more than the {limit} allowed: {}",
+                failed_hosts.join(", ")
+            )
         }
         Event::Paused { cause, running } => {
             let why = match cause {
@@ -214,7 +217,7 @@ pub async fn drive(mut session: Session, orders: &Orders) -> i32 {
                 match &event.event {
                     Event::Paused { cause: PauseCause::FailureThreshold { wave, failures, limit }, .. } => {
                         let reason = format!(
-                            "wave {wave}: {failures} failures exceed the limit of {limit}; \
+                            "wave {wave}: {failures} bad host(s), more than the {limit} allowed; \
                              headless mode has no operator to resume"
                         );
                         let command = Command::Abort { reason };

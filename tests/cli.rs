@@ -375,3 +375,39 @@ fn redeploying_the_same_release_skips_what_is_done() {
     let skipped = records.iter().filter(|r| r["event"] == "step_finished" && r["result"] == "skipped").count();
     assert_eq!(skipped, 6, "stage and switch on three hosts");
 }
+
+#[test]
+fn the_production_demo_stops_when_a_host_goes_unhealthy_during_soak() {
+    let s = Sandbox::new();
+    let out = s.run(&["deploy", DEMO, "--env", "production", "--release", "5.0", "--yes"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("== wave 2 went unhealthy during soak: prod-web-03"), "{stdout}");
+    let records = s.audit();
+    let soak = events(&records, "soak_finished").find(|r| r["wave"] == 2).unwrap();
+    assert_eq!(soak["unhealthy"], serde_json::json!(["prod-web-03"]));
+    assert!(events(&records, "health_changed").any(|r| r["host"] == "prod-web-03" && r["healthy"] == false));
+    let threshold = events(&records, "threshold_exceeded").next().unwrap();
+    assert_eq!((threshold["wave"].as_u64(), threshold["failed_hosts"][0].as_str()), (Some(2), Some("prod-web-03")));
+    assert!(events(&records, "paused").any(|r| r["cause"] == "failure_threshold"), "the audit log says why it stopped");
+    assert!(!events(&records, "wave_started").any(|r| r["wave"] == 3));
+}
+
+#[test]
+fn a_failing_migration_in_the_demo_stops_before_any_host_is_touched() {
+    let s = Sandbox::new();
+    let profile = s.dir.path().join("demo-failing-migration.toml");
+    let demo = std::fs::read_to_string(DEMO).unwrap().replace("migration = \"ok\"", "migration = \"fail\"");
+    std::fs::write(&profile, demo).unwrap();
+    let out = s.run(&["deploy", profile.to_str().unwrap(), "--env", "dev", "--release", "6.0"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("run-once step migrate FAILED on dev-web-1"), "{stdout}");
+    assert!(stdout.contains("relation \"orders_v2\" already exists"), "{stdout}");
+    let records = s.audit();
+    assert!(!events(&records, "wave_started").any(|_| true));
+    assert!(!events(&records, "host_started").any(|_| true));
+    for host in ["dev-web-1", "dev-web-2", "dev-worker-1"] {
+        assert!(!s.dir.path().join(format!("hosts/dev/{host}/current")).exists(), "{host} was touched");
+    }
+}

@@ -134,6 +134,11 @@ fn plan_lines(plan: &Plan, theme: &Theme) -> Vec<Line<'static>> {
             Span::raw(names.join(", ")),
         ]));
     }
+    if let Some(once) = &plan.once {
+        let steps: Vec<&str> = once.steps.iter().map(|s| s.name.as_str()).collect();
+        let text = format!("before wave 1, once on {}: {}", once.host.name, steps.join(" → "));
+        lines.insert(1, Line::styled(text, theme.muted()));
+    }
     if let Some(host) = plan.waves.first().and_then(|w| w.hosts.first()) {
         let steps: Vec<&str> = host.steps.iter().map(|s| s.name.as_str()).collect();
         lines.push(Line::styled(format!("steps: {}", steps.join(" → ")), theme.muted()));
