@@ -1023,13 +1023,20 @@ impl Control {
 
     fn threshold_exceeded(&self, wave: usize, failed_hosts: &[String], limit: usize, action: FailureAction) {
         let failures = failed_hosts.len();
-        self.events.emit(Event::ThresholdExceeded { wave, failures, limit, failed_hosts: failed_hosts.to_vec() });
+        self.events.emit(Event::ThresholdExceeded {
+            wave,
+            failures,
+            limit,
+            failed_hosts: failed_hosts.to_vec(),
+            action,
+        });
         match action {
             FailureAction::Pause => self.pause(PauseCause::FailureThreshold { wave, failures, limit }, None),
-            FailureAction::Abort => self.abort(
+            FailureAction::Abort | FailureAction::Rollback => self.abort(
                 format!(
-                    "wave {wave}: {failures} hosts failed, more than the {limit} allowed ({})",
-                    failed_hosts.join(", ")
+                    "wave {wave}: {failures} hosts failed, more than the {limit} allowed ({}){}",
+                    failed_hosts.join(", "),
+                    if action == FailureAction::Rollback { "; rolling back" } else { "" }
                 ),
                 None,
             ),

@@ -290,6 +290,8 @@ pub enum Event {
         failures: usize,
         limit: usize,
         failed_hosts: Vec<String>,
+        /// What the profile says happens now.
+        action: crate::profile::FailureAction,
     },
     Paused {
         #[serde(flatten)]

@@ -13,6 +13,7 @@ use crate::audit::CommandSource;
 use crate::engine::{self, EventSink};
 use crate::event::{Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, TriageAction};
 use crate::exit;
+use crate::profile::FailureAction;
 use crate::session::Session;
 
 /// Renders one event as zero or more lines (without trailing newline).
@@ -67,7 +68,7 @@ pub fn render(event: &Event) -> Option<String> {
         Event::WaveFinished { wave, done, failed, cancelled, not_started } => format!(
             "== wave {wave} finished: {done} done, {failed} failed, {cancelled} cancelled, {not_started} not started"
         ),
-        Event::ThresholdExceeded { wave, failures, limit, failed_hosts } => {
+        Event::ThresholdExceeded { wave, failures, limit, failed_hosts, .. } => {
             format!(
                 "== wave {wave}: {failures} bad host(s), more than the {limit} allowed: {}",
                 failed_hosts.join(", ")
@@ -165,6 +166,15 @@ fn seconds(ms: u64) -> String {
 /// SIGINT, SIGTERM and SIGHUP abort the deploy (audited as operator commands); the function
 /// still waits for the engine to finish so the final states and the session end are recorded.
 /// A failure-threshold pause cannot be resumed by anyone here, so it becomes an abort.
+/// How a headless deploy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The process exit code.
+    pub code: i32,
+    /// The profile's `on_failure = "rollback"` fired: the caller should roll back now.
+    pub rollback: bool,
+}
+
 /// What headless mode does where an operator would decide.
 #[derive(Debug, Clone, Default)]
 pub struct Orders {
@@ -174,14 +184,14 @@ pub struct Orders {
     pub promote: bool,
 }
 
-pub async fn drive(mut session: Session, orders: &Orders) -> i32 {
+pub async fn drive(mut session: Session, orders: &Orders) -> Ended {
     say(&format!("audit log: {}", session.audit.path().display()));
     let lock = match session.take_lock().await {
         Ok(lock) => lock,
         Err((code, message)) => {
             eprintln!("error: {message}");
             let _ = session.audit.close("refused", code);
-            return code;
+            return Ended { code, rollback: false };
         }
     };
     let Session { plan, redactor, mut audit, transport, .. } = session;
@@ -200,11 +210,12 @@ pub async fn drive(mut session: Session, orders: &Orders) -> i32 {
             say(&format!("error: cannot listen for signals: {e}"));
             engine.abort();
             let _ = audit.close("error", exit::CANNOT_START);
-            return exit::CANNOT_START;
+            return Ended { code: exit::CANNOT_START, rollback: false };
         }
     };
 
     let mut stopped_by_policy = false;
+    let mut rollback = false;
     let mut outcome = None;
     while outcome.is_none() {
         tokio::select! {
@@ -215,6 +226,10 @@ pub async fn drive(mut session: Session, orders: &Orders) -> i32 {
                     say(&text);
                 }
                 match &event.event {
+                    Event::ThresholdExceeded { action: FailureAction::Rollback, .. } => {
+                        rollback = true;
+                        stopped_by_policy = true;
+                    }
                     Event::Paused { cause: PauseCause::FailureThreshold { wave, failures, limit }, .. } => {
                         let reason = format!(
                             "wave {wave}: {failures} bad host(s), more than the {limit} allowed; \
@@ -265,7 +280,7 @@ pub async fn drive(mut session: Session, orders: &Orders) -> i32 {
         say(&format!("error: {e}"));
     }
     say(&format!("audit log: {}", path.display()));
-    code
+    Ended { code, rollback }
 }
 
 /// Prints a line; a closed stdout (a pipe whose reader went away) must not stop the deploy.

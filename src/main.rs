@@ -206,85 +206,20 @@ fn rollback(
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
-    let Some(environment) = profile.environment(env).cloned() else {
-        let known = profile.environment_names().join(", ");
-        return fail(&SetupError::Invalid(format!("no environment `{env}` in this profile (environments: {known})")));
-    };
-    let Some(dir) = wavedeck::audit::audit_dir(audit_dir) else {
-        return fail(&SetupError::CannotStart("no audit directory to find the last deploy in".into()));
-    };
-    let last = match wavedeck::rollback::last_deploy(&dir, &profile.service, env) {
-        Ok(Some(last)) => last,
-        Ok(None) => {
-            return fail(&SetupError::Invalid(format!(
-                "no deploy of {} to {env} in the audit log at {}: nothing to roll back",
-                profile.service,
-                dir.display()
-            )));
-        }
-        Err(e) => return fail(&SetupError::CannotStart(e)),
-    };
-    if let Some(session) = &last.rolled_back_by {
-        return fail(&SetupError::Invalid(format!(
-            "the last deploy of {} to {env} ({} in session {}) was already rolled back in session {session}",
-            profile.service, last.release, last.session
-        )));
-    }
-    let mut waves = last.waves.clone();
-    waves.reverse();
-    let hosts: Vec<String> = waves.iter().flatten().cloned().collect();
-    let (transport, runtime) = match (session::transport_for(&environment, local_root), runtime()) {
-        (Ok(t), Ok(r)) => (t, r),
-        (Err(e), _) | (_, Err(e)) => return fail(&e),
-    };
-    let secrets = match Secrets::from_env(&profile) {
-        Ok(s) => s,
-        Err(e) => return fail(&SetupError::Invalid(e)),
-    };
-    let targets = runtime.block_on(wavedeck::rollback::preview(
-        transport.as_ref(),
-        &profile,
-        &environment,
-        &hosts,
-        &last.release,
-        &secrets,
-    ));
-    let known: std::collections::BTreeMap<String, String> =
-        targets.iter().filter_map(|(h, t)| t.as_ref().ok().map(|t| (h.clone(), t.clone()))).collect();
-    let options =
-        SessionOptions { profile: path, env, release: &last.release, audit_dir, local_root, mode: "rollback" };
-    let mut session = match session::prepare_with(&options, profile.clone(), |p, secrets| {
-        Plan::build_rollback(p, env, &last.release, &waves, &known, secrets)
-    }) {
-        Ok(s) => s,
+    let runtime = match runtime() {
+        Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    println!(
-        "Rollback of {} {} on {env} (deploy session {}): {} hosts in {} waves, last deployed first",
-        profile.service,
-        last.release,
-        last.session,
-        session.plan.host_count(),
-        session.plan.waves.len()
-    );
-    for (host, target) in &targets {
-        match target {
-            Ok(release) => println!("  {host:<16} {} -> {release}", last.release),
-            Err(why) => println!("  {host:<16} {} -> ? ({why})", last.release),
-        }
-    }
-    let planned: Vec<serde_json::Value> = targets
-        .iter()
-        .map(|(h, t)| serde_json::json!({ "host": h, "target": t.as_ref().ok(), "problem": t.as_ref().err() }))
-        .collect();
-    session.audit.note(
-        "rollback_planned",
-        serde_json::json!({ "from_session": last.session, "release": last.release, "targets": planned }),
-    );
+    let prepared = match runtime.block_on(wavedeck::rollback::prepare(&profile, env, audit_dir, local_root)) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    println!("{}", prepared.describe());
+    let session = prepared.session;
     if !yes {
-        if environment.protected || !std::io::stdin().is_terminal() {
+        if session.plan.protected || !std::io::stdin().is_terminal() {
             let _ = session.audit.close("refused", exit::INVALID);
-            let why = if environment.protected { format!("{env} is protected") } else { "not on a terminal".into() };
+            let why = if session.plan.protected { format!("{env} is protected") } else { "not on a terminal".into() };
             return fail(&SetupError::Invalid(format!("{why}: add --yes to roll back")));
         }
         print!("Type {env} to start the rollback: ");
@@ -297,7 +232,7 @@ fn rollback(
             return exit::INVALID;
         }
     }
-    runtime.block_on(wavedeck::headless::drive(session, &wavedeck::headless::Orders::default()))
+    runtime.block_on(wavedeck::headless::drive(session, &wavedeck::headless::Orders::default())).code
 }
 
 /// Shows who holds an environment's deploy lock and, confirmed, breaks it (audited).
@@ -399,7 +334,23 @@ fn deploy(options: &SessionOptions, yes: bool, orders: &wavedeck::headless::Orde
             return fail(&SetupError::CannotStart(format!("cannot start the async runtime: {e}")));
         }
     };
-    runtime.block_on(wavedeck::headless::drive(session, orders))
+    let ended = runtime.block_on(wavedeck::headless::drive(session, orders));
+    if !ended.rollback {
+        return ended.code;
+    }
+    // on_failure = "rollback": the policy already decided, so no confirmation.
+    println!("\n== on_failure = \"rollback\": rolling back the hosts this deploy changed");
+    let Ok(profile) = session::load_profile(options.profile) else { return exit::FAILED };
+    match runtime.block_on(wavedeck::rollback::prepare(&profile, options.env, options.audit_dir, options.local_root)) {
+        Ok(prepared) => {
+            println!("{}", prepared.describe());
+            let _ =
+                runtime.block_on(wavedeck::headless::drive(prepared.session, &wavedeck::headless::Orders::default()));
+        }
+        Err(e) => eprintln!("error: cannot roll back: {e}"),
+    }
+    // The deploy failed whatever the rollback did; its own result is printed and audited.
+    exit::FAILED
 }
 
 fn fail(error: &SetupError) -> i32 {

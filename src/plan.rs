@@ -194,13 +194,18 @@ impl Plan {
                 planned.push(Wave { number: planned.len() + 1, hosts, max_failures });
             }
         }
+        let mut policy = env.policy.clone();
+        // A rollback that goes wrong stops for a person; it never rolls itself back.
+        if policy.on_failure == crate::profile::FailureAction::Rollback {
+            policy.on_failure = crate::profile::FailureAction::Pause;
+        }
         Ok(Plan {
             service: profile.service.clone(),
             env: env.name.clone(),
             release: format!("rollback-of-{from_release}"),
             protected: env.protected,
             transport: env.transport,
-            policy: env.policy.clone(),
+            policy,
             waves: planned,
             once: None,
         })
@@ -251,6 +256,7 @@ impl Plan {
             match p.on_failure {
                 crate::profile::FailureAction::Pause => "pause",
                 crate::profile::FailureAction::Abort => "abort",
+                crate::profile::FailureAction::Rollback => "roll back",
             },
             humantime::format_duration(p.pause_between_waves)
         );

@@ -137,6 +137,8 @@ impl fmt::Display for Amount {
 pub enum FailureAction {
     Pause,
     Abort,
+    /// Abort, then roll back the hosts this deploy changed.
+    Rollback,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -725,8 +727,9 @@ impl Validator<'_> {
         let on_failure = match raw.on_failure.as_ref().map(|s| (s, s.get_ref().as_str())) {
             None | Some((_, "pause")) => FailureAction::Pause,
             Some((_, "abort")) => FailureAction::Abort,
+            Some((_, "rollback")) => FailureAction::Rollback,
             Some((s, other)) => {
-                self.problem(s, format!("unknown on_failure `{other}`: expected \"pause\" or \"abort\""));
+                self.problem(s, format!("unknown on_failure `{other}`: expected \"pause\", \"abort\" or \"rollback\""));
                 FailureAction::Pause
             }
         };

@@ -5,6 +5,7 @@
 //! reverse wave order by [`Plan::build_rollback`](crate::plan::Plan::build_rollback), so it
 //! gets the same lock, gates, health checks, controls and audit trail.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +16,105 @@ use crate::event::{StepResult, Stream};
 use crate::plan::Plan;
 use crate::profile::{Environment, Profile};
 use crate::secrets::Secrets;
+use crate::session::{self, Session, SessionOptions, SetupError};
 use crate::transport::{ConnectObserver, ExecRequest, OutputSink, Target, Transport, TransportError};
+
+/// A rollback ready to start: its session (audit open, plan made) and what it will do.
+pub struct Prepared {
+    pub session: Session,
+    pub last: LastDeploy,
+    /// Per host, in rollback order: the release it returns to, or why that is not known.
+    pub targets: Vec<(String, Result<String, String>)>,
+}
+
+impl Prepared {
+    /// The preview shown before the operator confirms.
+    pub fn describe(&self) -> String {
+        let plan = &self.session.plan;
+        let mut out = format!(
+            "Rollback of {} {} on {} (deploy session {}): {} hosts in {} waves, last deployed first",
+            plan.service,
+            self.last.release,
+            plan.env,
+            self.last.session,
+            plan.host_count(),
+            plan.waves.len()
+        );
+        for (host, target) in &self.targets {
+            match target {
+                Ok(release) => out.push_str(&format!("\n  {host:<16} {} -> {release}", self.last.release)),
+                Err(why) => out.push_str(&format!("\n  {host:<16} {} -> ? ({why})", self.last.release)),
+            }
+        }
+        out
+    }
+}
+
+/// Finds the last deploy of `env`, asks each changed host where it would return to, plans the
+/// rollback and opens its audit session (which records the preview).
+pub async fn prepare(
+    profile: &Profile,
+    env: &str,
+    audit_dir: Option<&Path>,
+    local_root: Option<&Path>,
+) -> Result<Prepared, SetupError> {
+    let environment = profile.environment(env).ok_or_else(|| {
+        SetupError::Invalid(format!(
+            "no environment `{env}` in this profile (environments: {})",
+            profile.environment_names().join(", ")
+        ))
+    })?;
+    let dir = crate::audit::audit_dir(audit_dir)
+        .ok_or_else(|| SetupError::CannotStart("no audit directory to find the last deploy in".into()))?;
+    let last = last_deploy(&dir, &profile.service, env).map_err(SetupError::CannotStart)?.ok_or_else(|| {
+        SetupError::Invalid(format!(
+            "no deploy of {} to {env} in the audit log at {}: nothing to roll back",
+            profile.service,
+            dir.display()
+        ))
+    })?;
+    if let Some(session) = &last.rolled_back_by {
+        return Err(SetupError::Invalid(format!(
+            "the last deploy of {} to {env} ({} in session {}) was already rolled back in session {session}",
+            profile.service, last.release, last.session
+        )));
+    }
+    let mut waves = last.waves.clone();
+    waves.reverse();
+    let hosts: Vec<String> = waves.iter().flatten().cloned().collect();
+    let transport = session::transport_for(environment, local_root)?;
+    let secrets = Secrets::from_env(profile).map_err(SetupError::Invalid)?;
+    let targets = preview(transport.as_ref(), profile, environment, &hosts, &last.release, &secrets).await;
+    // A host with no earlier release (its first deploy) has nothing to roll back to.
+    let stay: Vec<&String> =
+        targets.iter().filter(|(_, t)| t.as_ref().err().map(String::as_str) == Some(NOTHING)).map(|(h, _)| h).collect();
+    for wave in &mut waves {
+        wave.retain(|h| !stay.contains(&h));
+    }
+    waves.retain(|w| !w.is_empty());
+    if waves.is_empty() {
+        return Err(SetupError::Invalid(format!("no host of {env} has an earlier release to return to")));
+    }
+    let known: BTreeMap<String, String> =
+        targets.iter().filter_map(|(h, t)| t.as_ref().ok().map(|t| (h.clone(), t.clone()))).collect();
+    let options =
+        SessionOptions { profile: &profile.path, env, release: &last.release, audit_dir, local_root, mode: "rollback" };
+    let mut session = session::prepare_with(&options, profile.clone(), |p, secrets| {
+        Plan::build_rollback(p, env, &last.release, &waves, &known, secrets)
+    })?;
+    let planned: Vec<serde_json::Value> = targets
+        .iter()
+        .map(|(h, t)| serde_json::json!({ "host": h, "target": t.as_ref().ok(), "problem": t.as_ref().err() }))
+        .collect();
+    session.audit.note(
+        "rollback_planned",
+        serde_json::json!({ "from_session": last.session, "release": last.release, "targets": planned }),
+    );
+    Ok(Prepared { session, last, targets })
+}
+
+/// What the preview says of a host with no earlier release: it is left out of the rollback.
+pub const NOTHING: &str = "nothing to return to; left as it is";
 
 /// How long the preview may wait for one host.
 const PREVIEW_TIMEOUT: Duration = Duration::from_secs(30);
@@ -166,7 +265,7 @@ async fn ask(
     let line = first.0.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
     match result {
         StepResult::Exited { code: 0 } if !line.trim().is_empty() => Ok(line.trim().to_string()),
-        StepResult::Exited { code: 0 } => Err("nothing to return to".into()),
+        StepResult::Exited { code: 0 } => Err(NOTHING.into()),
         other => Err(format!("rollback_target {other}")),
     }
 }

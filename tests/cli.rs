@@ -411,3 +411,33 @@ fn a_failing_migration_in_the_demo_stops_before_any_host_is_touched() {
         assert!(!s.dir.path().join(format!("hosts/dev/{host}/current")).exists(), "{host} was touched");
     }
 }
+
+#[test]
+fn on_failure_rollback_takes_the_changed_hosts_back() {
+    let s = Sandbox::new();
+    let profile = s.dir.path().join("demo-rollback-policy.toml");
+    let demo =
+        std::fs::read_to_string(DEMO).unwrap().replace("on_failure = \"pause\"", "on_failure = \"rollback\"").replace(
+            "{ name = \"dev-web-2\", address = \"127.0.0.1\", labels = [\"web\"] }",
+            "{ name = \"dev-web-2\", address = \"127.0.0.1\", labels = [\"web\"], vars = { fail_on = \"health\" } }",
+        );
+    std::fs::write(&profile, demo).unwrap();
+    let path = profile.to_str().unwrap();
+    assert_eq!(
+        s.run(&["deploy", path, "--env", "dev", "--release", "1.0", "--exclude", "dev-web-2"]).status.code(),
+        Some(0)
+    );
+
+    let out = s.run(&["deploy", path, "--env", "dev", "--release", "2.0"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("on_failure = \"rollback\": rolling back"), "{stdout}");
+    assert!(stdout.contains("dev-web-1        2.0 -> 1.0"), "{stdout}");
+    for host in ["dev-web-1", "dev-worker-1"] {
+        let current = std::fs::read_link(s.dir.path().join(format!("hosts/dev/{host}/current"))).unwrap();
+        assert_eq!(current, Path::new("releases/1.0"), "{host}: {stdout}");
+    }
+    let modes: Vec<String> =
+        audit_files(&s).iter().map(|f| audit_records(f)[0]["mode"].as_str().unwrap().to_string()).collect();
+    assert_eq!(modes, ["headless", "headless", "rollback"]);
+}

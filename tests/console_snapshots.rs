@@ -163,7 +163,16 @@ fn threshold_paused() -> App {
         vec![
             (9, finished(2, "stg-web-4", "healthz", 4, 1, false)),
             (9, Event::HostFinished { wave: 2, host: "stg-web-4".into(), state: HostState::Failed }),
-            (9, Event::ThresholdExceeded { wave: 2, failures: 1, limit: 0, failed_hosts: vec!["stg-web-4".into()] }),
+            (
+                9,
+                Event::ThresholdExceeded {
+                    wave: 2,
+                    failures: 1,
+                    limit: 0,
+                    failed_hosts: vec!["stg-web-4".into()],
+                    action: wavedeck::profile::FailureAction::Pause,
+                },
+            ),
             (
                 9,
                 Event::Paused {

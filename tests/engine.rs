@@ -137,7 +137,8 @@ async fn failures_over_the_threshold_pause_the_deploy() {
         wave: 1,
         failures: 1,
         limit: 0,
-        failed_hosts: vec!["b".into()]
+        failed_hosts: vec!["b".into()],
+        action: wavedeck::profile::FailureAction::Pause
     }));
     d.until("wave 1 finished", |e| matches!(e, Event::WaveFinished { wave: 1, .. })).await;
     // stderr is reported as such.

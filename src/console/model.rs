@@ -327,7 +327,7 @@ impl DeployModel {
                 }
                 self.note(at, severity, text);
             }
-            Event::ThresholdExceeded { wave, failures, limit, failed_hosts } => {
+            Event::ThresholdExceeded { wave, failures, limit, failed_hosts, .. } => {
                 let text = format!("wave {wave}: {failures} failed > {limit} allowed ({})", failed_hosts.join(", "));
                 self.note(at, Severity::Bad, text);
             }
