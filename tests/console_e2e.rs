@@ -260,3 +260,35 @@ fn sigterm_aborts_the_deploy_audits_it_and_restores_the_terminal() {
     assert_eq!((abort["source"].as_str(), abort["reason"].as_str()), (Some("signal"), Some("SIGTERM received")));
     assert_eq!(records.last().unwrap()["outcome"], "aborted");
 }
+
+#[test]
+fn rolling_back_from_the_console_shows_targets_then_goes_back() {
+    if !tmux_available() {
+        return;
+    }
+    let c = Console::start();
+    c.start_deploy(0, "1.0");
+    c.wait_for("SUCCEEDED:");
+    c.keys(&["o"]);
+    c.wait_for("Environments");
+    c.start_deploy(0, "2.0");
+    c.wait_for("SUCCEEDED:");
+    c.keys(&["B"]);
+    let preview = c.wait_for("Enter roll back");
+    assert!(preview.contains("dev-web-1") && preview.contains("2.0 -> 1.0"), "{preview}");
+    c.keys(&["Enter"]);
+    c.wait_for("rollback-of-2.0");
+    c.wait_for("SUCCEEDED:");
+    c.keys(&["q"]);
+    assert_eq!(c.exit_code(), 0);
+    for host in ["dev-web-1", "dev-web-2", "dev-worker-1"] {
+        let current = std::fs::read_link(c.dir.path().join(format!("hosts/dev/{host}/current"))).unwrap();
+        assert_eq!(current, Path::new("releases/1.0"), "{host}");
+    }
+    let modes: Vec<String> = {
+        let mut files = c.audit_files();
+        files.sort();
+        files.iter().map(|f| read_audit(f)[0]["mode"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(modes, ["console", "console", "rollback"]);
+}

@@ -20,7 +20,20 @@ use crate::secrets::Secrets;
 /// What the runtime must do after a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    StartDeploy { profile: usize, env: String, release: String },
+    StartDeploy {
+        profile: usize,
+        env: String,
+        release: String,
+    },
+    /// Plan a rollback of the environment's last deploy; `automatic` (the profile's
+    /// `on_failure = "rollback"`) starts it without asking.
+    PrepareRollback {
+        profile: usize,
+        env: String,
+        automatic: bool,
+    },
+    StartRollback,
+    CancelRollback,
     Send(Command, CommandSource),
     Quit,
 }
@@ -56,9 +69,26 @@ pub enum SortOrder {
 /// A modal dialog; it takes every key while open.
 pub enum Dialog {
     Release(TextArea<'static>),
-    ConfirmPlan { plan: Box<Plan>, release: String },
-    TypeName { release: String, input: TextArea<'static>, wrong: bool },
-    AbortReason { input: TextArea<'static>, empty: bool },
+    ConfirmPlan {
+        plan: Box<Plan>,
+        release: String,
+    },
+    TypeName {
+        release: String,
+        input: TextArea<'static>,
+        wrong: bool,
+    },
+    AbortReason {
+        input: TextArea<'static>,
+        empty: bool,
+    },
+    /// The rollback preview; a protected environment needs its name typed.
+    ConfirmRollback {
+        preview: String,
+        protected: bool,
+        input: TextArea<'static>,
+        wrong: bool,
+    },
     ConfirmQuit,
     Filter(TextArea<'static>),
     Search(TextArea<'static>),
@@ -101,6 +131,8 @@ pub struct App {
     pub sort: SortOrder,
     /// A one-line message for the operator (errors, hints); cleared by the next key.
     pub status: Option<String>,
+    /// The running deploy hit a wave limit under `on_failure = "rollback"`.
+    rollback_when_finished: bool,
     /// Quit once the deploy has finished (the operator asked to quit mid-deploy).
     pub quit_when_finished: bool,
     pub operator: String,
@@ -133,6 +165,7 @@ impl App {
             search: None,
             sort: SortOrder::Plan,
             status: None,
+            rollback_when_finished: false,
             quit_when_finished: false,
             operator: operator.to_string(),
             scrollback,
@@ -173,6 +206,24 @@ impl App {
         self.filter.clear();
         self.search = None;
         self.quit_when_finished = false;
+        self.rollback_when_finished = false;
+    }
+
+    /// Shows a prepared rollback for confirmation.
+    pub fn confirm_rollback(&mut self, preview: String, protected: bool) {
+        let input = text_input(if protected { "type the environment's name" } else { "press Enter to start" });
+        self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: false });
+    }
+
+    /// The overview's selected environment as a rollback request.
+    fn rollback_selected(&mut self, automatic: bool) -> Vec<Effect> {
+        if self.deploy_running() {
+            self.status = Some("a deploy is running: abort it or let it finish before rolling back".into());
+            return Vec::new();
+        }
+        let Some(target) = self.targets.get(self.selected_target) else { return Vec::new() };
+        let env = self.profiles[target.profile].environments[target.env].name.clone();
+        vec![Effect::PrepareRollback { profile: target.profile, env, automatic }]
     }
 
     /// Applies an engine event; returns effects (quitting once an aborted deploy finished).
@@ -202,10 +253,16 @@ impl App {
             self.log_scroll = 0;
             self.interleaved = false;
         }
+        if let Event::ThresholdExceeded { action: crate::profile::FailureAction::Rollback, .. } = &event.event {
+            self.rollback_when_finished = true;
+        }
         if matches!(event.event, Event::DeployFinished { .. }) {
             self.pending = None;
             if self.quit_when_finished {
                 return vec![Effect::Quit];
+            }
+            if std::mem::take(&mut self.rollback_when_finished) {
+                return self.rollback_selected(true);
             }
         }
         Vec::new()
@@ -279,6 +336,7 @@ impl App {
                 self.selected_target += 1;
                 self.refresh_preview();
             }
+            KeyCode::Char('B') => return self.rollback_selected(false),
             KeyCode::Enter | KeyCode::Char('d') => {
                 if self.targets.is_empty() {
                     return Vec::new();
@@ -354,6 +412,7 @@ impl App {
                     SortOrder::Name => SortOrder::Plan,
                 };
             }
+            KeyCode::Char('B') => return self.rollback_selected(false),
             KeyCode::Char('o') if !running => {
                 // Back to the overview to start another deploy.
                 self.deploy = None;
@@ -512,6 +571,21 @@ impl App {
                 }
                 input.input(key);
                 self.dialog = Some(Dialog::TypeName { release, input, wrong: false });
+            }
+            Dialog::ConfirmRollback { preview, protected, mut input, .. } => {
+                if esc {
+                    return vec![Effect::CancelRollback];
+                }
+                if enter {
+                    let expected = self.target_env().map(|e| e.name.clone()).unwrap_or_default();
+                    if protected && input_text(&input) != expected {
+                        self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: true });
+                        return Vec::new();
+                    }
+                    return vec![Effect::StartRollback];
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: false });
             }
             Dialog::AbortReason { mut input, .. } => {
                 if esc {
@@ -816,6 +890,42 @@ mod tests {
             app.on_key(key(KeyCode::Char('R'))),
             [Effect::Send(Command::Retry { host: "a".into() }, CommandSource::Keyboard)]
         );
+    }
+
+    #[test]
+    fn a_rollback_policy_starts_the_rollback_when_the_deploy_ends() {
+        let mut app = deploying();
+        let threshold = Event::ThresholdExceeded {
+            wave: 1,
+            failures: 1,
+            limit: 0,
+            failed_hosts: vec!["a".into()],
+            action: crate::profile::FailureAction::Rollback,
+        };
+        assert_eq!(app.on_event(&stamp(1, threshold)), []);
+        let done = Event::DeployFinished { outcome: crate::event::Outcome::Aborted, duration_ms: 1, hosts: vec![] };
+        assert_eq!(
+            app.on_event(&stamp(2, done)),
+            [Effect::PrepareRollback { profile: 0, env: "dev".into(), automatic: true }]
+        );
+    }
+
+    #[test]
+    fn rollback_of_a_protected_environment_needs_its_name() {
+        let mut app = App::new(vec![demo_profile()], "ann", 100);
+        app.on_key(key(KeyCode::Down));
+        app.on_key(key(KeyCode::Down));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('B'))),
+            [Effect::PrepareRollback { profile: 0, env: "production".into(), automatic: false }]
+        );
+        app.confirm_rollback("preview".into(), true);
+        assert_eq!(app.on_key(key(KeyCode::Enter)), []);
+        assert!(matches!(app.dialog, Some(Dialog::ConfirmRollback { wrong: true, .. })));
+        typed(&mut app, "production");
+        assert_eq!(app.on_key(key(KeyCode::Enter)), [Effect::StartRollback]);
+        app.confirm_rollback("preview".into(), false);
+        assert_eq!(app.on_key(key(KeyCode::Esc)), [Effect::CancelRollback]);
     }
 
     #[test]

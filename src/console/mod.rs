@@ -37,6 +37,7 @@ use crate::event::{Command, Event, Outcome, Stamped};
 use crate::exit;
 use crate::lock::DeployLock;
 use crate::profile::Profile;
+use crate::rollback;
 use crate::session::{self, SessionOptions};
 
 /// Shortest time between two frames: about 30 frames per second at most.
@@ -172,6 +173,8 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
     let mut frames = tokio::time::interval(FRAME);
     frames.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut running: Option<Running> = None;
+    // A rollback planned and shown to the operator, waiting for confirmation.
+    let mut prepared_rollback: Option<rollback::Prepared> = None;
     let mut last_outcome: Option<Outcome> = None;
     let mut dirty = true;
     let mut batch = Vec::with_capacity(1024);
@@ -253,6 +256,44 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                         Err(message) => app.status = Some(message),
                     }
                 }
+                Effect::PrepareRollback { profile, env, automatic } => {
+                    let (audit_dir, local_root) = (options.audit_dir.as_deref(), options.local_root.as_deref());
+                    match rollback::prepare(&app.profiles[profile], &env, audit_dir, local_root).await {
+                        Ok(prepared) if automatic => {
+                            prepared_rollback = None;
+                            match launch(prepared.session, audit_files).await {
+                                Ok(r) => {
+                                    app.begin_deploy();
+                                    app.status = Some("on_failure = \"rollback\": rolling back".into());
+                                    running = Some(r);
+                                }
+                                Err(message) => app.status = Some(message),
+                            }
+                        }
+                        Ok(prepared) => {
+                            app.confirm_rollback(prepared.describe(), prepared.session.plan.protected);
+                            prepared_rollback = Some(prepared);
+                        }
+                        Err(e) => app.status = Some(e.to_string()),
+                    }
+                }
+                Effect::StartRollback => {
+                    if let Some(prepared) = prepared_rollback.take() {
+                        match launch(prepared.session, audit_files).await {
+                            Ok(r) => {
+                                app.begin_deploy();
+                                running = Some(r);
+                            }
+                            Err(message) => app.status = Some(message),
+                        }
+                    }
+                }
+                Effect::CancelRollback => {
+                    if let Some(prepared) = prepared_rollback.take() {
+                        audit_files.push(prepared.session.audit.path().to_path_buf());
+                        let _ = prepared.session.audit.close("refused", exit::INVALID);
+                    }
+                }
             }
             dirty = true;
         }
@@ -303,6 +344,11 @@ async fn start_deploy(
             "confirmation": if session.plan.protected { "typed environment name" } else { "confirmed plan" },
         }),
     );
+    launch(session, audit_files).await
+}
+
+/// Takes the environment's lock and starts the engine on a prepared session.
+async fn launch(mut session: session::Session, audit_files: &mut Vec<PathBuf>) -> Result<Running, String> {
     let lock = match session.take_lock().await {
         Ok(lock) => lock,
         Err((code, message)) => {

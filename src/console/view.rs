@@ -110,7 +110,7 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
     let hint = if app.targets.is_empty() {
         "no environments in these profiles · q quit"
     } else {
-        "↑↓ choose environment · Enter deploy · ? help · q quit"
+        "↑↓ choose environment · Enter deploy · B roll back · ? help · q quit"
     };
     draw_footer(frame, footer, app, hint, theme);
 }
@@ -156,7 +156,7 @@ fn draw_deploy(frame: &mut Frame, app: &App, model: &DeployModel, theme: &Theme,
     draw_hosts(frame, areas.hosts, app, model, theme, clock);
     draw_details(frame, &areas, app, model, theme, clock);
     let hint = if model.is_finished() {
-        "o overview · Tab pane · / filter · i all hosts · ? help · q quit"
+        "o overview · B roll back · Tab pane · / filter · i all · ? help · q quit"
     } else {
         "p pause · r resume · a abort · Tab pane · / filter · i all · ? help · q quit"
     };
@@ -495,7 +495,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
     let area = frame.area();
     match dialog {
         Dialog::Help => {
-            let rect = layout::centered(area, 70, 23);
+            let rect = layout::centered(area, 70, 24);
             let keys: &[(&str, &str)] = &[
                 ("↑ ↓  j k", "choose environment or host; scroll the pane"),
                 ("Enter", "deploy the environment · focus the host's log"),
@@ -511,6 +511,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 ("s", "sort hosts: plan order, problems first, name"),
                 ("R  x", "retry a failed host · skip it, or exclude a waiting one"),
                 ("o", "back to the overview after a deploy"),
+                ("B", "roll back the environment's last deploy (shows targets first)"),
                 ("Esc", "close a dialog · clear the filter or search"),
                 ("q  Ctrl-C", "quit; during a deploy asks, then aborts it"),
                 ("mouse", "click selects a host · wheel scrolls the log"),
@@ -578,6 +579,33 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 theme,
                 true,
             );
+        }
+        Dialog::ConfirmRollback { preview, protected, input, wrong } => {
+            let height = (preview.lines().count() as u16 + 7).min(area.height);
+            let rect = layout::centered(area, 78, height);
+            frame.render_widget(Clear, rect);
+            let block = Block::default()
+                .borders(Borders::ALL)
+                .border_type(BorderType::Double)
+                .border_style(theme.bad())
+                .title(" Roll back ".to_string());
+            let inner = block.inner(rect);
+            frame.render_widget(block, rect);
+            let [text_area, input_area, hint_area] =
+                Layout::vertical([Constraint::Min(1), Constraint::Length(1), Constraint::Length(1)]).areas(inner);
+            frame.render_widget(Paragraph::new(preview.clone()).wrap(Wrap { trim: false }), text_area);
+            if *protected {
+                let field = Rect { x: input_area.x + 1, width: input_area.width.saturating_sub(2), ..input_area };
+                frame.render_widget(input, field);
+            }
+            let hint = match (*protected, *wrong) {
+                (_, true) => Line::styled(" that is not the environment's name: nothing was started", theme.bad()),
+                (true, false) => {
+                    Line::styled(" protected: type its name, then Enter · Esc cancel", theme.fg(theme.accent))
+                }
+                (false, false) => Line::styled(" Enter roll back · Esc cancel", theme.fg(theme.accent)),
+            };
+            frame.render_widget(Paragraph::new(hint), hint_area);
         }
         Dialog::AbortReason { input, empty } => {
             let rect = layout::centered(area, 64, 7);
