@@ -169,9 +169,9 @@ fn check(profile: &std::path::Path, env: &str, local_root: Option<&std::path::Pa
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
-    let Some(environment) = profile.environment(env) else {
-        let known = profile.environment_names().join(", ");
-        return fail(&SetupError::Invalid(format!("no environment `{env}` in this profile (environments: {known})")));
+    let environment = match environment(&profile, env) {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
     };
     let transport = match session::transport_for(environment, local_root) {
         Ok(t) => t,
@@ -201,7 +201,7 @@ fn rollback(
     audit_dir: Option<&std::path::Path>,
     local_root: Option<&std::path::Path>,
 ) -> i32 {
-    use std::io::{BufRead, IsTerminal, Write};
+    use std::io::IsTerminal;
     let profile = match session::load_profile(path) {
         Ok(p) => p,
         Err(e) => return fail(&e),
@@ -222,11 +222,7 @@ fn rollback(
             let why = if session.plan.protected { format!("{env} is protected") } else { "not on a terminal".into() };
             return fail(&SetupError::Invalid(format!("{why}: add --yes to roll back")));
         }
-        print!("Type {env} to start the rollback: ");
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if answer.trim() != env {
+        if !confirm_by_name(env, &format!("Type {env} to start the rollback: ")) {
             println!("not started");
             let _ = session.audit.close("refused", exit::INVALID);
             return exit::INVALID;
@@ -243,15 +239,15 @@ fn unlock(
     audit_dir: Option<&std::path::Path>,
     local_root: Option<&std::path::Path>,
 ) -> i32 {
-    use std::io::{BufRead, IsTerminal, Write};
+    use std::io::IsTerminal;
     use wavedeck::lock::{self, LockPlace};
     let profile = match session::load_profile(profile) {
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
-    let Some(environment) = profile.environment(env) else {
-        let known = profile.environment_names().join(", ");
-        return fail(&SetupError::Invalid(format!("no environment `{env}` in this profile (environments: {known})")));
+    let environment = match environment(&profile, env) {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
     };
     let Some(first) = environment.hosts.first() else { return fail(&SetupError::Invalid("no hosts".into())) };
     let place = LockPlace::new(
@@ -276,11 +272,10 @@ fn unlock(
         if !std::io::stdin().is_terminal() {
             return fail(&SetupError::Invalid("add --yes to break the lock".into()));
         }
-        print!("Break it only if that deploy is really gone. Type {env} to break the lock: ");
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if answer.trim() != env {
+        if !confirm_by_name(
+            env,
+            &format!("Break it only if that deploy is really gone. Type {env} to break the lock: "),
+        ) {
             println!("not broken");
             return exit::INVALID;
         }
@@ -328,11 +323,9 @@ fn deploy(options: &SessionOptions, yes: bool, orders: &wavedeck::headless::Orde
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            return fail(&SetupError::CannotStart(format!("cannot start the async runtime: {e}")));
-        }
+        Err(e) => return fail(&e),
     };
     let ended = runtime.block_on(wavedeck::headless::drive(session, orders));
     if !ended.rollback {
@@ -351,6 +344,26 @@ fn deploy(options: &SessionOptions, yes: bool, orders: &wavedeck::headless::Orde
     }
     // The deploy failed whatever the rollback did; its own result is printed and audited.
     exit::FAILED
+}
+
+fn environment<'p>(
+    profile: &'p wavedeck::profile::Profile,
+    env: &str,
+) -> Result<&'p wavedeck::profile::Environment, SetupError> {
+    profile.environment(env).ok_or_else(|| {
+        let known = profile.environment_names().join(", ");
+        SetupError::Invalid(format!("no environment `{env}` in this profile (environments: {known})"))
+    })
+}
+
+/// Asks on the terminal for the environment's name; true when it was typed exactly.
+fn confirm_by_name(env: &str, prompt: &str) -> bool {
+    use std::io::{BufRead, Write};
+    print!("{prompt}");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    answer.trim() == env
 }
 
 fn fail(error: &SetupError) -> i32 {

@@ -135,26 +135,7 @@ pub fn prepare_with(
     let env = profile.environment(&plan.env).ok_or_else(|| SetupError::Invalid("environment vanished".into()))?;
     let transport = transport_for(env, options.local_root)?;
     let redactor = secrets.redactor();
-    let dir = audit::audit_dir(options.audit_dir).ok_or_else(|| {
-        SetupError::CannotStart(format!("no home directory to keep the audit log in: set {}", audit::AUDIT_DIR_ENV))
-    })?;
-    let start = SessionStart {
-        operator: audit::operator_name(),
-        machine: audit::machine_name(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        argv: std::env::args().collect(),
-        mode: options.mode.to_string(),
-        profile: profile.path.clone(),
-        profile_sha256: profile.sha256.clone(),
-        env: plan.env.clone(),
-        release: plan.release.clone(),
-    };
-    let audit = AuditLog::open(&dir, &start, redactor.clone()).map_err(|e| {
-        SetupError::CannotStart(format!(
-            "cannot write the audit log in {}: {e}; refusing to deploy without one (choose another with --audit-dir)",
-            dir.display()
-        ))
-    })?;
+    let audit = open_audit(&profile, &plan.env, &plan.release, options.mode, options.audit_dir, redactor.clone())?;
     Ok(Session { profile, plan, redactor, audit, transport })
 }
 
@@ -176,8 +157,21 @@ pub fn audit_action(
     mode: &str,
     audit_dir: Option<&Path>,
 ) -> Result<AuditLog, SetupError> {
+    open_audit(profile, env, "", mode, audit_dir, Redactor::default())
+}
+
+/// Starts an audit session (its `session_start` record says who, where, what and with which
+/// profile). Nothing runs without one.
+fn open_audit(
+    profile: &Profile,
+    env: &str,
+    release: &str,
+    mode: &str,
+    audit_dir: Option<&Path>,
+    redactor: Redactor,
+) -> Result<AuditLog, SetupError> {
     let dir = audit::audit_dir(audit_dir).ok_or_else(|| {
-        SetupError::CannotStart(format!("no home directory for the audit log: set {}", audit::AUDIT_DIR_ENV))
+        SetupError::CannotStart(format!("no home directory to keep the audit log in: set {}", audit::AUDIT_DIR_ENV))
     })?;
     let start = SessionStart {
         operator: audit::operator_name(),
@@ -188,10 +182,14 @@ pub fn audit_action(
         profile: profile.path.clone(),
         profile_sha256: profile.sha256.clone(),
         env: env.to_string(),
-        release: String::new(),
+        release: release.to_string(),
     };
-    AuditLog::open(&dir, &start, Redactor::default())
-        .map_err(|e| SetupError::CannotStart(format!("cannot write the audit log in {}: {e}", dir.display())))
+    AuditLog::open(&dir, &start, redactor).map_err(|e| {
+        SetupError::CannotStart(format!(
+            "cannot write the audit log in {}: {e}; refusing to go on without one (choose another with --audit-dir)",
+            dir.display()
+        ))
+    })
 }
 
 /// File descriptors one SSH host needs at most while connected (its socket, a jump socket,

@@ -42,7 +42,11 @@ pub struct HostView {
     pub last_result: Option<StepResult>,
     /// Bytes sent and total of the upload in progress.
     pub upload: Option<(u64, u64)>,
+    /// The last health sample's result.
     pub healthy: Option<bool>,
+    /// The monitoring verdict once the host is done (after the streak thresholds); a host that
+    /// went unhealthy counts against its wave.
+    pub went_unhealthy: bool,
     /// Latency in ms of recent health samples; `None` for a failed sample.
     pub health: VecDeque<Option<u64>>,
     pub logs: LogBuffer,
@@ -198,6 +202,7 @@ impl DeployModel {
                             last_result: None,
                             upload: None,
                             healthy: None,
+                            went_unhealthy: false,
                             health: VecDeque::new(),
                             logs: LogBuffer::new(self.scrollback),
                         });
@@ -355,6 +360,17 @@ impl DeployModel {
             Event::HealthChanged { host, check, healthy } => {
                 if let Some(h) = self.host_mut(host) {
                     h.healthy = Some(*healthy);
+                    h.went_unhealthy = !*healthy;
+                    // The host's log is where the operator looks: say it there too.
+                    let (stream, text) = if *healthy {
+                        (crate::event::Stream::Stdout, format!("health check {check}: healthy again"))
+                    } else {
+                        (
+                            crate::event::Stream::Stderr,
+                            format!("health check {check}: UNHEALTHY (failing while monitored)"),
+                        )
+                    };
+                    h.logs.push(LogLine { host: None, stream, text: text.into() });
                 }
                 let (severity, word) =
                     if *healthy { (Severity::Good, "healthy again") } else { (Severity::Bad, "UNHEALTHY") };

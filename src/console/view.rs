@@ -121,8 +121,17 @@ fn plan_lines(plan: &Plan, theme: &Theme) -> Vec<Line<'static>> {
         Span::raw(format!("{} hosts in {} waves", plan.host_count(), plan.waves.len())),
         Span::styled(
             format!(
-                " · canary {} · batch {} · parallel {} · max failures {} per wave",
-                p.canary, p.batch, p.parallel, p.max_failures
+                " · canary {} · batch {} · parallel {} · max failures {} per wave{}{}",
+                p.canary,
+                p.batch,
+                p.parallel,
+                p.max_failures,
+                if p.soak.is_zero() {
+                    String::new()
+                } else {
+                    format!(" · soak {}", humantime::format_duration(p.soak))
+                },
+                if p.gate == crate::profile::Promotion::Manual { " · manual gates" } else { "" }
             ),
             theme.muted(),
         ),
@@ -202,7 +211,7 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
             .iter()
             .filter(|h| matches!(h.phase, HostPhase::Done | HostPhase::Failed | HostPhase::Cancelled))
             .count();
-        let failed = hosts.iter().filter(|h| h.phase == HostPhase::Failed).count();
+        let failed = hosts.iter().filter(|h| h.phase == HostPhase::Failed || h.went_unhealthy).count();
         let never_ran = hosts.iter().all(|h| h.phase == HostPhase::Skipped);
         let (mark, style) = match (wave.phase, failed) {
             (_, f) if f > 0 => ("✗", theme.bad()),
@@ -228,7 +237,7 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
             let why = match cause {
                 PauseCause::Operator => format!("PAUSED by {}", model.operator),
                 PauseCause::FailureThreshold { wave, failures, limit } => {
-                    format!("PAUSED · wave {wave}: {failures} failed > {limit} allowed")
+                    format!("PAUSED · wave {wave}: {failures} failed or unhealthy > {limit} allowed")
                 }
             };
             let still = if running.is_empty() {
