@@ -137,7 +137,9 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         assert!(probe(&Probe::Tcp { address }, Duration::from_secs(5)).await.succeeded());
         drop(listener);
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        // Port 1, not a just-freed ephemeral port: connecting to a free ephemeral port on loopback
+        // can occasionally connect to itself (TCP simultaneous open) and succeed.
+        let closed = "127.0.0.1:1".to_string();
         let result = probe(&Probe::Tcp { address: closed.clone() }, Duration::from_secs(5)).await;
         assert!(matches!(&result, StepResult::Error { message } if message.contains(&closed)), "{result:?}");
     }

@@ -159,6 +159,57 @@ pub fn last_deploy(dir: &Path, service: &str, env: &str) -> Result<Option<LastDe
     Ok(None)
 }
 
+/// Audit sessions read to find hosts' last releases: enough for recent history, bounded so
+/// the console starts fast however long the audit directory has grown.
+const HISTORY_SESSIONS: usize = 100;
+
+/// The release each host of `env` last finished a deploy or rollback with, per the audit log.
+pub fn last_releases(dir: &Path, service: &str, env: &str) -> BTreeMap<String, String> {
+    let mut files: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect(),
+        Err(_) => return BTreeMap::new(),
+    };
+    files.sort();
+    let start = files.len().saturating_sub(HISTORY_SESSIONS);
+    let mut releases = BTreeMap::new();
+    for file in &files[start..] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        let mut records = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok());
+        let Some(first) = records.next() else { continue };
+        if first["record"] != "session_start" || first["env"] != env {
+            continue;
+        }
+        let mut release = None;
+        let mut targets: BTreeMap<String, String> = BTreeMap::new();
+        for r in records {
+            match (r["record"].as_str(), r["event"].as_str()) {
+                (Some("rollback_planned"), _) => {
+                    for t in r["targets"].as_array().into_iter().flatten() {
+                        if let (Some(h), Some(to)) = (t["host"].as_str(), t["target"].as_str()) {
+                            targets.insert(h.to_string(), to.to_string());
+                        }
+                    }
+                }
+                (Some("event"), Some("deploy_started")) if r["service"] == service => {
+                    release = r["release"].as_str().map(str::to_string);
+                }
+                (Some("event"), Some("host_finished")) if r["state"] == "done" => {
+                    let Some(host) = r["host"].as_str() else { continue };
+                    let got = targets.get(host).cloned().or_else(|| release.clone());
+                    if let Some(got) = got {
+                        releases.insert(host.to_string(), got);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    releases
+}
+
 enum Found {
     Deploy(LastDeploy),
     Rollback(String),
@@ -273,6 +324,42 @@ async fn ask(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_releases_follow_deploys_and_rollbacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, lines: &[&str]| std::fs::write(dir.path().join(name), lines.join("\n")).unwrap();
+        write(
+            "wavedeck-1.jsonl",
+            &[
+                r#"{"record":"session_start","mode":"headless","env":"prod"}"#,
+                r#"{"record":"event","event":"deploy_started","service":"shop","release":"1.0"}"#,
+                r#"{"record":"event","event":"host_finished","host":"a","state":"done"}"#,
+                r#"{"record":"event","event":"host_finished","host":"b","state":"done"}"#,
+            ],
+        );
+        write(
+            "wavedeck-2.jsonl",
+            &[
+                r#"{"record":"session_start","mode":"headless","env":"prod"}"#,
+                r#"{"record":"event","event":"deploy_started","service":"shop","release":"2.0"}"#,
+                r#"{"record":"event","event":"host_finished","host":"a","state":"done"}"#,
+                r#"{"record":"event","event":"host_finished","host":"b","state":"failed"}"#,
+            ],
+        );
+        write(
+            "wavedeck-3.jsonl",
+            &[
+                r#"{"record":"session_start","mode":"rollback","env":"prod"}"#,
+                r#"{"record":"rollback_planned","targets":[{"host":"a","target":"1.0"}]}"#,
+                r#"{"record":"event","event":"deploy_started","service":"shop","release":"rollback-of-2.0"}"#,
+                r#"{"record":"event","event":"host_finished","host":"a","state":"done"}"#,
+            ],
+        );
+        let releases = last_releases(dir.path(), "shop", "prod");
+        assert_eq!(releases.get("a").map(String::as_str), Some("1.0"));
+        assert_eq!(releases.get("b").map(String::as_str), Some("1.0"), "b's 2.0 deploy failed");
+    }
 
     #[test]
     fn the_newest_deploy_of_the_environment_is_found() {

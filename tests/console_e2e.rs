@@ -80,13 +80,18 @@ impl Console {
 
     /// Polls the screen until it contains `text`; fails with the screen after the deadline.
     fn wait_for(&self, text: &str) -> String {
+        self.wait_until(text, |screen| screen.contains(text))
+    }
+
+    /// Polls the screen until `ready` says so; fails with the screen after the deadline.
+    fn wait_until(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
             let screen = self.screen();
-            if screen.contains(text) {
+            if ready(&screen) {
                 return screen;
             }
-            assert!(start.elapsed() < DEADLINE, "no {text:?} on screen within {DEADLINE:?}:\n{screen}");
+            assert!(start.elapsed() < DEADLINE, "no {what:?} on screen within {DEADLINE:?}:\n{screen}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -291,4 +296,23 @@ fn rolling_back_from_the_console_shows_targets_then_goes_back() {
         files.iter().map(|f| read_audit(f)[0]["mode"].as_str().unwrap().to_string()).collect()
     };
     assert_eq!(modes, ["console", "console", "rollback"]);
+}
+
+#[test]
+fn the_overview_shows_last_releases_and_checks_hosts_on_request() {
+    if !tmux_available() {
+        return;
+    }
+    let c = Console::start();
+    c.start_deploy(0, "4.2.0");
+    c.wait_for("SUCCEEDED:");
+    c.keys(&["o"]);
+    c.wait_for("Environments");
+    let overview = c.wait_for("4.2.0");
+    assert_eq!(overview.matches("4.2.0").count(), 3, "each dev host shows its release:\n{overview}");
+    c.keys(&["c"]);
+    let checked = c.wait_until("three hosts ok", |screen| screen.matches(" ok ").count() == 3);
+    assert!(!checked.contains("checking…"), "{checked}");
+    c.keys(&["q"]);
+    assert_eq!(c.exit_code(), 0);
 }

@@ -5,6 +5,8 @@
 //! out: start a deploy, send a command to the engine (audited first), quit. Nothing here does
 //! I/O, so every key path is unit-tested without a terminal.
 
+use std::collections::BTreeMap;
+
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::{Position, Rect};
 use ratatui_textarea::TextArea;
@@ -34,6 +36,10 @@ pub enum Effect {
     },
     StartRollback,
     CancelRollback,
+    /// Preflight-check the hosts of `targets[target]` in the background.
+    Check {
+        target: usize,
+    },
     Send(Command, CommandSource),
     Quit,
 }
@@ -139,6 +145,10 @@ pub struct App {
     pub scrollback: usize,
     /// The terminal's size, for mapping mouse positions onto panes.
     pub size: Rect,
+    /// Per target (index into `targets`): host → the release it last finished, from the audit log.
+    pub releases: BTreeMap<usize, BTreeMap<String, String>>,
+    /// Per target: host → preflight status (`ok`, `unreachable`, …, or `checking…`).
+    pub reachability: BTreeMap<usize, BTreeMap<String, String>>,
 }
 
 impl App {
@@ -170,6 +180,8 @@ impl App {
             operator: operator.to_string(),
             scrollback,
             size: Rect::new(0, 0, 80, 24),
+            releases: BTreeMap::new(),
+            reachability: BTreeMap::new(),
         };
         app.refresh_preview();
         app
@@ -337,6 +349,13 @@ impl App {
                 self.refresh_preview();
             }
             KeyCode::Char('B') => return self.rollback_selected(false),
+            KeyCode::Char('c') => {
+                let Some(target) = self.targets.get(self.selected_target) else { return Vec::new() };
+                let env = &self.profiles[target.profile].environments[target.env];
+                let checking = env.hosts.iter().map(|h| (h.name.clone(), "checking…".to_string())).collect();
+                self.reachability.insert(self.selected_target, checking);
+                return vec![Effect::Check { target: self.selected_target }];
+            }
             KeyCode::Enter | KeyCode::Char('d') => {
                 if self.targets.is_empty() {
                     return Vec::new();

@@ -37,8 +37,8 @@ use crate::event::{Command, Event, Outcome, Stamped};
 use crate::exit;
 use crate::lock::DeployLock;
 use crate::profile::Profile;
-use crate::rollback;
 use crate::session::{self, SessionOptions};
+use crate::{check, rollback};
 
 /// Shortest time between two frames: about 30 frames per second at most.
 pub const FRAME: Duration = Duration::from_millis(33);
@@ -178,6 +178,12 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
     let mut last_outcome: Option<Outcome> = None;
     let mut dirty = true;
     let mut batch = Vec::with_capacity(1024);
+    let audit_dir = crate::audit::audit_dir(options.audit_dir.as_deref());
+    for target in 0..app.targets.len() {
+        refresh_releases(&mut app, target, audit_dir.as_deref());
+    }
+    // Preflight checks run in the background and report here, per target.
+    let (checks_tx, mut checks) = mpsc::unbounded_channel::<(usize, Vec<check::HostCheck>)>();
 
     loop {
         let mut effects = Vec::new();
@@ -218,10 +224,17 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                             if let Err(e) = r.audit.close(word, code) {
                                 app.status = Some(e.to_string());
                             }
+                            let target = app.selected_target;
+                            refresh_releases(&mut app, target, audit_dir.as_deref());
                         }
                     }
                 }
             },
+            Some((target, results)) = checks.recv() => {
+                let statuses = results.into_iter().map(|r| (r.host, r.status)).collect();
+                app.reachability.insert(target, statuses);
+                dirty = true;
+            }
             _ = sigterm.recv() => effects = hang_up(&mut app, "SIGTERM received"),
             _ = sighup.recv() => effects = hang_up(&mut app, "SIGHUP received"),
             _ = frames.tick() => {
@@ -277,6 +290,20 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                         Err(e) => app.status = Some(e.to_string()),
                     }
                 }
+                Effect::Check { target } => {
+                    let Some(t) = app.targets.get(target) else { continue };
+                    let env = app.profiles[t.profile].environments[t.env].clone();
+                    match session::transport_for(&env, options.local_root.as_deref()) {
+                        Ok(transport) => {
+                            let tx = checks_tx.clone();
+                            tokio::spawn(async move {
+                                let results = check::check(&env, transport).await;
+                                let _ = tx.send((target, results));
+                            });
+                        }
+                        Err(e) => app.status = Some(e.to_string()),
+                    }
+                }
                 Effect::StartRollback => {
                     if let Some(prepared) = prepared_rollback.take() {
                         match launch(prepared.session, audit_files).await {
@@ -298,6 +325,16 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
             dirty = true;
         }
     }
+}
+
+/// Reads from the audit log which release each host of a target last finished with. Runs at
+/// start and after a deploy, never while drawing.
+fn refresh_releases(app: &mut App, target: usize, audit_dir: Option<&Path>) {
+    let (Some(t), Some(dir)) = (app.targets.get(target), audit_dir) else { return };
+    let profile = &app.profiles[t.profile];
+    let env = &profile.environments[t.env].name;
+    let releases = rollback::last_releases(dir, &profile.service, env);
+    app.releases.insert(target, releases);
 }
 
 /// SIGTERM, SIGHUP or a lost terminal: abort a running deploy (audited) and quit when it has

@@ -84,11 +84,44 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
     let [hosts_area, plan_area] =
         Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(right);
     if let Some(env) = app.target_env() {
+        // Address and labels only where there is room for them.
+        let wide = hosts_area.width >= 70;
+        let releases = app.releases.get(&app.selected_target);
+        let reach = app.reachability.get(&app.selected_target);
         let rows = env.hosts.iter().map(|h| {
-            Row::new(vec![Cell::from(h.name.clone()), Cell::from(h.address.clone()), Cell::from(h.labels.join(", "))])
+            let release = releases.and_then(|r| r.get(&h.name)).cloned().unwrap_or_else(|| "—".into());
+            let status = reach.and_then(|r| r.get(&h.name));
+            let status_cell = match status.map(String::as_str) {
+                None => Span::styled("c: check", theme.muted()),
+                Some("ok") => Span::styled("ok", theme.fg(theme.ok)),
+                Some("checking…") => Span::styled("checking…", theme.muted()),
+                Some(other) => Span::styled(other.to_string(), theme.bad()),
+            };
+            let mut cells = vec![Cell::from(h.name.clone())];
+            if wide {
+                cells.extend([Cell::from(h.address.clone()), Cell::from(h.labels.join(", "))]);
+            }
+            cells.extend([Cell::from(release), Cell::from(status_cell)]);
+            Row::new(cells)
         });
-        let widths = [Constraint::Percentage(34), Constraint::Percentage(26), Constraint::Percentage(40)];
-        let header_row = Row::new(vec!["HOST", "ADDRESS", "LABELS"]).style(theme.muted());
+        let (widths, header): (Vec<Constraint>, Vec<&str>) = if wide {
+            (
+                vec![
+                    Constraint::Percentage(24),
+                    Constraint::Percentage(16),
+                    Constraint::Percentage(24),
+                    Constraint::Percentage(14),
+                    Constraint::Percentage(22),
+                ],
+                vec!["HOST", "ADDRESS", "LABELS", "RELEASE", "REACH"],
+            )
+        } else {
+            (
+                vec![Constraint::Percentage(40), Constraint::Percentage(25), Constraint::Percentage(35)],
+                vec!["HOST", "RELEASE", "REACH"],
+            )
+        };
+        let header_row = Row::new(header).style(theme.muted());
         let transport = match env.transport {
             crate::profile::TransportKind::Local => "local",
             crate::profile::TransportKind::Ssh => "ssh",
@@ -110,7 +143,7 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
     let hint = if app.targets.is_empty() {
         "no environments in these profiles · q quit"
     } else {
-        "↑↓ choose environment · Enter deploy · B roll back · ? help · q quit"
+        "↑↓ environment · Enter deploy · c check hosts · B roll back · ? help · q quit"
     };
     draw_footer(frame, footer, app, hint, theme);
 }
@@ -504,7 +537,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
     let area = frame.area();
     match dialog {
         Dialog::Help => {
-            let rect = layout::centered(area, 70, 24);
+            let rect = layout::centered(area, 72, 25);
             let keys: &[(&str, &str)] = &[
                 ("↑ ↓  j k", "choose environment or host; scroll the pane"),
                 ("Enter", "deploy the environment · focus the host's log"),
@@ -521,6 +554,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 ("R  x", "retry a failed host · skip it, or exclude a waiting one"),
                 ("o", "back to the overview after a deploy"),
                 ("B", "roll back the environment's last deploy (shows targets first)"),
+                ("c", "overview: check every host of the environment (reachable, key, auth)"),
                 ("Esc", "close a dialog · clear the filter or search"),
                 ("q  Ctrl-C", "quit; during a deploy asks, then aborts it"),
                 ("mouse", "click selects a host · wheel scrolls the log"),
