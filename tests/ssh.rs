@@ -341,3 +341,18 @@ async fn an_unreachable_host_is_retried_with_backoff_and_each_attempt_is_an_even
     assert_eq!(waits[2], None);
     assert_eq!(hosts[0].state, HostState::Failed);
 }
+
+#[tokio::test]
+async fn hashed_known_hosts_entries_are_understood() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let hashed =
+        std::process::Command::new("ssh-keygen").arg("-H").arg("-f").arg(fleet.path("known_hosts")).output().unwrap();
+    assert!(hashed.status.success());
+    let text = std::fs::read_to_string(fleet.path("known_hosts")).unwrap();
+    assert!(text.starts_with("|1|"), "hashed: {text}");
+    let mut d = start(&fleet.profile(&step("hi", "echo hi", ""), ""));
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+}
