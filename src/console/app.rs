@@ -948,6 +948,41 @@ mod tests {
     }
 
     #[test]
+    fn clicking_a_host_row_selects_it_and_the_wheel_scrolls_the_log() {
+        use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+        let mut app = deploying();
+        app.size = Rect::new(0, 0, 160, 48);
+        let hosts = layout::deploy(app.size).hosts;
+        // Border, header, then rows: the third row is host "c".
+        let click = MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: hosts.x + 3,
+            row: hosts.y + 2 + 2,
+            modifiers: KeyModifiers::NONE,
+        };
+        app.on_mouse(click);
+        assert_eq!(app.selected_name().as_deref(), Some("c"));
+        for i in 0..20 {
+            let line = Event::Output {
+                host: "c".into(),
+                step: "s".into(),
+                stream: crate::event::Stream::Stdout,
+                line: format!("{i}"),
+            };
+            app.on_event(&stamp(1, line));
+        }
+        let logs = layout::deploy(app.size).logs;
+        let wheel = MouseEvent {
+            kind: MouseEventKind::ScrollUp,
+            column: logs.x + 2,
+            row: logs.y + 2,
+            modifiers: KeyModifiers::NONE,
+        };
+        app.on_mouse(wheel);
+        assert_eq!(app.log_scroll, 3);
+    }
+
+    #[test]
     fn quit_without_a_deploy_is_immediate() {
         let mut app = App::new(vec![demo_profile()], "ann", 100);
         assert_eq!(app.on_key(key(KeyCode::Char('q'))), [Effect::Quit]);
