@@ -626,14 +626,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
         Dialog::ConfirmRollback { preview, protected, input, wrong } => {
             let height = (preview.lines().count() as u16 + 7).min(area.height);
             let rect = layout::centered(area, 78, height);
-            frame.render_widget(Clear, rect);
-            let block = Block::default()
-                .borders(Borders::ALL)
-                .border_type(BorderType::Double)
-                .border_style(theme.bad())
-                .title(" Roll back ".to_string());
-            let inner = block.inner(rect);
-            frame.render_widget(block, rect);
+            let inner = dialog_frame(frame, rect, " Roll back ", theme, true);
             let [text_area, input_area, hint_area] =
                 Layout::vertical([Constraint::Min(1), Constraint::Length(1), Constraint::Length(1)]).areas(inner);
             frame.render_widget(Paragraph::new(preview.clone()).wrap(Wrap { trim: false }), text_area);
@@ -663,7 +656,9 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
     }
 }
 
-fn popup(frame: &mut Frame, rect: Rect, title: &str, body: Paragraph, theme: &Theme, danger: bool) {
+/// Clears `rect` and draws a dialog's frame there (red when the action is dangerous);
+/// returns the area inside it.
+fn dialog_frame(frame: &mut Frame, rect: Rect, title: &str, theme: &Theme, danger: bool) -> Rect {
     frame.render_widget(Clear, rect);
     let border = if danger { theme.bad() } else { theme.border(true) };
     let block = Block::default()
@@ -671,7 +666,14 @@ fn popup(frame: &mut Frame, rect: Rect, title: &str, body: Paragraph, theme: &Th
         .border_type(BorderType::Double)
         .border_style(border)
         .title(title.to_string());
-    frame.render_widget(body.block(block), rect);
+    let inner = block.inner(rect);
+    frame.render_widget(block, rect);
+    inner
+}
+
+fn popup(frame: &mut Frame, rect: Rect, title: &str, body: Paragraph, theme: &Theme, danger: bool) {
+    let inner = dialog_frame(frame, rect, title, theme, danger);
+    frame.render_widget(body, inner);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -685,15 +687,7 @@ fn input_popup(
     theme: &Theme,
     danger: bool,
 ) {
-    frame.render_widget(Clear, rect);
-    let border = if danger { theme.bad() } else { theme.border(true) };
-    let block = Block::default()
-        .borders(Borders::ALL)
-        .border_type(BorderType::Double)
-        .border_style(border)
-        .title(title.to_string());
-    let inner = block.inner(rect);
-    frame.render_widget(block, rect);
+    let inner = dialog_frame(frame, rect, title, theme, danger);
     let [label_area, input_area, error_area] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(1), Constraint::Min(0)]).areas(inner);
     frame.render_widget(Paragraph::new(format!(" {label}")), label_area);
