@@ -135,7 +135,10 @@ impl Plan {
             Some(host) if profile.steps.iter().any(|s| s.once) => {
                 let real = variables(profile, env, host, release, 0, secrets);
                 let shown = variables(profile, env, host, release, 0, &masked);
-                let steps = planned_steps(profile, host, &real, &shown, profile.steps.iter().filter(|s| s.once))?;
+                // Run-once steps are not a host's deploy: no health checks follow them.
+                let mut no_checks = profile.clone();
+                no_checks.health.clear();
+                let steps = planned_steps(&no_checks, host, &real, &shown, profile.steps.iter().filter(|s| s.once))?;
                 Some(HostPlan { host: host.clone(), steps })
             }
             _ => None,
@@ -536,6 +539,17 @@ run = "true"
         assert_eq!(b.steps[0].shown, "curl -H 'X: ******' /srv/web/v2 # b w2");
         assert!(!plan.describe().contains("s3cret"));
         assert!(!format!("{plan:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn run_once_steps_get_no_health_checks_and_hosts_no_run_once_steps() {
+        let src = PROFILE.replace("name = \"restart\"", "name = \"restart\"\nonce = true");
+        let profile = Profile::parse(Path::new("p.toml"), &src).unwrap();
+        let plan = Plan::build(&profile, "dev", "v2", &Secrets::masked(&profile)).unwrap();
+        let once: Vec<&str> = plan.once.as_ref().unwrap().steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(once, ["restart"]);
+        let host: Vec<&str> = plan.waves[0].hosts[0].steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(host, ["fetch", "up", "final"]);
     }
 
     #[test]
