@@ -441,3 +441,20 @@ fn on_failure_rollback_takes_the_changed_hosts_back() {
         audit_files(&s).iter().map(|f| audit_records(f)[0]["mode"].as_str().unwrap().to_string()).collect();
     assert_eq!(modes, ["headless", "headless", "rollback"]);
 }
+
+#[test]
+fn the_readme_profile_reference_is_a_valid_profile() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("## Profile reference").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let s = Sandbox::new();
+    let path = s.dir.path().join("reference.toml");
+    std::fs::write(&path, example).unwrap();
+    let out = s
+        .command(&["plan", path.to_str().unwrap(), "--env", "production"])
+        .env("SHOPFRONT_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
