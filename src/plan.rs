@@ -136,9 +136,8 @@ impl Plan {
                 let real = variables(profile, env, host, release, 0, secrets);
                 let shown = variables(profile, env, host, release, 0, &masked);
                 // Run-once steps are not a host's deploy: no health checks follow them.
-                let mut no_checks = profile.clone();
-                no_checks.health.clear();
-                let steps = planned_steps(&no_checks, host, &real, &shown, profile.steps.iter().filter(|s| s.once))?;
+                let once_steps = profile.steps.iter().filter(|s| s.once);
+                let steps = planned_steps(profile, host, &real, &shown, once_steps, Checks::None)?;
                 Some(HostPlan { host: host.clone(), steps })
             }
             _ => None,
@@ -175,11 +174,6 @@ impl Plan {
         if profile.rollback.is_empty() {
             return Err(PlanError::NoRollback);
         }
-        // After rolling back, every check applies, whichever deploy step it followed.
-        let mut checks_last = profile.clone();
-        for check in &mut checks_last.health {
-            check.after = None;
-        }
         let masked = Secrets::masked(profile);
         let mut planned = Vec::new();
         for names in waves {
@@ -189,7 +183,8 @@ impl Plan {
                 let release = targets.get(&host.name).map_or(from_release, String::as_str);
                 let real = variables(profile, env, host, release, number, secrets);
                 let shown = variables(profile, env, host, release, number, &masked);
-                let steps = planned_steps(&checks_last, host, &real, &shown, profile.rollback.iter())?;
+                // After rolling back, every check applies, whichever deploy step it followed.
+                let steps = planned_steps(profile, host, &real, &shown, profile.rollback.iter(), Checks::AllAtEnd)?;
                 hosts.push(HostPlan { host: host.clone(), steps });
             }
             if !hosts.is_empty() {
@@ -363,7 +358,18 @@ fn host_steps(
     real: &BTreeMap<String, String>,
     shown: &BTreeMap<String, String>,
 ) -> Result<Vec<PlannedStep>, PlanError> {
-    planned_steps(profile, host, real, shown, profile.steps.iter().filter(|s| !s.once))
+    planned_steps(profile, host, real, shown, profile.steps.iter().filter(|s| !s.once), Checks::AfterTheirSteps)
+}
+
+/// Where health checks go in a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checks {
+    /// After the step each names (`after`), the rest at the end: a deploy.
+    AfterTheirSteps,
+    /// All at the end: a rollback, whose steps are not the ones the checks name.
+    AllAtEnd,
+    /// None: run-once steps.
+    None,
 }
 
 fn planned_steps<'p>(
@@ -372,6 +378,7 @@ fn planned_steps<'p>(
     real: &BTreeMap<String, String>,
     shown: &BTreeMap<String, String>,
     selected: impl Iterator<Item = &'p crate::profile::Step>,
+    checks: Checks,
 ) -> Result<Vec<PlannedStep>, PlanError> {
     let render = |what: &str, source: &str| -> Result<(Sensitive, String), PlanError> {
         let fail = |message| PlanError::Render { what: what.to_string(), host: host.name.clone(), message };
@@ -379,7 +386,12 @@ fn planned_steps<'p>(
     };
     let health_after = |after: Option<&str>| -> Result<Vec<PlannedStep>, PlanError> {
         let mut out = Vec::new();
-        for check in profile.health.iter().filter(|c| c.after.as_deref() == after) {
+        let placed_here = |c: &&crate::profile::HealthCheck| match checks {
+            Checks::AfterTheirSteps => c.after.as_deref() == after,
+            Checks::AllAtEnd => after.is_none(),
+            Checks::None => false,
+        };
+        for check in profile.health.iter().filter(placed_here) {
             let what = format!("health check `{}`", check.name);
             let (action, shown) = match &check.probe {
                 HealthProbe::Command(run) => {
