@@ -3,13 +3,12 @@
 //! and the free space where steps run. It changes nothing on the hosts.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
 use crate::profile::Environment;
-use crate::transport::{ConnectObserver, Target, Transport, TransportError};
+use crate::transport::{NoObserver, Target, Transport};
 
 /// Below this much free space a host is flagged (but still counts as reachable).
 pub const LOW_DISK: u64 = 1 << 30;
@@ -31,18 +30,6 @@ impl HostCheck {
     }
 }
 
-/// Counts attempts, so the report can say how many it took.
-#[derive(Default)]
-struct Attempts(Mutex<u32>);
-
-impl ConnectObserver for Attempts {
-    fn attempt_failed(&self, _attempt: u32, _of: u32, _error: &TransportError, _retry_in: Option<Duration>) {
-        if let Ok(mut n) = self.0.lock() {
-            *n += 1;
-        }
-    }
-}
-
 /// Checks every host of `env` through `transport`.
 pub async fn check(env: &Environment, transport: Arc<dyn Transport>) -> Vec<HostCheck> {
     let slots = Arc::new(Semaphore::new(env.policy.parallel.max(1)));
@@ -52,9 +39,8 @@ pub async fn check(env: &Environment, transport: Arc<dyn Transport>) -> Vec<Host
         let target = Target { env: env.name.clone(), host: host.clone() };
         tasks.push(tokio::spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let attempts = Attempts::default();
             let address = target.host.address.clone();
-            match transport.open(&target, &attempts).await {
+            match transport.open(&target, &NoObserver).await {
                 Ok(session) => {
                     let (free_bytes, detail) = match session.free_space().await {
                         Ok(bytes) if bytes < LOW_DISK => (Some(bytes), "LOW DISK SPACE".to_string()),

@@ -11,12 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
-use crate::event::{StepResult, Stream};
-use crate::transport::{
-    ConnectObserver, ExecRequest, HostSession, OutputSink, Target, Transport, TransportError, shell_quote,
-};
+use crate::event::StepResult;
+use crate::transport::{Captured, HostSession, NoObserver, Target, Transport, run_captured, shell_quote};
 
 /// How long taking, releasing or breaking the lock may take.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,7 +101,7 @@ impl DeployLock {
              else echo 'the lock now belongs to someone else; left in place' >&2; exit 1; fi"
         );
         let (result, output) = run(self.session.as_ref(), &command).await;
-        if result.succeeded() { Ok(()) } else { Err(format!("{}: {}", result, output.trim())) }
+        if result.succeeded() { Ok(()) } else { Err(format!("{}: {}", result, output.all())) }
     }
 }
 
@@ -121,10 +118,12 @@ pub async fn acquire(transport: &dyn Transport, place: &LockPlace, info: LockInf
     let (result, output) = run(session.as_ref(), &command).await;
     match result {
         StepResult::Exited { code: 0 } => Ok(DeployLock { place: place.clone(), session, info }),
-        StepResult::Exited { code: HELD } => {
-            Err(LockError::Held { env: info.env, holder: serde_json::from_str(output.trim()).ok(), raw: output })
-        }
-        other => Err(failed(place, format!("{other}: {}", output.trim()))),
+        StepResult::Exited { code: HELD } => Err(LockError::Held {
+            env: info.env,
+            holder: serde_json::from_str(output.stdout.trim()).ok(),
+            raw: output.all(),
+        }),
+        other => Err(failed(place, format!("{other}: {}", output.all()))),
     }
 }
 
@@ -136,8 +135,8 @@ pub async fn inspect(transport: &dyn Transport, place: &LockPlace) -> Result<Opt
         run(session.as_ref(), &format!("test -d {dir} || exit 3; cat {dir}/owner.json 2>/dev/null; true")).await;
     match result {
         StepResult::Exited { code: 3 } => Ok(None),
-        StepResult::Exited { code: 0 } => Ok(Some(serde_json::from_str(output.trim()).ok())),
-        other => Err(failed(place, format!("{other}: {}", output.trim()))),
+        StepResult::Exited { code: 0 } => Ok(Some(serde_json::from_str(output.stdout.trim()).ok())),
+        other => Err(failed(place, format!("{other}: {}", output.all()))),
     }
 }
 
@@ -147,9 +146,9 @@ pub async fn break_lock(transport: &dyn Transport, place: &LockPlace) -> Result<
     let dir = shell_quote(&place.path);
     let (result, output) = run(session.as_ref(), &format!("cat {dir}/owner.json 2>/dev/null; rm -rf {dir}")).await;
     if result.succeeded() {
-        Ok(serde_json::from_str(output.trim()).ok())
+        Ok(serde_json::from_str(output.stdout.trim()).ok())
     } else {
-        Err(failed(place, format!("{result}: {}", output.trim())))
+        Err(failed(place, format!("{result}: {}", output.all())))
     }
 }
 
@@ -157,35 +156,12 @@ fn failed(place: &LockPlace, message: String) -> LockError {
     LockError::Failed { host: place.target.host.name.clone(), message }
 }
 
-struct Quiet;
-
-impl ConnectObserver for Quiet {
-    fn attempt_failed(&self, _: u32, _: u32, _: &TransportError, _: Option<Duration>) {}
-}
-
 async fn open(transport: &dyn Transport, place: &LockPlace) -> Result<Box<dyn HostSession>, LockError> {
-    transport.open(&place.target, &Quiet).await.map_err(|e| failed(place, e.to_string()))
+    transport.open(&place.target, &NoObserver).await.map_err(|e| failed(place, e.to_string()))
 }
 
-/// Collects a helper command's output.
-#[derive(Default)]
-struct Capture(std::sync::Mutex<String>);
-
-impl OutputSink for Capture {
-    fn line(&self, _stream: Stream, line: String) {
-        if let Ok(mut out) = self.0.lock() {
-            out.push_str(&line);
-            out.push('\n');
-        }
-    }
-}
-
-async fn run(session: &dyn HostSession, command: &str) -> (StepResult, String) {
-    let capture = Capture::default();
-    let never = CancellationToken::new();
-    let result = session.exec(ExecRequest { command, timeout: LOCK_TIMEOUT }, &capture, &never).await;
-    let output = capture.0.lock().map(|o| o.clone()).unwrap_or_default();
-    (result, output)
+async fn run(session: &dyn HostSession, command: &str) -> (StepResult, Captured) {
+    run_captured(session, command, LOCK_TIMEOUT).await
 }
 
 #[cfg(test)]

@@ -10,14 +10,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use crate::event::{StepResult, Stream};
+use crate::event::StepResult;
 use crate::plan::Plan;
 use crate::profile::{Environment, Profile};
 use crate::secrets::Secrets;
 use crate::session::{self, Session, SessionOptions, SetupError};
-use crate::transport::{ConnectObserver, ExecRequest, OutputSink, Target, Transport, TransportError};
+use crate::transport::{NoObserver, Target, Transport, run_captured};
 
 /// A rollback ready to start: its session (audit open, plan made) and what it will do.
 pub struct Prepared {
@@ -282,26 +281,6 @@ pub async fn preview(
     out
 }
 
-struct Quiet;
-
-impl ConnectObserver for Quiet {
-    fn attempt_failed(&self, _: u32, _: u32, _: &TransportError, _: Option<Duration>) {}
-}
-
-#[derive(Default)]
-struct FirstLine(std::sync::Mutex<Option<String>>);
-
-impl OutputSink for FirstLine {
-    fn line(&self, stream: Stream, line: String) {
-        if stream == Stream::Stdout
-            && let Ok(mut first) = self.0.lock()
-            && first.is_none()
-        {
-            *first = Some(line);
-        }
-    }
-}
-
 async fn ask(
     transport: &dyn Transport,
     env: &str,
@@ -309,11 +288,9 @@ async fn ask(
     command: &str,
 ) -> Result<String, String> {
     let target = Target { env: env.to_string(), host: host.clone() };
-    let session = transport.open(&target, &Quiet).await.map_err(|e| e.to_string())?;
-    let first = FirstLine::default();
-    let never = CancellationToken::new();
-    let result = session.exec(ExecRequest { command, timeout: PREVIEW_TIMEOUT }, &first, &never).await;
-    let line = first.0.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
+    let session = transport.open(&target, &NoObserver).await.map_err(|e| e.to_string())?;
+    let (result, output) = run_captured(session.as_ref(), command, PREVIEW_TIMEOUT).await;
+    let line = output.stdout.lines().next().unwrap_or_default();
     match result {
         StepResult::Exited { code: 0 } if !line.trim().is_empty() => Ok(line.trim().to_string()),
         StepResult::Exited { code: 0 } => Err(NOTHING.into()),

@@ -67,6 +67,51 @@ pub trait ConnectObserver: Send + Sync {
     fn attempt_failed(&self, attempt: u32, of: u32, error: &TransportError, retry_in: Option<Duration>);
 }
 
+/// For short helper connections (locks, previews, preflight) whose failure is reported by the
+/// caller as a whole.
+pub struct NoObserver;
+
+impl ConnectObserver for NoObserver {
+    fn attempt_failed(&self, _: u32, _: u32, _: &TransportError, _: Option<Duration>) {}
+}
+
+/// What a helper command printed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Captured {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Captured {
+    /// Both streams, for error messages.
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr).trim().to_string()
+    }
+}
+
+#[derive(Default)]
+struct CaptureSink(std::sync::Mutex<Captured>);
+
+impl OutputSink for CaptureSink {
+    fn line(&self, stream: Stream, line: String) {
+        if let Ok(mut out) = self.0.lock() {
+            let buf = if stream == Stream::Stdout { &mut out.stdout } else { &mut out.stderr };
+            buf.push_str(&line);
+            buf.push('\n');
+        }
+    }
+}
+
+/// Runs a helper command (not a deploy step) on an open session and collects its output. It is
+/// not cancellable: helpers are short and bounded by `timeout`.
+pub async fn run_captured(session: &dyn HostSession, command: &str, timeout: Duration) -> (StepResult, Captured) {
+    let sink = CaptureSink::default();
+    let never = CancellationToken::new();
+    let result = session.exec(ExecRequest { command, timeout }, &sink, &never).await;
+    let captured = sink.0.lock().map(|c| c.clone()).unwrap_or_default();
+    (result, captured)
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     /// No connection (refused, timed out, name not resolved, dropped): worth retrying.
