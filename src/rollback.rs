@@ -6,7 +6,7 @@
 //! gets the same lock, gates, health checks, controls and audit trail.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -129,20 +129,25 @@ pub struct LastDeploy {
     pub rolled_back_by: Option<String>,
 }
 
-/// Finds the newest deploy (not itself a rollback) of `service` to `env` in `dir`.
-pub fn last_deploy(dir: &Path, service: &str, env: &str) -> Result<Option<LastDeploy>, String> {
-    let mut files: Vec<_> = match std::fs::read_dir(dir) {
+/// The audit session files in `dir`, oldest first (their names start with the UTC start time,
+/// so name order is time order). A missing directory has none.
+fn session_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
             .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
     };
-    // Session file names start with their UTC start time, so name order is time order.
     files.sort();
+    Ok(files)
+}
+
+/// Finds the newest deploy (not itself a rollback) of `service` to `env` in `dir`.
+pub fn last_deploy(dir: &Path, service: &str, env: &str) -> Result<Option<LastDeploy>, String> {
     let mut rolled_back_by = None;
-    for file in files.iter().rev() {
+    for file in session_files(dir)?.iter().rev() {
         let Ok(text) = std::fs::read_to_string(file) else { continue };
         match parse_session(&text, service, env) {
             Some(Found::Rollback(session)) => {
@@ -162,26 +167,18 @@ pub fn last_deploy(dir: &Path, service: &str, env: &str) -> Result<Option<LastDe
 /// the console starts fast however long the audit directory has grown.
 const HISTORY_SESSIONS: usize = 100;
 
-/// The release each host of `env` last finished a deploy or rollback with, per the audit log.
-pub fn last_releases(dir: &Path, service: &str, env: &str) -> BTreeMap<String, String> {
-    let mut files: Vec<_> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .collect(),
-        Err(_) => return BTreeMap::new(),
-    };
-    files.sort();
+/// Per (service, environment): the release each host last finished a deploy or rollback with,
+/// from one pass over the newest audit sessions.
+pub fn release_history(dir: &Path) -> BTreeMap<(String, String), BTreeMap<String, String>> {
+    let files = session_files(dir).unwrap_or_default();
     let start = files.len().saturating_sub(HISTORY_SESSIONS);
-    let mut releases = BTreeMap::new();
+    let mut history: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
     for file in &files[start..] {
         let Ok(text) = std::fs::read_to_string(file) else { continue };
         let mut records = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok());
         let Some(first) = records.next() else { continue };
-        if first["record"] != "session_start" || first["env"] != env {
-            continue;
-        }
-        let mut release = None;
+        let (Some("session_start"), Some(env)) = (first["record"].as_str(), first["env"].as_str()) else { continue };
+        let mut deploy: Option<(String, String)> = None;
         let mut targets: BTreeMap<String, String> = BTreeMap::new();
         for r in records {
             match (r["record"].as_str(), r["event"].as_str()) {
@@ -192,21 +189,21 @@ pub fn last_releases(dir: &Path, service: &str, env: &str) -> BTreeMap<String, S
                         }
                     }
                 }
-                (Some("event"), Some("deploy_started")) if r["service"] == service => {
-                    release = r["release"].as_str().map(str::to_string);
+                (Some("event"), Some("deploy_started")) => {
+                    if let (Some(service), Some(release)) = (r["service"].as_str(), r["release"].as_str()) {
+                        deploy = Some((service.to_string(), release.to_string()));
+                    }
                 }
                 (Some("event"), Some("host_finished")) if r["state"] == "done" => {
-                    let Some(host) = r["host"].as_str() else { continue };
-                    let got = targets.get(host).cloned().or_else(|| release.clone());
-                    if let Some(got) = got {
-                        releases.insert(host.to_string(), got);
-                    }
+                    let (Some(host), Some((service, release))) = (r["host"].as_str(), &deploy) else { continue };
+                    let got = targets.get(host).unwrap_or(release).clone();
+                    history.entry((service.clone(), env.to_string())).or_default().insert(host.to_string(), got);
                 }
                 _ => {}
             }
         }
     }
-    releases
+    history
 }
 
 enum Found {
@@ -333,7 +330,8 @@ mod tests {
                 r#"{"record":"event","event":"host_finished","host":"a","state":"done"}"#,
             ],
         );
-        let releases = last_releases(dir.path(), "shop", "prod");
+        let history = release_history(dir.path());
+        let releases = &history[&("shop".to_string(), "prod".to_string())];
         assert_eq!(releases.get("a").map(String::as_str), Some("1.0"));
         assert_eq!(releases.get("b").map(String::as_str), Some("1.0"), "b's 2.0 deploy failed");
     }

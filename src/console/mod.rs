@@ -179,9 +179,7 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
     let mut dirty = true;
     let mut batch = Vec::with_capacity(1024);
     let audit_dir = crate::audit::audit_dir(options.audit_dir.as_deref());
-    for target in 0..app.targets.len() {
-        refresh_releases(&mut app, target, audit_dir.as_deref());
-    }
+    refresh_releases(&mut app, audit_dir.as_deref());
     // Preflight checks run in the background and report here, per target.
     let (checks_tx, mut checks) = mpsc::unbounded_channel::<(usize, Vec<check::HostCheck>)>();
 
@@ -224,8 +222,7 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                             if let Err(e) = r.audit.close(word, code) {
                                 app.status = Some(e.to_string());
                             }
-                            let target = app.selected_target;
-                            refresh_releases(&mut app, target, audit_dir.as_deref());
+                            refresh_releases(&mut app, audit_dir.as_deref());
                         }
                     }
                 }
@@ -327,14 +324,16 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
     }
 }
 
-/// Reads from the audit log which release each host of a target last finished with. Runs at
+/// Reads from the audit log, in one pass, which release each host last finished with. Runs at
 /// start and after a deploy, never while drawing.
-fn refresh_releases(app: &mut App, target: usize, audit_dir: Option<&Path>) {
-    let (Some(t), Some(dir)) = (app.targets.get(target), audit_dir) else { return };
-    let profile = &app.profiles[t.profile];
-    let env = &profile.environments[t.env].name;
-    let releases = rollback::last_releases(dir, &profile.service, env);
-    app.releases.insert(target, releases);
+fn refresh_releases(app: &mut App, audit_dir: Option<&Path>) {
+    let Some(dir) = audit_dir else { return };
+    let history = rollback::release_history(dir);
+    for (i, t) in app.targets.iter().enumerate() {
+        let profile = &app.profiles[t.profile];
+        let key = (profile.service.clone(), profile.environments[t.env].name.clone());
+        app.releases.insert(i, history.get(&key).cloned().unwrap_or_default());
+    }
 }
 
 /// SIGTERM, SIGHUP or a lost terminal: abort a running deploy (audited) and quit when it has
