@@ -2,15 +2,19 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use wavedeck::exit;
+use wavedeck::headless::{self, Orders};
+use wavedeck::lock::{self, LockPlace};
 use wavedeck::plan::Plan;
 use wavedeck::secrets::Secrets;
 use wavedeck::session::{self, SessionOptions, SetupError};
+use wavedeck::transport::Target;
 
 #[derive(Parser)]
 #[command(
@@ -119,14 +123,14 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match cli.command {
-        None => wavedeck::console::run(wavedeck::console::ConsoleOptions {
+    let result = match cli.command {
+        None => Ok(wavedeck::console::run(wavedeck::console::ConsoleOptions {
             path: cli.path,
             theme: cli.theme,
             audit_dir: cli.audit_dir,
             local_root: cli.local_root,
             scrollback: cli.scrollback,
-        }),
+        })),
         Some(Cmd::Plan { profile, env, release }) => plan(&profile, &env, &release),
         Some(Cmd::Check { profile, env, local_root }) => check(&profile, &env, local_root.as_deref()),
         Some(Cmd::Rollback { profile, env, yes, audit_dir, local_root }) => {
@@ -144,46 +148,34 @@ fn main() -> ExitCode {
                 local_root: local_root.as_deref(),
                 mode: "headless",
             };
-            deploy(&options, yes, &wavedeck::headless::Orders { exclude, promote })
+            deploy(&options, yes, &Orders { exclude, promote })
         }
     };
+    let code = result.unwrap_or_else(|error| {
+        eprintln!("{error}");
+        match error {
+            SetupError::Invalid(_) => exit::INVALID,
+            SetupError::CannotStart(_) => exit::CANNOT_START,
+        }
+    });
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn plan(profile: &std::path::Path, env: &str, release: &str) -> i32 {
-    let profile = match session::load_profile(profile) {
-        Ok(p) => p,
-        Err(e) => return fail(&e),
-    };
-    match Plan::build(&profile, env, release, &Secrets::masked(&profile)) {
-        Ok(plan) => {
-            print!("{}", plan.describe());
-            exit::OK
-        }
-        Err(e) => fail(&SetupError::Invalid(e.to_string())),
-    }
+fn plan(profile: &Path, env: &str, release: &str) -> Result<i32, SetupError> {
+    let profile = session::load_profile(profile)?;
+    let plan = Plan::build(&profile, env, release, &Secrets::masked(&profile))
+        .map_err(|e| SetupError::Invalid(e.to_string()))?;
+    print!("{}", plan.describe());
+    Ok(exit::OK)
 }
 
-fn check(profile: &std::path::Path, env: &str, local_root: Option<&std::path::Path>) -> i32 {
-    let profile = match session::load_profile(profile) {
-        Ok(p) => p,
-        Err(e) => return fail(&e),
-    };
-    let environment = match environment(&profile, env) {
-        Ok(e) => e,
-        Err(e) => return fail(&e),
-    };
-    let transport = match session::transport_for(environment, local_root) {
-        Ok(t) => t,
-        Err(e) => return fail(&e),
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e),
-    };
-    let results = runtime.block_on(wavedeck::check::check(environment, transport));
+fn check(profile: &Path, env: &str, local_root: Option<&Path>) -> Result<i32, SetupError> {
+    let profile = session::load_profile(profile)?;
+    let environment = session::environment(&profile, env)?;
+    let transport = session::transport_for(environment, local_root)?;
+    let results = runtime()?.block_on(wavedeck::check::check(environment, transport));
     println!("{}", wavedeck::check::report(env, &results));
-    if results.iter().all(|r| r.ok()) { exit::OK } else { exit::FAILED }
+    Ok(if results.iter().all(|r| r.ok()) { exit::OK } else { exit::FAILED })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, SetupError> {
@@ -195,95 +187,64 @@ fn runtime() -> Result<tokio::runtime::Runtime, SetupError> {
 
 /// Plans and runs a rollback of the last deploy, after showing where each host goes back to.
 fn rollback(
-    path: &std::path::Path,
+    path: &Path,
     env: &str,
     yes: bool,
-    audit_dir: Option<&std::path::Path>,
-    local_root: Option<&std::path::Path>,
-) -> i32 {
-    use std::io::IsTerminal;
-    let profile = match session::load_profile(path) {
-        Ok(p) => p,
-        Err(e) => return fail(&e),
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e),
-    };
-    let prepared = match runtime.block_on(wavedeck::rollback::prepare(&profile, env, audit_dir, local_root)) {
-        Ok(p) => p,
-        Err(e) => return fail(&e),
-    };
+    audit_dir: Option<&Path>,
+    local_root: Option<&Path>,
+) -> Result<i32, SetupError> {
+    let profile = session::load_profile(path)?;
+    let runtime = runtime()?;
+    let prepared = runtime.block_on(wavedeck::rollback::prepare(&profile, env, audit_dir, local_root))?;
     println!("{}", prepared.describe());
     let session = prepared.session;
     if !yes {
         if session.plan.protected || !std::io::stdin().is_terminal() {
             let _ = session.audit.close("refused", exit::INVALID);
             let why = if session.plan.protected { format!("{env} is protected") } else { "not on a terminal".into() };
-            return fail(&SetupError::Invalid(format!("{why}: add --yes to roll back")));
+            return Err(SetupError::Invalid(format!("{why}: add --yes to roll back")));
         }
         if !confirm_by_name(env, &format!("Type {env} to start the rollback: ")) {
             println!("not started");
             let _ = session.audit.close("refused", exit::INVALID);
-            return exit::INVALID;
+            return Ok(exit::INVALID);
         }
     }
-    runtime.block_on(wavedeck::headless::drive(session, &wavedeck::headless::Orders::default())).code
+    Ok(runtime.block_on(headless::drive(session, &Orders::default())).code)
 }
 
 /// Shows who holds an environment's deploy lock and, confirmed, breaks it (audited).
 fn unlock(
-    profile: &std::path::Path,
+    profile: &Path,
     env: &str,
     yes: bool,
-    audit_dir: Option<&std::path::Path>,
-    local_root: Option<&std::path::Path>,
-) -> i32 {
-    use std::io::IsTerminal;
-    use wavedeck::lock::{self, LockPlace};
-    let profile = match session::load_profile(profile) {
-        Ok(p) => p,
-        Err(e) => return fail(&e),
-    };
-    let environment = match environment(&profile, env) {
-        Ok(e) => e,
-        Err(e) => return fail(&e),
-    };
-    let Some(first) = environment.hosts.first() else { return fail(&SetupError::Invalid("no hosts".into())) };
-    let place = LockPlace::new(
-        wavedeck::transport::Target { env: env.to_string(), host: first.clone() },
-        environment.lock_path.as_deref(),
-    );
-    let (transport, runtime) = match (session::transport_for(environment, local_root), runtime()) {
-        (Ok(t), Ok(r)) => (t, r),
-        (Err(e), _) | (_, Err(e)) => return fail(&e),
-    };
-    let holder = match runtime.block_on(lock::inspect(transport.as_ref(), &place)) {
-        Ok(None) => {
-            println!("{env} is not locked ({} on {})", place.path, first.name);
-            return exit::OK;
-        }
-        Ok(Some(holder)) => holder,
-        Err(e) => return fail(&SetupError::CannotStart(e.to_string())),
+    audit_dir: Option<&Path>,
+    local_root: Option<&Path>,
+) -> Result<i32, SetupError> {
+    let profile = session::load_profile(profile)?;
+    let environment = session::environment(&profile, env)?;
+    let first = environment.hosts.first().ok_or_else(|| SetupError::Invalid(format!("{env} has no hosts")))?;
+    let place = LockPlace::new(Target { env: env.to_string(), host: first.clone() }, environment.lock_path.as_deref());
+    let transport = session::transport_for(environment, local_root)?;
+    let runtime = runtime()?;
+    let cannot = |e: lock::LockError| SetupError::CannotStart(e.to_string());
+    let Some(holder) = runtime.block_on(lock::inspect(transport.as_ref(), &place)).map_err(cannot)? else {
+        println!("{env} is not locked ({} on {})", place.path, first.name);
+        return Ok(exit::OK);
     };
     let who = holder.as_ref().map_or_else(|| "an unknown owner".to_string(), |h| h.describe(chrono::Utc::now()));
     println!("{env} is locked by {who}\n  lock: {} on {}", place.path, first.name);
     if !yes {
         if !std::io::stdin().is_terminal() {
-            return fail(&SetupError::Invalid("add --yes to break the lock".into()));
+            return Err(SetupError::Invalid("add --yes to break the lock".into()));
         }
-        if !confirm_by_name(
-            env,
-            &format!("Break it only if that deploy is really gone. Type {env} to break the lock: "),
-        ) {
+        let prompt = format!("Break it only if that deploy is really gone. Type {env} to break the lock: ");
+        if !confirm_by_name(env, &prompt) {
             println!("not broken");
-            return exit::INVALID;
+            return Ok(exit::INVALID);
         }
     }
-    let mut audit = match session::audit_action(&profile, env, "unlock", audit_dir) {
-        Ok(a) => a,
-        Err(e) => return fail(&e),
-    };
+    let mut audit = session::audit_action(&profile, env, "unlock", audit_dir)?;
     audit.note("lock_break_requested", serde_json::json!({ "host": first.name, "path": place.path, "holder": holder }));
     match runtime.block_on(lock::break_lock(transport.as_ref(), &place)) {
         Ok(previous) => {
@@ -291,85 +252,51 @@ fn unlock(
                 .note("lock_broken", serde_json::json!({ "host": first.name, "path": place.path, "holder": previous }));
             let _ = audit.close("unlocked", exit::OK);
             println!("lock broken (audited)");
-            exit::OK
+            Ok(exit::OK)
         }
         Err(e) => {
             let _ = audit.close("error", exit::CANNOT_START);
-            fail(&SetupError::CannotStart(e.to_string()))
+            Err(cannot(e))
         }
     }
 }
 
-fn deploy(options: &SessionOptions, yes: bool, orders: &wavedeck::headless::Orders) -> i32 {
-    let profile = match session::load_profile(options.profile) {
-        Ok(p) => p,
-        Err(e) => return fail(&e),
-    };
-    if let Some(env) = profile.environment(options.env)
-        && env.protected
-        && !yes
-    {
-        return fail(&SetupError::Invalid(format!(
+fn deploy(options: &SessionOptions, yes: bool, orders: &Orders) -> Result<i32, SetupError> {
+    let profile = session::load_profile(options.profile)?;
+    let env = session::environment(&profile, options.env)?;
+    if env.protected && !yes {
+        return Err(SetupError::Invalid(format!(
             "environment `{}` is protected: add --yes to confirm this deploy",
             env.name
         )));
     }
-    if let Some(env) = profile.environment(options.env)
-        && let Some(unknown) = orders.exclude.iter().find(|h| !env.hosts.iter().any(|host| &host.name == *h))
-    {
-        return fail(&SetupError::Invalid(format!("--exclude {unknown}: no such host in environment `{}`", env.name)));
+    if let Some(unknown) = orders.exclude.iter().find(|h| !env.hosts.iter().any(|host| &host.name == *h)) {
+        return Err(SetupError::Invalid(format!("--exclude {unknown}: no such host in environment `{}`", env.name)));
     }
-    let session = match session::prepare(options, profile) {
-        Ok(s) => s,
-        Err(e) => return fail(&e),
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e),
-    };
-    let ended = runtime.block_on(wavedeck::headless::drive(session, orders));
+    let session = session::prepare(options, profile.clone())?;
+    let runtime = runtime()?;
+    let ended = runtime.block_on(headless::drive(session, orders));
     if !ended.rollback {
-        return ended.code;
+        return Ok(ended.code);
     }
     // on_failure = "rollback": the policy already decided, so no confirmation.
     println!("\n== on_failure = \"rollback\": rolling back the hosts this deploy changed");
-    let Ok(profile) = session::load_profile(options.profile) else { return exit::FAILED };
     match runtime.block_on(wavedeck::rollback::prepare(&profile, options.env, options.audit_dir, options.local_root)) {
         Ok(prepared) => {
             println!("{}", prepared.describe());
-            let _ =
-                runtime.block_on(wavedeck::headless::drive(prepared.session, &wavedeck::headless::Orders::default()));
+            let _ = runtime.block_on(headless::drive(prepared.session, &Orders::default()));
         }
         Err(e) => eprintln!("error: cannot roll back: {e}"),
     }
     // The deploy failed whatever the rollback did; its own result is printed and audited.
-    exit::FAILED
-}
-
-fn environment<'p>(
-    profile: &'p wavedeck::profile::Profile,
-    env: &str,
-) -> Result<&'p wavedeck::profile::Environment, SetupError> {
-    profile.environment(env).ok_or_else(|| {
-        let known = profile.environment_names().join(", ");
-        SetupError::Invalid(format!("no environment `{env}` in this profile (environments: {known})"))
-    })
+    Ok(exit::FAILED)
 }
 
 /// Asks on the terminal for the environment's name; true when it was typed exactly.
 fn confirm_by_name(env: &str, prompt: &str) -> bool {
-    use std::io::{BufRead, Write};
     print!("{prompt}");
     let _ = std::io::stdout().flush();
     let mut answer = String::new();
     let _ = std::io::stdin().lock().read_line(&mut answer);
     answer.trim() == env
-}
-
-fn fail(error: &SetupError) -> i32 {
-    eprintln!("{error}");
-    match error {
-        SetupError::Invalid(_) => exit::INVALID,
-        SetupError::CannotStart(_) => exit::CANNOT_START,
-    }
 }

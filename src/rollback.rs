@@ -57,12 +57,7 @@ pub async fn prepare(
     audit_dir: Option<&Path>,
     local_root: Option<&Path>,
 ) -> Result<Prepared, SetupError> {
-    let environment = profile.environment(env).ok_or_else(|| {
-        SetupError::Invalid(format!(
-            "no environment `{env}` in this profile (environments: {})",
-            profile.environment_names().join(", ")
-        ))
-    })?;
+    let environment = session::environment(profile, env)?;
     let dir = crate::audit::audit_dir(audit_dir)
         .ok_or_else(|| SetupError::CannotStart("no audit directory to find the last deploy in".into()))?;
     let last = last_deploy(&dir, &profile.service, env).map_err(SetupError::CannotStart)?.ok_or_else(|| {

@@ -119,6 +119,14 @@ pub fn load_profile(path: &Path) -> Result<Profile, SetupError> {
     Profile::load(path).map_err(|d| SetupError::Invalid(d.to_string()))
 }
 
+/// The profile's environment `name`, or an error listing the ones it has.
+pub fn environment<'p>(profile: &'p Profile, name: &str) -> Result<&'p Environment, SetupError> {
+    profile.environment(name).ok_or_else(|| {
+        let known = profile.environment_names().join(", ");
+        SetupError::Invalid(format!("no environment `{name}` in this profile (environments: {known})"))
+    })
+}
+
 /// Checks the input, plans, and opens the audit log (which records the session start).
 pub fn prepare(options: &SessionOptions, profile: Profile) -> Result<Session, SetupError> {
     prepare_with(options, profile, |profile, secrets| Plan::build(profile, options.env, options.release, secrets))
