@@ -19,7 +19,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{
-    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream, TriageAction, WaveOutline,
+    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream, TriageAction,
+    WaveOutline, threshold_text,
 };
 use crate::health::{self, Streak};
 use crate::plan::{HostPlan, Plan, PlannedAction, PlannedStep, StepKind};
@@ -1034,7 +1035,8 @@ impl Control {
             FailureAction::Pause => self.pause(PauseCause::FailureThreshold { wave, failures, limit }, None),
             FailureAction::Abort | FailureAction::Rollback => self.abort(
                 format!(
-                    "wave {wave}: {failures} hosts failed, more than the {limit} allowed ({}){}",
+                    "{} ({}){}",
+                    threshold_text(wave, failures, limit),
                     failed_hosts.join(", "),
                     if action == FailureAction::Rollback { "; rolling back" } else { "" }
                 ),

@@ -321,6 +321,13 @@ pub enum Event {
     },
 }
 
+/// How a wave over its failure limit is described everywhere (headless, timeline, abort
+/// reasons), e.g. "wave 2: 1 host failed or went unhealthy, more than the 0 allowed".
+pub fn threshold_text(wave: usize, failures: usize, limit: usize) -> String {
+    let hosts = if failures == 1 { "host" } else { "hosts" };
+    format!("wave {wave}: {failures} {hosts} failed or went unhealthy, more than the {limit} allowed")
+}
+
 /// An event with the time the engine emitted it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stamped {

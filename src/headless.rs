@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 
 use crate::audit::CommandSource;
 use crate::engine::{self, EventSink};
-use crate::event::{Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, TriageAction};
+use crate::event::{
+    Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, TriageAction, threshold_text,
+};
 use crate::exit;
 use crate::profile::FailureAction;
 use crate::session::Session;
@@ -69,10 +71,7 @@ pub fn render(event: &Event) -> Option<String> {
             "== wave {wave} finished: {done} done, {failed} failed, {cancelled} cancelled, {not_started} not started"
         ),
         Event::ThresholdExceeded { wave, failures, limit, failed_hosts, .. } => {
-            format!(
-                "== wave {wave}: {failures} bad host(s), more than the {limit} allowed: {}",
-                failed_hosts.join(", ")
-            )
+            format!("== {}: {}", threshold_text(*wave, *failures, *limit), failed_hosts.join(", "))
         }
         Event::Paused { cause, running } => {
             let why = match cause {
@@ -232,8 +231,8 @@ pub async fn drive(mut session: Session, orders: &Orders) -> Ended {
                     }
                     Event::Paused { cause: PauseCause::FailureThreshold { wave, failures, limit }, .. } => {
                         let reason = format!(
-                            "wave {wave}: {failures} bad host(s), more than the {limit} allowed; \
-                             headless mode has no operator to resume"
+                            "{}; headless mode has no operator to resume",
+                            threshold_text(*wave, *failures, *limit)
                         );
                         let command = Command::Abort { reason };
                         audit.command(&command, CommandSource::Policy);

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use chrono::{DateTime, Utc};
 
 use super::logs::{LogBuffer, LogLine, clean};
-use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult, TriageAction};
+use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult, TriageAction, threshold_text};
 
 /// Health samples kept per host for the sparkline.
 pub const HEALTH_HISTORY: usize = 120;
@@ -333,7 +333,7 @@ impl DeployModel {
                 self.note(at, severity, text);
             }
             Event::ThresholdExceeded { wave, failures, limit, failed_hosts, .. } => {
-                let text = format!("wave {wave}: {failures} failed > {limit} allowed ({})", failed_hosts.join(", "));
+                let text = format!("{} ({})", threshold_text(*wave, *failures, *limit), failed_hosts.join(", "));
                 self.note(at, Severity::Bad, text);
             }
             Event::Paused { cause, running } => {
