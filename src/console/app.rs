@@ -241,8 +241,11 @@ impl App {
     /// Applies an engine event; returns effects (quitting once an aborted deploy finished).
     pub fn on_event(&mut self, event: &Stamped) -> Vec<Effect> {
         use crate::event::Event;
-        // Keep the selection on the same host while the list changes under it.
-        let selected = self.selected_name();
+        // Keep the selection on the same host while the list changes under it. Output, samples
+        // and progress (nearly all events) never reorder or refilter it: skip the lookup.
+        let reorders =
+            !matches!(event.event, Event::Output { .. } | Event::HealthSample { .. } | Event::UploadProgress { .. });
+        let selected = if reorders { self.selected_name() } else { None };
         let Some(model) = self.deploy.as_mut() else {
             return Vec::new();
         };
