@@ -287,11 +287,13 @@ async fn run_wave(
             // The semaphore is FIFO, so hosts start in plan order.
             let Ok(_slot) = slots.acquire_owned().await else { return summary };
             let checks: Vec<PlannedStep> = host.steps.iter().filter(|s| s.monitor.is_some()).cloned().collect();
-            let target = host.host.clone();
-            let summary = run_host(&shared, wave, host, summary).await;
-            // A host that is done keeps being watched until the deploy ends.
-            if summary.state == HostState::Done && !checks.is_empty() {
-                tokio::spawn(monitor(shared.clone(), target, checks));
+            let name = host.host.name.clone();
+            let (summary, session) = run_host(&shared, wave, host, summary).await;
+            // A host that is done keeps being watched, on its own connection, until the deploy ends.
+            if let Some(session) = session
+                && !checks.is_empty()
+            {
+                tokio::spawn(monitor(shared.clone(), name, checks, Arc::from(session)));
             }
             summary
         });
@@ -329,25 +331,32 @@ fn not_started(wave: usize, host: &HostPlan) -> HostSummary {
     }
 }
 
-async fn run_host(shared: &Shared, wave: usize, plan: HostPlan, mut summary: HostSummary) -> HostSummary {
+/// Runs one host's pipeline; returns its summary and, when it is done, its still-open session
+/// (for health monitoring, so it needs no second connection).
+async fn run_host(
+    shared: &Shared,
+    wave: usize,
+    plan: HostPlan,
+    mut summary: HostSummary,
+) -> (HostSummary, Option<Box<dyn HostSession>>) {
     let control = &shared.control;
     let name = plan.host.name.clone();
     match control.admit_host(wave, &name).await {
         Gate::Go => {}
         Gate::Skipped => {
             summary.state = HostState::Skipped;
-            return summary;
+            return (summary, None);
         }
-        Gate::Stop | Gate::Retries => return summary,
+        Gate::Stop | Gate::Retries => return (summary, None),
     }
-    let state = match connect(shared, &plan, &mut summary).await {
-        Ok(session) => run_steps(shared, wave, &plan, session.as_ref(), &mut summary).await,
-        Err(state) => state,
+    let (state, session) = match connect(shared, &plan, &mut summary).await {
+        Ok(session) => (run_steps(shared, wave, &plan, session.as_ref(), &mut summary).await, Some(session)),
+        Err(state) => (state, None),
     };
     summary.state = state;
     control.host_finished(&name, state);
     control.events.emit(Event::HostFinished { wave, host: name, state });
-    summary
+    (summary, session.filter(|_| state == HostState::Done))
 }
 
 /// Runs the plan's run-once steps on their designated host before any wave; returns whether
@@ -501,18 +510,10 @@ async fn run_steps(
 
 /// Watches a finished host's health checks until the deploy ends, turning samples into
 /// `HealthSample` events and streaks into `HealthChanged` verdicts.
-async fn monitor(shared: Arc<Shared>, host: crate::profile::Host, checks: Vec<PlannedStep>) {
-    let needs_session = checks.iter().any(|c| matches!(c.action, PlannedAction::Run(_)));
-    let target = Target { env: shared.env.clone(), host: host.clone() };
-    let session: Option<Arc<dyn HostSession>> = if needs_session {
-        let quiet = ConnectEvents { shared: &shared, host: &host.name };
-        shared.transport.open(&target, &quiet).await.ok().map(Arc::from)
-    } else {
-        None
-    };
+async fn monitor(shared: Arc<Shared>, host: String, checks: Vec<PlannedStep>, session: Arc<dyn HostSession>) {
     let mut watchers = JoinSet::new();
     for check in checks {
-        let (shared, session, name) = (shared.clone(), session.clone(), host.name.clone());
+        let (shared, session, name) = (shared.clone(), session.clone(), host.clone());
         watchers.spawn(async move {
             let Some(thresholds) = check.monitor else { return };
             let mut streak = Streak::new(thresholds.healthy_after, thresholds.unhealthy_after);
@@ -522,13 +523,13 @@ async fn monitor(shared: Arc<Shared>, host: crate::profile::Host, checks: Vec<Pl
                     _ = shared.monitors.cancelled() => return,
                 }
                 let began = Instant::now();
-                let result = match (&check.action, &session) {
-                    (PlannedAction::Probe(probe), _) => health::probe(probe, check.timeout).await,
-                    (PlannedAction::Run(command), Some(session)) => {
+                let result = match &check.action {
+                    PlannedAction::Probe(probe) => health::probe(probe, check.timeout).await,
+                    PlannedAction::Run(command) => {
                         let request = ExecRequest { command: &command.0, timeout: check.timeout };
                         session.exec(request, &Discard, &shared.monitors).await
                     }
-                    _ => StepResult::Error { message: "no connection for monitoring".into() },
+                    PlannedAction::Upload { .. } => StepResult::Error { message: "an upload is not a check".into() },
                 };
                 if shared.monitors.is_cancelled() {
                     return;
