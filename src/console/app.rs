@@ -764,6 +764,7 @@ pub fn phase_word(phase: HostPhase) -> &'static str {
         HostPhase::Failed => "failed",
         HostPhase::Cancelled => "cancelled",
         HostPhase::Skipped => "skipped",
+        HostPhase::NotStarted => "not started",
     }
 }
 
@@ -773,7 +774,7 @@ fn trouble_rank(phase: HostPhase) -> u8 {
         HostPhase::Cancelled => 1,
         HostPhase::Running => 2,
         HostPhase::Waiting => 3,
-        HostPhase::Skipped => 4,
+        HostPhase::Skipped | HostPhase::NotStarted => 4,
         HostPhase::Done => 5,
     }
 }

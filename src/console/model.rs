@@ -23,8 +23,10 @@ pub enum HostPhase {
     Done,
     Failed,
     Cancelled,
-    /// The deploy ended without starting it.
+    /// Left out by the operator (a failure skipped, or excluded before it started).
     Skipped,
+    /// The deploy ended (aborted, or stopped before its wave) without starting it.
+    NotStarted,
 }
 
 #[derive(Debug, Clone)]
@@ -303,7 +305,8 @@ impl DeployModel {
                     HostState::Done => HostPhase::Done,
                     HostState::Failed => HostPhase::Failed,
                     HostState::Cancelled => HostPhase::Cancelled,
-                    HostState::NotStarted | HostState::Skipped => HostPhase::Skipped,
+                    HostState::NotStarted => HostPhase::NotStarted,
+                    HostState::Skipped => HostPhase::Skipped,
                 };
                 let mut failure = None;
                 if let Some(h) = self.host_mut(host) {
@@ -422,7 +425,8 @@ impl DeployModel {
                             Some(HostState::Done) => HostPhase::Done,
                             Some(HostState::Failed) => HostPhase::Failed,
                             Some(HostState::Cancelled) => HostPhase::Cancelled,
-                            Some(HostState::NotStarted | HostState::Skipped) | None => HostPhase::Skipped,
+                            Some(HostState::Skipped) => HostPhase::Skipped,
+                            Some(HostState::NotStarted) | None => HostPhase::NotStarted,
                         };
                     }
                 }
@@ -552,7 +556,7 @@ pub(crate) mod tests {
         assert!(m.aborting);
         m.apply(&stamp(5, Event::DeployFinished { outcome: Outcome::Aborted, duration_ms: 5000, hosts: vec![] }));
         assert_eq!(m.host("a").unwrap().phase, HostPhase::Failed);
-        assert_eq!(m.host("b").unwrap().phase, HostPhase::Skipped);
+        assert_eq!(m.host("b").unwrap().phase, HostPhase::NotStarted);
         assert!(!m.aborting);
         let texts: Vec<&str> = m.timeline.iter().map(|t| t.text.as_str()).collect();
         assert!(texts.contains(&"a FAILED: exit 2"), "{texts:?}");

@@ -245,7 +245,7 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
             .filter(|h| matches!(h.phase, HostPhase::Done | HostPhase::Failed | HostPhase::Cancelled))
             .count();
         let failed = hosts.iter().filter(|h| h.phase == HostPhase::Failed || h.went_unhealthy).count();
-        let never_ran = hosts.iter().all(|h| h.phase == HostPhase::Skipped);
+        let never_ran = hosts.iter().all(|h| matches!(h.phase, HostPhase::Skipped | HostPhase::NotStarted));
         let (mark, style) = match (wave.phase, failed) {
             (_, f) if f > 0 => ("✗", theme.bad()),
             _ if never_ran => ("–", theme.muted()),
@@ -293,16 +293,19 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
                 Outcome::Failed => ("FAILED", theme.banner()),
                 Outcome::Aborted => ("ABORTED", theme.banner()),
             };
-            Line::styled(
-                format!(
-                    " {word}: {} done · {} failed · {} cancelled · {} skipped · o overview · q quit ",
-                    model.count(HostPhase::Done),
-                    model.count(HostPhase::Failed),
-                    model.count(HostPhase::Cancelled),
-                    model.count(HostPhase::Skipped)
-                ),
-                style,
-            )
+            let mut counts = format!(
+                "{} done · {} failed · {} cancelled",
+                model.count(HostPhase::Done),
+                model.count(HostPhase::Failed),
+                model.count(HostPhase::Cancelled)
+            );
+            for (phase, word) in [(HostPhase::Skipped, "skipped"), (HostPhase::NotStarted, "not started")] {
+                let n = model.count(phase);
+                if n > 0 {
+                    counts.push_str(&format!(" · {n} {word}"));
+                }
+            }
+            Line::styled(format!(" {word}: {counts} · o overview · q quit "), style)
         }
         ControlView::Running => {
             let total = model.hosts.len();
@@ -393,7 +396,7 @@ fn host_state(h: &HostView, theme: &Theme) -> (String, Style) {
         HostPhase::Failed => ("FAILED".into(), theme.bad()),
         HostPhase::Done => ("done".into(), theme.fg(theme.ok)),
         HostPhase::Cancelled => ("cancelled".into(), theme.fg(theme.warn)),
-        HostPhase::Waiting | HostPhase::Skipped => (phase_word(h.phase).into(), theme.muted()),
+        HostPhase::Waiting | HostPhase::Skipped | HostPhase::NotStarted => (phase_word(h.phase).into(), theme.muted()),
     }
 }
 
