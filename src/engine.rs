@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{
-    Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream, TriageAction,
+    AbortedBy, Command, Event, HostState, HostSummary, Outcome, PauseCause, Stamped, StepResult, Stream, TriageAction,
     WaveOutline, threshold_text,
 };
 use crate::health::{self, Streak};
@@ -155,8 +155,12 @@ pub async fn run(
     commands_task.abort();
     shared.monitors.cancel();
     let summaries = book.finish(&control);
-    let outcome = if control.lock().aborted.is_some() {
+    let aborted_by = control.lock().aborted.as_ref().map(|(_, by)| *by);
+    let outcome = if aborted_by == Some(AbortedBy::Command) {
         Outcome::Aborted
+    } else if aborted_by == Some(AbortedBy::Policy) {
+        // The profile's own limit stopped it: a failed deploy, not an operator's abort.
+        Outcome::Failed
     } else if summaries.iter().all(|s| matches!(s.state, HostState::Done | HostState::Skipped)) {
         Outcome::Succeeded
     } else {
@@ -682,7 +686,7 @@ struct Control {
 #[derive(Default)]
 struct ControlState {
     paused: Option<PauseCause>,
-    aborted: Option<String>,
+    aborted: Option<(String, AbortedBy)>,
     /// Host → step now running, to tell the operator what a pause is still waiting for.
     running: BTreeMap<String, String>,
     /// Where each host stands, for validating triage commands.
@@ -978,7 +982,7 @@ impl Control {
                     }
                 }
             }
-            Command::Abort { reason } => self.abort(reason.clone(), Some(command.clone())),
+            Command::Abort { reason } => self.abort(reason.clone(), AbortedBy::Command, Some(command.clone())),
             Command::Retry { host } => self.triage(command.clone(), host, TriageAction::Retry),
             Command::Skip { host } => self.triage(command.clone(), host, TriageAction::Skip),
             Command::Exclude { host } => self.triage(command.clone(), host, TriageAction::Exclude),
@@ -1008,7 +1012,7 @@ impl Control {
         self.bump();
     }
 
-    fn abort(&self, reason: String, command: Option<Command>) {
+    fn abort(&self, reason: String, by: AbortedBy, command: Option<Command>) {
         let mut state = self.lock();
         if state.aborted.is_some() {
             if let Some(command) = command {
@@ -1016,8 +1020,8 @@ impl Control {
             }
             return;
         }
-        state.aborted = Some(reason.clone());
-        self.events.emit(Event::Aborted { reason });
+        state.aborted = Some((reason.clone(), by));
+        self.events.emit(Event::Aborted { reason, by });
         drop(state);
         self.abort.cancel();
         self.bump();
@@ -1041,6 +1045,7 @@ impl Control {
                     failed_hosts.join(", "),
                     if action == FailureAction::Rollback { "; rolling back" } else { "" }
                 ),
+                AbortedBy::Policy,
                 None,
             ),
         }

@@ -138,11 +138,21 @@ pub enum PauseCause {
     FailureThreshold { wave: usize, failures: usize, limit: usize },
 }
 
+/// Who stopped a deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbortedBy {
+    /// An `abort` command: from the operator, or from a signal.
+    Command,
+    /// The profile's `on_failure` policy, with no person involved.
+    Policy,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
-    /// Ran to the end, but some hosts failed.
+    /// Some hosts failed, or the profile's `on_failure` policy stopped the deploy.
     Failed,
     Aborted,
 }
@@ -307,6 +317,9 @@ pub enum Event {
     },
     Aborted {
         reason: String,
+        /// Who decided: a command (the operator or a signal; its `operator_command` record says
+        /// which) or the profile's `on_failure` policy.
+        by: AbortedBy,
     },
     /// A command that could not apply (resume while not paused, …), so the operator learns it.
     CommandIgnored {

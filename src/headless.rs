@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::audit::CommandSource;
 use crate::engine::{self, EventSink};
 use crate::event::{
-    Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, TriageAction, threshold_text,
+    AbortedBy, Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, TriageAction, threshold_text,
 };
 use crate::exit;
 use crate::profile::FailureAction;
@@ -85,7 +85,8 @@ pub fn render(event: &Event) -> Option<String> {
             format!("== PAUSED {why}{still}")
         }
         Event::Resumed => "== resumed".to_string(),
-        Event::Aborted { reason } => format!("== ABORTED: {reason}"),
+        Event::Aborted { reason, by: AbortedBy::Command } => format!("== ABORTED: {reason}"),
+        Event::Aborted { reason, by: AbortedBy::Policy } => format!("== STOPPED by the on_failure policy: {reason}"),
         Event::CommandIgnored { command, why } => format!("== {} ignored: {why}", command.name()),
         Event::HealthChanged { host, check, healthy } => {
             format!("[{host}] {} ({check})", if *healthy { "healthy again" } else { "!! UNHEALTHY" })
@@ -229,6 +230,8 @@ pub async fn drive(mut session: Session, orders: &Orders) -> Ended {
                         rollback = true;
                         stopped_by_policy = true;
                     }
+                    // The engine stopped itself; that is a failure, not an operator's abort.
+                    Event::Aborted { by: AbortedBy::Policy, .. } => stopped_by_policy = true,
                     Event::Paused { cause: PauseCause::FailureThreshold { wave, failures, limit }, .. } => {
                         let reason = format!(
                             "{}; headless mode has no operator to resume",

@@ -139,6 +139,32 @@ fn the_staging_demo_stops_at_the_failure_threshold() {
 }
 
 #[test]
+fn every_on_failure_policy_stop_exits_1_and_the_audit_says_policy_decided() {
+    for action in ["pause", "abort", "rollback"] {
+        let s = Sandbox::new();
+        let profile = s.dir.path().join("policy.toml");
+        let demo = std::fs::read_to_string(DEMO)
+            .unwrap()
+            .replace("on_failure = \"pause\"", &format!("on_failure = \"{action}\""));
+        std::fs::write(&profile, demo).unwrap();
+        let out = s.run(&["deploy", profile.to_str().unwrap(), "--env", "staging", "--release", "2.4.1"]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "on_failure = {action}: {stdout}");
+        let files = audit_files(&s);
+        let records = audit_records(&files[0]);
+        assert_eq!(records.last().unwrap()["outcome"], "failed", "{action}");
+        // Who stopped it: the engine itself (abort, rollback) or headless mode's standing order
+        // for a pause nobody can resume; never an operator or a signal.
+        let commands: Vec<&Value> = records.iter().filter(|r| r["record"] == "operator_command").collect();
+        let decided_by_policy = events(&records, "aborted")
+            .all(|r| r["by"] == "policy" || (r["by"] == "command" && !commands.is_empty()))
+            && commands.iter().all(|r| r["source"] == "policy");
+        assert!(decided_by_policy, "{action}: {records:#?}");
+        assert_eq!(events(&records, "aborted").count(), 1, "{action}");
+    }
+}
+
+#[test]
 fn ctrl_c_aborts_and_the_audit_log_still_ends_the_session() {
     for (signal, name) in [(nix::sys::signal::Signal::SIGINT, "SIGINT"), (nix::sys::signal::Signal::SIGTERM, "SIGTERM")]
     {

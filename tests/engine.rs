@@ -88,7 +88,9 @@ async fn abort_kills_running_commands_and_records_every_host() {
     let (outcome, hosts) = d.finish().await;
 
     assert_eq!(outcome, Outcome::Aborted);
-    assert!(d.events.contains(&Event::Aborted { reason: "db on fire".into() }));
+    assert!(
+        d.events.contains(&Event::Aborted { reason: "db on fire".into(), by: wavedeck::event::AbortedBy::Command })
+    );
     let states: Vec<(String, HostState)> = hosts.iter().map(|h| (h.host.clone(), h.state)).collect();
     assert_eq!(
         states,

@@ -407,7 +407,7 @@ impl DeployModel {
                 let text = format!("resumed by {}", self.operator);
                 self.note(at, Severity::Info, text);
             }
-            Event::Aborted { reason } => {
+            Event::Aborted { reason, .. } => {
                 self.control = ControlView::Aborted { reason: reason.clone() };
                 self.aborting = true;
                 self.note(at, Severity::Bad, format!("ABORTED: {reason}"));
