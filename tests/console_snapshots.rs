@@ -263,7 +263,10 @@ fn aborted_then_finished() {
     app.on_key(KeyEvent::new(KeyCode::Char('a'), KeyModifiers::NONE));
     typed(&mut app, "stg-web-4 db pool");
     key(&mut app, KeyCode::Enter);
-    feed(&mut app, vec![(11, Event::Aborted { reason: "stg-web-4 db pool".into() })]);
+    feed(
+        &mut app,
+        vec![(11, Event::Aborted { reason: "stg-web-4 db pool".into(), by: wavedeck::event::AbortedBy::Command })],
+    );
     snapshot("deploy_aborting", &mut app, 11);
     let summary = |host: &str, wave, state| HostSummary {
         host: String::from(host),

@@ -162,7 +162,9 @@ async fn threshold_with_abort_policy_aborts_without_an_operator() {
     let mut d = Deploy::start(&src, root.path());
     let (outcome, hosts) = d.finish().await;
     assert_eq!(outcome, Outcome::Aborted);
-    assert!(d.events.iter().any(|e| matches!(e, Event::Aborted { reason } if reason.contains("wave 1"))));
+    assert!(d.events.iter().any(
+        |e| matches!(e, Event::Aborted { reason, by: wavedeck::event::AbortedBy::Policy } if reason.contains("wave 1"))
+    ));
     assert_eq!(hosts[1].state, HostState::NotStarted);
 }
 

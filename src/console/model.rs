@@ -552,7 +552,7 @@ pub(crate) mod tests {
             },
         ));
         m.apply(&stamp(3, Event::HostFinished { wave: 1, host: "a".into(), state: HostState::Failed }));
-        m.apply(&stamp(4, Event::Aborted { reason: "bad".into() }));
+        m.apply(&stamp(4, Event::Aborted { reason: "bad".into(), by: crate::event::AbortedBy::Command }));
         assert!(m.aborting);
         m.apply(&stamp(5, Event::DeployFinished { outcome: Outcome::Aborted, duration_ms: 5000, hosts: vec![] }));
         assert_eq!(m.host("a").unwrap().phase, HostPhase::Failed);
