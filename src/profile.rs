@@ -30,6 +30,14 @@ pub const DEFAULT_HEALTH_RETRIES: u32 = 10;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_PARALLEL: usize = 50;
 
+/// The shortest timeout a step, check or connection may have: anything less cannot even start a
+/// process on a host, and zero would fail every attempt at once.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+/// The shortest health-check interval: at 0 two hosts produced thousands of samples a second.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// The shortest SSH keepalive interval.
+pub const MIN_KEEPALIVE: Duration = Duration::from_secs(1);
+
 /// A validated profile.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -48,6 +56,8 @@ pub struct Profile {
     pub rollback_target: Option<String>,
     /// The built-in release layout, when the profile opts in with `[releases]`.
     pub releases: Option<ReleaseLayout>,
+    /// Things that are allowed but probably not meant (a soak too short to see a check fail).
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// Where a secret's value comes from. Its value is never stored in the profile.
@@ -296,9 +306,12 @@ impl Profile {
     /// Parses profile text; `path` is used for messages and recorded in the profile.
     pub fn parse(path: &Path, source: &str) -> Result<Profile, Diagnostics> {
         let raw: RawProfile = crate::diag::parse_toml(path, source)?;
-        let mut v = Validator { path, source, problems: Vec::new() };
-        let profile = v.profile(raw);
+        let mut v = Validator { path, source, problems: Vec::new(), warnings: Vec::new(), soaks: Vec::new() };
+        let mut profile = v.profile(raw);
         if v.problems.is_empty() {
+            v.check_soaks(&profile.health);
+            v.warnings.dedup();
+            profile.warnings = v.warnings;
             return Ok(profile);
         }
         // The profile-level plan is checked once per environment it applies to; say it once.
@@ -477,6 +490,9 @@ struct Validator<'a> {
     path: &'a Path,
     source: &'a str,
     problems: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+    /// Every non-zero soak and where it was written, checked against the health checks at the end.
+    soaks: Vec<(std::ops::Range<usize>, Duration)>,
 }
 
 /// A template and where it stands, kept until every environment's variables are known.
@@ -488,6 +504,48 @@ struct TemplateUse<'r> {
 impl Validator<'_> {
     fn problem<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
         self.problems.push(Diagnostic::at(self.path, self.source, at.span(), message));
+    }
+
+    /// A soak that ends before a check could turn a host unhealthy watches nothing.
+    fn check_soaks(&mut self, health: &[HealthCheck]) {
+        let soaks = std::mem::take(&mut self.soaks);
+        for (span, soak) in soaks {
+            let Some(check) = health.iter().max_by_key(|c| c.interval * c.unhealthy_after) else { continue };
+            let needed = check.interval * check.unhealthy_after;
+            if soak < needed {
+                self.warnings.push(Diagnostic::at(
+                    self.path,
+                    self.source,
+                    span,
+                    format!(
+                        "soak {} is shorter than health check `{}` needs to call a host unhealthy \
+                         ({} x interval {} = {}): a host going bad during it may not be noticed",
+                        humantime::format_duration(soak),
+                        check.name,
+                        check.unhealthy_after,
+                        humantime::format_duration(check.interval),
+                        humantime::format_duration(needed)
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// A duration that must be at least `min` (`what` names it in the error).
+    fn duration_at_least(&mut self, raw: &Spanned<String>, min: Duration, what: &str, fallback: Duration) -> Duration {
+        let d = self.duration(raw, fallback);
+        if d < min {
+            self.problem(
+                raw,
+                format!(
+                    "{what} of {} is too short: it must be at least {}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(min)
+                ),
+            );
+            return fallback;
+        }
+        d
     }
 
     fn profile(&mut self, raw: RawProfile) -> Profile {
@@ -594,6 +652,7 @@ impl Validator<'_> {
                 .map(|t| t.get_ref().clone())
                 .or_else(|| layout.as_ref().map(|l| l.previous())),
             releases: layout,
+            warnings: Vec::new(),
         }
     }
 
@@ -744,6 +803,11 @@ impl Validator<'_> {
             Some(p) => *p.get_ref() as usize,
         };
         let soak = raw.soak.as_ref().map_or(Duration::ZERO, |d| self.duration(d, Duration::ZERO));
+        if let Some(raw_soak) = raw.soak.as_ref()
+            && !soak.is_zero()
+        {
+            self.soaks.push((raw_soak.span(), soak));
+        }
         let gate = match raw.gate.as_ref().map(|g| (g, g.get_ref().as_str())) {
             None | Some((_, "auto")) => Promotion::Auto,
             Some((_, "manual")) => Promotion::Manual,
@@ -795,15 +859,13 @@ impl Validator<'_> {
             known_hosts: raw.known_hosts.iter().flatten().map(|p| profile_relative(base, p)).collect(),
             host_key_policy,
             config,
-            connect_timeout: raw
-                .connect_timeout
-                .as_ref()
-                .map_or(DEFAULT_CONNECT_TIMEOUT, |d| self.duration(d, DEFAULT_CONNECT_TIMEOUT)),
+            connect_timeout: raw.connect_timeout.as_ref().map_or(DEFAULT_CONNECT_TIMEOUT, |d| {
+                self.duration_at_least(d, MIN_TIMEOUT, "connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+            }),
             connect_attempts,
-            keepalive_interval: raw
-                .keepalive_interval
-                .as_ref()
-                .map_or(DEFAULT_KEEPALIVE, |d| self.duration(d, DEFAULT_KEEPALIVE)),
+            keepalive_interval: raw.keepalive_interval.as_ref().map_or(DEFAULT_KEEPALIVE, |d| {
+                self.duration_at_least(d, MIN_KEEPALIVE, "keepalive_interval", DEFAULT_KEEPALIVE)
+            }),
             deploy_path: raw.deploy_path.clone().unwrap_or_else(|| ".".into()),
         }
     }
@@ -901,7 +963,9 @@ impl Validator<'_> {
             out.push(Step {
                 name,
                 action,
-                timeout: step.timeout.as_ref().map_or(DEFAULT_STEP_TIMEOUT, |d| self.duration(d, DEFAULT_STEP_TIMEOUT)),
+                timeout: step.timeout.as_ref().map_or(DEFAULT_STEP_TIMEOUT, |d| {
+                    self.duration_at_least(d, MIN_TIMEOUT, "timeout", DEFAULT_STEP_TIMEOUT)
+                }),
                 retries: step.retries.unwrap_or(0),
                 retry_delay: step
                     .retry_delay
@@ -938,7 +1002,10 @@ impl Validator<'_> {
                             url: url.get_ref().clone(),
                             expect_status: check.expect_status.unwrap_or(200),
                             body_contains: check.body_contains.as_ref().map(|b| b.get_ref().clone()),
-                            max_latency: check.max_latency.as_ref().map(|d| self.duration(d, DEFAULT_HEALTH_TIMEOUT)),
+                            max_latency: check
+                                .max_latency
+                                .as_ref()
+                                .map(|d| self.duration_at_least(d, MIN_TIMEOUT, "max_latency", DEFAULT_HEALTH_TIMEOUT)),
                         }
                     }
                     Some(url) => {
@@ -982,15 +1049,13 @@ impl Validator<'_> {
                 name,
                 probe,
                 after: check.after.as_ref().map(|a| a.get_ref().clone()),
-                timeout: check
-                    .timeout
-                    .as_ref()
-                    .map_or(DEFAULT_HEALTH_TIMEOUT, |d| self.duration(d, DEFAULT_HEALTH_TIMEOUT)),
+                timeout: check.timeout.as_ref().map_or(DEFAULT_HEALTH_TIMEOUT, |d| {
+                    self.duration_at_least(d, MIN_TIMEOUT, "timeout", DEFAULT_HEALTH_TIMEOUT)
+                }),
                 retries: check.retries.unwrap_or(DEFAULT_HEALTH_RETRIES),
-                interval: check
-                    .interval
-                    .as_ref()
-                    .map_or(DEFAULT_HEALTH_INTERVAL, |d| self.duration(d, DEFAULT_HEALTH_INTERVAL)),
+                interval: check.interval.as_ref().map_or(DEFAULT_HEALTH_INTERVAL, |d| {
+                    self.duration_at_least(d, MIN_HEALTH_INTERVAL, "interval", DEFAULT_HEALTH_INTERVAL)
+                }),
                 healthy_after: check.healthy_after.unwrap_or(1).max(1),
                 unhealthy_after: check.unhealthy_after.unwrap_or(3).max(1),
             });
@@ -1168,6 +1233,37 @@ run = "echo {{ host }} {{ release }}"
         let p = parse(&src).unwrap();
         let policy = &p.environments[0].policy;
         assert_eq!((policy.canary, policy.batch), (2, Amount::Percent(50)));
+    }
+
+    #[test]
+    fn zero_and_absurdly_small_durations_are_refused_where_written() {
+        let src = MINIMAL.replace("run = \"echo {{ host }} {{ release }}\"", "run = \"true\"\ntimeout = \"0s\"")
+            + "\n[[health]]\nname = \"up\"\nrun = \"true\"\ninterval = \"0s\"\ntimeout = \"1ms\"\n";
+        let err = parse(&src).unwrap_err();
+        let text = err.to_string();
+        for (place, what) in [
+            ("t.toml:12:11", "timeout of 0s is too short: it must be at least 100ms"),
+            ("t.toml:17:12", "interval of 0s is too short: it must be at least 500ms"),
+            ("t.toml:18:11", "timeout of 1ms is too short"),
+        ] {
+            assert!(
+                err.0.iter().any(|d| d.to_string().starts_with(place) && d.message.contains(what)),
+                "missing {place} {what} in:\n{text}"
+            );
+        }
+        assert_eq!(err.0.len(), 3, "{text}");
+    }
+
+    #[test]
+    fn a_soak_too_short_for_the_checks_is_a_warning_not_an_error() {
+        let src = MINIMAL.replace("[[environments]]", "[plan]\nsoak = \"2s\"\n\n[[environments]]")
+            + "\n[[health]]\nname = \"up\"\nrun = \"true\"\ninterval = \"1s\"\nunhealthy_after = 3\n";
+        let p = parse(&src).unwrap();
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        let w = p.warnings[0].to_string();
+        assert!(w.starts_with("t.toml:6:8: soak 2s is shorter than health check `up` needs"), "{w}");
+        let long_enough = src.replace("soak = \"2s\"", "soak = \"3s\"");
+        assert!(parse(&long_enough).unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -115,8 +115,14 @@ pub struct SessionOptions<'a> {
     pub mode: &'a str,
 }
 
+/// Loads a profile for a command-line mode; its warnings go to stderr, where the operator who
+/// just typed the command sees them before anything runs.
 pub fn load_profile(path: &Path) -> Result<Profile, SetupError> {
-    Profile::load(path).map_err(|d| SetupError::Invalid(d.to_string()))
+    let profile = Profile::load(path).map_err(|d| SetupError::Invalid(d.to_string()))?;
+    for warning in &profile.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(profile)
 }
 
 /// The profile's environment `name`, or an error listing the ones it has.
