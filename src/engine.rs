@@ -440,7 +440,7 @@ async fn run_steps(
                 summary.stopped_at = Some(step.name.clone());
                 return HostState::Cancelled;
             }
-            let sink = StepOutput { shared, host: name, step: &step.name, skipped: Mutex::new(None) };
+            let sink = StepOutput::new(shared, name, &step.name);
             let began = Instant::now();
             let guard = match &step.skip_if {
                 Some(check) => {
@@ -464,8 +464,9 @@ async fn run_steps(
                     _ = control.abort.cancelled() => StepResult::Cancelled,
                 },
             };
+            sink.finish();
             // A step may report itself as having had nothing to do.
-            let result = match (result, sink.skipped.lock().ok().and_then(|mut s| s.take())) {
+            let result = match (result, sink.skip_reason()) {
                 (StepResult::Exited { code: 0 }, Some(reason)) => StepResult::Skipped { reason },
                 (result, _) => result,
             };
@@ -560,6 +561,7 @@ struct Discard;
 
 impl OutputSink for Discard {
     fn line(&self, _stream: Stream, _line: String) {}
+    fn fragment(&self, _stream: Stream, _piece: String) {}
 }
 
 /// Holds the finished wave for `policy.soak` while its hosts are watched; hosts that go
@@ -596,31 +598,83 @@ struct StepOutput<'a> {
     shared: &'a Shared,
     host: &'a str,
     step: &'a str,
-    /// Set when the step printed a `WAVEDECK-SKIP reason` line.
+    /// The reason from a `WAVEDECK-SKIP reason` line, while it is the last stdout line.
     skipped: Mutex<Option<String>>,
+    /// The start of a line that arrives in fragments, per stream (stdout, stderr), held back only
+    /// as far as needed to never let a secret out in two halves.
+    pending: Mutex<[String; 2]>,
 }
 
-/// A line a step prints to say it had nothing to do; exit 0 then means `skipped`.
+/// A line a step prints to say it had nothing to do: honoured only as the step's last line on
+/// stdout, with exit 0, so a stray line in the middle of a migration's output cannot make it
+/// look skipped. The line itself is shown and audited like any other.
 pub const SKIP_MARKER: &str = "WAVEDECK-SKIP ";
 
-impl OutputSink for StepOutput<'_> {
-    fn line(&self, stream: Stream, line: String) {
-        if let Some(reason) = line.strip_prefix(SKIP_MARKER)
-            && let Ok(mut skipped) = self.skipped.lock()
-        {
-            *skipped = Some(self.shared.redactor.redact(reason).into_owned());
-            return;
-        }
-        let line = match self.shared.redactor.redact(&line) {
-            std::borrow::Cow::Borrowed(_) => line,
-            std::borrow::Cow::Owned(masked) => masked,
-        };
+impl<'a> StepOutput<'a> {
+    fn new(shared: &'a Shared, host: &'a str, step: &'a str) -> Self {
+        Self { shared, host, step, skipped: Mutex::new(None), pending: Mutex::new([String::new(), String::new()]) }
+    }
+
+    fn emit(&self, stream: Stream, text: &str) {
+        let line = self.shared.redactor.redact(text).into_owned();
         self.shared.control.events.emit(Event::Output {
             host: self.host.to_string(),
             step: self.step.to_string(),
             stream,
             line,
         });
+    }
+
+    /// Emits what is still held back (a command that ended mid-line).
+    fn finish(&self) {
+        let held = self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        for (stream, text) in [(Stream::Stdout, &held[0]), (Stream::Stderr, &held[1])] {
+            if !text.is_empty() {
+                self.emit(stream, text);
+            }
+        }
+    }
+
+    /// The skip reason, if the step's last stdout line was the marker.
+    fn skip_reason(&self) -> Option<String> {
+        self.skipped.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+fn slot(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
+}
+
+impl OutputSink for StepOutput<'_> {
+    fn line(&self, stream: Stream, line: String) {
+        let held = self.pending.lock().map(|mut p| std::mem::take(&mut p[slot(stream)])).unwrap_or_default();
+        let line = if held.is_empty() { line } else { held + &line };
+        if stream == Stream::Stdout
+            && let Ok(mut skipped) = self.skipped.lock()
+        {
+            *skipped = line.strip_prefix(SKIP_MARKER).map(|reason| self.shared.redactor.redact(reason).into_owned());
+        }
+        self.emit(stream, &line);
+    }
+
+    fn fragment(&self, stream: Stream, piece: String) {
+        let ready = {
+            let Ok(mut pending) = self.pending.lock() else { return };
+            let held = &mut pending[slot(stream)];
+            held.push_str(&piece);
+            if held.len() < crate::transport::MAX_LINE_BYTES {
+                return;
+            }
+            let cut = self.shared.redactor.safe_cut(held);
+            let rest = held.split_off(cut);
+            std::mem::replace(held, rest)
+        };
+        if !ready.is_empty() {
+            self.emit(stream, &ready);
+        }
     }
 
     fn progress(&self, sent: u64, total: u64) {

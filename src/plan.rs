@@ -113,6 +113,7 @@ impl Plan {
             return Err(PlanError::BadRelease(release.to_string()));
         }
         let masked = Secrets::masked(profile);
+        let exports = secret_exports(secrets);
         let groups = wave_sizes(env.hosts.len(), &env.policy);
         let mut waves = Vec::new();
         let mut next = 0;
@@ -122,7 +123,7 @@ impl Plan {
             for host in &env.hosts[next..next + size] {
                 let real = variables(profile, env, host, release, number, secrets);
                 let shown = variables(profile, env, host, release, number, &masked);
-                hosts.push(HostPlan { host: host.clone(), steps: host_steps(profile, host, &real, &shown)? });
+                hosts.push(HostPlan { host: host.clone(), steps: host_steps(profile, host, &real, &shown, &exports)? });
             }
             next += size;
             waves.push(Wave { number, max_failures: failure_limit(size, env.policy.max_failures), hosts });
@@ -137,7 +138,7 @@ impl Plan {
                 let shown = variables(profile, env, host, release, 0, &masked);
                 // Run-once steps are not a host's deploy: no health checks follow them.
                 let once_steps = profile.steps.iter().filter(|s| s.once);
-                let steps = planned_steps(profile, host, &real, &shown, once_steps, Checks::None)?;
+                let steps = planned_steps(profile, host, &real, &shown, &exports, once_steps, Checks::None)?;
                 Some(HostPlan { host: host.clone(), steps })
             }
             _ => None,
@@ -175,6 +176,7 @@ impl Plan {
             return Err(PlanError::NoRollback);
         }
         let masked = Secrets::masked(profile);
+        let exports = secret_exports(secrets);
         let mut planned = Vec::new();
         for names in waves {
             let mut hosts = Vec::new();
@@ -184,7 +186,8 @@ impl Plan {
                 let real = variables(profile, env, host, release, number, secrets);
                 let shown = variables(profile, env, host, release, number, &masked);
                 // After rolling back, every check applies, whichever deploy step it followed.
-                let steps = planned_steps(profile, host, &real, &shown, profile.rollback.iter(), Checks::AllAtEnd)?;
+                let steps =
+                    planned_steps(profile, host, &real, &shown, &exports, profile.rollback.iter(), Checks::AllAtEnd)?;
                 hosts.push(HostPlan { host: host.clone(), steps });
             }
             if !hosts.is_empty() {
@@ -219,7 +222,8 @@ impl Plan {
     ) -> Option<Result<Sensitive, PlanError>> {
         let source = profile.rollback_target.as_ref()?;
         let vars = variables(profile, env, host, release, 0, secrets);
-        Some(template::render(source, &vars).map(Sensitive).map_err(|message| PlanError::Render {
+        let exports = secret_exports(secrets);
+        Some(template::render(source, &vars).map(|s| Sensitive(exports + &s)).map_err(|message| PlanError::Render {
             what: "rollback_target".into(),
             host: host.name.clone(),
             message,
@@ -329,6 +333,13 @@ pub fn failure_limit(size: usize, max: Amount) -> usize {
     }
 }
 
+/// The lines that give a step every secret as `WAVEDECK_SECRET_<NAME>`. They lead the script
+/// that goes to the host on stdin, so the values travel inside the connection and never sit in
+/// a process's arguments.
+fn secret_exports(secrets: &Secrets) -> String {
+    secrets.env_vars().map(|(var, value)| format!("export {var}={}\n", crate::transport::shell_quote(value))).collect()
+}
+
 fn variables(
     profile: &Profile,
     env: &Environment,
@@ -357,8 +368,10 @@ fn host_steps(
     host: &Host,
     real: &BTreeMap<String, String>,
     shown: &BTreeMap<String, String>,
+    exports: &str,
 ) -> Result<Vec<PlannedStep>, PlanError> {
-    planned_steps(profile, host, real, shown, profile.steps.iter().filter(|s| !s.once), Checks::AfterTheirSteps)
+    let steps = profile.steps.iter().filter(|s| !s.once);
+    planned_steps(profile, host, real, shown, exports, steps, Checks::AfterTheirSteps)
 }
 
 /// Where health checks go in a pipeline.
@@ -377,12 +390,14 @@ fn planned_steps<'p>(
     host: &Host,
     real: &BTreeMap<String, String>,
     shown: &BTreeMap<String, String>,
+    exports: &str,
     selected: impl Iterator<Item = &'p crate::profile::Step>,
     checks: Checks,
 ) -> Result<Vec<PlannedStep>, PlanError> {
     let render = |what: &str, source: &str| -> Result<(Sensitive, String), PlanError> {
         let fail = |message| PlanError::Render { what: what.to_string(), host: host.name.clone(), message };
-        Ok((Sensitive(template::render(source, real).map_err(fail)?), template::render(source, shown).map_err(fail)?))
+        let script = format!("{exports}{}", template::render(source, real).map_err(fail)?);
+        Ok((Sensitive(script), template::render(source, shown).map_err(fail)?))
     };
     let health_after = |after: Option<&str>| -> Result<Vec<PlannedStep>, PlanError> {
         let mut out = Vec::new();
@@ -547,7 +562,7 @@ run = "true"
         let names: Vec<&str> = b.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["fetch", "up", "restart", "final"]);
         let PlannedAction::Run(command) = &b.steps[0].action else { panic!("a run step") };
-        assert_eq!(command.0, "curl -H 'X: s3cret' /srv/web/v2 # b w2");
+        assert_eq!(command.0, "export WAVEDECK_SECRET_TOKEN=s3cret\ncurl -H 'X: s3cret' /srv/web/v2 # b w2");
         assert_eq!(b.steps[0].shown, "curl -H 'X: ******' /srv/web/v2 # b w2");
         assert!(!plan.describe().contains("s3cret"));
         assert!(!format!("{plan:?}").contains("s3cret"));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Deploy, is_start, wait_for_file};
+use common::{Deploy, is_start, processes_with_argument, wait_for_file};
 use wavedeck::event::{Command, Event, HostState, Outcome, PauseCause, StepResult, Stream};
 
 fn profile(plan: &str, hosts: &[&str], steps: &[(&str, &str)]) -> String {
@@ -240,6 +240,85 @@ async fn secrets_are_masked_in_output_and_commands() {
     assert!(d.events.iter().any(|e| matches!(e, Event::Output { line, .. } if line == "token=******")));
 }
 
+/// The masked text of every output line of one stream, in order.
+fn output_of(d: &Deploy, which: Stream) -> Vec<String> {
+    d.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Output { stream, line, .. } if *stream == which => Some(line.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_secret_in_a_line_too_long_to_keep_whole_is_never_let_out_in_pieces() {
+    let root = root();
+    // 8192 copies of "x" + secret on one line (about 200 KiB), on both streams, the last one
+    // without a newline; whichever way the line is cut, no secret may come out in two halves.
+    let run = "s='x{{ tok }}'; i=0; while [ $i -lt 13 ]; do s=\"$s$s\"; i=$((i+1)); done\n\
+               printf '%s\\n' \"$s\"; printf '%s\\n' \"$s\" >&2; printf 'tail %s' \"$s\"";
+    let src =
+        profile("canary = 0", &["a"], &[("blob", run)]).replace("[plan]", "[secrets]\ntok = { env = \"TOK\" }\n[plan]");
+    let secret = "tok-4711-abcdefghijklmnop";
+    let mut d = Deploy::start_with_secrets(&src, root.path(), &[("TOK", secret)]);
+    let (outcome, _) = d.finish().await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        let lines = output_of(&d, stream);
+        assert!(lines.len() > 2, "a 200 KiB line arrives in pieces: {} piece(s)", lines.len());
+        assert!(lines.iter().all(|l| l.len() <= 64 * 1024), "pieces stay bounded");
+        let joined = lines.concat();
+        assert!(!joined.contains(secret), "{stream:?}: the secret came out whole");
+        let copies = if stream == Stream::Stdout { 2 * 8192 } else { 8192 };
+        assert_eq!(joined.matches(wavedeck::secrets::MASK).count(), copies, "{stream:?}: a secret was cut in two");
+        // Not even a half of it may show: the piece boundaries are where it would.
+        assert!(!joined.contains("tok-4711"), "{stream:?}: part of the secret leaked");
+    }
+}
+
+#[tokio::test]
+async fn secrets_never_sit_in_a_process_argument_and_reach_the_step_as_variables() {
+    let root = root();
+    let secret = "argv-secret-5309";
+    let run = "[ \"$WAVEDECK_SECRET_TOK\" = '{{ tok }}' ] && echo ready\nx='{{ tok }}'\nsleep 30";
+    let src =
+        profile("canary = 0", &["a"], &[("hold", run)]).replace("[plan]", "[secrets]\ntok = { env = \"TOK\" }\n[plan]");
+    let mut d = Deploy::start_with_secrets(&src, root.path(), &[("TOK", secret)]);
+    d.until("ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
+    let exposed = processes_with_argument(secret);
+    d.send(Command::Abort { reason: "done looking".into() });
+    d.finish().await;
+    assert!(exposed.is_empty(), "the secret is in a process's arguments: {exposed:?}");
+}
+
+#[tokio::test]
+async fn only_the_last_stdout_line_of_a_successful_step_can_mark_it_skipped() {
+    let root = root();
+    let src = profile(
+        "canary = 0",
+        &["a"],
+        &[
+            ("forged", "echo 'WAVEDECK-SKIP nothing to do'\necho migrating"),
+            ("stderr", "echo 'WAVEDECK-SKIP nothing to do' >&2"),
+            ("honest", "echo working\necho 'WAVEDECK-SKIP already there'"),
+        ],
+    );
+    let mut d = Deploy::start(&src, root.path());
+    d.finish().await;
+    let result = |name: &str| {
+        d.events.iter().find_map(|e| match e {
+            Event::StepFinished { step, result, .. } if step == name => Some(result.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(result("forged"), Some(StepResult::Exited { code: 0 }));
+    assert_eq!(result("stderr"), Some(StepResult::Exited { code: 0 }));
+    assert_eq!(result("honest"), Some(StepResult::Skipped { reason: "already there".into() }));
+    // The marker line is output like any other, so the audit log keeps it.
+    assert_eq!(output_of(&d, Stream::Stdout).iter().filter(|l| l.starts_with("WAVEDECK-SKIP")).count(), 2);
+}
+
 #[tokio::test]
 async fn parallel_bounds_the_hosts_running_at_once() {
     let root = root();
@@ -384,7 +463,7 @@ async fn skipping_a_failure_and_excluding_a_waiting_host() {
 }
 
 fn with_health(src: String, check: &str) -> String {
-    format!("{src}[[health]]\nname = \"up\"\nretries = 0\ninterval = \"50ms\"\ntimeout = \"5s\"\n{check}\n")
+    format!("{src}[[health]]\nname = \"up\"\nretries = 0\ninterval = \"100ms\"\ntimeout = \"5s\"\n{check}\n")
 }
 
 #[tokio::test]

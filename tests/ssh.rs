@@ -95,6 +95,25 @@ async fn timeout_and_abort_kill_the_remote_process_group() {
     assert!(!still_running(pid), "remote sleeper {pid} survived the abort");
 }
 
+#[tokio::test]
+async fn secrets_travel_inside_the_channel_never_in_a_remote_process_argument() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let secret = "ssh-argv-secret-8675";
+    let run = "[ \"$WAVEDECK_SECRET_TOK\" = '{{ tok }}' ] && echo ready\nx='{{ tok }}'\nsleep 30";
+    let profile =
+        fleet.profile(&step("hold", run, ""), "").replace("[plan]", "[secrets]\ntok = { env = \"TOK\" }\n\n[plan]");
+    let mut d = Deploy::start_on_with_secrets(&profile, transport(&profile), &[("TOK", secret)]);
+    d.until("ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
+    // The test's sshd runs on this machine, so its sessions' processes are in this /proc.
+    let exposed = common::processes_with_argument(secret);
+    d.send(Command::Abort { reason: "done looking".into() });
+    d.finish().await;
+    assert!(exposed.is_empty(), "the secret is in a process's arguments: {exposed:?}");
+}
+
 fn connect_failure(d: &Deploy) -> (String, String) {
     d.events
         .iter()

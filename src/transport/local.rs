@@ -1,5 +1,5 @@
-//! The local transport: each "host" is a working directory on this machine and each step a
-//! `sh -c` subprocess in it.
+//! The local transport: each "host" is a working directory on this machine and each step an
+//! `sh -s` subprocess in it, reading its script on standard input.
 //!
 //! Every command runs in its own process group so that a timeout or an abort can signal the
 //! whole tree it started (SIGTERM, then SIGKILL after [`KILL_GRACE`]), leaving no orphans.
@@ -10,19 +10,31 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BoxFuture, ConnectObserver, ExecRequest, HostSession, KILL_GRACE, MAX_LINE_BYTES, OutputSink, Target, Transport,
-    TransportError, UploadRequest, upload,
+    BoxFuture, ConnectObserver, ExecRequest, HostSession, KILL_GRACE, LineSplitter, OutputSink, Target, Transport,
+    TransportError, UploadRequest, stdin_script, upload,
 };
 use crate::event::{StepResult, Stream};
 
 /// After the shell exits, how long to keep reading output that a leftover background process
 /// may still hold open before giving up on it.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
+/// The operator's environment variables a step inherits; everything else (`SSH_AUTH_SOCK`, cloud
+/// credentials, tokens of unrelated tools) stays out of reach of what a profile runs.
+pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
+
+/// `INHERITED_ENV` plus the locale's `LC_*` variables, as set for this process.
+fn inherited_env() -> impl Iterator<Item = (String, std::ffi::OsString)> {
+    std::env::vars_os().filter_map(|(key, value)| {
+        let key = key.into_string().ok()?;
+        (INHERITED_ENV.contains(&key.as_str()) || key.starts_with("LC_")).then_some((key, value))
+    })
+}
 
 /// Runs hosts as directories under `root/<env>/<host>`.
 #[derive(Debug, Clone)]
@@ -73,19 +85,29 @@ impl HostSession for LocalSession {
     ) -> BoxFuture<'a, StepResult> {
         Box::pin(async move {
             let child = Command::new("sh")
-                .arg("-c")
-                .arg(request.command)
+                .arg("-s")
                 .current_dir(&self.dir)
+                .env_clear()
+                .envs(inherited_env())
                 .env("WAVEDECK_HOST", &self.host)
                 .env("WAVEDECK_ENV", &self.env)
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .process_group(0)
                 .kill_on_drop(true)
                 .spawn();
             match child {
-                Ok(child) => supervise(child, request.timeout, output, cancel).await,
+                Ok(mut child) => {
+                    // The script goes in on stdin, never in argv, where `ps` would show its secrets.
+                    if let Some(mut stdin) = child.stdin.take() {
+                        let script = stdin_script(request.command);
+                        tokio::spawn(async move {
+                            let _ = stdin.write_all(script.as_bytes()).await;
+                        });
+                    }
+                    supervise(child, request.timeout, output, cancel).await
+                }
                 Err(e) => StepResult::Error { message: format!("cannot start sh: {e}") },
             }
         })
@@ -241,35 +263,16 @@ fn exit_result(status: std::process::ExitStatus) -> StepResult {
     }
 }
 
-/// Forwards a pipe line by line; long lines are split at [`MAX_LINE_BYTES`].
+/// Forwards a pipe line by line, long lines in fragments.
 async fn pump(pipe: Option<impl AsyncRead + Unpin>, stream: Stream, output: &dyn OutputSink) {
-    let Some(pipe) = pipe else { return };
-    let mut reader = BufReader::new(pipe);
-    let mut line = Vec::new();
+    let Some(mut pipe) = pipe else { return };
+    let mut lines = LineSplitter::default();
+    let mut buf = vec![0u8; 8192];
     loop {
-        let chunk = match reader.fill_buf().await {
-            Ok([]) | Err(_) => break,
-            Ok(chunk) => chunk,
-        };
-        let (used, complete) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        line.extend_from_slice(&chunk[..used]);
-        reader.consume(used);
-        if complete || line.len() >= MAX_LINE_BYTES {
-            emit(&mut line, stream, output);
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => lines.push(&buf[..n], stream, output),
         }
     }
-    if !line.is_empty() {
-        emit(&mut line, stream, output);
-    }
-}
-
-fn emit(line: &mut Vec<u8>, stream: Stream, output: &dyn OutputSink) {
-    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        line.pop();
-    }
-    output.line(stream, String::from_utf8_lossy(line).into_owned());
-    line.clear();
+    lines.finish(stream, output);
 }

@@ -25,8 +25,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// How long a cancelled or timed-out command gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
-/// Longest output line kept whole; longer lines are split so a binary blob cannot exhaust
-/// memory.
+/// Longest piece of an output line a transport hands on at once; a longer line arrives as
+/// [`OutputSink::fragment`]s, so a binary blob without newlines cannot exhaust memory.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// What to connect to.
@@ -39,9 +39,18 @@ pub struct Target {
 /// One command to run.
 #[derive(Debug, Clone)]
 pub struct ExecRequest<'a> {
-    /// Shell command line, secrets included: never log it.
+    /// A POSIX shell script, secrets included: never log it. Transports hand it to `sh -s` on
+    /// standard input (see [`stdin_script`]), never as an argument, so no secret in it shows up
+    /// in a process list on either end.
     pub command: &'a str,
     pub timeout: Duration,
+}
+
+/// What a transport writes to `sh -s`: the script inside one `{ … }` group, so the shell has read
+/// all of it before the first command runs, and with standard input then switched to
+/// `/dev/null`, so a command that reads its input cannot swallow the rest of the script.
+pub fn stdin_script(command: &str) -> String {
+    format!("{{ exec </dev/null\n{command}\n}}\n")
 }
 
 /// A file to copy to a host.
@@ -56,7 +65,12 @@ pub struct UploadRequest<'a> {
 /// Receives what a running step produces: output lines as they are produced (without the
 /// trailing newline) and upload progress.
 pub trait OutputSink: Send + Sync {
+    /// The end of a line (all of it, unless [`fragment`](Self::fragment)s came first).
     fn line(&self, stream: Stream, line: String);
+
+    /// The next piece of a line longer than [`MAX_LINE_BYTES`]; more follows, ending with
+    /// [`line`](Self::line). A sink that masks secrets must mask across pieces.
+    fn fragment(&self, stream: Stream, piece: String);
 
     /// Bytes of an upload sent so far, of `total`.
     fn progress(&self, _sent: u64, _total: u64) {}
@@ -89,17 +103,91 @@ impl Captured {
     }
 }
 
+/// Most of a helper command's output kept per stream: helpers print a hash, a path or a small
+/// JSON file, and a host that prints more must not be able to fill this machine's memory.
+pub const MAX_CAPTURED_BYTES: usize = 64 * 1024;
+
 #[derive(Default)]
 struct CaptureSink(std::sync::Mutex<Captured>);
 
-impl OutputSink for CaptureSink {
-    fn line(&self, stream: Stream, line: String) {
+impl CaptureSink {
+    fn append(&self, stream: Stream, text: &str, newline: bool) {
         if let Ok(mut out) = self.0.lock() {
             let buf = if stream == Stream::Stdout { &mut out.stdout } else { &mut out.stderr };
-            buf.push_str(&line);
-            buf.push('\n');
+            let room = MAX_CAPTURED_BYTES.saturating_sub(buf.len());
+            let mut take = text.len().min(room);
+            while !text.is_char_boundary(take) {
+                take -= 1;
+            }
+            buf.push_str(&text[..take]);
+            if newline && buf.len() < MAX_CAPTURED_BYTES {
+                buf.push('\n');
+            }
         }
     }
+}
+
+impl OutputSink for CaptureSink {
+    fn line(&self, stream: Stream, line: String) {
+        self.append(stream, &line, true);
+    }
+
+    fn fragment(&self, stream: Stream, piece: String) {
+        self.append(stream, &piece, false);
+    }
+}
+
+/// Splits a byte stream into lines for an [`OutputSink`]: a line longer than
+/// [`MAX_LINE_BYTES`] goes out in fragments cut at a character boundary, and a trailing `\r` is
+/// dropped. Both transports use it, so output is cut the same way whatever carried it.
+#[derive(Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    pub fn push(&mut self, mut data: &[u8], stream: Stream, sink: &dyn OutputSink) {
+        while let Some(i) = data.iter().position(|&b| b == b'\n') {
+            self.partial.extend_from_slice(&data[..i]);
+            sink.line(stream, self.take_line());
+            data = &data[i + 1..];
+        }
+        self.partial.extend_from_slice(data);
+        while self.partial.len() >= MAX_LINE_BYTES {
+            let cut = char_boundary(&self.partial, MAX_LINE_BYTES);
+            let rest = self.partial.split_off(cut);
+            let piece = String::from_utf8_lossy(&self.partial).into_owned();
+            self.partial = rest;
+            sink.fragment(stream, piece);
+        }
+    }
+
+    /// Hands on what is left once the stream has ended.
+    pub fn finish(&mut self, stream: Stream, sink: &dyn OutputSink) {
+        if !self.partial.is_empty() {
+            sink.line(stream, self.take_line());
+        }
+    }
+
+    fn take_line(&mut self) -> String {
+        if self.partial.last() == Some(&b'\r') {
+            self.partial.pop();
+        }
+        let line = String::from_utf8_lossy(&self.partial).into_owned();
+        self.partial.clear();
+        line
+    }
+}
+
+/// The largest cut at or below `at` that does not split a UTF-8 sequence (or `at` itself, when
+/// the bytes there are not UTF-8 anyway).
+fn char_boundary(bytes: &[u8], at: usize) -> usize {
+    let mut cut = at;
+    // A continuation byte is 10xxxxxx; a character is at most 4 bytes long.
+    while cut > at.saturating_sub(3) && cut < bytes.len() && bytes[cut] & 0xC0 == 0x80 {
+        cut -= 1;
+    }
+    if cut == 0 { at } else { cut }
 }
 
 /// Runs a helper command (not a deploy step) on an open session and collects its output. It is

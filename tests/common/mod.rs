@@ -43,6 +43,11 @@ impl Deploy {
         Self::start_full(source, transport, &[])
     }
 
+    /// Runs the profile's `test` environment through `transport`, with secrets from `secrets`.
+    pub fn start_on_with_secrets(source: &str, transport: Arc<dyn Transport>, secrets: &[(&str, &str)]) -> Deploy {
+        Self::start_full(source, transport, secrets)
+    }
+
     fn start_full(source: &str, transport: Arc<dyn Transport>, secrets: &[(&str, &str)]) -> Deploy {
         let profile = Profile::parse(Path::new("test.toml"), source).unwrap_or_else(|e| panic!("{e}"));
         let secrets =
@@ -97,4 +102,22 @@ pub fn is_start(e: &Event) -> bool {
 /// hold a step open until it has checked what it needs to.
 pub fn wait_for_file(file: &str) -> String {
     format!("while [ ! -e ../{file} ]; do sleep 0.02; done")
+}
+
+/// Every process on this machine whose arguments contain `needle`, as "pid: argv".
+pub fn processes_with_argument(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let argv = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if argv.contains(needle) {
+                found.push(format!("{pid}: {argv}"));
+            }
+        }
+    }
+    found
 }

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 pub use self::endpoint::{ConfigFile, Endpoint, expand_home};
 use self::hostkeys::Verifier;
 use super::{
-    BoxFuture, ConnectObserver, ExecRequest, HostSession, KILL_GRACE, MAX_LINE_BYTES, OutputSink, Target, Transport,
-    TransportError, UploadRequest, shell_quote as quote, upload,
+    BoxFuture, ConnectObserver, ExecRequest, HostSession, KILL_GRACE, LineSplitter, MAX_CAPTURED_BYTES, OutputSink,
+    Target, Transport, TransportError, UploadRequest, shell_quote as quote, stdin_script, upload,
 };
 use crate::event::{StepResult, Stream};
 use crate::profile::SshSettings;
@@ -32,6 +32,8 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// Unanswered keepalives after which a connection counts as dead.
 const KEEPALIVE_MAX: usize = 3;
+/// How long a helper command (hash, rename, free space, kill) may take on the host.
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How the step's process group is announced on the first line of stdout.
 const PGID_MARKER: &str = "WAVEDECK-PGID ";
 
@@ -251,33 +253,48 @@ struct SshSession {
 }
 
 impl SshSession {
-    /// The shell line that runs `command` in the deploy directory, in a new session whose
-    /// process group id is printed first.
-    fn wrap(&self, command: &str) -> String {
+    /// The shell line that starts a step in the deploy directory, in a new session whose
+    /// process group id is printed first. It holds no part of the step: the script follows on
+    /// the channel's stdin, so nothing secret is in any process's arguments on the host.
+    fn wrap(&self) -> String {
         format!(
-            "cd {dir} && WAVEDECK_HOST={host} WAVEDECK_ENV={env} exec setsid -w sh -c 'echo \"{PGID_MARKER}$$\"; exec sh -c \"$1\"' wavedeck {cmd}",
+            "cd {dir} && WAVEDECK_HOST={host} WAVEDECK_ENV={env} exec setsid -w sh -c 'echo \"{PGID_MARKER}$$\"; exec sh -s'",
             dir = quote(&self.deploy_path),
             host = quote(&self.host),
             env = quote(&self.env),
-            cmd = quote(command),
         )
     }
 
-    /// Runs a short helper command and returns its exit code and stdout.
+    /// Runs a short helper command (`sha256sum`, `mv`, `df`, `kill`) and returns its exit code
+    /// and stdout, at most [`MAX_CAPTURED_BYTES`] of it. A helper that hangs (`df` on a stale NFS
+    /// mount) is given up on after [`HELPER_TIMEOUT`].
     async fn capture(&self, command: &str) -> Result<(u32, String), String> {
-        let mut channel =
-            self.connection.handle.channel_open_session().await.map_err(|e| format!("cannot open a channel: {e}"))?;
-        channel.exec(true, command).await.map_err(|e| e.to_string())?;
-        let (mut code, mut out) = (None, Vec::new());
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => out.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
-                _ => {}
+        let run = async {
+            let mut channel = self
+                .connection
+                .handle
+                .channel_open_session()
+                .await
+                .map_err(|e| format!("cannot open a channel: {e}"))?;
+            channel.exec(true, command).await.map_err(|e| e.to_string())?;
+            let (mut code, mut out) = (None, Vec::new());
+            while let Some(msg) = channel.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        let room = MAX_CAPTURED_BYTES.saturating_sub(out.len());
+                        out.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
+                    _ => {}
+                }
             }
-        }
-        let code = code.ok_or_else(|| "connection lost while running a helper command".to_string())?;
-        Ok((code, String::from_utf8_lossy(&out).into_owned()))
+            let code = code.ok_or_else(|| "connection lost while running a helper command".to_string())?;
+            Ok((code, String::from_utf8_lossy(&out).into_owned()))
+        };
+        let verb = command.split_whitespace().next().unwrap_or(command);
+        tokio::time::timeout(HELPER_TIMEOUT, run).await.map_err(|_| {
+            format!("`{verb}` on the host did not finish within {}", humantime::format_duration(HELPER_TIMEOUT))
+        })?
     }
 
     async fn kill_group(&self, pgid: u32, signal: &str) {
@@ -294,7 +311,10 @@ impl SshSession {
 
     async fn remote_sha256(&self, path: &str) -> Option<String> {
         let (code, out) = self.capture(&format!("sha256sum -- {} 2>/dev/null", quote(path))).await.ok()?;
-        (code == 0).then(|| out.split_whitespace().next().unwrap_or_default().to_string())
+        let hash = out.split_whitespace().next()?;
+        // Anything but 64 hex digits is not a sha256, whatever the host's `sha256sum` printed.
+        (code == 0 && hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| hash.to_ascii_lowercase())
     }
 
     async fn send_file(&self, request: &UploadRequest<'_>, temp: &str, output: &dyn OutputSink) -> Result<(), String> {
@@ -339,26 +359,29 @@ impl HostSession for SshSession {
                     return StepResult::Error { message: format!("cannot open a channel (connection lost?): {e}") };
                 }
             };
-            if let Err(e) = channel.exec(true, self.wrap(request.command)).await {
+            if let Err(e) = channel.exec(true, self.wrap()).await {
                 return StepResult::Error { message: format!("cannot start the command: {e}") };
+            }
+            let script = stdin_script(request.command);
+            if let Err(e) = async {
+                channel.data(script.as_bytes()).await?;
+                channel.eof().await
+            }
+            .await
+            {
+                return StepResult::Error { message: format!("cannot send the script: {e}") };
             }
             let mut stdout = LineSplitter::default();
             let mut stderr = LineSplitter::default();
-            let mut pgid: Option<u32> = None;
+            let marker = PgidMarker { pgid: std::sync::Mutex::new(None), output };
             let mut status: Option<StepResult> = None;
             let deadline = tokio::time::sleep(request.timeout);
             tokio::pin!(deadline);
             let stopped = loop {
                 tokio::select! {
                     msg = channel.wait() => match msg {
-                        Some(ChannelMsg::Data { data }) => stdout.push(&data, |line| {
-                            if pgid.is_none() && let Some(id) = line.strip_prefix(PGID_MARKER) {
-                                pgid = id.trim().parse().ok();
-                            } else {
-                                output.line(Stream::Stdout, line);
-                            }
-                        }),
-                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => stderr.push(&data, |line| output.line(Stream::Stderr, line)),
+                        Some(ChannelMsg::Data { data }) => stdout.push(&data, Stream::Stdout, &marker),
+                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => stderr.push(&data, Stream::Stderr, output),
                         Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(StepResult::Exited { code: exit_status as i32 }),
                         Some(ChannelMsg::ExitSignal { signal_name, .. }) => status = Some(StepResult::Signalled { signal: signal_number(&signal_name) }),
                         Some(_) => {}
@@ -368,10 +391,10 @@ impl HostSession for SshSession {
                     _ = cancel.cancelled() => break Some(StepResult::Cancelled),
                 }
             };
-            stdout.flush(|line| output.line(Stream::Stdout, line));
-            stderr.flush(|line| output.line(Stream::Stderr, line));
+            stdout.finish(Stream::Stdout, &marker);
+            stderr.finish(Stream::Stderr, output);
             if let Some(stopped) = stopped {
-                if let Some(pgid) = pgid {
+                if let Some(pgid) = marker.pgid() {
                     self.kill_group(pgid, "TERM").await;
                     // Give it the grace period to exit; then make sure.
                     let ended =
@@ -475,56 +498,40 @@ fn signal_number(sig: &Sig) -> i32 {
     }
 }
 
-/// Splits a byte stream into lines, capping their length like the local transport.
-#[derive(Default)]
-struct LineSplitter {
-    partial: Vec<u8>,
+/// Takes the step's process group id from the first stdout line the wrapper prints, and passes
+/// every other line on.
+struct PgidMarker<'a> {
+    pgid: std::sync::Mutex<Option<Option<u32>>>,
+    output: &'a dyn OutputSink,
 }
 
-impl LineSplitter {
-    fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(String)) {
-        while let Some(i) = data.iter().position(|&b| b == b'\n') {
-            self.partial.extend_from_slice(&data[..i]);
-            emit(self.take());
-            data = &data[i + 1..];
+impl PgidMarker<'_> {
+    fn pgid(&self) -> Option<u32> {
+        self.pgid.lock().ok().and_then(|p| p.flatten())
+    }
+}
+
+impl OutputSink for PgidMarker<'_> {
+    fn line(&self, stream: Stream, line: String) {
+        if let Ok(mut pgid) = self.pgid.lock()
+            && pgid.is_none()
+        {
+            *pgid = Some(line.strip_prefix(PGID_MARKER).and_then(|id| id.trim().parse().ok()));
+            if pgid.is_some_and(|p| p.is_some()) {
+                return;
+            }
         }
-        self.partial.extend_from_slice(data);
-        while self.partial.len() >= MAX_LINE_BYTES {
-            let rest = self.partial.split_off(MAX_LINE_BYTES);
-            emit(self.take());
-            self.partial = rest;
-        }
+        self.output.line(stream, line);
     }
 
-    fn flush(&mut self, emit: impl FnOnce(String)) {
-        if !self.partial.is_empty() {
-            emit(self.take());
-        }
-    }
-
-    fn take(&mut self) -> String {
-        if self.partial.last() == Some(&b'\r') {
-            self.partial.pop();
-        }
-        let line = String::from_utf8_lossy(&self.partial).into_owned();
-        self.partial.clear();
-        line
+    fn fragment(&self, stream: Stream, piece: String) {
+        self.output.fragment(stream, piece);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_are_split_across_chunks() {
-        let mut s = LineSplitter::default();
-        let mut lines = Vec::new();
-        s.push(b"one\ntw", |l| lines.push(l));
-        s.push(b"o\r\nthree", |l| lines.push(l));
-        s.flush(|l| lines.push(l));
-        assert_eq!(lines, ["one", "two", "three"]);
-    }
 
     #[test]
     fn quoting_survives_the_shell() {
