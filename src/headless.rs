@@ -223,7 +223,8 @@ pub async fn drive(mut session: Session, orders: &Orders) -> Ended {
                 let Some(event) = event else { break };
                 audit.event(&event);
                 if let Some(text) = render(&event.event) {
-                    say(&text);
+                    // Host output and messages may carry terminal escapes: shown, never obeyed.
+                    say(&crate::text::visible(&text));
                 }
                 match &event.event {
                     Event::ThresholdExceeded { action: FailureAction::Rollback, .. } => {

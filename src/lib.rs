@@ -11,6 +11,7 @@
 //! - Consumers of events: [`headless`] (plain lines for CI), [`audit`] (the JSON-lines session
 //!   record) and [`console`] (the full-screen TUI, which also sends commands back).
 //! - [`session`] wires one deploy together for either front end.
+//! - [`text`] makes host-supplied text safe to show on a terminal.
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod rollback;
 pub mod secrets;
 pub mod session;
 pub mod template;
+pub mod text;
 pub mod transport;
 
 /// Process exit codes, documented in the README.

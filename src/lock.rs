@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::StepResult;
+use crate::profile::Environment;
 use crate::transport::{Captured, HostSession, NoObserver, Target, Transport, run_captured, shell_quote};
 
 /// How long taking, releasing or breaking the lock may take.
@@ -33,18 +34,20 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
-    /// "alice on box, release 2.4.1, since 14:02 UTC (12m ago)".
+    /// "alice on box, release 2.4.1, since 14:02 UTC (12m ago)". The fields come from a file on
+    /// a host, so they are shown with their control characters escaped.
     pub fn describe(&self, now: DateTime<Utc>) -> String {
         let age = (now - self.started_at).to_std().unwrap_or_default();
         let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
-        format!(
+        let text = format!(
             "{} on {} (pid {}), release {}, since {} ({age} ago)",
             self.operator,
             self.machine,
             self.pid,
             self.release,
             self.started_at.format("%Y-%m-%d %H:%M:%S UTC")
-        )
+        );
+        crate::text::visible(&shorten(&text))
     }
 }
 
@@ -60,7 +63,17 @@ fn holder_text(holder: &Option<LockInfo>, raw: &str) -> String {
     match holder {
         Some(info) => info.describe(Utc::now()),
         None if raw.trim().is_empty() => "owner unknown (the lock has no owner file)".into(),
-        None => format!("owner file unreadable: {}", raw.trim()),
+        None => format!("owner file unreadable: {}", crate::text::visible(&shorten(raw.trim()))),
+    }
+}
+
+/// Most of an owner file shown in a message: it is a host's to fill, with anything.
+const SHOWN_OWNER_CHARS: usize = 300;
+
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_OWNER_CHARS) {
+        Some((at, _)) => format!("{}… ({} bytes in all)", &text[..at], text.len()),
+        None => text.to_string(),
     }
 }
 
@@ -77,6 +90,22 @@ impl LockPlace {
         let path = lock_path.map_or_else(|| format!(".wavedeck/lock-{}", target.env), str::to_string);
         LockPlace { target, path }
     }
+
+    /// The one place every mode (deploy, rollback, unlock) locks an environment: its first host
+    /// as the profile lists it, whatever order a plan visits the hosts in.
+    pub fn for_environment(env: &Environment) -> Option<LockPlace> {
+        let first = env.hosts.first()?;
+        Some(LockPlace::new(Target { env: env.name.clone(), host: first.clone() }, env.lock_path.as_deref()))
+    }
+}
+
+/// Shell that removes the lock at `dir` only if it is a lock wavedeck made: its owner file, then
+/// the directory, which `rmdir` refuses to remove if anything else is in it.
+fn remove_lock_command(dir: &str) -> String {
+    format!(
+        "rm -f -- {dir}/owner.json && rmdir -- {dir} 2>/dev/null || \
+         {{ echo 'not a lock wavedeck made (it holds other files): left alone' >&2; exit 1; }}"
+    )
 }
 
 /// A held lock. Release it with [`DeployLock::release`]; dropping it leaves the lock in place,
@@ -97,8 +126,9 @@ impl DeployLock {
         let dir = shell_quote(&self.place.path);
         let owner = shell_quote(&format!("\"session\":\"{}\"", self.info.session));
         let command = format!(
-            "if grep -qF {owner} {dir}/owner.json 2>/dev/null; then rm -rf {dir}; \
-             else echo 'the lock now belongs to someone else; left in place' >&2; exit 1; fi"
+            "if grep -qF {owner} {dir}/owner.json 2>/dev/null; then {remove}; \
+             else echo 'the lock now belongs to someone else; left in place' >&2; exit 1; fi",
+            remove = remove_lock_command(&dir)
         );
         let (result, output) = run(self.session.as_ref(), &command).await;
         if result.succeeded() { Ok(()) } else { Err(format!("{}: {}", result, output.all())) }
@@ -144,7 +174,8 @@ pub async fn inspect(transport: &dyn Transport, place: &LockPlace) -> Result<Opt
 pub async fn break_lock(transport: &dyn Transport, place: &LockPlace) -> Result<Option<LockInfo>, LockError> {
     let session = open(transport, place).await?;
     let dir = shell_quote(&place.path);
-    let (result, output) = run(session.as_ref(), &format!("cat {dir}/owner.json 2>/dev/null; rm -rf {dir}")).await;
+    let command = format!("cat {dir}/owner.json 2>/dev/null; {}", remove_lock_command(&dir));
+    let (result, output) = run(session.as_ref(), &command).await;
     if result.succeeded() {
         Ok(serde_json::from_str(output.stdout.trim()).ok())
     } else {
@@ -212,6 +243,31 @@ mod tests {
         let taken = acquire(&transport, &place, info("s4")).await.unwrap();
         assert!(again.release().await.is_err());
         taken.release().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unlock_never_removes_a_directory_wavedeck_did_not_make() {
+        let dir = tempfile::tempdir().unwrap();
+        let (transport, place) = place(dir.path());
+        let existing = dir.path().join("prod/web-1/data");
+        std::fs::create_dir_all(&existing).unwrap();
+        std::fs::write(existing.join("precious"), b"keep me").unwrap();
+        let place = LockPlace { path: "data".into(), ..place };
+        assert!(matches!(acquire(&transport, &place, info("s1")).await, Err(LockError::Held { holder: None, .. })));
+        let err = break_lock(&transport, &place).await.unwrap_err().to_string();
+        assert!(err.contains("not a lock wavedeck made"), "{err}");
+        assert!(existing.join("precious").exists(), "unlock deleted a directory it did not make");
+    }
+
+    #[test]
+    fn a_hostile_owner_file_is_shown_escaped_and_short() {
+        let mut hostile = info("s");
+        hostile.operator = "\u{1b}[2J\u{1b}]0;pwned\u{7}eve".into();
+        let text = hostile.describe(Utc::now());
+        assert!(!text.contains('\u{1b}') && text.starts_with("\\x1b[2J\\x1b]0;pwned\\x07eve on box"), "{text}");
+        let raw = "x".repeat(10_000);
+        let shown = holder_text(&None, &raw);
+        assert!(shown.len() < 400 && shown.ends_with("(10000 bytes in all)"), "{shown}");
     }
 
     #[test]

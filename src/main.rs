@@ -14,7 +14,6 @@ use wavedeck::lock::{self, LockPlace};
 use wavedeck::plan::Plan;
 use wavedeck::secrets::Secrets;
 use wavedeck::session::{self, SessionOptions, SetupError};
-use wavedeck::transport::Target;
 
 #[derive(Parser)]
 #[command(
@@ -223,8 +222,9 @@ fn unlock(
 ) -> Result<i32, SetupError> {
     let profile = session::load_profile(profile)?;
     let environment = session::environment(&profile, env)?;
-    let first = environment.hosts.first().ok_or_else(|| SetupError::Invalid(format!("{env} has no hosts")))?;
-    let place = LockPlace::new(Target { env: env.to_string(), host: first.clone() }, environment.lock_path.as_deref());
+    let place =
+        LockPlace::for_environment(environment).ok_or_else(|| SetupError::Invalid(format!("{env} has no hosts")))?;
+    let first = place.target.host.clone();
     let transport = session::transport_for(environment, local_root)?;
     let runtime = runtime()?;
     let cannot = |e: lock::LockError| SetupError::CannotStart(e.to_string());

@@ -403,7 +403,7 @@ struct RawEnvironment {
     #[serde(default)]
     ssh: RawSsh,
     once_host: Option<Spanned<String>>,
-    lock_path: Option<String>,
+    lock_path: Option<Spanned<String>>,
     #[serde(default)]
     hosts: Vec<Spanned<RawHost>>,
 }
@@ -500,6 +500,26 @@ struct Validator<'a> {
 struct TemplateUse<'r> {
     what: String,
     text: &'r Spanned<String>,
+}
+
+/// A lock directory wavedeck may create and later remove: a path of plain names, so that it
+/// can never be `/`, a parent directory, or something other than the one directory it names.
+fn check_lock_path(path: &str) -> Result<(), String> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err("must name a directory below `/`, such as \"/var/lock/shopfront\"".into());
+    }
+    let plain = |p: &str| {
+        !matches!(p, "." | "..")
+            && !p.starts_with('-')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    if let Some(bad) = parts.iter().find(|p| !plain(p)) {
+        return Err(format!(
+            "part `{bad}` is not allowed: use letters, digits, `.`, `_` and `-`, not `.`, `..` or a leading `-`"
+        ));
+    }
+    Ok(())
 }
 
 impl Validator<'_> {
@@ -747,6 +767,11 @@ impl Validator<'_> {
             self.problem(once, format!("once_host `{}` is not a host of environment `{name}`", once.get_ref()));
         }
         let once_host = env.once_host.as_ref().map(|h| h.get_ref().clone());
+        if let Some(path) = &env.lock_path
+            && let Err(why) = check_lock_path(path.get_ref())
+        {
+            self.problem(path, format!("lock_path {why}"));
+        }
         Environment {
             name,
             protected: env.protected,
@@ -756,7 +781,7 @@ impl Validator<'_> {
             policy,
             ssh,
             once_host,
-            lock_path: env.lock_path.clone(),
+            lock_path: env.lock_path.as_ref().map(|p| p.get_ref().clone()),
         }
     }
 
@@ -1253,6 +1278,19 @@ run = "echo {{ host }} {{ release }}"
             );
         }
         assert_eq!(err.0.len(), 3, "{text}");
+    }
+
+    #[test]
+    fn a_lock_path_must_name_one_plain_directory() {
+        for bad in ["/", "", "../..", "/var/lock/../../etc", "locks/$(reboot)"] {
+            let src = MINIMAL.replace("name = \"dev\"", &format!("name = \"dev\"\nlock_path = \"{bad}\""));
+            let err = parse(&src).unwrap_err().to_string();
+            assert!(err.starts_with("error: t.toml:7:13: lock_path"), "{bad}: {err}");
+        }
+        for good in ["/var/lock/shopfront", ".wavedeck/lock-dev", "locks/web.v2"] {
+            let src = MINIMAL.replace("name = \"dev\"", &format!("name = \"dev\"\nlock_path = \"{good}\""));
+            assert!(parse(&src).is_ok(), "{good}");
+        }
     }
 
     #[test]

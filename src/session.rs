@@ -11,19 +11,17 @@ use crate::lock::{self, DeployLock, LockError, LockInfo, LockPlace};
 use crate::plan::Plan;
 use crate::profile::{Environment, Profile, TransportKind};
 use crate::secrets::{Redactor, Secrets};
+use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::SshTransport;
-use crate::transport::{Target, Transport};
 
 /// Environment variable choosing where the local transport keeps its host directories.
 pub const LOCAL_ROOT_ENV: &str = "WAVEDECK_LOCAL_ROOT";
 
 impl Session {
-    /// Where this deploy's lock lives: the first host of the plan.
+    /// Where this deploy's lock lives (the same place for a deploy, a rollback and `unlock`).
     pub fn lock_place(&self) -> Option<LockPlace> {
-        let env = self.profile.environment(&self.plan.env)?;
-        let first = self.plan.waves.first()?.hosts.first()?;
-        Some(LockPlace::new(Target { env: env.name.clone(), host: first.host.clone() }, env.lock_path.as_deref()))
+        LockPlace::for_environment(self.profile.environment(&self.plan.env)?)
     }
 
     /// Takes the environment's deploy lock, recording the attempt in the audit log. Returns the

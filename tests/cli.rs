@@ -283,6 +283,75 @@ fn a_second_deploy_of_the_same_environment_is_refused_by_the_lock() {
 }
 
 #[test]
+fn a_rollback_takes_the_same_lock_as_the_deploy_it_would_race() {
+    let s = Sandbox::new();
+    assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "1.0"]).status.code(), Some(0));
+    assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.0"]).status.code(), Some(0));
+    // A rollback's first wave is the deploy's last, but the lock is the environment's.
+    let (mut busy, rest) = start_busy_deploy(&s, "dev");
+    let rollback = s.run(&["rollback", DEMO, "--env", "dev", "--yes"]);
+    assert_eq!(rollback.status.code(), Some(5), "{}\n{}", text(&rollback.stdout), text(&rollback.stderr));
+    assert!(text(&rollback.stderr).contains("dev is locked by another deploy"), "{}", text(&rollback.stderr));
+    let _: Vec<_> = rest.collect();
+    assert_eq!(busy.wait().unwrap().code(), Some(0));
+}
+
+/// Writes a one-environment (`dev`, one host `h`) local profile with the given steps.
+fn one_host_profile(s: &Sandbox, steps: &str) -> PathBuf {
+    let path = s.dir.path().join("one-host.toml");
+    let head = "[service]\nname = \"svc\"\n[[environments]]\nname = \"dev\"\nhosts = [{ name = \"h\" }]\n";
+    std::fs::write(&path, format!("{head}{steps}")).unwrap();
+    path
+}
+
+#[test]
+fn headless_output_shows_terminal_escapes_from_hosts_instead_of_obeying_them() {
+    let s = Sandbox::new();
+    let steps = r#"[[steps]]
+name = "hostile"
+run = '''
+printf '\033]52;c;aGVsbG8=\007clipboard\n'
+printf '\033[2Jcleared\n'
+printf '\033]0;title\007titled\n'
+printf 'progress 50%%\roverwritten\n'
+'''
+"#;
+    let profile = one_host_profile(&s, steps);
+    let out = s.run(&["deploy", profile.to_str().unwrap(), "--env", "dev", "--release", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!out.stdout.contains(&0x1b), "a raw ESC reached the terminal");
+    assert!(!out.stdout.contains(&b'\r'), "a raw carriage return reached the terminal");
+    let stdout = text(&out.stdout);
+    for shown in [
+        r"[h] \x1b]52;c;aGVsbG8=\x07clipboard",
+        r"[h] \x1b[2Jcleared",
+        r"[h] \x1b]0;title\x07titled",
+        r"[h] progress 50%\roverwritten",
+    ] {
+        assert!(stdout.contains(shown), "missing {shown} in:\n{stdout}");
+    }
+    // The audit log keeps what the host sent, as JSON strings.
+    let records = s.audit();
+    assert!(events(&records, "output").any(|r| r["line"] == "\u{1b}[2Jcleared"), "{records:#?}");
+}
+
+#[test]
+fn local_steps_see_an_allowlisted_environment_not_the_operators() {
+    let s = Sandbox::new();
+    let profile = one_host_profile(&s, "[[steps]]\nname = \"show\"\nrun = \"env | sort\"\n");
+    let out = s
+        .command(&["deploy", profile.to_str().unwrap(), "--env", "dev", "--release", "1"])
+        .env("AWS_SECRET_ACCESS_KEY", "do-not-pass")
+        .env("SSH_AUTH_SOCK", "/tmp/agent.sock")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("AWS_SECRET_ACCESS_KEY") && !stdout.contains("SSH_AUTH_SOCK"), "{stdout}");
+    assert!(stdout.contains("[h] PATH=") && stdout.contains("[h] WAVEDECK_HOST=h"), "{stdout}");
+}
+
+#[test]
 fn a_lock_left_by_a_killed_deploy_is_reported_and_can_be_broken() {
     let s = Sandbox::new();
     let (mut first, _) = start_busy_deploy(&s, "dev");

@@ -79,46 +79,7 @@ impl LogBuffer {
     }
 }
 
-/// Removes ANSI escape sequences and control characters, expands tabs, and keeps only the text
-/// after the last carriage return (what a terminal would finally show for progress bars).
-pub fn clean(raw: &str) -> String {
-    let visible = raw.rsplit('\r').find(|s| !s.is_empty()).unwrap_or("");
-    let mut out = String::with_capacity(visible.len());
-    let mut chars = visible.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => match chars.next() {
-                // CSI: parameters and intermediates, then one final byte in @..~.
-                Some('[') => {
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                }
-                // OSC: up to BEL or ST (ESC \).
-                Some(']') => {
-                    while let Some(c) = chars.next() {
-                        if c == '\u{7}' || (c == '\u{1b}' && chars.peek() == Some(&'\\')) {
-                            if c == '\u{1b}' {
-                                chars.next();
-                            }
-                            break;
-                        }
-                    }
-                }
-                _ => {}
-            },
-            '\t' => {
-                let pad = 8 - out.chars().count() % 8;
-                out.extend(std::iter::repeat_n(' ', pad));
-            }
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::text::clean;
 
 #[cfg(test)]
 mod tests {
@@ -137,15 +98,6 @@ mod tests {
         let kept: Vec<&str> = b.slice(0, 10).map(|l| &*l.text).collect();
         assert_eq!(kept, ["2", "3", "4"]);
         assert_eq!(b.total(), 5);
-    }
-
-    #[test]
-    fn cleaning_strips_escapes_and_controls() {
-        assert_eq!(clean("\u{1b}[1;31mred\u{1b}[0m text"), "red text");
-        assert_eq!(clean("\u{1b}]0;title\u{7}after"), "after");
-        assert_eq!(clean("10%\r50%\r100%"), "100%");
-        assert_eq!(clean("a\tb"), "a       b");
-        assert_eq!(clean("bell\u{7}"), "bell");
     }
 
     #[test]
