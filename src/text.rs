@@ -52,7 +52,7 @@ pub fn clean(raw: &str) -> String {
 /// (`\x1b`, `\r`, `\u{202e}`), so it shows instead of acting. Colours are shown the same way:
 /// headless output goes to CI logs and files, where a raw escape is noise at best.
 pub fn visible(raw: &str) -> String {
-    if !raw.chars().any(|c| needs_escape(c)) {
+    if !raw.chars().any(needs_escape) {
         return raw.to_string();
     }
     let mut out = String::with_capacity(raw.len() + 16);
