@@ -187,6 +187,32 @@ fn pause_after_the_first_wave_then_resume_to_the_end() {
 }
 
 #[test]
+fn a_step_that_ends_while_paused_shows_as_ended_with_nothing_running() {
+    if !tmux_available() {
+        return;
+    }
+    let c = Console::start();
+    c.start_deploy(0, "3.0.2");
+    c.wait_for("run 1/5");
+    c.keys(&["p"]);
+    c.wait_for("PAUSED by e2e-operator");
+    // The step the pause caught finishes; the screen must say so, not keep a clock running.
+    let screen = c.wait_until("held host, nothing running", |s| s.contains("held ") && s.contains("nothing running"));
+    assert!(!screen.contains("finishing:"), "{screen}");
+    assert!(!screen.contains(" run "), "no host may look like it is running: {screen}");
+    c.keys(&["a"]);
+    c.wait_for("Reason:");
+    c.type_text("checked the pause");
+    c.keys(&["Enter"]);
+    c.wait_for("ABORTED:");
+    c.keys(&["q"]);
+    assert_eq!(c.exit_code(), 3);
+    let records = c.audit();
+    let paused_at = position(&records, |r| r["event"] == "paused");
+    assert!(records[paused_at..].iter().any(|r| r["event"] == "step_finished"), "a step ended while paused");
+}
+
+#[test]
 fn abort_with_a_reason_is_audited() {
     if !tmux_available() {
         return;

@@ -233,6 +233,20 @@ fn deploy_paused_by_threshold() {
 }
 
 #[test]
+fn paused_hosts_whose_steps_end_show_as_held_with_nothing_running() {
+    let mut app = threshold_paused();
+    feed(
+        &mut app,
+        vec![
+            (10, finished(2, "stg-web-2", "stage", 1, 0, false)),
+            (10, finished(2, "stg-web-3", "stage", 1, 0, false)),
+        ],
+    );
+    // Rendered 20 s later: the held hosts' clocks stand at 00:04 (6 s start, 10 s held).
+    snapshot("deploy_paused_steps_ended", &mut app, 30);
+}
+
+#[test]
 fn interleaved_log_and_filter() {
     let mut app = staging_in_flight();
     key(&mut app, KeyCode::Char('i'));

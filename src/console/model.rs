@@ -39,6 +39,12 @@ pub struct HostView {
     pub step_index: usize,
     pub total_steps: usize,
     pub attempt: u32,
+    /// A step of this host is running now; false between a step's end and the next one's start
+    /// (where a pause holds a host).
+    pub step_running: bool,
+    /// When the host last stopped running a step without being finished, for a clock that
+    /// stands still while a pause holds it.
+    pub idle_since: Option<DateTime<Utc>>,
     pub started: Option<DateTime<Utc>>,
     pub finished: Option<DateTime<Utc>>,
     pub last_result: Option<StepResult>,
@@ -161,6 +167,28 @@ impl DeployModel {
         self.hosts.iter().filter(|h| h.phase == phase).count()
     }
 
+    /// Hosts of `wave` that count against its failure limit now: failed, or gone unhealthy, and
+    /// not since retried or skipped by the operator.
+    pub fn wave_failures(&self, wave: usize) -> usize {
+        self.hosts
+            .iter()
+            .filter(|h| h.wave == wave)
+            .filter(|h| h.phase == HostPhase::Failed || (h.phase == HostPhase::Done && h.went_unhealthy))
+            .count()
+    }
+
+    /// Forgets a host's entries in a pause's "finishing" list once the engine says they ended.
+    fn finished_running(&mut self, host: &str, step: Option<&str>) {
+        if let ControlView::Paused { running, .. } = &mut self.control {
+            let prefix = format!("{host}: ");
+            running.retain(|entry| match (entry.strip_prefix(&prefix), step) {
+                (Some(s), Some(step)) => s != step,
+                (Some(_), None) => false,
+                (None, _) => true,
+            });
+        }
+    }
+
     /// Hosts that reached a final state, for the overall gauge.
     pub fn settled(&self) -> usize {
         self.hosts.iter().filter(|h| !matches!(h.phase, HostPhase::Waiting | HostPhase::Running)).count()
@@ -199,6 +227,8 @@ impl DeployModel {
                             step_index: 0,
                             total_steps: steps.len(),
                             attempt: 0,
+                            step_running: false,
+                            idle_since: None,
                             started: None,
                             finished: None,
                             last_result: None,
@@ -256,6 +286,8 @@ impl DeployModel {
                     h.step_index = *index;
                     h.total_steps = *total;
                     h.attempt = *attempt;
+                    h.step_running = true;
+                    h.idle_since = None;
                 }
             }
             Event::Output { host, stream, line, .. } => {
@@ -269,7 +301,10 @@ impl DeployModel {
                 let failed = !result.succeeded();
                 if let Some(h) = self.host_mut(host) {
                     h.last_result = Some(result.clone());
+                    h.step_running = false;
+                    h.idle_since = Some(at);
                 }
+                self.finished_running(host, Some(step));
                 if failed && *will_retry {
                     self.note(at, Severity::Warn, format!("{host}: {step} {result}, retrying"));
                 }
@@ -309,9 +344,11 @@ impl DeployModel {
                     HostState::Skipped => HostPhase::Skipped,
                 };
                 let mut failure = None;
+                self.finished_running(host, None);
                 if let Some(h) = self.host_mut(host) {
                     h.phase = phase;
                     h.finished = Some(at);
+                    h.step_running = false;
                     if phase == HostPhase::Failed {
                         let at_step = h.step.as_ref().map(|s| format!(" at {s}")).unwrap_or_default();
                         let result = h.last_result.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
@@ -561,5 +598,74 @@ pub(crate) mod tests {
         let texts: Vec<&str> = m.timeline.iter().map(|t| t.text.as_str()).collect();
         assert!(texts.contains(&"a FAILED: exit 2"), "{texts:?}");
         assert_eq!(texts.last(), Some(&"deploy ABORTED"));
+    }
+
+    fn step_started(secs: i64, host: &str, step: &str, index: usize) -> Stamped {
+        stamp(
+            secs,
+            Event::StepStarted {
+                wave: 1,
+                host: host.into(),
+                step: step.into(),
+                kind: crate::plan::StepKind::Command,
+                index,
+                total: 2,
+                attempt: 1,
+                command: "x".into(),
+            },
+        )
+    }
+
+    fn step_finished(secs: i64, host: &str, step: &str, code: i32) -> Stamped {
+        stamp(
+            secs,
+            Event::StepFinished {
+                wave: 1,
+                host: host.into(),
+                step: step.into(),
+                index: 1,
+                attempt: 1,
+                result: StepResult::Exited { code },
+                duration_ms: 900,
+                will_retry: false,
+            },
+        )
+    }
+
+    #[test]
+    fn while_paused_every_event_still_applies_and_a_finished_step_leaves_the_finishing_list() {
+        let mut m = DeployModel::new("ann", 100);
+        m.apply(&started());
+        m.apply(&stamp(1, Event::HostStarted { wave: 1, host: "a".into() }));
+        m.apply(&step_started(1, "a", "stage", 1));
+        m.apply(&stamp(2, Event::Paused { cause: PauseCause::Operator, running: vec!["a: stage".into()] }));
+        let a = m.host("a").unwrap();
+        assert!(a.step_running && a.idle_since.is_none());
+        m.apply(&step_finished(3, "a", "stage", 0));
+        assert!(matches!(&m.control, ControlView::Paused { running, .. } if running.is_empty()), "{:?}", m.control);
+        let a = m.host("a").unwrap();
+        assert!(!a.step_running, "nothing of a runs while the pause holds it");
+        assert_eq!((a.idle_since, a.last_result.clone()), (Some(at(3)), Some(StepResult::Exited { code: 0 })));
+    }
+
+    #[test]
+    fn a_threshold_pause_counts_the_waves_failures_as_they_are_now() {
+        let mut m = DeployModel::new("ann", 100);
+        m.apply(&started());
+        for (i, host) in ["b", "c"].into_iter().enumerate() {
+            m.apply(&stamp(1, Event::HostStarted { wave: 2, host: host.into() }));
+            m.apply(&step_finished(2, host, "stage", 1));
+            m.apply(&stamp(3 + i as i64, Event::HostFinished { wave: 2, host: host.into(), state: HostState::Failed }));
+            if i == 0 {
+                let cause = PauseCause::FailureThreshold { wave: 2, failures: 1, limit: 0 };
+                m.apply(&stamp(3, Event::Paused { cause, running: vec!["c: stage".into()] }));
+            }
+        }
+        // The pause said 1; the engine's facts since say 2, and the "finishing" list is empty.
+        assert_eq!(m.wave_failures(2), 2);
+        assert!(matches!(&m.control, ControlView::Paused { running, .. } if running.is_empty()));
+        m.apply(&stamp(6, Event::HostTriaged { host: "b".into(), action: TriageAction::Retry }));
+        m.apply(&stamp(7, Event::HostTriaged { host: "c".into(), action: TriageAction::Skip }));
+        assert_eq!(m.wave_failures(2), 0, "retried and skipped hosts no longer count");
     }
 }

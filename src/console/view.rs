@@ -269,8 +269,9 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
         ControlView::Paused { cause, running } => {
             let why = match cause {
                 PauseCause::Operator => format!("PAUSED by {}", model.operator),
-                PauseCause::FailureThreshold { wave, failures, limit } => {
-                    format!("PAUSED · wave {wave}: {failures} failed or unhealthy > {limit} allowed")
+                // Counted now, not when the pause began: retries and skips change it.
+                PauseCause::FailureThreshold { wave, limit, .. } => {
+                    format!("PAUSED · wave {wave}: {} failed or unhealthy, {limit} allowed", model.wave_failures(*wave))
                 }
             };
             let still = if running.is_empty() {
@@ -335,8 +336,16 @@ fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, the
     let first = layout::first_visible_row(app.selected_host, rows_fit);
     let rows = visible.iter().enumerate().skip(first).take(rows_fit).map(|(pos, &i)| {
         let h = &model.hosts[i];
-        let (state, style) = host_state(h, theme);
-        let elapsed = match (h.started, h.finished) {
+        // A pause holds a host between two steps: nothing of it runs, so its clock stands still.
+        let held = h.phase == HostPhase::Running
+            && h.idle_since.is_some()
+            && matches!(model.control, ControlView::Paused { .. });
+        let (state, style) = if held {
+            (format!("held {}/{}", h.step_index, h.total_steps), theme.fg(theme.warn))
+        } else {
+            host_state(h, theme)
+        };
+        let elapsed = match (h.started, h.finished.or(h.idle_since.filter(|_| held))) {
             (Some(s), Some(f)) => clock_text(f - s),
             (Some(s), None) => clock_text(clock.now - s),
             _ => String::new(),
@@ -355,7 +364,8 @@ fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, the
             Cell::from(h.wave.to_string()),
             Cell::from(Span::styled(state, style)),
             Cell::from(match (h.upload, &h.step) {
-                (Some((sent, total)), Some(step)) => format!("{step} {}%", sent * 100 / total.max(1)),
+                (Some((sent, total)), Some(step)) if !held => format!("{step} {}%", sent * 100 / total.max(1)),
+                (_, Some(step)) if held => format!("{step} ended"),
                 (_, step) => step.clone().unwrap_or_default(),
             }),
             Cell::from(elapsed),
