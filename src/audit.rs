@@ -7,8 +7,11 @@
 //! (also on drop, so on every unwinding exit path) waits for the writer to drain and then syncs
 //! the file to disk.
 //!
-//! Nothing secret reaches here: engine events are already redacted, and argv passes through the
-//! session's [`Redactor`] as well.
+//! Nothing secret reaches here: every string of every record passes through the session's
+//! [`Redactor`] on the way in (engine events are redacted before they are emitted, but notes,
+//! argv and host-supplied values are not, so the log does not rely on that).
+//!
+//! The directory is created `0700` and each file `0600`: they hold every output line.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -71,11 +74,12 @@ pub struct AuditLog {
 impl AuditLog {
     /// Creates a new session file in `dir` and writes the session-start record.
     pub fn open(dir: &Path, start: &SessionStart, redactor: Redactor) -> std::io::Result<AuditLog> {
-        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let now = Utc::now();
         let session = format!("{}-{}", now.format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
         let path = dir.join(format!("wavedeck-{session}.jsonl"));
-        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        let file = OpenOptions::new().create_new(true).append(true).mode(0o600).open(&path)?;
         let (writer, guard) = NonBlockingBuilder::default()
             .lossy(false)
             .buffered_lines_limit(BUFFERED_LINES)
@@ -91,9 +95,7 @@ impl AuditLog {
             redactor,
             write_failed: false,
         };
-        let mut start = start.clone();
-        start.argv = start.argv.iter().map(|a| log.redactor.redact(a).into_owned()).collect();
-        log.record(now, "session_start", &start);
+        log.record(now, "session_start", start);
         Ok(log)
     }
 
@@ -181,11 +183,36 @@ impl AuditLog {
                 line.insert("serialize_error".into(), Value::String(e.to_string()));
             }
         }
-        let mut text = Value::Object(line).to_string();
+        let mut line = Value::Object(line);
+        redact_strings(&mut line, &self.redactor);
+        let mut text = line.to_string();
         text.push('\n');
         if writer.write_all(text.as_bytes()).is_err() {
             self.write_failed = true;
         }
+    }
+}
+
+/// Masks secrets in every string of a record, keys included.
+fn redact_strings(value: &mut Value, redactor: &Redactor) {
+    match value {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(masked) = redactor.redact(s) {
+                *s = masked;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, redactor)),
+        Value::Object(fields) => {
+            let masked: Map<String, Value> = std::mem::take(fields)
+                .into_iter()
+                .map(|(k, mut v)| {
+                    redact_strings(&mut v, redactor);
+                    (redactor.redact(&k).into_owned(), v)
+                })
+                .collect();
+            *fields = masked;
+        }
+        _ => {}
     }
 }
 
@@ -251,6 +278,23 @@ mod tests {
 
     fn lines(path: &Path) -> Vec<Value> {
         std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn notes_are_masked_and_the_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let audit_dir = dir.path().join("audit");
+        let secrets = crate::secrets::Secrets::of(&[("t", "s3cretTOKEN")]);
+        let mut log = AuditLog::open(&audit_dir, &start(), secrets.redactor()).unwrap();
+        let path = log.path().to_path_buf();
+        // A host-supplied value in a note: nothing upstream masked it.
+        log.note("rollback_planned", json!({ "targets": [{ "host": "a", "problem": "1.0;echo s3cretTOKEN" }] }));
+        log.close("ok", 0).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("s3cretTOKEN") && text.contains("1.0;echo ******"), "{text}");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&audit_dir), mode(&path)), (0o700, 0o600));
     }
 
     #[test]

@@ -610,6 +610,20 @@ struct StepOutput<'a> {
 /// look skipped. The line itself is shown and audited like any other.
 pub const SKIP_MARKER: &str = "WAVEDECK-SKIP ";
 
+/// A line a step prints right after it changed which release a host runs:
+/// `WAVEDECK-CHANGED <from> -> <to>`, `from` being `-` when there was none. Both must be valid
+/// release names; anything else is shown as output and not recorded as a change.
+pub const CHANGED_MARKER: &str = "WAVEDECK-CHANGED ";
+
+/// The (from, to) of a change marker line, if it is one with usable release names.
+pub fn parse_changed(line: &str) -> Option<(Option<String>, String)> {
+    let (from, to) = line.strip_prefix(CHANGED_MARKER)?.trim().split_once(" -> ")?;
+    let (from, to) = (from.trim(), to.trim());
+    let from = if from == "-" { None } else { Some(from) };
+    let usable = crate::profile::is_safe_name(to) && from.is_none_or(crate::profile::is_safe_name);
+    usable.then(|| (from.map(str::to_string), to.to_string()))
+}
+
 impl<'a> StepOutput<'a> {
     fn new(shared: &'a Shared, host: &'a str, step: &'a str) -> Self {
         Self { shared, host, step, skipped: Mutex::new(None), pending: Mutex::new([String::new(), String::new()]) }
@@ -658,6 +672,16 @@ impl OutputSink for StepOutput<'_> {
             *skipped = line.strip_prefix(SKIP_MARKER).map(|reason| self.shared.redactor.redact(reason).into_owned());
         }
         self.emit(stream, &line);
+        if stream == Stream::Stdout
+            && let Some((from, to)) = parse_changed(&line)
+        {
+            self.shared.control.events.emit(Event::HostChanged {
+                host: self.host.to_string(),
+                step: self.step.to_string(),
+                from,
+                to,
+            });
+        }
     }
 
     fn fragment(&self, stream: Stream, piece: String) {

@@ -238,6 +238,15 @@ pub enum Event {
         /// Another attempt follows.
         will_retry: bool,
     },
+    /// A step said it changed what the host runs (`WAVEDECK-CHANGED from -> to` on stdout, as
+    /// the built-in `activate` prints): the record a rollback returns hosts by. `from` is `None`
+    /// when the host had no release before.
+    HostChanged {
+        host: String,
+        step: String,
+        from: Option<String>,
+        to: String,
+    },
     /// An upload's progress; emitted at most every 256 KiB or so, and at the end.
     UploadProgress {
         host: String,

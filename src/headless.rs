@@ -52,6 +52,8 @@ pub fn render(event: &Event) -> Option<String> {
             format!("[{host}] !! {step} failed: {result} after {}{next}", seconds(*duration_ms))
         }
         Event::HealthSample { .. } => return None,
+        // The step's own marker line has already said it.
+        Event::HostChanged { .. } => return None,
         Event::UploadProgress { host, sent, total, .. } if sent == total && *total > 0 => {
             format!("[{host}] sent {total} bytes")
         }

@@ -1,5 +1,10 @@
-//! Rolling back: which hosts the last deploy changed (from the audit log), and where each will
-//! return to (the profile's `rollback_target` command, run on the host).
+//! Rolling back: which hosts the last deploy changed, and where each returns to, both from the
+//! audit log. A step that switches a host's release says so (`WAVEDECK-CHANGED from -> to`, as
+//! the built-in `activate` does), and the deploy's audit log keeps it as a `host_changed` event:
+//! a host returns to the `from` of its first change in that deploy, the release the deploy found
+//! it on, and a host the deploy never changed is left alone. Only a profile whose steps never
+//! report changes (no `[releases]`, no markers) falls back to asking each host its
+//! `rollback_target`.
 //!
 //! The rollback itself is an ordinary deploy of the profile's `[[rollback]]` steps, planned in
 //! reverse wave order by [`Plan::build_rollback`](crate::plan::Plan::build_rollback), so it
@@ -13,21 +18,33 @@ use serde_json::Value;
 
 use crate::event::StepResult;
 use crate::plan::Plan;
-use crate::profile::{Environment, Profile};
+use crate::profile::{Environment, Profile, is_safe_name};
 use crate::secrets::Secrets;
 use crate::session::{self, Session, SessionOptions, SetupError};
 use crate::transport::{NoObserver, Target, Transport, run_captured};
+
+/// Where one host goes in a rollback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// From the release the deploy left it on back to the one the deploy found it on.
+    Return { current: String, target: String },
+    /// Left out of the rollback, and why.
+    Stay(String),
+    /// Rolled back by the profile's own `[[rollback]]` steps; where to is theirs to know.
+    Unknown(String),
+}
 
 /// A rollback ready to start: its session (audit open, plan made) and what it will do.
 pub struct Prepared {
     pub session: Session,
     pub last: LastDeploy,
-    /// Per host, in rollback order: the release it returns to, or why that is not known.
-    pub targets: Vec<(String, Result<String, String>)>,
+    /// Per host, in rollback order: where it goes, or why it stays.
+    pub targets: Vec<(String, Destination)>,
 }
 
 impl Prepared {
-    /// The preview shown before the operator confirms.
+    /// The preview shown before the operator confirms. Targets may come from hosts, so the text
+    /// is masked and its control characters escaped.
     pub fn describe(&self) -> String {
         let plan = &self.session.plan;
         let mut out = format!(
@@ -39,17 +56,22 @@ impl Prepared {
             plan.host_count(),
             plan.waves.len()
         );
-        for (host, target) in &self.targets {
-            match target {
-                Ok(release) => out.push_str(&format!("\n  {host:<16} {} -> {release}", self.last.release)),
-                Err(why) => out.push_str(&format!("\n  {host:<16} {} -> ? ({why})", self.last.release)),
+        for (host, destination) in &self.targets {
+            match destination {
+                Destination::Return { current, target } => {
+                    out.push_str(&format!("\n  {host:<16} {current} -> {target}"))
+                }
+                Destination::Stay(why) => out.push_str(&format!("\n  {host:<16} left alone: {why}")),
+                Destination::Unknown(why) => {
+                    out.push_str(&format!("\n  {host:<16} {} -> ? ({why})", self.last.release))
+                }
             }
         }
-        out
+        crate::text::visible(&self.session.redactor.redact(&out))
     }
 }
 
-/// Finds the last deploy of `env`, asks each changed host where it would return to, plans the
+/// Finds the last deploy of `env`, works out where each host it reached goes back to, plans the
 /// rollback and opens its audit session (which records the preview).
 pub async fn prepare(
     profile: &Profile,
@@ -76,21 +98,41 @@ pub async fn prepare(
     let mut waves = last.waves.clone();
     waves.reverse();
     let hosts: Vec<String> = waves.iter().flatten().cloned().collect();
-    let transport = session::transport_for(environment, local_root)?;
     let secrets = Secrets::from_env(profile).map_err(SetupError::Invalid)?;
-    let targets = preview(transport.as_ref(), profile, environment, &hosts, &last.release, &secrets).await;
-    // A host with no earlier release (its first deploy) has nothing to roll back to.
-    let stay: Vec<&String> =
-        targets.iter().filter(|(_, t)| t.as_ref().err().map(String::as_str) == Some(NOTHING)).map(|(h, _)| h).collect();
+    let targets = if profile.releases.is_some() || !last.changes.is_empty() {
+        from_records(&hosts, &last)
+    } else if profile.rollback_target.is_some() {
+        let transport = session::transport_for(environment, local_root)?;
+        preview(transport.as_ref(), profile, environment, &hosts, &last.release, &secrets).await
+    } else {
+        let why = "no recorded change and no rollback_target: the [[rollback]] steps decide";
+        hosts.iter().map(|h| (h.clone(), Destination::Unknown(why.into()))).collect()
+    };
+    let moving: Vec<&String> =
+        targets.iter().filter(|(_, d)| !matches!(d, Destination::Stay(_))).map(|(h, _)| h).collect();
     for wave in &mut waves {
-        wave.retain(|h| !stay.contains(&h));
+        wave.retain(|h| moving.contains(&h));
     }
     waves.retain(|w| !w.is_empty());
     if waves.is_empty() {
-        return Err(SetupError::Invalid(format!("no host of {env} has an earlier release to return to")));
+        let mut why = format!(
+            "the last deploy of {} to {env} ({}, session {}) changed no host that can be returned: nothing to roll back",
+            profile.service, last.release, last.session
+        );
+        for (host, destination) in &targets {
+            if let Destination::Stay(reason) = destination {
+                why.push_str(&format!("\n  {host:<16} left alone: {reason}"));
+            }
+        }
+        return Err(SetupError::Invalid(crate::text::visible(&secrets.redactor().redact(&why))));
     }
-    let known: BTreeMap<String, String> =
-        targets.iter().filter_map(|(h, t)| t.as_ref().ok().map(|t| (h.clone(), t.clone()))).collect();
+    let known: BTreeMap<String, String> = targets
+        .iter()
+        .filter_map(|(h, d)| match d {
+            Destination::Return { target, .. } => Some((h.clone(), target.clone())),
+            _ => None,
+        })
+        .collect();
     let options =
         SessionOptions { profile: &profile.path, env, release: &last.release, audit_dir, local_root, mode: "rollback" };
     let mut session = session::prepare_with(&options, profile.clone(), |p, secrets| {
@@ -98,7 +140,13 @@ pub async fn prepare(
     })?;
     let planned: Vec<serde_json::Value> = targets
         .iter()
-        .map(|(h, t)| serde_json::json!({ "host": h, "target": t.as_ref().ok(), "problem": t.as_ref().err() }))
+        .map(|(h, d)| match d {
+            Destination::Return { current, target } => {
+                serde_json::json!({ "host": h, "current": current, "target": target })
+            }
+            Destination::Stay(why) => serde_json::json!({ "host": h, "left_alone": why }),
+            Destination::Unknown(why) => serde_json::json!({ "host": h, "problem": why }),
+        })
         .collect();
     session.audit.note(
         "rollback_planned",
@@ -107,8 +155,29 @@ pub async fn prepare(
     Ok(Prepared { session, last, targets })
 }
 
-/// What the preview says of a host with no earlier release: it is left out of the rollback.
-pub const NOTHING: &str = "nothing to return to; left as it is";
+/// Destinations from the changes the deploy recorded: each host back to where the deploy found
+/// it, never further.
+fn from_records(hosts: &[String], last: &LastDeploy) -> Vec<(String, Destination)> {
+    hosts
+        .iter()
+        .map(|host| {
+            let destination = match last.changes.get(host) {
+                None => Destination::Stay("this deploy did not change it".into()),
+                Some(Change { found: None, .. }) => Destination::Stay(NOTHING.into()),
+                Some(Change { found: Some(found), left }) if found == left => {
+                    Destination::Stay(format!("already back on {found}"))
+                }
+                Some(Change { found: Some(found), left }) => {
+                    Destination::Return { current: left.clone(), target: found.clone() }
+                }
+            };
+            (host.clone(), destination)
+        })
+        .collect()
+}
+
+/// What the preview says of a host that had no release before the deploy.
+pub const NOTHING: &str = "it had no release before this deploy: nothing to return to";
 
 /// How long the preview may wait for one host.
 const PREVIEW_TIMEOUT: Duration = Duration::from_secs(30);
@@ -122,6 +191,17 @@ pub struct LastDeploy {
     pub waves: Vec<Vec<String>>,
     /// A rollback session that already came after this deploy, if any.
     pub rolled_back_by: Option<String>,
+    /// Per host, what the deploy changed it from (first change) and to (last change).
+    pub changes: BTreeMap<String, Change>,
+}
+
+/// How a deploy moved one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The release the deploy found the host on; `None` if it had none.
+    pub found: Option<String>,
+    /// The release the deploy left it on.
+    pub left: String,
 }
 
 /// The audit session files in `dir`, oldest first (their names start with the UTC start time,
@@ -223,8 +303,21 @@ fn parse_session(text: &str, service: &str, env: &str) -> Option<Found> {
     }
     let mut release = None;
     let mut waves: Vec<(u64, Vec<String>)> = Vec::new();
+    let mut changes: BTreeMap<String, Change> = BTreeMap::new();
     for r in records {
         match (r["record"].as_str(), r["event"].as_str()) {
+            (Some("event"), Some("host_changed")) => {
+                let (Some(host), Some(to)) = (r["host"].as_str(), r["to"].as_str()) else { continue };
+                // The audit file is trusted no more than the host that wrote the marker.
+                let from = r["from"].as_str();
+                if !is_safe_name(to) || from.is_some_and(|f| !is_safe_name(f)) {
+                    continue;
+                }
+                changes
+                    .entry(host.to_string())
+                    .and_modify(|c| c.left = to.to_string())
+                    .or_insert_with(|| Change { found: from.map(str::to_string), left: to.to_string() });
+            }
             (Some("event"), Some("deploy_started")) if r["service"] == service => {
                 release = r["release"].as_str().map(str::to_string);
             }
@@ -245,10 +338,12 @@ fn parse_session(text: &str, service: &str, env: &str) -> Option<Found> {
         release: release?,
         waves: waves.into_iter().map(|(_, hosts)| hosts).collect(),
         rolled_back_by: None,
+        changes,
     }))
 }
 
-/// Per host (in the order given): the release it will return to, or why that is not known.
+/// Per host (in the order given), from the profile's `rollback_target` command run on it: the
+/// release it will return to, or why that is not known.
 pub async fn preview(
     transport: &dyn Transport,
     profile: &Profile,
@@ -256,36 +351,48 @@ pub async fn preview(
     hosts: &[String],
     from_release: &str,
     secrets: &Secrets,
-) -> Vec<(String, Result<String, String>)> {
+) -> Vec<(String, Destination)> {
     let mut out = Vec::new();
     for name in hosts {
         let Some(host) = env.hosts.iter().find(|h| &h.name == name) else {
-            out.push((name.clone(), Err("no longer in the profile".to_string())));
+            out.push((name.clone(), Destination::Stay("no longer in the profile".into())));
             continue;
         };
-        let target = match Plan::rollback_target(profile, env, host, from_release, secrets) {
-            None => Err("not known: the profile has no rollback_target".to_string()),
-            Some(Err(e)) => Err(e.to_string()),
-            Some(Ok(command)) => ask(transport, &env.name, host, &command.0).await,
+        let destination = match Plan::rollback_target(profile, env, host, from_release, secrets) {
+            None => Destination::Unknown("the profile has no rollback_target".into()),
+            Some(Err(e)) => Destination::Unknown(e.to_string()),
+            Some(Ok(command)) => match ask(transport, &env.name, host, &command.0).await {
+                Ok(Some(target)) => Destination::Return { current: from_release.to_string(), target },
+                Ok(None) => Destination::Stay(NOTHING.into()),
+                Err(why) => Destination::Stay(why),
+            },
         };
-        out.push((name.clone(), target));
+        out.push((name.clone(), destination));
     }
     out
 }
+
+/// Most of a host's unusable answer quoted in a message.
+const QUOTED_ANSWER: usize = 80;
 
 async fn ask(
     transport: &dyn Transport,
     env: &str,
     host: &crate::profile::Host,
     command: &str,
-) -> Result<String, String> {
+) -> Result<Option<String>, String> {
     let target = Target { env: env.to_string(), host: host.clone() };
     let session = transport.open(&target, &NoObserver).await.map_err(|e| e.to_string())?;
     let (result, output) = run_captured(session.as_ref(), command, PREVIEW_TIMEOUT).await;
-    let line = output.stdout.lines().next().unwrap_or_default();
+    let line = output.stdout.lines().next().unwrap_or_default().trim();
     match result {
-        StepResult::Exited { code: 0 } if !line.trim().is_empty() => Ok(line.trim().to_string()),
-        StepResult::Exited { code: 0 } => Err(NOTHING.into()),
+        StepResult::Exited { code: 0 } if line.is_empty() => Ok(None),
+        // It becomes `{{ release }}` in shell commands: only a valid release name may.
+        StepResult::Exited { code: 0 } if is_safe_name(line) => Ok(Some(line.to_string())),
+        StepResult::Exited { code: 0 } => {
+            let quoted: String = line.chars().take(QUOTED_ANSWER).collect();
+            Err(format!("rollback_target printed an unusable release name ({quoted:?}): refused"))
+        }
         other => Err(format!("rollback_target {other}")),
     }
 }

@@ -58,6 +58,12 @@ impl Secrets {
         }
     }
 
+    /// Secrets given directly, for tests.
+    #[cfg(test)]
+    pub(crate) fn of(pairs: &[(&str, &str)]) -> Secrets {
+        Secrets { values: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+
     /// Placeholder values for showing a plan without needing the secrets.
     pub fn masked(profile: &Profile) -> Secrets {
         Secrets { values: profile.secrets.keys().map(|k| (k.clone(), MASK.to_string())).collect() }

@@ -287,8 +287,14 @@ fn a_rollback_takes_the_same_lock_as_the_deploy_it_would_race() {
     let s = Sandbox::new();
     assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "1.0"]).status.code(), Some(0));
     assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.0"]).status.code(), Some(0));
-    // A rollback's first wave is the deploy's last, but the lock is the environment's.
-    let (mut busy, rest) = start_busy_deploy(&s, "dev");
+    // A rollback's first wave is the deploy's last, but the lock is the environment's. Wait
+    // until the busy deploy has switched a host, so there is something to roll back.
+    let (mut busy, mut rest) = start_busy_deploy(&s, "dev");
+    for line in rest.by_ref() {
+        if line.unwrap().contains("WAVEDECK-CHANGED") {
+            break;
+        }
+    }
     let rollback = s.run(&["rollback", DEMO, "--env", "dev", "--yes"]);
     assert_eq!(rollback.status.code(), Some(5), "{}\n{}", text(&rollback.stdout), text(&rollback.stderr));
     assert!(text(&rollback.stderr).contains("dev is locked by another deploy"), "{}", text(&rollback.stderr));
@@ -452,6 +458,53 @@ fn rollback_returns_the_hosts_the_last_deploy_changed_last_wave_first() {
     let again = s.run(&["rollback", DEMO, "--env", "dev", "--yes"]);
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again.stderr).contains("already rolled back"), "{}", text(&again.stderr));
+}
+
+#[test]
+fn rollback_returns_each_host_to_where_the_deploy_found_it_and_leaves_unchanged_hosts_alone() {
+    let s = Sandbox::new();
+    let profile = s.dir.path().join("rollback-record.toml");
+    // A check before `switch` fails on dev-web-2 for 3.0 (and everywhere for 4.0), so those
+    // hosts are never activated; wave 2 tolerates one failure so dev-worker-1 finishes.
+    let precheck = "[[steps]]\nname = \"precheck\"\n\
+        run = \"[ '{{ host }}/{{ release }}' != 'dev-web-2/3.0' ] && [ '{{ release }}' != '4.0' ] || { echo 'disk full' >&2; exit 1; }\"\n\n\
+        [[steps]]\nname = \"switch\"";
+    let demo = std::fs::read_to_string(DEMO)
+        .unwrap()
+        .replacen("max_failures = 0", "max_failures = 1", 1)
+        .replace("[[steps]]\nname = \"switch\"", precheck);
+    std::fs::write(&profile, demo).unwrap();
+    let path = profile.to_str().unwrap();
+    let current = |host: &str| std::fs::read_link(s.dir.path().join(format!("hosts/dev/{host}/current"))).unwrap();
+    for release in ["1.0", "2.0"] {
+        assert_eq!(s.run(&["deploy", path, "--env", "dev", "--release", release]).status.code(), Some(0));
+    }
+    let r3 = s.run(&["deploy", path, "--env", "dev", "--release", "3.0"]);
+    assert_eq!(r3.status.code(), Some(1), "{}", text(&r3.stdout));
+    assert_eq!(current("dev-web-2"), Path::new("releases/2.0"), "the failed host was never activated");
+
+    let out = s.run(&["rollback", path, "--env", "dev", "--yes"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    // The preview, before anything ran, says where each host really goes.
+    let preview = &stdout[..stdout.find("== deploying").unwrap()];
+    assert!(preview.contains("dev-web-1        3.0 -> 2.0"), "{preview}");
+    assert!(preview.contains("dev-worker-1     3.0 -> 2.0"), "{preview}");
+    assert!(preview.contains("dev-web-2        left alone: this deploy did not change it"), "{preview}");
+    for host in ["dev-web-1", "dev-web-2", "dev-worker-1"] {
+        assert_eq!(current(host), Path::new("releases/2.0"), "{host}: {stdout}");
+    }
+
+    // A deploy that changed nothing: its rollback does nothing and says so.
+    let r4 = s.run(&["deploy", path, "--env", "dev", "--release", "4.0"]);
+    assert_eq!(r4.status.code(), Some(1));
+    let nothing = s.run(&["rollback", path, "--env", "dev", "--yes"]);
+    assert_eq!(nothing.status.code(), Some(2));
+    let err = text(&nothing.stderr);
+    assert!(err.contains("changed no host that can be returned: nothing to roll back"), "{err}");
+    for host in ["dev-web-1", "dev-web-2", "dev-worker-1"] {
+        assert_eq!(current(host), Path::new("releases/2.0"), "{host}");
+    }
 }
 
 #[test]

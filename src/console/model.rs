@@ -309,6 +309,7 @@ impl DeployModel {
                     self.note(at, Severity::Warn, format!("{host}: {step} {result}, retrying"));
                 }
             }
+            Event::HostChanged { .. } => {}
             Event::UploadProgress { host, sent, total, .. } => {
                 if let Some(h) = self.host_mut(host) {
                     h.upload = (sent < total).then_some((*sent, *total));
