@@ -49,8 +49,14 @@ fn http_once(
     max_latency: Option<Duration>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
+    // Redirects are not followed: a 302 to another host (or from https to http) that answers 200
+    // says nothing about this host's health, so the 302 itself is the answer.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
     let began = Instant::now();
     let mut response = agent.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
     let latency = began.elapsed();

@@ -504,6 +504,11 @@ async fn a_manual_gate_waits_for_promotion() {
 
 /// A one-connection-at-a-time HTTP server on loopback answering with `status` and `body`.
 async fn http_server(status: u16, body: &'static str) -> String {
+    http_server_with(status, String::new(), body).await
+}
+
+/// A server whose every answer has `status`, the extra `headers` (each ending in CRLF) and `body`.
+async fn http_server_with(status: u16, headers: String, body: &'static str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -511,8 +516,10 @@ async fn http_server(status: u16, body: &'static str) -> String {
         while let Ok((mut socket, _)) = listener.accept().await {
             let mut request = [0u8; 2048];
             let _ = socket.read(&mut request).await;
-            let response =
-                format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let response = format!(
+                "HTTP/1.1 {status} X\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = socket.write_all(response.as_bytes()).await;
         }
     });
@@ -540,6 +547,21 @@ async fn http_checks_need_the_status_and_the_body() {
     assert_eq!(outcome, Outcome::Failed);
     match &hosts[0].last_result {
         Some(StepResult::Error { message }) => assert!(message.contains("status 503, expected 200"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A redirect to another server that answers 200 says nothing about this host.
+    let elsewhere = http_server(200, "status: serving").await;
+    let redirect = http_server_with(302, format!("location: {elsewhere}\r\n"), "").await;
+    let src = with_health(
+        profile("canary = 0\nmax_failures = 1", &["a"], &[("work", "true")]),
+        &format!("kind = \"http\"\nurl = \"{redirect}\""),
+    );
+    let mut d = Deploy::start(&src, root.path());
+    let (outcome, hosts) = d.finish().await;
+    assert_eq!(outcome, Outcome::Failed, "a redirect was followed");
+    match &hosts[0].last_result {
+        Some(StepResult::Error { message }) => assert!(message.contains("status 302, expected 200"), "{message}"),
         other => panic!("{other:?}"),
     }
 }

@@ -168,6 +168,23 @@ async fn accept_new_records_an_unknown_key() {
 }
 
 #[tokio::test]
+async fn an_rsa_host_key_works_through_sha2_but_a_server_offering_only_sha1_ssh_rsa_is_refused() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start_with(1, "rsa", "");
+    let mut d = start(&fleet.profile(&step("hi", "echo hi", ""), ""));
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+
+    // As OpenSSH's client since 8.8: no SHA-1 signatures from the host.
+    let fleet = Fleet::start_with(1, "rsa", "HostKeyAlgorithms ssh-rsa");
+    let mut d = start(&fleet.profile(&step("hi", "echo hi", ""), ""));
+    let (outcome, hosts) = d.finish().await;
+    assert_eq!(outcome, Outcome::Failed);
+    assert_eq!(hosts[0].stopped_at.as_deref(), Some("connect"), "{:#?}", d.events);
+}
+
+#[tokio::test]
 async fn auth_failure_names_what_was_tried() {
     if !sshd::available() {
         return;

@@ -45,17 +45,23 @@ pub fn free_port() -> u16 {
 pub struct Sshd {
     pub dir: PathBuf,
     pub port: u16,
+    host_key: PathBuf,
     child: Child,
 }
 
 impl Sshd {
     /// Starts sshd in `dir` (which must hold `authorized_keys`), with a fresh host key.
     pub fn start(dir: &Path, name: &str) -> Sshd {
+        Self::start_with(dir, name, "ed25519", "")
+    }
+
+    /// Starts sshd with a fresh host key of `kind` and `extra` lines in its config.
+    pub fn start_with(dir: &Path, name: &str, kind: &str, extra: &str) -> Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let host_key = dir.join("host_ed25519");
-        keygen(&host_key, "ed25519");
+        let host_key = dir.join(format!("host_{kind}"));
+        keygen(&host_key, kind);
         let port = free_port();
         let config = dir.join("sshd_config");
         let authorized = dir.parent().unwrap().join("authorized_keys");
@@ -67,7 +73,7 @@ impl Sshd {
                  PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
                  MaxStartups 1000:30:1000\nMaxSessions 1000\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n\
                  # bash skips ~/.bashrc when SHLVL is already >= 2, keeping command start-up quiet and fast.\n\
-                 SetEnv SHLVL=5\n",
+                 SetEnv SHLVL=5\n{extra}\n",
                 host = host_key.display(),
                 auth = authorized.display(),
                 pid = dir.join("sshd.pid").display(),
@@ -83,7 +89,7 @@ impl Sshd {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let sshd = Sshd { dir, port, child };
+        let sshd = Sshd { dir, port, host_key, child };
         sshd.wait_listening();
         sshd
     }
@@ -103,7 +109,7 @@ impl Sshd {
 
     /// The `known_hosts` line for this server.
     pub fn known_hosts_line(&self) -> String {
-        let key = std::fs::read_to_string(self.dir.join("host_ed25519.pub")).unwrap();
+        let key = std::fs::read_to_string(self.host_key.with_extension("pub")).unwrap();
         let mut parts = key.split_whitespace();
         format!("[127.0.0.1]:{} {} {}\n", self.port, parts.next().unwrap(), parts.next().unwrap())
     }
@@ -135,12 +141,18 @@ pub struct Fleet {
 impl Fleet {
     /// `count` sshd servers trusting one ed25519 client key (`client_ed25519`).
     pub fn start(count: usize) -> Fleet {
+        Self::start_with(count, "ed25519", "")
+    }
+
+    /// Like `start`, with host keys of `kind` and `extra` sshd_config lines.
+    pub fn start_with(count: usize, kind: &str, extra: &str) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("client_ed25519");
         keygen(&key, "ed25519");
         std::fs::copy(key.with_extension("pub"), dir.path().join("authorized_keys")).unwrap();
         std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
-        let servers: Vec<Sshd> = (0..count).map(|i| Sshd::start(dir.path(), &format!("sshd{i}"))).collect();
+        let servers: Vec<Sshd> =
+            (0..count).map(|i| Sshd::start_with(dir.path(), &format!("sshd{i}"), kind, extra)).collect();
         let known: String = servers.iter().map(|s| s.known_hosts_line()).collect();
         std::fs::write(dir.path().join("known_hosts"), known).unwrap();
         Fleet { dir, servers }

@@ -9,11 +9,12 @@
 mod endpoint;
 mod hostkeys;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use russh::client::{self, Handle};
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
+use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKeyWithHashAlg};
 use russh::{ChannelMsg, Sig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,19 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// Unanswered keepalives after which a connection counts as dead.
 const KEEPALIVE_MAX: usize = 3;
+/// Host key algorithms accepted, in order of preference: OpenSSH 9's defaults that russh
+/// implements. `ssh-rsa` (RSA with SHA-1 signatures) is not among them, as in OpenSSH since 8.8;
+/// an RSA host key still works through rsa-sha2-512/256. russh's key exchanges, ciphers and MACs
+/// are already limited to ones OpenSSH also offers by default (no SHA-1 MACs, no group1/group14-sha1).
+const HOST_KEY_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 },
+    Algorithm::Ecdsa { curve: EcdsaCurve::NistP384 },
+    Algorithm::Ecdsa { curve: EcdsaCurve::NistP521 },
+    Algorithm::Rsa { hash: Some(HashAlg::Sha512) },
+    Algorithm::Rsa { hash: Some(HashAlg::Sha256) },
+];
+
 /// How long a helper command (hash, rename, free space, kill) may take on the host.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How the step's process group is announced on the first line of stdout.
@@ -51,6 +65,7 @@ impl SshTransport {
             keepalive_interval: Some(settings.keepalive_interval),
             keepalive_max: KEEPALIVE_MAX,
             nodelay: true,
+            preferred: russh::Preferred { key: Cow::Borrowed(HOST_KEY_ALGORITHMS), ..russh::Preferred::DEFAULT },
             ..Default::default()
         });
         Ok(SshTransport { settings: settings.clone(), config, client })
