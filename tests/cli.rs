@@ -508,6 +508,34 @@ fn rollback_returns_each_host_to_where_the_deploy_found_it_and_leaves_unchanged_
 }
 
 #[test]
+fn a_hostile_rollback_target_is_refused_and_never_reaches_a_shell_or_the_log_unmasked() {
+    let s = Sandbox::new();
+    let profile = s.dir.path().join("hostile-target.toml");
+    let source = "rollback_target = \"cat target.txt\"\n[service]\nname = \"svc\"\n[secrets]\ntok = { env = \"TOK\" }\n\
+        [[environments]]\nname = \"dev\"\nhosts = [{ name = \"h\" }]\n\
+        [[steps]]\nname = \"deploy\"\nrun = \"echo {{ release }} > deployed\"\n\
+        [[rollback]]\nname = \"back\"\nrun = \"echo back to {{ release }}\"\n";
+    std::fs::write(&profile, source).unwrap();
+    let path = profile.to_str().unwrap();
+    let run = |args: &[&str]| s.command(args).env("TOK", "s3cretTOKEN").output().unwrap();
+    assert_eq!(run(&["deploy", path, "--env", "dev", "--release", "2.0"]).status.code(), Some(0));
+    let host = s.dir.path().join("hosts/dev/h");
+    std::fs::write(host.join("target.txt"), "1.0;touch INJECTED;echo s3cretTOKEN\u{1b}[2J\n").unwrap();
+
+    let out = run(&["rollback", path, "--env", "dev", "--yes"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("unusable release name"), "{stderr}");
+    assert!(!host.join("INJECTED").exists(), "the target ran as a command");
+    assert!(!out.stderr.contains(&0x1b), "a raw escape reached the terminal: {stderr}");
+    let everything = format!(
+        "{stdout}{stderr}{}",
+        audit_files(&s).iter().map(|f| std::fs::read_to_string(f).unwrap()).collect::<String>()
+    );
+    assert!(!everything.contains("s3cretTOKEN"), "the secret leaked: {everything}");
+}
+
+#[test]
 fn redeploying_the_same_release_skips_what_is_done() {
     let s = Sandbox::new();
     assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "3.0"]).status.code(), Some(0));
