@@ -154,6 +154,80 @@ async fn unknown_and_changed_host_keys_are_refused() {
     assert_eq!(attempts, 1, "a changed key is never retried");
 }
 
+/// Whether OpenSSH's own client connects to `server` with `known_hosts` under `policy`.
+fn openssh_connects(fleet: &Fleet, known_hosts: &Path, policy: &str) -> bool {
+    std::process::Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "GlobalKnownHostsFile=/dev/null"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .arg("-o")
+        .arg(format!("StrictHostKeyChecking={policy}"))
+        .arg("-i")
+        .arg(fleet.path("client_ed25519"))
+        .args(["-p", &fleet.servers[0].port.to_string(), "root@127.0.0.1", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test]
+async fn known_hosts_verdicts_agree_with_openssh_in_every_odd_case() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let port = fleet.servers[0].port;
+    let real = fleet.servers[0].known_hosts_line();
+    // Some other ed25519 key: what the file would hold for a host that was since replaced.
+    sshd::keygen(&fleet.path("old_host"), "ed25519");
+    let old_key = std::fs::read_to_string(fleet.path("old_host.pub")).unwrap();
+    let old: Vec<&str> = old_key.split_whitespace().take(2).collect();
+    let old = old.join(" ");
+    sshd::keygen(&fleet.path("other_type"), "ecdsa");
+    let other_type = std::fs::read_to_string(fleet.path("other_type.pub")).unwrap();
+    let other_type: String = other_type.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "a non-UTF-8 byte",
+            "accept-new",
+            [b"# caf\xe9\n".to_vec(), format!("[127.0.0.1]:{port} {old}\n").into_bytes()].concat(),
+        ),
+        (
+            "a malformed line for the host",
+            "accept-new",
+            format!("[127.0.0.1]:{port} ssh-ed25519 !!!\n[127.0.0.1]:{port} {old}\n").into_bytes(),
+        ),
+        (
+            "tab-separated fields",
+            "accept-new",
+            format!("[127.0.0.1]:{port}\t{}\n", old.replacen(' ', "\t", 1)).into_bytes(),
+        ),
+        ("a wildcard pattern", "accept-new", format!("[127.0.0.*]:{port} {old}\n").into_bytes()),
+        ("a key of another type", "accept-new", format!("[127.0.0.1]:{port} {other_type}\n").into_bytes()),
+        ("@revoked under strict", "yes", format!("{real}@revoked {real}").into_bytes()),
+    ];
+    for (what, policy, known) in cases {
+        let file = fleet.path("known_hosts");
+        std::fs::write(&file, &known).unwrap();
+        assert!(!openssh_connects(&fleet, &file, policy), "{what}: OpenSSH connected, so this case proves nothing");
+        std::fs::write(&file, &known).unwrap();
+        let ssh_policy = if policy == "yes" { "strict" } else { "accept-new" };
+        let mut d = start(&fleet.profile(&step("hi", "echo hi", ""), &format!("host_key_policy = \"{ssh_policy}\"")));
+        let (outcome, _) = d.finish().await;
+        assert_eq!(outcome, Outcome::Failed, "{what}: wavedeck connected where OpenSSH refused");
+        assert_eq!(connect_failure(&d).0, "host_key_changed", "{what}");
+        assert_eq!(std::fs::read(&file).unwrap(), known, "{what}: the file was changed");
+    }
+    // And where OpenSSH trusts, so does wavedeck.
+    let file = fleet.path("known_hosts");
+    std::fs::write(&file, &real).unwrap();
+    assert!(openssh_connects(&fleet, &file, "yes"));
+    let mut d = start(&fleet.profile(&step("hi", "echo hi", ""), ""));
+    assert_eq!(d.finish().await.0, Outcome::Succeeded);
+}
+
 #[tokio::test]
 async fn accept_new_records_an_unknown_key() {
     if !sshd::available() {
