@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use wavedeck::engine::{self, EventSink};
+use wavedeck::engine;
 use wavedeck::event::Outcome;
 use wavedeck::plan::{Plan, wave_sizes};
 use wavedeck::profile::Profile;
@@ -111,9 +111,9 @@ fn run_wavedeck(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
     let started = Instant::now();
     let (outcome, summaries) = runtime.block_on(async {
         let (_commands, command_rx) = mpsc::unbounded_channel();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = engine::event_channel();
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let result = engine::run(plan, transport, command_rx, EventSink::new(tx), Secrets::default().redactor()).await;
+        let result = engine::run(plan, transport, command_rx, tx, Secrets::default().redactor()).await;
         let _ = drain.await;
         result
     });

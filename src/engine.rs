@@ -10,11 +10,12 @@
 //! appears until `Resumed`, and after `Aborted` none appears at all.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -31,18 +32,101 @@ use crate::transport::{
     ConnectObserver, ExecRequest, HostSession, OutputSink, Target, Transport, TransportError, UploadRequest,
 };
 
-/// Where events go. Sending never blocks; a consumer that went away is not an error for the
-/// deploy, which must still finish (and be audited by whoever is left).
+/// Output bytes that may wait in the event queue for a slow consumer (a busy screen, an audit
+/// disk that cannot keep up). Past it, steps' output is no longer read until the queue drains, so
+/// the host's writes wait: nothing is dropped and this machine's memory stays bounded.
+pub const OUTPUT_BACKLOG_BYTES: usize = 8 * 1024 * 1024;
+
+/// The output bytes queued between the engine and its consumer.
+#[derive(Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    drained: Notify,
+    /// The consumer went away: nobody will drain, so nobody may wait.
+    closed: AtomicBool,
+}
+
+/// Where events go. Sending itself never blocks (control events are few and must not wait
+/// behind output); output is held back at its source instead, through [`EventSink::room`]. A
+/// consumer that went away is not an error for the deploy, which must still finish.
 #[derive(Clone)]
-pub struct EventSink(mpsc::UnboundedSender<Stamped>);
+pub struct EventSink {
+    sender: mpsc::UnboundedSender<Stamped>,
+    backlog: Arc<Backlog>,
+}
+
+/// The consumer's end of the event queue.
+pub struct EventStream {
+    receiver: mpsc::UnboundedReceiver<Stamped>,
+    backlog: Arc<Backlog>,
+}
+
+/// A new event queue: the engine's end and the consumer's.
+pub fn event_channel() -> (EventSink, EventStream) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let backlog = Arc::new(Backlog::default());
+    (EventSink { sender, backlog: backlog.clone() }, EventStream { receiver, backlog })
+}
+
+fn output_bytes(event: &Event) -> usize {
+    match event {
+        Event::Output { line, .. } => line.len(),
+        _ => 0,
+    }
+}
 
 impl EventSink {
-    pub fn new(sender: mpsc::UnboundedSender<Stamped>) -> Self {
-        Self(sender)
+    fn emit(&self, event: Event) {
+        let bytes = output_bytes(&event);
+        self.backlog.bytes.fetch_add(bytes, Ordering::SeqCst);
+        if self.sender.send(Stamped { at: Utc::now(), event }).is_err() {
+            self.backlog.bytes.fetch_sub(bytes, Ordering::SeqCst);
+        }
     }
 
-    fn emit(&self, event: Event) {
-        let _ = self.0.send(Stamped { at: Utc::now(), event });
+    /// Waits while more than [`OUTPUT_BACKLOG_BYTES`] of output are queued.
+    pub async fn room(&self) {
+        loop {
+            let drained = self.backlog.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.backlog.closed.load(Ordering::SeqCst)
+                || self.backlog.bytes.load(Ordering::SeqCst) < OUTPUT_BACKLOG_BYTES
+            {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+impl EventStream {
+    pub async fn recv(&mut self) -> Option<Stamped> {
+        let event = self.receiver.recv().await?;
+        self.taken(output_bytes(&event.event));
+        Some(event)
+    }
+
+    /// Up to `limit` events at once (at least one, unless the engine is gone), appended to `buffer`.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Stamped>, limit: usize) -> usize {
+        let start = buffer.len();
+        let received = self.receiver.recv_many(buffer, limit).await;
+        self.taken(buffer[start..].iter().map(|e| output_bytes(&e.event)).sum());
+        received
+    }
+
+    fn taken(&self, bytes: usize) {
+        if bytes > 0 {
+            self.backlog.bytes.fetch_sub(bytes, Ordering::SeqCst);
+            self.backlog.drained.notify_waiters();
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.backlog.closed.store(true, Ordering::SeqCst);
+        self.backlog.drained.notify_waiters();
     }
 }
 
@@ -603,6 +687,25 @@ struct StepOutput<'a> {
     /// The start of a line that arrives in fragments, per stream (stdout, stderr), held back only
     /// as far as needed to never let a secret out in two halves.
     pending: Mutex<[String; 2]>,
+    /// What of the step's output is kept: its first and last part.
+    kept: Mutex<Kept>,
+}
+
+/// Output of one step kept in full: the first part. After it only the last part is kept, and
+/// what lies between is counted and left out, so a step printing without end (`yes`) cannot
+/// fill the audit disk or the screen's memory.
+pub const STEP_OUTPUT_HEAD_BYTES: usize = 4 * 1024 * 1024;
+/// Output of one step kept from its end, once the first part is used up.
+pub const STEP_OUTPUT_TAIL_BYTES: usize = 1024 * 1024;
+
+#[derive(Default)]
+struct Kept {
+    head: usize,
+    past_head: bool,
+    tail: std::collections::VecDeque<(Stream, String)>,
+    tail_bytes: usize,
+    elided_lines: u64,
+    elided_bytes: u64,
 }
 
 /// A line a step prints to say it had nothing to do: honoured only as the step's last line on
@@ -626,11 +729,38 @@ pub fn parse_changed(line: &str) -> Option<(Option<String>, String)> {
 
 impl<'a> StepOutput<'a> {
     fn new(shared: &'a Shared, host: &'a str, step: &'a str) -> Self {
-        Self { shared, host, step, skipped: Mutex::new(None), pending: Mutex::new([String::new(), String::new()]) }
+        Self {
+            shared,
+            host,
+            step,
+            skipped: Mutex::new(None),
+            pending: Mutex::new([String::new(), String::new()]),
+            kept: Mutex::new(Kept::default()),
+        }
     }
 
+    /// Emits a line while the step's first part lasts; after that keeps it as part of the last.
     fn emit(&self, stream: Stream, text: &str) {
         let line = self.shared.redactor.redact(text).into_owned();
+        let Ok(mut kept) = self.kept.lock() else { return self.send(stream, line) };
+        if !kept.past_head && kept.head + line.len() <= STEP_OUTPUT_HEAD_BYTES {
+            kept.head += line.len();
+            drop(kept);
+            return self.send(stream, line);
+        }
+        kept.past_head = true;
+        kept.tail_bytes += line.len();
+        kept.tail.push_back((stream, line));
+        while kept.tail_bytes > STEP_OUTPUT_TAIL_BYTES
+            && let Some((_, old)) = kept.tail.pop_front()
+        {
+            kept.tail_bytes -= old.len();
+            kept.elided_lines += 1;
+            kept.elided_bytes += old.len() as u64;
+        }
+    }
+
+    fn send(&self, stream: Stream, line: String) {
         self.shared.control.events.emit(Event::Output {
             host: self.host.to_string(),
             step: self.step.to_string(),
@@ -639,13 +769,26 @@ impl<'a> StepOutput<'a> {
         });
     }
 
-    /// Emits what is still held back (a command that ended mid-line).
+    /// Emits what is still held back (a command that ended mid-line), then the count of what
+    /// was left out and the last part.
     fn finish(&self) {
         let held = self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
         for (stream, text) in [(Stream::Stdout, &held[0]), (Stream::Stderr, &held[1])] {
             if !text.is_empty() {
                 self.emit(stream, text);
             }
+        }
+        let kept = self.kept.lock().map(|mut k| std::mem::take(&mut *k)).unwrap_or_default();
+        if kept.elided_lines > 0 {
+            self.shared.control.events.emit(Event::OutputElided {
+                host: self.host.to_string(),
+                step: self.step.to_string(),
+                lines: kept.elided_lines,
+                bytes: kept.elided_bytes,
+            });
+        }
+        for (stream, line) in kept.tail {
+            self.send(stream, line);
         }
     }
 
@@ -699,6 +842,10 @@ impl OutputSink for StepOutput<'_> {
         if !ready.is_empty() {
             self.emit(stream, &ready);
         }
+    }
+
+    fn ready(&self) -> crate::transport::BoxFuture<'_, ()> {
+        Box::pin(self.shared.control.events.room())
     }
 
     fn progress(&self, sent: u64, total: u64) {
@@ -1127,5 +1274,40 @@ impl Control {
                 None,
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn output(bytes: usize) -> Event {
+        Event::Output { host: "h".into(), step: "s".into(), stream: Stream::Stdout, line: "x".repeat(bytes) }
+    }
+
+    #[tokio::test]
+    async fn output_waits_for_room_while_the_consumer_is_behind() {
+        let (sink, mut stream) = event_channel();
+        let line = 64 * 1024;
+        for _ in 0..OUTPUT_BACKLOG_BYTES / line - 1 {
+            sink.emit(output(line));
+        }
+        assert!(sink.room().now_or_never().is_some(), "below the limit there is room");
+        sink.emit(output(line));
+        assert!(sink.room().now_or_never().is_none(), "at the limit a step's output must wait");
+        // Control events never wait and never count.
+        sink.emit(Event::Resumed);
+        let waiting = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.room().await }
+        });
+        stream.recv().await.unwrap();
+        waiting.await.unwrap();
+        drop(stream);
+        for _ in 0..4 {
+            sink.emit(output(line));
+        }
+        assert!(sink.room().now_or_never().is_some(), "with no consumer left, nobody waits");
     }
 }

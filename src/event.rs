@@ -226,6 +226,14 @@ pub enum Event {
         stream: Stream,
         line: String,
     },
+    /// The middle of a step's output was not kept (see the README's limits): after the first
+    /// part come this many lines and bytes left out, then the last part.
+    OutputElided {
+        host: String,
+        step: String,
+        lines: u64,
+        bytes: u64,
+    },
     StepFinished {
         wave: usize,
         host: String,

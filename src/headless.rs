@@ -10,7 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::audit::CommandSource;
-use crate::engine::{self, EventSink};
+use crate::engine;
 use crate::event::{
     AbortedBy, Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, TriageAction, threshold_text,
 };
@@ -41,6 +41,9 @@ pub fn render(event: &Event) -> Option<String> {
             format!("[{host}] -> {step} ({index}/{total}{retry})")
         }
         Event::Output { host, line, .. } => format!("[{host}] {line}"),
+        Event::OutputElided { host, step, lines, bytes } => {
+            format!("[{host}] … {lines} lines ({bytes} bytes) of {step}'s output left out; its last part follows")
+        }
         Event::StepFinished { host, step, result: StepResult::Skipped { reason }, .. } => {
             format!("[{host}] -- {step} skipped: {reason}")
         }
@@ -198,14 +201,14 @@ pub async fn drive(mut session: Session, orders: &Orders) -> Ended {
     };
     let Session { plan, redactor, mut audit, transport, .. } = session;
     let (commands, command_rx) = mpsc::unbounded_channel();
-    let (event_tx, mut events) = mpsc::unbounded_channel();
+    let (event_tx, mut events) = engine::event_channel();
     // Queued before the engine starts, so they apply before any host does.
     for host in &orders.exclude {
         let command = Command::Exclude { host: host.clone() };
         audit.command(&command, CommandSource::Flag);
         let _ = commands.send(command);
     }
-    let engine = tokio::spawn(engine::run(plan, transport, command_rx, EventSink::new(event_tx), redactor));
+    let engine = tokio::spawn(engine::run(plan, transport, command_rx, event_tx, redactor));
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {

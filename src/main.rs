@@ -155,6 +155,7 @@ fn main() -> ExitCode {
         match error {
             SetupError::Invalid(_) => exit::INVALID,
             SetupError::CannotStart(_) => exit::CANNOT_START,
+            SetupError::Locked(_) => exit::LOCKED,
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))

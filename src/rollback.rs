@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::event::StepResult;
+use crate::lock::{self, LockError, LockPlace};
 use crate::plan::Plan;
 use crate::profile::{Environment, Profile, is_safe_name};
 use crate::secrets::Secrets;
@@ -80,6 +81,19 @@ pub async fn prepare(
     local_root: Option<&Path>,
 ) -> Result<Prepared, SetupError> {
     let environment = session::environment(profile, env)?;
+    let transport = session::transport_for(environment, local_root)?;
+    // A deploy in flight is still writing the log this reads: say it is running, rather than
+    // plan from half of it. (The rollback takes the lock itself when it starts.)
+    if let Some(place) = LockPlace::for_environment(environment) {
+        match lock::inspect(transport.as_ref(), &place).await {
+            Ok(None) => {}
+            Ok(Some(holder)) => {
+                let held = LockError::Held { env: env.to_string(), holder, raw: String::new() };
+                return Err(SetupError::Locked(format!("{held}; roll back once it has ended")));
+            }
+            Err(e) => return Err(SetupError::CannotStart(e.to_string())),
+        }
+    }
     let dir = crate::audit::audit_dir(audit_dir)
         .ok_or_else(|| SetupError::CannotStart("no audit directory to find the last deploy in".into()))?;
     let last = last_deploy(&dir, &profile.service, env).map_err(SetupError::CannotStart)?.ok_or_else(|| {
@@ -102,7 +116,6 @@ pub async fn prepare(
     let targets = if profile.releases.is_some() || !last.changes.is_empty() {
         from_records(&hosts, &last)
     } else if profile.rollback_target.is_some() {
-        let transport = session::transport_for(environment, local_root)?;
         preview(transport.as_ref(), profile, environment, &hosts, &last.release, &secrets).await
     } else {
         let why = "no recorded change and no rollback_target: the [[rollback]] steps decide";

@@ -101,6 +101,9 @@ pub enum SetupError {
     /// Input was fine but this machine cannot run it (audit log unwritable, …).
     #[error("{0}")]
     CannotStart(String),
+    /// Another deploy holds the environment's lock.
+    #[error("{0}")]
+    Locked(String),
 }
 
 pub struct SessionOptions<'a> {

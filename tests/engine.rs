@@ -278,6 +278,34 @@ async fn a_secret_in_a_line_too_long_to_keep_whole_is_never_let_out_in_pieces() 
 }
 
 #[tokio::test]
+async fn a_step_that_prints_without_end_keeps_its_first_and_last_part_and_says_what_was_left_out() {
+    use wavedeck::engine::{STEP_OUTPUT_HEAD_BYTES, STEP_OUTPUT_TAIL_BYTES};
+    let root = root();
+    // 7.2 MB in 72-byte lines (more than the first and last part together), then a last line
+    // that must survive.
+    let word = "0123456789abcdefghijklmnopqrstuvwxyz".repeat(2);
+    let run = format!("yes {word} | head -n 100000\necho THE-END");
+    let src = profile("canary = 0", &["a"], &[("flood", &run)]);
+    let mut d = Deploy::start(&src, root.path());
+    let (outcome, _) = d.finish().await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    let lines = output_of(&d, Stream::Stdout);
+    let kept: usize = lines.iter().map(String::len).sum();
+    assert!(kept <= STEP_OUTPUT_HEAD_BYTES + STEP_OUTPUT_TAIL_BYTES, "{kept} bytes kept");
+    assert_eq!(lines.last().map(String::as_str), Some("THE-END"));
+    let (elided_lines, elided_bytes) = d
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::OutputElided { lines, bytes, .. } => Some((*lines, *bytes)),
+            _ => None,
+        })
+        .expect("an output_elided event");
+    assert_eq!(lines.len() as u64 + elided_lines, 100_001, "every line is either kept or counted");
+    assert_eq!(kept as u64 + elided_bytes, 100_000 * 72 + 7);
+}
+
+#[tokio::test]
 async fn secrets_never_sit_in_a_process_argument_and_reach_the_step_as_variables() {
     let root = root();
     let secret = "argv-secret-5309";

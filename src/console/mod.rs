@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use self::app::{App, Effect};
 use self::theme::Theme;
 use crate::audit::{AuditLog, CommandSource};
-use crate::engine::{self, EventSink};
+use crate::engine;
 use crate::event::{Command, Event, Outcome, Stamped};
 use crate::exit;
 use crate::lock::DeployLock;
@@ -148,7 +148,7 @@ fn load_profiles(path: Option<&Path>) -> Result<Vec<Profile>, String> {
 /// A deploy in flight: where to send commands, where events come from, its audit log.
 struct Running {
     commands: mpsc::UnboundedSender<Command>,
-    events: mpsc::UnboundedReceiver<Stamped>,
+    events: engine::EventStream,
     audit: AuditLog,
     lock: Option<DeployLock>,
 }
@@ -394,8 +394,8 @@ async fn launch(mut session: session::Session, audit_files: &mut Vec<PathBuf>) -
         }
     };
     let (commands, command_rx) = mpsc::unbounded_channel();
-    let (event_tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(engine::run(session.plan, session.transport, command_rx, EventSink::new(event_tx), session.redactor));
+    let (event_tx, events) = engine::event_channel();
+    tokio::spawn(engine::run(session.plan, session.transport, command_rx, event_tx, session.redactor));
     Ok(Running { commands, events, audit: session.audit, lock })
 }
 

@@ -310,6 +310,16 @@ impl DeployModel {
                 }
             }
             Event::HostChanged { .. } => {}
+            Event::OutputElided { host, step, lines, bytes } => {
+                let text: std::sync::Arc<str> =
+                    format!("… {lines} lines ({bytes} bytes) of {step}'s output left out; its last part follows")
+                        .into();
+                let stream = crate::event::Stream::Stderr;
+                self.combined.push(LogLine { host: Some(host.clone()), stream, text: text.clone() });
+                if let Some(h) = self.host_mut(host) {
+                    h.logs.push(LogLine { host: None, stream, text });
+                }
+            }
             Event::UploadProgress { host, sent, total, .. } => {
                 if let Some(h) = self.host_mut(host) {
                     h.upload = (sent < total).then_some((*sent, *total));

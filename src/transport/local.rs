@@ -273,6 +273,8 @@ async fn pump(pipe: Option<impl AsyncRead + Unpin>, stream: Stream, output: &dyn
             Ok(0) | Err(_) => break,
             Ok(n) => lines.push(&buf[..n], stream, output),
         }
+        // Not reading while the consumer catches up makes the step's writes wait in the pipe.
+        output.ready().await;
     }
     lines.finish(stream, output);
 }

@@ -74,6 +74,12 @@ pub trait OutputSink: Send + Sync {
 
     /// Bytes of an upload sent so far, of `total`.
     fn progress(&self, _sent: u64, _total: u64) {}
+
+    /// Resolves when the sink can take more. A transport awaits it between reads, so a consumer
+    /// that falls behind slows the host's output down instead of filling this machine's memory.
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Told about each connection attempt, so that retries are visible while they happen.

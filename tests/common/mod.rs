@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use wavedeck::engine::{self, EventSink};
-use wavedeck::event::{Command, Event, HostSummary, Outcome, Stamped};
+use wavedeck::engine;
+use wavedeck::event::{Command, Event, HostSummary, Outcome};
 use wavedeck::plan::Plan;
 use wavedeck::profile::Profile;
 use wavedeck::secrets::Secrets;
@@ -24,7 +24,7 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// A running engine with its event log.
 pub struct Deploy {
     pub events: Vec<Event>,
-    rx: mpsc::UnboundedReceiver<Stamped>,
+    rx: engine::EventStream,
     pub commands: mpsc::UnboundedSender<Command>,
     handle: Option<JoinHandle<(Outcome, Vec<HostSummary>)>>,
 }
@@ -55,8 +55,8 @@ impl Deploy {
                 .unwrap();
         let plan = Plan::build(&profile, "test", "r1", &secrets).unwrap();
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(engine::run(plan, transport, command_rx, EventSink::new(tx), secrets.redactor()));
+        let (tx, rx) = engine::event_channel();
+        let handle = tokio::spawn(engine::run(plan, transport, command_rx, tx, secrets.redactor()));
         Deploy { events: Vec::new(), rx, commands, handle: Some(handle) }
     }
 

@@ -405,6 +405,13 @@ impl HostSession for SshSession {
                     _ = &mut deadline => break Some(StepResult::TimedOut),
                     _ = cancel.cancelled() => break Some(StepResult::Cancelled),
                 }
+                // Not reading while the consumer catches up makes the host's writes wait in the
+                // channel's window.
+                tokio::select! {
+                    _ = output.ready() => {}
+                    _ = &mut deadline => break Some(StepResult::TimedOut),
+                    _ = cancel.cancelled() => break Some(StepResult::Cancelled),
+                }
             };
             stdout.finish(Stream::Stdout, &marker);
             stderr.finish(Stream::Stderr, output);
@@ -541,6 +548,10 @@ impl OutputSink for PgidMarker<'_> {
 
     fn fragment(&self, stream: Stream, piece: String) {
         self.output.fragment(stream, piece);
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        self.output.ready()
     }
 }
 
