@@ -267,10 +267,14 @@ pub struct SshSettings {
     /// Connection attempts before a host counts as unreachable.
     pub connect_attempts: u32,
     pub keepalive_interval: Duration,
+    /// How long a helper command (hash, rename, free space, kill) may take on a host before it
+    /// is given up on: a stale NFS mount can hang `df` for ever.
+    pub helper_timeout: Duration,
     /// Where steps run and relative upload targets land.
     pub deploy_path: String,
 }
 
+pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -427,6 +431,7 @@ struct RawSsh {
     connect_timeout: Option<Spanned<String>>,
     connect_attempts: Option<Spanned<i64>>,
     keepalive_interval: Option<Spanned<String>>,
+    helper_timeout: Option<Spanned<String>>,
     deploy_path: Option<String>,
 }
 
@@ -895,6 +900,9 @@ impl Validator<'_> {
             keepalive_interval: raw.keepalive_interval.as_ref().map_or(DEFAULT_KEEPALIVE, |d| {
                 self.duration_at_least(d, MIN_KEEPALIVE, "keepalive_interval", DEFAULT_KEEPALIVE)
             }),
+            helper_timeout: raw.helper_timeout.as_ref().map_or(DEFAULT_HELPER_TIMEOUT, |d| {
+                self.duration_at_least(d, MIN_TIMEOUT, "helper_timeout", DEFAULT_HELPER_TIMEOUT)
+            }),
             deploy_path: raw.deploy_path.clone().unwrap_or_else(|| ".".into()),
         }
     }
@@ -1172,6 +1180,7 @@ fn merge_ssh(base: &RawSsh, over: &RawSsh) -> RawSsh {
         connect_timeout: over.connect_timeout.clone().or_else(|| base.connect_timeout.clone()),
         connect_attempts: over.connect_attempts.clone().or_else(|| base.connect_attempts.clone()),
         keepalive_interval: over.keepalive_interval.clone().or_else(|| base.keepalive_interval.clone()),
+        helper_timeout: over.helper_timeout.clone().or_else(|| base.helper_timeout.clone()),
         deploy_path: over.deploy_path.clone().or_else(|| base.deploy_path.clone()),
     }
 }

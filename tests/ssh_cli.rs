@@ -54,6 +54,23 @@ fn check_reports_each_host_and_fails_if_any_is_not_ready() {
 }
 
 #[test]
+fn a_helper_command_that_hangs_on_the_host_is_given_up_on_and_reported() {
+    if !sshd::available() {
+        return;
+    }
+    // The host's `df` hangs, as on a stale NFS mount.
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::write(bin.path().join("df"), "#!/bin/sh\nsleep 30\n").unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("df")).status().unwrap();
+    let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv SHLVL=5 PATH={}:/usr/bin:/bin", bin.path().display()));
+    let profile = fleet.profile("[[steps]]\nname = \"noop\"\nrun = \"true\"\n", "helper_timeout = \"1s\"");
+    std::fs::write(fleet.path("profile.toml"), profile).unwrap();
+    let out = wavedeck(&fleet, &["check", fleet.path("profile.toml").to_str().unwrap(), "--env", "test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cannot read free space: `df` on the host did not finish within 1s"), "{text}");
+}
+
+#[test]
 fn a_headless_deploy_over_ssh_reports_like_a_local_one() {
     if !sshd::available() {
         return;

@@ -73,7 +73,9 @@ impl Sshd {
                  PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
                  MaxStartups 1000:30:1000\nMaxSessions 1000\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n\
                  # bash skips ~/.bashrc when SHLVL is already >= 2, keeping command start-up quiet and fast.\n\
-                 SetEnv SHLVL=5\n{extra}\n",
+                 {set_env}{extra}\n",
+                // sshd takes the first SetEnv it reads: a caller's own must carry SHLVL too.
+                set_env = if extra.contains("SetEnv ") { "" } else { "SetEnv SHLVL=5\n" },
                 host = host_key.display(),
                 auth = authorized.display(),
                 pid = dir.join("sshd.pid").display(),

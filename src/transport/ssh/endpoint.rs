@@ -160,6 +160,7 @@ mod tests {
             connect_timeout: Duration::from_secs(10),
             connect_attempts: 3,
             keepalive_interval: Duration::from_secs(15),
+            helper_timeout: Duration::from_secs(20),
             deploy_path: ".".into(),
         }
     }

@@ -46,8 +46,6 @@ const HOST_KEY_ALGORITHMS: &[Algorithm] = &[
     Algorithm::Rsa { hash: Some(HashAlg::Sha256) },
 ];
 
-/// How long a helper command (hash, rename, free space, kill) may take on the host.
-pub const HELPER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How the step's process group is announced on the first line of stdout.
 const PGID_MARKER: &str = "WAVEDECK-PGID ";
 
@@ -151,6 +149,7 @@ impl Transport for SshTransport {
                             host: target.host.name.clone(),
                             env: target.env.clone(),
                             deploy_path: self.settings.deploy_path.clone(),
+                            helper_timeout: self.settings.helper_timeout,
                         }) as Box<dyn HostSession>);
                     }
                     Err(error) => {
@@ -265,6 +264,7 @@ struct SshSession {
     host: String,
     env: String,
     deploy_path: String,
+    helper_timeout: Duration,
 }
 
 impl SshSession {
@@ -282,7 +282,7 @@ impl SshSession {
 
     /// Runs a short helper command (`sha256sum`, `mv`, `df`, `kill`) and returns its exit code
     /// and stdout, at most [`MAX_CAPTURED_BYTES`] of it. A helper that hangs (`df` on a stale NFS
-    /// mount) is given up on after [`HELPER_TIMEOUT`].
+    /// mount) is given up on after the profile's `helper_timeout`.
     async fn capture(&self, command: &str) -> Result<(u32, String), String> {
         let run = async {
             let mut channel = self
@@ -307,8 +307,8 @@ impl SshSession {
             Ok((code, String::from_utf8_lossy(&out).into_owned()))
         };
         let verb = command.split_whitespace().next().unwrap_or(command);
-        tokio::time::timeout(HELPER_TIMEOUT, run).await.map_err(|_| {
-            format!("`{verb}` on the host did not finish within {}", humantime::format_duration(HELPER_TIMEOUT))
+        tokio::time::timeout(self.helper_timeout, run).await.map_err(|_| {
+            format!("`{verb}` on the host did not finish within {}", humantime::format_duration(self.helper_timeout))
         })?
     }
 
