@@ -71,6 +71,29 @@ fn a_helper_command_that_hangs_on_the_host_is_given_up_on_and_reported() {
 }
 
 #[test]
+fn a_host_whose_sha256sum_floods_cannot_fill_memory_or_the_audit_log() {
+    if !sshd::available() {
+        return;
+    }
+    // The host's `sha256sum` prints 50 MB without a newline instead of a hash.
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::write(bin.path().join("sha256sum"), "#!/bin/sh\nhead -c 50000000 /dev/zero | tr '\\0' a\n").unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("sha256sum")).status().unwrap();
+    let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv SHLVL=5 PATH={}:/usr/bin:/bin", bin.path().display()));
+    std::fs::write(fleet.path("artifact.bin"), b"release bits").unwrap();
+    let steps = "[[steps]]\nname = \"fetch\"\nupload = { from = \"artifact.bin\", to = \"artifact.bin\" }\n";
+    std::fs::write(fleet.path("profile.toml"), fleet.profile(steps, "")).unwrap();
+    let out =
+        wavedeck(&fleet, &["deploy", fleet.path("profile.toml").to_str().unwrap(), "--env", "test", "--release", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("sha256 mismatch on the host") && text.contains("got nothing"), "{text}");
+    let audit: u64 =
+        std::fs::read_dir(fleet.path("audit")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(audit < 1024 * 1024, "the audit log grew to {audit} bytes");
+}
+
+#[test]
 fn a_headless_deploy_over_ssh_reports_like_a_local_one() {
     if !sshd::available() {
         return;

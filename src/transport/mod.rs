@@ -274,3 +274,28 @@ pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c));
     if plain { s.to_string() } else { format!("'{}'", s.replace('\'', "'\"'\"'")) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Host;
+
+    #[tokio::test]
+    async fn a_helper_that_floods_is_kept_to_its_first_64_kib() {
+        let dir = tempfile::tempdir().unwrap();
+        let transport = local::LocalTransport::new(dir.path());
+        let host = Host {
+            name: "h".into(),
+            address: "h".into(),
+            user: None,
+            port: None,
+            labels: vec![],
+            vars: Default::default(),
+        };
+        let session = transport.open(&Target { env: "e".into(), host }, &NoObserver).await.unwrap();
+        let command = "head -c 10000000 /dev/zero | tr '\\0' a; echo; yes | head -n 100000";
+        let (result, captured) = run_captured(session.as_ref(), command, Duration::from_secs(60)).await;
+        assert_eq!(result, StepResult::Exited { code: 0 });
+        assert_eq!(captured.stdout.len(), MAX_CAPTURED_BYTES);
+    }
+}
