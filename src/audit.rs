@@ -237,25 +237,7 @@ pub fn audit_dir(flag: Option<&Path>) -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "wavedeck").map(|d| d.data_dir().join("audit"))
 }
 
-/// The operator's login name, as best this machine knows it.
-pub fn operator_name() -> String {
-    for var in ["USER", "LOGNAME"] {
-        if let Ok(name) = std::env::var(var)
-            && !name.is_empty()
-        {
-            return name;
-        }
-    }
-    let uid = nix::unistd::getuid();
-    match nix::unistd::User::from_uid(uid) {
-        Ok(Some(user)) => user.name,
-        _ => format!("uid {uid}"),
-    }
-}
-
-pub fn machine_name() -> String {
-    nix::unistd::gethostname().map_or_else(|_| "unknown".into(), |h| h.to_string_lossy().into_owned())
-}
+pub use crate::sys::{machine_name, operator_name};
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,5 @@
-//! The engine's vocabulary: commands in, events out.
+//! The engine's vocabulary: commands in, events out. A leaf: it imports nothing of the crate,
+//! so every layer can speak it.
 //!
 //! Events are past-tense facts; commands are requests. The console, the headless printer and
 //! the audit writer all consume the same [`Stamped`] events, so what is shown, printed and
@@ -8,7 +9,24 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::plan::StepKind;
+/// What kind of step a pipeline entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Command,
+    /// A health check: each attempt is also reported as a health sample.
+    Health,
+}
+
+/// What a wave over its failure limit makes the deploy do (a profile's `on_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    Pause,
+    Abort,
+    /// Abort, then roll back the hosts this deploy changed.
+    Rollback,
+}
 
 /// A request from the operator (or a signal) to the engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -318,7 +336,7 @@ pub enum Event {
         limit: usize,
         failed_hosts: Vec<String>,
         /// What the profile says happens now.
-        action: crate::profile::FailureAction,
+        action: FailureAction,
     },
     Paused {
         #[serde(flatten)]

@@ -1,17 +1,23 @@
 //! wavedeck: drive and watch rolling deployments.
 //!
-//! How the pieces fit (data flows down, commands flow up):
+//! The modules form layers; each uses only layers below it (`tests/layers.rs` checks this).
+//! From the bottom:
 //!
-//! - [`profile`] reads a service's TOML profile strictly and validates it, with
-//!   `file:line:col` diagnostics from [`diag`].
-//! - [`plan`] turns profile + environment + release into waves of hosts with rendered
-//!   commands ([`template`] renders, [`secrets`] supplies and masks secret values).
-//! - [`engine`] runs a plan through a [`transport`], taking [`event::Command`]s and emitting
-//!   [`event::Event`]s. It knows nothing about terminals or files.
-//! - Consumers of events: [`headless`] (plain lines for CI), [`audit`] (the JSON-lines session
-//!   record) and [`console`] (the full-screen TUI, which also sends commands back).
-//! - [`session`] wires one deploy together for either front end.
-//! - [`text`] makes host-supplied text safe to show on a terminal.
+//! 1. Leaves: [`event`] (the vocabulary: commands in, events out, step kinds, failure
+//!    actions), [`diag`] (`file:line:col` diagnostics), [`template`], [`text`] (host text made
+//!    safe for a terminal), [`shell`] (quoting, the release-layout scripts), [`sys`] (operator,
+//!    machine, hex), [`exit`].
+//! 2. [`profile`]: a service's TOML profile, read strictly and validated.
+//! 3. [`secrets`] (values from the environment, and masking), [`health`] (HTTP/TCP probes and
+//!    streaks), [`transport`] (how a host is reached: local or SSH).
+//! 4. [`plan`]: profile + environment + release into waves of hosts with rendered scripts.
+//! 5. [`engine`] runs a plan through a transport, taking commands and emitting events; it knows
+//!    nothing of terminals or files. [`lock`] (one deploy per environment) and [`audit`] (the
+//!    JSON-lines session record) sit beside it.
+//! 6. [`session`] wires one deploy together: plan, audit log, transport, lock.
+//! 7. [`rollback`] (what the last deploy changed, and where each host returns) and [`check`]
+//!    (preflight).
+//! 8. Front ends: [`headless`] (plain lines for CI) and [`console`] (the full-screen TUI).
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +35,8 @@ pub mod profile;
 pub mod rollback;
 pub mod secrets;
 pub mod session;
+pub mod shell;
+pub mod sys;
 pub mod template;
 pub mod text;
 pub mod transport;

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::StepResult;
 use crate::profile::Environment;
-use crate::transport::{Captured, HostSession, NoObserver, Target, Transport, run_captured, shell_quote};
+use crate::shell::quote as shell_quote;
+use crate::transport::{Captured, HostSession, NoObserver, Target, Transport, run_captured};
 
 /// How long taking, releasing or breaking the lock may take.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30);

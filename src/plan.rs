@@ -10,8 +10,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::health::Probe;
 use crate::profile::{
     Amount, Environment, HealthProbe, Host, Profile, RolloutPolicy, StepAction, TransportKind, is_safe_name,
@@ -48,13 +46,7 @@ pub struct HostPlan {
     pub steps: Vec<PlannedStep>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StepKind {
-    Command,
-    /// A health check: each attempt is also reported as a health sample.
-    Health,
-}
+pub use crate::event::StepKind;
 
 #[derive(Debug, Clone)]
 pub struct PlannedStep {
@@ -337,7 +329,7 @@ pub fn failure_limit(size: usize, max: Amount) -> usize {
 /// that goes to the host on stdin, so the values travel inside the connection and never sit in
 /// a process's arguments.
 fn secret_exports(secrets: &Secrets) -> String {
-    secrets.env_vars().map(|(var, value)| format!("export {var}={}\n", crate::transport::shell_quote(value))).collect()
+    secrets.env_vars().map(|(var, value)| format!("export {var}={}\n", crate::shell::quote(value))).collect()
 }
 
 fn variables(

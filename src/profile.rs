@@ -143,14 +143,7 @@ impl fmt::Display for Amount {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailureAction {
-    Pause,
-    Abort,
-    /// Abort, then roll back the hosts this deploy changed.
-    Rollback,
-}
+pub use crate::event::FailureAction;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -187,54 +180,19 @@ pub struct ReleaseLayout {
 }
 
 impl ReleaseLayout {
-    /// Points `current` at `dir/{{ release }}` atomically and records it; skipped when it is
-    /// already current. Right after the switch it reports the change (`WAVEDECK-CHANGED`), which
-    /// is what a rollback returns the host by.
+    /// The built-in `activate` step's script.
     pub fn activate(&self) -> String {
-        let d = crate::transport::shell_quote(&self.dir);
-        format!(
-            "test -d {d}/{{{{ release }}}} || {{ echo \"{d}/{{{{ release }}}} does not exist: stage it first\" >&2; exit 1; }}\n\
-             if [ \"$(readlink current 2>/dev/null)\" = {d}/{{{{ release }}}} ]; then echo \"WAVEDECK-SKIP {{{{ release }}}} is already current\"; exit 0; fi\n\
-             was=$(basename \"$(readlink current 2>/dev/null)\" 2>/dev/null)\n\
-             ln -sfn {d}/{{{{ release }}}} current.wavedeck-new && mv -T current.wavedeck-new current\n\
-             echo \"WAVEDECK-CHANGED ${{was:--}} -> {{{{ release }}}}\"\n\
-             echo {{{{ release }}}} >> {d}/.history\n\
-             echo \"current -> {d}/{{{{ release }}}}\""
-        )
+        crate::shell::activate(&self.dir)
     }
 
-    /// Removes all but the newest `keep` releases, never the current one. Only entries named
-    /// like a release are considered, so a hostile or broken name (empty, `.`, `..`, with a
-    /// newline or a slash) can never widen what `rm` removes.
+    /// The built-in `prune` step's script.
     pub fn prune(&self) -> String {
-        let d = crate::transport::shell_quote(&self.dir);
-        format!(
-            "cur=$(basename \"$(readlink current 2>/dev/null)\")\n\
-             (cd {d} || exit 1\n\
-             set --\n\
-             for name in *; do\n\
-             \x20 case $name in ''|.*|-*|*[!A-Za-z0-9._-]*) continue ;; esac\n\
-             \x20 [ -d \"$name\" ] && [ \"$name\" != \"$cur\" ] && set -- \"$@\" \"$name\"\n\
-             done\n\
-             [ $# -eq 0 ] || ls -1td -- \"$@\" | tail -n +{keep} | while read -r old; do rm -rf -- \"$old\" && echo \"pruned $old\"; done\n\
-             echo \"keeping $(ls -1 | wc -l) releases\")",
-            keep = self.keep.max(1)
-        )
+        crate::shell::prune(&self.dir, self.keep)
     }
 
-    /// Switches `current` to `{{ release }}`, which in a rollback is the release the deploy found
-    /// on this host; skipped when it is already current.
+    /// The built-in `switch-back` rollback step's script.
     pub fn switch_back(&self) -> String {
-        let d = crate::transport::shell_quote(&self.dir);
-        format!(
-            "test -d {d}/{{{{ release }}}} || {{ echo \"{d}/{{{{ release }}}} is not on this host: cannot return to it\" >&2; exit 1; }}\n\
-             was=$(basename \"$(readlink current 2>/dev/null)\" 2>/dev/null)\n\
-             if [ \"$was\" = {{{{ release }}}} ]; then echo \"WAVEDECK-SKIP already on {{{{ release }}}}\"; exit 0; fi\n\
-             ln -sfn {d}/{{{{ release }}}} current.wavedeck-new && mv -T current.wavedeck-new current\n\
-             echo \"WAVEDECK-CHANGED ${{was:--}} -> {{{{ release }}}}\"\n\
-             echo {{{{ release }}}} >> {d}/.history\n\
-             echo \"rolled back to {{{{ release }}}}\""
-        )
+        crate::shell::switch_back(&self.dir)
     }
 }
 
@@ -1214,7 +1172,7 @@ pub fn is_safe_name(s: &str) -> bool {
 }
 
 pub fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    crate::sys::hex(&Sha256::digest(bytes))
 }
 
 #[cfg(test)]
@@ -1271,33 +1229,6 @@ run = "echo {{ host }} {{ release }}"
         let p = parse(&src).unwrap();
         let policy = &p.environments[0].policy;
         assert_eq!((policy.canary, policy.batch), (2, Amount::Percent(50)));
-    }
-
-    #[test]
-    fn prune_keeps_the_newest_and_never_widens_to_the_whole_directory() {
-        let host = tempfile::tempdir().unwrap();
-        let releases = host.path().join("releases");
-        for (i, name) in ["r1", "r2", "r3", "r4"].iter().enumerate() {
-            std::fs::create_dir_all(releases.join(name)).unwrap();
-            let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + i as u64);
-            std::fs::File::open(releases.join(name)).unwrap().set_modified(when).unwrap();
-        }
-        // Hostile entries: a name ending in a newline, one with a newline inside, a dash.
-        for hostile in ["evil\n", "r1\nr2", "-rf"] {
-            std::fs::create_dir_all(releases.join(hostile)).unwrap();
-        }
-        std::os::unix::fs::symlink("releases/r2", host.path().join("current")).unwrap();
-        let layout = ReleaseLayout { dir: "releases".into(), keep: 2 };
-        let out =
-            std::process::Command::new("sh").arg("-c").arg(layout.prune()).current_dir(host.path()).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let mut left: Vec<String> = std::fs::read_dir(&releases)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        // current (r2) and the newest other (r4) stay; hostile names are not touched at all.
-        assert_eq!(left, ["-rf", "evil\n", "r1\nr2", "r2", "r4"]);
     }
 
     #[test]

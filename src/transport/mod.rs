@@ -267,14 +267,6 @@ pub trait HostSession: Send + Sync {
     fn free_space<'a>(&'a self) -> BoxFuture<'a, Result<u64, String>>;
 }
 
-/// Quotes for the remote POSIX shell: plain words stay as they are, anything else goes in
-/// single quotes, inside which only `'` itself needs care. (Hand-written on purpose: the rule is
-/// three lines and must never produce double quotes, where `$` and backticks still expand.)
-pub fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c));
-    if plain { s.to_string() } else { format!("'{}'", s.replace('\'', "'\"'\"'")) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

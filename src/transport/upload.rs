@@ -36,9 +36,7 @@ pub async fn sha256_file(path: &Path) -> Result<String, String> {
     .map_err(|e| format!("hashing failed: {e}"))?
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::sys::hex;
 
 /// A name next to `to` for writing before the atomic rename.
 pub fn temporary_name(to: &str) -> String {

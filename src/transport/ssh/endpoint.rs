@@ -81,7 +81,7 @@ impl ConfigFile {
         let params = self.config.as_ref().map(|c| c.query(alias));
         let from_config = |f: fn(&ssh2_config::HostParams) -> Option<String>| params.as_ref().and_then(f);
         let hostname = from_config(|p| p.host_name.clone()).unwrap_or_else(|| alias.to_string());
-        let user = user.or_else(|| from_config(|p| p.user.clone())).unwrap_or_else(crate::audit::operator_name);
+        let user = user.or_else(|| from_config(|p| p.user.clone())).unwrap_or_else(crate::sys::operator_name);
         let port = port.or_else(|| params.as_ref().and_then(|p| p.port)).unwrap_or(22);
         let mut identities: Vec<PathBuf> = settings.identity_files.iter().map(|p| expand_home(p)).collect();
         if let Some(files) = params.as_ref().and_then(|p| p.identity_file.clone()) {

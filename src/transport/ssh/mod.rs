@@ -23,10 +23,11 @@ pub use self::endpoint::{ConfigFile, Endpoint, expand_home};
 use self::hostkeys::Verifier;
 use super::{
     BoxFuture, ConnectObserver, ExecRequest, HostSession, KILL_GRACE, LineSplitter, MAX_CAPTURED_BYTES, OutputSink,
-    Target, Transport, TransportError, UploadRequest, shell_quote as quote, stdin_script, upload,
+    Target, Transport, TransportError, UploadRequest, stdin_script, upload,
 };
 use crate::event::{StepResult, Stream};
 use crate::profile::SshSettings;
+use crate::shell::quote;
 
 /// Longest and first pause between connection attempts (doubled each time, with ±25% jitter).
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
