@@ -554,6 +554,13 @@ async fn run_steps(
                 (StepResult::Exited { code: 0 }, Some(reason)) => StepResult::Skipped { reason },
                 (result, _) => result,
             };
+            // A transport's or probe's message is shown and logged like output: masked the same.
+            let result = match result {
+                StepResult::Error { message } => {
+                    StepResult::Error { message: shared.redactor.redact(&message).into_owned() }
+                }
+                other => other,
+            };
             let elapsed = began.elapsed();
             if step.kind == StepKind::Health {
                 control.events.emit(Event::HealthSample {

@@ -470,6 +470,9 @@ struct Validator<'a> {
 struct TemplateUse<'r> {
     what: String,
     text: &'r Spanned<String>,
+    /// Why this template may not read a secret, if it may not: its result is shown and logged
+    /// (an upload path, an HTTP or TCP check's target, made from this machine).
+    no_secrets: Option<&'static str>,
 }
 
 /// A lock directory wavedeck may create and later remove: a path of plain names, so that it
@@ -603,25 +606,36 @@ impl Validator<'_> {
             for s in list.iter() {
                 let step = s.get_ref();
                 let what = format!("{kind} `{}`", step.name.get_ref());
+                const PATHS: Option<&str> = Some("upload paths are shown and logged as they are");
                 let texts = [
-                    step.run.as_ref(),
-                    step.upload.as_ref().map(|u| &u.get_ref().from),
-                    step.upload.as_ref().map(|u| &u.get_ref().to),
-                    step.skip_if.as_ref(),
+                    (step.run.as_ref(), None),
+                    (step.upload.as_ref().map(|u| &u.get_ref().from), PATHS),
+                    (step.upload.as_ref().map(|u| &u.get_ref().to), PATHS),
+                    (step.skip_if.as_ref(), None),
                 ];
-                for text in texts.into_iter().flatten() {
-                    uses.push(TemplateUse { what: what.clone(), text });
+                for (text, no_secrets) in texts {
+                    if let Some(text) = text {
+                        uses.push(TemplateUse { what: what.clone(), text, no_secrets });
+                    }
                 }
             }
         }
         if let Some(target) = &raw.rollback_target {
-            uses.push(TemplateUse { what: "rollback_target".into(), text: target });
+            uses.push(TemplateUse { what: "rollback_target".into(), text: target, no_secrets: None });
         }
         for h in raw.health.iter() {
             let check = h.get_ref();
             let what = format!("health check `{}`", check.name.get_ref());
-            for text in [&check.run, &check.url, &check.body_contains, &check.address].into_iter().flatten() {
-                uses.push(TemplateUse { what: what.clone(), text });
+            const PROBE: Option<&str> = Some(
+                "HTTP and TCP checks run from this machine and their targets are shown and logged; \
+                 use a command check (kind = \"command\") to send a secret",
+            );
+            let texts =
+                [(&check.run, None), (&check.url, PROBE), (&check.body_contains, PROBE), (&check.address, PROBE)];
+            for (text, no_secrets) in texts {
+                if let Some(text) = text {
+                    uses.push(TemplateUse { what: what.clone(), text, no_secrets });
+                }
             }
         }
         self.check_templates(&uses, &vars, &secrets, &environments);
@@ -1074,6 +1088,12 @@ impl Validator<'_> {
                 }
             };
             for name in names {
+                if let Some(why) = u.no_secrets
+                    && secrets.contains_key(&name)
+                {
+                    self.problem(u.text, format!("{} cannot use the secret `{name}`: {why}", u.what));
+                    continue;
+                }
                 let global =
                     BUILTIN_VARS.contains(&name.as_str()) || vars.contains_key(&name) || secrets.contains_key(&name);
                 if global {
@@ -1248,6 +1268,18 @@ run = "echo {{ host }} {{ release }}"
             );
         }
         assert_eq!(err.0.len(), 3, "{text}");
+    }
+
+    #[test]
+    fn secrets_in_check_targets_and_upload_paths_are_refused_with_the_reason() {
+        let src = MINIMAL.replace("[[environments]]", "[secrets]\ntok = { env = \"TOK\" }\n\n[[environments]]")
+            + "\n[[health]]\nname = \"lb\"\nkind = \"http\"\nurl = \"http://{{ host }}/health?token={{ tok }}\"\n\
+               \n[[health]]\nname = \"cmd\"\nrun = \"curl -H 'X: {{ tok }}' localhost\"\n";
+        let err = parse(&src).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("health check `lb` cannot use the secret `tok`"), "{text}");
+        assert!(text.contains("use a command check"), "{text}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! How the engine reaches a host: one small interface, implemented by the local transport
-//! (this machine, used by the demo and tests) and later by SSH.
+//! (this machine, used by the demo and tests) and by SSH ([`ssh`]).
 //!
 //! The engine opens one [`HostSession`] per host and runs every step of that host through it,
 //! which is what lets SSH reuse one connection per host. A transport owns everything about
