@@ -10,107 +10,29 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::audit::CommandSource;
+use crate::describe::{Tone, describe, seconds};
 use crate::engine;
 use crate::event::{
-    AbortedBy, Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, TriageAction, threshold_text,
+    AbortedBy, Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, threshold_text,
 };
 use crate::exit;
 use crate::profile::FailureAction;
 use crate::session::Session;
 
-/// Renders one event as zero or more lines (without trailing newline).
-pub fn render(event: &Event) -> Option<String> {
-    let text = match event {
-        Event::DeployStarted { service, env, release, waves, .. } => {
-            let hosts: usize = waves.iter().map(|w| w.hosts.len()).sum();
-            format!("== deploying {service} {release} to {env}: {hosts} hosts in {} waves", waves.len())
-        }
-        Event::OnceStarted { host, steps } => format!("== run-once steps on {host}: {}", steps.join(", ")),
-        Event::OnceFinished { host, ok: true, .. } => format!("== run-once steps done on {host}"),
-        Event::OnceFinished { host, stopped_at, result, .. } => format!(
-            "== run-once step {} FAILED on {host} ({}): no wave will start",
-            stopped_at.as_deref().unwrap_or("?"),
-            result.as_ref().map_or_else(|| "no result".to_string(), |r| r.to_string())
-        ),
-        Event::WaveStarted { wave, hosts } => {
-            format!("== wave {wave} started: {}", hosts.join(", "))
-        }
-        Event::HostStarted { .. } => return None,
-        Event::StepStarted { host, step, index, total, attempt, .. } => {
-            let retry = if *attempt > 1 { format!(", attempt {attempt}") } else { String::new() };
-            format!("[{host}] -> {step} ({index}/{total}{retry})")
-        }
-        Event::Output { host, line, .. } => format!("[{host}] {line}"),
-        Event::OutputElided { host, step, lines, bytes } => {
-            format!("[{host}] … {lines} lines ({bytes} bytes) of {step}'s output left out; its last part follows")
-        }
-        Event::StepFinished { host, step, result: StepResult::Skipped { reason }, .. } => {
-            format!("[{host}] -- {step} skipped: {reason}")
-        }
-        Event::StepFinished { host, step, result, duration_ms, will_retry, .. } => {
-            if result.succeeded() {
-                return None;
-            }
-            let next = if *will_retry { ", will retry" } else { "" };
-            format!("[{host}] !! {step} failed: {result} after {}{next}", seconds(*duration_ms))
-        }
-        Event::HealthSample { .. } => return None,
-        // The step's own marker line has already said it.
-        Event::HostChanged { .. } => return None,
-        Event::UploadProgress { host, sent, total, .. } if sent == total && *total > 0 => {
-            format!("[{host}] sent {total} bytes")
-        }
-        Event::UploadProgress { .. } => return None,
-        Event::ConnectFailed { host, attempt, of, kind, message, retry_in_ms } => {
-            let next = match retry_in_ms {
-                Some(ms) => format!("; retrying in {}", seconds(*ms)),
-                None => String::new(),
-            };
-            format!("[{host}] !! connection attempt {attempt}/{of} failed ({kind}): {message}{next}")
-        }
-        Event::HostFinished { host, state, .. } => match state {
-            HostState::Done => format!("[{host}] done"),
-            other => format!("[{host}] {}", state_word(*other)),
-        },
-        Event::WaveFinished { wave, done, failed, cancelled, not_started } => format!(
-            "== wave {wave} finished: {done} done, {failed} failed, {cancelled} cancelled, {not_started} not started"
-        ),
-        Event::ThresholdExceeded { wave, failures, limit, failed_hosts, .. } => {
-            format!("== {}: {}", threshold_text(*wave, *failures, *limit), failed_hosts.join(", "))
-        }
-        Event::Paused { cause, running } => {
-            let why = match cause {
-                PauseCause::Operator => "by operator".to_string(),
-                PauseCause::FailureThreshold { wave, .. } => {
-                    format!("by failure threshold in wave {wave}")
-                }
-            };
-            let still =
-                if running.is_empty() { String::new() } else { format!("; still running: {}", running.join(", ")) };
-            format!("== PAUSED {why}{still}")
-        }
-        Event::Resumed => "== resumed".to_string(),
-        Event::Aborted { reason, by: AbortedBy::Command } => format!("== ABORTED: {reason}"),
-        Event::Aborted { reason, by: AbortedBy::Policy } => format!("== STOPPED by the on_failure policy: {reason}"),
-        Event::CommandIgnored { command, why } => format!("== {} ignored: {why}", command.name()),
-        Event::HealthChanged { host, check, healthy } => {
-            format!("[{host}] {} ({check})", if *healthy { "healthy again" } else { "!! UNHEALTHY" })
-        }
-        Event::SoakStarted { wave, duration_ms } => format!("== wave {wave} soaking for {}", seconds(*duration_ms)),
-        Event::SoakFinished { wave, unhealthy } if unhealthy.is_empty() => format!("== wave {wave} stayed healthy"),
-        Event::SoakFinished { wave, unhealthy } => {
-            format!("== wave {wave} went unhealthy during soak: {}", unhealthy.join(", "))
-        }
-        Event::AwaitingPromote { wave } => format!("== wave {wave} waits at a manual gate"),
-        Event::Promoted { wave } => format!("== wave {wave} promoted"),
-        Event::HostTriaged { host, action } => match action {
-            TriageAction::Retry => format!("== retry of {host} queued"),
-            TriageAction::Skip => format!("== {host} skipped: its failure is accepted"),
-            TriageAction::Exclude => format!("== {host} excluded from this deploy"),
-        },
-        Event::DeployFinished { outcome, duration_ms, hosts } => summary_table(*outcome, *duration_ms, hosts),
-    };
-    Some(text)
+/// Renders one event as zero or more lines (without trailing newline): host output as
+/// `[host] line`, the final table, and everything else as [`describe`] tells it (`[host] …` for
+/// a host, `== …` for the deploy).
+pub fn render(event: &Event, operator: &str) -> Option<String> {
+    match event {
+        Event::Output { host, line, .. } => Some(format!("[{host}] {line}")),
+        Event::DeployFinished { outcome, duration_ms, hosts } => Some(summary_table(*outcome, *duration_ms, hosts)),
+        other => describe(other, operator).map(|told| match (told.host, told.tone) {
+            // `!!` marks a host's trouble for whoever greps a CI log.
+            (Some(host), Tone::Warn | Tone::Bad) => format!("[{host}] !! {}", told.text),
+            (Some(host), _) => format!("[{host}] {}", told.text),
+            (None, _) => format!("== {}", told.text),
+        }),
+    }
 }
 
 /// The final table: one row per host, then the verdict.
@@ -162,10 +84,6 @@ pub fn state_word(state: HostState) -> &'static str {
     }
 }
 
-fn seconds(ms: u64) -> String {
-    format!("{:.1}s", ms as f64 / 1000.0)
-}
-
 /// Runs a prepared session to the end, printing as it goes; returns the process exit code.
 ///
 /// SIGINT, SIGTERM and SIGHUP abort the deploy (audited as operator commands); the function
@@ -200,6 +118,7 @@ pub async fn drive(mut session: Session, orders: &Orders) -> Ended {
         }
     };
     let Session { plan, redactor, mut audit, transport, .. } = session;
+    let operator = crate::sys::operator_name();
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (event_tx, mut events) = engine::event_channel();
     // Queued before the engine starts, so they apply before any host does.
@@ -227,7 +146,7 @@ pub async fn drive(mut session: Session, orders: &Orders) -> Ended {
             event = events.recv() => {
                 let Some(event) = event else { break };
                 audit.event(&event);
-                if let Some(text) = render(&event.event) {
+                if let Some(text) = render(&event.event, &operator) {
                     // Host output and messages may carry terminal escapes: shown, never obeyed.
                     say(&crate::text::visible(&text));
                 }
@@ -331,7 +250,7 @@ mod tests {
     #[test]
     fn output_lines_carry_the_host() {
         let e = Event::Output { host: "web-1".into(), step: "s".into(), stream: Stream::Stderr, line: "hi".into() };
-        assert_eq!(render(&e).unwrap(), "[web-1] hi");
+        assert_eq!(render(&e, "ann").unwrap(), "[web-1] hi");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!    actions), [`diag`] (`file:line:col` diagnostics), [`template`], [`text`] (host text made
 //!    safe for a terminal), [`shell`] (quoting, the release-layout scripts), [`sys`] (operator,
 //!    machine, hex), [`exit`].
-//! 2. [`profile`]: a service's TOML profile, read strictly and validated.
+//! 2. [`profile`]: a service's TOML profile, read strictly and validated. [`describe`]: events
+//!    in words, for every front end.
 //! 3. [`secrets`] (values from the environment, and masking), [`health`] (HTTP/TCP probes and
 //!    streaks), [`transport`] (how a host is reached: local or SSH).
 //! 4. [`plan`]: profile + environment + release into waves of hosts with rendered scripts.
@@ -24,6 +25,7 @@
 pub mod audit;
 pub mod check;
 pub mod console;
+pub mod describe;
 pub mod diag;
 pub mod engine;
 pub mod event;

@@ -9,7 +9,9 @@ use std::collections::{HashMap, VecDeque};
 use chrono::{DateTime, Utc};
 
 use super::logs::{LogBuffer, LogLine, clean};
-use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult, TriageAction, threshold_text};
+pub use crate::describe::Tone;
+use crate::describe::describe;
+use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult, TriageAction};
 
 /// Health samples kept per host for the sparkline.
 pub const HEALTH_HISTORY: usize = 120;
@@ -94,18 +96,10 @@ pub enum ControlView {
     Finished(Outcome),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    Info,
-    Good,
-    Warn,
-    Bad,
-}
-
 #[derive(Debug, Clone)]
 pub struct TimelineEntry {
     pub at: DateTime<Utc>,
-    pub severity: Severity,
+    pub severity: Tone,
     pub text: String,
 }
 
@@ -194,7 +188,7 @@ impl DeployModel {
         self.hosts.iter().filter(|h| !matches!(h.phase, HostPhase::Waiting | HostPhase::Running)).count()
     }
 
-    fn note(&mut self, at: DateTime<Utc>, severity: Severity, text: String) {
+    fn note(&mut self, at: DateTime<Utc>, severity: Tone, text: String) {
         if self.timeline.len() == TIMELINE_LEN {
             self.timeline.pop_front();
         }
@@ -246,32 +240,18 @@ impl DeployModel {
                         phase: WavePhase::Pending,
                     });
                 }
-                let text = format!("deploy of {} {} to {} started by {}", service, release, env, self.operator);
-                self.note(at, Severity::Info, text);
             }
-            Event::OnceStarted { host, steps } => {
-                self.note(at, Severity::Info, format!("run-once steps on {host}: {}", steps.join(", ")));
-            }
-            Event::OnceFinished { host, ok, stopped_at, result } => {
-                let text = if *ok {
-                    format!("run-once steps done on {host}")
-                } else {
-                    let step = stopped_at.as_deref().unwrap_or("?");
-                    let why = result.as_ref().map_or_else(String::new, |r| format!(": {r}"));
-                    format!("run-once step {step} FAILED on {host}{why}; no wave will start")
-                };
-                self.note(at, if *ok { Severity::Good } else { Severity::Bad }, text);
+            Event::OnceFinished { host, .. } => {
                 // The host's own wave has not started: it waits like the others.
                 if let Some(h) = self.host_mut(host) {
                     h.phase = HostPhase::Waiting;
                     h.step = None;
                 }
             }
-            Event::WaveStarted { wave, hosts } => {
+            Event::WaveStarted { wave, .. } => {
                 if let Some(w) = self.waves.iter_mut().find(|w| w.number == *wave) {
                     w.phase = WavePhase::Running;
                 }
-                self.note(at, Severity::Info, format!("wave {wave} started: {}", hosts.join(", ")));
             }
             Event::HostStarted { host, .. } => {
                 if let Some(h) = self.host_mut(host) {
@@ -297,17 +277,13 @@ impl DeployModel {
                     h.logs.push(LogLine { host: None, stream: *stream, text });
                 }
             }
-            Event::StepFinished { host, step, result, will_retry, .. } => {
-                let failed = !result.succeeded();
+            Event::StepFinished { host, step, result, .. } => {
                 if let Some(h) = self.host_mut(host) {
                     h.last_result = Some(result.clone());
                     h.step_running = false;
                     h.idle_since = Some(at);
                 }
                 self.finished_running(host, Some(step));
-                if failed && *will_retry {
-                    self.note(at, Severity::Warn, format!("{host}: {step} {result}, retrying"));
-                }
             }
             Event::HostChanged { .. } => {}
             Event::OutputElided { host, step, lines, bytes } => {
@@ -325,7 +301,7 @@ impl DeployModel {
                     h.upload = (sent < total).then_some((*sent, *total));
                 }
             }
-            Event::ConnectFailed { host, attempt, of, kind, message, retry_in_ms } => {
+            Event::ConnectFailed { host, attempt, of, kind, message, .. } => {
                 let text = format!("connection attempt {attempt}/{of} failed ({kind}): {message}");
                 if let Some(h) = self.host_mut(host) {
                     h.logs.push(LogLine {
@@ -334,8 +310,6 @@ impl DeployModel {
                         text: text.clone().into(),
                     });
                 }
-                let severity = if retry_in_ms.is_some() { Severity::Warn } else { Severity::Bad };
-                self.note(at, severity, format!("{host}: {text}"));
             }
             Event::HealthSample { host, healthy, latency_ms, .. } => {
                 if let Some(h) = self.host_mut(host) {
@@ -354,59 +328,29 @@ impl DeployModel {
                     HostState::NotStarted => HostPhase::NotStarted,
                     HostState::Skipped => HostPhase::Skipped,
                 };
-                let mut failure = None;
                 self.finished_running(host, None);
                 if let Some(h) = self.host_mut(host) {
                     h.phase = phase;
                     h.finished = Some(at);
                     h.step_running = false;
-                    if phase == HostPhase::Failed {
-                        let at_step = h.step.as_ref().map(|s| format!(" at {s}")).unwrap_or_default();
-                        let result = h.last_result.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
-                        failure = Some(format!("{host} FAILED{at_step}{result}"));
-                    }
-                }
-                if let Some(text) = failure {
-                    self.note(at, Severity::Bad, text);
                 }
             }
-            Event::WaveFinished { wave, done, failed, cancelled, not_started } => {
+            Event::WaveFinished { wave, .. } => {
                 if let Some(w) = self.waves.iter_mut().find(|w| w.number == *wave) {
                     w.phase = WavePhase::Finished;
                 }
-                let severity = if *failed + *cancelled > 0 { Severity::Warn } else { Severity::Good };
-                let mut text = format!("wave {wave} finished: {done} done");
-                for (n, word) in [(failed, "failed"), (cancelled, "cancelled"), (not_started, "not started")] {
-                    if *n > 0 {
-                        text.push_str(&format!(", {n} {word}"));
-                    }
-                }
-                self.note(at, severity, text);
-            }
-            Event::ThresholdExceeded { wave, failures, limit, failed_hosts, .. } => {
-                let text = format!("{} ({})", threshold_text(*wave, *failures, *limit), failed_hosts.join(", "));
-                self.note(at, Severity::Bad, text);
             }
             Event::Paused { cause, running } => {
-                let by = match cause {
-                    PauseCause::Operator => format!("paused by {}", self.operator),
-                    PauseCause::FailureThreshold { wave, .. } => {
-                        format!("paused by failure threshold in wave {wave}")
-                    }
-                };
                 self.control = ControlView::Paused { cause: cause.clone(), running: running.clone() };
-                self.note(at, Severity::Warn, by);
             }
             Event::HostTriaged { host, action } => {
-                let (phase, text) = match action {
-                    TriageAction::Retry => (HostPhase::Waiting, format!("retry of {host} queued by {}", self.operator)),
-                    TriageAction::Skip => (HostPhase::Skipped, format!("{host} skipped by {}", self.operator)),
-                    TriageAction::Exclude => (HostPhase::Skipped, format!("{host} excluded by {}", self.operator)),
+                let phase = match action {
+                    TriageAction::Retry => HostPhase::Waiting,
+                    TriageAction::Skip | TriageAction::Exclude => HostPhase::Skipped,
                 };
                 if let Some(h) = self.host_mut(host) {
                     h.phase = phase;
                 }
-                self.note(at, Severity::Warn, text);
             }
             Event::HealthChanged { host, check, healthy } => {
                 if let Some(h) = self.host_mut(host) {
@@ -423,45 +367,21 @@ impl DeployModel {
                     };
                     h.logs.push(LogLine { host: None, stream, text: text.into() });
                 }
-                let (severity, word) =
-                    if *healthy { (Severity::Good, "healthy again") } else { (Severity::Bad, "UNHEALTHY") };
-                self.note(at, severity, format!("{host} {word} ({check})"));
-            }
-            Event::SoakStarted { wave, duration_ms } => {
-                let text = format!("wave {wave} soaking for {}s: its hosts must stay healthy", duration_ms / 1000);
-                self.note(at, Severity::Info, text);
-            }
-            Event::SoakFinished { wave, unhealthy } if unhealthy.is_empty() => {
-                self.note(at, Severity::Good, format!("wave {wave} stayed healthy through its soak"));
-            }
-            Event::SoakFinished { wave, unhealthy } => {
-                self.note(at, Severity::Bad, format!("wave {wave} soak: unhealthy {}", unhealthy.join(", ")));
             }
             Event::AwaitingPromote { wave } => {
                 if !matches!(self.control, ControlView::Paused { .. } | ControlView::Aborted { .. }) {
                     self.control = ControlView::AwaitingPromote { wave: *wave };
                 }
-                self.note(at, Severity::Warn, format!("wave {wave} waits to be promoted"));
             }
-            Event::Promoted { wave } => {
+            Event::Promoted { .. } => {
                 if matches!(self.control, ControlView::AwaitingPromote { .. }) {
                     self.control = ControlView::Running;
                 }
-                let text = format!("wave {wave} promoted by {}", self.operator);
-                self.note(at, Severity::Info, text);
             }
-            Event::Resumed => {
-                self.control = ControlView::Running;
-                let text = format!("resumed by {}", self.operator);
-                self.note(at, Severity::Info, text);
-            }
+            Event::Resumed => self.control = ControlView::Running,
             Event::Aborted { reason, .. } => {
                 self.control = ControlView::Aborted { reason: reason.clone() };
                 self.aborting = true;
-                self.note(at, Severity::Bad, format!("ABORTED: {reason}"));
-            }
-            Event::CommandIgnored { command, why } => {
-                self.note(at, Severity::Info, format!("{} ignored: {why}", command.name()));
             }
             Event::DeployFinished { outcome, hosts, .. } => {
                 // Hosts the engine never finished (never started, or stopped before starting) are
@@ -481,13 +401,23 @@ impl DeployModel {
                 self.control = ControlView::Finished(*outcome);
                 self.aborting = false;
                 self.finished = Some(at);
-                let (severity, word) = match outcome {
-                    Outcome::Succeeded => (Severity::Good, "SUCCEEDED"),
-                    Outcome::Failed => (Severity::Bad, "FAILED"),
-                    Outcome::Aborted => (Severity::Bad, "ABORTED"),
-                };
-                self.note(at, severity, format!("deploy {word}"));
             }
+            Event::OnceStarted { .. }
+            | Event::ThresholdExceeded { .. }
+            | Event::SoakStarted { .. }
+            | Event::SoakFinished { .. }
+            | Event::CommandIgnored { .. } => {}
+        }
+        // The timeline tells the deploy's story as every front end tells it, plus each host's
+        // trouble.
+        if let Some(told) = describe(&stamped.event, &self.operator)
+            && (told.host.is_none() || matches!(told.tone, Tone::Warn | Tone::Bad))
+        {
+            let text = match told.host {
+                Some(host) => format!("{host}: {}", told.text),
+                None => told.text,
+            };
+            self.note(at, told.tone, text);
         }
     }
 }
@@ -576,7 +506,7 @@ pub(crate) mod tests {
         assert_eq!(m.control, ControlView::Running);
         m.apply(&stamp(5, Event::Paused { cause: PauseCause::Operator, running: vec!["a: stage".into()] }));
         assert!(matches!(&m.control, ControlView::Paused { running, .. } if running == &["a: stage"]));
-        assert_eq!(m.timeline.back().unwrap().text, "paused by ann");
+        assert_eq!(m.timeline.back().unwrap().text, "PAUSED by ann; still running: a: stage");
         m.apply(&stamp(6, Event::Resumed));
         assert_eq!(m.control, ControlView::Running);
     }
@@ -607,7 +537,7 @@ pub(crate) mod tests {
         assert_eq!(m.host("b").unwrap().phase, HostPhase::NotStarted);
         assert!(!m.aborting);
         let texts: Vec<&str> = m.timeline.iter().map(|t| t.text.as_str()).collect();
-        assert!(texts.contains(&"a FAILED: exit 2"), "{texts:?}");
+        assert!(texts.contains(&"a: stage failed: exit 2 after 0.0s") && texts.contains(&"a: FAILED"), "{texts:?}");
         assert_eq!(texts.last(), Some(&"deploy ABORTED"));
     }
 

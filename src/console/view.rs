@@ -12,7 +12,7 @@ use ratatui::widgets::{Block, BorderType, Borders, Cell, Clear, Paragraph, Row, 
 
 use super::app::{App, Dialog, Pane, SortOrder, phase_word};
 use super::layout::{self, DeployLayout};
-use super::model::{ControlView, DeployModel, HostPhase, HostView, Severity, WavePhase};
+use super::model::{ControlView, DeployModel, HostPhase, HostView, Tone, WavePhase};
 use super::theme::Theme;
 use crate::event::{Outcome, PauseCause, Stream};
 use crate::plan::Plan;
@@ -521,10 +521,10 @@ fn draw_timeline(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, 
         .take(end - start)
         .map(|entry| {
             let style = match entry.severity {
-                Severity::Info => theme.text(),
-                Severity::Good => theme.fg(theme.ok),
-                Severity::Warn => theme.fg(theme.warn),
-                Severity::Bad => theme.bad(),
+                Tone::Info => theme.text(),
+                Tone::Good => theme.fg(theme.ok),
+                Tone::Warn => theme.fg(theme.warn),
+                Tone::Bad => theme.bad(),
             };
             Line::from(vec![
                 Span::styled(format!(" {} ", entry.at.with_timezone(&clock.offset).format("%H:%M:%S")), theme.muted()),
