@@ -129,9 +129,7 @@ pub fn describe(event: &Event, operator: &str) -> Option<Told> {
         Event::HealthChanged { host, check, healthy: true } => {
             Told::host(host, Good, format!("healthy again ({check})"))
         }
-        Event::HealthChanged { host, check, healthy: false } => {
-            Told::host(host, Bad, format!("UNHEALTHY ({check})"))
-        }
+        Event::HealthChanged { host, check, healthy: false } => Told::host(host, Bad, format!("UNHEALTHY ({check})")),
         Event::SoakStarted { wave, duration_ms } => Told::deploy(
             Info,
             format!("wave {wave} soaking for {}: its hosts must stay healthy", seconds(*duration_ms)),

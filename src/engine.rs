@@ -84,6 +84,15 @@ impl EventSink {
         }
     }
 
+    /// Passes on an event read from another queue, keeping its time.
+    pub fn forward(&self, stamped: Stamped) {
+        let bytes = output_bytes(&stamped.event);
+        self.backlog.bytes.fetch_add(bytes, Ordering::SeqCst);
+        if self.sender.send(stamped).is_err() {
+            self.backlog.bytes.fetch_sub(bytes, Ordering::SeqCst);
+        }
+    }
+
     /// Waits while more than [`OUTPUT_BACKLOG_BYTES`] of output are queued.
     pub async fn room(&self) {
         loop {

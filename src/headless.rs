@@ -7,14 +7,10 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::mpsc;
 
 use crate::audit::CommandSource;
 use crate::describe::{Tone, describe, seconds};
-use crate::engine;
-use crate::event::{
-    AbortedBy, Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, threshold_text,
-};
+use crate::event::{Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, threshold_text};
 use crate::exit;
 use crate::profile::FailureAction;
 use crate::session::Session;
@@ -107,107 +103,71 @@ pub struct Orders {
     pub promote: bool,
 }
 
-pub async fn drive(mut session: Session, orders: &Orders) -> Ended {
+pub async fn drive(session: Session, orders: &Orders) -> Ended {
     say(&format!("audit log: {}", session.audit.path().display()));
-    let lock = match session.take_lock().await {
-        Ok(lock) => lock,
-        Err((code, message)) => {
-            eprintln!("error: {message}");
-            let _ = session.audit.close("refused", code);
-            return Ended { code, rollback: false };
-        }
-    };
-    let Session { plan, redactor, mut audit, transport, .. } = session;
-    let operator = crate::sys::operator_name();
-    let (commands, command_rx) = mpsc::unbounded_channel();
-    let (event_tx, mut events) = engine::event_channel();
-    // Queued before the engine starts, so they apply before any host does.
-    for host in &orders.exclude {
-        let command = Command::Exclude { host: host.clone() };
-        audit.command(&command, CommandSource::Flag);
-        let _ = commands.send(command);
-    }
-    let engine = tokio::spawn(engine::run(plan, transport, command_rx, event_tx, redactor));
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
             say(&format!("error: cannot listen for signals: {e}"));
-            engine.abort();
-            let _ = audit.close("error", exit::CANNOT_START);
+            session.refuse(exit::CANNOT_START);
             return Ended { code: exit::CANNOT_START, rollback: false };
         }
     };
-
-    let mut stopped_by_policy = false;
+    // Applied before any host starts.
+    let first = orders.exclude.iter().map(|h| (Command::Exclude { host: h.clone() }, CommandSource::Flag)).collect();
+    let mut live = match session.start(first).await {
+        Ok(live) => live,
+        Err(refused) => {
+            eprintln!("error: {}", refused.message);
+            return Ended { code: refused.code, rollback: false };
+        }
+    };
+    let operator = crate::sys::operator_name();
     let mut rollback = false;
-    let mut outcome = None;
-    while outcome.is_none() {
+    let mut finished = false;
+    while !finished {
         tokio::select! {
-            event = events.recv() => {
+            event = live.events.recv() => {
                 let Some(event) = event else { break };
-                audit.event(&event);
                 if let Some(text) = render(&event.event, &operator) {
                     // Host output and messages may carry terminal escapes: shown, never obeyed.
                     say(&crate::text::visible(&text));
                 }
                 match &event.event {
-                    Event::ThresholdExceeded { action: FailureAction::Rollback, .. } => {
-                        rollback = true;
-                        stopped_by_policy = true;
-                    }
-                    // The engine stopped itself; that is a failure, not an operator's abort.
-                    Event::Aborted { by: AbortedBy::Policy, .. } => stopped_by_policy = true,
+                    Event::ThresholdExceeded { action: FailureAction::Rollback, .. } => rollback = true,
                     Event::Paused { cause: PauseCause::FailureThreshold { wave, failures, limit }, .. } => {
                         let reason = format!(
                             "{}; headless mode has no operator to resume",
                             threshold_text(*wave, *failures, *limit)
                         );
-                        let command = Command::Abort { reason };
-                        audit.command(&command, CommandSource::Policy);
-                        let _ = commands.send(command);
-                        stopped_by_policy = true;
+                        live.commands.send(Command::Abort { reason }, CommandSource::Policy);
                     }
                     Event::AwaitingPromote { wave } => {
                         let command = if orders.promote {
                             Command::Promote
                         } else {
-                            stopped_by_policy = true;
                             Command::Abort {
                                 reason: format!("wave {wave} has a manual gate and headless mode runs without --promote"),
                             }
                         };
-                        audit.command(&command, CommandSource::Policy);
-                        let _ = commands.send(command);
+                        live.commands.send(command, CommandSource::Policy);
                     }
-                    Event::DeployFinished { outcome: o, .. } => outcome = Some(*o),
+                    Event::DeployFinished { .. } => finished = true,
                     _ => {}
                 }
             }
             name = signals.next() => {
                 say(&format!("== {name} received: aborting (running steps get {}s to stop)", crate::transport::KILL_GRACE.as_secs()));
-                let command = Command::Abort { reason: format!("{name} received") };
-                audit.command(&command, CommandSource::Signal);
-                let _ = commands.send(command);
+                live.commands.send(Command::Abort { reason: format!("{name} received") }, CommandSource::Signal);
             }
         }
     }
-    let _ = engine.await;
-    if let Some(problem) = crate::session::release_lock(&mut audit, lock).await {
+    let ended = live.ended().await;
+    for problem in &ended.problems {
         say(&format!("error: {problem}"));
     }
-    let (word, code) = match outcome {
-        Some(Outcome::Succeeded) => ("succeeded", exit::OK),
-        Some(Outcome::Failed) => ("failed", exit::FAILED),
-        Some(Outcome::Aborted) if stopped_by_policy => ("failed", exit::FAILED),
-        Some(Outcome::Aborted) => ("aborted", exit::ABORTED),
-        None => ("error", exit::CANNOT_START),
-    };
-    let path = audit.path().to_path_buf();
-    if let Err(e) = audit.close(word, code) {
-        say(&format!("error: {e}"));
-    }
-    say(&format!("audit log: {}", path.display()));
-    Ended { code, rollback }
+    say(&format!("audit log: {}", ended.audit_path.display()));
+    Ended { code: ended.code, rollback }
 }
 
 /// Prints a line; a closed stdout (a pipe whose reader went away) must not stop the deploy.

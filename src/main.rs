@@ -200,13 +200,13 @@ fn rollback(
     let session = prepared.session;
     if !yes {
         if session.plan.protected || !std::io::stdin().is_terminal() {
-            let _ = session.audit.close("refused", exit::INVALID);
             let why = if session.plan.protected { format!("{env} is protected") } else { "not on a terminal".into() };
+            session.refuse(exit::INVALID);
             return Err(SetupError::Invalid(format!("{why}: add --yes to roll back")));
         }
         if !confirm_by_name(env, &format!("Type {env} to start the rollback: ")) {
             println!("not started");
-            let _ = session.audit.close("refused", exit::INVALID);
+            session.refuse(exit::INVALID);
             return Ok(exit::INVALID);
         }
     }
@@ -245,21 +245,9 @@ fn unlock(
             return Ok(exit::INVALID);
         }
     }
-    let mut audit = session::audit_action(&profile, env, "unlock", audit_dir)?;
-    audit.note("lock_break_requested", serde_json::json!({ "host": first.name, "path": place.path, "holder": holder }));
-    match runtime.block_on(lock::break_lock(transport.as_ref(), &place)) {
-        Ok(previous) => {
-            audit
-                .note("lock_broken", serde_json::json!({ "host": first.name, "path": place.path, "holder": previous }));
-            let _ = audit.close("unlocked", exit::OK);
-            println!("lock broken (audited)");
-            Ok(exit::OK)
-        }
-        Err(e) => {
-            let _ = audit.close("error", exit::CANNOT_START);
-            Err(cannot(e))
-        }
-    }
+    runtime.block_on(session::break_lock(&profile, transport.as_ref(), &place, holder, audit_dir))?;
+    println!("lock broken (audited)");
+    Ok(exit::OK)
 }
 
 fn deploy(options: &SessionOptions, yes: bool, orders: &Orders) -> Result<i32, SetupError> {

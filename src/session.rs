@@ -6,7 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::audit::{self, AuditLog, SessionStart};
+use tokio::sync::mpsc;
+
+use crate::audit::{self, AuditLog, CommandSource, SessionStart};
+use crate::engine::{self, EventSink, EventStream};
+use crate::event::{Command, Event, Outcome};
 use crate::lock::{self, DeployLock, LockError, LockInfo, LockPlace};
 use crate::plan::Plan;
 use crate::profile::{Environment, Profile, TransportKind};
@@ -165,14 +169,30 @@ pub fn transport_for(env: &Environment, local_root_flag: Option<&Path>) -> Resul
     })
 }
 
-/// Opens an audit session for an operator action that is not a deploy (breaking a lock).
-pub fn audit_action(
+/// Breaks an environment's lock on the operator's say-so, in an audit session of its own
+/// (mode `unlock`): who held it before, and that it was broken.
+pub async fn break_lock(
     profile: &Profile,
-    env: &str,
-    mode: &str,
+    transport: &dyn Transport,
+    place: &LockPlace,
+    holder: Option<LockInfo>,
     audit_dir: Option<&Path>,
-) -> Result<AuditLog, SetupError> {
-    open_audit(profile, env, "", mode, audit_dir, Redactor::default())
+) -> Result<Option<LockInfo>, SetupError> {
+    let env = &place.target.env;
+    let mut audit = open_audit(profile, env, "", "unlock", audit_dir, Redactor::default())?;
+    let host = &place.target.host.name;
+    audit.note("lock_break_requested", serde_json::json!({ "host": host, "path": place.path, "holder": holder }));
+    match lock::break_lock(transport, place).await {
+        Ok(previous) => {
+            audit.note("lock_broken", serde_json::json!({ "host": host, "path": place.path, "holder": previous }));
+            let _ = audit.close("unlocked", crate::exit::OK);
+            Ok(previous)
+        }
+        Err(e) => {
+            let _ = audit.close("error", crate::exit::CANNOT_START);
+            Err(SetupError::CannotStart(e.to_string()))
+        }
+    }
 }
 
 /// Starts an audit session (its `session_start` record says who, where, what and with which
@@ -243,4 +263,186 @@ pub fn local_root(flag: Option<&Path>) -> Result<PathBuf, SetupError> {
     directories::ProjectDirs::from("", "", "wavedeck")
         .map(|d| d.data_dir().join("local-hosts"))
         .ok_or_else(|| SetupError::CannotStart(format!("no home directory for local hosts: set {LOCAL_ROOT_ENV}")))
+}
+
+/// Commands for a deploy in flight, each with where it came from. The session's owner task
+/// audits a command before the engine sees it, so none can be acted on without a record.
+#[derive(Clone)]
+pub struct Commands(mpsc::UnboundedSender<(Command, CommandSource)>);
+
+impl Commands {
+    /// Sends `command`; a deploy that has ended ignores it.
+    pub fn send(&self, command: Command, source: CommandSource) {
+        let _ = self.0.send((command, source));
+    }
+}
+
+/// How a deploy session ended, once its lock is released and its audit log closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// `None` when the engine stopped without finishing (then the lock is left in place).
+    pub outcome: Option<Outcome>,
+    /// The process exit code this ending means.
+    pub code: i32,
+    /// Things the operator should know (a lock that could not be released, an audit write error).
+    pub problems: Vec<String>,
+    pub audit_path: PathBuf,
+}
+
+/// A deploy in flight, as a front end sees it: it sends commands, reads events and finally
+/// learns how it ended. The session's owner task holds the engine, the lock and the audit log.
+pub struct Live {
+    pub commands: Commands,
+    pub events: EventStream,
+    pub audit_path: PathBuf,
+    ended: tokio::sync::oneshot::Receiver<Ended>,
+}
+
+impl Live {
+    /// Waits until the deploy has ended and its lock and audit log are settled.
+    pub async fn ended(self) -> Ended {
+        let audit_path = self.audit_path.clone();
+        self.ended.await.unwrap_or(Ended {
+            outcome: None,
+            code: crate::exit::CANNOT_START,
+            problems: vec!["the deploy session stopped unexpectedly; see the audit log".into()],
+            audit_path,
+        })
+    }
+}
+
+/// Why a session did not start, after its refusal was audited and the log closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub code: i32,
+    pub message: String,
+    pub audit_path: PathBuf,
+}
+
+impl Session {
+    /// Ends a session that will not run (the operator said no), recording why.
+    pub fn refuse(self, code: i32) -> PathBuf {
+        let path = self.audit.path().to_path_buf();
+        let _ = self.audit.close("refused", code);
+        path
+    }
+
+    /// Records that the operator confirmed the start, and how.
+    pub fn confirmed(&mut self, how: &str) {
+        self.audit.note(
+            "deploy_confirmed",
+            serde_json::json!({
+                "operator": crate::sys::operator_name(),
+                "protected": self.plan.protected,
+                "confirmation": how,
+            }),
+        );
+    }
+
+    /// Takes the environment's lock and starts the deploy: the engine and the task that owns
+    /// this session from now on. `first` are commands that apply before any host starts
+    /// (headless `--exclude`). A refusal (the lock is held) is audited and the log closed.
+    pub async fn start(mut self, first: Vec<(Command, CommandSource)>) -> Result<Live, Refused> {
+        let lock = match self.take_lock().await {
+            Ok(lock) => lock,
+            Err((code, message)) => {
+                let audit_path = self.audit.path().to_path_buf();
+                let _ = self.audit.close("refused", code);
+                return Err(Refused { code, message, audit_path });
+            }
+        };
+        let Session { plan, redactor, mut audit, transport, .. } = self;
+        let audit_path = audit.path().to_path_buf();
+        let (engine_commands, engine_command_rx) = mpsc::unbounded_channel();
+        let mut policy_abort = false;
+        for (command, source) in first {
+            audit.command(&command, source);
+            policy_abort |= source == CommandSource::Policy && matches!(command, Command::Abort { .. });
+            let _ = engine_commands.send(command);
+        }
+        let (engine_events, engine_stream) = engine::event_channel();
+        let engine = tokio::spawn(engine::run(plan, transport, engine_command_rx, engine_events, redactor));
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (front, events) = engine::event_channel();
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
+        let owner = Owner { audit, lock, engine_commands, policy_abort };
+        tokio::spawn(async move {
+            let result = owner.run(command_rx, engine_stream, front).await;
+            engine.abort();
+            let _ = ended_tx.send(result);
+        });
+        Ok(Live { commands: Commands(commands), events, audit_path, ended })
+    }
+}
+
+/// The one writer of a deploy's audit log once it runs: every command passes through it on its
+/// way to the engine, every event on its way to the front end.
+struct Owner {
+    audit: AuditLog,
+    lock: Option<DeployLock>,
+    engine_commands: mpsc::UnboundedSender<Command>,
+    /// An abort was ordered by policy (headless mode's standing orders): the deploy failed, it
+    /// was not aborted by a person.
+    policy_abort: bool,
+}
+
+impl Owner {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<(Command, CommandSource)>,
+        mut events: EventStream,
+        front: EventSink,
+    ) -> Ended {
+        let mut outcome = None;
+        let mut commands_open = true;
+        loop {
+            tokio::select! {
+                // Commands first: an abort must not wait behind a burst of output.
+                biased;
+                received = commands.recv(), if commands_open => match received {
+                    Some((command, source)) => {
+                        self.audit.command(&command, source);
+                        self.policy_abort |=
+                            source == CommandSource::Policy && matches!(command, Command::Abort { .. });
+                        let _ = self.engine_commands.send(command);
+                    }
+                    None => commands_open = false,
+                },
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    self.audit.event(&event);
+                    if let Event::DeployFinished { outcome: o, .. } = &event.event {
+                        outcome = Some(*o);
+                    }
+                    // A slow front end slows the engine's output down, never the other way.
+                    front.room().await;
+                    front.forward(event);
+                    if outcome.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut problems = Vec::new();
+        let (word, code) = match outcome {
+            Some(Outcome::Succeeded) => ("succeeded", crate::exit::OK),
+            Some(Outcome::Failed) => ("failed", crate::exit::FAILED),
+            Some(Outcome::Aborted) if self.policy_abort => ("failed", crate::exit::FAILED),
+            Some(Outcome::Aborted) => ("aborted", crate::exit::ABORTED),
+            None => {
+                // Nobody knows what the hosts were left in: the lock stays for a person to judge.
+                drop(self.lock.take());
+                problems.push("the deploy engine stopped unexpectedly; see the audit log".into());
+                ("error", crate::exit::CANNOT_START)
+            }
+        };
+        if let Some(problem) = release_lock(&mut self.audit, self.lock.take()).await {
+            problems.push(problem);
+        }
+        let audit_path = self.audit.path().to_path_buf();
+        if let Err(e) = self.audit.close(word, code) {
+            problems.push(e.to_string());
+        }
+        Ended { outcome, code, problems, audit_path }
+    }
 }

@@ -36,6 +36,8 @@ pub enum Effect {
     },
     StartRollback,
     CancelRollback,
+    /// Stop the slow task now running (Esc while the footer says what it is doing).
+    CancelBusy,
     /// Preflight-check the hosts of `targets[target]` in the background.
     Check {
         target: usize,
@@ -137,6 +139,9 @@ pub struct App {
     pub sort: SortOrder,
     /// A one-line message for the operator (errors, hints); cleared by the next key.
     pub status: Option<String>,
+    /// What a slow task is doing on the operator's behalf (taking a lock, previewing a
+    /// rollback), shown in the footer until it reports back.
+    pub busy: Option<String>,
     /// The running deploy hit a wave limit under `on_failure = "rollback"`.
     rollback_when_finished: bool,
     /// Quit once the deploy has finished (the operator asked to quit mid-deploy).
@@ -177,6 +182,7 @@ impl App {
             status: None,
             rollback_when_finished: false,
             quit_when_finished: false,
+            busy: None,
             operator: operator.to_string(),
             scrollback,
             size: Rect::new(0, 0, 80, 24),
@@ -318,6 +324,9 @@ impl App {
             return Vec::new();
         }
         self.status = None;
+        if self.busy.is_some() && self.dialog.is_none() && key.code == KeyCode::Esc {
+            return vec![Effect::CancelBusy];
+        }
         if self.dialog.is_some() {
             return self.on_dialog_key(key);
         }

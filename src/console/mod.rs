@@ -1,10 +1,12 @@
 //! The console: a full-screen view of environments and of a running deploy.
 //!
-//! One loop owns everything (like oha's monitor): it takes terminal input, engine events and
-//! signals, folds them into [`App`], carries out the resulting effects (start a deploy, audit and
-//! send a command, quit) and redraws at most every [`FRAME`] when something changed. The engine
-//! runs in its own task and hands over events on an unbounded channel, so drawing never holds
-//! it up.
+//! One loop (like oha's monitor) takes terminal input, deploy events, task results and
+//! signals, folds them into [`App`], carries out the resulting effects and redraws at most every
+//! [`FRAME`] when something changed. It never waits on slow work: starting a deploy (taking its
+//! lock), planning a rollback (asking hosts), a preflight check and settling a finished deploy
+//! all run as tasks that report back, while the screen keeps drawing; Esc stops a preview. A
+//! running deploy is owned by its session's task ([`session::Live`]), which audits every command
+//! the console sends and every event it shows.
 
 pub mod app;
 pub mod config;
@@ -31,13 +33,11 @@ use tokio::sync::mpsc;
 
 use self::app::{App, Effect};
 use self::theme::Theme;
-use crate::audit::{AuditLog, CommandSource};
-use crate::engine;
-use crate::event::{Command, Event, Outcome, Stamped};
+use crate::audit::CommandSource;
+use crate::event::{Command, Event, Stamped};
 use crate::exit;
-use crate::lock::DeployLock;
 use crate::profile::Profile;
-use crate::session::{self, SessionOptions};
+use crate::session::{self, Live, SessionOptions};
 use crate::{check, rollback};
 
 /// Shortest time between two frames: about 30 frames per second at most.
@@ -145,12 +145,23 @@ fn load_profiles(path: Option<&Path>) -> Result<Vec<Profile>, String> {
     ))
 }
 
-/// A deploy in flight: where to send commands, where events come from, its audit log.
-struct Running {
-    commands: mpsc::UnboundedSender<Command>,
-    events: engine::EventStream,
-    audit: AuditLog,
-    lock: Option<DeployLock>,
+/// What a background task of the console reports when it is done. Anything that touches a
+/// host or the network runs as such a task, so the loop never waits on it.
+enum Done {
+    /// A deploy or rollback started (its lock taken), or was refused.
+    Started(Result<Live, String>),
+    /// A rollback was planned and its targets previewed, for the operator to confirm (or, for
+    /// `on_failure = "rollback"`, to start at once).
+    Prepared { result: Result<Box<rollback::Prepared>, String>, automatic: bool },
+    /// A deploy's session has settled: lock released, audit log closed.
+    Ended(session::Ended),
+}
+
+/// The slow task now running on the operator's behalf, shown in the footer.
+struct Busy {
+    task: tokio::task::AbortHandle,
+    /// Whether Esc may stop it: a preview only reads; taking a lock must not be cut half-way.
+    cancellable: bool,
 }
 
 async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audit_files: &mut Vec<PathBuf>) -> i32 {
@@ -172,16 +183,20 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
     let mut input = EventStream::new();
     let mut frames = tokio::time::interval(FRAME);
     frames.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut running: Option<Running> = None;
+    let mut running: Option<Live> = None;
+    // A deploy that has finished but whose session is still settling (lock, audit log).
+    let mut ending: Option<tokio::task::JoinHandle<()>> = None;
     // A rollback planned and shown to the operator, waiting for confirmation.
     let mut prepared_rollback: Option<rollback::Prepared> = None;
-    let mut last_outcome: Option<Outcome> = None;
+    let mut busy: Option<Busy> = None;
+    let mut last_code: Option<i32> = None;
     let mut dirty = true;
     let mut batch = Vec::with_capacity(1024);
     let audit_dir = crate::audit::audit_dir(options.audit_dir.as_deref());
     refresh_releases(&mut app, audit_dir.as_deref());
     // Preflight checks run in the background and report here, per target.
     let (checks_tx, mut checks) = mpsc::unbounded_channel::<(usize, Vec<check::HostCheck>)>();
+    let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
 
     loop {
         let mut effects = Vec::new();
@@ -196,37 +211,59 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
             },
             received = recv_batch(&mut running, &mut batch) => {
                 dirty = true;
-                if received == 0 {
-                    // The engine stopped without finishing: record it rather than pretend.
-                    if let Some(mut r) = running.take() {
-                        audit_files.push(r.audit.path().to_path_buf());
-                        // The lock stays: nobody knows what the hosts were left in.
-                        drop(r.lock.take());
-                        let _ = r.audit.close("error", exit::CANNOT_START);
-                    }
-                    app.status = Some("the deploy engine stopped unexpectedly; see the audit log".into());
-                }
+                let mut finished = received == 0;
                 for event in batch.drain(..) {
-                    if let Some(r) = running.as_mut() {
-                        r.audit.event(&event);
-                    }
                     effects.extend(app.on_event(&event));
-                    if let Event::DeployFinished { outcome, .. } = event.event {
-                        last_outcome = Some(outcome);
-                        if let Some(mut r) = running.take() {
-                            audit_files.push(r.audit.path().to_path_buf());
-                            if let Some(problem) = session::release_lock(&mut r.audit, r.lock.take()).await {
-                                app.status = Some(problem);
-                            }
-                            let (word, code) = outcome_code(outcome);
-                            if let Err(e) = r.audit.close(word, code) {
-                                app.status = Some(e.to_string());
-                            }
-                            refresh_releases(&mut app, audit_dir.as_deref());
-                        }
-                    }
+                    finished |= matches!(event.event, Event::DeployFinished { .. });
+                }
+                // Settling (releasing the lock on a host) runs as a task too.
+                if finished && let Some(live) = running.take() {
+                    let tx = done_tx.clone();
+                    ending = Some(tokio::spawn(async move {
+                        let _ = tx.send(Done::Ended(live.ended().await));
+                    }));
                 }
             },
+            Some(finished) = done.recv() => {
+                dirty = true;
+                match finished {
+                    Done::Started(Ok(live)) => {
+                        busy = None;
+                        app.busy = None;
+                        app.begin_deploy();
+                        running = Some(live);
+                    }
+                    Done::Started(Err(message)) => {
+                        busy = None;
+                        app.busy = None;
+                        app.status = Some(message);
+                    }
+                    Done::Prepared { result, automatic } => {
+                        busy = None;
+                        app.busy = None;
+                        match result {
+                            Ok(prepared) if automatic => {
+                                app.status = Some("on_failure = \"rollback\": rolling back".into());
+                                busy = Some(start_in_background(prepared.session, Vec::new(), &done_tx, &mut app));
+                            }
+                            Ok(prepared) => {
+                                app.confirm_rollback(prepared.describe(), prepared.session.plan.protected);
+                                prepared_rollback = Some(*prepared);
+                            }
+                            Err(message) => app.status = Some(message),
+                        }
+                    }
+                    Done::Ended(ended) => {
+                        ending = None;
+                        audit_files.push(ended.audit_path.clone());
+                        last_code = Some(ended.code);
+                        if !ended.problems.is_empty() {
+                            app.status = Some(ended.problems.join("; "));
+                        }
+                        refresh_releases(&mut app, audit_dir.as_deref());
+                    }
+                }
+            }
             Some((target, results)) = checks.recv() => {
                 let statuses = results.into_iter().map(|r| (r.host, r.status)).collect();
                 app.reachability.insert(target, statuses);
@@ -240,8 +277,8 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                     if terminal.terminal.draw(|frame| view::draw(frame, &app, &theme, clock)).is_err() {
                         effects = hang_up(&mut app, "cannot draw on the terminal");
                     }
-                    // Elapsed times tick while a deploy runs.
-                    dirty = app.deploy_running();
+                    // Elapsed times tick while a deploy runs, and the busy spinner while a task does.
+                    dirty = app.deploy_running() || app.busy.is_some();
                 }
             }
         }
@@ -249,43 +286,52 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
             match effect {
                 Effect::Quit => {
                     drop(terminal);
-                    return last_outcome.map_or(exit::OK, |o| outcome_code(o).1);
+                    // A finished deploy's lock and audit log are settled before the process goes.
+                    if let Some(settling) = ending.take() {
+                        let _ = settling.await;
+                        while let Ok(Done::Ended(ended)) = done.try_recv() {
+                            audit_files.push(ended.audit_path);
+                            last_code = Some(ended.code);
+                        }
+                    }
+                    return last_code.unwrap_or(exit::OK);
                 }
                 Effect::Send(command, source) => {
-                    if let Some(r) = running.as_mut() {
-                        r.audit.command(&command, source);
-                        let _ = r.commands.send(command);
+                    if let Some(live) = running.as_ref() {
+                        live.commands.send(command, source);
                     }
                 }
                 Effect::StartDeploy { profile, env, release } => {
-                    match start_deploy(&app.profiles[profile], &env, &release, options, audit_files).await {
-                        Ok(r) => {
-                            app.begin_deploy();
-                            running = Some(r);
-                        }
-                        Err(message) => app.status = Some(message),
-                    }
-                }
-                Effect::PrepareRollback { profile, env, automatic } => {
-                    let (audit_dir, local_root) = (options.audit_dir.as_deref(), options.local_root.as_deref());
-                    match rollback::prepare(&app.profiles[profile], &env, audit_dir, local_root).await {
-                        Ok(prepared) if automatic => {
-                            prepared_rollback = None;
-                            match launch(prepared.session, audit_files).await {
-                                Ok(r) => {
-                                    app.begin_deploy();
-                                    app.status = Some("on_failure = \"rollback\": rolling back".into());
-                                    running = Some(r);
-                                }
-                                Err(message) => app.status = Some(message),
-                            }
-                        }
-                        Ok(prepared) => {
-                            app.confirm_rollback(prepared.describe(), prepared.session.plan.protected);
-                            prepared_rollback = Some(prepared);
+                    let session_options = SessionOptions {
+                        profile: &app.profiles[profile].path,
+                        env: &env,
+                        release: &release,
+                        audit_dir: options.audit_dir.as_deref(),
+                        local_root: options.local_root.as_deref(),
+                        mode: "console",
+                    };
+                    match session::prepare(&session_options, app.profiles[profile].clone()) {
+                        Ok(mut prepared) => {
+                            let how = if prepared.plan.protected { "typed environment name" } else { "confirmed plan" };
+                            prepared.confirmed(how);
+                            busy = Some(start_in_background(prepared, Vec::new(), &done_tx, &mut app));
                         }
                         Err(e) => app.status = Some(e.to_string()),
                     }
+                }
+                Effect::PrepareRollback { profile, env, automatic } => {
+                    let profile = app.profiles[profile].clone();
+                    let (audit_dir, local_root) = (options.audit_dir.clone(), options.local_root.clone());
+                    let tx = done_tx.clone();
+                    let task = tokio::spawn(async move {
+                        let result = rollback::prepare(&profile, &env, audit_dir.as_deref(), local_root.as_deref())
+                            .await
+                            .map(Box::new)
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send(Done::Prepared { result, automatic });
+                    });
+                    app.busy = Some("planning the rollback: reading the audit log, asking the hosts…".into());
+                    busy = Some(Busy { task: task.abort_handle(), cancellable: !automatic });
                 }
                 Effect::Check { target } => {
                     let Some(t) = app.targets.get(target) else { continue };
@@ -303,25 +349,51 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                 }
                 Effect::StartRollback => {
                     if let Some(prepared) = prepared_rollback.take() {
-                        match launch(prepared.session, audit_files).await {
-                            Ok(r) => {
-                                app.begin_deploy();
-                                running = Some(r);
-                            }
-                            Err(message) => app.status = Some(message),
-                        }
+                        busy = Some(start_in_background(prepared.session, Vec::new(), &done_tx, &mut app));
                     }
                 }
                 Effect::CancelRollback => {
                     if let Some(prepared) = prepared_rollback.take() {
-                        audit_files.push(prepared.session.audit.path().to_path_buf());
-                        let _ = prepared.session.audit.close("refused", exit::INVALID);
+                        audit_files.push(prepared.session.refuse(exit::INVALID));
                     }
                 }
+                Effect::CancelBusy => match busy.take() {
+                    Some(task) if task.cancellable => {
+                        task.task.abort();
+                        app.busy = None;
+                        app.status = Some("cancelled".into());
+                    }
+                    Some(task) => {
+                        busy = Some(task);
+                        app.status = Some(
+                            "the deploy lock is being taken and cannot be cut off half-way; \
+                                           it gives up by itself within 30 s"
+                                .into(),
+                        );
+                    }
+                    None => app.busy = None,
+                },
             }
             dirty = true;
         }
     }
+}
+
+/// Starts a prepared session (takes its lock, starts the engine) in a task that reports back.
+fn start_in_background(
+    session: session::Session,
+    first: Vec<(Command, CommandSource)>,
+    done: &mpsc::UnboundedSender<Done>,
+    app: &mut App,
+) -> Busy {
+    let tx = done.clone();
+    let place = session.lock_place().map(|p| p.target.host.name).unwrap_or_default();
+    app.busy = Some(format!("taking the deploy lock on {place}…"));
+    let task = tokio::spawn(async move {
+        let result = session.start(first).await.map_err(|refused| refused.message.replace('\n', " "));
+        let _ = tx.send(Done::Started(result));
+    });
+    Busy { task: task.abort_handle(), cancellable: false }
 }
 
 /// Reads from the audit log, in one pass, which release each host last finished with. Runs at
@@ -349,61 +421,10 @@ fn hang_up(app: &mut App, why: &str) -> Vec<Effect> {
 
 /// Waits for the next engine events and takes all that are queued; returns 0 when the engine's
 /// channel closed. Never completes while no deploy runs.
-async fn recv_batch(running: &mut Option<Running>, batch: &mut Vec<Stamped>) -> usize {
+async fn recv_batch(running: &mut Option<Live>, batch: &mut Vec<Stamped>) -> usize {
     match running {
         Some(r) => r.events.recv_many(batch, 4096).await,
         None => std::future::pending().await,
-    }
-}
-
-async fn start_deploy(
-    profile: &Profile,
-    env: &str,
-    release: &str,
-    options: &ConsoleOptions,
-    audit_files: &mut Vec<PathBuf>,
-) -> Result<Running, String> {
-    let session_options = SessionOptions {
-        profile: &profile.path,
-        env,
-        release,
-        audit_dir: options.audit_dir.as_deref(),
-        local_root: options.local_root.as_deref(),
-        mode: "console",
-    };
-    let mut session = session::prepare(&session_options, profile.clone()).map_err(|e| e.to_string())?;
-    session.audit.note(
-        "deploy_confirmed",
-        serde_json::json!({
-            "operator": crate::audit::operator_name(),
-            "protected": session.plan.protected,
-            "confirmation": if session.plan.protected { "typed environment name" } else { "confirmed plan" },
-        }),
-    );
-    launch(session, audit_files).await
-}
-
-/// Takes the environment's lock and starts the engine on a prepared session.
-async fn launch(mut session: session::Session, audit_files: &mut Vec<PathBuf>) -> Result<Running, String> {
-    let lock = match session.take_lock().await {
-        Ok(lock) => lock,
-        Err((code, message)) => {
-            audit_files.push(session.audit.path().to_path_buf());
-            let _ = session.audit.close("refused", code);
-            return Err(message.replace('\n', " "));
-        }
-    };
-    let (commands, command_rx) = mpsc::unbounded_channel();
-    let (event_tx, events) = engine::event_channel();
-    tokio::spawn(engine::run(session.plan, session.transport, command_rx, event_tx, session.redactor));
-    Ok(Running { commands, events, audit: session.audit, lock })
-}
-
-fn outcome_code(outcome: Outcome) -> (&'static str, i32) {
-    match outcome {
-        Outcome::Succeeded => ("succeeded", exit::OK),
-        Outcome::Failed => ("failed", exit::FAILED),
-        Outcome::Aborted => ("aborted", exit::ABORTED),
     }
 }
 

@@ -536,9 +536,10 @@ fn draw_timeline(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, 
 }
 
 fn draw_footer(frame: &mut Frame, area: Rect, app: &App, hint: &str, theme: &Theme) {
-    let line = match &app.status {
-        Some(status) => Line::styled(format!(" {status}"), theme.fg(theme.warn).add_modifier(Modifier::BOLD)),
-        None => Line::styled(format!(" {hint}"), theme.muted()),
+    let line = match (&app.status, &app.busy) {
+        (Some(status), _) => Line::styled(format!(" {status}"), theme.fg(theme.warn).add_modifier(Modifier::BOLD)),
+        (None, Some(busy)) => Line::styled(format!(" … {busy} · Esc cancels"), theme.fg(theme.accent)),
+        (None, None) => Line::styled(format!(" {hint}"), theme.muted()),
     };
     frame.render_widget(Paragraph::new(line), area);
 }
