@@ -18,11 +18,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
-use crate::event::{Command, Stamped};
+use crate::event::{Command, Event, Stamped};
+use crate::lock::LockInfo;
 use crate::secrets::Redactor;
 
 /// Environment variable that chooses the audit directory (below `--audit-dir`).
@@ -33,7 +34,7 @@ pub const AUDIT_DIR_ENV: &str = "WAVEDECK_AUDIT_DIR";
 const BUFFERED_LINES: usize = 8192;
 
 /// Who and what started a session.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionStart {
     pub operator: String,
     pub machine: String,
@@ -47,7 +48,7 @@ pub struct SessionStart {
 }
 
 /// Where the operator's command came from, recorded with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandSource {
     Keyboard,
@@ -58,6 +59,134 @@ pub enum CommandSource {
     Policy,
     /// Given on the command line (`--exclude`).
     Flag,
+}
+
+/// Where a host goes in a planned rollback, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedTarget {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Why the host stays as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_alone: Option<String>,
+    /// Why its target is not known (it is rolled back by the profile's steps anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Every kind of line an audit file holds. The writer writes only these and readers (rollback,
+/// the console's release history) read them back through the same type, so the two cannot
+/// drift apart. The README's record table is checked against [`Record::KINDS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Record {
+    SessionStart(SessionStart),
+    /// The console's operator confirmed the start, and how.
+    DeployConfirmed {
+        operator: String,
+        protected: bool,
+        confirmation: String,
+    },
+    RollbackPlanned {
+        from_session: String,
+        release: String,
+        targets: Vec<PlannedTarget>,
+    },
+    /// A command, recorded before the engine sees it.
+    OperatorCommand {
+        operator: String,
+        source: CommandSource,
+        #[serde(flatten)]
+        command: Command,
+    },
+    LockAcquired {
+        host: String,
+        path: String,
+    },
+    LockRefused {
+        host: String,
+        path: String,
+        holder: Option<LockInfo>,
+        message: String,
+    },
+    LockReleased {
+        host: String,
+        path: String,
+    },
+    LockReleaseFailed {
+        message: String,
+    },
+    LockBreakRequested {
+        host: String,
+        path: String,
+        holder: Option<LockInfo>,
+    },
+    LockBroken {
+        host: String,
+        path: String,
+        holder: Option<LockInfo>,
+    },
+    Event(Event),
+    SessionEnd {
+        outcome: String,
+        exit_code: i32,
+    },
+}
+
+impl Record {
+    /// Every record's name, as it appears in the `record` field.
+    pub const KINDS: &[&str] = &[
+        "session_start",
+        "deploy_confirmed",
+        "rollback_planned",
+        "operator_command",
+        "lock_acquired",
+        "lock_refused",
+        "lock_released",
+        "lock_release_failed",
+        "lock_break_requested",
+        "lock_broken",
+        "event",
+        "session_end",
+    ];
+
+    /// This record's name (a match, so a new variant cannot be forgotten in [`Record::KINDS`]'s
+    /// test).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::SessionStart(_) => "session_start",
+            Record::DeployConfirmed { .. } => "deploy_confirmed",
+            Record::RollbackPlanned { .. } => "rollback_planned",
+            Record::OperatorCommand { .. } => "operator_command",
+            Record::LockAcquired { .. } => "lock_acquired",
+            Record::LockRefused { .. } => "lock_refused",
+            Record::LockReleased { .. } => "lock_released",
+            Record::LockReleaseFailed { .. } => "lock_release_failed",
+            Record::LockBreakRequested { .. } => "lock_break_requested",
+            Record::LockBroken { .. } => "lock_broken",
+            Record::Event(_) => "event",
+            Record::SessionEnd { .. } => "session_end",
+        }
+    }
+}
+
+/// One line of an audit file as read back: its place in the session, and the record.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Line {
+    pub ts: String,
+    pub session: String,
+    pub seq: u64,
+    #[serde(flatten)]
+    pub record: Record,
+}
+
+/// The records of an audit file's text, in order; lines that are not records this version
+/// knows (another version's, a torn last line after a crash) are skipped.
+pub fn read_lines(text: &str) -> impl Iterator<Item = Line> + '_ {
+    text.lines().filter_map(|l| serde_json::from_str::<Line>(l).ok())
 }
 
 pub struct AuditLog {
@@ -95,7 +224,7 @@ impl AuditLog {
             redactor,
             write_failed: false,
         };
-        log.record(now, "session_start", start);
+        log.record(now, &Record::SessionStart(start.clone()));
         Ok(log)
     }
 
@@ -109,26 +238,19 @@ impl AuditLog {
 
     /// Records an engine event.
     pub fn event(&mut self, event: &Stamped) {
-        self.record(event.at, "event", &event.event);
+        self.record(event.at, &Record::Event(event.event.clone()));
     }
 
     /// Records what the operator asked for, before it is sent to the engine, so it is on file
     /// even if the engine never gets to act on it.
     pub fn command(&mut self, command: &Command, source: CommandSource) {
-        #[derive(Serialize)]
-        struct OperatorCommand<'a> {
-            operator: &'a str,
-            source: CommandSource,
-            #[serde(flatten)]
-            command: &'a Command,
-        }
-        let operator = self.operator.clone();
-        self.record(Utc::now(), "operator_command", &OperatorCommand { operator: &operator, source, command });
+        let record = Record::OperatorCommand { operator: self.operator.clone(), source, command: command.clone() };
+        self.record(Utc::now(), &record);
     }
 
-    /// Records a free-form note with fields (refusals, warnings).
-    pub fn note(&mut self, kind: &str, fields: Value) {
-        self.record(Utc::now(), kind, &fields);
+    /// Records a fact that is not an engine event (the lock, a confirmation, a rollback plan).
+    pub fn note(&mut self, record: Record) {
+        self.record(Utc::now(), &record);
     }
 
     /// Writes the session-end record and closes the log, waiting for every line to be written.
@@ -147,7 +269,7 @@ impl AuditLog {
         if self.writer.is_none() {
             return;
         }
-        self.record(Utc::now(), "session_end", &json!({ "outcome": outcome, "exit_code": exit_code }));
+        self.record(Utc::now(), &Record::SessionEnd { outcome: outcome.to_string(), exit_code });
         // Dropping the writer then the guard makes the worker drain its queue and stop.
         self.writer = None;
         drop(self.guard.take());
@@ -157,7 +279,7 @@ impl AuditLog {
         }
     }
 
-    fn record<T: Serialize + ?Sized>(&mut self, at: DateTime<Utc>, kind: &str, body: &T) {
+    fn record(&mut self, at: DateTime<Utc>, record: &Record) {
         let Some(writer) = self.writer.as_mut() else {
             return;
         };
@@ -166,20 +288,13 @@ impl AuditLog {
         line.insert("ts".into(), Value::String(at.to_rfc3339_opts(SecondsFormat::Millis, false)));
         line.insert("session".into(), Value::String(self.session.clone()));
         line.insert("seq".into(), Value::from(self.seq));
-        line.insert("record".into(), Value::String(kind.to_string()));
-        match serde_json::to_value(body) {
-            Ok(Value::Object(fields)) => {
-                for (k, v) in fields {
-                    // An event's own timestamp field is already `ts`.
-                    if k != "at" {
-                        line.insert(k, v);
-                    }
-                }
-            }
+        match serde_json::to_value(record) {
+            Ok(Value::Object(fields)) => line.extend(fields),
             Ok(other) => {
                 line.insert("value".into(), other);
             }
             Err(e) => {
+                line.insert("record".into(), Value::String(record.kind().to_string()));
                 line.insert("serialize_error".into(), Value::String(e.to_string()));
             }
         }
@@ -263,6 +378,68 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_table_names_every_record_and_no_other() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let section = &readme[readme.find("## Audit log").unwrap()..];
+        let section = &section[..section[3..].find("\n## ").unwrap()];
+        let mut listed: Vec<String> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| l.split('|').nth(1).unwrap().split(',').map(|k| k.trim().trim_matches('`').to_string()))
+            .collect();
+        listed.sort();
+        let mut kinds: Vec<String> = Record::KINDS.iter().map(|k| k.to_string()).collect();
+        kinds.sort();
+        assert_eq!(listed, kinds);
+    }
+
+    #[test]
+    fn records_read_back_as_they_were_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(dir.path(), &start(), Redactor::default()).unwrap();
+        let path = log.path().to_path_buf();
+        let info = LockInfo {
+            session: "s".into(),
+            operator: "ann".into(),
+            machine: "box".into(),
+            pid: 1,
+            env: "dev".into(),
+            release: "1".into(),
+            started_at: Utc::now(),
+        };
+        let written = vec![
+            Record::LockRefused { host: "a".into(), path: "p".into(), holder: Some(info), message: "m".into() },
+            Record::OperatorCommand {
+                operator: "alice".into(),
+                source: CommandSource::Keyboard,
+                command: Command::Abort { reason: "r".into() },
+            },
+            Record::Event(Event::StepFinished {
+                wave: 1,
+                host: "a".into(),
+                step: "s".into(),
+                index: 1,
+                attempt: 1,
+                result: crate::event::StepResult::Exited { code: 3 },
+                duration_ms: 5,
+                will_retry: false,
+            }),
+            Record::Event(Event::Paused { cause: crate::event::PauseCause::Operator, running: vec![] }),
+        ];
+        for record in &written {
+            log.note(record.clone());
+        }
+        log.close("ok", 0).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let read: Vec<Record> = read_lines(&text).map(|l| l.record).collect();
+        assert_eq!(read.len(), written.len() + 2, "every line reads back:\n{text}");
+        assert_eq!(&read[1..=written.len()], &written[..]);
+        for kind in read.iter().map(Record::kind) {
+            assert!(Record::KINDS.contains(&kind));
+        }
+    }
+
+    #[test]
     fn notes_are_masked_and_the_files_are_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
@@ -271,7 +448,15 @@ mod tests {
         let mut log = AuditLog::open(&audit_dir, &start(), secrets.redactor()).unwrap();
         let path = log.path().to_path_buf();
         // A host-supplied value in a note: nothing upstream masked it.
-        log.note("rollback_planned", json!({ "targets": [{ "host": "a", "problem": "1.0;echo s3cretTOKEN" }] }));
+        let target = PlannedTarget {
+            host: "a".into(),
+            current: None,
+            target: None,
+            left_alone: Some("1.0;echo s3cretTOKEN".into()),
+            problem: None,
+        };
+        let plan = Record::RollbackPlanned { from_session: "s".into(), release: "2".into(), targets: vec![target] };
+        log.note(plan);
         log.close("ok", 0).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("s3cretTOKEN") && text.contains("1.0;echo ******"), "{text}");

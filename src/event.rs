@@ -7,10 +7,10 @@
 //! masked form and output lines are redacted before they become events.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What kind of step a pipeline entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepKind {
     Command,
@@ -19,7 +19,7 @@ pub enum StepKind {
 }
 
 /// What a wave over its failure limit makes the deploy do (a profile's `on_failure`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureAction {
     Pause,
@@ -29,7 +29,7 @@ pub enum FailureAction {
 }
 
 /// A request from the operator (or a signal) to the engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     /// Start nothing new; let running steps finish.
@@ -71,7 +71,7 @@ impl Command {
 }
 
 /// What the operator did to one host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TriageAction {
     Retry,
@@ -79,7 +79,7 @@ pub enum TriageAction {
     Exclude,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
@@ -87,7 +87,7 @@ pub enum Stream {
 }
 
 /// Where a host ended up. Every host of the plan gets exactly one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostState {
     Done,
@@ -101,7 +101,7 @@ pub enum HostState {
 }
 
 /// How one attempt at a step ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum StepResult {
     Exited {
@@ -149,7 +149,7 @@ impl std::fmt::Display for StepResult {
 }
 
 /// Why the engine paused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum PauseCause {
     Operator,
@@ -157,7 +157,7 @@ pub enum PauseCause {
 }
 
 /// Who stopped a deploy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AbortedBy {
     /// An `abort` command: from the operator, or from a signal.
@@ -166,7 +166,7 @@ pub enum AbortedBy {
     Policy,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
@@ -175,14 +175,14 @@ pub enum Outcome {
     Aborted,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaveOutline {
     pub wave: usize,
     pub hosts: Vec<String>,
     pub max_failures: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostSummary {
     pub host: String,
     pub wave: usize,
@@ -195,7 +195,7 @@ pub struct HostSummary {
 }
 
 /// A fact emitted by the engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     DeployStarted {
@@ -377,7 +377,7 @@ pub fn threshold_text(wave: usize, failures: usize, limit: usize) -> String {
 }
 
 /// An event with the time the engine emitted it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamped {
     pub at: DateTime<Utc>,
     #[serde(flatten)]

@@ -13,12 +13,16 @@
 //!    streaks), [`transport`] (how a host is reached: local or SSH).
 //! 4. [`plan`]: profile + environment + release into waves of hosts with rendered scripts.
 //! 5. [`engine`] runs a plan through a transport, taking commands and emitting events; it knows
-//!    nothing of terminals or files. [`lock`] (one deploy per environment) and [`audit`] (the
-//!    JSON-lines session record) sit beside it.
-//! 6. [`session`] wires one deploy together: plan, audit log, transport, lock.
-//! 7. [`rollback`] (what the last deploy changed, and where each host returns) and [`check`]
+//!    nothing of terminals or files. [`lock`] (one deploy per environment) sits beside it.
+//! 6. [`audit`]: the JSON-lines session record, as one typed [`audit::Record`] enum that its
+//!    writer and its readers share.
+//! 7. [`session`] wires one deploy together and, once it runs, owns it: a task that audits
+//!    every command before the engine sees it and every event before a front end does, and
+//!    releases the lock and closes the log however the deploy ends.
+//! 8. [`rollback`] (what the last deploy changed, and where each host returns) and [`check`]
 //!    (preflight).
-//! 8. Front ends: [`headless`] (plain lines for CI) and [`console`] (the full-screen TUI).
+//! 9. Front ends, clients of a session: [`headless`] (plain lines for CI) and [`console`] (the
+//!    full-screen TUI).
 
 #![forbid(unsafe_code)]
 

@@ -14,9 +14,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::event::StepResult;
+use crate::audit::{PlannedTarget, Record, read_lines};
+use crate::event::{Event, HostState, StepResult};
 use crate::lock::{self, LockError, LockPlace};
 use crate::plan::Plan;
 use crate::profile::{Environment, Profile, is_safe_name};
@@ -151,20 +150,26 @@ pub async fn prepare(
     let mut session = session::prepare_with(&options, profile.clone(), |p, secrets| {
         Plan::build_rollback(p, env, &last.release, &waves, &known, secrets)
     })?;
-    let planned: Vec<serde_json::Value> = targets
+    let planned = targets
         .iter()
-        .map(|(h, d)| match d {
-            Destination::Return { current, target } => {
-                serde_json::json!({ "host": h, "current": current, "target": target })
+        .map(|(h, d)| {
+            let mut t = PlannedTarget { host: h.clone(), current: None, target: None, left_alone: None, problem: None };
+            match d {
+                Destination::Return { current, target } => {
+                    t.current = Some(current.clone());
+                    t.target = Some(target.clone());
+                }
+                Destination::Stay(why) => t.left_alone = Some(why.clone()),
+                Destination::Unknown(why) => t.problem = Some(why.clone()),
             }
-            Destination::Stay(why) => serde_json::json!({ "host": h, "left_alone": why }),
-            Destination::Unknown(why) => serde_json::json!({ "host": h, "problem": why }),
+            t
         })
         .collect();
-    session.audit.note(
-        "rollback_planned",
-        serde_json::json!({ "from_session": last.session, "release": last.release, "targets": planned }),
-    );
+    session.audit.note(Record::RollbackPlanned {
+        from_session: last.session.clone(),
+        release: last.release.clone(),
+        targets: planned,
+    });
     Ok(Prepared { session, last, targets })
 }
 
@@ -263,29 +268,20 @@ pub fn release_history(dir: &Path) -> BTreeMap<(String, String), BTreeMap<String
     let mut history: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
     for file in &files[start..] {
         let Ok(text) = std::fs::read_to_string(file) else { continue };
-        let mut records = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok());
-        let Some(first) = records.next() else { continue };
-        let (Some("session_start"), Some(env)) = (first["record"].as_str(), first["env"].as_str()) else { continue };
+        let mut lines = read_lines(&text);
+        let Some(Record::SessionStart(first)) = lines.next().map(|l| l.record) else { continue };
         let mut deploy: Option<(String, String)> = None;
         let mut targets: BTreeMap<String, String> = BTreeMap::new();
-        for r in records {
-            match (r["record"].as_str(), r["event"].as_str()) {
-                (Some("rollback_planned"), _) => {
-                    for t in r["targets"].as_array().into_iter().flatten() {
-                        if let (Some(h), Some(to)) = (t["host"].as_str(), t["target"].as_str()) {
-                            targets.insert(h.to_string(), to.to_string());
-                        }
-                    }
+        for line in lines {
+            match line.record {
+                Record::RollbackPlanned { targets: planned, .. } => {
+                    targets.extend(planned.into_iter().filter_map(|t| Some((t.host, t.target?))));
                 }
-                (Some("event"), Some("deploy_started")) => {
-                    if let (Some(service), Some(release)) = (r["service"].as_str(), r["release"].as_str()) {
-                        deploy = Some((service.to_string(), release.to_string()));
-                    }
-                }
-                (Some("event"), Some("host_finished")) if r["state"] == "done" => {
-                    let (Some(host), Some((service, release))) = (r["host"].as_str(), &deploy) else { continue };
-                    let got = targets.get(host).unwrap_or(release).clone();
-                    history.entry((service.clone(), env.to_string())).or_default().insert(host.to_string(), got);
+                Record::Event(Event::DeployStarted { service, release, .. }) => deploy = Some((service, release)),
+                Record::Event(Event::HostFinished { host, state: HostState::Done, .. }) => {
+                    let Some((service, release)) = &deploy else { continue };
+                    let got = targets.get(&host).unwrap_or(release).clone();
+                    history.entry((service.clone(), first.env.clone())).or_default().insert(host, got);
                 }
                 _ => {}
             }
@@ -300,48 +296,41 @@ enum Found {
 }
 
 fn parse_session(text: &str, service: &str, env: &str) -> Option<Found> {
-    let mut records = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok());
-    let start = records.next()?;
-    if start["record"] != "session_start" || start["env"] != env {
+    let mut lines = read_lines(text);
+    let first = lines.next()?;
+    let Record::SessionStart(start) = first.record else { return None };
+    if start.env != env {
         return None;
     }
-    let session = start["session"].as_str().unwrap_or_default().to_string();
-    if start["mode"] == "rollback" {
+    let session = first.session;
+    if start.mode == "rollback" {
         // Only a rollback that actually started counts.
-        let started = records.any(|r| r["event"] == "deploy_started" && r["service"] == service);
+        let started =
+            lines.any(|l| matches!(&l.record, Record::Event(Event::DeployStarted { service: s, .. }) if s == service));
         return started.then_some(Found::Rollback(session));
     }
-    if start["mode"] != "headless" && start["mode"] != "console" {
+    if start.mode != "headless" && start.mode != "console" {
         return None;
     }
     let mut release = None;
-    let mut waves: Vec<(u64, Vec<String>)> = Vec::new();
+    let mut waves: Vec<(usize, Vec<String>)> = Vec::new();
     let mut changes: BTreeMap<String, Change> = BTreeMap::new();
-    for r in records {
-        match (r["record"].as_str(), r["event"].as_str()) {
-            (Some("event"), Some("host_changed")) => {
-                let (Some(host), Some(to)) = (r["host"].as_str(), r["to"].as_str()) else { continue };
+    for line in lines {
+        let Record::Event(event) = line.record else { continue };
+        match event {
+            Event::HostChanged { host, from, to, .. } => {
                 // The audit file is trusted no more than the host that wrote the marker.
-                let from = r["from"].as_str();
-                if !is_safe_name(to) || from.is_some_and(|f| !is_safe_name(f)) {
+                if !is_safe_name(&to) || from.as_deref().is_some_and(|f| !is_safe_name(f)) {
                     continue;
                 }
-                changes
-                    .entry(host.to_string())
-                    .and_modify(|c| c.left = to.to_string())
-                    .or_insert_with(|| Change { found: from.map(str::to_string), left: to.to_string() });
+                changes.entry(host).and_modify(|c| c.left = to.clone()).or_insert(Change { found: from, left: to });
             }
-            (Some("event"), Some("deploy_started")) if r["service"] == service => {
-                release = r["release"].as_str().map(str::to_string);
-            }
-            (Some("event"), Some("host_started")) => {
-                let (Some(wave), Some(host)) = (r["wave"].as_u64(), r["host"].as_str()) else { continue };
-                match waves.iter_mut().find(|(w, _)| *w == wave) {
-                    Some((_, hosts)) if !hosts.iter().any(|h| h == host) => hosts.push(host.to_string()),
-                    Some(_) => {}
-                    None => waves.push((wave, vec![host.to_string()])),
-                }
-            }
+            Event::DeployStarted { service: s, release: r, .. } if s == service => release = Some(r),
+            Event::HostStarted { wave, host } => match waves.iter_mut().find(|(w, _)| *w == wave) {
+                Some((_, hosts)) if !hosts.contains(&host) => hosts.push(host),
+                Some(_) => {}
+                None => waves.push((wave, vec![host])),
+            },
             _ => {}
         }
     }
@@ -413,39 +402,104 @@ async fn ask(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::SessionStart;
+    use crate::event::WaveOutline;
+
+    fn start(session: &str, mode: &str, env: &str) -> Record {
+        let _ = session;
+        Record::SessionStart(SessionStart {
+            operator: "ann".into(),
+            machine: "box".into(),
+            version: "0".into(),
+            argv: vec![],
+            mode: mode.into(),
+            profile: "p.toml".into(),
+            profile_sha256: "00".into(),
+            env: env.into(),
+            release: String::new(),
+        })
+    }
+
+    fn deploy_started(release: &str) -> Record {
+        Record::Event(Event::DeployStarted {
+            service: "shop".into(),
+            env: "prod".into(),
+            release: release.into(),
+            waves: vec![WaveOutline { wave: 1, hosts: vec![], max_failures: 0 }],
+            steps: vec![],
+        })
+    }
+
+    fn finished(host: &str, state: HostState) -> Record {
+        Record::Event(Event::HostFinished { wave: 1, host: host.into(), state })
+    }
+
+    fn started(wave: usize, host: &str) -> Record {
+        Record::Event(Event::HostStarted { wave, host: host.into() })
+    }
+
+    /// Writes `records` as the audit file of `session`, the way the writer lays lines out.
+    fn write(dir: &Path, session: &str, records: Vec<Record>) {
+        let lines: Vec<String> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, record)| {
+                let mut line =
+                    serde_json::json!({ "ts": "2026-01-01T00:00:00.000+00:00", "session": session, "seq": i + 1 });
+                if let (Some(line), serde_json::Value::Object(fields)) =
+                    (line.as_object_mut(), serde_json::to_value(&record).unwrap())
+                {
+                    line.extend(fields);
+                }
+                line.to_string()
+            })
+            .collect();
+        std::fs::write(dir.join(format!("wavedeck-{session}.jsonl")), lines.join("\n")).unwrap();
+    }
 
     #[test]
     fn last_releases_follow_deploys_and_rollbacks() {
         let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, lines: &[&str]| std::fs::write(dir.path().join(name), lines.join("\n")).unwrap();
+        let d = dir.path();
         write(
-            "wavedeck-1.jsonl",
-            &[
-                r#"{"record":"session_start","mode":"headless","env":"prod"}"#,
-                r#"{"record":"event","event":"deploy_started","service":"shop","release":"1.0"}"#,
-                r#"{"record":"event","event":"host_finished","host":"a","state":"done"}"#,
-                r#"{"record":"event","event":"host_finished","host":"b","state":"done"}"#,
+            d,
+            "1",
+            vec![
+                start("1", "headless", "prod"),
+                deploy_started("1.0"),
+                finished("a", HostState::Done),
+                finished("b", HostState::Done),
             ],
         );
         write(
-            "wavedeck-2.jsonl",
-            &[
-                r#"{"record":"session_start","mode":"headless","env":"prod"}"#,
-                r#"{"record":"event","event":"deploy_started","service":"shop","release":"2.0"}"#,
-                r#"{"record":"event","event":"host_finished","host":"a","state":"done"}"#,
-                r#"{"record":"event","event":"host_finished","host":"b","state":"failed"}"#,
+            d,
+            "2",
+            vec![
+                start("2", "headless", "prod"),
+                deploy_started("2.0"),
+                finished("a", HostState::Done),
+                finished("b", HostState::Failed),
             ],
         );
+        let target = PlannedTarget {
+            host: "a".into(),
+            current: Some("2.0".into()),
+            target: Some("1.0".into()),
+            left_alone: None,
+            problem: None,
+        };
+        let plan = Record::RollbackPlanned { from_session: "2".into(), release: "2.0".into(), targets: vec![target] };
         write(
-            "wavedeck-3.jsonl",
-            &[
-                r#"{"record":"session_start","mode":"rollback","env":"prod"}"#,
-                r#"{"record":"rollback_planned","targets":[{"host":"a","target":"1.0"}]}"#,
-                r#"{"record":"event","event":"deploy_started","service":"shop","release":"rollback-of-2.0"}"#,
-                r#"{"record":"event","event":"host_finished","host":"a","state":"done"}"#,
+            d,
+            "3",
+            vec![
+                start("3", "rollback", "prod"),
+                plan,
+                deploy_started("rollback-of-2.0"),
+                finished("a", HostState::Done),
             ],
         );
-        let history = release_history(dir.path());
+        let history = release_history(d);
         let releases = &history[&("shop".to_string(), "prod".to_string())];
         assert_eq!(releases.get("a").map(String::as_str), Some("1.0"));
         assert_eq!(releases.get("b").map(String::as_str), Some("1.0"), "b's 2.0 deploy failed");
@@ -454,24 +508,20 @@ mod tests {
     #[test]
     fn the_newest_deploy_of_the_environment_is_found() {
         let dir = tempfile::tempdir().unwrap();
-        let session = |name: &str, mode: &str, env: &str, release: &str, hosts: &[(u64, &str)]| {
-            let mut lines = vec![
-                format!(r#"{{"record":"session_start","session":"{name}","mode":"{mode}","env":"{env}"}}"#),
-                format!(r#"{{"record":"event","event":"deploy_started","service":"shop","release":"{release}"}}"#),
-            ];
-            for (wave, host) in hosts {
-                lines.push(format!(r#"{{"record":"event","event":"host_started","wave":{wave},"host":"{host}"}}"#));
-            }
-            std::fs::write(dir.path().join(format!("wavedeck-{name}.jsonl")), lines.join("\n")).unwrap();
+        let d = dir.path();
+        let session = |name: &str, mode: &str, env: &str, release: &str, hosts: &[(usize, &str)]| {
+            let mut records = vec![start(name, mode, env), deploy_started(release)];
+            records.extend(hosts.iter().map(|(w, h)| started(*w, h)));
+            write(d, name, records);
         };
         session("20260101T000000Z-1", "headless", "prod", "1.0", &[(1, "a")]);
         session("20260102T000000Z-1", "console", "prod", "2.0", &[(1, "a"), (2, "b"), (2, "c"), (1, "a")]);
         session("20260103T000000Z-1", "rollback", "prod", "2.0", &[(1, "c")]);
         session("20260104T000000Z-1", "headless", "staging", "3.0", &[(1, "x")]);
-        let last = last_deploy(dir.path(), "shop", "prod").unwrap().unwrap();
+        let last = last_deploy(d, "shop", "prod").unwrap().unwrap();
         assert_eq!(last.release, "2.0");
         assert_eq!(last.rolled_back_by.as_deref(), Some("20260103T000000Z-1"));
         assert_eq!(last.waves, vec![vec!["a".to_string()], vec!["b".to_string(), "c".to_string()]]);
-        assert_eq!(last_deploy(dir.path(), "shop", "qa").unwrap(), None);
+        assert_eq!(last_deploy(d, "shop", "qa").unwrap(), None);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::audit::{self, AuditLog, CommandSource, SessionStart};
+use crate::audit::{self, AuditLog, CommandSource, Record, SessionStart};
 use crate::engine::{self, EventSink, EventStream};
 use crate::event::{Command, Event, Outcome};
 use crate::lock::{self, DeployLock, LockError, LockInfo, LockPlace};
@@ -44,18 +44,16 @@ impl Session {
         let host = place.target.host.name.clone();
         match lock::acquire(self.transport.as_ref(), &place, info).await {
             Ok(held) => {
-                self.audit.note("lock_acquired", serde_json::json!({ "host": host, "path": place.path }));
+                self.audit.note(Record::LockAcquired { host, path: place.path.clone() });
                 Ok(Some(held))
             }
             Err(e) => {
                 let (code, holder) = match &e {
-                    LockError::Held { holder, .. } => (crate::exit::LOCKED, serde_json::to_value(holder).ok()),
+                    LockError::Held { holder, .. } => (crate::exit::LOCKED, holder.clone()),
                     LockError::Failed { .. } => (crate::exit::CANNOT_START, None),
                 };
-                self.audit.note(
-                    "lock_refused",
-                    serde_json::json!({ "host": host, "path": place.path, "holder": holder, "message": e.to_string() }),
-                );
+                let message = e.to_string();
+                self.audit.note(Record::LockRefused { host, path: place.path.clone(), holder, message });
                 let hint = if code == crate::exit::LOCKED {
                     format!(
                         "\nIf that deploy is gone (a crashed console), break the lock with: wavedeck unlock {} --env {}",
@@ -77,12 +75,12 @@ pub async fn release_lock(audit: &mut AuditLog, lock: Option<DeployLock>) -> Opt
     let place = lock.place().clone();
     match lock.release().await {
         Ok(()) => {
-            audit.note("lock_released", serde_json::json!({ "host": place.target.host.name, "path": place.path }));
+            audit.note(Record::LockReleased { host: place.target.host.name, path: place.path });
             None
         }
         Err(e) => {
             let message = format!("could not release the deploy lock on {}: {e}", place.target.host.name);
-            audit.note("lock_release_failed", serde_json::json!({ "message": message }));
+            audit.note(Record::LockReleaseFailed { message: message.clone() });
             Some(message)
         }
     }
@@ -181,10 +179,10 @@ pub async fn break_lock(
     let env = &place.target.env;
     let mut audit = open_audit(profile, env, "", "unlock", audit_dir, Redactor::default())?;
     let host = &place.target.host.name;
-    audit.note("lock_break_requested", serde_json::json!({ "host": host, "path": place.path, "holder": holder }));
+    audit.note(Record::LockBreakRequested { host: host.clone(), path: place.path.clone(), holder });
     match lock::break_lock(transport, place).await {
         Ok(previous) => {
-            audit.note("lock_broken", serde_json::json!({ "host": host, "path": place.path, "holder": previous }));
+            audit.note(Record::LockBroken { host: host.clone(), path: place.path.clone(), holder: previous.clone() });
             let _ = audit.close("unlocked", crate::exit::OK);
             Ok(previous)
         }
@@ -329,14 +327,11 @@ impl Session {
 
     /// Records that the operator confirmed the start, and how.
     pub fn confirmed(&mut self, how: &str) {
-        self.audit.note(
-            "deploy_confirmed",
-            serde_json::json!({
-                "operator": crate::sys::operator_name(),
-                "protected": self.plan.protected,
-                "confirmation": how,
-            }),
-        );
+        self.audit.note(Record::DeployConfirmed {
+            operator: crate::sys::operator_name(),
+            protected: self.plan.protected,
+            confirmation: how.to_string(),
+        });
     }
 
     /// Takes the environment's lock and starts the deploy: the engine and the task that owns
