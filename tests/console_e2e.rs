@@ -32,9 +32,18 @@ fn tmux_available() -> bool {
 
 impl Console {
     fn start() -> Console {
+        Self::start_with(Path::new(DEMO), None)
+    }
+
+    /// A console on `profile`; `prepare` may fill the console's directory (its audit log)
+    /// before it starts.
+    fn start_with(profile: &Path, prepare: Option<&dyn Fn(&Path)>) -> Console {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let socket = format!("wavedeck-test-{}-{}", std::process::id(), COUNT.fetch_add(1, Ordering::SeqCst));
         let dir = tempfile::tempdir().unwrap();
+        if let Some(prepare) = prepare {
+            prepare(dir.path());
+        }
         let exit_file = dir.path().join("exit-code");
         // The shell stays after wavedeck exits so the test can read the restored screen.
         let script = format!(
@@ -45,7 +54,7 @@ impl Console {
             audit = dir.path().join("audit").display(),
             hosts = dir.path().join("hosts").display(),
             bin = env!("CARGO_BIN_EXE_wavedeck"),
-            demo = DEMO,
+            demo = profile.display(),
             exit = exit_file.display(),
         );
         let status = Command::new("tmux")
@@ -339,6 +348,100 @@ fn the_overview_shows_last_releases_and_checks_hosts_on_request() {
     c.keys(&["c"]);
     let checked = c.wait_until("three hosts ok", |screen| screen.matches(" ok ").count() == 3);
     assert!(!checked.contains("checking…"), "{checked}");
+    c.keys(&["q"]);
+    assert_eq!(c.exit_code(), 0);
+}
+
+/// A TCP port that accepts connections and never says a word: an SSH host that hangs.
+fn silent_listener() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_rollback_preview_of_hanging_hosts_keeps_the_console_responsive_and_esc_stops_it() {
+    if !tmux_available() {
+        return;
+    }
+    use wavedeck::audit::{Record, SessionStart};
+    use wavedeck::event::{Event, WaveOutline};
+    let port = silent_listener();
+    let hosts: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+    let table: Vec<String> =
+        hosts.iter().map(|h| format!("{{ name = \"{h}\", address = \"127.0.0.1\", port = {port} }}")).collect();
+    let profiles = tempfile::tempdir().unwrap();
+    let profile = profiles.path().join("hanging.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "rollback_target = \"cat previous\"\n[service]\nname = \"hang\"\n\
+             [ssh]\nconfig = \"none\"\nknown_hosts = [\"known_hosts\"]\nconnect_timeout = \"60s\"\nconnect_attempts = 1\n\
+             [[environments]]\nname = \"far\"\ntransport = \"ssh\"\nhosts = [{}]\n\
+             [[steps]]\nname = \"work\"\nrun = \"true\"\n[[rollback]]\nname = \"back\"\nrun = \"true\"\n",
+            table.join(", ")
+        ),
+    )
+    .unwrap();
+    // The audit log remembers a deploy to `far` that reached all ten hosts.
+    let remember = |dir: &Path| {
+        let audit = dir.join("audit");
+        std::fs::create_dir_all(&audit).unwrap();
+        let start = SessionStart {
+            operator: "e2e".into(),
+            machine: "box".into(),
+            version: "0".into(),
+            argv: vec![],
+            mode: "headless".into(),
+            profile: "hanging.toml".into(),
+            profile_sha256: "00".into(),
+            env: "far".into(),
+            release: "2.0".into(),
+        };
+        let mut records = vec![
+            Record::SessionStart(start),
+            Record::Event(Event::DeployStarted {
+                service: "hang".into(),
+                env: "far".into(),
+                release: "2.0".into(),
+                waves: vec![WaveOutline { wave: 1, hosts: vec![], max_failures: 0 }],
+                steps: vec![],
+            }),
+        ];
+        records.extend(hosts.iter().map(|h| Record::Event(Event::HostStarted { wave: 1, host: h.clone() })));
+        let lines: Vec<String> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut line =
+                    serde_json::json!({ "ts": "2026-01-01T00:00:00.000+00:00", "session": "old", "seq": i + 1 });
+                if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), serde_json::to_value(r).unwrap()) {
+                    line.extend(fields);
+                }
+                line.to_string()
+            })
+            .collect();
+        std::fs::write(audit.join("wavedeck-20260101T000000.000Z-1.jsonl"), lines.join("\n")).unwrap();
+    };
+    let c = Console::start_with(&profile, Some(&remember));
+    c.keys(&["B"]);
+    c.wait_for("planning the rollback");
+    // The screen still answers: help opens and closes while the hosts hang.
+    c.keys(&["?"]);
+    c.wait_for("Keys");
+    c.keys(&["Escape"]);
+    c.wait_until("help closed", |s| !s.contains("Keys") && s.contains("planning the rollback"));
+    let pressed = Instant::now();
+    c.keys(&["Escape"]);
+    c.wait_for("cancelled");
+    // Far below the 60 s the hosts would hang for: the preview was stopped, not waited out.
+    assert!(pressed.elapsed() < Duration::from_secs(5), "Esc took {:?}", pressed.elapsed());
     c.keys(&["q"]);
     assert_eq!(c.exit_code(), 0);
 }
