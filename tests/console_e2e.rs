@@ -164,13 +164,21 @@ fn pause_after_the_first_wave_then_resume_to_the_end() {
     if !tmux_available() {
         return;
     }
-    let c = Console::start();
+    // A manual gate after wave 1 holds the deploy there for as long as the test needs, so the
+    // pause lands between the waves without racing a clock.
+    let profiles = tempfile::tempdir().unwrap();
+    let profile = profiles.path().join("gated.toml");
+    let demo = std::fs::read_to_string(DEMO).unwrap().replacen("parallel = 10", "parallel = 10\ngate = \"manual\"", 1);
+    std::fs::write(&profile, demo).unwrap();
+    let c = Console::start_with(&profile, None);
     c.start_deploy(0, "3.0.0");
-    c.wait_for("wave 1 finished");
+    c.wait_for("WAITING FOR PROMOTE");
     c.keys(&["p"]);
     let paused = c.wait_for("PAUSED by e2e-operator");
     assert!(paused.contains("PAUSED"), "{paused}");
     c.keys(&["r"]);
+    c.wait_for("WAITING FOR PROMOTE");
+    c.keys(&["P"]);
     let done = c.wait_for("SUCCEEDED:");
     assert!(done.contains("3 done"), "{done}");
     c.keys(&["q"]);
@@ -183,7 +191,14 @@ fn pause_after_the_first_wave_then_resume_to_the_end() {
         .filter(|r| r["record"] == "operator_command")
         .map(|r| (r["command"].as_str().unwrap(), r["source"].as_str().unwrap(), r["operator"].as_str().unwrap()))
         .collect();
-    assert_eq!(commands, [("pause", "keyboard", "e2e-operator"), ("resume", "keyboard", "e2e-operator")]);
+    assert_eq!(
+        commands,
+        [
+            ("pause", "keyboard", "e2e-operator"),
+            ("resume", "keyboard", "e2e-operator"),
+            ("promote", "keyboard", "e2e-operator")
+        ]
+    );
     let paused_at = position(&records, |r| r["event"] == "paused");
     let resumed_at = position(&records, |r| r["event"] == "resumed");
     let started: Vec<&Value> = records[paused_at..resumed_at].iter().filter(|r| is_start(r)).collect();

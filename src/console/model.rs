@@ -116,6 +116,9 @@ pub struct DeployModel {
     pub control: ControlView,
     /// The engine said aborted but has not finished yet (running steps being killed).
     pub aborting: bool,
+    /// The wave waiting at a manual gate, whatever else the control shows meanwhile (a pause
+    /// at the gate, once resumed, is still at the gate).
+    pub at_gate: Option<usize>,
     pub started: Option<DateTime<Utc>>,
     pub finished: Option<DateTime<Utc>>,
     /// Every host's output interleaved, each line tagged with its host.
@@ -137,6 +140,7 @@ impl DeployModel {
             waves: Vec::new(),
             control: ControlView::Running,
             aborting: false,
+            at_gate: None,
             started: None,
             finished: None,
             combined: LogBuffer::new(scrollback),
@@ -369,16 +373,24 @@ impl DeployModel {
                 }
             }
             Event::AwaitingPromote { wave } => {
+                self.at_gate = Some(*wave);
                 if !matches!(self.control, ControlView::Paused { .. } | ControlView::Aborted { .. }) {
                     self.control = ControlView::AwaitingPromote { wave: *wave };
                 }
             }
             Event::Promoted { .. } => {
+                self.at_gate = None;
                 if matches!(self.control, ControlView::AwaitingPromote { .. }) {
                     self.control = ControlView::Running;
                 }
             }
-            Event::Resumed => self.control = ControlView::Running,
+            // Resumed at a manual gate, the deploy still waits there for a promotion.
+            Event::Resumed => {
+                self.control = match self.at_gate {
+                    Some(wave) => ControlView::AwaitingPromote { wave },
+                    None => ControlView::Running,
+                }
+            }
             Event::Aborted { reason, .. } => {
                 self.control = ControlView::Aborted { reason: reason.clone() };
                 self.aborting = true;
@@ -608,5 +620,17 @@ pub(crate) mod tests {
         m.apply(&stamp(6, Event::HostTriaged { host: "b".into(), action: TriageAction::Retry }));
         m.apply(&stamp(7, Event::HostTriaged { host: "c".into(), action: TriageAction::Skip }));
         assert_eq!(m.wave_failures(2), 0, "retried and skipped hosts no longer count");
+    }
+
+    #[test]
+    fn a_pause_at_a_manual_gate_resumes_to_the_gate_not_to_running() {
+        let mut m = DeployModel::new("ann", 100);
+        m.apply(&started());
+        m.apply(&stamp(1, Event::AwaitingPromote { wave: 1 }));
+        m.apply(&stamp(2, Event::Paused { cause: PauseCause::Operator, running: vec![] }));
+        m.apply(&stamp(3, Event::Resumed));
+        assert_eq!(m.control, ControlView::AwaitingPromote { wave: 1 });
+        m.apply(&stamp(4, Event::Promoted { wave: 1 }));
+        assert_eq!(m.control, ControlView::Running);
     }
 }
