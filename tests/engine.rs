@@ -494,27 +494,8 @@ fn with_health(src: String, check: &str) -> String {
     format!("{src}[[health]]\nname = \"up\"\nretries = 0\ninterval = \"100ms\"\ntimeout = \"5s\"\n{check}\n")
 }
 
-#[tokio::test]
-async fn a_host_that_goes_unhealthy_during_soak_fails_its_wave() {
-    let root = root();
-    let src = profile("canary = 1\nbatch = 1\nsoak = \"1500ms\"", &["a", "b"], &[("work", "true")]);
-    let src = with_health(src, "unhealthy_after = 2\nrun = 'test ! -e ../sick'");
-    let mut d = Deploy::start(&src, root.path());
-    d.until("soak", |e| matches!(e, Event::SoakStarted { wave: 1, .. })).await;
-    touch(&root, "sick");
-    let changed = d.until("verdict", |e| matches!(e, Event::HealthChanged { .. })).await;
-    assert_eq!(changed, Event::HealthChanged { host: "a".into(), check: "up".into(), healthy: false });
-    let finished = d.until("soak end", |e| matches!(e, Event::SoakFinished { .. })).await;
-    assert_eq!(finished, Event::SoakFinished { wave: 1, unhealthy: vec!["a".into()] });
-    let paused = d.until("Paused", |e| matches!(e, Event::Paused { .. })).await;
-    assert!(matches!(
-        paused,
-        Event::Paused { cause: PauseCause::FailureThreshold { wave: 1, failures: 1, limit: 0 }, .. }
-    ));
-    assert!(!d.events.iter().any(|e| matches!(e, Event::WaveStarted { wave: 2, .. })));
-    d.send(Command::Abort { reason: "canary unhealthy".into() });
-    assert_eq!(d.finish().await.0, Outcome::Aborted);
-}
+// Soak timing (a host going unhealthy inside the soak) is tested on a paused clock in
+// engine_clock.rs, where it cannot race the machine's load.
 
 #[tokio::test]
 async fn a_manual_gate_waits_for_promotion() {

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fake;
 pub mod sshd;
 
 use std::path::Path;
@@ -27,6 +28,8 @@ pub struct Deploy {
     rx: engine::EventStream,
     pub commands: mpsc::UnboundedSender<Command>,
     handle: Option<JoinHandle<(Outcome, Vec<HostSummary>)>>,
+    /// The longest a single wait may take (see [`PATIENCE`]).
+    patience: Duration,
 }
 
 impl Deploy {
@@ -57,13 +60,20 @@ impl Deploy {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (tx, rx) = engine::event_channel();
         let handle = tokio::spawn(engine::run(plan, transport, command_rx, tx, secrets.redactor()));
-        Deploy { events: Vec::new(), rx, commands, handle: Some(handle) }
+        Deploy { events: Vec::new(), rx, commands, handle: Some(handle), patience: PATIENCE }
+    }
+
+    /// For tests on a paused clock, where hours pass in an instant: waits as long as `patience`
+    /// of virtual time (which still ends a wait for something that never comes).
+    pub fn with_patience(mut self, patience: Duration) -> Deploy {
+        self.patience = patience;
+        self
     }
 
     /// Waits for the first event (from now on) matching `pred`, and returns it.
     pub async fn until(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
         loop {
-            let next = tokio::time::timeout(PATIENCE, self.rx.recv()).await;
+            let next = tokio::time::timeout(self.patience, self.rx.recv()).await;
             match next {
                 Ok(Some(stamped)) => {
                     self.events.push(stamped.event.clone());
@@ -72,7 +82,7 @@ impl Deploy {
                     }
                 }
                 Ok(None) => panic!("engine stopped before {what}; events:\n{:#?}", self.events),
-                Err(_) => panic!("no {what} within {PATIENCE:?}; events:\n{:#?}", self.events),
+                Err(_) => panic!("no {what} within {:?}; events:\n{:#?}", self.patience, self.events),
             }
         }
     }
@@ -85,7 +95,7 @@ impl Deploy {
     pub async fn finish(&mut self) -> (Outcome, Vec<HostSummary>) {
         self.until("DeployFinished", |e| matches!(e, Event::DeployFinished { .. })).await;
         let handle = self.handle.take().unwrap();
-        tokio::time::timeout(PATIENCE, handle).await.unwrap().unwrap()
+        tokio::time::timeout(self.patience, handle).await.unwrap().unwrap()
     }
 
     /// Index of the first recorded event matching `pred`.

@@ -2,7 +2,6 @@
 //! loopback, all in a temporary directory. The system's sshd configuration is never read or
 //! touched. Without sshd the tests skip with a reason, except in CI (`CI` set), where they fail.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,6 +61,20 @@ impl Sshd {
         std::fs::create_dir_all(&dir).unwrap();
         let host_key = dir.join(format!("host_{kind}"));
         keygen(&host_key, kind);
+        // A free port can be taken by another test between the look and sshd's bind: then sshd
+        // exits at once, and another port is tried.
+        for _ in 0..10 {
+            if let Some(sshd) = Self::listen(&dir, &host_key, extra) {
+                return sshd;
+            }
+        }
+        panic!(
+            "sshd did not start on any of ten ports; log:\n{}",
+            std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+        );
+    }
+
+    fn listen(dir: &Path, host_key: &Path, extra: &str) -> Option<Sshd> {
         let port = free_port();
         let config = dir.join("sshd_config");
         let authorized = dir.parent().unwrap().join("authorized_keys");
@@ -91,18 +104,24 @@ impl Sshd {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let sshd = Sshd { dir, port, host_key, child };
-        sshd.wait_listening();
-        sshd
+        let mut sshd = Sshd { dir: dir.to_path_buf(), port, host_key: host_key.to_path_buf(), child };
+        sshd.wait_listening().then_some(sshd)
     }
 
-    /// Polls until the port accepts connections: sshd has no readiness signal to wait on.
-    fn wait_listening(&self) {
+    /// Polls this sshd's own log until it says it is listening on its port (a connection test
+    /// could reach another test's sshd that took the port first); false when sshd exited
+    /// instead (its port was taken).
+    fn wait_listening(&mut self) -> bool {
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let listening = format!("Server listening on 127.0.0.1 port {}", self.port);
+        while !self.log().contains(&listening) {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
             assert!(start.elapsed() < Duration::from_secs(20), "sshd did not start; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     pub fn log(&self) -> String {
