@@ -973,104 +973,100 @@ impl Control {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Waits until starting is allowed, then emits `event` as the start. `running` registers a
-    /// step as in flight.
-    async fn admit(&self, event: Event, running: Option<(&str, &str)>) -> Gate {
+    /// The one way anything in the engine waits on control: `decide` looks at the state each
+    /// time it changes (under the lock, so what it emits is ordered with every other control
+    /// change) and ends the wait by returning `Some`. `gone` is the answer if the control itself
+    /// is dropped.
+    async fn wait_until<T>(&self, gone: T, mut decide: impl FnMut(&mut ControlState) -> Option<T>) -> T {
         let mut changes = self.changed.subscribe();
         loop {
             {
                 let mut state = self.lock();
-                if state.aborted.is_some() {
-                    return Gate::Stop;
-                }
-                if state.paused.is_none() {
-                    if let Some((host, step)) = running {
-                        state.running.insert(host.to_string(), step.to_string());
-                    }
-                    self.events.emit(event);
-                    return Gate::Go;
+                if let Some(answer) = decide(&mut state) {
+                    return answer;
                 }
                 changes.mark_unchanged();
             }
             if changes.changed().await.is_err() {
-                return Gate::Stop;
+                return gone;
             }
         }
+    }
+
+    /// Waits until starting is allowed, then emits `event` as the start. `running` registers a
+    /// step as in flight.
+    async fn admit(&self, event: Event, running: Option<(&str, &str)>) -> Gate {
+        let mut event = Some(event);
+        self.wait_until(Gate::Stop, |state| {
+            if state.aborted.is_some() {
+                return Some(Gate::Stop);
+            }
+            state.paused.is_none().then(|| {
+                if let Some((host, step)) = running {
+                    state.running.insert(host.to_string(), step.to_string());
+                }
+                if let Some(event) = event.take() {
+                    self.events.emit(event);
+                }
+                Gate::Go
+            })
+        })
+        .await
     }
 
     /// Like `admit` for a host's start: also refuses a host the operator excluded, atomically
     /// with the exclusion.
     async fn admit_host(&self, wave: usize, host: &str) -> Gate {
-        let mut changes = self.changed.subscribe();
-        loop {
-            {
-                let mut state = self.lock();
-                if state.aborted.is_some() {
-                    return Gate::Stop;
-                }
-                if state.hosts.get(host) == Some(&Triage::Skipped) {
-                    return Gate::Skipped;
-                }
-                if state.paused.is_none() {
-                    state.hosts.insert(host.to_string(), Triage::Running);
-                    self.events.emit(Event::HostStarted { wave, host: host.to_string() });
-                    return Gate::Go;
-                }
-                changes.mark_unchanged();
+        self.wait_until(Gate::Stop, |state| {
+            if state.aborted.is_some() {
+                return Some(Gate::Stop);
             }
-            if changes.changed().await.is_err() {
-                return Gate::Stop;
+            if state.hosts.get(host) == Some(&Triage::Skipped) {
+                return Some(Gate::Skipped);
             }
-        }
+            state.paused.is_none().then(|| {
+                state.hosts.insert(host.to_string(), Triage::Running);
+                self.events.emit(Event::HostStarted { wave, host: host.to_string() });
+                Gate::Go
+            })
+        })
+        .await
     }
 
     /// Like `admit` for a wave's start, but returns early when retries are queued, so they run
     /// before the next wave.
     async fn admit_wave(&self, event: Event) -> Gate {
-        let mut changes = self.changed.subscribe();
-        loop {
-            {
-                let state = self.lock();
-                if state.aborted.is_some() {
-                    return Gate::Stop;
-                }
-                if !state.retry.is_empty() {
-                    return Gate::Retries;
-                }
-                if state.paused.is_none() {
+        let mut event = Some(event);
+        self.wait_until(Gate::Stop, |state| {
+            if state.aborted.is_some() {
+                return Some(Gate::Stop);
+            }
+            if !state.retry.is_empty() {
+                return Some(Gate::Retries);
+            }
+            state.paused.is_none().then(|| {
+                if let Some(event) = event.take() {
                     self.events.emit(event);
-                    return Gate::Go;
                 }
-                changes.mark_unchanged();
-            }
-            if changes.changed().await.is_err() {
-                return Gate::Stop;
-            }
-        }
+                Gate::Go
+            })
+        })
+        .await
     }
 
     /// After the last wave: `Retries` while the operator queues retries, `Go` once the deploy
     /// may finish (not paused, or aborted).
     async fn settle(&self) -> Gate {
-        let mut changes = self.changed.subscribe();
-        loop {
-            {
-                let state = self.lock();
-                if state.aborted.is_some() {
-                    return Gate::Go;
-                }
-                if !state.retry.is_empty() {
-                    return Gate::Retries;
-                }
-                if state.paused.is_none() {
-                    return Gate::Go;
-                }
-                changes.mark_unchanged();
+        self.wait_until(Gate::Go, |state| {
+            if state.aborted.is_some() {
+                return Some(Gate::Go);
             }
-            if changes.changed().await.is_err() {
-                return Gate::Go;
+            if !state.retry.is_empty() {
+                return Some(Gate::Retries);
             }
-        }
+            state.paused.is_none().then_some(Gate::Go)
+        })
+        .await
     }
 
     fn register(&self, hosts: impl Iterator<Item = String>) {
@@ -1115,27 +1111,20 @@ impl Control {
 
     /// Waits at a manual gate until the operator promotes the wave (or aborts).
     async fn await_promotion(&self, wave: usize) {
-        let mut changes = self.changed.subscribe();
-        {
-            let mut state = self.lock();
+        let mut announced = false;
+        self.wait_until((), |state| {
             if state.aborted.is_some() {
-                return;
+                return Some(());
             }
-            state.awaiting_promotion = Some(wave);
-            self.events.emit(Event::AwaitingPromote { wave });
-        }
-        loop {
-            {
-                let state = self.lock();
-                if state.aborted.is_some() || state.awaiting_promotion.is_none() {
-                    return;
-                }
-                changes.mark_unchanged();
+            if !announced {
+                announced = true;
+                state.awaiting_promotion = Some(wave);
+                self.events.emit(Event::AwaitingPromote { wave });
+                return None;
             }
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
+            state.awaiting_promotion.is_none().then_some(())
+        })
+        .await
     }
 
     fn promote(&self) {
