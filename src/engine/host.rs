@@ -1,0 +1,207 @@
+//! One host's pipeline: connect, then each step through the control gate, with retries.
+
+use std::time::Instant;
+
+use crate::event::{Event, HostState, HostSummary, StepResult, Stream};
+use crate::health::{self};
+use crate::plan::{HostPlan, PlannedAction, StepKind};
+use crate::transport::{ExecRequest, HostSession, Target, UploadRequest};
+
+use super::*;
+
+pub(super) fn not_started(wave: usize, host: &HostPlan) -> HostSummary {
+    HostSummary {
+        host: host.host.name.clone(),
+        wave,
+        state: HostState::NotStarted,
+        steps_done: 0,
+        steps_total: host.steps.len(),
+        stopped_at: None,
+        last_result: None,
+    }
+}
+
+/// Runs one host's pipeline; returns its summary and, when it is done, its still-open session
+/// (for health monitoring, so it needs no second connection).
+pub(super) async fn run_host(
+    shared: &Shared,
+    wave: usize,
+    plan: HostPlan,
+    mut summary: HostSummary,
+) -> (HostSummary, Option<Box<dyn HostSession>>) {
+    let control = &shared.control;
+    let name = plan.host.name.clone();
+    match control.admit_host(wave, &name).await {
+        Gate::Go => {}
+        Gate::Skipped => {
+            summary.state = HostState::Skipped;
+            return (summary, None);
+        }
+        Gate::Stop | Gate::Retries => return (summary, None),
+    }
+    let (state, session) = match connect(shared, &plan, &mut summary).await {
+        Ok(session) => (run_steps(shared, wave, &plan, session.as_ref(), &mut summary).await, Some(session)),
+        Err(state) => (state, None),
+    };
+    summary.state = state;
+    control.host_finished(&name, state);
+    control.events.emit(Event::HostFinished { wave, host: name, state });
+    (summary, session.filter(|_| state == HostState::Done))
+}
+
+/// Runs the plan's run-once steps on their designated host before any wave; returns whether
+/// the waves may start.
+pub(super) async fn run_once(shared: &Shared, once: HostPlan) -> bool {
+    let control = &shared.control;
+    let host = once.host.name.clone();
+    let steps = once.steps.iter().map(|s| s.name.clone()).collect();
+    if control.admit(Event::OnceStarted { host: host.clone(), steps }, None).await == Gate::Stop {
+        return false;
+    }
+    let mut summary = not_started(0, &once);
+    let state = match connect(shared, &once, &mut summary).await {
+        Ok(session) => run_steps(shared, 0, &once, session.as_ref(), &mut summary).await,
+        Err(state) => state,
+    };
+    let ok = state == HostState::Done;
+    control.events.emit(Event::OnceFinished { host, ok, stopped_at: summary.stopped_at, result: summary.last_result });
+    ok
+}
+
+/// Opens the host's session; a failure is recorded in `summary` and becomes the host's state.
+pub(super) async fn connect(
+    shared: &Shared,
+    plan: &HostPlan,
+    summary: &mut HostSummary,
+) -> Result<Box<dyn HostSession>, HostState> {
+    let control = &shared.control;
+    let name = &plan.host.name;
+    let target = Target { env: shared.env.clone(), host: plan.host.clone() };
+    let observer = ConnectEvents { shared, host: name };
+    tokio::select! {
+        opened = shared.transport.open(&target, &observer) => opened.map_err(|e| {
+            let message = shared.redactor.redact(&e.to_string()).into_owned();
+            control.events.emit(Event::Output {
+                host: name.clone(),
+                step: "connect".into(),
+                stream: Stream::Stderr,
+                line: message.clone(),
+            });
+            summary.stopped_at = Some("connect".into());
+            summary.last_result = Some(StepResult::Error { message });
+            HostState::Failed
+        }),
+        _ = control.abort.cancelled() => Err(HostState::Cancelled),
+    }
+}
+
+/// Runs a host's steps in order, each through the pause/abort gate, with retries; returns the
+/// host's final state and fills in `summary`.
+pub(super) async fn run_steps(
+    shared: &Shared,
+    wave: usize,
+    plan: &HostPlan,
+    session: &dyn HostSession,
+    summary: &mut HostSummary,
+) -> HostState {
+    let control = &shared.control;
+    let name = &plan.host.name;
+    let total = plan.steps.len();
+    // A retried host picks up at the step it failed at.
+    for (i, step) in plan.steps.iter().enumerate().skip(summary.steps_done) {
+        let index = i + 1;
+        let mut attempt = 1;
+        loop {
+            let started_event = Event::StepStarted {
+                wave,
+                host: name.clone(),
+                step: step.name.clone(),
+                kind: step.kind,
+                index,
+                total,
+                attempt,
+                command: step.shown.clone(),
+            };
+            if control.admit(started_event, Some((name, &step.name))).await == Gate::Stop {
+                summary.stopped_at = Some(step.name.clone());
+                return HostState::Cancelled;
+            }
+            let sink = StepOutput::new(shared, name, &step.name);
+            let began = Instant::now();
+            let guard = match &step.skip_if {
+                Some(check) => {
+                    let request = ExecRequest { command: &check.0, timeout: step.timeout };
+                    session.exec(request, &Discard, &control.abort).await.succeeded()
+                }
+                None => false,
+            };
+            let result = match &step.action {
+                _ if guard => StepResult::Skipped { reason: "its skip_if check succeeded: already done".into() },
+                PlannedAction::Run(command) => {
+                    let request = ExecRequest { command: &command.0, timeout: step.timeout };
+                    session.exec(request, &sink, &control.abort).await
+                }
+                PlannedAction::Upload { from, to } => {
+                    let request = UploadRequest { from, to, timeout: step.timeout };
+                    session.upload(request, &sink, &control.abort).await
+                }
+                PlannedAction::Probe(probe) => tokio::select! {
+                    result = health::probe(probe, step.timeout) => result,
+                    _ = control.abort.cancelled() => StepResult::Cancelled,
+                },
+            };
+            sink.finish();
+            // A step may report itself as having had nothing to do.
+            let result = match (result, sink.skip_reason()) {
+                (StepResult::Exited { code: 0 }, Some(reason)) => StepResult::Skipped { reason },
+                (result, _) => result,
+            };
+            // A transport's or probe's message is shown and logged like output: masked the same.
+            let result = match result {
+                StepResult::Error { message } => {
+                    StepResult::Error { message: shared.redactor.redact(&message).into_owned() }
+                }
+                other => other,
+            };
+            let elapsed = began.elapsed();
+            if step.kind == StepKind::Health {
+                control.events.emit(Event::HealthSample {
+                    host: name.clone(),
+                    check: step.name.clone(),
+                    healthy: result.succeeded(),
+                    latency_ms: elapsed.as_millis() as u64,
+                });
+            }
+            let ok = result.succeeded();
+            let will_retry = !ok && attempt <= step.retries && result != StepResult::Cancelled;
+            control.step_finished(
+                name,
+                Event::StepFinished {
+                    wave,
+                    host: name.clone(),
+                    step: step.name.clone(),
+                    index,
+                    attempt,
+                    result: result.clone(),
+                    duration_ms: elapsed.as_millis() as u64,
+                    will_retry,
+                },
+            );
+            summary.last_result = Some(result.clone());
+            if ok {
+                summary.steps_done = index;
+                break;
+            }
+            if !will_retry {
+                summary.stopped_at = Some(step.name.clone());
+                return if result == StepResult::Cancelled { HostState::Cancelled } else { HostState::Failed };
+            }
+            attempt += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(step.retry_delay) => {}
+                _ = control.abort.cancelled() => {}
+            }
+        }
+    }
+    HostState::Done
+}

@@ -1,0 +1,319 @@
+//! The wave engine: runs a [`Plan`] through a [`Transport`], steered by [`Command`]s, reporting
+//! everything as [`Event`]s.
+//!
+//! It knows nothing about terminals, printing or files. Consumers read the event queue
+//! (`events`): control events never wait, and output waits at its source (the host) when a
+//! consumer falls behind.
+//!
+//! The parts: this module runs the waves (and retries, soak and gates between them);
+//! `control` decides what may start; `host` runs one host's pipeline; `output` turns a
+//! step's output into events; `monitor` watches finished hosts and holds a wave's soak.
+//!
+//! Every "may this start?" decision and every control change goes through one lock, and the
+//! corresponding event is emitted while holding it. That makes the event stream itself the
+//! proof of the control semantics: after `Paused` no `HostStarted`/`StepStarted`/`WaveStarted`
+//! appears until `Resumed`, and after `Aborted` none appears at all.
+
+mod control;
+mod events;
+mod host;
+mod monitor;
+mod output;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{AbortedBy, Command, Event, HostState, HostSummary, Outcome, StepResult, WaveOutline};
+use crate::plan::{HostPlan, Plan, PlannedStep};
+use crate::profile::Promotion;
+use crate::secrets::Redactor;
+use crate::transport::Transport;
+
+use self::control::*;
+pub use self::events::{EventSink, EventStream, OUTPUT_BACKLOG_BYTES, event_channel};
+use self::host::*;
+use self::monitor::*;
+use self::output::*;
+pub use self::output::{CHANGED_MARKER, SKIP_MARKER, STEP_OUTPUT_HEAD_BYTES, STEP_OUTPUT_TAIL_BYTES, parse_changed};
+
+/// Runs the plan to its end (success, failure or abort) and returns every host's summary. The
+/// last event emitted is always `DeployFinished`.
+pub async fn run(
+    plan: Plan,
+    transport: Arc<dyn Transport>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    events: EventSink,
+    redactor: Redactor,
+) -> (Outcome, Vec<HostSummary>) {
+    let started = Instant::now();
+    let control = Arc::new(Control::new(events.clone()));
+    events.emit(Event::DeployStarted {
+        service: plan.service.clone(),
+        env: plan.env.clone(),
+        release: plan.release.clone(),
+        waves: plan
+            .waves
+            .iter()
+            .map(|w| WaveOutline {
+                wave: w.number,
+                hosts: w.hosts.iter().map(|h| h.host.name.clone()).collect(),
+                max_failures: w.max_failures,
+            })
+            .collect(),
+        steps: plan
+            .waves
+            .first()
+            .and_then(|w| w.hosts.first())
+            .map_or_else(Vec::new, |h| h.steps.iter().map(|s| s.name.clone()).collect()),
+    });
+
+    let mut book = Book::new(&plan.waves);
+    control.register(book.summaries.iter().map(|s| s.host.clone()));
+    // Commands queued before the start (headless `--exclude`) apply before anything runs.
+    while let Ok(command) = commands.try_recv() {
+        control.apply(command);
+    }
+    let commands_task = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                control.apply(command);
+            }
+        })
+    };
+    let shared = Arc::new(Shared {
+        control: control.clone(),
+        transport,
+        redactor,
+        env: plan.env.clone(),
+        monitors: CancellationToken::new(),
+    });
+    // A failed run-once step (a migration, say) stops the deploy before any host is touched.
+    let mut waves_allowed = true;
+    if let Some(once) = plan.once {
+        waves_allowed = run_once(&shared, once).await;
+    }
+    let wave_count = plan.waves.len();
+    for wave in plan.waves {
+        let number = wave.number;
+        if !waves_allowed {
+            continue;
+        }
+        let names: Vec<String> = wave.hosts.iter().map(|h| h.host.name.clone()).collect();
+        let started = loop {
+            match control.admit_wave(Event::WaveStarted { wave: number, hosts: names.clone() }).await {
+                Gate::Go => break true,
+                Gate::Retries => book.run_retries(&shared, &plan.policy).await,
+                Gate::Stop | Gate::Skipped => break false,
+            }
+        };
+        if !started {
+            continue;
+        }
+        let hosts = wave.hosts.into_iter().map(|h| (book.summary(&h.host.name), h)).collect();
+        let results = run_wave(&shared, number, hosts, wave.max_failures, &[], &plan.policy).await;
+        let count = |s: HostState| results.iter().filter(|r| r.state == s).count();
+        events.emit(Event::WaveFinished {
+            wave: number,
+            done: count(HostState::Done),
+            failed: count(HostState::Failed),
+            cancelled: count(HostState::Cancelled),
+            not_started: count(HostState::NotStarted) + count(HostState::Skipped),
+        });
+        let failed: Vec<String> =
+            results.iter().filter(|r| r.state == HostState::Failed).map(|r| r.host.clone()).collect();
+        book.record(results);
+        if !plan.policy.soak.is_zero() {
+            soak(&shared, number, &names, &failed, wave.max_failures, &plan.policy).await;
+        }
+        if number < wave_count && plan.policy.gate == Promotion::Manual {
+            control.await_promotion(number).await;
+        }
+        if number < wave_count && !plan.policy.pause_between_waves.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(plan.policy.pause_between_waves) => {}
+                _ = control.abort.cancelled() => {}
+            }
+        }
+    }
+    // A pause at the end (the last wave went bad) still lets the operator retry or skip hosts
+    // before the deploy is declared finished.
+    while waves_allowed && control.settle().await == Gate::Retries {
+        book.run_retries(&shared, &plan.policy).await;
+    }
+
+    commands_task.abort();
+    shared.monitors.cancel();
+    let summaries = book.finish(&control);
+    let aborted_by = control.lock().aborted.as_ref().map(|(_, by)| *by);
+    let outcome = if aborted_by == Some(AbortedBy::Command) {
+        Outcome::Aborted
+    } else if aborted_by == Some(AbortedBy::Policy) {
+        // The profile's own limit stopped it: a failed deploy, not an operator's abort.
+        Outcome::Failed
+    } else if summaries.iter().all(|s| matches!(s.state, HostState::Done | HostState::Skipped)) {
+        Outcome::Succeeded
+    } else {
+        Outcome::Failed
+    };
+    events.emit(Event::DeployFinished {
+        outcome,
+        duration_ms: started.elapsed().as_millis() as u64,
+        hosts: summaries.clone(),
+    });
+    (outcome, summaries)
+}
+
+/// Every host's plan and latest summary, in plan order, so retries can pick a host up again.
+struct Book {
+    plans: BTreeMap<String, (usize, HostPlan)>,
+    max_failures: BTreeMap<usize, usize>,
+    summaries: Vec<HostSummary>,
+}
+
+impl Book {
+    fn new(waves: &[crate::plan::Wave]) -> Book {
+        let mut book = Book { plans: BTreeMap::new(), max_failures: BTreeMap::new(), summaries: Vec::new() };
+        for wave in waves {
+            book.max_failures.insert(wave.number, wave.max_failures);
+            for host in &wave.hosts {
+                book.summaries.push(not_started(wave.number, host));
+                book.plans.insert(host.host.name.clone(), (wave.number, host.clone()));
+            }
+        }
+        book
+    }
+
+    fn summary(&self, host: &str) -> HostSummary {
+        self.summaries.iter().find(|s| s.host == host).cloned().unwrap_or_else(|| HostSummary {
+            host: host.to_string(),
+            wave: 0,
+            state: HostState::NotStarted,
+            steps_done: 0,
+            steps_total: 0,
+            stopped_at: None,
+            last_result: None,
+        })
+    }
+
+    fn record(&mut self, results: Vec<HostSummary>) {
+        for result in results {
+            if let Some(slot) = self.summaries.iter_mut().find(|s| s.host == result.host) {
+                *slot = result;
+            }
+        }
+    }
+
+    /// Runs the hosts the operator asked to retry, each from the step it failed at, wave by
+    /// wave, counting its wave's other failures against the wave's limit.
+    async fn run_retries(&mut self, shared: &Arc<Shared>, policy: &crate::profile::RolloutPolicy) {
+        let queued = shared.control.take_retries();
+        let mut by_wave: BTreeMap<usize, Vec<(HostSummary, HostPlan)>> = BTreeMap::new();
+        for host in queued {
+            if let Some((wave, plan)) = self.plans.get(&host) {
+                let mut summary = self.summary(&host);
+                summary.state = HostState::NotStarted;
+                summary.stopped_at = None;
+                by_wave.entry(*wave).or_default().push((summary, plan.clone()));
+            }
+        }
+        for (wave, hosts) in by_wave {
+            let retried: Vec<&str> = hosts.iter().map(|(s, _)| s.host.as_str()).collect();
+            let still_failed: Vec<String> = self
+                .summaries
+                .iter()
+                .filter(|s| s.wave == wave && s.state == HostState::Failed && !retried.contains(&s.host.as_str()))
+                .map(|s| s.host.clone())
+                .collect();
+            let limit = self.max_failures.get(&wave).copied().unwrap_or(0);
+            let results = run_wave(shared, wave, hosts, limit, &still_failed, policy).await;
+            self.record(results);
+        }
+    }
+
+    /// The final summaries, with the operator's skips and exclusions applied.
+    fn finish(mut self, control: &Control) -> Vec<HostSummary> {
+        let skipped = control.skipped();
+        for summary in &mut self.summaries {
+            if skipped.contains(&summary.host) && summary.state != HostState::Done {
+                summary.state = HostState::Skipped;
+            }
+        }
+        self.summaries
+    }
+}
+
+/// What every host task of a deploy shares.
+struct Shared {
+    control: Arc<Control>,
+    transport: Arc<dyn Transport>,
+    redactor: Redactor,
+    env: String,
+    /// Stops the health monitors when the deploy ends.
+    monitors: CancellationToken,
+}
+
+/// Runs hosts of one wave concurrently (at most `parallel`), each continuing from its summary's
+/// `steps_done`; `failed_before` are this wave's hosts that already failed and still count.
+async fn run_wave(
+    shared: &Arc<Shared>,
+    wave: usize,
+    hosts: Vec<(HostSummary, HostPlan)>,
+    max_failures: usize,
+    failed_before: &[String],
+    policy: &crate::profile::RolloutPolicy,
+) -> Vec<HostSummary> {
+    let slots = Arc::new(Semaphore::new(policy.parallel.max(1)));
+    let mut tasks = JoinSet::new();
+    // A host task that panicked has no summary of its own but must still be accounted for.
+    let mut summaries: Vec<HostSummary> = hosts
+        .iter()
+        .map(|(summary, _)| HostSummary {
+            state: HostState::Failed,
+            last_result: Some(StepResult::Error { message: "internal error in wavedeck".into() }),
+            ..summary.clone()
+        })
+        .collect();
+    for (summary, host) in hosts {
+        let shared = shared.clone();
+        let slots = slots.clone();
+        tasks.spawn(async move {
+            // The semaphore is FIFO, so hosts start in plan order.
+            let Ok(_slot) = slots.acquire_owned().await else { return summary };
+            let checks: Vec<PlannedStep> = host.steps.iter().filter(|s| s.monitor.is_some()).cloned().collect();
+            let name = host.host.name.clone();
+            let (summary, session) = run_host(&shared, wave, host, summary).await;
+            // A host that is done keeps being watched, on its own connection, until the deploy ends.
+            if let Some(session) = session
+                && !checks.is_empty()
+            {
+                tokio::spawn(monitor(shared.clone(), name, checks, Arc::from(session)));
+            }
+            summary
+        });
+    }
+
+    let mut done: BTreeMap<String, HostSummary> = BTreeMap::new();
+    let mut failed_hosts = failed_before.to_vec();
+    while let Some(joined) = tasks.join_next().await {
+        let Ok(summary) = joined else { continue };
+        if summary.state == HostState::Failed {
+            failed_hosts.push(summary.host.clone());
+            if failed_hosts.len() > max_failures {
+                shared.control.threshold_exceeded(wave, &failed_hosts, max_failures, policy.on_failure);
+            }
+        }
+        done.insert(summary.host.clone(), summary);
+    }
+    for summary in &mut summaries {
+        if let Some(finished) = done.remove(&summary.host) {
+            *summary = finished;
+        }
+    }
+    summaries
+}

@@ -1,0 +1,98 @@
+//! After a host is done: its health checks sampled until the deploy ends, and a wave's soak.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::task::JoinSet;
+
+use crate::event::{Event, StepResult, Stream};
+use crate::health::{self, Streak};
+use crate::plan::{PlannedAction, PlannedStep};
+use crate::transport::{ExecRequest, HostSession, OutputSink};
+
+use super::*;
+
+/// Watches a finished host's health checks until the deploy ends, turning samples into
+/// `HealthSample` events and streaks into `HealthChanged` verdicts.
+pub(super) async fn monitor(
+    shared: Arc<Shared>,
+    host: String,
+    checks: Vec<PlannedStep>,
+    session: Arc<dyn HostSession>,
+) {
+    let mut watchers = JoinSet::new();
+    for check in checks {
+        let (shared, session, name) = (shared.clone(), session.clone(), host.clone());
+        watchers.spawn(async move {
+            let Some(thresholds) = check.monitor else { return };
+            let mut streak = Streak::new(thresholds.healthy_after, thresholds.unhealthy_after);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(check.retry_delay) => {}
+                    _ = shared.monitors.cancelled() => return,
+                }
+                let began = Instant::now();
+                let result = match &check.action {
+                    PlannedAction::Probe(probe) => health::probe(probe, check.timeout).await,
+                    PlannedAction::Run(command) => {
+                        let request = ExecRequest { command: &command.0, timeout: check.timeout };
+                        session.exec(request, &Discard, &shared.monitors).await
+                    }
+                    PlannedAction::Upload { .. } => StepResult::Error { message: "an upload is not a check".into() },
+                };
+                if shared.monitors.is_cancelled() {
+                    return;
+                }
+                let healthy = result.succeeded();
+                shared.control.events.emit(Event::HealthSample {
+                    host: name.clone(),
+                    check: check.name.clone(),
+                    healthy,
+                    latency_ms: began.elapsed().as_millis() as u64,
+                });
+                if let Some(verdict) = streak.sample(healthy) {
+                    shared.control.health_changed(&name, &check.name, verdict);
+                }
+            }
+        });
+    }
+    while watchers.join_next().await.is_some() {}
+}
+
+/// Output of monitoring commands is not shown: a sample every few seconds per host would bury
+/// the deploy's own output. The verdicts are what matter.
+pub(super) struct Discard;
+
+impl OutputSink for Discard {
+    fn line(&self, _stream: Stream, _line: String) {}
+    fn fragment(&self, _stream: Stream, _piece: String) {}
+}
+
+/// Holds the finished wave for `policy.soak` while its hosts are watched; hosts that go
+/// unhealthy count as failures against the wave's limit.
+pub(super) async fn soak(
+    shared: &Shared,
+    wave: usize,
+    hosts: &[String],
+    failed: &[String],
+    max_failures: usize,
+    policy: &crate::profile::RolloutPolicy,
+) {
+    let control = &shared.control;
+    control.start_soak(hosts);
+    control.events.emit(Event::SoakStarted { wave, duration_ms: policy.soak.as_millis() as u64 });
+    tokio::select! {
+        _ = tokio::time::sleep(policy.soak) => {}
+        _ = control.abort.cancelled() => return,
+    }
+    let unhealthy = control.unhealthy_during_soak(hosts);
+    control.events.emit(Event::SoakFinished { wave, unhealthy: unhealthy.clone() });
+    if unhealthy.is_empty() {
+        return;
+    }
+    let mut bad: Vec<String> = failed.to_vec();
+    bad.extend(unhealthy.into_iter().filter(|h| !failed.contains(h)));
+    if bad.len() > max_failures {
+        control.threshold_exceeded(wave, &bad, max_failures, policy.on_failure);
+    }
+}
