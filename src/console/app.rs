@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use super::keymap::{self, Action, Screen};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::{Position, Rect};
 use ratatui_textarea::TextArea;
@@ -55,13 +56,20 @@ pub enum Pane {
 }
 
 impl Pane {
+    /// Every pane, in Tab order.
+    const ALL: [Pane; 4] = [Pane::Hosts, Pane::Logs, Pane::Health, Pane::Timeline];
+
+    fn step(self, by: isize) -> Pane {
+        let at = Self::ALL.iter().position(|p| *p == self).unwrap_or(0) as isize;
+        Self::ALL[(at + by).rem_euclid(Self::ALL.len() as isize) as usize]
+    }
+
     fn next(self) -> Pane {
-        match self {
-            Pane::Hosts => Pane::Logs,
-            Pane::Logs => Pane::Health,
-            Pane::Health => Pane::Timeline,
-            Pane::Timeline => Pane::Hosts,
-        }
+        self.step(1)
+    }
+
+    fn previous(self) -> Pane {
+        self.step(-1)
     }
 }
 
@@ -330,15 +338,20 @@ impl App {
         if self.dialog.is_some() {
             return self.on_dialog_key(key);
         }
-        let ctrl_c = key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
-        if key.code == KeyCode::Char('q') || ctrl_c {
+        if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
             return self.request_quit();
         }
-        if key.code == KeyCode::Char('?') {
-            self.dialog = Some(Dialog::Help);
-            return Vec::new();
+        let screen = if self.deploy.is_some() { Screen::Deploy } else { Screen::Overview };
+        match keymap::action(screen, key.code) {
+            Some(Action::Quit) => self.request_quit(),
+            Some(Action::Help) => {
+                self.dialog = Some(Dialog::Help);
+                Vec::new()
+            }
+            Some(action) if screen == Screen::Deploy => self.on_deploy_action(action),
+            Some(action) => self.on_overview_action(action),
+            None => Vec::new(),
         }
-        if self.deploy.is_some() { self.on_deploy_key(key) } else { self.on_overview_key(key) }
     }
 
     fn request_quit(&mut self) -> Vec<Effect> {
@@ -350,25 +363,25 @@ impl App {
         }
     }
 
-    fn on_overview_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        match key.code {
-            KeyCode::Up | KeyCode::Char('k') => {
+    fn on_overview_action(&mut self, action: Action) -> Vec<Effect> {
+        match action {
+            Action::Up => {
                 self.selected_target = self.selected_target.saturating_sub(1);
                 self.refresh_preview();
             }
-            KeyCode::Down | KeyCode::Char('j') if self.selected_target + 1 < self.targets.len() => {
+            Action::Down if self.selected_target + 1 < self.targets.len() => {
                 self.selected_target += 1;
                 self.refresh_preview();
             }
-            KeyCode::Char('B') => return self.rollback_selected(false),
-            KeyCode::Char('c') => {
+            Action::Rollback => return self.rollback_selected(false),
+            Action::Check => {
                 let Some(target) = self.targets.get(self.selected_target) else { return Vec::new() };
                 let env = &self.profiles[target.profile].environments[target.env];
                 let checking = env.hosts.iter().map(|h| (h.name.clone(), "checking…".to_string())).collect();
                 self.reachability.insert(self.selected_target, checking);
                 return vec![Effect::Check { target: self.selected_target }];
             }
-            KeyCode::Enter | KeyCode::Char('d') => {
+            Action::Enter => {
                 if self.targets.is_empty() {
                     return Vec::new();
                 }
@@ -383,29 +396,26 @@ impl App {
         Vec::new()
     }
 
-    fn on_deploy_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+    fn on_deploy_action(&mut self, action: Action) -> Vec<Effect> {
         let running = self.deploy_running();
-        match key.code {
-            KeyCode::Char('p') if running => {
-                return self.send(Command::Pause, Pending::Pausing);
-            }
-            KeyCode::Char('r') if running => {
-                return self.send(Command::Resume, Pending::Resuming);
-            }
-            KeyCode::Char('a') if running => {
+        match action {
+            Action::Pause if running => return self.send(Command::Pause, Pending::Pausing),
+            Action::Resume if running => return self.send(Command::Resume, Pending::Resuming),
+            Action::Abort if running => {
                 self.dialog = Some(Dialog::AbortReason { input: text_input("why are you aborting?"), empty: false });
             }
-            KeyCode::Char('R') if running => return self.triage_selected(true),
-            KeyCode::Char('P') if running => return vec![Effect::Send(Command::Promote, CommandSource::Keyboard)],
-            KeyCode::Char('x') if running => return self.triage_selected(false),
-            KeyCode::Char('p' | 'r' | 'a' | 'R' | 'x') => self.status = Some("the deploy has finished".into()),
-            KeyCode::Tab => self.focus = self.focus.next(),
-            KeyCode::BackTab => {
-                for _ in 0..3 {
-                    self.focus = self.focus.next();
-                }
-            }
-            KeyCode::Enter => {
+            Action::Retry if running => return self.triage_selected(true),
+            Action::Promote if running => return vec![Effect::Send(Command::Promote, CommandSource::Keyboard)],
+            Action::SkipOrExclude if running => return self.triage_selected(false),
+            Action::Pause
+            | Action::Resume
+            | Action::Abort
+            | Action::Retry
+            | Action::Promote
+            | Action::SkipOrExclude => self.status = Some("the deploy has finished".into()),
+            Action::NextPane => self.focus = self.focus.next(),
+            Action::PreviousPane => self.focus = self.focus.previous(),
+            Action::Enter => {
                 if self.focus == Pane::Hosts {
                     self.focus = Pane::Logs;
                     self.interleaved = false;
@@ -414,7 +424,7 @@ impl App {
                     self.focus = Pane::Hosts;
                 }
             }
-            KeyCode::Esc => {
+            Action::Back => {
                 if !self.filter.is_empty() {
                     self.filter.clear();
                 } else if self.search.is_some() {
@@ -423,39 +433,39 @@ impl App {
                     self.focus = Pane::Hosts;
                 }
             }
-            KeyCode::Char('/') => {
+            Action::FilterOrSearch => {
                 self.dialog = Some(if self.focus == Pane::Logs {
                     Dialog::Search(text_input("search the log"))
                 } else {
                     Dialog::Filter(text_input("filter hosts by name, state or step"))
                 });
             }
-            KeyCode::Char('n') => self.jump_to_match(true),
-            KeyCode::Char('N') => self.jump_to_match(false),
-            KeyCode::Char('i') => {
+            Action::OlderMatch => self.jump_to_match(true),
+            Action::NewerMatch => self.jump_to_match(false),
+            Action::Interleave => {
                 self.interleaved = !self.interleaved;
                 self.log_scroll = 0;
             }
-            KeyCode::Char('s') => {
+            Action::Sort => {
                 self.sort = match self.sort {
                     SortOrder::Plan => SortOrder::Trouble,
                     SortOrder::Trouble => SortOrder::Name,
                     SortOrder::Name => SortOrder::Plan,
                 };
             }
-            KeyCode::Char('B') => return self.rollback_selected(false),
-            KeyCode::Char('o') if !running => {
+            Action::Rollback => return self.rollback_selected(false),
+            Action::Overview if !running => {
                 // Back to the overview to start another deploy.
                 self.deploy = None;
                 self.refresh_preview();
             }
-            KeyCode::Up | KeyCode::Char('k') => self.move_in_focus(-1),
-            KeyCode::Down | KeyCode::Char('j') => self.move_in_focus(1),
-            KeyCode::PageUp => self.scroll_log(self.log_page() as isize),
-            KeyCode::PageDown => self.scroll_log(-(self.log_page() as isize)),
-            KeyCode::Home => self.log_scroll = self.log_len(),
-            KeyCode::End => self.log_scroll = 0,
-            _ => {}
+            Action::Up => self.move_in_focus(-1),
+            Action::Down => self.move_in_focus(1),
+            Action::PageUp => self.scroll_log(self.log_page() as isize),
+            Action::PageDown => self.scroll_log(-(self.log_page() as isize)),
+            Action::Top => self.log_scroll = self.log_len(),
+            Action::Follow => self.log_scroll = 0,
+            Action::Overview | Action::Check | Action::Help | Action::Quit => {}
         }
         Vec::new()
     }

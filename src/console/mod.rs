@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod config;
+pub mod keymap;
 pub mod layout;
 pub mod logs;
 pub mod model;

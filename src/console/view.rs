@@ -11,6 +11,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 
 use super::app::{App, Dialog, Pane, SortOrder, phase_word};
+use super::keymap;
 use super::layout::{self, DeployLayout};
 use super::model::{ControlView, DeployModel, HostPhase, HostView, Tone, WavePhase};
 use super::theme::Theme;
@@ -141,11 +142,11 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
         plan_area,
     );
     let hint = if app.targets.is_empty() {
-        "no environments in these profiles · q quit"
+        "no environments in these profiles · q quit".to_string()
     } else {
-        "↑↓ environment · Enter deploy · c check hosts · B roll back · ? help · q quit"
+        keymap::footer(keymap::Screen::Overview, false)
     };
-    draw_footer(frame, footer, app, hint, theme);
+    draw_footer(frame, footer, app, &hint, theme);
 }
 
 fn plan_lines(plan: &Plan, theme: &Theme) -> Vec<Line<'static>> {
@@ -197,12 +198,8 @@ fn draw_deploy(frame: &mut Frame, app: &App, model: &DeployModel, theme: &Theme,
     draw_waves(frame, areas.waves, model, theme);
     draw_hosts(frame, areas.hosts, app, model, theme, clock);
     draw_details(frame, &areas, app, model, theme, clock);
-    let hint = if model.is_finished() {
-        "o overview · B roll back · Tab pane · / filter · i all · ? help · q quit"
-    } else {
-        "p pause · r resume · a abort · Tab pane · / filter · i all · ? help · q quit"
-    };
-    draw_footer(frame, areas.footer, app, hint, theme);
+    let hint = keymap::footer(keymap::Screen::Deploy, !model.is_finished());
+    draw_footer(frame, areas.footer, app, &hint, theme);
 }
 
 fn draw_header(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, theme: &Theme, clock: Clock) {
@@ -551,28 +548,8 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
     let area = frame.area();
     match dialog {
         Dialog::Help => {
-            let rect = layout::centered(area, 72, 25);
-            let keys: &[(&str, &str)] = &[
-                ("↑ ↓  j k", "choose environment or host; scroll the pane"),
-                ("Enter", "deploy the environment · focus the host's log"),
-                ("Tab  Shift-Tab", "next / previous pane: hosts, log, health, timeline"),
-                ("p", "pause: running steps finish, nothing new starts"),
-                ("r", "resume exactly where it stopped"),
-                ("a", "abort, with a reason: running steps are killed"),
-                ("/", "filter hosts · in the log pane: search the log"),
-                ("n  N", "older / newer search match"),
-                ("PgUp  PgDn", "scroll the log (stops following the tail)"),
-                ("Home  End", "top of the log · follow the tail again"),
-                ("i", "all hosts' output interleaved, or one host's"),
-                ("s", "sort hosts: plan order, problems first, name"),
-                ("R  x", "retry a failed host · skip it, or exclude a waiting one"),
-                ("o", "back to the overview after a deploy"),
-                ("B", "roll back the environment's last deploy (shows targets first)"),
-                ("c", "overview: check every host of the environment (reachable, key, auth)"),
-                ("Esc", "close a dialog · clear the filter or search"),
-                ("q  Ctrl-C", "quit; during a deploy asks, then aborts it"),
-                ("mouse", "click selects a host · wheel scrolls the log"),
-            ];
+            let mut keys: Vec<(&str, &str)> = keymap::help().collect();
+            keys.push(("mouse", "click selects a host · wheel scrolls the log"));
             let mut lines: Vec<Line> = keys
                 .iter()
                 .map(|(k, what)| {
@@ -582,6 +559,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
             lines.push(Line::raw(""));
             lines.push(Line::styled(" Every pause, resume, abort and quit is in the audit log.", theme.muted()));
             lines.push(Line::styled(" any key closes this help", theme.muted()));
+            let rect = layout::centered(area, 78, lines.len() as u16 + 2);
             popup(frame, rect, " Keys ", Paragraph::new(lines), theme, false);
         }
         Dialog::ConfirmQuit => {

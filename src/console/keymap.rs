@@ -1,0 +1,357 @@
+//! The console's keys in one table: what each key does where, how it is named in the footer and
+//! in `?` help. Key handling, the footer and the help screen all read [`BINDINGS`], so a key
+//! cannot work without being documented, or be documented without working.
+
+use crossterm::event::KeyCode;
+
+/// Which screen a key applies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    Overview,
+    /// A deploy is on screen (running or finished).
+    Deploy,
+}
+
+/// What a key press means to the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Up,
+    Down,
+    /// Overview: deploy the environment. Deploy view: focus the selected host's log, or back to
+    /// the hosts.
+    Enter,
+    Check,
+    Rollback,
+    Pause,
+    Resume,
+    Abort,
+    Promote,
+    Retry,
+    SkipOrExclude,
+    NextPane,
+    PreviousPane,
+    FilterOrSearch,
+    OlderMatch,
+    NewerMatch,
+    PageUp,
+    PageDown,
+    Top,
+    Follow,
+    Interleave,
+    Sort,
+    Overview,
+    /// Close what is open: the filter, the search, a pane's focus.
+    Back,
+    Help,
+    Quit,
+}
+
+/// When a binding shows in the footer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Footer {
+    Never,
+    Always,
+    /// Only while a deploy runs.
+    Running,
+    /// Only once it has finished.
+    Finished,
+}
+
+pub struct Binding {
+    pub keys: &'static [KeyCode],
+    /// How help names the keys; empty when an earlier entry's line covers this one too.
+    pub label: &'static str,
+    pub does: &'static str,
+    pub screens: &'static [Screen],
+    pub action: Action,
+    /// The footer's short word for it, and when it shows.
+    pub footer: (&'static str, Footer),
+}
+
+use Screen::{Deploy, Overview};
+
+const BOTH: &[Screen] = &[Overview, Deploy];
+
+/// Every key, in the order help lists them.
+pub const BINDINGS: &[Binding] = &[
+    Binding {
+        keys: &[KeyCode::Up, KeyCode::Char('k')],
+        label: "↑ ↓  j k",
+        does: "choose environment or host; scroll the focused pane",
+        screens: BOTH,
+        action: Action::Up,
+        footer: ("↑↓ choose", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Down, KeyCode::Char('j')],
+        label: "",
+        does: "",
+        screens: BOTH,
+        action: Action::Down,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Enter, KeyCode::Char('d')],
+        label: "Enter",
+        does: "deploy the environment · a host's log, or back to hosts",
+        screens: &[Overview],
+        action: Action::Enter,
+        footer: ("Enter deploy", Footer::Always),
+    },
+    Binding {
+        keys: &[KeyCode::Enter],
+        label: "",
+        does: "",
+        screens: &[Deploy],
+        action: Action::Enter,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Char('c')],
+        label: "c",
+        does: "check every host (reachable, key, auth, disk)",
+        screens: &[Overview],
+        action: Action::Check,
+        footer: ("c check hosts", Footer::Always),
+    },
+    Binding {
+        keys: &[KeyCode::Char('p')],
+        label: "p  r",
+        does: "pause (running steps finish) · resume where it stopped",
+        screens: &[Deploy],
+        action: Action::Pause,
+        footer: ("p pause", Footer::Running),
+    },
+    Binding {
+        keys: &[KeyCode::Char('r')],
+        label: "",
+        does: "",
+        screens: &[Deploy],
+        action: Action::Resume,
+        footer: ("r resume", Footer::Running),
+    },
+    Binding {
+        keys: &[KeyCode::Char('a')],
+        label: "a",
+        does: "abort, with a reason: running steps are killed",
+        screens: &[Deploy],
+        action: Action::Abort,
+        footer: ("a abort", Footer::Running),
+    },
+    Binding {
+        keys: &[KeyCode::Char('P')],
+        label: "P",
+        does: "promote the next wave past a manual gate",
+        screens: &[Deploy],
+        action: Action::Promote,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Char('R')],
+        label: "R  x",
+        does: "retry a failed host · skip it, or exclude a waiting one",
+        screens: &[Deploy],
+        action: Action::Retry,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Char('x')],
+        label: "",
+        does: "",
+        screens: &[Deploy],
+        action: Action::SkipOrExclude,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Char('o')],
+        label: "o",
+        does: "back to the overview after a deploy",
+        screens: &[Deploy],
+        action: Action::Overview,
+        footer: ("o overview", Footer::Finished),
+    },
+    Binding {
+        keys: &[KeyCode::Char('B')],
+        label: "B",
+        does: "roll back the last deploy (shows targets first)",
+        screens: BOTH,
+        action: Action::Rollback,
+        footer: ("B roll back", Footer::Finished),
+    },
+    Binding {
+        keys: &[KeyCode::Tab],
+        label: "Tab  Shift-Tab",
+        does: "next / previous pane: hosts, log, health, timeline",
+        screens: &[Deploy],
+        action: Action::NextPane,
+        footer: ("Tab pane", Footer::Always),
+    },
+    Binding {
+        keys: &[KeyCode::BackTab],
+        label: "",
+        does: "",
+        screens: &[Deploy],
+        action: Action::PreviousPane,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Char('/')],
+        label: "/",
+        does: "filter hosts · in the log pane: search the log",
+        screens: &[Deploy],
+        action: Action::FilterOrSearch,
+        footer: ("/ filter", Footer::Always),
+    },
+    Binding {
+        keys: &[KeyCode::Char('n')],
+        label: "n  N",
+        does: "older / newer search match",
+        screens: &[Deploy],
+        action: Action::OlderMatch,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Char('N')],
+        label: "",
+        does: "",
+        screens: &[Deploy],
+        action: Action::NewerMatch,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::PageUp],
+        label: "PgUp  PgDn",
+        does: "scroll the log (stops following the tail)",
+        screens: &[Deploy],
+        action: Action::PageUp,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::PageDown],
+        label: "",
+        does: "",
+        screens: &[Deploy],
+        action: Action::PageDown,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Home],
+        label: "Home  End",
+        does: "top of the log · follow the tail again",
+        screens: &[Deploy],
+        action: Action::Top,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::End],
+        label: "",
+        does: "",
+        screens: &[Deploy],
+        action: Action::Follow,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Char('i')],
+        label: "i  s",
+        does: "all hosts' output interleaved · sort: plan, problems, name",
+        screens: &[Deploy],
+        action: Action::Interleave,
+        footer: ("i all", Footer::Always),
+    },
+    Binding {
+        keys: &[KeyCode::Char('s')],
+        label: "",
+        does: "",
+        screens: &[Deploy],
+        action: Action::Sort,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Esc],
+        label: "Esc",
+        does: "close a dialog · clear filter or search · stop a plan",
+        screens: BOTH,
+        action: Action::Back,
+        footer: ("", Footer::Never),
+    },
+    Binding {
+        keys: &[KeyCode::Char('?')],
+        label: "",
+        does: "",
+        screens: BOTH,
+        action: Action::Help,
+        footer: ("? help", Footer::Always),
+    },
+    Binding {
+        keys: &[KeyCode::Char('q')],
+        label: "q  Ctrl-C",
+        does: "quit; during a deploy asks, then aborts it",
+        screens: BOTH,
+        action: Action::Quit,
+        footer: ("q quit", Footer::Always),
+    },
+];
+
+/// What `code` means on `screen`, if anything.
+pub fn action(screen: Screen, code: KeyCode) -> Option<Action> {
+    BINDINGS.iter().find(|b| b.screens.contains(&screen) && b.keys.contains(&code)).map(|b| b.action)
+}
+
+/// Help's lines: each key (or pair of keys) and what it does.
+pub fn help() -> impl Iterator<Item = (&'static str, &'static str)> {
+    BINDINGS.iter().filter(|b| !b.label.is_empty()).map(|b| (b.label, b.does))
+}
+
+/// The footer's key hints for `screen`, e.g. "p pause · r resume · … · q quit".
+pub fn footer(screen: Screen, running: bool) -> String {
+    let shown = |when: Footer| match when {
+        Footer::Never => false,
+        Footer::Always => true,
+        Footer::Running => running,
+        Footer::Finished => !running,
+    };
+    let mut words: Vec<&str> = Vec::new();
+    if screen == Overview {
+        words.push("↑↓ environment");
+    }
+    words.extend(
+        BINDINGS
+            .iter()
+            .filter(|b| b.screens.contains(&screen) && shown(b.footer.1) && !b.footer.0.is_empty())
+            .map(|b| b.footer.0),
+    );
+    words.join(" · ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_key_means_two_things_on_one_screen() {
+        for screen in [Overview, Deploy] {
+            let mut seen: Vec<KeyCode> = Vec::new();
+            for b in BINDINGS.iter().filter(|b| b.screens.contains(&screen)) {
+                for key in b.keys {
+                    assert!(!seen.contains(key), "{key:?} is bound twice on {screen:?}");
+                    seen.push(*key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn footers_come_from_the_table() {
+        assert_eq!(
+            footer(Deploy, true),
+            "p pause · r resume · a abort · Tab pane · / filter · i all · ? help · q quit"
+        );
+        assert_eq!(footer(Deploy, false), "o overview · B roll back · Tab pane · / filter · i all · ? help · q quit");
+        assert_eq!(
+            footer(Overview, false),
+            "↑↓ environment · Enter deploy · c check hosts · B roll back · ? help · q quit"
+        );
+        assert_eq!(action(Deploy, KeyCode::BackTab), Some(Action::PreviousPane));
+        assert_eq!(action(Overview, KeyCode::Char('p')), None);
+    }
+}
