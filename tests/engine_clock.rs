@@ -108,3 +108,26 @@ async fn abort_during_a_long_step_cancels_it_at_once() {
     assert!(hosts.iter().all(|h| h.state == HostState::Cancelled), "{hosts:?}");
     assert!(aborted.elapsed() < Duration::from_secs(1), "{:?}", aborted.elapsed());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_http_check_sampled_while_monitored_turns_the_host_unhealthy_during_soak() {
+    use common::fake::ScriptedProber;
+    let steps = "[[steps]]\nname = \"work\"\nrun = \"echo ok\"\n\
+                 [[health]]\nname = \"lb\"\nkind = \"http\"\nurl = \"http://a/health\"\nretries = 0\n\
+                 interval = \"30s\"\nunhealthy_after = 3\n";
+    let prober = Arc::new(ScriptedProber { healthy_for: 2, probes: Default::default() });
+    let policy = "canary = 1\nbatch = 1\nsoak = \"10m\"\non_failure = \"abort\"";
+    let mut d =
+        Deploy::start_with_prober(&profile(policy, &["a", "b"], steps), Arc::new(Scripted::default()), prober.clone())
+            .with_patience(Duration::from_secs(86_400));
+    let (outcome, _) = d.finish().await;
+    assert_eq!(outcome, Outcome::Failed);
+    assert!(d.events.iter().any(|e| matches!(e, Event::HealthChanged { host, healthy: false, .. } if host == "a")));
+    // Passed as a step and once monitored, then three failures in a row: about 20 samples in
+    // a 10 min soak at one every 30 s, none of them over a network.
+    let samples = count(&d, |e| matches!(e, Event::HealthSample { .. }));
+    assert!((19..=22).contains(&samples), "{samples} samples");
+    // Every probe became a sample, except one the deploy's end overtook.
+    let probes = *prober.probes.lock().unwrap() as usize;
+    assert!(probes == samples || probes == samples + 1, "{probes} probes, {samples} samples");
+}

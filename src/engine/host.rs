@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use crate::event::{Event, HostState, HostSummary, StepResult, Stream};
-use crate::health::{self};
+
 use crate::plan::{HostPlan, PlannedAction, StepKind};
 use crate::transport::{ExecRequest, HostSession, Target, UploadRequest};
 
@@ -146,7 +146,7 @@ pub(super) async fn run_steps(
                     session.upload(request, &sink, &control.abort).await
                 }
                 PlannedAction::Probe(probe) => tokio::select! {
-                    result = health::probe(probe, step.timeout) => result,
+                    result = shared.prober.probe(probe, step.timeout) => result,
                     _ = control.abort.cancelled() => StepResult::Cancelled,
                 },
             };

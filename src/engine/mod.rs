@@ -46,6 +46,18 @@ pub use self::output::{CHANGED_MARKER, SKIP_MARKER, STEP_OUTPUT_HEAD_BYTES, STEP
 pub async fn run(
     plan: Plan,
     transport: Arc<dyn Transport>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: EventSink,
+    redactor: Redactor,
+) -> (Outcome, Vec<HostSummary>) {
+    run_with_prober(plan, transport, Arc::new(crate::health::NetProber), commands, events, redactor).await
+}
+
+/// [`run`], with HTTP and TCP checks made by `prober`.
+pub async fn run_with_prober(
+    plan: Plan,
+    transport: Arc<dyn Transport>,
+    prober: Arc<dyn crate::health::Prober>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: EventSink,
     redactor: Redactor,
@@ -89,6 +101,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         control: control.clone(),
         transport,
+        prober,
         redactor,
         env: plan.env.clone(),
         monitors: CancellationToken::new(),
@@ -252,6 +265,7 @@ impl Book {
 struct Shared {
     control: Arc<Control>,
     transport: Arc<dyn Transport>,
+    prober: Arc<dyn crate::health::Prober>,
     redactor: Redactor,
     env: String,
     /// Stops the health monitors when the deploy ends.

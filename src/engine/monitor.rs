@@ -6,7 +6,7 @@ use std::time::Instant;
 use tokio::task::JoinSet;
 
 use crate::event::{Event, StepResult, Stream};
-use crate::health::{self, Streak};
+use crate::health::Streak;
 use crate::plan::{PlannedAction, PlannedStep};
 use crate::transport::{ExecRequest, HostSession, OutputSink};
 
@@ -33,7 +33,7 @@ pub(super) async fn monitor(
                 }
                 let began = Instant::now();
                 let result = match &check.action {
-                    PlannedAction::Probe(probe) => health::probe(probe, check.timeout).await,
+                    PlannedAction::Probe(probe) => shared.prober.probe(probe, check.timeout).await,
                     PlannedAction::Run(command) => {
                         let request = ExecRequest { command: &command.0, timeout: check.timeout };
                         session.exec(request, &Discard, &shared.monitors).await

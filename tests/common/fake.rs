@@ -94,3 +94,24 @@ impl HostSession for FakeHost {
         Box::pin(async { Ok(u64::MAX) })
     }
 }
+
+/// HTTP and TCP checks answered without a network: healthy for the first `healthy_for` probes
+/// (across hosts), failing after.
+pub struct ScriptedProber {
+    pub healthy_for: u32,
+    pub probes: Arc<Mutex<u32>>,
+}
+
+impl wavedeck::health::Prober for ScriptedProber {
+    fn probe<'a>(&'a self, _probe: &'a wavedeck::health::Probe, _timeout: Duration) -> BoxFuture<'a, StepResult> {
+        Box::pin(async move {
+            let mut probes = self.probes.lock().unwrap();
+            *probes += 1;
+            if *probes <= self.healthy_for {
+                StepResult::Exited { code: 0 }
+            } else {
+                StepResult::Error { message: "GET http://a/health: status 503, expected 200".into() }
+            }
+        })
+    }
+}

@@ -51,7 +51,26 @@ impl Deploy {
         Self::start_full(source, transport, secrets)
     }
 
+    /// Runs the profile's `test` environment through `transport`, with HTTP/TCP checks made by
+    /// `prober`.
+    pub fn start_with_prober(
+        source: &str,
+        transport: Arc<dyn Transport>,
+        prober: Arc<dyn wavedeck::health::Prober>,
+    ) -> Deploy {
+        Self::start_full_with(source, transport, prober, &[])
+    }
+
     fn start_full(source: &str, transport: Arc<dyn Transport>, secrets: &[(&str, &str)]) -> Deploy {
+        Self::start_full_with(source, transport, Arc::new(wavedeck::health::NetProber), secrets)
+    }
+
+    fn start_full_with(
+        source: &str,
+        transport: Arc<dyn Transport>,
+        prober: Arc<dyn wavedeck::health::Prober>,
+        secrets: &[(&str, &str)],
+    ) -> Deploy {
         let profile = Profile::parse(Path::new("test.toml"), source).unwrap_or_else(|e| panic!("{e}"));
         let secrets =
             Secrets::from_lookup(&profile, |var| secrets.iter().find(|(k, _)| *k == var).map(|(_, v)| v.to_string()))
@@ -59,7 +78,7 @@ impl Deploy {
         let plan = Plan::build(&profile, "test", "r1", &secrets).unwrap();
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (tx, rx) = engine::event_channel();
-        let handle = tokio::spawn(engine::run(plan, transport, command_rx, tx, secrets.redactor()));
+        let handle = tokio::spawn(engine::run_with_prober(plan, transport, prober, command_rx, tx, secrets.redactor()));
         Deploy { events: Vec::new(), rx, commands, handle: Some(handle), patience: PATIENCE }
     }
 
