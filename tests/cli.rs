@@ -59,6 +59,20 @@ fn events<'a>(records: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a V
     records.iter().filter(move |r| r["record"] == "event" && r["event"] == kind)
 }
 
+/// The demo profile without its pauses for effect (sleeps in steps, the gap between waves), for
+/// tests that deploy many times and look at the outcome, not at the timing.
+fn fast_demo(s: &Sandbox, edit: impl Fn(String) -> String) -> PathBuf {
+    let demo = std::fs::read_to_string(DEMO)
+        .unwrap()
+        .replace("sleep 0.5", "true")
+        .replace("sleep 0.3", "true")
+        .replace("sleep 0.4", "true")
+        .replace("pause_between_waves = \"1s\"", "pause_between_waves = \"0s\"");
+    let path = s.dir.path().join("fast-demo.toml");
+    std::fs::write(&path, edit(demo)).unwrap();
+    path
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -140,28 +154,29 @@ fn the_staging_demo_stops_at_the_failure_threshold() {
 
 #[test]
 fn every_on_failure_policy_stop_exits_1_and_the_audit_says_policy_decided() {
-    for action in ["pause", "abort", "rollback"] {
-        let s = Sandbox::new();
-        let profile = s.dir.path().join("policy.toml");
-        let demo = std::fs::read_to_string(DEMO)
-            .unwrap()
-            .replace("on_failure = \"pause\"", &format!("on_failure = \"{action}\""));
-        std::fs::write(&profile, demo).unwrap();
-        let out = s.run(&["deploy", profile.to_str().unwrap(), "--env", "staging", "--release", "2.4.1"]);
-        let stdout = text(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "on_failure = {action}: {stdout}");
-        let files = audit_files(&s);
-        let records = audit_records(&files[0]);
-        assert_eq!(records.last().unwrap()["outcome"], "failed", "{action}");
-        // Who stopped it: the engine itself (abort, rollback) or headless mode's standing order
-        // for a pause nobody can resume; never an operator or a signal.
-        let commands: Vec<&Value> = records.iter().filter(|r| r["record"] == "operator_command").collect();
-        let decided_by_policy = events(&records, "aborted")
-            .all(|r| r["by"] == "policy" || (r["by"] == "command" && !commands.is_empty()))
-            && commands.iter().all(|r| r["source"] == "policy");
-        assert!(decided_by_policy, "{action}: {records:#?}");
-        assert_eq!(events(&records, "aborted").count(), 1, "{action}");
-    }
+    std::thread::scope(|scope| {
+        for action in ["pause", "abort", "rollback"] {
+            scope.spawn(move || {
+                let s = Sandbox::new();
+                let profile =
+                    fast_demo(&s, |demo| demo.replace("on_failure = \"pause\"", &format!("on_failure = \"{action}\"")));
+                let out = s.run(&["deploy", profile.to_str().unwrap(), "--env", "staging", "--release", "2.4.1"]);
+                let stdout = text(&out.stdout);
+                assert_eq!(out.status.code(), Some(1), "on_failure = {action}: {stdout}");
+                let files = audit_files(&s);
+                let records = audit_records(&files[0]);
+                assert_eq!(records.last().unwrap()["outcome"], "failed", "{action}");
+                // Who stopped it: the engine itself (abort, rollback) or headless mode's standing
+                // order for a pause nobody can resume; never an operator or a signal.
+                let commands: Vec<&Value> = records.iter().filter(|r| r["record"] == "operator_command").collect();
+                let decided_by_policy = events(&records, "aborted")
+                    .all(|r| r["by"] == "policy" || (r["by"] == "command" && !commands.is_empty()))
+                    && commands.iter().all(|r| r["source"] == "policy");
+                assert!(decided_by_policy, "{action}: {records:#?}");
+                assert_eq!(events(&records, "aborted").count(), 1, "{action}");
+            });
+        }
+    });
 }
 
 #[test]
@@ -285,8 +300,10 @@ fn a_second_deploy_of_the_same_environment_is_refused_by_the_lock() {
 #[test]
 fn a_rollback_takes_the_same_lock_as_the_deploy_it_would_race() {
     let s = Sandbox::new();
-    assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "1.0"]).status.code(), Some(0));
-    assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.0"]).status.code(), Some(0));
+    let fast = fast_demo(&s, |demo| demo);
+    let fast = fast.to_str().unwrap();
+    assert_eq!(s.run(&["deploy", fast, "--env", "dev", "--release", "1.0"]).status.code(), Some(0));
+    assert_eq!(s.run(&["deploy", fast, "--env", "dev", "--release", "2.0"]).status.code(), Some(0));
     // A rollback's first wave is the deploy's last, but the lock is the environment's.
     let (mut busy, rest) = start_busy_deploy(&s, "dev");
     let rollback = s.run(&["rollback", DEMO, "--env", "dev", "--yes"]);
@@ -423,13 +440,15 @@ fn headless_manual_gates_fail_unless_promote_is_given() {
 #[test]
 fn rollback_returns_the_hosts_the_last_deploy_changed_last_wave_first() {
     let s = Sandbox::new();
-    assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "1.0"]).status.code(), Some(0));
+    let demo = fast_demo(&s, |d| d);
+    let demo = demo.to_str().unwrap();
+    assert_eq!(s.run(&["deploy", demo, "--env", "dev", "--release", "1.0"]).status.code(), Some(0));
     assert_eq!(
-        s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.0", "--exclude", "dev-worker-1"]).status.code(),
+        s.run(&["deploy", demo, "--env", "dev", "--release", "2.0", "--exclude", "dev-worker-1"]).status.code(),
         Some(0)
     );
 
-    let out = s.run(&["rollback", DEMO, "--env", "dev", "--yes"]);
+    let out = s.run(&["rollback", demo, "--env", "dev", "--yes"]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
     assert!(
@@ -449,7 +468,7 @@ fn rollback_returns_the_hosts_the_last_deploy_changed_last_wave_first() {
     let web1 = stdout.find("[dev-web-1] rolled back").unwrap();
     assert!(web2 < web1, "{stdout}");
 
-    let again = s.run(&["rollback", DEMO, "--env", "dev", "--yes"]);
+    let again = s.run(&["rollback", demo, "--env", "dev", "--yes"]);
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again.stderr).contains("already rolled back"), "{}", text(&again.stderr));
 }
@@ -457,17 +476,14 @@ fn rollback_returns_the_hosts_the_last_deploy_changed_last_wave_first() {
 #[test]
 fn rollback_returns_each_host_to_where_the_deploy_found_it_and_leaves_unchanged_hosts_alone() {
     let s = Sandbox::new();
-    let profile = s.dir.path().join("rollback-record.toml");
     // A check before `switch` fails on dev-web-2 for 3.0 (and everywhere for 4.0), so those
     // hosts are never activated; wave 2 tolerates one failure so dev-worker-1 finishes.
     let precheck = "[[steps]]\nname = \"precheck\"\n\
         run = \"[ '{{ host }}/{{ release }}' != 'dev-web-2/3.0' ] && [ '{{ release }}' != '4.0' ] || { echo 'disk full' >&2; exit 1; }\"\n\n\
         [[steps]]\nname = \"switch\"";
-    let demo = std::fs::read_to_string(DEMO)
-        .unwrap()
-        .replacen("max_failures = 0", "max_failures = 1", 1)
-        .replace("[[steps]]\nname = \"switch\"", precheck);
-    std::fs::write(&profile, demo).unwrap();
+    let profile = fast_demo(&s, |demo| {
+        demo.replacen("max_failures = 0", "max_failures = 1", 1).replace("[[steps]]\nname = \"switch\"", precheck)
+    });
     let path = profile.to_str().unwrap();
     let current = |host: &str| std::fs::read_link(s.dir.path().join(format!("hosts/dev/{host}/current"))).unwrap();
     for release in ["1.0", "2.0"] {
@@ -532,8 +548,10 @@ fn a_hostile_rollback_target_is_refused_and_never_reaches_a_shell_or_the_log_unm
 #[test]
 fn redeploying_the_same_release_skips_what_is_done() {
     let s = Sandbox::new();
-    assert_eq!(s.run(&["deploy", DEMO, "--env", "dev", "--release", "3.0"]).status.code(), Some(0));
-    let again = s.run(&["deploy", DEMO, "--env", "dev", "--release", "3.0"]);
+    let demo = fast_demo(&s, |d| d);
+    let demo = demo.to_str().unwrap();
+    assert_eq!(s.run(&["deploy", demo, "--env", "dev", "--release", "3.0"]).status.code(), Some(0));
+    let again = s.run(&["deploy", demo, "--env", "dev", "--release", "3.0"]);
     let stdout = text(&again.stdout);
     assert_eq!(again.status.code(), Some(0), "{stdout}");
     for host in ["dev-web-1", "dev-web-2", "dev-worker-1"] {
@@ -585,13 +603,12 @@ fn a_failing_migration_in_the_demo_stops_before_any_host_is_touched() {
 #[test]
 fn on_failure_rollback_takes_the_changed_hosts_back() {
     let s = Sandbox::new();
-    let profile = s.dir.path().join("demo-rollback-policy.toml");
-    let demo =
-        std::fs::read_to_string(DEMO).unwrap().replace("on_failure = \"pause\"", "on_failure = \"rollback\"").replace(
+    let profile = fast_demo(&s, |demo| {
+        demo.replace("on_failure = \"pause\"", "on_failure = \"rollback\"").replace(
             "{ name = \"dev-web-2\", address = \"127.0.0.1\", labels = [\"web\"] }",
             "{ name = \"dev-web-2\", address = \"127.0.0.1\", labels = [\"web\"], vars = { fail_on = \"health\" } }",
-        );
-    std::fs::write(&profile, demo).unwrap();
+        )
+    });
     let path = profile.to_str().unwrap();
     assert_eq!(
         s.run(&["deploy", path, "--env", "dev", "--release", "1.0", "--exclude", "dev-web-2"]).status.code(),
