@@ -19,14 +19,14 @@ pub enum Probe {
 /// Makes HTTP and TCP checks. The engine is given one, so tests can answer checks on a paused
 /// clock without a network; [`NetProber`] is the real one.
 pub trait Prober: Send + Sync {
-    fn probe<'a>(&'a self, probe: &'a Probe, timeout: Duration) -> crate::transport::BoxFuture<'a, StepResult>;
+    fn probe<'a>(&'a self, probe: &'a Probe, timeout: Duration) -> crate::sys::BoxFuture<'a, StepResult>;
 }
 
 /// Checks over the network from this machine, as a load balancer would.
 pub struct NetProber;
 
 impl Prober for NetProber {
-    fn probe<'a>(&'a self, target: &'a Probe, timeout: Duration) -> crate::transport::BoxFuture<'a, StepResult> {
+    fn probe<'a>(&'a self, target: &'a Probe, timeout: Duration) -> crate::sys::BoxFuture<'a, StepResult> {
         Box::pin(probe(target, timeout))
     }
 }

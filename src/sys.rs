@@ -1,5 +1,8 @@
 //! Facts about this machine and small encodings shared by every layer: who the operator is,
-//! what the machine is called, hex. A leaf.
+//! what the machine is called, hex, the boxed-future type of the crate's async traits. A leaf.
+
+/// A boxed future, for async methods of traits used as objects (transports, probers).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// The operator's login name, as best this machine knows it.
 pub fn operator_name() -> String {

@@ -10,9 +10,7 @@ pub mod local;
 pub mod ssh;
 pub mod upload;
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -20,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{StepResult, Stream};
 use crate::profile::Host;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::sys::BoxFuture;
 
 /// How long a cancelled or timed-out command gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);

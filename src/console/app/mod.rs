@@ -7,10 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use super::keymap::{self, Action, Screen};
-use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::{Position, Rect};
-use ratatui_textarea::TextArea;
 
 use super::layout::{self, DeployLayout};
 use super::model::{ControlView, DeployModel, HostPhase, HostView};
@@ -19,6 +17,12 @@ use crate::event::{Command, Stamped};
 use crate::plan::Plan;
 use crate::profile::Profile;
 use crate::secrets::Secrets;
+
+mod dialog;
+mod keys;
+
+pub use self::dialog::Dialog;
+use self::dialog::text_input;
 
 /// What the runtime must do after a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,35 +84,6 @@ pub enum SortOrder {
     /// Failed first, then running, then the rest.
     Trouble,
     Name,
-}
-
-/// A modal dialog; it takes every key while open.
-pub enum Dialog {
-    Release(TextArea<'static>),
-    ConfirmPlan {
-        plan: Box<Plan>,
-        release: String,
-    },
-    TypeName {
-        release: String,
-        input: TextArea<'static>,
-        wrong: bool,
-    },
-    AbortReason {
-        input: TextArea<'static>,
-        empty: bool,
-    },
-    /// The rollback preview; a protected environment needs its name typed.
-    ConfirmRollback {
-        preview: String,
-        protected: bool,
-        input: TextArea<'static>,
-        wrong: bool,
-    },
-    ConfirmQuit,
-    Filter(TextArea<'static>),
-    Search(TextArea<'static>),
-    Help,
 }
 
 /// A command sent to the engine and not yet acknowledged by an event.
@@ -327,167 +302,6 @@ impl App {
         }
     }
 
-    pub fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        if key.kind == KeyEventKind::Release {
-            return Vec::new();
-        }
-        self.status = None;
-        if self.busy.is_some() && self.dialog.is_none() && key.code == KeyCode::Esc {
-            return vec![Effect::CancelBusy];
-        }
-        if self.dialog.is_some() {
-            return self.on_dialog_key(key);
-        }
-        if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
-            return self.request_quit();
-        }
-        let screen = if self.deploy.is_some() { Screen::Deploy } else { Screen::Overview };
-        match keymap::action(screen, key.code) {
-            Some(Action::Quit) => self.request_quit(),
-            Some(Action::Help) => {
-                self.dialog = Some(Dialog::Help);
-                Vec::new()
-            }
-            Some(action) if screen == Screen::Deploy => self.on_deploy_action(action),
-            Some(action) => self.on_overview_action(action),
-            None => Vec::new(),
-        }
-    }
-
-    fn request_quit(&mut self) -> Vec<Effect> {
-        if self.deploy_running() {
-            self.dialog = Some(Dialog::ConfirmQuit);
-            Vec::new()
-        } else {
-            vec![Effect::Quit]
-        }
-    }
-
-    fn on_overview_action(&mut self, action: Action) -> Vec<Effect> {
-        match action {
-            Action::Up => {
-                self.selected_target = self.selected_target.saturating_sub(1);
-                self.refresh_preview();
-            }
-            Action::Down if self.selected_target + 1 < self.targets.len() => {
-                self.selected_target += 1;
-                self.refresh_preview();
-            }
-            Action::Rollback => return self.rollback_selected(false),
-            Action::Check => {
-                let Some(target) = self.targets.get(self.selected_target) else { return Vec::new() };
-                let env = &self.profiles[target.profile].environments[target.env];
-                let checking = env.hosts.iter().map(|h| (h.name.clone(), "checking…".to_string())).collect();
-                self.reachability.insert(self.selected_target, checking);
-                return vec![Effect::Check { target: self.selected_target }];
-            }
-            Action::Enter => {
-                if self.targets.is_empty() {
-                    return Vec::new();
-                }
-                if let Err(e) = &self.preview {
-                    self.status = Some(format!("cannot plan this environment: {e}"));
-                    return Vec::new();
-                }
-                self.dialog = Some(Dialog::Release(text_input("release to deploy, e.g. 2.4.1")));
-            }
-            _ => {}
-        }
-        Vec::new()
-    }
-
-    fn on_deploy_action(&mut self, action: Action) -> Vec<Effect> {
-        let running = self.deploy_running();
-        match action {
-            Action::Pause if running => return self.send(Command::Pause, Pending::Pausing),
-            Action::Resume if running => return self.send(Command::Resume, Pending::Resuming),
-            Action::Abort if running => {
-                self.dialog = Some(Dialog::AbortReason { input: text_input("why are you aborting?"), empty: false });
-            }
-            Action::Retry if running => return self.triage_selected(true),
-            Action::Promote if running => return vec![Effect::Send(Command::Promote, CommandSource::Keyboard)],
-            Action::SkipOrExclude if running => return self.triage_selected(false),
-            Action::Pause
-            | Action::Resume
-            | Action::Abort
-            | Action::Retry
-            | Action::Promote
-            | Action::SkipOrExclude => self.status = Some("the deploy has finished".into()),
-            Action::NextPane => self.focus = self.focus.next(),
-            Action::PreviousPane => self.focus = self.focus.previous(),
-            Action::Enter => {
-                if self.focus == Pane::Hosts {
-                    self.focus = Pane::Logs;
-                    self.interleaved = false;
-                    self.log_scroll = 0;
-                } else {
-                    self.focus = Pane::Hosts;
-                }
-            }
-            Action::Back => {
-                if !self.filter.is_empty() {
-                    self.filter.clear();
-                } else if self.search.is_some() {
-                    self.search = None;
-                } else {
-                    self.focus = Pane::Hosts;
-                }
-            }
-            Action::FilterOrSearch => {
-                self.dialog = Some(if self.focus == Pane::Logs {
-                    Dialog::Search(text_input("search the log"))
-                } else {
-                    Dialog::Filter(text_input("filter hosts by name, state or step"))
-                });
-            }
-            Action::OlderMatch => self.jump_to_match(true),
-            Action::NewerMatch => self.jump_to_match(false),
-            Action::Interleave => {
-                self.interleaved = !self.interleaved;
-                self.log_scroll = 0;
-            }
-            Action::Sort => {
-                self.sort = match self.sort {
-                    SortOrder::Plan => SortOrder::Trouble,
-                    SortOrder::Trouble => SortOrder::Name,
-                    SortOrder::Name => SortOrder::Plan,
-                };
-            }
-            Action::Rollback => return self.rollback_selected(false),
-            Action::Overview if !running => {
-                // Back to the overview to start another deploy.
-                self.deploy = None;
-                self.refresh_preview();
-            }
-            Action::Up => self.move_in_focus(-1),
-            Action::Down => self.move_in_focus(1),
-            Action::PageUp => self.scroll_log(self.log_page() as isize),
-            Action::PageDown => self.scroll_log(-(self.log_page() as isize)),
-            Action::Top => self.log_scroll = self.log_len(),
-            Action::Follow => self.log_scroll = 0,
-            Action::Overview | Action::Check | Action::Help | Action::Quit => {}
-        }
-        Vec::new()
-    }
-
-    /// `R` retries the selected host; `x` skips it if it failed or excludes it if it has not
-    /// started. The engine decides; a refusal comes back as an event and shows on the timeline.
-    fn triage_selected(&mut self, retry: bool) -> Vec<Effect> {
-        let Some(name) = self.selected_name() else { return Vec::new() };
-        let phase = self.deploy.as_ref().and_then(|d| d.host(&name)).map(|h| h.phase);
-        let command = match (retry, phase) {
-            (true, _) => Command::Retry { host: name },
-            (false, Some(HostPhase::Failed)) => Command::Skip { host: name },
-            (false, _) => Command::Exclude { host: name },
-        };
-        vec![Effect::Send(command, CommandSource::Keyboard)]
-    }
-
-    fn send(&mut self, command: Command, pending: Pending) -> Vec<Effect> {
-        self.pending = Some(pending);
-        vec![Effect::Send(command, CommandSource::Keyboard)]
-    }
-
     fn move_in_focus(&mut self, delta: isize) {
         match self.focus {
             Pane::Hosts | Pane::Health => {
@@ -548,174 +362,6 @@ impl App {
             Some(i) => self.log_scroll = len - 1 - i,
             None => self.status = Some(format!("no more matches for \"{needle}\"")),
         }
-    }
-
-    fn on_dialog_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        let Some(dialog) = self.dialog.take() else {
-            return Vec::new();
-        };
-        let esc = key.code == KeyCode::Esc;
-        let enter = key.code == KeyCode::Enter;
-        match dialog {
-            Dialog::Help => {}
-            Dialog::ConfirmQuit => match key.code {
-                KeyCode::Char('y') | KeyCode::Char('Y') => {
-                    if !self.deploy_running() {
-                        return vec![Effect::Quit];
-                    }
-                    self.quit_when_finished = true;
-                    self.pending = Some(Pending::Aborting);
-                    let reason = format!("{} quit the console during the deploy", self.operator);
-                    return vec![Effect::Send(Command::Abort { reason }, CommandSource::Keyboard)];
-                }
-                KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {}
-                _ => self.dialog = Some(Dialog::ConfirmQuit),
-            },
-            Dialog::Release(mut input) => {
-                if esc {
-                    return Vec::new();
-                }
-                if enter {
-                    let release = input_text(&input);
-                    return self.release_chosen(release, input);
-                }
-                input.input(key);
-                self.dialog = Some(Dialog::Release(input));
-            }
-            Dialog::ConfirmPlan { plan, release } => {
-                if enter {
-                    if plan.protected {
-                        self.dialog = Some(Dialog::TypeName {
-                            release,
-                            input: text_input(&format!("type {} to confirm", plan.env)),
-                            wrong: false,
-                        });
-                        return Vec::new();
-                    }
-                    return self.start(release);
-                }
-                if !esc {
-                    self.dialog = Some(Dialog::ConfirmPlan { plan, release });
-                }
-            }
-            Dialog::TypeName { release, mut input, .. } => {
-                if esc {
-                    return Vec::new();
-                }
-                if enter {
-                    let expected = self.target_env().map(|e| e.name.clone()).unwrap_or_default();
-                    if input_text(&input) == expected {
-                        return self.start(release);
-                    }
-                    self.dialog = Some(Dialog::TypeName { release, input, wrong: true });
-                    return Vec::new();
-                }
-                input.input(key);
-                self.dialog = Some(Dialog::TypeName { release, input, wrong: false });
-            }
-            Dialog::ConfirmRollback { preview, protected, mut input, .. } => {
-                if esc {
-                    return vec![Effect::CancelRollback];
-                }
-                if enter {
-                    let expected = self.target_env().map(|e| e.name.clone()).unwrap_or_default();
-                    if protected && input_text(&input) != expected {
-                        self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: true });
-                        return Vec::new();
-                    }
-                    return vec![Effect::StartRollback];
-                }
-                input.input(key);
-                self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: false });
-            }
-            Dialog::AbortReason { mut input, .. } => {
-                if esc {
-                    return Vec::new();
-                }
-                if enter {
-                    let reason = input_text(&input);
-                    if reason.is_empty() {
-                        self.dialog = Some(Dialog::AbortReason { input, empty: true });
-                        return Vec::new();
-                    }
-                    if !self.deploy_running() {
-                        self.status = Some("the deploy has already finished".into());
-                        return Vec::new();
-                    }
-                    return self.send(Command::Abort { reason }, Pending::Aborting);
-                }
-                input.input(key);
-                self.dialog = Some(Dialog::AbortReason { input, empty: false });
-            }
-            Dialog::Filter(mut input) => {
-                if esc {
-                    self.filter.clear();
-                    return Vec::new();
-                }
-                let before = self.selected_name();
-                if !enter {
-                    input.input(key);
-                    self.dialog = Some(Dialog::Filter(input.clone()));
-                }
-                // Filter as the operator types.
-                self.filter = input_text(&input);
-                self.selected_host = 0;
-                if let Some(name) = before {
-                    self.select_name(&name);
-                }
-            }
-            Dialog::Search(mut input) => {
-                if esc {
-                    return Vec::new();
-                }
-                if enter {
-                    let needle = input_text(&input);
-                    self.search = (!needle.is_empty()).then_some(needle);
-                    self.jump_to_match(true);
-                    if self.search.is_some() && self.status.is_some() {
-                        // Nothing above the current position: try from the bottom.
-                        self.status = None;
-                        self.log_scroll = 0;
-                        let len = self.log_len();
-                        if let (Some(needle), Some(log)) = (&self.search, self.current_log())
-                            && let Some(i) = log.find_back(needle, len.saturating_sub(1))
-                        {
-                            self.log_scroll = len - 1 - i;
-                        } else {
-                            self.status = Some("no match".into());
-                        }
-                    }
-                    return Vec::new();
-                }
-                input.input(key);
-                self.dialog = Some(Dialog::Search(input));
-            }
-        }
-        Vec::new()
-    }
-
-    fn release_chosen(&mut self, release: String, input: TextArea<'static>) -> Vec<Effect> {
-        let (Some(profile), Some(env)) = (self.target_profile(), self.target_env()) else {
-            return Vec::new();
-        };
-        match Plan::build(profile, &env.name, &release, &Secrets::masked(profile)) {
-            Ok(plan) => {
-                self.dialog = Some(Dialog::ConfirmPlan { plan: Box::new(plan), release });
-            }
-            Err(e) => {
-                self.status = Some(e.to_string());
-                self.dialog = Some(Dialog::Release(input));
-            }
-        }
-        Vec::new()
-    }
-
-    fn start(&mut self, release: String) -> Vec<Effect> {
-        let Some(target) = self.targets.get(self.selected_target) else {
-            return Vec::new();
-        };
-        let env = self.profiles[target.profile].environments[target.env].name.clone();
-        vec![Effect::StartDeploy { profile: target.profile, env, release }]
     }
 
     pub fn on_mouse(&mut self, mouse: MouseEvent) {
@@ -798,22 +444,12 @@ fn trouble_rank(phase: HostPhase) -> u8 {
     }
 }
 
-fn text_input(placeholder: &str) -> TextArea<'static> {
-    let mut input = TextArea::default();
-    input.set_placeholder_text(placeholder);
-    input.set_cursor_line_style(ratatui::style::Style::default());
-    input
-}
-
-fn input_text(input: &TextArea) -> String {
-    input.lines().join(" ").trim().to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::console::model::tests::{stamp, started};
     use crate::event::{Event, PauseCause};
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use std::path::Path;
 
     pub(crate) fn demo_profile() -> Profile {

@@ -1,0 +1,222 @@
+//! Modal dialogs: release, plan confirmation, typed names, abort reasons, filter and search.
+//! While one is open it takes every key.
+
+use crossterm::event::{KeyCode, KeyEvent};
+use ratatui_textarea::TextArea;
+
+use crate::audit::CommandSource;
+use crate::event::Command;
+use crate::plan::Plan;
+use crate::secrets::Secrets;
+
+use super::*;
+
+/// A modal dialog; it takes every key while open.
+pub enum Dialog {
+    Release(TextArea<'static>),
+    ConfirmPlan {
+        plan: Box<Plan>,
+        release: String,
+    },
+    TypeName {
+        release: String,
+        input: TextArea<'static>,
+        wrong: bool,
+    },
+    AbortReason {
+        input: TextArea<'static>,
+        empty: bool,
+    },
+    /// The rollback preview; a protected environment needs its name typed.
+    ConfirmRollback {
+        preview: String,
+        protected: bool,
+        input: TextArea<'static>,
+        wrong: bool,
+    },
+    ConfirmQuit,
+    Filter(TextArea<'static>),
+    Search(TextArea<'static>),
+    Help,
+}
+
+impl App {
+    pub(super) fn on_dialog_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let Some(dialog) = self.dialog.take() else {
+            return Vec::new();
+        };
+        let esc = key.code == KeyCode::Esc;
+        let enter = key.code == KeyCode::Enter;
+        match dialog {
+            Dialog::Help => {}
+            Dialog::ConfirmQuit => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                    if !self.deploy_running() {
+                        return vec![Effect::Quit];
+                    }
+                    self.quit_when_finished = true;
+                    self.pending = Some(Pending::Aborting);
+                    let reason = format!("{} quit the console during the deploy", self.operator);
+                    return vec![Effect::Send(Command::Abort { reason }, CommandSource::Keyboard)];
+                }
+                KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {}
+                _ => self.dialog = Some(Dialog::ConfirmQuit),
+            },
+            Dialog::Release(mut input) => {
+                if esc {
+                    return Vec::new();
+                }
+                if enter {
+                    let release = input_text(&input);
+                    return self.release_chosen(release, input);
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::Release(input));
+            }
+            Dialog::ConfirmPlan { plan, release } => {
+                if enter {
+                    if plan.protected {
+                        self.dialog = Some(Dialog::TypeName {
+                            release,
+                            input: text_input(&format!("type {} to confirm", plan.env)),
+                            wrong: false,
+                        });
+                        return Vec::new();
+                    }
+                    return self.start(release);
+                }
+                if !esc {
+                    self.dialog = Some(Dialog::ConfirmPlan { plan, release });
+                }
+            }
+            Dialog::TypeName { release, mut input, .. } => {
+                if esc {
+                    return Vec::new();
+                }
+                if enter {
+                    let expected = self.target_env().map(|e| e.name.clone()).unwrap_or_default();
+                    if input_text(&input) == expected {
+                        return self.start(release);
+                    }
+                    self.dialog = Some(Dialog::TypeName { release, input, wrong: true });
+                    return Vec::new();
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::TypeName { release, input, wrong: false });
+            }
+            Dialog::ConfirmRollback { preview, protected, mut input, .. } => {
+                if esc {
+                    return vec![Effect::CancelRollback];
+                }
+                if enter {
+                    let expected = self.target_env().map(|e| e.name.clone()).unwrap_or_default();
+                    if protected && input_text(&input) != expected {
+                        self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: true });
+                        return Vec::new();
+                    }
+                    return vec![Effect::StartRollback];
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: false });
+            }
+            Dialog::AbortReason { mut input, .. } => {
+                if esc {
+                    return Vec::new();
+                }
+                if enter {
+                    let reason = input_text(&input);
+                    if reason.is_empty() {
+                        self.dialog = Some(Dialog::AbortReason { input, empty: true });
+                        return Vec::new();
+                    }
+                    if !self.deploy_running() {
+                        self.status = Some("the deploy has already finished".into());
+                        return Vec::new();
+                    }
+                    return self.send(Command::Abort { reason }, Pending::Aborting);
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::AbortReason { input, empty: false });
+            }
+            Dialog::Filter(mut input) => {
+                if esc {
+                    self.filter.clear();
+                    return Vec::new();
+                }
+                let before = self.selected_name();
+                if !enter {
+                    input.input(key);
+                    self.dialog = Some(Dialog::Filter(input.clone()));
+                }
+                // Filter as the operator types.
+                self.filter = input_text(&input);
+                self.selected_host = 0;
+                if let Some(name) = before {
+                    self.select_name(&name);
+                }
+            }
+            Dialog::Search(mut input) => {
+                if esc {
+                    return Vec::new();
+                }
+                if enter {
+                    let needle = input_text(&input);
+                    self.search = (!needle.is_empty()).then_some(needle);
+                    self.jump_to_match(true);
+                    if self.search.is_some() && self.status.is_some() {
+                        // Nothing above the current position: try from the bottom.
+                        self.status = None;
+                        self.log_scroll = 0;
+                        let len = self.log_len();
+                        if let (Some(needle), Some(log)) = (&self.search, self.current_log())
+                            && let Some(i) = log.find_back(needle, len.saturating_sub(1))
+                        {
+                            self.log_scroll = len - 1 - i;
+                        } else {
+                            self.status = Some("no match".into());
+                        }
+                    }
+                    return Vec::new();
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::Search(input));
+            }
+        }
+        Vec::new()
+    }
+
+    fn release_chosen(&mut self, release: String, input: TextArea<'static>) -> Vec<Effect> {
+        let (Some(profile), Some(env)) = (self.target_profile(), self.target_env()) else {
+            return Vec::new();
+        };
+        match Plan::build(profile, &env.name, &release, &Secrets::masked(profile)) {
+            Ok(plan) => {
+                self.dialog = Some(Dialog::ConfirmPlan { plan: Box::new(plan), release });
+            }
+            Err(e) => {
+                self.status = Some(e.to_string());
+                self.dialog = Some(Dialog::Release(input));
+            }
+        }
+        Vec::new()
+    }
+
+    fn start(&mut self, release: String) -> Vec<Effect> {
+        let Some(target) = self.targets.get(self.selected_target) else {
+            return Vec::new();
+        };
+        let env = self.profiles[target.profile].environments[target.env].name.clone();
+        vec![Effect::StartDeploy { profile: target.profile, env, release }]
+    }
+}
+
+pub(super) fn text_input(placeholder: &str) -> TextArea<'static> {
+    let mut input = TextArea::default();
+    input.set_placeholder_text(placeholder);
+    input.set_cursor_line_style(ratatui::style::Style::default());
+    input
+}
+
+pub(super) fn input_text(input: &TextArea) -> String {
+    input.lines().join(" ").trim().to_string()
+}

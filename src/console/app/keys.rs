@@ -1,0 +1,174 @@
+//! What a key means: the keymap's action applied to the console's state, per screen.
+
+use crate::console::keymap::{self, Action, Screen};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::audit::CommandSource;
+use crate::console::model::HostPhase;
+use crate::event::Command;
+
+use super::dialog::text_input;
+use super::*;
+
+impl App {
+    pub fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        if key.kind == KeyEventKind::Release {
+            return Vec::new();
+        }
+        self.status = None;
+        if self.busy.is_some() && self.dialog.is_none() && key.code == KeyCode::Esc {
+            return vec![Effect::CancelBusy];
+        }
+        if self.dialog.is_some() {
+            return self.on_dialog_key(key);
+        }
+        if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
+            return self.request_quit();
+        }
+        let screen = if self.deploy.is_some() { Screen::Deploy } else { Screen::Overview };
+        match keymap::action(screen, key.code) {
+            Some(Action::Quit) => self.request_quit(),
+            Some(Action::Help) => {
+                self.dialog = Some(Dialog::Help);
+                Vec::new()
+            }
+            Some(action) if screen == Screen::Deploy => self.on_deploy_action(action),
+            Some(action) => self.on_overview_action(action),
+            None => Vec::new(),
+        }
+    }
+
+    fn request_quit(&mut self) -> Vec<Effect> {
+        if self.deploy_running() {
+            self.dialog = Some(Dialog::ConfirmQuit);
+            Vec::new()
+        } else {
+            vec![Effect::Quit]
+        }
+    }
+
+    fn on_overview_action(&mut self, action: Action) -> Vec<Effect> {
+        match action {
+            Action::Up => {
+                self.selected_target = self.selected_target.saturating_sub(1);
+                self.refresh_preview();
+            }
+            Action::Down if self.selected_target + 1 < self.targets.len() => {
+                self.selected_target += 1;
+                self.refresh_preview();
+            }
+            Action::Rollback => return self.rollback_selected(false),
+            Action::Check => {
+                let Some(target) = self.targets.get(self.selected_target) else { return Vec::new() };
+                let env = &self.profiles[target.profile].environments[target.env];
+                let checking = env.hosts.iter().map(|h| (h.name.clone(), "checking…".to_string())).collect();
+                self.reachability.insert(self.selected_target, checking);
+                return vec![Effect::Check { target: self.selected_target }];
+            }
+            Action::Enter => {
+                if self.targets.is_empty() {
+                    return Vec::new();
+                }
+                if let Err(e) = &self.preview {
+                    self.status = Some(format!("cannot plan this environment: {e}"));
+                    return Vec::new();
+                }
+                self.dialog = Some(Dialog::Release(text_input("release to deploy, e.g. 2.4.1")));
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn on_deploy_action(&mut self, action: Action) -> Vec<Effect> {
+        let running = self.deploy_running();
+        match action {
+            Action::Pause if running => return self.send(Command::Pause, Pending::Pausing),
+            Action::Resume if running => return self.send(Command::Resume, Pending::Resuming),
+            Action::Abort if running => {
+                self.dialog = Some(Dialog::AbortReason { input: text_input("why are you aborting?"), empty: false });
+            }
+            Action::Retry if running => return self.triage_selected(true),
+            Action::Promote if running => return vec![Effect::Send(Command::Promote, CommandSource::Keyboard)],
+            Action::SkipOrExclude if running => return self.triage_selected(false),
+            Action::Pause
+            | Action::Resume
+            | Action::Abort
+            | Action::Retry
+            | Action::Promote
+            | Action::SkipOrExclude => self.status = Some("the deploy has finished".into()),
+            Action::NextPane => self.focus = self.focus.next(),
+            Action::PreviousPane => self.focus = self.focus.previous(),
+            Action::Enter => {
+                if self.focus == Pane::Hosts {
+                    self.focus = Pane::Logs;
+                    self.interleaved = false;
+                    self.log_scroll = 0;
+                } else {
+                    self.focus = Pane::Hosts;
+                }
+            }
+            Action::Back => {
+                if !self.filter.is_empty() {
+                    self.filter.clear();
+                } else if self.search.is_some() {
+                    self.search = None;
+                } else {
+                    self.focus = Pane::Hosts;
+                }
+            }
+            Action::FilterOrSearch => {
+                self.dialog = Some(if self.focus == Pane::Logs {
+                    Dialog::Search(text_input("search the log"))
+                } else {
+                    Dialog::Filter(text_input("filter hosts by name, state or step"))
+                });
+            }
+            Action::OlderMatch => self.jump_to_match(true),
+            Action::NewerMatch => self.jump_to_match(false),
+            Action::Interleave => {
+                self.interleaved = !self.interleaved;
+                self.log_scroll = 0;
+            }
+            Action::Sort => {
+                self.sort = match self.sort {
+                    SortOrder::Plan => SortOrder::Trouble,
+                    SortOrder::Trouble => SortOrder::Name,
+                    SortOrder::Name => SortOrder::Plan,
+                };
+            }
+            Action::Rollback => return self.rollback_selected(false),
+            Action::Overview if !running => {
+                // Back to the overview to start another deploy.
+                self.deploy = None;
+                self.refresh_preview();
+            }
+            Action::Up => self.move_in_focus(-1),
+            Action::Down => self.move_in_focus(1),
+            Action::PageUp => self.scroll_log(self.log_page() as isize),
+            Action::PageDown => self.scroll_log(-(self.log_page() as isize)),
+            Action::Top => self.log_scroll = self.log_len(),
+            Action::Follow => self.log_scroll = 0,
+            Action::Overview | Action::Check | Action::Help | Action::Quit => {}
+        }
+        Vec::new()
+    }
+
+    /// `R` retries the selected host; `x` skips it if it failed or excludes it if it has not
+    /// started. The engine decides; a refusal comes back as an event and shows on the timeline.
+    fn triage_selected(&mut self, retry: bool) -> Vec<Effect> {
+        let Some(name) = self.selected_name() else { return Vec::new() };
+        let phase = self.deploy.as_ref().and_then(|d| d.host(&name)).map(|h| h.phase);
+        let command = match (retry, phase) {
+            (true, _) => Command::Retry { host: name },
+            (false, Some(HostPhase::Failed)) => Command::Skip { host: name },
+            (false, _) => Command::Exclude { host: name },
+        };
+        vec![Effect::Send(command, CommandSource::Keyboard)]
+    }
+
+    pub(super) fn send(&mut self, command: Command, pending: Pending) -> Vec<Effect> {
+        self.pending = Some(pending);
+        vec![Effect::Send(command, CommandSource::Keyboard)]
+    }
+}
