@@ -112,7 +112,7 @@ pub async fn prepare(
     waves.reverse();
     let hosts: Vec<String> = waves.iter().flatten().cloned().collect();
     let secrets = Secrets::from_env(profile).map_err(SetupError::Invalid)?;
-    let targets = if profile.releases.is_some() || !last.changes.is_empty() {
+    let mut targets = if profile.releases.is_some() || !last.changes.is_empty() {
         from_records(&hosts, &last)
     } else if profile.rollback_target.is_some() {
         preview(transport.as_ref(), profile, environment, &hosts, &last.release, &secrets).await
@@ -120,6 +120,11 @@ pub async fn prepare(
         let why = "no recorded change and no rollback_target: the [[rollback]] steps decide";
         hosts.iter().map(|h| (h.clone(), Destination::Unknown(why.into()))).collect()
     };
+    // Every host of the environment is accounted for in the preview, also those the deploy
+    // never reached (excluded, or behind a wave that did not start).
+    for host in environment.hosts.iter().filter(|h| !hosts.contains(&h.name)) {
+        targets.push((host.name.clone(), Destination::Stay("the deploy never started on it".into())));
+    }
     let moving: Vec<&String> =
         targets.iter().filter(|(_, d)| !matches!(d, Destination::Stay(_))).map(|(h, _)| h).collect();
     for wave in &mut waves {

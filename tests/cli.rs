@@ -456,8 +456,9 @@ fn rollback_returns_the_hosts_the_last_deploy_changed_last_wave_first() {
         "{stdout}"
     );
     assert!(
-        !stdout.contains("dev-worker-1     2.0"),
-        "an excluded host did not change and is not rolled back: {stdout}"
+        !stdout.contains("dev-worker-1     2.0")
+            && stdout.contains("dev-worker-1     left alone: the deploy never started on it"),
+        "an excluded host did not change, is not rolled back, and the preview says why: {stdout}"
     );
     for host in ["dev-web-1", "dev-web-2", "dev-worker-1"] {
         let current = std::fs::read_link(s.dir.path().join(format!("hosts/dev/{host}/current"))).unwrap();
