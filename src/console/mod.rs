@@ -85,7 +85,15 @@ pub fn run(options: ConsoleOptions) -> i32 {
         }
     };
     let scrollback = options.scrollback.or(config.scrollback).unwrap_or(logs::DEFAULT_SCROLLBACK);
-    let app = App::new(profiles, &crate::audit::operator_name(), scrollback);
+    // Warnings (a soak too short for its checks) would scroll away behind the alternate screen:
+    // the footer shows them until the first key.
+    let warnings: Vec<String> = profiles.iter().flat_map(|p| p.warnings.iter().map(|w| w.to_string())).collect();
+    let mut app = App::new(profiles, &crate::audit::operator_name(), scrollback);
+    if let Some(first) = warnings.first() {
+        let first = first.lines().next().unwrap_or_default();
+        let more = if warnings.len() > 1 { format!(" (and {} more)", warnings.len() - 1) } else { String::new() };
+        app.status = Some(format!("warning: {first}{more}"));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
