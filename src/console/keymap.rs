@@ -39,6 +39,8 @@ pub enum Action {
     Follow,
     Interleave,
     Sort,
+    /// Select the next failed or unhealthy host.
+    NextTrouble,
     Overview,
     /// Close what is open: the filter, the search, a pane's focus.
     Back,
@@ -46,16 +48,27 @@ pub enum Action {
     Quit,
 }
 
-/// When a binding shows in the footer.
+/// Where a deploy stands, for the footer to offer the keys that apply there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Footer {
-    Never,
-    Always,
-    /// Only while a deploy runs.
+pub enum Moment {
+    /// The overview, with no deploy on screen.
+    Idle,
     Running,
-    /// Only once it has finished.
+    Paused,
+    /// Waiting at a manual gate.
+    AtGate,
     Finished,
 }
+
+use Moment::{AtGate, Finished, Idle, Paused, Running};
+
+/// When a binding shows in the footer: at these moments.
+pub type Footer = &'static [Moment];
+const NEVER: Footer = &[];
+const ALWAYS: Footer = &[Idle, Running, Paused, AtGate, Finished];
+const IN_FLIGHT: Footer = &[Running, Paused, AtGate];
+/// A pause offers its own keys (resume, retry, skip) and gives up the room of the others.
+const NOT_PAUSED: Footer = &[Idle, Running, AtGate, Finished];
 
 pub struct Binding {
     pub keys: &'static [KeyCode],
@@ -64,7 +77,7 @@ pub struct Binding {
     pub does: &'static str,
     pub screens: &'static [Screen],
     pub action: Action,
-    /// The footer's short word for it, and when it shows.
+    /// The footer's short word for it, and at which moments it shows.
     pub footer: (&'static str, Footer),
 }
 
@@ -80,7 +93,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "choose environment or host; scroll the focused pane",
         screens: BOTH,
         action: Action::Up,
-        footer: ("↑↓ choose", Footer::Never),
+        footer: ("↑↓ choose", NEVER),
     },
     Binding {
         keys: &[KeyCode::Down, KeyCode::Char('j')],
@@ -88,7 +101,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "",
         screens: BOTH,
         action: Action::Down,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Enter, KeyCode::Char('d')],
@@ -96,7 +109,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "deploy the environment · a host's log, or back to hosts",
         screens: &[Overview],
         action: Action::Enter,
-        footer: ("Enter deploy", Footer::Always),
+        footer: ("Enter deploy", ALWAYS),
     },
     Binding {
         keys: &[KeyCode::Enter],
@@ -104,7 +117,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "",
         screens: &[Deploy],
         action: Action::Enter,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Char('c')],
@@ -112,7 +125,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "check every host (reachable, key, auth, disk)",
         screens: &[Overview],
         action: Action::Check,
-        footer: ("c check hosts", Footer::Always),
+        footer: ("c check hosts", ALWAYS),
     },
     Binding {
         keys: &[KeyCode::Char('p')],
@@ -120,7 +133,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "pause (running steps finish) · resume where it stopped",
         screens: &[Deploy],
         action: Action::Pause,
-        footer: ("p pause", Footer::Running),
+        footer: ("p pause", &[Running]),
     },
     Binding {
         keys: &[KeyCode::Char('r')],
@@ -128,7 +141,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "",
         screens: &[Deploy],
         action: Action::Resume,
-        footer: ("r resume", Footer::Running),
+        footer: ("r resume", &[Paused]),
     },
     Binding {
         keys: &[KeyCode::Char('a')],
@@ -136,7 +149,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "abort, with a reason: running steps are killed",
         screens: &[Deploy],
         action: Action::Abort,
-        footer: ("a abort", Footer::Running),
+        footer: ("a abort", IN_FLIGHT),
     },
     Binding {
         keys: &[KeyCode::Char('P')],
@@ -144,7 +157,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "promote the next wave past a manual gate",
         screens: &[Deploy],
         action: Action::Promote,
-        footer: ("", Footer::Never),
+        footer: ("P promote", &[AtGate]),
     },
     Binding {
         keys: &[KeyCode::Char('R')],
@@ -152,7 +165,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "retry a failed host · skip it, or exclude a waiting one",
         screens: &[Deploy],
         action: Action::Retry,
-        footer: ("", Footer::Never),
+        footer: ("R retry", &[Paused]),
     },
     Binding {
         keys: &[KeyCode::Char('x')],
@@ -160,7 +173,15 @@ pub const BINDINGS: &[Binding] = &[
         does: "",
         screens: &[Deploy],
         action: Action::SkipOrExclude,
-        footer: ("", Footer::Never),
+        footer: ("x skip", &[Paused]),
+    },
+    Binding {
+        keys: &[KeyCode::Char('f')],
+        label: "f",
+        does: "select the next failed or unhealthy host",
+        screens: &[Deploy],
+        action: Action::NextTrouble,
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Char('o')],
@@ -168,7 +189,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "back to the overview after a deploy",
         screens: &[Deploy],
         action: Action::Overview,
-        footer: ("o overview", Footer::Finished),
+        footer: ("o overview", &[Finished]),
     },
     Binding {
         keys: &[KeyCode::Char('B')],
@@ -176,7 +197,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "roll back the last deploy (shows targets first)",
         screens: BOTH,
         action: Action::Rollback,
-        footer: ("B roll back", Footer::Finished),
+        footer: ("B roll back", &[Idle, Finished]),
     },
     Binding {
         keys: &[KeyCode::Tab],
@@ -184,7 +205,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "next / previous pane: hosts, log, health, timeline",
         screens: &[Deploy],
         action: Action::NextPane,
-        footer: ("Tab pane", Footer::Always),
+        footer: ("Tab pane", ALWAYS),
     },
     Binding {
         keys: &[KeyCode::BackTab],
@@ -192,7 +213,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "",
         screens: &[Deploy],
         action: Action::PreviousPane,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Char('/')],
@@ -200,7 +221,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "filter hosts · in the log pane: search the log",
         screens: &[Deploy],
         action: Action::FilterOrSearch,
-        footer: ("/ filter", Footer::Always),
+        footer: ("/ filter", NOT_PAUSED),
     },
     Binding {
         keys: &[KeyCode::Char('n')],
@@ -208,7 +229,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "older / newer search match",
         screens: &[Deploy],
         action: Action::OlderMatch,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Char('N')],
@@ -216,7 +237,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "",
         screens: &[Deploy],
         action: Action::NewerMatch,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::PageUp],
@@ -224,7 +245,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "scroll the log (stops following the tail)",
         screens: &[Deploy],
         action: Action::PageUp,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::PageDown],
@@ -232,7 +253,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "",
         screens: &[Deploy],
         action: Action::PageDown,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Home],
@@ -240,7 +261,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "top of the log · follow the tail again",
         screens: &[Deploy],
         action: Action::Top,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::End],
@@ -248,7 +269,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "",
         screens: &[Deploy],
         action: Action::Follow,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Char('i')],
@@ -256,7 +277,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "all hosts' output interleaved · sort: plan, problems, name",
         screens: &[Deploy],
         action: Action::Interleave,
-        footer: ("i all", Footer::Always),
+        footer: ("i all", NOT_PAUSED),
     },
     Binding {
         keys: &[KeyCode::Char('s')],
@@ -264,7 +285,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "",
         screens: &[Deploy],
         action: Action::Sort,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Esc],
@@ -272,7 +293,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "close a dialog · clear filter or search · stop a plan",
         screens: BOTH,
         action: Action::Back,
-        footer: ("", Footer::Never),
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Char('?')],
@@ -280,7 +301,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "",
         screens: BOTH,
         action: Action::Help,
-        footer: ("? help", Footer::Always),
+        footer: ("? help", ALWAYS),
     },
     Binding {
         keys: &[KeyCode::Char('q')],
@@ -288,7 +309,7 @@ pub const BINDINGS: &[Binding] = &[
         does: "quit; during a deploy asks, then aborts it",
         screens: BOTH,
         action: Action::Quit,
-        footer: ("q quit", Footer::Always),
+        footer: ("q quit", ALWAYS),
     },
 ];
 
@@ -302,14 +323,8 @@ pub fn help() -> impl Iterator<Item = (&'static str, &'static str)> {
     BINDINGS.iter().filter(|b| !b.label.is_empty()).map(|b| (b.label, b.does))
 }
 
-/// The footer's key hints for `screen`, e.g. "p pause · r resume · … · q quit".
-pub fn footer(screen: Screen, running: bool) -> String {
-    let shown = |when: Footer| match when {
-        Footer::Never => false,
-        Footer::Always => true,
-        Footer::Running => running,
-        Footer::Finished => !running,
-    };
+/// The footer's key hints for `screen` at `moment`, e.g. "r resume · a abort · … · q quit".
+pub fn footer(screen: Screen, moment: Moment) -> String {
     let mut words: Vec<&str> = Vec::new();
     if screen == Overview {
         words.push("↑↓ environment");
@@ -317,7 +332,7 @@ pub fn footer(screen: Screen, running: bool) -> String {
     words.extend(
         BINDINGS
             .iter()
-            .filter(|b| b.screens.contains(&screen) && shown(b.footer.1) && !b.footer.0.is_empty())
+            .filter(|b| b.screens.contains(&screen) && b.footer.1.contains(&moment) && !b.footer.0.is_empty())
             .map(|b| b.footer.0),
     );
     words.join(" · ")
@@ -342,13 +357,15 @@ mod tests {
 
     #[test]
     fn footers_come_from_the_table() {
+        assert_eq!(footer(Deploy, Running), "p pause · a abort · Tab pane · / filter · i all · ? help · q quit");
+        assert_eq!(footer(Deploy, Paused), "r resume · a abort · R retry · x skip · Tab pane · ? help · q quit");
+        assert_eq!(footer(Deploy, AtGate), "a abort · P promote · Tab pane · / filter · i all · ? help · q quit");
         assert_eq!(
-            footer(Deploy, true),
-            "p pause · r resume · a abort · Tab pane · / filter · i all · ? help · q quit"
+            footer(Deploy, Finished),
+            "o overview · B roll back · Tab pane · / filter · i all · ? help · q quit"
         );
-        assert_eq!(footer(Deploy, false), "o overview · B roll back · Tab pane · / filter · i all · ? help · q quit");
         assert_eq!(
-            footer(Overview, false),
+            footer(Overview, Idle),
             "↑↓ environment · Enter deploy · c check hosts · B roll back · ? help · q quit"
         );
         assert_eq!(action(Deploy, KeyCode::BackTab), Some(Action::PreviousPane));

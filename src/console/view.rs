@@ -144,7 +144,7 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
     let hint = if app.targets.is_empty() {
         "no environments in these profiles · q quit".to_string()
     } else {
-        keymap::footer(keymap::Screen::Overview, false)
+        keymap::footer(keymap::Screen::Overview, keymap::Moment::Idle)
     };
     draw_footer(frame, footer, app, &hint, theme);
 }
@@ -198,7 +198,13 @@ fn draw_deploy(frame: &mut Frame, app: &App, model: &DeployModel, theme: &Theme,
     draw_waves(frame, areas.waves, model, theme);
     draw_hosts(frame, areas.hosts, app, model, theme, clock);
     draw_details(frame, &areas, app, model, theme, clock);
-    let hint = keymap::footer(keymap::Screen::Deploy, !model.is_finished());
+    let moment = match model.control {
+        ControlView::Running | ControlView::Aborted { .. } => keymap::Moment::Running,
+        ControlView::Paused { .. } => keymap::Moment::Paused,
+        ControlView::AwaitingPromote { .. } => keymap::Moment::AtGate,
+        ControlView::Finished(_) => keymap::Moment::Finished,
+    };
+    let hint = keymap::footer(keymap::Screen::Deploy, moment);
     draw_footer(frame, areas.footer, app, &hint, theme);
 }
 

@@ -138,6 +138,7 @@ impl App {
                 };
             }
             Action::Rollback => return self.rollback_selected(false),
+            Action::NextTrouble => self.select_next_trouble(),
             Action::Overview if !running => {
                 // Back to the overview to start another deploy.
                 self.deploy = None;
@@ -165,6 +166,26 @@ impl App {
             (false, _) => Command::Exclude { host: name },
         };
         vec![Effect::Send(command, CommandSource::Keyboard)]
+    }
+
+    /// Moves the selection to the next failed or unhealthy host after it, wrapping around; says
+    /// so when there is none.
+    fn select_next_trouble(&mut self) {
+        let Some(model) = self.deploy.as_ref() else { return };
+        let visible = self.visible_hosts();
+        let troubled = |i: usize| {
+            let h = &model.hosts[i];
+            h.phase == HostPhase::Failed || h.healthy == Some(false) || h.went_unhealthy
+        };
+        let count = visible.len();
+        let next = (1..=count).map(|k| (self.selected_host + k) % count).find(|&pos| troubled(visible[pos]));
+        match next {
+            Some(pos) => {
+                self.selected_host = pos;
+                self.log_scroll = 0;
+            }
+            None => self.status = Some("no failed or unhealthy host".into()),
+        }
     }
 
     pub(super) fn send(&mut self, command: Command, pending: Pending) -> Vec<Effect> {

@@ -571,6 +571,20 @@ mod tests {
     }
 
     #[test]
+    fn f_walks_the_failed_and_unhealthy_hosts_and_wraps() {
+        let mut app = deploying();
+        app.on_key(key(KeyCode::Char('f')));
+        assert_eq!(app.status.as_deref(), Some("no failed or unhealthy host"));
+        let failed = Event::HostFinished { wave: 2, host: "c".into(), state: crate::event::HostState::Failed };
+        app.on_event(&stamp(1, failed));
+        app.on_event(&stamp(2, Event::HealthChanged { host: "a".into(), check: "up".into(), healthy: false }));
+        app.on_key(key(KeyCode::Char('f')));
+        assert_eq!(app.selected_name().as_deref(), Some("c"));
+        app.on_key(key(KeyCode::Char('f')));
+        assert_eq!(app.selected_name().as_deref(), Some("a"), "wraps around to the top");
+    }
+
+    #[test]
     fn a_rollback_policy_starts_the_rollback_when_the_deploy_ends() {
         let mut app = deploying();
         let threshold = Event::ThresholdExceeded {
