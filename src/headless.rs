@@ -123,6 +123,10 @@ pub async fn drive(session: Session, orders: &Orders) -> Ended {
         }
     };
     let operator = crate::sys::operator_name();
+    match &live.socket {
+        Ok(_) => say(&format!("watch from another terminal: wavedeck attach {} --observe", live.session)),
+        Err(why) => say(&format!("(no control socket: {why}; the deploy runs without one)")),
+    }
     let mut rollback = false;
     let mut finished = false;
     while !finished {

@@ -8,7 +8,7 @@
 //!    safe for a terminal), [`shell`] (quoting, the release-layout scripts), [`sys`] (operator,
 //!    machine, hex), [`exit`].
 //! 2. [`profile`]: a service's TOML profile, read strictly and validated. [`describe`]: events
-//!    in words, for every front end.
+//!    in words, for every front end. [`remote`]: a deploy's control socket and its protocol.
 //! 3. [`secrets`] (values from the environment, and masking), [`health`] (HTTP/TCP probes and
 //!    streaks), [`transport`] (how a host is reached: local or SSH).
 //! 4. [`plan`]: profile + environment + release into waves of hosts with rendered scripts.
@@ -38,6 +38,7 @@ pub mod health;
 pub mod lock;
 pub mod plan;
 pub mod profile;
+pub mod remote;
 pub mod rollback;
 pub mod secrets;
 pub mod session;

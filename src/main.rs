@@ -93,6 +93,20 @@ enum Cmd {
         #[arg(long)]
         local_root: Option<PathBuf>,
     },
+    /// List the deploys running on this machine (yours), from their control sockets.
+    Ps,
+    /// Watch a running deploy from another terminal: everything it did so far, then live.
+    Attach {
+        /// The session id, as `wavedeck ps` shows it.
+        session: String,
+        /// Only watch (for now the only way: a deploy is controlled by the terminal that
+        /// started it).
+        #[arg(long)]
+        observe: bool,
+        /// Start from this event number [default: the oldest the deploy still holds].
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+    },
     /// Run a deploy without the console: plain output and an exit code, for CI.
     Deploy {
         profile: PathBuf,
@@ -138,6 +152,8 @@ fn main() -> ExitCode {
         Some(Cmd::Unlock { profile, env, yes, audit_dir, local_root }) => {
             unlock(&profile, &env, yes, audit_dir.as_deref(), local_root.as_deref())
         }
+        Some(Cmd::Ps) => ps(),
+        Some(Cmd::Attach { session, observe, from }) => attach(&session, observe, from),
         Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root, exclude, promote }) => {
             let options = SessionOptions {
                 profile: &profile,
@@ -211,6 +227,88 @@ fn rollback(
         }
     }
     Ok(runtime.block_on(headless::drive(session, &Orders::default())).code)
+}
+
+/// `wavedeck ps`: one line per deploy with a control socket.
+fn ps() -> Result<i32, SetupError> {
+    let runtime = runtime()?;
+    let listings = runtime.block_on(wavedeck::remote::list()).map_err(SetupError::CannotStart)?;
+    if listings.is_empty() {
+        println!("no deploys running");
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<28}  {:<12}  {:<12}  {:<12}  {:<10}  {:>6}  CLIENTS",
+        "SESSION", "SERVICE", "ENV", "RELEASE", "OPERATOR", "EVENTS"
+    );
+    for listing in listings {
+        match listing {
+            wavedeck::remote::Listing::Running(w) => println!(
+                "{:<28}  {:<12}  {:<12}  {:<12}  {:<10}  {:>6}  {}",
+                w.session,
+                w.service,
+                w.env,
+                w.release,
+                w.operator,
+                w.last_seq,
+                w.clients.saturating_sub(1)
+            ),
+            wavedeck::remote::Listing::Gone { session, path } => {
+                println!("{session:<28}  gone: nothing answers on {} (its process ended)", path.display())
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `wavedeck attach SESSION --observe`: the deploy's events as headless mode prints them.
+fn attach(session: &str, observe: bool, from: u64) -> Result<i32, SetupError> {
+    if !observe {
+        return Err(SetupError::Invalid(
+            "add --observe: a deploy is controlled by the terminal that started it, others watch".into(),
+        ));
+    }
+    let path = wavedeck::remote::socket_of(session).map_err(SetupError::Invalid)?;
+    let runtime = runtime()?;
+    let operator = wavedeck::sys::operator_name();
+    let watched = runtime.block_on(wavedeck::remote::observe(
+        &path,
+        from,
+        |w| {
+            out(&format!(
+                "== watching {} {} on {} (session {}, started by {}); audit log: {}",
+                w.service,
+                w.release,
+                w.env,
+                w.session,
+                w.operator,
+                w.audit_path.display()
+            ));
+            if w.first_seq > from.max(1) {
+                out(&format!("== events before {} are only in the audit log", w.first_seq));
+            }
+        },
+        |_, event| {
+            if let Some(text) = headless::render(&event.event, &operator) {
+                out(&wavedeck::text::visible(&text));
+            }
+        },
+    ));
+    match watched {
+        Ok(why) => {
+            out(&format!("== {why}"));
+            Ok(exit::OK)
+        }
+        Err(why) => Err(SetupError::CannotStart(why)),
+    }
+}
+
+/// Prints a line; a reader that went away (`| head`) ends nothing but the printing.
+fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}");
+    let _ = stdout.flush();
 }
 
 /// Shows who holds an environment's deploy lock and, confirmed, breaks it (audited).

@@ -293,6 +293,10 @@ pub struct Live {
     pub commands: Commands,
     pub events: EventStream,
     pub audit_path: PathBuf,
+    /// The session id, and the control socket other terminals can watch it on (or why there
+    /// is none: the deploy runs either way).
+    pub session: String,
+    pub socket: Result<PathBuf, String>,
     ended: tokio::sync::oneshot::Receiver<Ended>,
 }
 
@@ -348,6 +352,16 @@ impl Session {
         };
         let Session { plan, redactor, mut audit, transport, .. } = self;
         let audit_path = audit.path().to_path_buf();
+        let session = audit.session_id().to_string();
+        let remote = crate::remote::Server::listen(crate::remote::About {
+            session: session.clone(),
+            service: plan.service.clone(),
+            env: plan.env.clone(),
+            release: plan.release.clone(),
+            operator: crate::sys::operator_name(),
+            audit_path: audit_path.clone(),
+        });
+        let socket = remote.as_ref().map(|r| r.path.clone()).map_err(String::clone);
         let (engine_commands, engine_command_rx) = mpsc::unbounded_channel();
         let mut policy_abort = false;
         for (command, source) in first {
@@ -360,13 +374,13 @@ impl Session {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (front, events) = engine::event_channel();
         let (ended_tx, ended) = tokio::sync::oneshot::channel();
-        let owner = Owner { audit, lock, engine_commands, policy_abort };
+        let owner = Owner { audit, lock, engine_commands, policy_abort, remote: remote.ok() };
         tokio::spawn(async move {
             let result = owner.run(command_rx, engine_stream, front).await;
             engine.abort();
             let _ = ended_tx.send(result);
         });
-        Ok(Live { commands: Commands(commands), events, audit_path, ended })
+        Ok(Live { commands: Commands(commands), events, audit_path, session, socket, ended })
     }
 }
 
@@ -379,6 +393,8 @@ struct Owner {
     /// An abort was ordered by policy (headless mode's standing orders): the deploy failed, it
     /// was not aborted by a person.
     policy_abort: bool,
+    /// The control socket observers attach to; closed (and removed) when the owner ends.
+    remote: Option<crate::remote::Server>,
 }
 
 impl Owner {
@@ -406,6 +422,9 @@ impl Owner {
                 event = events.recv() => {
                     let Some(event) = event else { break };
                     self.audit.event(&event);
+                    if let Some(remote) = &self.remote {
+                        remote.journal.record(&event);
+                    }
                     if let Event::DeployFinished { outcome: o, .. } = &event.event {
                         outcome = Some(*o);
                     }
@@ -418,6 +437,8 @@ impl Owner {
                 }
             }
         }
+        // Observers have had the last event; the socket goes before the lock is released.
+        drop(self.remote.take());
         let mut problems = Vec::new();
         let (word, code) = match outcome {
             Some(Outcome::Succeeded) => ("succeeded", crate::exit::OK),

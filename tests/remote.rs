@@ -1,0 +1,179 @@
+//! Watching a running deploy from another terminal through its control socket: `wavedeck ps`,
+//! `wavedeck attach --observe`, and a peer of another uid refused.
+#![allow(clippy::unwrap_used)] // Tests panic on unexpected errors by design.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/demo.toml");
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::DirBuilder::new().mode(0o700).create(dir.path().join("run")).unwrap();
+        Sandbox { dir }
+    }
+
+    fn runtime(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wavedeck"));
+        cmd.args(args)
+            .env("WAVEDECK_AUDIT_DIR", self.dir.path().join("audit"))
+            .env("WAVEDECK_LOCAL_ROOT", self.dir.path().join("hosts"))
+            .env("WAVEDECK_RUNTIME_DIR", self.runtime());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Starts a demo deploy headless and returns it with its session id, once it has begun.
+    fn busy_deploy(
+        &self,
+        profile: &str,
+        env: &str,
+    ) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>, String) {
+        let mut child = self
+            .command(&["deploy", profile, "--env", env, "--release", "2.4.1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut session = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("watch from another terminal: wavedeck attach ") {
+                session = rest.split_whitespace().next().map(str::to_string);
+            }
+            if line.contains("fetched app.bin") {
+                break;
+            }
+        }
+        (child, lines, session.expect("the deploy names its session"))
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn another_terminal_lists_the_deploy_and_watches_it_from_the_start_to_the_end() {
+    let s = Sandbox::new();
+    let (mut deploy, rest, session) = s.busy_deploy(DEMO, "staging");
+
+    let ps = s.run(&["ps"]);
+    let listed = text(&ps.stdout);
+    assert_eq!(ps.status.code(), Some(0), "{listed}");
+    assert!(listed.contains(&session) && listed.contains("shopfront") && listed.contains("staging"), "{listed}");
+
+    let watched = s.run(&["attach", &session, "--observe"]);
+    let stdout = text(&watched.stdout);
+    assert_eq!(watched.status.code(), Some(0), "{stdout}\n{}", text(&watched.stderr));
+    // What happened before it attached, then what happened after, to the end.
+    assert!(stdout.contains("== run-once steps on stg-web-1: migrate"), "{stdout}");
+    assert!(stdout.contains("[stg-web-1]   fetched app.bin"), "{stdout}");
+    assert!(stdout.contains("[stg-web-4] !! FAILED"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("== the deploy has ended"), "{stdout}");
+
+    let _: Vec<_> = rest.collect();
+    assert_eq!(deploy.wait().unwrap().code(), Some(1));
+    // The socket goes with the deploy.
+    assert_eq!(std::fs::read_dir(s.runtime()).unwrap().count(), 0);
+    assert_eq!(text(&s.run(&["ps"]).stdout).trim(), "no deploys running");
+}
+
+#[test]
+fn an_observer_cannot_steer_and_a_stranger_is_refused() {
+    let s = Sandbox::new();
+    // Held between its waves for an hour: the deploy stays up while the test talks to it.
+    let held = s.dir.path().join("held.toml");
+    let demo =
+        std::fs::read_to_string(DEMO).unwrap().replace("pause_between_waves = \"1s\"", "pause_between_waves = \"1h\"");
+    std::fs::write(&held, demo).unwrap();
+    let (mut deploy, rest, session) = s.busy_deploy(held.to_str().unwrap(), "dev");
+    let socket = s.runtime().join(format!("{session}.sock"));
+    // Commands over the socket are refused with a reason: the console or CLI that started a
+    // deploy controls it.
+    let answer =
+        talk_as_myself(&socket, &[r#"{"hello":{"version":1,"client":"test","from_seq":18446744073709551615}}"#], 1);
+    assert!(answer.contains(r#""welcome""#), "{answer}");
+    // Hello from far in the future: nothing to replay, only the answer to the command.
+    let answer = talk_as_myself(
+        &socket,
+        &[
+            r#"{"hello":{"version":1,"client":"test","from_seq":1000000000}}"#,
+            r#"{"command":{"id":7,"command":{"command":"pause"}}}"#,
+        ],
+        2,
+    );
+    assert!(answer.contains(r#"{"refused":{"id":7,"reason":"this deploy is controlled by"#), "{answer}");
+
+    if nix::unistd::getuid().is_root() {
+        // Open the way to the socket for everyone: the deploy must still refuse a stranger by
+        // the peer's credentials alone.
+        use std::os::unix::fs::PermissionsExt;
+        let open = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        for dir in s.runtime().ancestors().take(2) {
+            open(dir, 0o711);
+        }
+        open(&socket, 0o666);
+        let answer = talk_as("nobody", &socket, &[r#"{"hello":{"version":1,"client":"x","from_seq":1}}"#]);
+        assert!(answer.contains("may not attach to it") && !answer.contains("welcome"), "{answer}");
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root to test a stranger's refusal");
+        eprintln!("skipping the other-uid check: it needs root to act as another user");
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(deploy.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let _: Vec<_> = rest.collect();
+    assert_eq!(deploy.wait().unwrap().code(), Some(3));
+}
+
+/// Sends `lines` to the socket and returns the first `answers` lines the deploy sends back.
+fn talk_as_myself(socket: &Path, lines: &[&str], answers: usize) -> String {
+    use std::io::Write;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    for line in lines {
+        writeln!(stream, "{line}").unwrap();
+    }
+    let mut reader = BufReader::new(stream);
+    let mut out = String::new();
+    for _ in 0..answers {
+        if reader.read_line(&mut out).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Sends `lines` to the socket as another `user` (through runuser and perl) and returns what
+/// the deploy answered before it closed the connection.
+fn talk_as(user: &str, socket: &Path, lines: &[&str]) -> String {
+    let script = r#"
+        use IO::Socket::UNIX;
+        # A refused peer may find the socket closed before its hello is out: read the reason.
+        $SIG{PIPE} = 'IGNORE';
+        my $s = IO::Socket::UNIX->new(Peer => shift) or die "connect: $!";
+        print $s "$_\n" for @ARGV; $s->flush;
+        while (my $l = <$s>) { print $l; }
+    "#;
+    let out = Command::new("runuser")
+        .args(["-u", user, "--", "perl", "-e", script])
+        .arg(socket)
+        .args(lines)
+        .output()
+        .unwrap();
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
