@@ -245,11 +245,11 @@ fn ps() -> Result<i32, SetupError> {
         match listing {
             wavedeck::remote::Listing::Running(w) => println!(
                 "{:<28}  {:<12}  {:<12}  {:<12}  {:<10}  {:>6}  {}",
-                w.session,
-                w.service,
-                w.env,
-                w.release,
-                w.operator,
+                w.about.session,
+                w.about.service,
+                w.about.env,
+                w.about.release,
+                w.about.operator,
                 w.last_seq,
                 w.clients.saturating_sub(1)
             ),
@@ -277,12 +277,12 @@ fn attach(session: &str, observe: bool, from: u64) -> Result<i32, SetupError> {
         |w| {
             out(&format!(
                 "== watching {} {} on {} (session {}, started by {}); audit log: {}",
-                w.service,
-                w.release,
-                w.env,
-                w.session,
-                w.operator,
-                w.audit_path.display()
+                w.about.service,
+                w.about.release,
+                w.about.env,
+                w.about.session,
+                w.about.operator,
+                w.about.audit_path.display()
             ));
             if w.first_seq > from.max(1) {
                 out(&format!("== events before {} are only in the audit log", w.first_seq));

@@ -52,12 +52,8 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     pub version: u32,
-    pub session: String,
-    pub service: String,
-    pub env: String,
-    pub release: String,
-    pub operator: String,
-    pub audit_path: PathBuf,
+    #[serde(flatten)]
+    pub about: About,
     /// The oldest event still held for replay, and the newest so far.
     pub first_seq: u64,
     pub last_seq: u64,
@@ -178,7 +174,7 @@ impl Journal {
 }
 
 /// What a deploy tells attaching clients about itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct About {
     pub session: String,
     pub service: String,
@@ -278,12 +274,7 @@ async fn serve(
     let (first_seq, last_seq) = journal.span();
     let welcome = Welcome {
         version: PROTOCOL,
-        session: about.session.clone(),
-        service: about.service.clone(),
-        env: about.env.clone(),
-        release: about.release.clone(),
-        operator: about.operator.clone(),
-        audit_path: about.audit_path.clone(),
+        about: about.clone(),
         first_seq,
         last_seq,
         clients: clients.load(std::sync::atomic::Ordering::SeqCst),
