@@ -128,12 +128,21 @@ pub async fn drive(session: Session, orders: &Orders) -> Ended {
         Err(why) => say(&format!("(no control socket: {why}; the deploy runs without one)")),
     }
     let mut rollback = false;
+    let mut stopped_by_policy = false;
     let mut finished = false;
     while !finished {
         tokio::select! {
             event = live.events.recv() => {
                 let Some(event) = event else { break };
-                if let Some(text) = render(&event.event, &operator) {
+                let text = match &event.event {
+                    // Headless mode stopped it on its standing orders: a failed deploy, as the
+                    // exit code says, not an operator's abort.
+                    Event::DeployFinished { outcome: Outcome::Aborted, duration_ms, hosts } if stopped_by_policy => {
+                        Some(summary_table(Outcome::Failed, *duration_ms, hosts))
+                    }
+                    other => render(other, &operator),
+                };
+                if let Some(text) = text {
                     // Host output and messages may carry terminal escapes: shown, never obeyed.
                     say(&crate::text::visible(&text));
                 }
@@ -145,11 +154,13 @@ pub async fn drive(session: Session, orders: &Orders) -> Ended {
                             threshold_text(*wave, *failures, *limit)
                         );
                         live.commands.send(Command::Abort { reason }, CommandSource::Policy);
+                        stopped_by_policy = true;
                     }
                     Event::AwaitingPromote { wave } => {
                         let command = if orders.promote {
                             Command::Promote
                         } else {
+                            stopped_by_policy = true;
                             Command::Abort {
                                 reason: format!("wave {wave} has a manual gate and headless mode runs without --promote"),
                             }

@@ -163,6 +163,7 @@ fn every_on_failure_policy_stop_exits_1_and_the_audit_says_policy_decided() {
                 let out = s.run(&["deploy", profile.to_str().unwrap(), "--env", "staging", "--release", "2.4.1"]);
                 let stdout = text(&out.stdout);
                 assert_eq!(out.status.code(), Some(1), "on_failure = {action}: {stdout}");
+                assert!(stdout.contains("\nFAILED: "), "the final table says what the exit code says: {stdout}");
                 let files = audit_files(&s);
                 let records = audit_records(&files[0]);
                 assert_eq!(records.last().unwrap()["outcome"], "failed", "{action}");
