@@ -240,6 +240,9 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                         busy = None;
                         app.busy = None;
                         app.begin_deploy();
+                        if live.socket.is_ok() {
+                            app.status = Some(format!("others can watch: wavedeck attach {} --observe", live.session));
+                        }
                         running = Some(live);
                     }
                     Done::Started(Err(message)) => {
