@@ -79,7 +79,9 @@ pub fn report(env: &str, results: &[HostCheck]) -> String {
     let mut out = format!("{:<width$}  {:<addr$}  {:<16}  {:>9}  DETAIL\n", "HOST", "ADDRESS", "STATUS", "FREE");
     for r in results {
         let free = r.free_bytes.map_or_else(|| "-".to_string(), human_bytes);
-        let _ = writeln!(out, "{:<width$}  {:<addr$}  {:<16}  {free:>9}  {}", r.host, r.address, r.status, r.detail);
+        // The detail can quote the host (what its `df` printed): shown, never obeyed.
+        let detail = crate::text::visible(&r.detail);
+        let _ = writeln!(out, "{:<width$}  {:<addr$}  {:<16}  {free:>9}  {detail}", r.host, r.address, r.status);
     }
     let bad = results.iter().filter(|r| !r.ok()).count();
     let _ = write!(
@@ -122,12 +124,13 @@ mod tests {
                 address: "10.0.0.2".into(),
                 status: "auth_failed".into(),
                 free_bytes: None,
-                detail: "refused".into(),
+                detail: "refused \u{1b}]0;pwned\u{7}".into(),
             },
         ];
         let text = report("prod", &results);
         assert!(text.contains("a     10.0.0.1  ok                  5.0 GiB"), "{text}");
-        assert!(text.contains("auth_failed"), "{text}");
+        assert!(text.contains("auth_failed") && text.contains(r"refused \x1b]0;pwned\x07"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
         assert!(text.ends_with("prod: 1 of 2 hosts ready, 1 NOT ready"), "{text}");
     }
 }

@@ -196,7 +196,8 @@ impl DeployModel {
         if self.timeline.len() == TIMELINE_LEN {
             self.timeline.pop_front();
         }
-        self.timeline.push_back(TimelineEntry { at, severity, text });
+        // Messages carry host-supplied text (errors, check output): cleaned like output lines.
+        self.timeline.push_back(TimelineEntry { at, severity, text: clean(&text) });
     }
 
     /// Folds one engine event into the model.
@@ -311,7 +312,7 @@ impl DeployModel {
                     h.logs.push(LogLine {
                         host: None,
                         stream: crate::event::Stream::Stderr,
-                        text: text.clone().into(),
+                        text: clean(&text).into(),
                     });
                 }
             }
@@ -632,5 +633,24 @@ pub(crate) mod tests {
         assert_eq!(m.control, ControlView::AwaitingPromote { wave: 1 });
         m.apply(&stamp(4, Event::Promoted { wave: 1 }));
         assert_eq!(m.control, ControlView::Running);
+    }
+
+    #[test]
+    fn host_text_in_messages_reaches_the_timeline_and_log_cleaned() {
+        let mut m = DeployModel::new("ann", 100);
+        m.apply(&started());
+        let failed = Event::ConnectFailed {
+            host: "a".into(),
+            attempt: 1,
+            of: 1,
+            kind: "unreachable".into(),
+            message: "banner \u{1b}[2J\u{1b}]0;pwned\u{7}gone".into(),
+            retry_in_ms: None,
+        };
+        m.apply(&stamp(1, failed));
+        let note = &m.timeline.back().unwrap().text;
+        assert!(!note.contains('\u{1b}') && note.ends_with("banner gone"), "{note}");
+        let logged = &m.host("a").unwrap().logs.get(0).unwrap().text;
+        assert!(!logged.contains('\u{1b}'), "{logged}");
     }
 }

@@ -13,6 +13,7 @@ use ratatui::widgets::{Block, BorderType, Borders, Cell, Clear, Paragraph, Row, 
 use super::app::{App, Dialog, Pane, SortOrder, phase_word};
 use super::keymap;
 use super::layout::{self, DeployLayout};
+use super::logs::clean;
 use super::model::{ControlView, DeployModel, HostPhase, HostView, Tone, WavePhase};
 use super::theme::Theme;
 use crate::event::{Outcome, PauseCause, Stream};
@@ -540,7 +541,10 @@ fn draw_timeline(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, 
 
 fn draw_footer(frame: &mut Frame, area: Rect, app: &App, hint: &str, theme: &Theme) {
     let line = match (&app.status, &app.busy) {
-        (Some(status), _) => Line::styled(format!(" {status}"), theme.fg(theme.warn).add_modifier(Modifier::BOLD)),
+        // A status may quote a host (a refusal, a lock owner): cleaned before it reaches the terminal.
+        (Some(status), _) => {
+            Line::styled(format!(" {}", clean(status)), theme.fg(theme.warn).add_modifier(Modifier::BOLD))
+        }
         (None, Some(busy)) => Line::styled(format!(" … {busy} · Esc cancels"), theme.fg(theme.accent)),
         (None, None) => Line::styled(format!(" {hint}"), theme.muted()),
     };

@@ -497,7 +497,11 @@ impl HostSession for SshSession {
             let kib = out.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse::<u64>().ok());
             match (code, kib) {
                 (0, Some(kib)) => Ok(kib * 1024),
-                _ => Err(format!("df failed for {}: {}", self.deploy_path, out.trim())),
+                _ => {
+                    // One line of what the host said is enough to tell why, and all a message holds.
+                    let said: String = out.trim().lines().next().unwrap_or_default().chars().take(200).collect();
+                    Err(format!("df failed for {}: {said}", self.deploy_path))
+                }
             }
         })
     }
