@@ -253,8 +253,13 @@ fn ps() -> Result<i32, SetupError> {
                 w.last_seq,
                 w.clients.saturating_sub(1)
             ),
-            wavedeck::remote::Listing::Gone { session, path } => {
-                println!("{session:<28}  gone: nothing answers on {} (its process ended)", path.display())
+            wavedeck::remote::Listing::Gone { session, path, removed } => {
+                let what = if removed { "removed" } else { "left in place" };
+                println!(
+                    "{session:<28}  gone: nothing answers on {} (its process ended; the socket was {what}; \
+                     an unfinished deploy may still hold its lock: see wavedeck unlock)",
+                    path.display()
+                )
             }
         }
     }

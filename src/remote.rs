@@ -332,10 +332,12 @@ async fn serve(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listing {
     Running(Welcome),
-    /// A socket nobody answers on: the process that ran the deploy is gone.
+    /// A socket nobody answers on: the process that ran the deploy is gone (killed, or it
+    /// crashed). `removed` when nothing listens on it any more, so it was cleaned up.
     Gone {
         session: String,
         path: PathBuf,
+        removed: bool,
     },
 }
 
@@ -353,7 +355,13 @@ pub async fn list() -> Result<Vec<Listing>, String> {
         let session = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         match tokio::time::timeout(HELLO_TIMEOUT, greet(&path, u64::MAX)).await {
             Ok(Ok((welcome, _))) => out.push(Listing::Running(welcome)),
-            _ => out.push(Listing::Gone { session, path }),
+            _ => {
+                // Refused means no process listens there: the socket is a leftover (kill -9).
+                let refused = std::os::unix::net::UnixStream::connect(&path)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+                let removed = refused && std::fs::remove_file(&path).is_ok();
+                out.push(Listing::Gone { session, path, removed });
+            }
         }
     }
     Ok(out)

@@ -140,6 +140,25 @@ fn an_observer_cannot_steer_and_a_stranger_is_refused() {
     assert_eq!(deploy.wait().unwrap().code(), Some(3));
 }
 
+#[test]
+fn a_killed_deploy_leaves_a_socket_that_ps_reports_and_removes() {
+    let s = Sandbox::new();
+    let held = s.dir.path().join("held.toml");
+    let demo =
+        std::fs::read_to_string(DEMO).unwrap().replace("pause_between_waves = \"1s\"", "pause_between_waves = \"1h\"");
+    std::fs::write(&held, demo).unwrap();
+    let (mut deploy, _rest, session) = s.busy_deploy(held.to_str().unwrap(), "dev");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(deploy.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    deploy.wait().unwrap();
+    let listed = text(&s.run(&["ps"]).stdout);
+    assert!(
+        listed.contains(&session) && listed.contains("gone") && listed.contains("the socket was removed"),
+        "{listed}"
+    );
+    assert_eq!(std::fs::read_dir(s.runtime()).unwrap().count(), 0);
+    assert_eq!(text(&s.run(&["ps"]).stdout).trim(), "no deploys running");
+}
+
 /// Sends `lines` to the socket and returns the first `answers` lines the deploy sends back.
 fn talk_as_myself(socket: &Path, lines: &[&str], answers: usize) -> String {
     use std::io::Write;
