@@ -350,7 +350,7 @@ impl Session {
                 return Err(Refused { code, message, audit_path });
             }
         };
-        let Session { plan, redactor, mut audit, transport, .. } = self;
+        let Session { plan, redactor, audit, transport, .. } = self;
         let audit_path = audit.path().to_path_buf();
         let session = audit.session_id().to_string();
         let remote = crate::remote::Server::listen(crate::remote::About {
@@ -363,18 +363,16 @@ impl Session {
         });
         let socket = remote.as_ref().map(|r| r.path.clone()).map_err(String::clone);
         let (engine_commands, engine_command_rx) = mpsc::unbounded_channel();
-        let mut policy_abort = false;
+        let mut owner = Owner { audit, lock, engine_commands, policy_abort: false, remote: remote.ok() };
+        // Queued before the engine runs, so they apply before any host starts.
         for (command, source) in first {
-            audit.command(&command, source);
-            policy_abort |= source == CommandSource::Policy && matches!(command, Command::Abort { .. });
-            let _ = engine_commands.send(command);
+            owner.pass(command, source);
         }
         let (engine_events, engine_stream) = engine::event_channel();
         let engine = tokio::spawn(engine::run(plan, transport, engine_command_rx, engine_events, redactor));
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (front, events) = engine::event_channel();
         let (ended_tx, ended) = tokio::sync::oneshot::channel();
-        let owner = Owner { audit, lock, engine_commands, policy_abort, remote: remote.ok() };
         tokio::spawn(async move {
             let result = owner.run(command_rx, engine_stream, front).await;
             engine.abort();
@@ -398,6 +396,13 @@ struct Owner {
 }
 
 impl Owner {
+    /// Audits a command, then hands it to the engine: the one path every command takes.
+    fn pass(&mut self, command: Command, source: CommandSource) {
+        self.audit.command(&command, source);
+        self.policy_abort |= source == CommandSource::Policy && matches!(command, Command::Abort { .. });
+        let _ = self.engine_commands.send(command);
+    }
+
     async fn run(
         mut self,
         mut commands: mpsc::UnboundedReceiver<(Command, CommandSource)>,
@@ -411,12 +416,7 @@ impl Owner {
                 // Commands first: an abort must not wait behind a burst of output.
                 biased;
                 received = commands.recv(), if commands_open => match received {
-                    Some((command, source)) => {
-                        self.audit.command(&command, source);
-                        self.policy_abort |=
-                            source == CommandSource::Policy && matches!(command, Command::Abort { .. });
-                        let _ = self.engine_commands.send(command);
-                    }
+                    Some((command, source)) => self.pass(command, source),
                     None => commands_open = false,
                 },
                 event = events.recv() => {
