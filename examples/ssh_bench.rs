@@ -156,6 +156,8 @@ fn run_openssh(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
             parallel: PARALLEL,
             soak: std::time::Duration::ZERO,
             gate: wavedeck::profile::Promotion::Auto,
+            on_detach: wavedeck::profile::DetachAction::Pause,
+            detached_timeout: wavedeck::profile::DEFAULT_DETACHED_TIMEOUT,
         },
     );
     let started = Instant::now();

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
-use crate::event::{Command, Event, Stamped};
+pub use crate::event::CommandSource;
+use crate::event::{Command, DetachAction, Event, Stamped};
+use crate::remote::Role;
 use crate::lock::LockInfo;
 use crate::secrets::Redactor;
 
@@ -45,20 +47,6 @@ pub struct SessionStart {
     pub profile_sha256: String,
     pub env: String,
     pub release: String,
-}
-
-/// Where the operator's command came from, recorded with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandSource {
-    Keyboard,
-    Mouse,
-    Signal,
-    /// Issued by wavedeck itself on the operator's standing orders (e.g. headless mode
-    /// stopping at a failure threshold because nobody is there to resume).
-    Policy,
-    /// Given on the command line (`--exclude`).
-    Flag,
 }
 
 /// Where a host goes in a planned rollback, as recorded.
@@ -99,6 +87,9 @@ pub enum Record {
     OperatorCommand {
         operator: String,
         source: CommandSource,
+        /// The runner's client it came from (`ann@laptop pid 4242 console`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
         #[serde(flatten)]
         command: Command,
     },
@@ -129,6 +120,29 @@ pub enum Record {
         path: String,
         holder: Option<LockInfo>,
     },
+    /// A console or CLI attached to the deploy's runner, with the role it got.
+    ClientAttached {
+        client: String,
+        role: Role,
+    },
+    /// A client went away: on purpose (`deliberate`), or not (a closed terminal). When the
+    /// controller went without detaching, `on_detach` says what the runner did about it.
+    ClientDetached {
+        client: String,
+        deliberate: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_detach: Option<DetachAction>,
+    },
+    /// Control of the deploy passed from one client to another (`from` is `None` when nobody
+    /// had it).
+    ControlTaken {
+        from: Option<String>,
+        to: String,
+    },
+    /// The controller gave up control and went on watching (headless mode waiting for a human).
+    ControlReleased {
+        client: String,
+    },
     Event(Event),
     SessionEnd {
         outcome: String,
@@ -149,6 +163,10 @@ impl Record {
         "lock_release_failed",
         "lock_break_requested",
         "lock_broken",
+        "client_attached",
+        "client_detached",
+        "control_taken",
+        "control_released",
         "event",
         "session_end",
     ];
@@ -161,6 +179,10 @@ impl Record {
             Record::DeployConfirmed { .. } => "deploy_confirmed",
             Record::RollbackPlanned { .. } => "rollback_planned",
             Record::OperatorCommand { .. } => "operator_command",
+            Record::ClientAttached { .. } => "client_attached",
+            Record::ClientDetached { .. } => "client_detached",
+            Record::ControlTaken { .. } => "control_taken",
+            Record::ControlReleased { .. } => "control_released",
             Record::LockAcquired { .. } => "lock_acquired",
             Record::LockRefused { .. } => "lock_refused",
             Record::LockReleased { .. } => "lock_released",
@@ -243,8 +265,13 @@ impl AuditLog {
 
     /// Records what the operator asked for, before it is sent to the engine, so it is on file
     /// even if the engine never gets to act on it.
-    pub fn command(&mut self, command: &Command, source: CommandSource) {
-        let record = Record::OperatorCommand { operator: self.operator.clone(), source, command: command.clone() };
+    pub fn command(&mut self, command: &Command, source: CommandSource, client: Option<&str>) {
+        let record = Record::OperatorCommand {
+            operator: self.operator.clone(),
+            source,
+            client: client.map(str::to_string),
+            command: command.clone(),
+        };
         self.record(Utc::now(), &record);
     }
 
@@ -412,8 +439,17 @@ mod tests {
             Record::OperatorCommand {
                 operator: "alice".into(),
                 source: CommandSource::Keyboard,
+                client: Some("alice@box pid 7 console".into()),
                 command: Command::Abort { reason: "r".into() },
             },
+            Record::ClientAttached { client: "bob@box pid 8 console".into(), role: Role::Observe },
+            Record::ClientDetached {
+                client: "alice@box pid 7 console".into(),
+                deliberate: false,
+                on_detach: Some(DetachAction::Pause),
+            },
+            Record::ControlTaken { from: None, to: "bob@box pid 8 console".into() },
+            Record::ControlReleased { client: "bob@box pid 8 console".into() },
             Record::Event(Event::StepFinished {
                 wave: 1,
                 host: "a".into(),
@@ -470,7 +506,7 @@ mod tests {
         let secrets = crate::secrets::Secrets::default();
         let mut log = AuditLog::open(dir.path(), &start(), secrets.redactor()).unwrap();
         let path = log.path().to_path_buf();
-        log.command(&Command::Abort { reason: "db on fire".into() }, CommandSource::Keyboard);
+        log.command(&Command::Abort { reason: "db on fire".into() }, CommandSource::Keyboard, None);
         log.event(&Stamped { at: Utc::now(), event: Event::Resumed });
         log.close("aborted", 3).unwrap();
         let records = lines(&path);

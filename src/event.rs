@@ -28,6 +28,44 @@ pub enum FailureAction {
     Rollback,
 }
 
+/// Where a command came from, recorded with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandSource {
+    Keyboard,
+    Mouse,
+    Signal,
+    /// Issued by wavedeck itself on the operator's standing orders (e.g. headless mode
+    /// stopping at a failure threshold because nobody is there to resume).
+    Policy,
+    /// Given on the command line (`--exclude`).
+    Flag,
+    /// The runner's own decision when the controlling client went away (`on_detach`), or when
+    /// nobody attached to a waiting deploy for `detached_timeout`.
+    Detach,
+}
+
+/// What a deploy's runner does when its controlling client goes away without saying so (a
+/// closed terminal, a lost SSH session, a killed console): a profile's `on_detach`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetachAction {
+    /// Running steps finish; nothing new starts until someone attaches and resumes.
+    Pause,
+    Continue,
+    Abort,
+}
+
+impl DetachAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            DetachAction::Pause => "pause",
+            DetachAction::Continue => "continue",
+            DetachAction::Abort => "abort",
+        }
+    }
+}
+
 /// A request from the operator (or a signal) to the engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]

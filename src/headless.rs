@@ -8,12 +8,16 @@ use std::io::Write as _;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::audit::CommandSource;
+use std::time::Duration;
+
 use crate::describe::{Tone, describe, seconds};
-use crate::event::{Command, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, threshold_text};
+use crate::event::{
+    Command, CommandSource, Event, HostState, HostSummary, Outcome, PauseCause, StepResult, threshold_text,
+};
 use crate::exit;
 use crate::profile::FailureAction;
-use crate::session::Session;
+use crate::remote::Role;
+use crate::runner::{self, Notice, Spec};
 
 /// Renders one event as zero or more lines (without trailing newline): host output as
 /// `[host] line`, the final table, and everything else as [`describe`] tells it (`[host] …` for
@@ -80,11 +84,6 @@ pub fn state_word(state: HostState) -> &'static str {
     }
 }
 
-/// Runs a prepared session to the end, printing as it goes; returns the process exit code.
-///
-/// SIGINT, SIGTERM and SIGHUP abort the deploy (audited as operator commands); the function
-/// still waits for the engine to finish so the final states and the session end are recorded.
-/// A failure-threshold pause cannot be resumed by anyone here, so it becomes an abort.
 /// How a headless deploy ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ended {
@@ -101,38 +100,50 @@ pub struct Orders {
     pub exclude: Vec<String>,
     /// Promote waves at manual gates (`--promote`); without it a manual gate fails the deploy.
     pub promote: bool,
+    /// `--on-threshold wait=DURATION`: at a failure-threshold pause, hand control to whoever
+    /// attaches and wait this long for them to decide, instead of aborting.
+    pub wait_on_threshold: Option<Duration>,
 }
 
-pub async fn drive(session: Session, orders: &Orders) -> Ended {
-    say(&format!("audit log: {}", session.audit.path().display()));
+/// Starts a runner for `spec` and follows it to the end, printing as it goes.
+///
+/// SIGINT, SIGTERM and SIGHUP abort the deploy (audited as operator commands) and the function
+/// still waits for the runner to settle, so the final states and the session end are recorded
+/// and no runner is left behind. A failure-threshold pause becomes an abort (nobody here can
+/// resume it) unless `--on-threshold wait` hands it to a person.
+pub async fn drive(spec: Spec, orders: &Orders) -> Ended {
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
             say(&format!("error: cannot listen for signals: {e}"));
-            session.refuse(exit::CANNOT_START);
             return Ended { code: exit::CANNOT_START, rollback: false };
         }
     };
+    let mut spec = spec;
     // Applied before any host starts.
-    let first = orders.exclude.iter().map(|h| (Command::Exclude { host: h.clone() }, CommandSource::Flag)).collect();
-    let mut live = match session.start(first).await {
-        Ok(live) => live,
+    spec.first.extend(orders.exclude.iter().map(|h| (Command::Exclude { host: h.clone() }, CommandSource::Flag)));
+    let mut client = match runner::spawn(&spec).await {
+        Ok(client) => client,
         Err(refused) => {
             eprintln!("error: {}", refused.message);
+            if let Some(path) = &refused.audit_path {
+                say(&format!("audit log: {}", path.display()));
+            }
             return Ended { code: refused.code, rollback: false };
         }
     };
+    let session = client.session().to_string();
+    say(&format!("audit log: {}", client.welcome.about.audit_path.display()));
+    say(&format!("watch from another terminal: wavedeck attach {session} --observe"));
     let operator = crate::sys::operator_name();
-    match &live.socket {
-        Ok(_) => say(&format!("watch from another terminal: wavedeck attach {} --observe", live.session)),
-        Err(why) => say(&format!("(no control socket: {why}; the deploy runs without one)")),
-    }
     let mut rollback = false;
     let mut stopped_by_policy = false;
-    let mut finished = false;
-    while !finished {
+    // While a person has been handed a threshold pause: until when they have to decide.
+    let mut handed_over: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = handed_over;
         tokio::select! {
-            event = live.events.recv() => {
+            event = client.events.recv() => {
                 let Some(event) = event else { break };
                 let text = match &event.event {
                     // Headless mode stopped it on its standing orders: a failed deploy, as the
@@ -146,17 +157,29 @@ pub async fn drive(session: Session, orders: &Orders) -> Ended {
                     // Host output and messages may carry terminal escapes: shown, never obeyed.
                     say(&crate::text::visible(&text));
                 }
+                // Decisions are the controller's: once a person took over, they make them.
+                let in_control = client.role == Role::Control;
                 match &event.event {
                     Event::ThresholdExceeded { action: FailureAction::Rollback, .. } => rollback = true,
-                    Event::Paused { cause: PauseCause::FailureThreshold { wave, failures, limit }, .. } => {
-                        let reason = format!(
-                            "{}; headless mode has no operator to resume",
-                            threshold_text(*wave, *failures, *limit)
-                        );
-                        live.commands.send(Command::Abort { reason }, CommandSource::Policy);
-                        stopped_by_policy = true;
+                    Event::Paused { cause: PauseCause::FailureThreshold { wave, failures, limit }, .. } if in_control => {
+                        if let Some(wait) = orders.wait_on_threshold {
+                            say(&format!(
+                                "== waiting up to {} for someone to decide: wavedeck attach {session}",
+                                humantime::format_duration(wait)
+                            ));
+                            client.release();
+                            handed_over = Some(tokio::time::Instant::now() + wait);
+                        } else {
+                            let reason = format!(
+                                "{}; headless mode has no operator to resume",
+                                threshold_text(*wave, *failures, *limit)
+                            );
+                            client.send(Command::Abort { reason }, CommandSource::Policy);
+                            stopped_by_policy = true;
+                        }
                     }
-                    Event::AwaitingPromote { wave } => {
+                    Event::Resumed | Event::Aborted { .. } => handed_over = None,
+                    Event::AwaitingPromote { wave } if in_control => {
                         let command = if orders.promote {
                             Command::Promote
                         } else {
@@ -165,24 +188,49 @@ pub async fn drive(session: Session, orders: &Orders) -> Ended {
                                 reason: format!("wave {wave} has a manual gate and headless mode runs without --promote"),
                             }
                         };
-                        live.commands.send(command, CommandSource::Policy);
+                        client.send(command, CommandSource::Policy);
                     }
-                    Event::DeployFinished { .. } => finished = true,
                     _ => {}
                 }
             }
+            Some(notice) = client.notices.recv() => {
+                client.note(&notice);
+                say(&format!("== {}", notice_text(&notice)));
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                handed_over = None;
+                say("== nobody decided in time: taking control back and aborting");
+                client.take_over();
+                let reason = "nobody decided at the failure threshold within --on-threshold wait".to_string();
+                client.send(Command::Abort { reason }, CommandSource::Policy);
+                stopped_by_policy = true;
+            }
             name = signals.next() => {
                 say(&format!("== {name} received: aborting (running steps get {}s to stop)", crate::transport::KILL_GRACE.as_secs()));
-                live.commands.send(Command::Abort { reason: format!("{name} received") }, CommandSource::Signal);
+                if client.role != Role::Control {
+                    client.take_over();
+                }
+                client.send(Command::Abort { reason: format!("{name} received") }, CommandSource::Signal);
             }
         }
     }
-    let ended = live.ended().await;
+    let ended = client.ended().await;
     for problem in &ended.problems {
         say(&format!("error: {problem}"));
     }
     say(&format!("audit log: {}", ended.audit_path.display()));
     Ended { code: ended.code, rollback }
+}
+
+/// A notice in words, for plain output.
+pub fn notice_text(notice: &Notice) -> String {
+    match notice {
+        Notice::Role { reason, .. } => reason.clone(),
+        Notice::Refused { what, reason } => format!("{what} refused: {reason}"),
+        Notice::Gap { from_seq, to_seq } => {
+            format!("events {from_seq} to {to_seq} were not received here (too far behind); they are in the audit log")
+        }
+    }
 }
 
 /// Prints a line; a closed stdout (a pipe whose reader went away) must not stop the deploy.

@@ -17,11 +17,14 @@
 //! 6. [`audit`]: the JSON-lines session record, as one typed [`audit::Record`] enum that its
 //!    writer and its readers share.
 //! 7. [`session`] wires one deploy together and, once it runs, owns it: a task that audits
-//!    every command before the engine sees it and every event before a front end does, and
-//!    releases the lock and closes the log however the deploy ends.
+//!    every command (with the client it came from) before the engine sees it and every event
+//!    before a client does, decides which client controls, and releases the lock and closes the
+//!    log however the deploy ends.
 //! 8. [`rollback`] (what the last deploy changed, and where each host returns) and [`check`]
 //!    (preflight).
-//! 9. Front ends, clients of a session: [`headless`] (plain lines for CI) and [`console`] (the
+//! 9. [`runner`]: the detached process that owns one deploy, and the client front ends attach
+//!    to it with.
+//! 10. Front ends, clients of a runner: [`headless`] (plain lines for CI) and [`console`] (the
 //!    full-screen TUI).
 
 #![forbid(unsafe_code)]
@@ -40,6 +43,7 @@ pub mod plan;
 pub mod profile;
 pub mod remote;
 pub mod rollback;
+pub mod runner;
 pub mod secrets;
 pub mod session;
 pub mod shell;

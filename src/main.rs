@@ -13,6 +13,9 @@ use wavedeck::headless::{self, Orders};
 use wavedeck::lock::{self, LockPlace};
 use wavedeck::plan::Plan;
 use wavedeck::secrets::Secrets;
+use wavedeck::event::DetachAction;
+use wavedeck::remote::Role;
+use wavedeck::runner::{Job, Spec};
 use wavedeck::session::{self, SessionOptions, SetupError};
 
 #[derive(Parser)]
@@ -95,18 +98,29 @@ enum Cmd {
     },
     /// List the deploys running on this machine (yours), from their control sockets.
     Ps,
-    /// Watch a running deploy from another terminal: everything it did so far, then live.
+    /// Open the console on a running deploy: everything it did so far, then live. It takes
+    /// control if nobody has it; otherwise it observes and can take over.
     Attach {
-        /// The session id, as `wavedeck ps` shows it.
-        session: String,
-        /// Only watch (for now the only way: a deploy is controlled by the terminal that
-        /// started it).
+        /// The session id, as `wavedeck ps` shows it; or a profile, with --env.
+        target: String,
+        /// The environment whose running deploy to attach to (with a profile).
+        #[arg(long)]
+        env: Option<String>,
+        /// Only watch: control keys are off.
         #[arg(long)]
         observe: bool,
+        /// Print events as plain lines instead of opening the console (implies --observe).
+        #[arg(long)]
+        plain: bool,
         /// Start from this event number [default: the oldest the deploy still holds].
         #[arg(long, default_value_t = 1)]
         from: u64,
+        #[arg(long)]
+        theme: Option<String>,
     },
+    /// The process that owns one deploy (started by the console and `deploy`; not for people).
+    #[command(hide = true)]
+    Runner,
     /// Run a deploy without the console: plain output and an exit code, for CI.
     Deploy {
         profile: PathBuf,
@@ -131,7 +145,29 @@ enum Cmd {
         /// Promote waves at manual gates; without it a manual gate fails the deploy.
         #[arg(long)]
         promote: bool,
+        /// At a failure threshold: `abort` (the default), or `wait=DURATION` to hand the deploy
+        /// to whoever attaches (`wavedeck attach SESSION`) and wait that long for them to decide.
+        #[arg(long, value_name = "abort|wait=DURATION", default_value = "abort", value_parser = on_threshold)]
+        on_threshold: OnThreshold,
     },
+}
+
+/// What headless mode does when a wave goes over its failure limit and pauses.
+#[derive(Debug, Clone, Copy)]
+enum OnThreshold {
+    Abort,
+    Wait(std::time::Duration),
+}
+
+fn on_threshold(text: &str) -> Result<OnThreshold, String> {
+    match text.split_once('=') {
+        None if text == "abort" => Ok(OnThreshold::Abort),
+        None if text == "wait" => Err("say how long to wait, e.g. wait=30m".into()),
+        Some(("wait", d)) => humantime::parse_duration(d)
+            .map(OnThreshold::Wait)
+            .map_err(|e| format!("`{d}` is not a duration like 30m or 2h: {e}")),
+        _ => Err("expected `abort` or `wait=DURATION` (e.g. wait=30m)".into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -153,8 +189,11 @@ fn main() -> ExitCode {
             unlock(&profile, &env, yes, audit_dir.as_deref(), local_root.as_deref())
         }
         Some(Cmd::Ps) => ps(),
-        Some(Cmd::Attach { session, observe, from }) => attach(&session, observe, from),
-        Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root, exclude, promote }) => {
+        Some(Cmd::Attach { target, env, observe, plain, from, theme }) => {
+            attach(&target, env.as_deref(), observe, plain, from, theme)
+        }
+        Some(Cmd::Runner) => Ok(wavedeck::runner::main()),
+        Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root, exclude, promote, on_threshold }) => {
             let options = SessionOptions {
                 profile: &profile,
                 env: &env,
@@ -163,7 +202,11 @@ fn main() -> ExitCode {
                 local_root: local_root.as_deref(),
                 mode: "headless",
             };
-            deploy(&options, yes, &Orders { exclude, promote })
+            let wait_on_threshold = match on_threshold {
+                OnThreshold::Abort => None,
+                OnThreshold::Wait(d) => Some(d),
+            };
+            deploy(&options, yes, &Orders { exclude, promote, wait_on_threshold })
         }
     };
     let code = result.unwrap_or_else(|error| {
@@ -201,7 +244,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, SetupError> {
         .map_err(|e| SetupError::CannotStart(format!("cannot start the async runtime: {e}")))
 }
 
-/// Plans and runs a rollback of the last deploy, after showing where each host goes back to.
+/// Plans a rollback of the last deploy, shows where each host goes back to, and on the
+/// operator's word hands it to a runner.
 fn rollback(
     path: &Path,
     env: &str,
@@ -212,7 +256,8 @@ fn rollback(
     let profile = session::load_profile(path)?;
     let runtime = runtime()?;
     let prepared = runtime.block_on(wavedeck::rollback::prepare(&profile, env, audit_dir, local_root))?;
-    println!("{}", prepared.describe());
+    let preview = prepared.describe();
+    println!("{preview}");
     let session = prepared.session;
     if !yes {
         if session.plan.protected || !std::io::stdin().is_terminal() {
@@ -226,7 +271,34 @@ fn rollback(
             return Ok(exit::INVALID);
         }
     }
-    Ok(runtime.block_on(headless::drive(session, &Orders::default())).code)
+    let how = if yes { "--yes" } else { "typed environment name" };
+    let spec = rollback_spec(path, env, audit_dir, local_root, &preview, Some(how));
+    session.close_preview();
+    Ok(runtime.block_on(headless::drive(spec, &Orders::default())).code)
+}
+
+/// A runner's spec for the rollback the operator saw as `preview`: the runner plans it again and
+/// starts only if it reads the same.
+fn rollback_spec(
+    profile: &Path,
+    env: &str,
+    audit_dir: Option<&Path>,
+    local_root: Option<&Path>,
+    preview: &str,
+    confirmation: Option<&str>,
+) -> Spec {
+    Spec {
+        job: Job::Rollback { preview_sha256: wavedeck::runner::preview_digest(preview) },
+        profile: profile.to_path_buf(),
+        env: env.to_string(),
+        audit_dir: audit_dir.map(Path::to_path_buf),
+        local_root: local_root.map(Path::to_path_buf),
+        mode: "headless".into(),
+        confirmation: confirmation.map(str::to_string),
+        first: Vec::new(),
+        // Today's contract for a command in a terminal: it goes, the rollback stops.
+        on_detach: Some(DetachAction::Abort),
+    }
 }
 
 /// `wavedeck ps`: one line per deploy with a control socket.
@@ -238,21 +310,34 @@ fn ps() -> Result<i32, SetupError> {
         return Ok(exit::OK);
     }
     println!(
-        "{:<28}  {:<12}  {:<12}  {:<12}  {:<10}  {:>6}  CLIENTS",
-        "SESSION", "SERVICE", "ENV", "RELEASE", "OPERATOR", "EVENTS"
+        "{:<28}  {:<12}  {:<10}  {:<10}  {:<10}  {:<9}  {:>5}  {:>7}  CLIENTS",
+        "SESSION", "SERVICE", "ENV", "RELEASE", "OPERATOR", "STATE", "WAVE", "AGE"
     );
+    let now = chrono::Utc::now();
     for listing in listings {
         match listing {
-            wavedeck::remote::Listing::Running(w) => println!(
-                "{:<28}  {:<12}  {:<12}  {:<12}  {:<10}  {:>6}  {}",
-                w.about.session,
-                w.about.service,
-                w.about.env,
-                w.about.release,
-                w.about.operator,
-                w.last_seq,
-                w.clients.saturating_sub(1)
-            ),
+            wavedeck::remote::Listing::Running(w) => {
+                let age = w.status.started_at.map_or_else(
+                    || "-".to_string(),
+                    |t| wavedeck::describe::seconds((now - t).num_milliseconds().max(0) as u64),
+                );
+                let wave = if w.status.waves == 0 { "-".into() } else { format!("{}/{}", w.status.wave, w.status.waves) };
+                let clients = match &w.status.controller {
+                    Some(who) => format!("{} (controlled by {who})", w.status.clients),
+                    None => format!("{} (nobody controls it)", w.status.clients),
+                };
+                println!(
+                    "{:<28}  {:<12}  {:<10}  {:<10}  {:<10}  {:<9}  {:>5}  {:>7}  {clients}",
+                    w.about.session,
+                    w.about.service,
+                    w.about.env,
+                    w.about.release,
+                    w.about.operator,
+                    w.status.state,
+                    wave,
+                    age,
+                )
+            }
             wavedeck::remote::Listing::Gone { session, path, removed } => {
                 let what = if removed { "removed" } else { "left in place" };
                 println!(
@@ -266,46 +351,81 @@ fn ps() -> Result<i32, SetupError> {
     Ok(exit::OK)
 }
 
-/// `wavedeck attach SESSION --observe`: the deploy's events as headless mode prints them.
-fn attach(session: &str, observe: bool, from: u64) -> Result<i32, SetupError> {
-    if !observe {
-        return Err(SetupError::Invalid(
-            "add --observe: a deploy is controlled by the terminal that started it, others watch".into(),
-        ));
-    }
-    let path = wavedeck::remote::socket_of(session).map_err(SetupError::Invalid)?;
+/// `wavedeck attach`: the console on a running deploy, or its events as plain lines.
+fn attach(
+    target: &str,
+    env: Option<&str>,
+    observe: bool,
+    plain: bool,
+    from: u64,
+    theme: Option<String>,
+) -> Result<i32, SetupError> {
     let runtime = runtime()?;
-    let operator = wavedeck::sys::operator_name();
-    let watched = runtime.block_on(wavedeck::remote::observe(
-        &path,
-        from,
-        |w| {
-            out(&format!(
-                "== watching {} {} on {} (session {}, started by {}); audit log: {}",
-                w.about.service,
-                w.about.release,
-                w.about.env,
-                w.about.session,
-                w.about.operator,
-                w.about.audit_path.display()
-            ));
-            if w.first_seq > from.max(1) {
-                out(&format!("== events before {} are only in the audit log", w.first_seq));
-            }
-        },
-        |_, event| {
-            if let Some(text) = headless::render(&event.event, &operator) {
-                out(&wavedeck::text::visible(&text));
-            }
-        },
-    ));
-    match watched {
-        Ok(why) => {
-            out(&format!("== {why}"));
-            Ok(exit::OK)
-        }
-        Err(why) => Err(SetupError::CannotStart(why)),
+    let session = match env {
+        None => target.to_string(),
+        Some(env) => runtime.block_on(running_session(Path::new(target), env))?,
+    };
+    let socket = wavedeck::remote::socket_of(&session).map_err(SetupError::Invalid)?;
+    if plain {
+        return runtime.block_on(attach_plain(&socket, from));
     }
+    drop(runtime);
+    let role = if observe { Role::Observe } else { Role::Control };
+    Ok(wavedeck::console::attach(wavedeck::console::Attach { socket, role, from, theme }))
+}
+
+/// The session of the deploy running for `profile` on `env`, from the runners' sockets.
+async fn running_session(profile: &Path, env: &str) -> Result<String, SetupError> {
+    let profile = session::load_profile(profile)?;
+    session::environment(&profile, env)?;
+    let listings = wavedeck::remote::list().await.map_err(SetupError::CannotStart)?;
+    listings
+        .into_iter()
+        .find_map(|listing| match listing {
+            wavedeck::remote::Listing::Running(w) if w.about.service == profile.service && w.about.env == env => {
+                Some(w.about.session)
+            }
+            _ => None,
+        })
+        .ok_or_else(|| SetupError::Invalid(format!("no deploy of {} to {env} is running here (see wavedeck ps)", profile.service)))
+}
+
+/// Follows a deploy as plain lines, the way headless mode prints it.
+async fn attach_plain(socket: &Path, from: u64) -> Result<i32, SetupError> {
+    let mut client = wavedeck::runner::Client::attach(socket, Role::Observe, from, "attach --plain")
+        .await
+        .map_err(SetupError::CannotStart)?;
+    let w = client.welcome.clone();
+    out(&format!(
+        "== watching {} {} on {} (session {}, started by {}); audit log: {}",
+        w.about.service,
+        w.about.release,
+        w.about.env,
+        w.about.session,
+        w.about.operator,
+        w.about.audit_path.display()
+    ));
+    if w.first_seq > from.max(1) {
+        out(&format!("== events before {} are only in the audit log", w.first_seq));
+    }
+    let operator = wavedeck::sys::operator_name();
+    loop {
+        tokio::select! {
+            event = client.events.recv() => {
+                let Some(event) = event else { break };
+                if let Some(text) = headless::render(&event.event, &operator) {
+                    out(&wavedeck::text::visible(&text));
+                }
+            }
+            Some(notice) = client.notices.recv() => out(&format!("== {}", headless::notice_text(&notice))),
+        }
+    }
+    let ended = client.ended().await;
+    match ended.outcome {
+        Some(_) => out("== the deploy has ended"),
+        None => out(&format!("== {}", ended.problems.join("; "))),
+    }
+    Ok(exit::OK)
 }
 
 /// Prints a line; a reader that went away (`| head`) ends nothing but the printing.
@@ -365,9 +485,24 @@ fn deploy(options: &SessionOptions, yes: bool, orders: &Orders) -> Result<i32, S
     if let Some(unknown) = orders.exclude.iter().find(|h| !env.hosts.iter().any(|host| &host.name == *h)) {
         return Err(SetupError::Invalid(format!("--exclude {unknown}: no such host in environment `{}`", env.name)));
     }
-    let session = session::prepare(options, profile.clone())?;
+    // Refuse bad input here, with the same words, before a runner is started for it.
+    Plan::build(&profile, options.env, options.release, &Secrets::masked(&profile))
+        .map_err(|e| SetupError::Invalid(e.to_string()))?;
+    let spec = Spec {
+        job: Job::Deploy { release: options.release.to_string() },
+        profile: options.profile.to_path_buf(),
+        env: options.env.to_string(),
+        audit_dir: options.audit_dir.map(Path::to_path_buf),
+        local_root: options.local_root.map(Path::to_path_buf),
+        mode: "headless".into(),
+        confirmation: (env.protected && yes).then(|| "--yes".to_string()),
+        first: Vec::new(),
+        // Headless keeps its contract: if it goes, the deploy stops (no paused runner is left
+        // on a CI machine).
+        on_detach: Some(DetachAction::Abort),
+    };
     let runtime = runtime()?;
-    let ended = runtime.block_on(headless::drive(session, orders));
+    let ended = runtime.block_on(headless::drive(spec, orders));
     if !ended.rollback {
         return Ok(ended.code);
     }
@@ -375,8 +510,12 @@ fn deploy(options: &SessionOptions, yes: bool, orders: &Orders) -> Result<i32, S
     println!("\n== on_failure = \"rollback\": rolling back the hosts this deploy changed");
     match runtime.block_on(wavedeck::rollback::prepare(&profile, options.env, options.audit_dir, options.local_root)) {
         Ok(prepared) => {
-            println!("{}", prepared.describe());
-            let _ = runtime.block_on(headless::drive(prepared.session, &Orders::default()));
+            let preview = prepared.describe();
+            println!("{preview}");
+            let spec =
+                rollback_spec(options.profile, options.env, options.audit_dir, options.local_root, &preview, None);
+            prepared.session.close_preview();
+            let _ = runtime.block_on(headless::drive(spec, &Orders::default()));
         }
         Err(e) => eprintln!("error: cannot roll back: {e}"),
     }

@@ -484,6 +484,8 @@ mod tests {
             parallel: 10,
             soak: Duration::ZERO,
             gate: crate::profile::Promotion::Auto,
+            on_detach: crate::profile::DetachAction::Pause,
+            detached_timeout: crate::profile::DEFAULT_DETACHED_TIMEOUT,
         }
     }
 

@@ -3,17 +3,21 @@
 //! Shared by headless mode and the console so that both refuse the same bad input with the
 //! same words, and neither can start a deploy without an audit log.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::audit::{self, AuditLog, CommandSource, Record, SessionStart};
-use crate::engine::{self, EventSink, EventStream};
-use crate::event::{Command, Event, Outcome};
+use crate::engine::{self, EventStream};
+use crate::event::{Command, DetachAction, Event, Outcome};
 use crate::lock::{self, DeployLock, LockError, LockInfo, LockPlace};
 use crate::plan::Plan;
 use crate::profile::{Environment, Profile, TransportKind};
+use crate::remote::{About, ClientId, Message, Request, Role, Server};
 use crate::secrets::{Redactor, Secrets};
 use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
@@ -263,8 +267,9 @@ pub fn local_root(flag: Option<&Path>) -> Result<PathBuf, SetupError> {
         .ok_or_else(|| SetupError::CannotStart(format!("no home directory for local hosts: set {LOCAL_ROOT_ENV}")))
 }
 
-/// Commands for a deploy in flight, each with where it came from. The session's owner task
-/// audits a command before the engine sees it, so none can be acted on without a record.
+/// Commands from the runner's own process (a signal to it), each with where it came from. The
+/// session's owner task audits a command before the engine sees it, so none can be acted on
+/// without a record.
 #[derive(Clone)]
 pub struct Commands(mpsc::UnboundedSender<(Command, CommandSource)>);
 
@@ -275,33 +280,30 @@ impl Commands {
     }
 }
 
-/// How a deploy session ended, once its lock is released and its audit log closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ended {
-    /// `None` when the engine stopped without finishing (then the lock is left in place).
-    pub outcome: Option<Outcome>,
-    /// The process exit code this ending means.
-    pub code: i32,
-    /// Things the operator should know (a lock that could not be released, an audit write error).
-    pub problems: Vec<String>,
-    pub audit_path: PathBuf,
+pub use crate::remote::Ended;
+
+/// How a running deploy treats the clients that come and go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// What happens when the controlling client goes away without detaching.
+    pub on_detach: DetachAction,
+    /// How long a waiting deploy with no client at all lives before it aborts itself.
+    pub detached_timeout: Duration,
 }
 
-/// A deploy in flight, as a front end sees it: it sends commands, reads events and finally
-/// learns how it ended. The session's owner task holds the engine, the lock and the audit log.
-pub struct Live {
-    pub commands: Commands,
-    pub events: EventStream,
-    pub audit_path: PathBuf,
-    /// The session id, and the control socket other terminals can watch it on (or why there
-    /// is none: the deploy runs either way).
+/// A deploy in flight, owned by its session's task: clients reach it through `socket`.
+pub struct Running {
     pub session: String,
-    pub socket: Result<PathBuf, String>,
+    pub socket: PathBuf,
+    pub audit_path: PathBuf,
+    /// For the runner's own signals.
+    pub commands: Commands,
     ended: tokio::sync::oneshot::Receiver<Ended>,
 }
 
-impl Live {
-    /// Waits until the deploy has ended and its lock and audit log are settled.
+impl Running {
+    /// Waits until the deploy has ended, its lock and audit log are settled and its clients
+    /// have been told.
     pub async fn ended(self) -> Ended {
         let audit_path = self.audit_path.clone();
         self.ended.await.unwrap_or(Ended {
@@ -329,6 +331,14 @@ impl Session {
         path
     }
 
+    /// Closes the audit session of a rollback preview once the operator has confirmed it: what
+    /// was shown is on file, and the runner that carries it out opens a session of its own.
+    pub fn close_preview(self) -> PathBuf {
+        let path = self.audit.path().to_path_buf();
+        let _ = self.audit.close("previewed", crate::exit::OK);
+        path
+    }
+
     /// Records that the operator confirmed the start, and how.
     pub fn confirmed(&mut self, how: &str) {
         self.audit.note(Record::DeployConfirmed {
@@ -338,10 +348,11 @@ impl Session {
         });
     }
 
-    /// Takes the environment's lock and starts the deploy: the engine and the task that owns
-    /// this session from now on. `first` are commands that apply before any host starts
-    /// (headless `--exclude`). A refusal (the lock is held) is audited and the log closed.
-    pub async fn start(mut self, first: Vec<(Command, CommandSource)>) -> Result<Live, Refused> {
+    /// Takes the environment's lock, opens the control socket and starts the deploy: the engine
+    /// and the task that owns this session from now on. `first` are commands that apply before
+    /// any host starts (headless `--exclude`). A refusal (the lock is held, no socket) is
+    /// audited and the log closed.
+    pub async fn start(mut self, first: Vec<(Command, CommandSource)>, options: RunOptions) -> Result<Running, Refused> {
         let lock = match self.take_lock().await {
             Ok(lock) => lock,
             Err((code, message)) => {
@@ -350,40 +361,96 @@ impl Session {
                 return Err(Refused { code, message, audit_path });
             }
         };
-        let Session { plan, redactor, audit, transport, .. } = self;
-        let audit_path = audit.path().to_path_buf();
-        let session = audit.session_id().to_string();
-        let remote = crate::remote::Server::listen(crate::remote::About {
+        let audit_path = self.audit.path().to_path_buf();
+        let session = self.audit.session_id().to_string();
+        let about = About {
             session: session.clone(),
-            service: plan.service.clone(),
-            env: plan.env.clone(),
-            release: plan.release.clone(),
+            service: self.plan.service.clone(),
+            env: self.plan.env.clone(),
+            release: self.plan.release.clone(),
             operator: crate::sys::operator_name(),
+            profile: self.profile.path.clone(),
             audit_path: audit_path.clone(),
-        });
-        let socket = remote.as_ref().map(|r| r.path.clone()).map_err(String::clone);
+        };
+        let (server, requests) = match Server::listen(about) {
+            Ok(listening) => listening,
+            Err(why) => {
+                let code = crate::exit::CANNOT_START;
+                let message = format!("no control socket, so nobody could steer this deploy: {why}");
+                let _ = release_lock(&mut self.audit, lock).await;
+                let _ = self.audit.close("refused", code);
+                return Err(Refused { code, message, audit_path });
+            }
+        };
+        let Session { plan, redactor, audit, transport, .. } = self;
+        let socket = server.path.clone();
         let (engine_commands, engine_command_rx) = mpsc::unbounded_channel();
-        let mut owner = Owner { audit, lock, engine_commands, policy_abort: false, remote: remote.ok() };
+        let mut owner = Owner {
+            audit,
+            lock,
+            engine_commands,
+            policy_abort: false,
+            server,
+            options,
+            controller: None,
+            names: HashMap::new(),
+            deliberate: HashSet::new(),
+            phase: Phase::Starting,
+            alone_since: Some(Instant::now()),
+            timed_out: false,
+        };
         // Queued before the engine runs, so they apply before any host starts.
         for (command, source) in first {
-            owner.pass(command, source);
+            owner.pass(command, source, None);
         }
         let (engine_events, engine_stream) = engine::event_channel();
         let engine = tokio::spawn(engine::run(plan, transport, engine_command_rx, engine_events, redactor));
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (front, events) = engine::event_channel();
         let (ended_tx, ended) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let result = owner.run(command_rx, engine_stream, front).await;
+            let result = owner.run(command_rx, requests, engine_stream).await;
             engine.abort();
             let _ = ended_tx.send(result);
         });
-        Ok(Live { commands: Commands(commands), events, audit_path, session, socket, ended })
+        Ok(Running { session, socket, audit_path, commands: Commands(commands), ended })
     }
 }
 
+/// Where the deploy is, as far as its clients and `detached_timeout` care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Running,
+    Paused,
+    AtGate,
+    Aborting,
+    Finishing,
+}
+
+impl Phase {
+    fn word(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Paused => "paused",
+            Phase::AtGate => "at gate",
+            Phase::Aborting => "aborting",
+            Phase::Finishing => "finishing",
+        }
+    }
+
+    /// Nothing moves until a person decides.
+    fn waiting(self) -> bool {
+        matches!(self, Phase::Paused | Phase::AtGate)
+    }
+}
+
+/// How long the runner waits, once the deploy has settled, for its clients to take the news.
+const END_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The one writer of a deploy's audit log once it runs: every command passes through it on its
-/// way to the engine, every event on its way to the front end.
+/// way to the engine, every event on its way to the clients, and it decides what clients may
+/// do (one controls, others observe; takeover; what a vanished controller means).
 struct Owner {
     audit: AuditLog,
     lock: Option<DeployLock>,
@@ -391,54 +458,208 @@ struct Owner {
     /// An abort was ordered by policy (headless mode's standing orders): the deploy failed, it
     /// was not aborted by a person.
     policy_abort: bool,
-    /// The control socket observers attach to; closed (and removed) when the owner ends.
-    remote: Option<crate::remote::Server>,
+    /// The control socket clients attach to; closed (and removed) when the owner ends.
+    server: Server,
+    options: RunOptions,
+    controller: Option<ClientId>,
+    /// Every attached client's name, as it said hello.
+    names: HashMap<ClientId, String>,
+    /// Clients that said they are leaving: their going is no accident.
+    deliberate: HashSet<ClientId>,
+    phase: Phase,
+    /// Since when nobody has been attached (for `detached_timeout`).
+    alone_since: Option<Instant>,
+    /// `detached_timeout` has fired once; the abort it sent is under way.
+    timed_out: bool,
 }
 
 impl Owner {
     /// Audits a command, then hands it to the engine: the one path every command takes.
-    fn pass(&mut self, command: Command, source: CommandSource) {
-        self.audit.command(&command, source);
+    fn pass(&mut self, command: Command, source: CommandSource, client: Option<&str>) {
+        self.audit.command(&command, source, client);
         self.policy_abort |= source == CommandSource::Policy && matches!(command, Command::Abort { .. });
         let _ = self.engine_commands.send(command);
+    }
+
+    fn name(&self, client: ClientId) -> String {
+        self.names.get(&client).cloned().unwrap_or_else(|| format!("client {client}"))
+    }
+
+    /// Tells `ps` and new clients who controls and how many watch.
+    fn publish(&self) {
+        let controller = self.controller.map(|c| self.name(c));
+        let clients = self.names.len();
+        let state = self.phase.word();
+        self.server.set_status(|s| {
+            s.controller = controller;
+            s.clients = clients;
+            s.state = state.to_string();
+        });
+    }
+
+    /// When the deploy aborts itself for want of anyone to decide.
+    fn deadline(&self) -> Option<Instant> {
+        let since = self.alone_since.filter(|_| self.phase.waiting() && !self.timed_out)?;
+        Some(since + self.options.detached_timeout)
+    }
+
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Join { client, name, role, reply } => {
+                let role = if role == Role::Control && self.controller.is_none() && self.phase != Phase::Finishing {
+                    self.controller = Some(client);
+                    Role::Control
+                } else {
+                    Role::Observe
+                };
+                self.audit.note(Record::ClientAttached { client: name.clone(), role });
+                self.names.insert(client, name);
+                self.alone_since = None;
+                let _ = reply.send(role);
+            }
+            Request::Command { client, command, source, reply } => {
+                let answer = if self.controller != Some(client) {
+                    Err(match self.controller {
+                        Some(other) => format!("{} controls this deploy; take over to steer it", self.name(other)),
+                        None => "nobody controls this deploy; take over to steer it".to_string(),
+                    })
+                } else if self.phase == Phase::Finishing {
+                    Err("the deploy has finished".to_string())
+                } else {
+                    self.pass(command, source, Some(&self.name(client)));
+                    Ok(())
+                };
+                let _ = reply.send(answer);
+            }
+            Request::TakeOver { client, reply } => {
+                if self.controller != Some(client) {
+                    let to = self.name(client);
+                    let from = self.controller.map(|c| self.name(c));
+                    self.audit.note(Record::ControlTaken { from, to: to.clone() });
+                    if let Some(previous) = self.controller.replace(client) {
+                        let reason = format!("{to} took over control; you are observing");
+                        self.server.tell(previous, Message::Role { role: Role::Observe, reason });
+                    }
+                    let reason = "you control the deploy now".to_string();
+                    self.server.tell(client, Message::Role { role: Role::Control, reason });
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Request::Release { client, reply } => {
+                let answer = if self.controller == Some(client) {
+                    self.controller = None;
+                    self.audit.note(Record::ControlReleased { client: self.name(client) });
+                    let reason = "you released control; you are observing".to_string();
+                    self.server.tell(client, Message::Role { role: Role::Observe, reason });
+                    Ok(())
+                } else {
+                    Err("you do not control this deploy".to_string())
+                };
+                let _ = reply.send(answer);
+            }
+            Request::Detach { client, reply } => {
+                self.audit.note(Record::ClientDetached { client: self.name(client), deliberate: true, on_detach: None });
+                self.deliberate.insert(client);
+                if self.controller == Some(client) {
+                    self.controller = None;
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Request::Left { client } => {
+                let name = self.names.remove(&client).unwrap_or_else(|| format!("client {client}"));
+                if self.names.is_empty() {
+                    self.alone_since = Some(Instant::now());
+                }
+                if self.deliberate.remove(&client) {
+                    return;
+                }
+                let was_controller = self.controller == Some(client);
+                if was_controller {
+                    self.controller = None;
+                }
+                let live = !matches!(self.phase, Phase::Aborting | Phase::Finishing);
+                let on_detach = (was_controller && live).then_some(self.options.on_detach);
+                self.audit.note(Record::ClientDetached { client: name.clone(), deliberate: false, on_detach });
+                match on_detach {
+                    Some(DetachAction::Pause) if !self.phase.waiting() => self.pass(Command::Pause, CommandSource::Detach, Some(&name)),
+                    Some(DetachAction::Abort) => {
+                        let reason = format!("{name} went away without detaching (on_detach = \"abort\")");
+                        self.pass(Command::Abort { reason }, CommandSource::Detach, Some(&name));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Follows the deploy's phase for `ps`, new clients and `detached_timeout`.
+    fn track(&mut self, event: &Event) {
+        let phase = match event {
+            Event::DeployStarted { waves, .. } => {
+                let count = waves.len();
+                self.server.set_status(|s| {
+                    s.waves = count;
+                    s.started_at = Some(chrono::Utc::now());
+                });
+                Phase::Running
+            }
+            Event::WaveStarted { wave, .. } => {
+                let wave = *wave;
+                self.server.set_status(|s| s.wave = wave);
+                Phase::Running
+            }
+            Event::Paused { .. } => Phase::Paused,
+            Event::AwaitingPromote { .. } => Phase::AtGate,
+            Event::Resumed | Event::Promoted { .. } => Phase::Running,
+            Event::Aborted { .. } => Phase::Aborting,
+            Event::DeployFinished { .. } => Phase::Finishing,
+            _ => return,
+        };
+        if phase != self.phase && self.phase != Phase::Aborting || phase == Phase::Finishing {
+            self.phase = phase;
+            self.publish();
+        }
     }
 
     async fn run(
         mut self,
         mut commands: mpsc::UnboundedReceiver<(Command, CommandSource)>,
+        mut requests: mpsc::UnboundedReceiver<Request>,
         mut events: EventStream,
-        front: EventSink,
     ) -> Ended {
         let mut outcome = None;
         let mut commands_open = true;
         loop {
+            let deadline = self.deadline();
             tokio::select! {
                 // Commands first: an abort must not wait behind a burst of output.
                 biased;
                 received = commands.recv(), if commands_open => match received {
-                    Some((command, source)) => self.pass(command, source),
+                    Some((command, source)) => self.pass(command, source, None),
                     None => commands_open = false,
                 },
+                Some(request) = requests.recv() => self.answer(request),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.timed_out = true;
+                    let reason = format!(
+                        "nobody attached for {} while the deploy waited (detached_timeout)",
+                        humantime::format_duration(self.options.detached_timeout)
+                    );
+                    self.pass(Command::Abort { reason }, CommandSource::Detach, None);
+                }
                 event = events.recv() => {
                     let Some(event) = event else { break };
                     self.audit.event(&event);
-                    if let Some(remote) = &self.remote {
-                        remote.journal.record(&event);
-                    }
+                    self.track(&event.event);
+                    self.server.record(&event);
                     if let Event::DeployFinished { outcome: o, .. } = &event.event {
                         outcome = Some(*o);
-                    }
-                    // A slow front end slows the engine's output down, never the other way.
-                    front.room().await;
-                    front.forward(event);
-                    if outcome.is_some() {
                         break;
                     }
                 }
             }
         }
-        // Observers have had the last event; the socket goes before the lock is released.
-        drop(self.remote.take());
         let mut problems = Vec::new();
         let (word, code) = match outcome {
             Some(Outcome::Succeeded) => ("succeeded", crate::exit::OK),
@@ -459,6 +680,9 @@ impl Owner {
         if let Err(e) = self.audit.close(word, code) {
             problems.push(e.to_string());
         }
-        Ended { outcome, code, problems, audit_path }
+        let ended = Ended { outcome, code, problems, audit_path };
+        self.server.set_status(|s| s.state = "ended".into());
+        self.server.end(ended.clone(), END_PATIENCE).await;
+        ended
     }
 }

@@ -369,11 +369,49 @@ fn local_steps_see_an_allowlisted_environment_not_the_operators() {
     assert!(stdout.contains("[h] PATH=") && stdout.contains("[h] WAVEDECK_HOST=h"), "{stdout}");
 }
 
+/// The processes `pid` started (a headless deploy's runner).
+fn children(pid: u32) -> Vec<i32> {
+    let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+fn kill_9(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+#[test]
+fn a_killed_headless_deploy_takes_its_runner_down_cleanly() {
+    let s = Sandbox::new();
+    let (mut first, _) = start_busy_deploy(&s, "dev");
+    let runner = children(first.id());
+    assert_eq!(runner.len(), 1, "one runner under the headless process");
+    kill_9(first.id() as i32);
+    first.wait().unwrap();
+    // Headless mode's contract: when it goes, the deploy stops; the runner aborts, settles and
+    // releases the lock, so the next deploy may start. Attaching follows it to its end (or
+    // finds it already gone).
+    let session = audit_records(&audit_files(&s)[0])[0]["session"].as_str().unwrap().to_string();
+    let watched = s.run(&["attach", &session, "--plain"]);
+    let (out, err) = (text(&watched.stdout), text(&watched.stderr));
+    assert!(out.contains("== the deploy has ended") || err.contains("cannot connect"), "{out}\n{err}");
+    let records: Vec<serde_json::Value> = audit_records(&audit_files(&s)[0]);
+    let detached = records.iter().find(|r| r["record"] == "client_detached").expect("the departure is audited");
+    assert_eq!(detached["deliberate"], false);
+    assert_eq!(detached["on_detach"], "abort");
+    assert_eq!(records.last().unwrap()["outcome"], "aborted");
+    assert!(records.iter().any(|r| r["record"] == "lock_released"), "{records:#?}");
+    let after = s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.4.2"]);
+    assert_eq!(after.status.code(), Some(0), "{}", text(&after.stderr));
+}
+
 #[test]
 fn a_lock_left_by_a_killed_deploy_is_reported_and_can_be_broken() {
     let s = Sandbox::new();
     let (mut first, _) = start_busy_deploy(&s, "dev");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // The runner owns the lock: killed, it leaves it behind (and the headless front end ends).
+    let runner = children(first.id());
+    assert_eq!(runner.len(), 1);
+    kill_9(runner[0]);
     first.wait().unwrap();
 
     let refused = s.run(&["deploy", DEMO, "--env", "dev", "--release", "2.4.2"]);
@@ -628,7 +666,13 @@ fn on_failure_rollback_takes_the_changed_hosts_back() {
     }
     let modes: Vec<String> =
         audit_files(&s).iter().map(|f| audit_records(f)[0]["mode"].as_str().unwrap().to_string()).collect();
-    assert_eq!(modes, ["headless", "headless", "rollback"]);
+    // The preview's own session (closed `previewed`), then the runner's that carried it out.
+    assert_eq!(modes, ["headless", "headless", "rollback", "rollback"]);
+    let outcomes: Vec<String> = audit_files(&s)
+        .iter()
+        .map(|f| audit_records(f).last().unwrap()["outcome"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(outcomes[2..], ["previewed", "succeeded"]);
 }
 
 #[test]

@@ -19,6 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 struct Console {
     socket: String,
     dir: tempfile::TempDir,
+    exit_file: PathBuf,
 }
 
 fn tmux_available() -> bool {
@@ -38,23 +39,34 @@ impl Console {
     /// A console on `profile`; `prepare` may fill the console's directory (its audit log)
     /// before it starts.
     fn start_with(profile: &Path, prepare: Option<&dyn Fn(&Path)>) -> Console {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let socket = format!("wavedeck-test-{}-{}", std::process::id(), COUNT.fetch_add(1, Ordering::SeqCst));
         let dir = tempfile::tempdir().unwrap();
         if let Some(prepare) = prepare {
             prepare(dir.path());
         }
-        let exit_file = dir.path().join("exit-code");
+        let root = dir.path().to_path_buf();
+        let console = Self::run_in(dir, &root, &[&profile.display().to_string()], "e2e-operator");
+        console.wait_for("Environments");
+        console
+    }
+
+    /// `wavedeck ARGS` as `user` in a new tmux server, with `dir` for its audit log, hosts and
+    /// control sockets (so a second console given the same directory sees the same deploys).
+    fn run_in(dir: tempfile::TempDir, shared: &Path, args: &[&str], user: &str) -> Console {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let socket = format!("wavedeck-test-{}-{}", std::process::id(), COUNT.fetch_add(1, Ordering::SeqCst));
+        let exit_file = dir.path().join(format!("exit-code-{socket}"));
+        let args: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
         // The shell stays after wavedeck exits so the test can read the restored screen.
         let script = format!(
-            "cd '{root}' && WAVEDECK_AUDIT_DIR='{audit}' WAVEDECK_LOCAL_ROOT='{hosts}' USER=e2e-operator \
-             sh -c 'echo $$ > wavedeck.pid; exec \"$0\" \"$1\"' '{bin}' '{demo}'; \
+            "cd '{root}' && WAVEDECK_AUDIT_DIR='{audit}' WAVEDECK_LOCAL_ROOT='{hosts}' WAVEDECK_RUNTIME_DIR='{run}' \
+             USER={user} sh -c 'echo $$ > wavedeck.pid; exec \"$0\" \"$@\"' '{bin}' {args}; \
              echo $? > '{exit}'; echo WAVEDECK-EXITED; exec sleep 600",
             root = dir.path().display(),
-            audit = dir.path().join("audit").display(),
-            hosts = dir.path().join("hosts").display(),
+            audit = shared.join("audit").display(),
+            hosts = shared.join("hosts").display(),
+            run = shared.join("run").display(),
             bin = env!("CARGO_BIN_EXE_wavedeck"),
-            demo = profile.display(),
+            args = args.join(" "),
             exit = exit_file.display(),
         );
         let status = Command::new("tmux")
@@ -63,9 +75,19 @@ impl Console {
             .status()
             .unwrap();
         assert!(status.success());
-        let console = Console { socket, dir };
-        console.wait_for("Environments");
-        console
+        Console { socket, dir, exit_file }
+    }
+
+    /// A console attached to deploy `session`, sharing this console's directory.
+    fn attach(&self, session: &str, user: &str) -> Console {
+        Self::run_in(tempfile::TempDir::new().unwrap(), self.dir.path(), &["attach", session], user)
+    }
+
+    /// The session id of the deploy this console started first.
+    fn session(&self) -> String {
+        let mut files = self.audit_files();
+        files.sort();
+        read_audit(&files[0])[0]["session"].as_str().unwrap().to_string()
     }
 
     fn tmux(&self, args: &[&str]) -> String {
@@ -107,7 +129,7 @@ impl Console {
 
     fn exit_code(&self) -> i32 {
         self.wait_for("WAVEDECK-EXITED");
-        std::fs::read_to_string(self.dir.path().join("exit-code")).unwrap().trim().parse().unwrap()
+        std::fs::read_to_string(&self.exit_file).unwrap().trim().parse().unwrap()
     }
 
     fn pid(&self) -> i32 {
@@ -264,7 +286,7 @@ fn abort_with_a_reason_is_audited() {
 }
 
 #[test]
-fn protected_environment_needs_its_name_and_quitting_mid_deploy_aborts() {
+fn protected_environment_needs_its_name_and_quitting_mid_deploy_can_abort() {
     if !tmux_available() {
         return;
     }
@@ -282,8 +304,8 @@ fn protected_environment_needs_its_name_and_quitting_mid_deploy_aborts() {
     c.keys(&["Enter"]);
     c.wait_for("run 1/5");
     c.keys(&["q"]);
-    c.wait_for("Quit and abort? y / n");
-    c.keys(&["y"]);
+    c.wait_for("a  abort it");
+    c.keys(&["a"]);
     assert_eq!(c.exit_code(), 3);
     let screen = c.screen();
     assert!(screen.contains("audit log:"), "the audit path is printed after the console closes:\n{screen}");
@@ -299,7 +321,7 @@ fn protected_environment_needs_its_name_and_quitting_mid_deploy_aborts() {
 }
 
 #[test]
-fn sigterm_aborts_the_deploy_audits_it_and_restores_the_terminal() {
+fn sigterm_leaves_the_deploy_to_its_runner_and_restores_the_terminal() {
     if !tmux_available() {
         return;
     }
@@ -308,12 +330,88 @@ fn sigterm_aborts_the_deploy_audits_it_and_restores_the_terminal() {
     c.wait_for("run 1/5");
     let pid = nix::unistd::Pid::from_raw(c.pid());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert_eq!(c.exit_code(), 3);
+    assert_eq!(c.exit_code(), 0);
     assert_eq!(c.tmux(&["display-message", "-p", "-t", "0", "#{alternate_on}"]).trim(), "0");
+    // The runner applies on_detach (pause, the default); an observer follows it from here.
+    let watcher = c.attach(&c.session(), "e2e-operator");
+    watcher.wait_for("PAUSED");
+    watcher.keys(&["a"]);
+    watcher.wait_for("Reason:");
+    watcher.type_text("done testing");
+    watcher.keys(&["Enter"]);
+    watcher.wait_for("ABORTED:");
+    watcher.keys(&["q"]);
+    assert_eq!(watcher.exit_code(), 3, "the console that saw the deploy end says how it ended");
     let records = c.audit();
-    let abort = &records[position(&records, |r| r["record"] == "operator_command")];
-    assert_eq!((abort["source"].as_str(), abort["reason"].as_str()), (Some("signal"), Some("SIGTERM received")));
-    assert_eq!(records.last().unwrap()["outcome"], "aborted");
+    let left = &records[position(&records, |r| r["record"] == "client_detached")];
+    assert_eq!((left["deliberate"].as_bool(), left["on_detach"].as_str()), (Some(false), Some("pause")));
+    let pause = &records[position(&records, |r| r["record"] == "operator_command")];
+    assert_eq!((pause["command"].as_str(), pause["source"].as_str()), (Some("pause"), Some("detach")));
+}
+
+#[test]
+fn closing_the_terminal_pauses_the_deploy_and_attach_resumes_it_to_the_end() {
+    if !tmux_available() {
+        return;
+    }
+    let c = Console::start();
+    c.start_deploy(0, "3.3.0");
+    c.wait_for("fetched app.bin");
+    // The terminal goes away with everything in it, as when an SSH session to a bastion dies.
+    c.tmux(&["kill-server"]);
+    let back = c.attach(&c.session(), "e2e-operator");
+    let screen = back.wait_for("PAUSED");
+    // The history is there: the log lines from before the terminal closed.
+    assert!(screen.contains("fetched app.bin"), "{screen}");
+    assert!(screen.contains("you control it"), "{screen}");
+    back.keys(&["r"]);
+    let done = back.wait_for("SUCCEEDED:");
+    assert!(done.contains("3 done"), "{done}");
+    back.keys(&["q"]);
+    assert_eq!(back.exit_code(), 0);
+    let records = c.audit();
+    let commands: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["record"] == "operator_command")
+        .map(|r| (r["command"].as_str().unwrap(), r["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(commands, [("pause", "detach"), ("resume", "keyboard")]);
+    let resume = records.iter().rfind(|r| r["record"] == "operator_command").unwrap();
+    assert!(resume["client"].as_str().unwrap().ends_with("console"), "{resume}");
+    assert_eq!(records.last().unwrap()["outcome"], "succeeded");
+}
+
+#[test]
+fn an_observer_cannot_steer_until_it_takes_over_and_the_takeover_is_audited() {
+    if !tmux_available() {
+        return;
+    }
+    let profiles = tempfile::tempdir().unwrap();
+    let profile = profiles.path().join("gated.toml");
+    let demo = std::fs::read_to_string(DEMO).unwrap().replacen("parallel = 10", "parallel = 10\ngate = \"manual\"", 1);
+    std::fs::write(&profile, demo).unwrap();
+    let first = Console::start_with(&profile, None);
+    first.start_deploy(0, "5.0.0");
+    first.wait_for("WAITING FOR PROMOTE");
+    let second = first.attach(&first.session(), "e2e-second");
+    second.wait_for("observing:");
+    second.keys(&["P"]);
+    second.wait_for("T takes over");
+    second.keys(&["T"]);
+    second.wait_for("Take control");
+    second.type_text("dev");
+    second.keys(&["Enter"]);
+    second.wait_for("you control the deploy now");
+    first.wait_for("took over control; you are observing");
+    second.keys(&["P"]);
+    second.wait_for("SUCCEEDED:");
+    first.wait_for("SUCCEEDED:");
+    let records = first.audit();
+    let taken = &records[position(&records, |r| r["record"] == "control_taken")];
+    assert!(taken["from"].as_str().unwrap().contains("e2e-operator"), "{taken}");
+    assert!(taken["to"].as_str().unwrap().contains("e2e-second"), "{taken}");
+    let promote = &records[position(&records, |r| r["record"] == "operator_command")];
+    assert!(promote["client"].as_str().unwrap().contains("e2e-second"), "{promote}");
 }
 
 #[test]
@@ -345,7 +443,8 @@ fn rolling_back_from_the_console_shows_targets_then_goes_back() {
         files.sort();
         files.iter().map(|f| read_audit(f)[0]["mode"].as_str().unwrap().to_string()).collect()
     };
-    assert_eq!(modes, ["console", "console", "rollback"]);
+    // The preview's session, then the runner's that rolled back.
+    assert_eq!(modes, ["console", "console", "rollback", "rollback"]);
 }
 
 #[test]

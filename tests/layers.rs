@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["audit"],
     &["session"],
     &["rollback", "check"],
+    &["runner"],
     &["headless", "console"],
 ];
 

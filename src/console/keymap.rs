@@ -44,6 +44,8 @@ pub enum Action {
     Overview,
     /// Close what is open: the filter, the search, a pane's focus.
     Back,
+    /// Take control of a deploy this console observes (typed confirmation).
+    TakeOver,
     Help,
     Quit,
 }
@@ -58,17 +60,19 @@ pub enum Moment {
     /// Waiting at a manual gate.
     AtGate,
     Finished,
+    /// Watching a deploy another client controls: control keys are off.
+    Observing,
 }
 
-use Moment::{AtGate, Finished, Idle, Paused, Running};
+use Moment::{AtGate, Finished, Idle, Observing, Paused, Running};
 
 /// When a binding shows in the footer: at these moments.
 pub type Footer = &'static [Moment];
 const NEVER: Footer = &[];
-const ALWAYS: Footer = &[Idle, Running, Paused, AtGate, Finished];
+const ALWAYS: Footer = &[Idle, Running, Paused, AtGate, Finished, Observing];
 const IN_FLIGHT: Footer = &[Running, Paused, AtGate];
 /// A pause offers its own keys (resume, retry, skip) and gives up the room of the others.
-const NOT_PAUSED: Footer = &[Idle, Running, AtGate, Finished];
+const NOT_PAUSED: Footer = &[Idle, Running, AtGate, Finished, Observing];
 
 pub struct Binding {
     pub keys: &'static [KeyCode],
@@ -174,6 +178,14 @@ pub const BINDINGS: &[Binding] = &[
         screens: &[Deploy],
         action: Action::SkipOrExclude,
         footer: ("x skip", &[Paused]),
+    },
+    Binding {
+        keys: &[KeyCode::Char('T')],
+        label: "T",
+        does: "take control of a deploy you observe (type the environment's name)",
+        screens: &[Deploy],
+        action: Action::TakeOver,
+        footer: ("T take over", &[Observing]),
     },
     Binding {
         keys: &[KeyCode::Char('f')],
@@ -306,7 +318,7 @@ pub const BINDINGS: &[Binding] = &[
     Binding {
         keys: &[KeyCode::Char('q')],
         label: "q  Ctrl-C",
-        does: "quit; during a deploy asks, then aborts it",
+        does: "quit; during a deploy asks: detach (it goes on) or abort it",
         screens: BOTH,
         action: Action::Quit,
         footer: ("q quit", ALWAYS),
@@ -368,6 +380,7 @@ mod tests {
             footer(Overview, Idle),
             "↑↓ environment · Enter deploy · c check hosts · B roll back · ? help · q quit"
         );
+        assert_eq!(footer(Deploy, Observing), "T take over · Tab pane · / filter · i all · ? help · q quit");
         assert_eq!(action(Deploy, KeyCode::BackTab), Some(Action::PreviousPane));
         assert_eq!(action(Overview, KeyCode::Char('p')), None);
     }

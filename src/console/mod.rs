@@ -5,8 +5,9 @@
 //! [`FRAME`] when something changed. It never waits on slow work: starting a deploy (taking its
 //! lock), planning a rollback (asking hosts), a preflight check and settling a finished deploy
 //! all run as tasks that report back, while the screen keeps drawing; Esc stops a preview. A
-//! running deploy is owned by its session's task ([`session::Live`]), which audits every command
-//! the console sends and every event it shows.
+//! running deploy is owned by its runner, a process of its own ([`crate::runner`]): the console
+//! is one of its clients, so closing the terminal never takes the deploy with it (the
+//! environment's `on_detach` decides), and `wavedeck attach` opens the console on it again.
 
 pub mod app;
 pub mod config;
@@ -34,11 +35,12 @@ use tokio::sync::mpsc;
 
 use self::app::{App, Effect};
 use self::theme::Theme;
-use crate::audit::CommandSource;
-use crate::event::{Command, Event, Stamped};
+use crate::event::{Event, Stamped};
 use crate::exit;
 use crate::profile::Profile;
-use crate::session::{self, Live, SessionOptions};
+use crate::remote::Role;
+use crate::runner::{self, Client, Job, Notice, Spec};
+use crate::session;
 use crate::{check, rollback};
 
 /// Shortest time between two frames: about 30 frames per second at most.
@@ -55,20 +57,9 @@ pub struct ConsoleOptions {
 
 /// Runs the console; returns the process exit code.
 pub fn run(options: ConsoleOptions) -> i32 {
-    if !std::io::stdout().is_terminal() {
-        eprintln!(
-            "wavedeck: the console needs a terminal, and standard output is not one.\n\
-             For scripts and CI use headless mode: wavedeck deploy PROFILE --env ENV --release RELEASE"
-        );
-        return exit::INVALID;
+    if let Err(code) = need_terminal() {
+        return code;
     }
-    let config = match config::Config::load() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
-    };
     let profiles = match load_profiles(options.path.as_deref()) {
         Ok(p) => p,
         Err(message) => {
@@ -76,37 +67,104 @@ pub fn run(options: ConsoleOptions) -> i32 {
             return exit::INVALID;
         }
     };
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let theme = match Theme::resolve(options.theme.as_deref().or(config.theme.as_deref()), no_color) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
-    };
-    let scrollback = options.scrollback.or(config.scrollback).unwrap_or(logs::DEFAULT_SCROLLBACK);
     // Warnings (a soak too short for its checks) would scroll away behind the alternate screen:
     // the footer shows them until the first key.
     let warnings: Vec<String> = profiles.iter().flat_map(|p| p.warnings.iter().map(|w| w.to_string())).collect();
-    let mut app = App::new(profiles, &crate::audit::operator_name(), scrollback);
+    let Ok((mut app, theme)) = setup(profiles, &options) else { return exit::INVALID };
+    let Some(runtime) = new_runtime() else { return exit::CANNOT_START };
     if let Some(first) = warnings.first() {
         let first = first.lines().next().unwrap_or_default();
         let more = if warnings.len() > 1 { format!(" (and {} more)", warnings.len() - 1) } else { String::new() };
         app.status = Some(format!("warning: {first}{more}"));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return exit::CANNOT_START;
-        }
-    };
     let mut audit_files = Vec::new();
-    let code = runtime.block_on(console_loop(app, theme, &options, &mut audit_files));
+    let code = runtime.block_on(console_loop(app, theme, &options, &mut audit_files, None));
     for path in audit_files {
         println!("audit log: {}", path.display());
     }
     code
+}
+
+/// What `wavedeck attach` opens the console on.
+pub struct Attach {
+    pub socket: PathBuf,
+    /// Control if nobody has it (else the console observes), or observe.
+    pub role: Role,
+    pub from: u64,
+    pub theme: Option<String>,
+}
+
+/// Opens the console on a running deploy: its history so far, then live.
+pub fn attach(attach: Attach) -> i32 {
+    if let Err(code) = need_terminal() {
+        return code;
+    }
+    let Some(runtime) = new_runtime() else { return exit::CANNOT_START };
+    let client = match runtime.block_on(Client::attach(&attach.socket, attach.role, attach.from, "console")) {
+        Ok(client) => client,
+        Err(why) => {
+            eprintln!("wavedeck: cannot attach: {why}");
+            return exit::CANNOT_START;
+        }
+    };
+    let about = client.welcome.about.clone();
+    let profile = match Profile::load(&about.profile) {
+        Ok(p) => p,
+        Err(d) => {
+            eprintln!("wavedeck: cannot read the deploy's profile: {d}");
+            return exit::INVALID;
+        }
+    };
+    let options = ConsoleOptions { path: None, theme: attach.theme, audit_dir: None, local_root: None, scrollback: None };
+    let Ok((mut app, theme)) = setup(vec![profile], &options) else { return exit::INVALID };
+    if let Some(i) = app.targets.iter().position(|t| app.profiles[t.profile].environments[t.env].name == about.env) {
+        app.selected_target = i;
+    }
+    app.begin_deploy();
+    app.observing = client.role != Role::Control;
+    app.status = Some(attached_text(&client));
+    let mut audit_files = Vec::new();
+    let code = runtime.block_on(console_loop(app, theme, &options, &mut audit_files, Some(client)));
+    println!("audit log: {}", about.audit_path.display());
+    code
+}
+
+fn attached_text(client: &Client) -> String {
+    let w = &client.welcome;
+    match (client.role, &w.status.controller) {
+        (Role::Control, _) => format!("attached to {} (started by {}); you control it", w.about.session, w.about.operator),
+        (Role::Observe, Some(who)) => format!("observing: {who} controls this deploy; T takes over"),
+        (Role::Observe, None) => "observing; T takes control".to_string(),
+    }
+}
+
+fn need_terminal() -> Result<(), i32> {
+    if std::io::stdout().is_terminal() {
+        return Ok(());
+    }
+    eprintln!(
+        "wavedeck: the console needs a terminal, and standard output is not one.\n\
+         For scripts and CI use headless mode: wavedeck deploy PROFILE --env ENV --release RELEASE"
+    );
+    Err(exit::INVALID)
+}
+
+fn new_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("cannot start the async runtime: {e}"))
+        .ok()
+}
+
+/// The console's state and theme for `profiles`; errors are printed.
+fn setup(profiles: Vec<Profile>, options: &ConsoleOptions) -> Result<(App, Theme), ()> {
+    let config = config::Config::load().map_err(|e| eprintln!("{e}"))?;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let theme = Theme::resolve(options.theme.as_deref().or(config.theme.as_deref()), no_color)
+        .map_err(|e| eprintln!("{e}"))?;
+    let scrollback = options.scrollback.or(config.scrollback).unwrap_or(logs::DEFAULT_SCROLLBACK);
+    Ok((App::new(profiles, &crate::audit::operator_name(), scrollback), theme))
 }
 
 /// The profiles to show: the given file or directory, else `./profiles`, else the user's
@@ -158,7 +216,7 @@ fn load_profiles(path: Option<&Path>) -> Result<Vec<Profile>, String> {
 /// host or the network runs as such a task, so the loop never waits on it.
 enum Done {
     /// A deploy or rollback started (its lock taken), or was refused.
-    Started(Result<Live, String>),
+    Started(Result<Client, String>),
     /// A rollback was planned and its targets previewed, for the operator to confirm (or, for
     /// `on_failure = "rollback"`, to start at once).
     Prepared { result: Result<Box<rollback::Prepared>, String>, automatic: bool },
@@ -173,7 +231,13 @@ struct Busy {
     cancellable: bool,
 }
 
-async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audit_files: &mut Vec<PathBuf>) -> i32 {
+async fn console_loop(
+    mut app: App,
+    theme: Theme,
+    options: &ConsoleOptions,
+    audit_files: &mut Vec<PathBuf>,
+    attached: Option<Client>,
+) -> i32 {
     let mut terminal = match TerminalGuard::enter() {
         Ok(t) => t,
         Err(e) => {
@@ -192,7 +256,7 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
     let mut input = EventStream::new();
     let mut frames = tokio::time::interval(FRAME);
     frames.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut running: Option<Live> = None;
+    let mut running: Option<Client> = attached;
     // A deploy that has finished but whose session is still settling (lock, audit log).
     let mut ending: Option<tokio::task::JoinHandle<()>> = None;
     // A rollback planned and shown to the operator, waiting for confirmation.
@@ -218,19 +282,29 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                 // The terminal went away: behave as for SIGHUP.
                 Some(Err(_)) | None => effects = hang_up(&mut app, "terminal input closed"),
             },
-            received = recv_batch(&mut running, &mut batch) => {
-                dirty = true;
-                let mut finished = received == 0;
-                for event in batch.drain(..) {
-                    effects.extend(app.on_event(&event));
-                    finished |= matches!(event.event, Event::DeployFinished { .. });
+            from = from_runner(&mut running, &mut batch) => match from {
+                FromRunner::Events(received) => {
+                    dirty = true;
+                    let mut finished = received == 0;
+                    for event in batch.drain(..) {
+                        effects.extend(app.on_event(&event));
+                        finished |= matches!(event.event, Event::DeployFinished { .. });
+                    }
+                    // Settling (releasing the lock on a host) runs as a task too.
+                    if finished && let Some(live) = running.take() {
+                        let tx = done_tx.clone();
+                        ending = Some(tokio::spawn(async move {
+                            let _ = tx.send(Done::Ended(live.ended().await));
+                        }));
+                    }
                 }
-                // Settling (releasing the lock on a host) runs as a task too.
-                if finished && let Some(live) = running.take() {
-                    let tx = done_tx.clone();
-                    ending = Some(tokio::spawn(async move {
-                        let _ = tx.send(Done::Ended(live.ended().await));
-                    }));
+                FromRunner::Notice(notice) => {
+                    dirty = true;
+                    if let Some(client) = running.as_mut() {
+                        client.note(&notice);
+                        app.observing = client.role != Role::Control;
+                    }
+                    app.status = Some(crate::headless::notice_text(&notice));
                 }
             },
             Some(finished) = done.recv() => {
@@ -240,9 +314,7 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                         busy = None;
                         app.busy = None;
                         app.begin_deploy();
-                        if live.socket.is_ok() {
-                            app.status = Some(format!("others can watch: wavedeck attach {} --observe", live.session));
-                        }
+                        app.status = Some(format!("others can watch: wavedeck attach {} --observe", live.session()));
                         running = Some(live);
                     }
                     Done::Started(Err(message)) => {
@@ -256,7 +328,9 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                         match result {
                             Ok(prepared) if automatic => {
                                 app.status = Some("on_failure = \"rollback\": rolling back".into());
-                                busy = Some(start_in_background(prepared.session, Vec::new(), &done_tx, &mut app));
+                                let spec = rollback_spec(&prepared, options, None);
+                                audit_files.push(prepared.session.close_preview());
+                                busy = Some(start_in_background(spec, &done_tx, &mut app));
                             }
                             Ok(prepared) => {
                                 app.confirm_rollback(prepared.describe(), prepared.session.plan.protected);
@@ -309,27 +383,39 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                     return last_code.unwrap_or(exit::OK);
                 }
                 Effect::Send(command, source) => {
-                    if let Some(live) = running.as_ref() {
-                        live.commands.send(command, source);
+                    if let Some(client) = running.as_ref() {
+                        client.send(command, source);
                     }
                 }
-                Effect::StartDeploy { profile, env, release } => {
-                    let session_options = SessionOptions {
-                        profile: &app.profiles[profile].path,
-                        env: &env,
-                        release: &release,
-                        audit_dir: options.audit_dir.as_deref(),
-                        local_root: options.local_root.as_deref(),
-                        mode: "console",
-                    };
-                    match session::prepare(&session_options, app.profiles[profile].clone()) {
-                        Ok(mut prepared) => {
-                            let how = if prepared.plan.protected { "typed environment name" } else { "confirmed plan" };
-                            prepared.confirmed(how);
-                            busy = Some(start_in_background(prepared, Vec::new(), &done_tx, &mut app));
-                        }
-                        Err(e) => app.status = Some(e.to_string()),
+                Effect::TakeOver => {
+                    if let Some(client) = running.as_ref() {
+                        client.take_over();
+                        app.status = Some("asking for control…".into());
                     }
+                }
+                Effect::Detach => {
+                    drop(terminal);
+                    if let Some(client) = running.take() {
+                        let session = client.session().to_string();
+                        client.detach().await;
+                        println!("detached; the deploy goes on. Back to it: wavedeck attach {session}");
+                    }
+                    return last_code.unwrap_or(exit::OK);
+                }
+                Effect::StartDeploy { profile, env, release } => {
+                    let protected = app.profiles[profile].environment(&env).is_some_and(|e| e.protected);
+                    let spec = Spec {
+                        job: Job::Deploy { release },
+                        profile: app.profiles[profile].path.clone(),
+                        env,
+                        audit_dir: options.audit_dir.clone(),
+                        local_root: options.local_root.clone(),
+                        mode: "console".into(),
+                        confirmation: Some(if protected { "typed environment name" } else { "confirmed plan" }.into()),
+                        first: Vec::new(),
+                        on_detach: None,
+                    };
+                    busy = Some(start_in_background(spec, &done_tx, &mut app));
                 }
                 Effect::PrepareRollback { profile, env, automatic } => {
                     let profile = app.profiles[profile].clone();
@@ -361,7 +447,10 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
                 }
                 Effect::StartRollback => {
                     if let Some(prepared) = prepared_rollback.take() {
-                        busy = Some(start_in_background(prepared.session, Vec::new(), &done_tx, &mut app));
+                        let how = if prepared.session.plan.protected { "typed environment name" } else { "confirmed plan" };
+                        let spec = rollback_spec(&prepared, options, Some(how));
+                        audit_files.push(prepared.session.close_preview());
+                        busy = Some(start_in_background(spec, &done_tx, &mut app));
                     }
                 }
                 Effect::CancelRollback => {
@@ -391,21 +480,40 @@ async fn console_loop(mut app: App, theme: Theme, options: &ConsoleOptions, audi
     }
 }
 
-/// Starts a prepared session (takes its lock, starts the engine) in a task that reports back.
-fn start_in_background(
-    session: session::Session,
-    first: Vec<(Command, CommandSource)>,
-    done: &mpsc::UnboundedSender<Done>,
-    app: &mut App,
-) -> Busy {
+/// Starts a runner for `spec` (it takes the lock and starts the engine) in a task that reports
+/// back with the client attached to it.
+fn start_in_background(spec: Spec, done: &mpsc::UnboundedSender<Done>, app: &mut App) -> Busy {
     let tx = done.clone();
-    let place = session.lock_place().map(|p| p.target.host.name).unwrap_or_default();
+    let place = app
+        .profiles
+        .iter()
+        .find(|p| p.path == spec.profile)
+        .and_then(|p| p.environment(&spec.env))
+        .and_then(crate::lock::LockPlace::for_environment)
+        .map(|p| p.target.host.name)
+        .unwrap_or_default();
     app.busy = Some(format!("taking the deploy lock on {place}…"));
     let task = tokio::spawn(async move {
-        let result = session.start(first).await.map_err(|refused| refused.message.replace('\n', " "));
+        let result = runner::spawn(&spec).await.map_err(|refused| refused.message.replace('\n', " "));
         let _ = tx.send(Done::Started(result));
     });
     Busy { task: task.abort_handle(), cancellable: false }
+}
+
+/// The runner's spec for a rollback the operator was shown (or, automatic, was not).
+fn rollback_spec(prepared: &rollback::Prepared, options: &ConsoleOptions, confirmation: Option<&str>) -> Spec {
+    let plan = &prepared.session.plan;
+    Spec {
+        job: Job::Rollback { preview_sha256: runner::preview_digest(&prepared.describe()) },
+        profile: prepared.session.profile.path.clone(),
+        env: plan.env.clone(),
+        audit_dir: options.audit_dir.clone(),
+        local_root: options.local_root.clone(),
+        mode: "console".into(),
+        confirmation: confirmation.map(str::to_string),
+        first: Vec::new(),
+        on_detach: None,
+    }
 }
 
 /// Reads from the audit log, in one pass, which release each host last finished with. Runs at
@@ -420,23 +528,27 @@ fn refresh_releases(app: &mut App, audit_dir: Option<&Path>) {
     }
 }
 
-/// SIGTERM, SIGHUP or a lost terminal: abort a running deploy (audited) and quit when it has
-/// finished; with no deploy running, quit now.
-fn hang_up(app: &mut App, why: &str) -> Vec<Effect> {
-    if app.deploy_running() {
-        app.quit_when_finished = true;
-        vec![Effect::Send(Command::Abort { reason: why.to_string() }, CommandSource::Signal)]
-    } else {
-        vec![Effect::Quit]
-    }
+/// SIGTERM, SIGHUP or a lost terminal: quit. A running deploy's runner sees its controller go
+/// without detaching and applies the environment's `on_detach` (by default it pauses and waits
+/// for someone to attach).
+fn hang_up(_app: &mut App, _why: &str) -> Vec<Effect> {
+    vec![Effect::Quit]
 }
 
-/// Waits for the next engine events and takes all that are queued; returns 0 when the engine's
-/// channel closed. Never completes while no deploy runs.
-async fn recv_batch(running: &mut Option<Live>, batch: &mut Vec<Stamped>) -> usize {
-    match running {
-        Some(r) => r.events.recv_many(batch, 4096).await,
-        None => std::future::pending().await,
+/// What the runner of the deploy on screen sent.
+enum FromRunner {
+    /// This many events arrived (in the batch); 0 when the connection ended.
+    Events(usize),
+    Notice(Notice),
+}
+
+/// Waits for the next engine events (taking all that are queued) or a notice from the runner.
+/// Never completes while no deploy is on screen.
+async fn from_runner(running: &mut Option<Client>, batch: &mut Vec<Stamped>) -> FromRunner {
+    let Some(client) = running else { return std::future::pending().await };
+    tokio::select! {
+        received = client.events.recv_many(batch, 4096) => FromRunner::Events(received),
+        Some(notice) = client.notices.recv() => FromRunner::Notice(notice),
     }
 }
 

@@ -200,12 +200,16 @@ fn draw_deploy(frame: &mut Frame, app: &App, model: &DeployModel, theme: &Theme,
     draw_hosts(frame, areas.hosts, app, model, theme, clock);
     draw_details(frame, &areas, app, model, theme, clock);
     let moment = match model.control {
+        _ if app.observing && !matches!(model.control, ControlView::Finished(_)) => keymap::Moment::Observing,
         ControlView::Running | ControlView::Aborted { .. } => keymap::Moment::Running,
         ControlView::Paused { .. } => keymap::Moment::Paused,
         ControlView::AwaitingPromote { .. } => keymap::Moment::AtGate,
         ControlView::Finished(_) => keymap::Moment::Finished,
     };
-    let hint = keymap::footer(keymap::Screen::Deploy, moment);
+    let mut hint = keymap::footer(keymap::Screen::Deploy, moment);
+    if moment == keymap::Moment::Observing {
+        hint = format!("OBSERVING, control keys off · {hint}");
+    }
     draw_footer(frame, areas.footer, app, &hint, theme);
 }
 
@@ -573,12 +577,13 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
             popup(frame, rect, " Keys ", Paragraph::new(lines), theme, false);
         }
         Dialog::ConfirmQuit => {
-            let rect = layout::centered(area, 60, 7);
+            let rect = layout::centered(area, 64, 8);
             let text = vec![
                 Line::raw(" A deploy is running."),
-                Line::raw(" Quitting aborts it: running steps are killed, nothing new starts."),
+                Line::raw(" d  detach: it goes on; wavedeck attach brings you back"),
+                Line::styled(" a  abort it: running steps are killed, nothing new starts", theme.bad()),
                 Line::raw(""),
-                Line::styled(" Quit and abort? y / n", theme.bad()),
+                Line::raw(" Esc  stay"),
             ];
             popup(frame, rect, " Quit ", Paragraph::new(text), theme, true);
         }
@@ -608,6 +613,21 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 Paragraph::new(lines).wrap(Wrap { trim: false }),
                 theme,
                 plan.protected,
+            );
+        }
+        Dialog::TakeOver { input, wrong } => {
+            let env = app.target_env().map(|e| e.name.as_str()).unwrap_or("?");
+            let rect = layout::centered(area, 64, 7);
+            let error = wrong.then(|| format!("that is not \"{env}\": you are still observing"));
+            input_popup(
+                frame,
+                rect,
+                " Take control ",
+                &format!("The controller will be told. Type {env}:"),
+                input,
+                error,
+                theme,
+                true,
             );
         }
         Dialog::TypeName { input, wrong, .. } => {

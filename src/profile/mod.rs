@@ -120,7 +120,17 @@ pub struct RolloutPolicy {
     /// After a wave, how long its hosts must stay healthy before the next wave may start.
     pub soak: Duration,
     pub gate: Promotion,
+    /// What the runner does when the controlling console goes away without detaching.
+    pub on_detach: DetachAction,
+    /// How long a waiting deploy (paused, at a gate) with nobody attached lives before its
+    /// runner aborts it and releases the lock.
+    pub detached_timeout: Duration,
 }
+
+/// `detached_timeout` when a profile does not say.
+pub const DEFAULT_DETACHED_TIMEOUT: Duration = Duration::from_secs(4 * 60 * 60);
+/// The shortest `detached_timeout`: shorter would abort a deploy while its operator reattaches.
+pub const MIN_DETACHED_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a wave hands over to the next once it has soaked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +156,7 @@ impl fmt::Display for Amount {
     }
 }
 
-pub use crate::event::FailureAction;
+pub use crate::event::{DetachAction, FailureAction};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {

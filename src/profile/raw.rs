@@ -54,6 +54,8 @@ pub(super) struct RawPlan {
     pub(super) parallel: Option<Spanned<i64>>,
     pub(super) soak: Option<Spanned<String>>,
     pub(super) gate: Option<Spanned<String>>,
+    pub(super) on_detach: Option<Spanned<String>>,
+    pub(super) detached_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +164,8 @@ pub(super) fn merge_plan(base: &RawPlan, over: &RawPlan) -> RawPlan {
         parallel: over.parallel.clone().or_else(|| base.parallel.clone()),
         soak: over.soak.clone().or_else(|| base.soak.clone()),
         gate: over.gate.clone().or_else(|| base.gate.clone()),
+        on_detach: over.on_detach.clone().or_else(|| base.on_detach.clone()),
+        detached_timeout: over.detached_timeout.clone().or_else(|| base.detached_timeout.clone()),
     }
 }
 

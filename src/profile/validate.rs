@@ -389,7 +389,33 @@ impl Validator<'_> {
                 Promotion::Auto
             }
         };
-        RolloutPolicy { canary, batch, max_failures, on_failure, pause_between_waves, parallel, soak, gate }
+        let on_detach = match raw.on_detach.as_ref().map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "pause")) => DetachAction::Pause,
+            Some((_, "continue")) => DetachAction::Continue,
+            Some((_, "abort")) => DetachAction::Abort,
+            Some((s, other)) => {
+                self.problem(s, format!("unknown on_detach `{other}`: expected \"pause\", \"continue\" or \"abort\""));
+                DetachAction::Pause
+            }
+        };
+        let detached_timeout = raw
+            .detached_timeout
+            .as_ref()
+            .map_or(DEFAULT_DETACHED_TIMEOUT, |d| {
+                self.duration_at_least(d, MIN_DETACHED_TIMEOUT, "detached_timeout", DEFAULT_DETACHED_TIMEOUT)
+            });
+        RolloutPolicy {
+            canary,
+            batch,
+            max_failures,
+            on_failure,
+            pause_between_waves,
+            parallel,
+            soak,
+            gate,
+            on_detach,
+            detached_timeout,
+        }
     }
 
     pub(super) fn port(&mut self, raw: &Spanned<i64>) -> Option<u16> {

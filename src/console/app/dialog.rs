@@ -35,6 +35,11 @@ pub enum Dialog {
         wrong: bool,
     },
     ConfirmQuit,
+    /// Taking control from another client: the environment's name typed.
+    TakeOver {
+        input: TextArea<'static>,
+        wrong: bool,
+    },
     Filter(TextArea<'static>),
     Search(TextArea<'static>),
     Help,
@@ -50,7 +55,8 @@ impl App {
         match dialog {
             Dialog::Help => {}
             Dialog::ConfirmQuit => match key.code {
-                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                KeyCode::Char('d') | KeyCode::Char('D') => return vec![Effect::Detach],
+                KeyCode::Char('a') | KeyCode::Char('A') => {
                     if !self.deploy_running() {
                         return vec![Effect::Quit];
                     }
@@ -59,9 +65,24 @@ impl App {
                     let reason = format!("{} quit the console during the deploy", self.operator);
                     return vec![Effect::Send(Command::Abort { reason }, CommandSource::Keyboard)];
                 }
-                KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {}
+                KeyCode::Esc => {}
                 _ => self.dialog = Some(Dialog::ConfirmQuit),
             },
+            Dialog::TakeOver { mut input, .. } => {
+                if esc {
+                    return Vec::new();
+                }
+                if enter {
+                    let expected = self.target_env().map(|e| e.name.clone()).unwrap_or_default();
+                    if input_text(&input) == expected {
+                        return vec![Effect::TakeOver];
+                    }
+                    self.dialog = Some(Dialog::TakeOver { input, wrong: true });
+                    return Vec::new();
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::TakeOver { input, wrong: false });
+            }
             Dialog::Release(mut input) => {
                 if esc {
                     return Vec::new();

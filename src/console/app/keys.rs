@@ -39,6 +39,10 @@ impl App {
     }
 
     fn request_quit(&mut self) -> Vec<Effect> {
+        if self.deploy_running() && self.observing {
+            // An observer's going changes nothing for the deploy.
+            return vec![Effect::Detach];
+        }
         if self.deploy_running() {
             self.dialog = Some(Dialog::ConfirmQuit);
             Vec::new()
@@ -82,7 +86,20 @@ impl App {
 
     fn on_deploy_action(&mut self, action: Action) -> Vec<Effect> {
         let running = self.deploy_running();
+        let steers = matches!(
+            action,
+            Action::Pause | Action::Resume | Action::Abort | Action::Retry | Action::Promote | Action::SkipOrExclude
+        );
+        if running && self.observing && steers {
+            self.status = Some("observing: another client controls this deploy; T takes over".into());
+            return Vec::new();
+        }
         match action {
+            Action::TakeOver if running && self.observing => {
+                self.dialog = Some(Dialog::TakeOver { input: text_input("type the environment's name"), wrong: false });
+            }
+            Action::TakeOver if running => self.status = Some("this console controls the deploy".into()),
+            Action::TakeOver => self.status = Some("the deploy has finished".into()),
             Action::Pause if running => return self.send(Command::Pause, Pending::Pausing),
             Action::Resume if running => return self.send(Command::Resume, Pending::Resuming),
             Action::Abort if running => {

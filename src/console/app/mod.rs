@@ -48,6 +48,10 @@ pub enum Effect {
         target: usize,
     },
     Send(Command, CommandSource),
+    /// Ask the runner for control of the deploy this console observes.
+    TakeOver,
+    /// Leave the deploy running (its runner carries on) and quit.
+    Detach,
     Quit,
 }
 
@@ -129,6 +133,8 @@ pub struct App {
     rollback_when_finished: bool,
     /// Quit once the deploy has finished (the operator asked to quit mid-deploy).
     pub quit_when_finished: bool,
+    /// Another client controls the deploy on screen: control keys are off.
+    pub observing: bool,
     pub operator: String,
     pub scrollback: usize,
     /// The terminal's size, for mapping mouse positions onto panes.
@@ -165,6 +171,7 @@ impl App {
             status: None,
             rollback_when_finished: false,
             quit_when_finished: false,
+            observing: false,
             busy: None,
             operator: operator.to_string(),
             scrollback,
@@ -208,6 +215,7 @@ impl App {
         self.search = None;
         self.quit_when_finished = false;
         self.rollback_when_finished = false;
+        self.observing = false;
     }
 
     /// Shows a prepared rollback for confirmation.
@@ -539,11 +547,13 @@ mod tests {
     }
 
     #[test]
-    fn quitting_mid_deploy_asks_then_aborts_and_quits_when_finished() {
+    fn quitting_mid_deploy_asks_to_detach_or_abort() {
         let mut app = deploying();
         assert_eq!(app.on_key(key(KeyCode::Char('q'))), []);
         assert!(matches!(app.dialog, Some(Dialog::ConfirmQuit)));
-        let effects = app.on_key(key(KeyCode::Char('y')));
+        assert_eq!(app.on_key(key(KeyCode::Char('d'))), [Effect::Detach]);
+        app.on_key(key(KeyCode::Char('q')));
+        let effects = app.on_key(key(KeyCode::Char('a')));
         assert!(matches!(&effects[..], [Effect::Send(Command::Abort { reason }, _)] if reason.contains("quit")));
         let done = Event::DeployFinished { outcome: crate::event::Outcome::Aborted, duration_ms: 1, hosts: vec![] };
         assert_eq!(app.on_event(&stamp(3, done)), [Effect::Quit]);
@@ -653,6 +663,27 @@ mod tests {
         };
         app.on_mouse(wheel);
         assert_eq!(app.log_scroll, 3);
+    }
+
+    #[test]
+    fn an_observer_cannot_steer_and_takes_over_by_typing_the_name() {
+        let mut app = deploying();
+        app.observing = true;
+        assert_eq!(app.on_key(key(KeyCode::Char('p'))), []);
+        assert!(app.status.as_deref().is_some_and(|s| s.contains("T takes over")), "{:?}", app.status);
+        assert_eq!(app.on_key(key(KeyCode::Char('T'))), []);
+        assert!(matches!(app.dialog, Some(Dialog::TakeOver { .. })));
+        let env = app.target_env().unwrap().name.clone();
+        app.on_key(key(KeyCode::Char('x')));
+        assert_eq!(app.on_key(key(KeyCode::Enter)), []);
+        assert!(matches!(app.dialog, Some(Dialog::TakeOver { wrong: true, .. })));
+        app.on_key(key(KeyCode::Backspace));
+        for c in env.chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+        assert_eq!(app.on_key(key(KeyCode::Enter)), [Effect::TakeOver]);
+        // An observer's quitting is a detach: the deploy is not theirs to stop.
+        assert_eq!(app.on_key(key(KeyCode::Char('q'))), [Effect::Detach]);
     }
 
     #[test]

@@ -1,0 +1,452 @@
+//! The runner: the process that owns one deploy, and the client every front end uses to drive it.
+//!
+//! A deploy (or a rollback) no longer lives inside the process that draws it. The console and
+//! `wavedeck deploy` start `wavedeck runner` as a detached process (its own session, so a closed
+//! terminal's SIGHUP never reaches it), hand it a [`Spec`] on its stdin and read one [`Ready`]
+//! line back from its stdout. The runner prepares the session (profile, secrets, plan, audit
+//! log), takes the lock and listens on the deploy's control socket ([`crate::remote`]); the
+//! front end then attaches to that socket as a [`Client`], like any other terminal would.
+//!
+//! The session owner inside the runner audits every command with the client it came from
+//! before the engine sees it; no front end writes the audit log.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{self, EventStream};
+use crate::event::{Command, CommandSource, DetachAction};
+use crate::exit;
+use crate::remote::{self, Connection, Ended, Hello, Message, Role, Welcome};
+use crate::session::{self, RunOptions, SessionOptions, SetupError};
+
+/// What a runner is asked to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "job", rename_all = "snake_case")]
+pub enum Job {
+    Deploy {
+        release: String,
+    },
+    /// Roll back the last deploy, only if the plan still reads as the preview the operator
+    /// confirmed (its sha256): hosts may have moved since.
+    Rollback {
+        preview_sha256: String,
+    },
+}
+
+/// Everything a runner needs to start a deploy; secrets come from its environment, inherited
+/// from the front end, never from here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    #[serde(flatten)]
+    pub job: Job,
+    pub profile: PathBuf,
+    pub env: String,
+    pub audit_dir: Option<PathBuf>,
+    pub local_root: Option<PathBuf>,
+    /// `headless` or `console`, recorded in the audit log.
+    pub mode: String,
+    /// How the operator confirmed the start, when the front end asked (recorded).
+    pub confirmation: Option<String>,
+    /// Commands that apply before any host starts (`--exclude`).
+    pub first: Vec<(Command, CommandSource)>,
+    /// Overrides the environment's `on_detach` (headless mode aborts when it goes away).
+    pub on_detach: Option<DetachAction>,
+}
+
+/// The runner's one line back to the front end that started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ready {
+    Started { session: String, socket: PathBuf, audit_path: PathBuf },
+    Refused { code: i32, message: String, audit_path: Option<PathBuf> },
+}
+
+/// Why a deploy did not start, as the front end reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub code: i32,
+    pub message: String,
+    pub audit_path: Option<PathBuf>,
+}
+
+/// The name of the file runners write their own troubles to, in the runtime directory.
+const RUNNER_LOG: &str = "runner.log";
+
+// ---------------------------------------------------------------------------------------------
+// Inside the runner process.
+
+/// `wavedeck runner`: reads a [`Spec`] from stdin, runs the deploy, and returns its exit code.
+pub fn main() -> i32 {
+    // Its own session: no controlling terminal, so closing the one it came from sends nothing.
+    let _ = nix::unistd::setsid();
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        return exit::INVALID;
+    }
+    let spec: Spec = match serde_json::from_str(&line) {
+        Ok(spec) => spec,
+        Err(e) => {
+            ready(&Ready::Refused { code: exit::INVALID, message: format!("runner: bad spec: {e}"), audit_path: None });
+            return exit::INVALID;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let message = format!("cannot start the async runtime: {e}");
+            ready(&Ready::Refused { code: exit::CANNOT_START, message, audit_path: None });
+            return exit::CANNOT_START;
+        }
+    };
+    runtime.block_on(run(spec))
+}
+
+/// Tells the front end how the start went. Nothing else is ever written to stdout: the front
+/// end stops reading after this line.
+fn ready(ready: &Ready) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Ok(line) = serde_json::to_string(ready) {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+fn refused(error: SetupError) -> Ready {
+    let code = match error {
+        SetupError::Invalid(_) => exit::INVALID,
+        SetupError::CannotStart(_) => exit::CANNOT_START,
+        SetupError::Locked(_) => exit::LOCKED,
+    };
+    Ready::Refused { code, message: error.to_string(), audit_path: None }
+}
+
+async fn run(spec: Spec) -> i32 {
+    let prepared = prepare(&spec).await;
+    let (mut session, on_detach, detached_timeout) = match prepared {
+        Ok(prepared) => prepared,
+        Err(refusal) => {
+            let code = if let Ready::Refused { code, .. } = &refusal { *code } else { exit::CANNOT_START };
+            ready(&refusal);
+            return code;
+        }
+    };
+    if let Some(how) = &spec.confirmation {
+        session.confirmed(how);
+    }
+    let options = RunOptions { on_detach: spec.on_detach.unwrap_or(on_detach), detached_timeout };
+    let running = match session.start(spec.first.clone(), options).await {
+        Ok(running) => running,
+        Err(refusal) => {
+            let code = refusal.code;
+            ready(&Ready::Refused { code, message: refusal.message, audit_path: Some(refusal.audit_path) });
+            return code;
+        }
+    };
+    ready(&Ready::Started {
+        session: running.session.clone(),
+        socket: running.socket.clone(),
+        audit_path: running.audit_path.clone(),
+    });
+    // No terminal sends these any more; a person or a system shutting down does.
+    use tokio::signal::unix::{SignalKind, signal};
+    let commands = running.commands.clone();
+    if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        tokio::spawn(async move {
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                let reason = format!("{name} received by the deploy's runner");
+                commands.send(Command::Abort { reason }, CommandSource::Signal);
+            }
+        });
+    }
+    // A hang-up can still arrive between the start and setsid: it must not kill the deploy.
+    if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+        tokio::spawn(async move { while hangup.recv().await.is_some() {} });
+    }
+    running.ended().await.code
+}
+
+/// The session the spec asks for, with the environment's detach settings.
+async fn prepare(spec: &Spec) -> Result<(session::Session, DetachAction, std::time::Duration), Ready> {
+    // Warnings were the front end's to show; the profile is read again because the runner
+    // runs what is on disk now, and the audit log pins its sha256.
+    let profile = crate::profile::Profile::load(&spec.profile)
+        .map_err(|d| refused(SetupError::Invalid(d.to_string())))?;
+    let env = session::environment(&profile, &spec.env).map_err(refused)?;
+    let (on_detach, detached_timeout) = (env.policy.on_detach, env.policy.detached_timeout);
+    let session = match &spec.job {
+        Job::Deploy { release } => {
+            let options = SessionOptions {
+                profile: &spec.profile,
+                env: &spec.env,
+                release,
+                audit_dir: spec.audit_dir.as_deref(),
+                local_root: spec.local_root.as_deref(),
+                mode: &spec.mode,
+            };
+            session::prepare(&options, profile.clone()).map_err(refused)?
+        }
+        Job::Rollback { preview_sha256 } => {
+            let prepared = crate::rollback::prepare(
+                &profile,
+                &spec.env,
+                spec.audit_dir.as_deref(),
+                spec.local_root.as_deref(),
+            )
+            .await
+            .map_err(refused)?;
+            if &preview_digest(&prepared.describe()) != preview_sha256 {
+                let audit_path = prepared.session.refuse(exit::INVALID);
+                return Err(Ready::Refused {
+                    code: exit::INVALID,
+                    message: "the rollback plan changed since it was shown (a host moved, or another deploy \
+                              ran): look at it again"
+                        .into(),
+                    audit_path: Some(audit_path),
+                });
+            }
+            prepared.session
+        }
+    };
+    Ok((session, on_detach, detached_timeout))
+}
+
+/// The digest a rollback preview is confirmed by.
+pub fn preview_digest(preview: &str) -> String {
+    crate::profile::hex_sha256(preview.as_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// In the front end.
+
+/// Starts a runner for `spec` and attaches to it as its controller. Returns once the deploy has
+/// started (its lock taken), or why it did not.
+pub async fn spawn(spec: &Spec) -> Result<Client, Refused> {
+    let cannot = |message: String| Refused { code: exit::CANNOT_START, message, audit_path: None };
+    let exe = std::env::current_exe().map_err(|e| cannot(format!("cannot find wavedeck's own program: {e}")))?;
+    let log = remote::runtime_dir().ok().map(|dir| dir.join(RUNNER_LOG));
+    let stderr = log
+        .as_ref()
+        .and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok())
+        .map_or_else(Stdio::null, Stdio::from);
+    let mut child = tokio::process::Command::new(exe)
+        .arg("runner")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| cannot(format!("cannot start the deploy's runner: {e}")))?;
+    let line = serde_json::to_string(spec).map_err(|e| cannot(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
+    }
+    let mut answer = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = BufReader::new(stdout).read_line(&mut answer).await;
+    }
+    let see_log = || log.as_ref().map_or(String::new(), |p| format!("; see {}", p.display()));
+    match serde_json::from_str::<Ready>(&answer) {
+        Ok(Ready::Started { socket, .. }) => {
+            let mut client = Client::attach(&socket, Role::Control, 1, "started it")
+                .await
+                .map_err(|e| cannot(format!("the deploy started but cannot be reached: {e}{}", see_log())))?;
+            client.child = Some(child);
+            Ok(client)
+        }
+        Ok(Ready::Refused { code, message, audit_path }) => {
+            let _ = child.wait().await;
+            Err(Refused { code, message, audit_path })
+        }
+        Err(_) => {
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+            Err(cannot(format!("the deploy's runner stopped before it started ({status}){}", see_log())))
+        }
+    }
+}
+
+/// What a client hears besides events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// This client's role changed (taken over, released, given).
+    Role { role: Role, reason: String },
+    /// A request was refused, and why.
+    Refused { what: &'static str, reason: String },
+    /// Events this client did not get (it fell far behind); they are in the audit log.
+    Gap { from_seq: u64, to_seq: u64 },
+}
+
+/// Requests a client task carries to the runner.
+enum Ask {
+    Command(Command, CommandSource),
+    TakeOver,
+    Release,
+    Detach(oneshot::Sender<()>),
+}
+
+/// A front end's connection to a running deploy: events in, commands out.
+pub struct Client {
+    pub welcome: Welcome,
+    /// The role this client has now (updated from notices by [`Client::note`]).
+    pub role: Role,
+    pub events: EventStream,
+    pub notices: mpsc::UnboundedReceiver<Notice>,
+    asks: mpsc::UnboundedSender<Ask>,
+    ended: oneshot::Receiver<Result<Ended, String>>,
+    /// The runner, when this front end started it: reaped once the deploy has ended.
+    child: Option<tokio::process::Child>,
+}
+
+impl Client {
+    /// Attaches to the runner at `socket`, asking for `role`, with events from `from_seq` on.
+    /// `as_what` says in the runner's records what this client is ("console", "started it").
+    pub async fn attach(socket: &Path, role: Role, from_seq: u64, as_what: &str) -> Result<Client, String> {
+        let hello = Hello { version: remote::PROTOCOL, client: remote::client_name(as_what), from_seq, role };
+        let (welcome, connection) = Connection::open(socket, hello).await?;
+        let (sink, events) = engine::event_channel();
+        let (notice_tx, notices) = mpsc::unbounded_channel();
+        let (asks, ask_rx) = mpsc::unbounded_channel();
+        let (ended_tx, ended) = oneshot::channel();
+        tokio::spawn(async move {
+            let result = converse(connection, sink, notice_tx, ask_rx).await;
+            let _ = ended_tx.send(result);
+        });
+        let role = welcome.role;
+        Ok(Client { welcome, role, events, notices, asks, ended, child: None })
+    }
+
+    pub fn session(&self) -> &str {
+        &self.welcome.about.session
+    }
+
+    /// Sends a command (the runner audits it, then acts, or refuses it with a notice).
+    pub fn send(&self, command: Command, source: CommandSource) {
+        let _ = self.asks.send(Ask::Command(command, source));
+    }
+
+    pub fn take_over(&self) {
+        let _ = self.asks.send(Ask::TakeOver);
+    }
+
+    pub fn release(&self) {
+        let _ = self.asks.send(Ask::Release);
+    }
+
+    /// Leaves on purpose: the deploy carries on as it is. Returns once the runner has it.
+    pub async fn detach(self) {
+        let (done, acknowledged) = oneshot::channel();
+        if self.asks.send(Ask::Detach(done)).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), acknowledged).await;
+        }
+    }
+
+    /// Keeps `role` in step with a notice.
+    pub fn note(&mut self, notice: &Notice) {
+        if let Notice::Role { role, .. } = notice {
+            self.role = *role;
+        }
+    }
+
+    /// Waits until the deploy has ended and settled (lock released, audit log closed), and
+    /// reaps the runner if this front end started it.
+    pub async fn ended(self) -> Ended {
+        let audit_path = self.welcome.about.audit_path.clone();
+        let ended = match self.ended.await {
+            Ok(Ok(ended)) => ended,
+            Ok(Err(why)) => lost(audit_path, why),
+            Err(_) => lost(audit_path, "the connection to the deploy's runner ended".into()),
+        };
+        if let Some(mut child) = self.child {
+            let _ = child.wait().await;
+        }
+        ended
+    }
+}
+
+fn lost(audit_path: PathBuf, why: String) -> Ended {
+    Ended {
+        outcome: None,
+        code: exit::CANNOT_START,
+        problems: vec![format!("lost the deploy's runner before it ended ({why}); see wavedeck ps and the audit log")],
+        audit_path,
+    }
+}
+
+/// Carries one client's conversation with its runner until the deploy's end arrives.
+async fn converse(
+    mut connection: Connection,
+    sink: engine::EventSink,
+    notices: mpsc::UnboundedSender<Notice>,
+    mut asks: mpsc::UnboundedReceiver<Ask>,
+) -> Result<Ended, String> {
+    let mut next_id = 0u64;
+    // What each request in flight was, for the notice if it is refused.
+    let mut asked: std::collections::HashMap<u64, &'static str> = std::collections::HashMap::new();
+    let mut detaching: Option<(u64, oneshot::Sender<()>)> = None;
+    let mut asks_open = true;
+    loop {
+        tokio::select! {
+            ask = asks.recv(), if asks_open => {
+                let Some(ask) = ask else {
+                    asks_open = false;
+                    continue;
+                };
+                next_id += 1;
+                let id = next_id;
+                let (message, what) = match ask {
+                    Ask::Command(command, source) => {
+                        let what = command.name();
+                        (Message::Command { id, command, source }, what)
+                    }
+                    Ask::TakeOver => (Message::TakeOver { id }, "take over"),
+                    Ask::Release => (Message::Release { id }, "release"),
+                    Ask::Detach(done) => {
+                        detaching = Some((id, done));
+                        (Message::Detach { id }, "detach")
+                    }
+                };
+                asked.insert(id, what);
+                connection.send(&message).await.map_err(|e| e.to_string())?;
+            }
+            message = connection.receive() => match message.map_err(|e| e.to_string())? {
+                None => return Err("the runner closed the connection".into()),
+                Some(Message::Event { event, .. }) => {
+                    // A slow screen slows this reading down; the runner keeps the rest for it.
+                    sink.room().await;
+                    sink.forward(event);
+                }
+                Some(Message::Gap { from_seq, to_seq }) => {
+                    let _ = notices.send(Notice::Gap { from_seq, to_seq });
+                }
+                Some(Message::Role { role, reason }) => {
+                    let _ = notices.send(Notice::Role { role, reason });
+                }
+                Some(Message::Ack { id }) => {
+                    asked.remove(&id);
+                    if let Some((_, done)) = detaching.take_if(|(d, _)| *d == id) {
+                        let _ = done.send(());
+                        return Err("detached".into());
+                    }
+                }
+                Some(Message::Refused { id, reason }) => {
+                    let what = id.and_then(|id| asked.remove(&id));
+                    match what {
+                        Some(what) => {
+                            let _ = notices.send(Notice::Refused { what, reason });
+                        }
+                        None => return Err(reason),
+                    }
+                }
+                Some(Message::Ended(ended)) => return Ok(ended),
+                Some(_) => {}
+            }
+        }
+    }
+}
