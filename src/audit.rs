@@ -24,8 +24,8 @@ use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuar
 
 pub use crate::event::CommandSource;
 use crate::event::{Command, DetachAction, Event, Stamped};
-use crate::remote::Role;
 use crate::lock::LockInfo;
+use crate::remote::Role;
 use crate::secrets::Redactor;
 
 /// Environment variable that chooses the audit directory (below `--audit-dir`).

@@ -25,7 +25,7 @@
 //! 9. [`runner`]: the detached process that owns one deploy, and the client front ends attach
 //!    to it with.
 //! 10. Front ends, clients of a runner: [`headless`] (plain lines for CI) and [`console`] (the
-//!    full-screen TUI).
+//!     full-screen TUI).
 
 #![forbid(unsafe_code)]
 

@@ -8,14 +8,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use wavedeck::event::DetachAction;
 use wavedeck::exit;
 use wavedeck::headless::{self, Orders};
 use wavedeck::lock::{self, LockPlace};
 use wavedeck::plan::Plan;
-use wavedeck::secrets::Secrets;
-use wavedeck::event::DetachAction;
 use wavedeck::remote::Role;
 use wavedeck::runner::{Job, Spec};
+use wavedeck::secrets::Secrets;
 use wavedeck::session::{self, SessionOptions, SetupError};
 
 #[derive(Parser)]
@@ -321,7 +321,8 @@ fn ps() -> Result<i32, SetupError> {
                     || "-".to_string(),
                     |t| wavedeck::describe::seconds((now - t).num_milliseconds().max(0) as u64),
                 );
-                let wave = if w.status.waves == 0 { "-".into() } else { format!("{}/{}", w.status.wave, w.status.waves) };
+                let wave =
+                    if w.status.waves == 0 { "-".into() } else { format!("{}/{}", w.status.wave, w.status.waves) };
                 let clients = match &w.status.controller {
                     Some(who) => format!("{} (controlled by {who})", w.status.clients),
                     None => format!("{} (nobody controls it)", w.status.clients),
@@ -387,7 +388,9 @@ async fn running_session(profile: &Path, env: &str) -> Result<String, SetupError
             }
             _ => None,
         })
-        .ok_or_else(|| SetupError::Invalid(format!("no deploy of {} to {env} is running here (see wavedeck ps)", profile.service)))
+        .ok_or_else(|| {
+            SetupError::Invalid(format!("no deploy of {} to {env} is running here (see wavedeck ps)", profile.service))
+        })
 }
 
 /// Follows a deploy as plain lines, the way headless mode prints it.

@@ -125,7 +125,10 @@ pub enum Message {
     },
     /// Events the runner no longer holds (this client fell too far behind): they are in the
     /// audit log.
-    Gap { from_seq: u64, to_seq: u64 },
+    Gap {
+        from_seq: u64,
+        to_seq: u64,
+    },
     /// A command for the deploy (controller only).
     Command {
         id: u64,
@@ -134,16 +137,30 @@ pub enum Message {
         source: CommandSource,
     },
     /// Take control from whoever has it (audited; they are told).
-    TakeOver { id: u64 },
+    TakeOver {
+        id: u64,
+    },
     /// Give up control and go on observing; the deploy carries on as it is.
-    Release { id: u64 },
+    Release {
+        id: u64,
+    },
     /// Leave on purpose: the deploy carries on as it is (no `on_detach`).
-    Detach { id: u64 },
-    Ack { id: u64 },
+    Detach {
+        id: u64,
+    },
+    Ack {
+        id: u64,
+    },
     /// A request, or the client itself, refused, and why.
-    Refused { id: Option<u64>, reason: String },
+    Refused {
+        id: Option<u64>,
+        reason: String,
+    },
     /// This client's role changed, and why (someone took over).
-    Role { role: Role, reason: String },
+    Role {
+        role: Role,
+        reason: String,
+    },
     /// The deploy has settled; the runner closes the connection after this.
     Ended(Ended),
 }
@@ -159,13 +176,34 @@ pub type ClientId = u64;
 /// carries the channel its answer goes back on.
 #[derive(Debug)]
 pub enum Request {
-    Join { client: ClientId, name: String, role: Role, reply: oneshot::Sender<Role> },
-    Command { client: ClientId, command: Command, source: CommandSource, reply: oneshot::Sender<Result<(), String>> },
-    TakeOver { client: ClientId, reply: oneshot::Sender<Result<(), String>> },
-    Release { client: ClientId, reply: oneshot::Sender<Result<(), String>> },
-    Detach { client: ClientId, reply: oneshot::Sender<Result<(), String>> },
+    Join {
+        client: ClientId,
+        name: String,
+        role: Role,
+        reply: oneshot::Sender<Role>,
+    },
+    Command {
+        client: ClientId,
+        command: Command,
+        source: CommandSource,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    TakeOver {
+        client: ClientId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Release {
+        client: ClientId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Detach {
+        client: ClientId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// The connection closed (on purpose after `Detach`, or not: a killed console).
-    Left { client: ClientId },
+    Left {
+        client: ClientId,
+    },
 }
 
 /// The directory control sockets live in: `$WAVEDECK_RUNTIME_DIR`, else
@@ -372,6 +410,9 @@ impl Server {
     /// all had it and closed.
     pub async fn end(&self, ended: Ended, patience: Duration) {
         self.shared.ended.send_replace(Some(ended));
+        // Nobody new: a client connecting now would be cut off when the runner exits.
+        self.accept.abort();
+        let _ = std::fs::remove_file(&self.path);
         let mut open = self.shared.open.subscribe();
         let _ = tokio::time::timeout(patience, open.wait_for(|n| *n == 0)).await;
     }
@@ -616,9 +657,9 @@ pub struct Connection {
 impl Connection {
     /// Connects to a runner's socket and says hello; returns its welcome and the connection.
     pub async fn open(path: &Path, hello: Hello) -> Result<(Welcome, Connection), String> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e} (is the deploy still running? see wavedeck ps)", path.display()))?;
+        let stream = UnixStream::connect(path).await.map_err(|e| {
+            format!("cannot connect to {}: {e} (is the deploy still running? see wavedeck ps)", path.display())
+        })?;
         let (read, mut writer) = stream.into_split();
         send(&mut writer, &Message::Hello(hello)).await.map_err(|e| e.to_string())?;
         let mut reader = BufReader::new(read);
@@ -672,9 +713,10 @@ mod tests {
         assert!(matches!(bare, Message::Hello(Hello { role: Role::Observe, .. })));
         let command: Message =
             serde_json::from_str(r#"{"command":{"id":3,"command":{"command":"skip","host":"web-2"}}}"#).unwrap();
-        assert!(
-            matches!(command, Message::Command { id: 3, source: CommandSource::Keyboard, command: Command::Skip { .. } })
-        );
+        assert!(matches!(
+            command,
+            Message::Command { id: 3, source: CommandSource::Keyboard, command: Command::Skip { .. } }
+        ));
         let event = Message::Event { seq: 7, event: stamped(Event::Resumed) };
         let back: Message = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
         assert_eq!(back, event);

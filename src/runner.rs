@@ -178,8 +178,8 @@ async fn run(spec: Spec) -> i32 {
 async fn prepare(spec: &Spec) -> Result<(session::Session, DetachAction, std::time::Duration), Ready> {
     // Warnings were the front end's to show; the profile is read again because the runner
     // runs what is on disk now, and the audit log pins its sha256.
-    let profile = crate::profile::Profile::load(&spec.profile)
-        .map_err(|d| refused(SetupError::Invalid(d.to_string())))?;
+    let profile =
+        crate::profile::Profile::load(&spec.profile).map_err(|d| refused(SetupError::Invalid(d.to_string())))?;
     let env = session::environment(&profile, &spec.env).map_err(refused)?;
     let (on_detach, detached_timeout) = (env.policy.on_detach, env.policy.detached_timeout);
     let session = match &spec.job {
@@ -195,14 +195,10 @@ async fn prepare(spec: &Spec) -> Result<(session::Session, DetachAction, std::ti
             session::prepare(&options, profile.clone()).map_err(refused)?
         }
         Job::Rollback { preview_sha256 } => {
-            let prepared = crate::rollback::prepare(
-                &profile,
-                &spec.env,
-                spec.audit_dir.as_deref(),
-                spec.local_root.as_deref(),
-            )
-            .await
-            .map_err(refused)?;
+            let prepared =
+                crate::rollback::prepare(&profile, &spec.env, spec.audit_dir.as_deref(), spec.local_root.as_deref())
+                    .await
+                    .map_err(refused)?;
             if &preview_digest(&prepared.describe()) != preview_sha256 {
                 let audit_path = prepared.session.refuse(exit::INVALID);
                 return Err(Ready::Refused {
@@ -255,7 +251,7 @@ pub async fn spawn(spec: &Spec) -> Result<Client, Refused> {
     let see_log = || log.as_ref().map_or(String::new(), |p| format!("; see {}", p.display()));
     match serde_json::from_str::<Ready>(&answer) {
         Ok(Ready::Started { socket, .. }) => {
-            let mut client = Client::attach(&socket, Role::Control, 1, "started it")
+            let mut client = Client::attach(&socket, Role::Control, 1, &spec.mode)
                 .await
                 .map_err(|e| cannot(format!("the deploy started but cannot be reached: {e}{}", see_log())))?;
             client.child = Some(child);

@@ -352,7 +352,11 @@ impl Session {
     /// and the task that owns this session from now on. `first` are commands that apply before
     /// any host starts (headless `--exclude`). A refusal (the lock is held, no socket) is
     /// audited and the log closed.
-    pub async fn start(mut self, first: Vec<(Command, CommandSource)>, options: RunOptions) -> Result<Running, Refused> {
+    pub async fn start(
+        mut self,
+        first: Vec<(Command, CommandSource)>,
+        options: RunOptions,
+    ) -> Result<Running, Refused> {
         let lock = match self.take_lock().await {
             Ok(lock) => lock,
             Err((code, message)) => {
@@ -558,7 +562,11 @@ impl Owner {
                 let _ = reply.send(answer);
             }
             Request::Detach { client, reply } => {
-                self.audit.note(Record::ClientDetached { client: self.name(client), deliberate: true, on_detach: None });
+                self.audit.note(Record::ClientDetached {
+                    client: self.name(client),
+                    deliberate: true,
+                    on_detach: None,
+                });
                 self.deliberate.insert(client);
                 if self.controller == Some(client) {
                     self.controller = None;
@@ -581,7 +589,9 @@ impl Owner {
                 let on_detach = (was_controller && live).then_some(self.options.on_detach);
                 self.audit.note(Record::ClientDetached { client: name.clone(), deliberate: false, on_detach });
                 match on_detach {
-                    Some(DetachAction::Pause) if !self.phase.waiting() => self.pass(Command::Pause, CommandSource::Detach, Some(&name)),
+                    Some(DetachAction::Pause) if !self.phase.waiting() => {
+                        self.pass(Command::Pause, CommandSource::Detach, Some(&name))
+                    }
                     Some(DetachAction::Abort) => {
                         let reason = format!("{name} went away without detaching (on_detach = \"abort\")");
                         self.pass(Command::Abort { reason }, CommandSource::Detach, Some(&name));
@@ -660,6 +670,10 @@ impl Owner {
                 }
             }
         }
+        // From here on nobody is answered: a client joining now observes the end, and its
+        // requests are refused as the deploy ends (rather than wait for an answer that would
+        // come too late).
+        drop(requests);
         let mut problems = Vec::new();
         let (word, code) = match outcome {
             Some(Outcome::Succeeded) => ("succeeded", crate::exit::OK),

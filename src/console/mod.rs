@@ -115,7 +115,8 @@ pub fn attach(attach: Attach) -> i32 {
             return exit::INVALID;
         }
     };
-    let options = ConsoleOptions { path: None, theme: attach.theme, audit_dir: None, local_root: None, scrollback: None };
+    let options =
+        ConsoleOptions { path: None, theme: attach.theme, audit_dir: None, local_root: None, scrollback: None };
     let Ok((mut app, theme)) = setup(vec![profile], &options) else { return exit::INVALID };
     if let Some(i) = app.targets.iter().position(|t| app.profiles[t.profile].environments[t.env].name == about.env) {
         app.selected_target = i;
@@ -132,7 +133,9 @@ pub fn attach(attach: Attach) -> i32 {
 fn attached_text(client: &Client) -> String {
     let w = &client.welcome;
     match (client.role, &w.status.controller) {
-        (Role::Control, _) => format!("attached to {} (started by {}); you control it", w.about.session, w.about.operator),
+        (Role::Control, _) => {
+            format!("attached to {} (started by {}); you control it", w.about.session, w.about.operator)
+        }
         (Role::Observe, Some(who)) => format!("observing: {who} controls this deploy; T takes over"),
         (Role::Observe, None) => "observing; T takes control".to_string(),
     }
@@ -161,8 +164,8 @@ fn new_runtime() -> Option<tokio::runtime::Runtime> {
 fn setup(profiles: Vec<Profile>, options: &ConsoleOptions) -> Result<(App, Theme), ()> {
     let config = config::Config::load().map_err(|e| eprintln!("{e}"))?;
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let theme = Theme::resolve(options.theme.as_deref().or(config.theme.as_deref()), no_color)
-        .map_err(|e| eprintln!("{e}"))?;
+    let theme =
+        Theme::resolve(options.theme.as_deref().or(config.theme.as_deref()), no_color).map_err(|e| eprintln!("{e}"))?;
     let scrollback = options.scrollback.or(config.scrollback).unwrap_or(logs::DEFAULT_SCROLLBACK);
     Ok((App::new(profiles, &crate::audit::operator_name(), scrollback), theme))
 }
@@ -216,7 +219,7 @@ fn load_profiles(path: Option<&Path>) -> Result<Vec<Profile>, String> {
 /// host or the network runs as such a task, so the loop never waits on it.
 enum Done {
     /// A deploy or rollback started (its lock taken), or was refused.
-    Started(Result<Client, String>),
+    Started(Result<Box<Client>, String>),
     /// A rollback was planned and its targets previewed, for the operator to confirm (or, for
     /// `on_failure = "rollback"`, to start at once).
     Prepared { result: Result<Box<rollback::Prepared>, String>, automatic: bool },
@@ -315,7 +318,7 @@ async fn console_loop(
                         app.busy = None;
                         app.begin_deploy();
                         app.status = Some(format!("others can watch: wavedeck attach {} --observe", live.session()));
-                        running = Some(live);
+                        running = Some(*live);
                     }
                     Done::Started(Err(message)) => {
                         busy = None;
@@ -447,7 +450,8 @@ async fn console_loop(
                 }
                 Effect::StartRollback => {
                     if let Some(prepared) = prepared_rollback.take() {
-                        let how = if prepared.session.plan.protected { "typed environment name" } else { "confirmed plan" };
+                        let how =
+                            if prepared.session.plan.protected { "typed environment name" } else { "confirmed plan" };
                         let spec = rollback_spec(&prepared, options, Some(how));
                         audit_files.push(prepared.session.close_preview());
                         busy = Some(start_in_background(spec, &done_tx, &mut app));
@@ -494,7 +498,7 @@ fn start_in_background(spec: Spec, done: &mpsc::UnboundedSender<Done>, app: &mut
         .unwrap_or_default();
     app.busy = Some(format!("taking the deploy lock on {place}…"));
     let task = tokio::spawn(async move {
-        let result = runner::spawn(&spec).await.map_err(|refused| refused.message.replace('\n', " "));
+        let result = runner::spawn(&spec).await.map(Box::new).map_err(|refused| refused.message.replace('\n', " "));
         let _ = tx.send(Done::Started(result));
     });
     Busy { task: task.abort_handle(), cancellable: false }

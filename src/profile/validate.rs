@@ -398,12 +398,9 @@ impl Validator<'_> {
                 DetachAction::Pause
             }
         };
-        let detached_timeout = raw
-            .detached_timeout
-            .as_ref()
-            .map_or(DEFAULT_DETACHED_TIMEOUT, |d| {
-                self.duration_at_least(d, MIN_DETACHED_TIMEOUT, "detached_timeout", DEFAULT_DETACHED_TIMEOUT)
-            });
+        let detached_timeout = raw.detached_timeout.as_ref().map_or(DEFAULT_DETACHED_TIMEOUT, |d| {
+            self.duration_at_least(d, MIN_DETACHED_TIMEOUT, "detached_timeout", DEFAULT_DETACHED_TIMEOUT)
+        });
         RolloutPolicy {
             canary,
             batch,
