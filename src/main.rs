@@ -317,16 +317,15 @@ fn ps() -> Result<i32, SetupError> {
     for listing in listings {
         match listing {
             wavedeck::remote::Listing::Running(w) => {
-                let age = w.status.started_at.map_or_else(
-                    || "-".to_string(),
-                    |t| wavedeck::describe::seconds((now - t).num_milliseconds().max(0) as u64),
-                );
+                let age = w.status.started_at.map_or_else(|| "-".to_string(), |t| age((now - t).num_seconds()));
                 let wave =
                     if w.status.waves == 0 { "-".into() } else { format!("{}/{}", w.status.wave, w.status.waves) };
                 let clients = match &w.status.controller {
                     Some(who) => format!("{} (controlled by {who})", w.status.clients),
                     None => format!("{} (nobody controls it)", w.status.clients),
                 };
+                // Names come from other processes: shown, never obeyed.
+                let clients = wavedeck::text::visible(&clients);
                 println!(
                     "{:<28}  {:<12}  {:<10}  {:<10}  {:<10}  {:<9}  {:>5}  {:>7}  {clients}",
                     w.about.session,
@@ -350,6 +349,16 @@ fn ps() -> Result<i32, SetupError> {
         }
     }
     Ok(exit::OK)
+}
+
+/// A deploy's age as people read it: `42s`, `7m05s`, `4h12m`.
+fn age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
 }
 
 /// `wavedeck attach`: the console on a running deploy, or its events as plain lines.
