@@ -17,7 +17,7 @@ use crate::event::{
 use crate::exit;
 use crate::profile::FailureAction;
 use crate::remote::Role;
-use crate::runner::{self, Notice, Spec};
+use crate::runner::{self, Spec};
 
 /// Renders one event as zero or more lines (without trailing newline): host output as
 /// `[host] line`, the final table, and everything else as [`describe`] tells it (`[host] …` for
@@ -195,7 +195,7 @@ pub async fn drive(spec: Spec, orders: &Orders) -> Ended {
             }
             Some(notice) = client.notices.recv() => {
                 client.note(&notice);
-                say(&format!("== {}", notice_text(&notice)));
+                say(&crate::text::visible(&format!("== {notice}")));
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 handed_over = None;
@@ -220,17 +220,6 @@ pub async fn drive(spec: Spec, orders: &Orders) -> Ended {
     }
     say(&format!("audit log: {}", ended.audit_path.display()));
     Ended { code: ended.code, rollback }
-}
-
-/// A notice in words, for plain output.
-pub fn notice_text(notice: &Notice) -> String {
-    match notice {
-        Notice::Role { reason, .. } => reason.clone(),
-        Notice::Refused { what, reason } => format!("{what} refused: {reason}"),
-        Notice::Gap { from_seq, to_seq } => {
-            format!("events {from_seq} to {to_seq} were not received here (too far behind); they are in the audit log")
-        }
-    }
 }
 
 /// Prints a line; a closed stdout (a pipe whose reader went away) must not stop the deploy.

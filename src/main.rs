@@ -429,7 +429,7 @@ async fn attach_plain(socket: &Path, from: u64) -> Result<i32, SetupError> {
                     out(&wavedeck::text::visible(&text));
                 }
             }
-            Some(notice) = client.notices.recv() => out(&format!("== {}", headless::notice_text(&notice))),
+            Some(notice) = client.notices.recv() => out(&wavedeck::text::visible(&format!("== {notice}"))),
         }
     }
     let ended = client.ended().await;

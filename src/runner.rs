@@ -279,6 +279,19 @@ pub enum Notice {
     Gap { from_seq: u64, to_seq: u64 },
 }
 
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::Role { reason, .. } => f.write_str(reason),
+            Notice::Refused { what, reason } => write!(f, "{what} refused: {reason}"),
+            Notice::Gap { from_seq, to_seq } => write!(
+                f,
+                "events {from_seq} to {to_seq} were not received here (too far behind); they are in the audit log"
+            ),
+        }
+    }
+}
+
 /// Requests a client task carries to the runner.
 enum Ask {
     Command(Command, CommandSource),

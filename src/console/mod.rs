@@ -307,7 +307,7 @@ async fn console_loop(
                         client.note(&notice);
                         app.observing = client.role != Role::Control;
                     }
-                    app.status = Some(crate::headless::notice_text(&notice));
+                    app.status = Some(crate::text::clean(&notice.to_string()));
                 }
             },
             Some(finished) = done.recv() => {
