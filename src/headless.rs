@@ -17,7 +17,7 @@ use crate::event::{
 use crate::exit;
 use crate::profile::FailureAction;
 use crate::remote::Role;
-use crate::runner::{self, Spec};
+use crate::runner::{self, Client, Refused, Spec};
 
 /// Renders one event as zero or more lines (without trailing newline): host output as
 /// `[host] line`, the final table, and everything else as [`describe`] tells it (`[host] …` for
@@ -112,17 +112,15 @@ pub struct Orders {
 /// and no runner is left behind. A failure-threshold pause becomes an abort (nobody here can
 /// resume it) unless `--on-threshold wait` hands it to a person.
 pub async fn drive(spec: Spec, orders: &Orders) -> Ended {
-    let mut signals = match Signals::new() {
-        Ok(s) => s,
-        Err(e) => {
-            say(&format!("error: cannot listen for signals: {e}"));
-            return Ended { code: exit::CANNOT_START, rollback: false };
-        }
-    };
     let mut spec = spec;
     // Applied before any host starts.
     spec.first.extend(orders.exclude.iter().map(|h| (Command::Exclude { host: h.clone() }, CommandSource::Flag)));
-    let mut client = match runner::spawn(&spec).await {
+    follow(runner::spawn(&spec).await, orders).await
+}
+
+/// Follows a runner this process started (or says why it did not start) to its end.
+pub async fn follow(started: Result<Client, Refused>, orders: &Orders) -> Ended {
+    let mut client = match started {
         Ok(client) => client,
         Err(refused) => {
             eprintln!("error: {}", refused.message);
@@ -132,7 +130,19 @@ pub async fn drive(spec: Spec, orders: &Orders) -> Ended {
             return Ended { code: refused.code, rollback: false };
         }
     };
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("error: cannot listen for signals: {e}; aborting"));
+            client.send(Command::Abort { reason: format!("cannot listen for signals: {e}") }, CommandSource::Policy);
+            let _ = client.ended().await;
+            return Ended { code: exit::CANNOT_START, rollback: false };
+        }
+    };
     let session = client.session().to_string();
+    if let Some(preview) = &client.preview {
+        say(preview);
+    }
     say(&format!("audit log: {}", client.welcome.about.audit_path.display()));
     say(&format!("watch from another terminal: wavedeck attach {session} --observe"));
     let operator = crate::sys::operator_name();

@@ -14,7 +14,7 @@ use wavedeck::headless::{self, Orders};
 use wavedeck::lock::{self, LockPlace};
 use wavedeck::plan::Plan;
 use wavedeck::remote::Role;
-use wavedeck::runner::{Job, Spec};
+use wavedeck::runner::{Job, Launched, Spec};
 use wavedeck::secrets::Secrets;
 use wavedeck::session::{self, SessionOptions, SetupError};
 
@@ -244,8 +244,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, SetupError> {
         .map_err(|e| SetupError::CannotStart(format!("cannot start the async runtime: {e}")))
 }
 
-/// Plans a rollback of the last deploy, shows where each host goes back to, and on the
-/// operator's word hands it to a runner.
+/// Has a runner plan a rollback of the last deploy, shows where each host goes back to, and on
+/// the operator's word lets it start.
 fn rollback(
     path: &Path,
     env: &str,
@@ -254,47 +254,59 @@ fn rollback(
     local_root: Option<&Path>,
 ) -> Result<i32, SetupError> {
     let profile = session::load_profile(path)?;
+    session::environment(&profile, env)?;
     let runtime = runtime()?;
-    let prepared = runtime.block_on(wavedeck::rollback::prepare(&profile, env, audit_dir, local_root))?;
-    let preview = prepared.describe();
-    println!("{preview}");
-    let session = prepared.session;
+    let spec = rollback_spec(path, env, audit_dir, local_root, true);
+    let pending = match runtime.block_on(wavedeck::runner::launch(&spec)) {
+        Ok(Launched::Preview(pending)) => pending,
+        Ok(Launched::Started(client)) => {
+            return Ok(runtime.block_on(headless::follow(Ok(*client), &Orders::default())).code);
+        }
+        Err(refused) => return Err(refusal(refused)),
+    };
+    println!("{}", pending.text);
     if !yes {
-        if session.plan.protected || !std::io::stdin().is_terminal() {
-            let why = if session.plan.protected { format!("{env} is protected") } else { "not on a terminal".into() };
-            session.refuse(exit::INVALID);
+        if pending.protected || !std::io::stdin().is_terminal() {
+            let why = if pending.protected { format!("{env} is protected") } else { "not on a terminal".into() };
+            runtime.block_on(pending.cancel());
             return Err(SetupError::Invalid(format!("{why}: add --yes to roll back")));
         }
         if !confirm_by_name(env, &format!("Type {env} to start the rollback: ")) {
             println!("not started");
-            session.refuse(exit::INVALID);
+            runtime.block_on(pending.cancel());
             return Ok(exit::INVALID);
         }
     }
     let how = if yes { "--yes" } else { "typed environment name" };
-    let spec = rollback_spec(path, env, audit_dir, local_root, &preview, Some(how));
-    session.close_preview();
-    Ok(runtime.block_on(headless::drive(spec, &Orders::default())).code)
+    let started = runtime.block_on(pending.confirm(how));
+    Ok(runtime.block_on(headless::follow(started, &Orders::default())).code)
 }
 
-/// A runner's spec for the rollback the operator saw as `preview`: the runner plans it again and
-/// starts only if it reads the same.
+/// A runner's refusal as this command's error.
+fn refusal(refused: wavedeck::runner::Refused) -> SetupError {
+    match refused.code {
+        exit::INVALID => SetupError::Invalid(refused.message),
+        exit::LOCKED => SetupError::Locked(refused.message),
+        _ => SetupError::CannotStart(refused.message),
+    }
+}
+
+/// A runner's spec for a rollback; with `confirm` it shows its preview first and waits.
 fn rollback_spec(
     profile: &Path,
     env: &str,
     audit_dir: Option<&Path>,
     local_root: Option<&Path>,
-    preview: &str,
-    confirmation: Option<&str>,
+    confirm: bool,
 ) -> Spec {
     Spec {
-        job: Job::Rollback { preview_sha256: wavedeck::runner::preview_digest(preview) },
+        job: Job::Rollback { confirm },
         profile: profile.to_path_buf(),
         env: env.to_string(),
         audit_dir: audit_dir.map(Path::to_path_buf),
         local_root: local_root.map(Path::to_path_buf),
         mode: "headless".into(),
-        confirmation: confirmation.map(str::to_string),
+        confirmation: (!confirm).then(|| "on_failure = \"rollback\"".to_string()),
         first: Vec::new(),
         // Today's contract for a command in a terminal: it goes, the rollback stops.
         on_detach: Some(DetachAction::Abort),
@@ -520,17 +532,8 @@ fn deploy(options: &SessionOptions, yes: bool, orders: &Orders) -> Result<i32, S
     }
     // on_failure = "rollback": the policy already decided, so no confirmation.
     println!("\n== on_failure = \"rollback\": rolling back the hosts this deploy changed");
-    match runtime.block_on(wavedeck::rollback::prepare(&profile, options.env, options.audit_dir, options.local_root)) {
-        Ok(prepared) => {
-            let preview = prepared.describe();
-            println!("{preview}");
-            let spec =
-                rollback_spec(options.profile, options.env, options.audit_dir, options.local_root, &preview, None);
-            prepared.session.close_preview();
-            let _ = runtime.block_on(headless::drive(spec, &Orders::default()));
-        }
-        Err(e) => eprintln!("error: cannot roll back: {e}"),
-    }
+    let spec = rollback_spec(options.profile, options.env, options.audit_dir, options.local_root, false);
+    let _ = runtime.block_on(headless::drive(spec, &Orders::default()));
     // The deploy failed whatever the rollback did; its own result is printed and audited.
     Ok(exit::FAILED)
 }

@@ -30,10 +30,11 @@ pub enum Job {
     Deploy {
         release: String,
     },
-    /// Roll back the last deploy, only if the plan still reads as the preview the operator
-    /// confirmed (its sha256): hosts may have moved since.
+    /// Roll back the last deploy. With `confirm`, the runner first answers with the preview
+    /// (where each host goes back to) and starts only when the front end confirms it on the
+    /// runner's stdin; without, it starts at once (`on_failure = "rollback"`).
     Rollback {
-        preview_sha256: String,
+        confirm: bool,
     },
 }
 
@@ -57,12 +58,39 @@ pub struct Spec {
     pub on_detach: Option<DetachAction>,
 }
 
-/// The runner's one line back to the front end that started it.
+/// The runner's line back to the front end that started it (a rollback to confirm first says
+/// `Preview`, then, once answered, one of the others).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ready {
-    Started { session: String, socket: PathBuf, audit_path: PathBuf },
-    Refused { code: i32, message: String, audit_path: Option<PathBuf> },
+    Started {
+        session: String,
+        socket: PathBuf,
+        audit_path: PathBuf,
+        /// A rollback's plan, when it started without a question (`on_failure = "rollback"`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preview: Option<String>,
+    },
+    Refused {
+        code: i32,
+        message: String,
+        audit_path: Option<PathBuf>,
+    },
+    /// A rollback's preview, recorded in its audit log; the runner waits for an [`Answer`].
+    Preview {
+        text: String,
+        protected: bool,
+    },
+}
+
+/// The front end's answer to a rollback preview, on the runner's stdin. A closed stdin (the
+/// front end went away) is a `Cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// Start it; how the operator confirmed, for the audit log.
+    Confirm(String),
+    Cancel,
 }
 
 /// Why a deploy did not start, as the front end reports it.
@@ -127,7 +155,7 @@ fn refused(error: SetupError) -> Ready {
 
 async fn run(spec: Spec) -> i32 {
     let prepared = prepare(&spec).await;
-    let (mut session, on_detach, detached_timeout) = match prepared {
+    let Prepared { mut session, preview, on_detach, detached_timeout } = match prepared {
         Ok(prepared) => prepared,
         Err(refusal) => {
             let code = if let Ready::Refused { code, .. } = &refusal { *code } else { exit::CANNOT_START };
@@ -135,7 +163,25 @@ async fn run(spec: Spec) -> i32 {
             return code;
         }
     };
-    if let Some(how) = &spec.confirmation {
+    let mut confirmation = spec.confirmation.clone();
+    let mut unasked = preview;
+    let asks = matches!(spec.job, Job::Rollback { confirm: true });
+    if let Some(preview) = unasked.take_if(|_| asks) {
+        ready(&Ready::Preview { text: preview, protected: session.plan.protected });
+        match answer().await {
+            Answer::Confirm(how) => confirmation = Some(how),
+            Answer::Cancel => {
+                let audit_path = session.refuse(exit::INVALID);
+                ready(&Ready::Refused {
+                    code: exit::INVALID,
+                    message: "rollback not started".into(),
+                    audit_path: Some(audit_path),
+                });
+                return exit::INVALID;
+            }
+        }
+    }
+    if let Some(how) = &confirmation {
         session.confirmed(how);
     }
     let options = RunOptions { on_detach: spec.on_detach.unwrap_or(on_detach), detached_timeout };
@@ -151,6 +197,7 @@ async fn run(spec: Spec) -> i32 {
         session: running.session.clone(),
         socket: running.socket.clone(),
         audit_path: running.audit_path.clone(),
+        preview: unasked,
     });
     // No terminal sends these any more; a person or a system shutting down does.
     use tokio::signal::unix::{SignalKind, signal};
@@ -174,15 +221,37 @@ async fn run(spec: Spec) -> i32 {
     running.ended().await.code
 }
 
+/// The front end's answer to a preview, from stdin; anything but a confirmation cancels.
+async fn answer() -> Answer {
+    // Blocking, on a thread of its own: a pipe from the front end, read once.
+    let read = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|n| (n, line))
+    });
+    match read.await {
+        Ok(Ok((n, line))) if n > 0 => serde_json::from_str(&line).unwrap_or(Answer::Cancel),
+        _ => Answer::Cancel,
+    }
+}
+
+/// What the runner is about to run.
+struct Prepared {
+    session: session::Session,
+    /// A rollback's preview: where each host goes back to.
+    preview: Option<String>,
+    on_detach: DetachAction,
+    detached_timeout: std::time::Duration,
+}
+
 /// The session the spec asks for, with the environment's detach settings.
-async fn prepare(spec: &Spec) -> Result<(session::Session, DetachAction, std::time::Duration), Ready> {
+async fn prepare(spec: &Spec) -> Result<Prepared, Ready> {
     // Warnings were the front end's to show; the profile is read again because the runner
     // runs what is on disk now, and the audit log pins its sha256.
     let profile =
         crate::profile::Profile::load(&spec.profile).map_err(|d| refused(SetupError::Invalid(d.to_string())))?;
     let env = session::environment(&profile, &spec.env).map_err(refused)?;
     let (on_detach, detached_timeout) = (env.policy.on_detach, env.policy.detached_timeout);
-    let session = match &spec.job {
+    let (session, preview) = match &spec.job {
         Job::Deploy { release } => {
             let options = SessionOptions {
                 profile: &spec.profile,
@@ -192,32 +261,18 @@ async fn prepare(spec: &Spec) -> Result<(session::Session, DetachAction, std::ti
                 local_root: spec.local_root.as_deref(),
                 mode: &spec.mode,
             };
-            session::prepare(&options, profile.clone()).map_err(refused)?
+            (session::prepare(&options, profile.clone()).map_err(refused)?, None)
         }
-        Job::Rollback { preview_sha256 } => {
+        Job::Rollback { .. } => {
             let prepared =
                 crate::rollback::prepare(&profile, &spec.env, spec.audit_dir.as_deref(), spec.local_root.as_deref())
                     .await
                     .map_err(refused)?;
-            if &preview_digest(&prepared.describe()) != preview_sha256 {
-                let audit_path = prepared.session.refuse(exit::INVALID);
-                return Err(Ready::Refused {
-                    code: exit::INVALID,
-                    message: "the rollback plan changed since it was shown (a host moved, or another deploy \
-                              ran): look at it again"
-                        .into(),
-                    audit_path: Some(audit_path),
-                });
-            }
-            prepared.session
+            let preview = prepared.describe();
+            (prepared.session, Some(preview))
         }
     };
-    Ok((session, on_detach, detached_timeout))
-}
-
-/// The digest a rollback preview is confirmed by.
-pub fn preview_digest(preview: &str) -> String {
-    crate::profile::hex_sha256(preview.as_bytes())
+    Ok(Prepared { session, preview, on_detach, detached_timeout })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,6 +281,113 @@ pub fn preview_digest(preview: &str) -> String {
 /// Starts a runner for `spec` and attaches to it as its controller. Returns once the deploy has
 /// started (its lock taken), or why it did not.
 pub async fn spawn(spec: &Spec) -> Result<Client, Refused> {
+    match launch(spec).await? {
+        Launched::Started(client) => Ok(*client),
+        Launched::Preview(pending) => pending.confirm("").await,
+    }
+}
+
+/// What a started runner answered first.
+pub enum Launched {
+    Started(Box<Client>),
+    /// A rollback to confirm: what it will do, and the runner waiting for the answer.
+    Preview(Box<Pending>),
+}
+
+/// A rollback's runner, waiting for the operator's answer to its preview.
+pub struct Pending {
+    pub text: String,
+    pub protected: bool,
+    talk: Talk,
+}
+
+impl Pending {
+    /// Starts the rollback; `how` the operator confirmed it, for the audit log.
+    pub async fn confirm(mut self, how: &str) -> Result<Client, Refused> {
+        self.talk.answer(&Answer::Confirm(how.to_string())).await;
+        match self.talk.next().await? {
+            Ready::Started { socket, .. } => self.talk.attach(&socket, None).await,
+            other => Err(self.talk.unexpected(other).await),
+        }
+    }
+
+    /// Says no: the runner records the refusal and ends. Returns its audit log.
+    pub async fn cancel(mut self) -> Option<PathBuf> {
+        self.talk.answer(&Answer::Cancel).await;
+        match self.talk.next().await {
+            Err(refused) => refused.audit_path,
+            Ok(other) => {
+                let _ = self.talk.unexpected(other).await;
+                None
+            }
+        }
+    }
+}
+
+/// The front end's line to a runner it started: its stdin and stdout until it has started.
+struct Talk {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: Option<BufReader<tokio::process::ChildStdout>>,
+    /// What the front end is, for the runner's records.
+    mode: String,
+    log: Option<PathBuf>,
+}
+
+impl Talk {
+    async fn answer(&mut self, answer: &Answer) {
+        if let (Some(stdin), Ok(line)) = (self.stdin.as_mut(), serde_json::to_string(answer)) {
+            let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
+            let _ = stdin.flush().await;
+        }
+    }
+
+    /// The runner's next [`Ready`] line; a refusal, or a runner that died, is an error.
+    async fn next(&mut self) -> Result<Ready, Refused> {
+        let mut line = String::new();
+        if let Some(stdout) = self.stdout.as_mut() {
+            let _ = stdout.read_line(&mut line).await;
+        }
+        match serde_json::from_str::<Ready>(&line) {
+            Ok(Ready::Refused { code, message, audit_path }) => {
+                let _ = self.child.wait().await;
+                Err(Refused { code, message, audit_path })
+            }
+            Ok(ready) => Ok(ready),
+            Err(_) => {
+                let status = self.child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+                Err(self.cannot(format!("the deploy's runner stopped before it started ({status})")))
+            }
+        }
+    }
+
+    fn cannot(&self, message: String) -> Refused {
+        let see = self.log.as_ref().map_or(String::new(), |p| format!("; see {}", p.display()));
+        Refused { code: exit::CANNOT_START, message: format!("{message}{see}"), audit_path: None }
+    }
+
+    async fn unexpected(&mut self, ready: Ready) -> Refused {
+        let _ = self.child.kill().await;
+        self.cannot(format!("the deploy's runner answered out of turn ({ready:?})"))
+    }
+
+    /// Attaches to the started runner as its controller; the runner is reaped once its deploy
+    /// has ended.
+    async fn attach(self, socket: &Path, preview: Option<String>) -> Result<Client, Refused> {
+        match Client::attach(socket, Role::Control, 1, &self.mode).await {
+            Ok(mut client) => {
+                client.child = Some(self.child);
+                client.preview = preview;
+                Ok(client)
+            }
+            Err(e) => Err(self.cannot(format!("the deploy started but cannot be reached: {e}"))),
+        }
+    }
+}
+
+/// Starts a runner for `spec`; returns the started deploy's client, a rollback's preview to
+/// answer, or why it did not start.
+pub async fn launch(spec: &Spec) -> Result<Launched, Refused> {
     let cannot = |message: String| Refused { code: exit::CANNOT_START, message, audit_path: None };
     let exe = std::env::current_exe().map_err(|e| cannot(format!("cannot find wavedeck's own program: {e}")))?;
     let log = remote::runtime_dir().ok().map(|dir| dir.join(RUNNER_LOG));
@@ -240,31 +402,17 @@ pub async fn spawn(spec: &Spec) -> Result<Client, Refused> {
         .stderr(stderr)
         .spawn()
         .map_err(|e| cannot(format!("cannot start the deploy's runner: {e}")))?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().map(BufReader::new);
+    let mut talk = Talk { child, stdin, stdout, mode: spec.mode.clone(), log };
     let line = serde_json::to_string(spec).map_err(|e| cannot(e.to_string()))?;
-    if let Some(mut stdin) = child.stdin.take() {
+    if let Some(stdin) = talk.stdin.as_mut() {
         let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
     }
-    let mut answer = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        let _ = BufReader::new(stdout).read_line(&mut answer).await;
-    }
-    let see_log = || log.as_ref().map_or(String::new(), |p| format!("; see {}", p.display()));
-    match serde_json::from_str::<Ready>(&answer) {
-        Ok(Ready::Started { socket, .. }) => {
-            let mut client = Client::attach(&socket, Role::Control, 1, &spec.mode)
-                .await
-                .map_err(|e| cannot(format!("the deploy started but cannot be reached: {e}{}", see_log())))?;
-            client.child = Some(child);
-            Ok(client)
-        }
-        Ok(Ready::Refused { code, message, audit_path }) => {
-            let _ = child.wait().await;
-            Err(Refused { code, message, audit_path })
-        }
-        Err(_) => {
-            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
-            Err(cannot(format!("the deploy's runner stopped before it started ({status}){}", see_log())))
-        }
+    match talk.next().await? {
+        Ready::Started { socket, preview, .. } => Ok(Launched::Started(Box::new(talk.attach(&socket, preview).await?))),
+        Ready::Preview { text, protected } => Ok(Launched::Preview(Box::new(Pending { text, protected, talk }))),
+        other => Err(talk.unexpected(other).await),
     }
 }
 
@@ -305,6 +453,8 @@ pub struct Client {
     pub welcome: Welcome,
     /// The role this client has now (updated from notices by [`Client::note`]).
     pub role: Role,
+    /// A rollback's plan when it started without a question, for the front end to show.
+    pub preview: Option<String>,
     pub events: EventStream,
     pub notices: mpsc::UnboundedReceiver<Notice>,
     asks: mpsc::UnboundedSender<Ask>,
@@ -328,7 +478,7 @@ impl Client {
             let _ = ended_tx.send(result);
         });
         let role = welcome.role;
-        Ok(Client { welcome, role, events, notices, asks, ended, child: None })
+        Ok(Client { welcome, role, preview: None, events, notices, asks, ended, child: None })
     }
 
     pub fn session(&self) -> &str {

@@ -331,14 +331,6 @@ impl Session {
         path
     }
 
-    /// Closes the audit session of a rollback preview once the operator has confirmed it: what
-    /// was shown is on file, and the runner that carries it out opens a session of its own.
-    pub fn close_preview(self) -> PathBuf {
-        let path = self.audit.path().to_path_buf();
-        let _ = self.audit.close("previewed", crate::exit::OK);
-        path
-    }
-
     /// Records that the operator confirmed the start, and how.
     pub fn confirmed(&mut self, how: &str) {
         self.audit.note(Record::DeployConfirmed {

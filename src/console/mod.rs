@@ -222,7 +222,9 @@ enum Done {
     Started(Result<Box<Client>, String>),
     /// A rollback was planned and its targets previewed, for the operator to confirm (or, for
     /// `on_failure = "rollback"`, to start at once).
-    Prepared { result: Result<Box<rollback::Prepared>, String>, automatic: bool },
+    Prepared(Result<runner::Launched, String>),
+    /// A rollback preview the operator said no to has been recorded (its audit log).
+    Cancelled(Option<PathBuf>),
     /// A deploy's session has settled: lock released, audit log closed.
     Ended(session::Ended),
 }
@@ -263,7 +265,8 @@ async fn console_loop(
     // A deploy that has finished but whose session is still settling (lock, audit log).
     let mut ending: Option<tokio::task::JoinHandle<()>> = None;
     // A rollback planned and shown to the operator, waiting for confirmation.
-    let mut prepared_rollback: Option<rollback::Prepared> = None;
+    // A rollback's runner showing its preview, waiting for the operator's answer.
+    let mut prepared_rollback: Option<Box<runner::Pending>> = None;
     let mut busy: Option<Busy> = None;
     let mut last_code: Option<i32> = None;
     let mut dirty = true;
@@ -325,23 +328,24 @@ async fn console_loop(
                         app.busy = None;
                         app.status = Some(message);
                     }
-                    Done::Prepared { result, automatic } => {
+                    Done::Prepared(result) => {
                         busy = None;
                         app.busy = None;
                         match result {
-                            Ok(prepared) if automatic => {
+                            // on_failure = "rollback": started without a question.
+                            Ok(runner::Launched::Started(client)) => {
+                                app.begin_deploy();
                                 app.status = Some("on_failure = \"rollback\": rolling back".into());
-                                let spec = rollback_spec(&prepared, options, None);
-                                audit_files.push(prepared.session.close_preview());
-                                busy = Some(start_in_background(spec, &done_tx, &mut app));
+                                running = Some(*client);
                             }
-                            Ok(prepared) => {
-                                app.confirm_rollback(prepared.describe(), prepared.session.plan.protected);
-                                prepared_rollback = Some(*prepared);
+                            Ok(runner::Launched::Preview(pending)) => {
+                                app.confirm_rollback(pending.text.clone(), pending.protected);
+                                prepared_rollback = Some(pending);
                             }
                             Err(message) => app.status = Some(message),
                         }
                     }
+                    Done::Cancelled(audit_path) => audit_files.extend(audit_path),
                     Done::Ended(ended) => {
                         ending = None;
                         audit_files.push(ended.audit_path.clone());
@@ -421,15 +425,23 @@ async fn console_loop(
                     busy = Some(start_in_background(spec, &done_tx, &mut app));
                 }
                 Effect::PrepareRollback { profile, env, automatic } => {
-                    let profile = app.profiles[profile].clone();
-                    let (audit_dir, local_root) = (options.audit_dir.clone(), options.local_root.clone());
+                    let spec = Spec {
+                        job: Job::Rollback { confirm: !automatic },
+                        profile: app.profiles[profile].path.clone(),
+                        env,
+                        audit_dir: options.audit_dir.clone(),
+                        local_root: options.local_root.clone(),
+                        mode: "console".into(),
+                        confirmation: None,
+                        first: Vec::new(),
+                        on_detach: None,
+                    };
                     let tx = done_tx.clone();
+                    // Stopping this task (Esc) closes the runner's stdin: it records the refusal
+                    // and ends once its preview is ready.
                     let task = tokio::spawn(async move {
-                        let result = rollback::prepare(&profile, &env, audit_dir.as_deref(), local_root.as_deref())
-                            .await
-                            .map(Box::new)
-                            .map_err(|e| e.to_string());
-                        let _ = tx.send(Done::Prepared { result, automatic });
+                        let result = runner::launch(&spec).await.map_err(|r| r.message.replace('\n', " "));
+                        let _ = tx.send(Done::Prepared(result));
                     });
                     app.busy = Some("planning the rollback: reading the audit log, asking the hosts…".into());
                     busy = Some(Busy { task: task.abort_handle(), cancellable: !automatic });
@@ -449,17 +461,24 @@ async fn console_loop(
                     }
                 }
                 Effect::StartRollback => {
-                    if let Some(prepared) = prepared_rollback.take() {
-                        let how =
-                            if prepared.session.plan.protected { "typed environment name" } else { "confirmed plan" };
-                        let spec = rollback_spec(&prepared, options, Some(how));
-                        audit_files.push(prepared.session.close_preview());
-                        busy = Some(start_in_background(spec, &done_tx, &mut app));
+                    if let Some(pending) = prepared_rollback.take() {
+                        let how = if pending.protected { "typed environment name" } else { "confirmed plan" };
+                        let tx = done_tx.clone();
+                        let task = tokio::spawn(async move {
+                            let result =
+                                pending.confirm(how).await.map(Box::new).map_err(|r| r.message.replace('\n', " "));
+                            let _ = tx.send(Done::Started(result));
+                        });
+                        app.busy = Some("starting the rollback: taking the deploy lock…".into());
+                        busy = Some(Busy { task: task.abort_handle(), cancellable: false });
                     }
                 }
                 Effect::CancelRollback => {
-                    if let Some(prepared) = prepared_rollback.take() {
-                        audit_files.push(prepared.session.refuse(exit::INVALID));
+                    if let Some(pending) = prepared_rollback.take() {
+                        let tx = done_tx.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(Done::Cancelled(pending.cancel().await));
+                        });
                     }
                 }
                 Effect::CancelBusy => match busy.take() {
@@ -502,22 +521,6 @@ fn start_in_background(spec: Spec, done: &mpsc::UnboundedSender<Done>, app: &mut
         let _ = tx.send(Done::Started(result));
     });
     Busy { task: task.abort_handle(), cancellable: false }
-}
-
-/// The runner's spec for a rollback the operator was shown (or, automatic, was not).
-fn rollback_spec(prepared: &rollback::Prepared, options: &ConsoleOptions, confirmation: Option<&str>) -> Spec {
-    let plan = &prepared.session.plan;
-    Spec {
-        job: Job::Rollback { preview_sha256: runner::preview_digest(&prepared.describe()) },
-        profile: prepared.session.profile.path.clone(),
-        env: plan.env.clone(),
-        audit_dir: options.audit_dir.clone(),
-        local_root: options.local_root.clone(),
-        mode: "console".into(),
-        confirmation: confirmation.map(str::to_string),
-        first: Vec::new(),
-        on_detach: None,
-    }
 }
 
 /// Reads from the audit log, in one pass, which release each host last finished with. Runs at
