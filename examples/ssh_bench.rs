@@ -33,6 +33,10 @@ const PARALLEL: usize = 50;
 const RELEASE: &str = "2.0.0";
 
 fn main() {
+    // The deploy's runner, when the benchmark starts one, is this program again.
+    if std::env::args().nth(1).as_deref() == Some("runner") {
+        std::process::exit(wavedeck::runner::main());
+    }
     if !sshd::available() {
         return;
     }
@@ -52,9 +56,14 @@ fn main() {
         "ssh_bench: {hosts} hosts on {LISTENERS} loopback sshd listeners, waves: 1 canary then 10%, parallel {PARALLEL}"
     );
     let ours = run_wavedeck(root, &artifact, &ports);
+    let detached = run_through_runner(root, &artifact, &ports);
     let theirs = run_openssh(root, &artifact, &ports);
     let per_host = |s: f64| s * 1000.0 / hosts as f64;
     println!("wavedeck (russh, 1 connection per host):   {ours:6.2} s wall, {:6.1} ms per host", per_host(ours));
+    println!(
+        "wavedeck through its runner (+ audit log, socket): {detached:6.2} s wall ({:+.1}% against the engine alone)",
+        (detached / ours - 1.0) * 100.0
+    );
     println!("OpenSSH client (scp + ssh per step, xargs): {theirs:6.2} s wall, {:6.1} ms per host", per_host(theirs));
     println!("ratio: wavedeck is {:.1}x faster", theirs / ours);
 }
@@ -82,9 +91,9 @@ const STEPS: [(&str, &str); 4] = [
     ("health", "cd hosts/{{ host }} && test \"$(cat service.state)\" = {{ release }}"),
 ];
 
-fn run_wavedeck(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
-    let remote = root.join("remote-wavedeck");
-    std::fs::create_dir_all(&remote).unwrap();
+/// The benchmark's profile, deploying into `remote`.
+fn profile_text(root: &Path, artifact: &Path, ports: &[u16], remote: &Path) -> String {
+    std::fs::create_dir_all(remote).unwrap();
     let mut profile = format!(
         "[service]\nname = \"bench\"\n[plan]\ncanary = 1\nbatch = \"10%\"\nparallel = {PARALLEL}\n[ssh]\nuser = \"root\"\n\
          identity_files = [\"{key}\"]\nknown_hosts = [\"{known}\"]\nconfig = \"none\"\ndeploy_path = \"{remote}\"\n\
@@ -104,6 +113,40 @@ fn run_wavedeck(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
     for (name, run) in STEPS {
         let _ = write!(profile, "[[steps]]\nname = \"{name}\"\nrun = '{run}'\n");
     }
+    profile
+}
+
+/// The same deploy the way `wavedeck deploy` runs it: a runner process that owns it (audit log,
+/// lock, control socket), followed by this process as its client.
+fn run_through_runner(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
+    let text = profile_text(root, artifact, ports, &root.join("remote-runner"));
+    let path = root.join("bench.toml");
+    std::fs::write(&path, text).unwrap();
+    let spec = wavedeck::runner::Spec {
+        job: wavedeck::runner::Job::Deploy { release: RELEASE.into() },
+        profile: path,
+        env: "bench".into(),
+        audit_dir: Some(root.join("audit")),
+        local_root: None,
+        mode: "headless".into(),
+        confirmation: None,
+        first: Vec::new(),
+        on_detach: None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let started = Instant::now();
+    let ended = runtime.block_on(async {
+        let mut client = wavedeck::runner::spawn(&spec).await.map_err(|r| r.message).unwrap();
+        while client.events.recv().await.is_some() {}
+        client.ended().await
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(ended.outcome, Some(Outcome::Succeeded), "{ended:?}");
+    elapsed
+}
+
+fn run_wavedeck(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
+    let profile = profile_text(root, artifact, ports, &root.join("remote-wavedeck"));
     let profile = Profile::parse(Path::new("bench.toml"), &profile).unwrap_or_else(|e| panic!("{e}"));
     let plan = Plan::build(&profile, "bench", RELEASE, &Secrets::default()).unwrap();
     let transport = Arc::new(SshTransport::new(&profile.environments[0].ssh).unwrap());
