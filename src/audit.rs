@@ -2,9 +2,11 @@
 //!
 //! Records who ran what, when, where and with what result: the session start (operator,
 //! machine, version, argv, profile and its sha256), every operator command, every engine event
-//! and the session end. Lines go through tracing-appender's non-blocking writer in its
-//! *lossless* mode: a full buffer makes the writer wait rather than drop a line. Closing the log
-//! (also on drop, so on every unwinding exit path) waits for the writer to drain and then syncs
+//! and the session end. Lines go to a writer thread of the log's own, which writes whatever has
+//! queued in one go and, when someone waits for a line to be durable (a step's start, an
+//! operator's command: write-ahead), fsyncs once for all of them (group commit) and then tells
+//! them. A full queue makes `record` wait rather than drop a line. Closing the log (also on
+//! drop, so on every unwinding exit path) waits for the writer to drain and then syncs
 //! the file to disk.
 //!
 //! Nothing secret reaches here: every string of every record passes through the session's
@@ -14,13 +16,13 @@
 //! The directory is created `0700` and each file `0600`: they hold every output line.
 
 use std::fs::{File, OpenOptions};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
 pub use crate::event::CommandSource;
 use crate::event::{Command, DetachAction, Event, Stamped};
@@ -211,9 +213,57 @@ pub fn read_lines(text: &str) -> impl Iterator<Item = Line> + '_ {
     text.lines().filter_map(|l| serde_json::from_str::<Line>(l).ok())
 }
 
+/// A line for the writer thread, and whoever waits for it to be on disk.
+struct Queued {
+    text: Vec<u8>,
+    durable: Option<crate::engine::Durable>,
+}
+
+/// The log's writer thread: it owns the file.
+struct Writer {
+    lines: std::sync::mpsc::SyncSender<Queued>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// fsyncs the writer has done, for the write-ahead journal's benchmark.
+pub static SYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes lines as they come, each batch in one write; fsyncs once per batch that someone waits
+/// on, then tells them all. A failed write or sync is remembered in `failed`.
+fn write_lines(file: File, lines: std::sync::mpsc::Receiver<Queued>, failed: std::sync::Arc<AtomicBool>) {
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+    let mut waiting = Vec::new();
+    while let Ok(first) = lines.recv() {
+        let mut next = Some(first);
+        while let Some(line) = next {
+            if out.write_all(&line.text).is_err() {
+                failed.store(true, Ordering::SeqCst);
+            }
+            waiting.extend(line.durable);
+            next = lines.try_recv().ok();
+        }
+        // Into the kernel at once: a killed process loses nothing it handed over.
+        if out.flush().is_err() {
+            failed.store(true, Ordering::SeqCst);
+        }
+        if !waiting.is_empty() {
+            if out.get_ref().sync_data().is_err() {
+                failed.store(true, Ordering::SeqCst);
+            }
+            SYNCS.fetch_add(1, Ordering::Relaxed);
+            // Told only when it is on disk; a failed sync tells them nothing (they go on when
+            // the promise drops), and the log reports the failure at its close.
+            waiting.drain(..).for_each(crate::engine::Durable::done);
+        }
+    }
+    if out.flush().and_then(|()| out.get_ref().sync_all()).is_err() {
+        failed.store(true, Ordering::SeqCst);
+    }
+}
+
 pub struct AuditLog {
-    writer: Option<NonBlocking>,
-    guard: Option<WorkerGuard>,
+    writer: Option<Writer>,
+    failed: std::sync::Arc<AtomicBool>,
     path: PathBuf,
     session: String,
     operator: String,
@@ -231,14 +281,15 @@ impl AuditLog {
         let session = format!("{}-{}", now.format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
         let path = dir.join(format!("wavedeck-{session}.jsonl"));
         let file = OpenOptions::new().create_new(true).append(true).mode(0o600).open(&path)?;
-        let (writer, guard) = NonBlockingBuilder::default()
-            .lossy(false)
-            .buffered_lines_limit(BUFFERED_LINES)
-            .thread_name("wavedeck-audit")
-            .finish(file);
+        let (lines, queue) = std::sync::mpsc::sync_channel(BUFFERED_LINES);
+        let failed = std::sync::Arc::new(AtomicBool::new(false));
+        let thread = {
+            let failed = failed.clone();
+            std::thread::Builder::new().name("wavedeck-audit".into()).spawn(move || write_lines(file, queue, failed))?
+        };
         let mut log = AuditLog {
-            writer: Some(writer),
-            guard: Some(guard),
+            writer: Some(Writer { lines, thread }),
+            failed,
             path,
             session,
             operator: start.operator.clone(),
@@ -263,16 +314,32 @@ impl AuditLog {
         self.record(event.at, &Record::Event(event.event.clone()));
     }
 
+    /// Records an engine event and keeps `durable` until the record is on disk.
+    pub fn event_durable(&mut self, event: &Stamped, durable: Option<crate::engine::Durable>) {
+        self.write(event.at, &Record::Event(event.event.clone()), durable);
+    }
+
     /// Records what the operator asked for, before it is sent to the engine, so it is on file
     /// even if the engine never gets to act on it.
     pub fn command(&mut self, command: &Command, source: CommandSource, client: Option<&str>) {
+        self.command_durable(command, source, client, None);
+    }
+
+    /// [`AuditLog::command`], keeping `durable` until the record is on disk.
+    pub fn command_durable(
+        &mut self,
+        command: &Command,
+        source: CommandSource,
+        client: Option<&str>,
+        durable: Option<crate::engine::Durable>,
+    ) {
         let record = Record::OperatorCommand {
             operator: self.operator.clone(),
             source,
             client: client.map(str::to_string),
             command: command.clone(),
         };
-        self.record(Utc::now(), &record);
+        self.write(Utc::now(), &record, durable);
     }
 
     /// Records a fact that is not an engine event (the lock, a confirmation, a rollback plan).
@@ -283,7 +350,7 @@ impl AuditLog {
     /// Writes the session-end record and closes the log, waiting for every line to be written.
     pub fn close(mut self, outcome: &str, exit_code: i32) -> std::io::Result<()> {
         self.end(outcome, exit_code);
-        if self.write_failed {
+        if self.write_failed || self.failed.load(Ordering::SeqCst) {
             return Err(std::io::Error::other(format!(
                 "some audit records could not be written to {}",
                 self.path.display()
@@ -297,17 +364,21 @@ impl AuditLog {
             return;
         }
         self.record(Utc::now(), &Record::SessionEnd { outcome: outcome.to_string(), exit_code });
-        // Dropping the writer then the guard makes the worker drain its queue and stop.
-        self.writer = None;
-        drop(self.guard.take());
-        match File::open(&self.path).and_then(|f| f.sync_all()) {
-            Ok(()) => {}
-            Err(_) => self.write_failed = true,
+        // Closing the queue makes the writer drain it, sync the file and stop.
+        if let Some(Writer { lines, thread }) = self.writer.take() {
+            drop(lines);
+            if thread.join().is_err() {
+                self.write_failed = true;
+            }
         }
     }
 
     fn record(&mut self, at: DateTime<Utc>, record: &Record) {
-        let Some(writer) = self.writer.as_mut() else {
+        self.write(at, record, None);
+    }
+
+    fn write(&mut self, at: DateTime<Utc>, record: &Record, durable: Option<crate::engine::Durable>) {
+        let Some(writer) = self.writer.as_ref() else {
             return;
         };
         self.seq += 1;
@@ -329,7 +400,7 @@ impl AuditLog {
         redact_strings(&mut line, &self.redactor);
         let mut text = line.to_string();
         text.push('\n');
-        if writer.write_all(text.as_bytes()).is_err() {
+        if writer.lines.send(Queued { text: text.into_bytes(), durable }).is_err() {
             self.write_failed = true;
         }
     }

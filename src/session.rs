@@ -397,7 +397,7 @@ impl Session {
         };
         // Queued before the engine runs, so they apply before any host starts.
         for (command, source) in first {
-            owner.pass(command, source, None);
+            owner.pass(command, source, None).await;
         }
         let (engine_events, engine_stream) = engine::event_channel();
         let engine = tokio::spawn(engine::run(plan, transport, engine_command_rx, engine_events, redactor));
@@ -470,9 +470,12 @@ struct Owner {
 }
 
 impl Owner {
-    /// Audits a command, then hands it to the engine: the one path every command takes.
-    fn pass(&mut self, command: Command, source: CommandSource, client: Option<&str>) {
-        self.audit.command(&command, source, client);
+    /// Audits a command and, once the record is on disk, hands it to the engine: the one path
+    /// every command takes.
+    async fn pass(&mut self, command: Command, source: CommandSource, client: Option<&str>) {
+        let (durable, on_disk) = crate::engine::Durable::pair();
+        self.audit.command_durable(&command, source, client, Some(durable));
+        let _ = on_disk.await;
         self.policy_abort |= source == CommandSource::Policy && matches!(command, Command::Abort { .. });
         let _ = self.engine_commands.send(command);
     }
@@ -499,7 +502,7 @@ impl Owner {
         Some(since + self.options.detached_timeout)
     }
 
-    fn answer(&mut self, request: Request) {
+    async fn answer(&mut self, request: Request) {
         match request {
             Request::Join { client, name, role, reply } => {
                 let role = if role == Role::Control && self.controller.is_none() && self.phase != Phase::Finishing {
@@ -522,7 +525,8 @@ impl Owner {
                 } else if self.phase == Phase::Finishing {
                     Err("the deploy has finished".to_string())
                 } else {
-                    self.pass(command, source, Some(&self.name(client)));
+                    let name = self.name(client);
+                    self.pass(command, source, Some(&name)).await;
                     Ok(())
                 };
                 let _ = reply.send(answer);
@@ -582,11 +586,11 @@ impl Owner {
                 self.audit.note(Record::ClientDetached { client: name.clone(), deliberate: false, on_detach });
                 match on_detach {
                     Some(DetachAction::Pause) if !self.phase.waiting() => {
-                        self.pass(Command::Pause, CommandSource::Detach, Some(&name))
+                        self.pass(Command::Pause, CommandSource::Detach, Some(&name)).await
                     }
                     Some(DetachAction::Abort) => {
                         let reason = format!("{name} went away without detaching (on_detach = \"abort\")");
-                        self.pass(Command::Abort { reason }, CommandSource::Detach, Some(&name));
+                        self.pass(Command::Abort { reason }, CommandSource::Detach, Some(&name)).await;
                     }
                     _ => {}
                 }
@@ -638,21 +642,21 @@ impl Owner {
                 // Commands first: an abort must not wait behind a burst of output.
                 biased;
                 received = commands.recv(), if commands_open => match received {
-                    Some((command, source)) => self.pass(command, source, None),
+                    Some((command, source)) => self.pass(command, source, None).await,
                     None => commands_open = false,
                 },
-                Some(request) = requests.recv() => self.answer(request),
+                Some(request) = requests.recv() => self.answer(request).await,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.timed_out = true;
                     let reason = format!(
                         "nobody attached for {} while the deploy waited (detached_timeout)",
                         humantime::format_duration(self.options.detached_timeout)
                     );
-                    self.pass(Command::Abort { reason }, CommandSource::Detach, None);
+                    self.pass(Command::Abort { reason }, CommandSource::Detach, None).await;
                 }
-                event = events.recv() => {
-                    let Some(event) = event else { break };
-                    self.audit.event(&event);
+                event = events.recv_durable() => {
+                    let Some((event, durable)) = event else { break };
+                    self.audit.event_durable(&event, durable);
                     self.track(&event.event);
                     self.server.record(&event);
                     if let Event::DeployFinished { outcome: o, .. } = &event.event {

@@ -112,24 +112,36 @@ impl Control {
     }
 
     /// Waits until starting is allowed, then emits `event` as the start. `running` registers a
-    /// step as in flight.
+    /// step as in flight; its start is write-ahead: this returns once the consumer has made it
+    /// durable (the audit log's fsync), so no step runs without its record on disk.
     pub(super) async fn admit(&self, event: Event, running: Option<(&str, &str)>) -> Gate {
         let mut event = Some(event);
-        self.wait_until(Gate::Stop, |state| {
-            if state.aborted.is_some() {
-                return Some(Gate::Stop);
-            }
-            state.paused.is_none().then(|| {
-                if let Some((host, step)) = running {
-                    state.running.insert(host.to_string(), step.to_string());
+        let mut durable = None;
+        let gate = self
+            .wait_until(Gate::Stop, |state| {
+                if state.aborted.is_some() {
+                    return Some(Gate::Stop);
                 }
-                if let Some(event) = event.take() {
-                    self.events.emit(event);
-                }
-                Gate::Go
+                state.paused.is_none().then(|| {
+                    if let Some((host, step)) = running {
+                        state.running.insert(host.to_string(), step.to_string());
+                    }
+                    if let Some(event) = event.take() {
+                        if running.is_some() {
+                            durable = Some(self.events.emit_durable(event));
+                        } else {
+                            self.events.emit(event);
+                        }
+                    }
+                    Gate::Go
+                })
             })
-        })
-        .await
+            .await;
+        if let Some(durable) = durable {
+            // A consumer that keeps no record answers at once (by dropping the promise).
+            let _ = durable.await;
+        }
+        gate
     }
 
     /// Like `admit` for a host's start: also refuses a host the operator excluded, atomically

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use chrono::Utc;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::event::{Event, Stamped};
 
@@ -28,14 +28,37 @@ struct Backlog {
 /// consumer that went away is not an error for the deploy, which must still finish.
 #[derive(Clone)]
 pub struct EventSink {
-    sender: mpsc::UnboundedSender<Stamped>,
+    sender: mpsc::UnboundedSender<Queued>,
     backlog: Arc<Backlog>,
 }
 
 /// The consumer's end of the event queue.
 pub struct EventStream {
-    receiver: mpsc::UnboundedReceiver<Stamped>,
+    receiver: mpsc::UnboundedReceiver<Queued>,
     backlog: Arc<Backlog>,
+}
+
+/// An event in the queue, with, for one that must be on disk before the engine acts on it, the
+/// way to say it is.
+struct Queued {
+    stamped: Stamped,
+    durable: Option<Durable>,
+}
+
+/// The consumer's promise to an event's emitter: dropping it (or calling [`Durable::done`]) lets
+/// the engine go on. A consumer that keeps no record drops it at once.
+pub struct Durable(oneshot::Sender<()>);
+
+impl Durable {
+    /// A promise for a record of one's own (an operator's command) and its fulfilment.
+    pub fn pair() -> (Durable, oneshot::Receiver<()>) {
+        let (done, durable) = oneshot::channel();
+        (Durable(done), durable)
+    }
+
+    pub fn done(self) {
+        let _ = self.0.send(());
+    }
 }
 
 /// A new event queue: the engine's end and the consumer's.
@@ -54,18 +77,27 @@ fn output_bytes(event: &Event) -> usize {
 
 impl EventSink {
     pub(super) fn emit(&self, event: Event) {
-        let bytes = output_bytes(&event);
-        self.backlog.bytes.fetch_add(bytes, Ordering::SeqCst);
-        if self.sender.send(Stamped { at: Utc::now(), event }).is_err() {
-            self.backlog.bytes.fetch_sub(bytes, Ordering::SeqCst);
-        }
+        self.forward(Stamped { at: Utc::now(), event });
+    }
+
+    /// Emits an event the consumer must make durable before the engine acts on it (a step's
+    /// start: write-ahead); the returned receiver completes when it is, or when the consumer
+    /// does not keep records.
+    pub(super) fn emit_durable(&self, event: Event) -> oneshot::Receiver<()> {
+        let (done, durable) = oneshot::channel();
+        self.send(Queued { stamped: Stamped { at: Utc::now(), event }, durable: Some(Durable(done)) });
+        durable
     }
 
     /// Passes on an event read from another queue, keeping its time.
     pub fn forward(&self, stamped: Stamped) {
-        let bytes = output_bytes(&stamped.event);
+        self.send(Queued { stamped, durable: None });
+    }
+
+    fn send(&self, queued: Queued) {
+        let bytes = output_bytes(&queued.stamped.event);
         self.backlog.bytes.fetch_add(bytes, Ordering::SeqCst);
-        if self.sender.send(stamped).is_err() {
+        if self.sender.send(queued).is_err() {
             self.backlog.bytes.fetch_sub(bytes, Ordering::SeqCst);
         }
     }
@@ -88,16 +120,22 @@ impl EventSink {
 
 impl EventStream {
     pub async fn recv(&mut self) -> Option<Stamped> {
-        let event = self.receiver.recv().await?;
-        self.taken(output_bytes(&event.event));
-        Some(event)
+        Some(self.recv_durable().await?.0)
+    }
+
+    /// The next event, and the promise to make it durable if the engine waits for that.
+    pub async fn recv_durable(&mut self) -> Option<(Stamped, Option<Durable>)> {
+        let queued = self.receiver.recv().await?;
+        self.taken(output_bytes(&queued.stamped.event));
+        Some((queued.stamped, queued.durable))
     }
 
     /// Up to `limit` events at once (at least one, unless the engine is gone), appended to `buffer`.
     pub async fn recv_many(&mut self, buffer: &mut Vec<Stamped>, limit: usize) -> usize {
-        let start = buffer.len();
-        let received = self.receiver.recv_many(buffer, limit).await;
-        self.taken(buffer[start..].iter().map(|e| output_bytes(&e.event)).sum());
+        let mut queued = Vec::with_capacity(limit.min(1024));
+        let received = self.receiver.recv_many(&mut queued, limit).await;
+        self.taken(queued.iter().map(|q| output_bytes(&q.stamped.event)).sum());
+        buffer.extend(queued.into_iter().map(|q| q.stamped));
         received
     }
 

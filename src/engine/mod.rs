@@ -35,7 +35,7 @@ use crate::secrets::Redactor;
 use crate::transport::Transport;
 
 use self::control::*;
-pub use self::events::{EventSink, EventStream, OUTPUT_BACKLOG_BYTES, event_channel};
+pub use self::events::{Durable, EventSink, EventStream, OUTPUT_BACKLOG_BYTES, event_channel};
 use self::host::*;
 use self::monitor::*;
 use self::output::*;
