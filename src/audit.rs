@@ -16,9 +16,9 @@
 //! The directory is created `0700` and each file `0600`: they hold every output line.
 
 use std::fs::{File, OpenOptions};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,9 @@ pub struct SessionStart {
     pub profile_sha256: String,
     pub env: String,
     pub release: String,
+    /// The interrupted session this one carries on (`wavedeck resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
 }
 
 /// Where a host goes in a planned rollback, as recorded.
@@ -468,6 +471,7 @@ mod tests {
             profile_sha256: "00".into(),
             env: "dev".into(),
             release: "v1".into(),
+            resumed_from: None,
         }
     }
 

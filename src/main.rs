@@ -201,6 +201,7 @@ fn main() -> ExitCode {
                 audit_dir: audit_dir.as_deref(),
                 local_root: local_root.as_deref(),
                 mode: "headless",
+                resumed_from: None,
             };
             let wait_on_threshold = match on_threshold {
                 OnThreshold::Abort => None,

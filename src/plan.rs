@@ -29,6 +29,30 @@ pub struct Plan {
     pub waves: Vec<Wave>,
     /// Run-once steps and the host they run on, before the first wave.
     pub once: Option<HostPlan>,
+    /// How far an interrupted deploy got, when this plan resumes it (empty otherwise).
+    pub resume: Resume,
+}
+
+/// Where a resumed deploy picks things up: what its journal says each host had done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Per host; a host not named starts from the beginning.
+    pub hosts: BTreeMap<String, Carried>,
+    /// Run-once steps that finished before (all of them: none run again).
+    pub once_steps_done: usize,
+}
+
+/// What a host brings into a resumed deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Carried {
+    /// It finished every step: nothing runs on it again.
+    Done,
+    /// Skipped or excluded by the operator, or skipped on resume.
+    Skipped,
+    /// It failed at `step` (or was declared failed on resume): it counts against its wave.
+    Failed { step: String },
+    /// Its first `steps_done` steps finished; it continues with the next.
+    From { steps_done: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +168,7 @@ impl Plan {
             policy: env.policy.clone(),
             waves,
             once,
+            resume: Resume::default(),
         })
     }
 
@@ -201,6 +226,7 @@ impl Plan {
             policy,
             waves: planned,
             once: None,
+            resume: Resume::default(),
         })
     }
 

@@ -150,8 +150,15 @@ pub async fn prepare(
             _ => None,
         })
         .collect();
-    let options =
-        SessionOptions { profile: &profile.path, env, release: &last.release, audit_dir, local_root, mode: "rollback" };
+    let options = SessionOptions {
+        profile: &profile.path,
+        env,
+        release: &last.release,
+        audit_dir,
+        local_root,
+        mode: "rollback",
+        resumed_from: None,
+    };
     let mut session = session::prepare_with(&options, profile.clone(), |p, secrets| {
         Plan::build_rollback(p, env, &last.release, &waves, &known, secrets)
     })?;
@@ -422,6 +429,7 @@ mod tests {
             profile_sha256: "00".into(),
             env: env.into(),
             release: String::new(),
+            resumed_from: None,
         })
     }
 

@@ -260,6 +260,7 @@ async fn prepare(spec: &Spec) -> Result<Prepared, Ready> {
                 audit_dir: spec.audit_dir.as_deref(),
                 local_root: spec.local_root.as_deref(),
                 mode: &spec.mode,
+                resumed_from: None,
             };
             (session::prepare(&options, profile.clone()).map_err(refused)?, None)
         }

@@ -120,6 +120,8 @@ pub struct SessionOptions<'a> {
     pub local_root: Option<&'a Path>,
     /// "headless" or "console", recorded in the audit log.
     pub mode: &'a str,
+    /// The interrupted session this one resumes, recorded in its start.
+    pub resumed_from: Option<&'a str>,
 }
 
 /// Loads a profile for a command-line mode; its warnings go to stderr, where the operator who
@@ -156,7 +158,9 @@ pub fn prepare_with(
     let env = profile.environment(&plan.env).ok_or_else(|| SetupError::Invalid("environment vanished".into()))?;
     let transport = transport_for(env, options.local_root)?;
     let redactor = secrets.redactor();
-    let audit = open_audit(&profile, &plan.env, &plan.release, options.mode, options.audit_dir, redactor.clone())?;
+    let start =
+        Opening { env: &plan.env, release: &plan.release, mode: options.mode, resumed_from: options.resumed_from };
+    let audit = open_audit(&profile, &start, options.audit_dir, redactor.clone())?;
     Ok(Session { profile, plan, redactor, audit, transport })
 }
 
@@ -181,7 +185,8 @@ pub async fn break_lock(
     audit_dir: Option<&Path>,
 ) -> Result<Option<LockInfo>, SetupError> {
     let env = &place.target.env;
-    let mut audit = open_audit(profile, env, "", "unlock", audit_dir, Redactor::default())?;
+    let start = Opening { env, release: "", mode: "unlock", resumed_from: None };
+    let mut audit = open_audit(profile, &start, audit_dir, Redactor::default())?;
     let host = &place.target.host.name;
     audit.note(Record::LockBreakRequested { host: host.clone(), path: place.path.clone(), holder });
     match lock::break_lock(transport, place).await {
@@ -199,11 +204,17 @@ pub async fn break_lock(
 
 /// Starts an audit session (its `session_start` record says who, where, what and with which
 /// profile). Nothing runs without one.
+/// What a new audit session says about itself, besides the operator and the profile.
+struct Opening<'a> {
+    env: &'a str,
+    release: &'a str,
+    mode: &'a str,
+    resumed_from: Option<&'a str>,
+}
+
 fn open_audit(
     profile: &Profile,
-    env: &str,
-    release: &str,
-    mode: &str,
+    opening: &Opening,
     audit_dir: Option<&Path>,
     redactor: Redactor,
 ) -> Result<AuditLog, SetupError> {
@@ -215,11 +226,12 @@ fn open_audit(
         machine: audit::machine_name(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         argv: std::env::args().collect(),
-        mode: mode.to_string(),
+        mode: opening.mode.to_string(),
         profile: profile.path.clone(),
         profile_sha256: profile.sha256.clone(),
-        env: env.to_string(),
-        release: release.to_string(),
+        env: opening.env.to_string(),
+        release: opening.release.to_string(),
+        resumed_from: opening.resumed_from.map(str::to_string),
     };
     AuditLog::open(&dir, &start, redactor).map_err(|e| {
         SetupError::CannotStart(format!(

@@ -516,6 +516,7 @@ fn a_rollback_preview_of_hanging_hosts_keeps_the_console_responsive_and_esc_stop
             profile_sha256: "00".into(),
             env: "far".into(),
             release: "2.0".into(),
+            resumed_from: None,
         };
         let mut records = vec![
             Record::SessionStart(start),

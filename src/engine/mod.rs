@@ -84,7 +84,11 @@ pub async fn run_with_prober(
             .map_or_else(Vec::new, |h| h.steps.iter().map(|s| s.name.clone()).collect()),
     });
 
-    let mut book = Book::new(&plan.waves);
+    let mut book = Book::new(&plan.waves, &plan.resume);
+    // A resumed deploy starts by saying what it carries over: hosts that ended before.
+    for summary in book.summaries.iter().filter(|s| s.state != HostState::NotStarted) {
+        events.emit(Event::HostFinished { wave: summary.wave, host: summary.host.clone(), state: summary.state });
+    }
     control.register(book.summaries.iter().map(|s| s.host.clone()));
     // Commands queued before the start (headless `--exclude`) apply before anything runs.
     while let Ok(command) = commands.try_recv() {
@@ -108,8 +112,12 @@ pub async fn run_with_prober(
     });
     // A failed run-once step (a migration, say) stops the deploy before any host is touched.
     let mut waves_allowed = true;
-    if let Some(once) = plan.once {
-        waves_allowed = run_once(&shared, once).await;
+    if let Some(mut once) = plan.once {
+        // On resume, run-once steps that finished before do not run again.
+        once.steps.drain(..plan.resume.once_steps_done.min(once.steps.len()));
+        if !once.steps.is_empty() {
+            waves_allowed = run_once(&shared, once).await;
+        }
     }
     let wave_count = plan.waves.len();
     for wave in plan.waves {
@@ -118,6 +126,19 @@ pub async fn run_with_prober(
             continue;
         }
         let names: Vec<String> = wave.hosts.iter().map(|h| h.host.name.clone()).collect();
+        // Hosts a resumed deploy carries over as ended do not run; a wave of nothing else is over.
+        let carried_failed: Vec<String> = wave
+            .hosts
+            .iter()
+            .map(|h| book.summary(&h.host.name))
+            .filter(|s| s.state == HostState::Failed)
+            .map(|s| s.host)
+            .collect();
+        let wave_hosts: Vec<HostPlan> =
+            wave.hosts.into_iter().filter(|h| book.summary(&h.host.name).state == HostState::NotStarted).collect();
+        if wave_hosts.is_empty() && !names.is_empty() {
+            continue;
+        }
         let started = loop {
             match control.admit_wave(Event::WaveStarted { wave: number, hosts: names.clone() }).await {
                 Gate::Go => break true,
@@ -128,8 +149,8 @@ pub async fn run_with_prober(
         if !started {
             continue;
         }
-        let hosts = wave.hosts.into_iter().map(|h| (book.summary(&h.host.name), h)).collect();
-        let results = run_wave(&shared, number, hosts, wave.max_failures, &[], &plan.policy).await;
+        let hosts = wave_hosts.into_iter().map(|h| (book.summary(&h.host.name), h)).collect();
+        let results = run_wave(&shared, number, hosts, wave.max_failures, &carried_failed, &plan.policy).await;
         let count = |s: HostState| results.iter().filter(|r| r.state == s).count();
         events.emit(Event::WaveFinished {
             wave: number,
@@ -190,12 +211,27 @@ struct Book {
 }
 
 impl Book {
-    fn new(waves: &[crate::plan::Wave]) -> Book {
+    fn new(waves: &[crate::plan::Wave], resume: &crate::plan::Resume) -> Book {
+        use crate::plan::Carried;
         let mut book = Book { plans: BTreeMap::new(), max_failures: BTreeMap::new(), summaries: Vec::new() };
         for wave in waves {
             book.max_failures.insert(wave.number, wave.max_failures);
             for host in &wave.hosts {
-                book.summaries.push(not_started(wave.number, host));
+                let mut summary = not_started(wave.number, host);
+                match resume.hosts.get(&host.host.name) {
+                    None => {}
+                    Some(Carried::Done) => {
+                        summary.state = HostState::Done;
+                        summary.steps_done = summary.steps_total;
+                    }
+                    Some(Carried::Skipped) => summary.state = HostState::Skipped,
+                    Some(Carried::Failed { step }) => {
+                        summary.state = HostState::Failed;
+                        summary.stopped_at = Some(step.clone());
+                    }
+                    Some(Carried::From { steps_done }) => summary.steps_done = (*steps_done).min(summary.steps_total),
+                }
+                book.summaries.push(summary);
                 book.plans.insert(host.host.name.clone(), (wave.number, host.clone()));
             }
         }
