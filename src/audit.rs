@@ -125,6 +125,13 @@ pub enum Record {
         path: String,
         holder: Option<LockInfo>,
     },
+    /// This session carries on an interrupted one: what the operator chose for the hosts that
+    /// were interrupted mid-step (`rerun`, `skip`, `fail`), and which they were.
+    ResumeDecided {
+        from_session: String,
+        interrupted: Vec<String>,
+        choice: String,
+    },
     /// A console or CLI attached to the deploy's runner, with the role it got.
     ClientAttached {
         client: String,
@@ -168,6 +175,7 @@ impl Record {
         "lock_release_failed",
         "lock_break_requested",
         "lock_broken",
+        "resume_decided",
         "client_attached",
         "client_detached",
         "control_taken",
@@ -184,6 +192,7 @@ impl Record {
             Record::DeployConfirmed { .. } => "deploy_confirmed",
             Record::RollbackPlanned { .. } => "rollback_planned",
             Record::OperatorCommand { .. } => "operator_command",
+            Record::ResumeDecided { .. } => "resume_decided",
             Record::ClientAttached { .. } => "client_attached",
             Record::ClientDetached { .. } => "client_detached",
             Record::ControlTaken { .. } => "control_taken",

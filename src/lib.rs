@@ -42,6 +42,7 @@ pub mod lock;
 pub mod plan;
 pub mod profile;
 pub mod remote;
+pub mod resume;
 pub mod rollback;
 pub mod runner;
 pub mod secrets;

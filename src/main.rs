@@ -96,8 +96,30 @@ enum Cmd {
         #[arg(long)]
         local_root: Option<PathBuf>,
     },
-    /// List the deploys running on this machine (yours), from their control sockets.
-    Ps,
+    /// List the deploys running on this machine (yours), and interrupted ones to resume.
+    Ps {
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
+    },
+    /// Carry on a deploy whose runner died (killed, crashed, a reboot), from its journal: hosts
+    /// that finished are left alone, the others continue where they stopped.
+    Resume {
+        /// The interrupted deploy's session id (`wavedeck ps` lists them).
+        session: String,
+        /// Hosts interrupted mid-step: run that step again, skip the host, or fail it.
+        #[arg(long, value_name = "rerun|skip|fail")]
+        interrupted: Option<String>,
+        /// Confirm resuming a deploy to a protected environment.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
+        #[arg(long)]
+        local_root: Option<PathBuf>,
+        /// Promote waves at manual gates.
+        #[arg(long)]
+        promote: bool,
+    },
     /// Open the console on a running deploy: everything it did so far, then live. It takes
     /// control if nobody has it; otherwise it observes and can take over.
     Attach {
@@ -188,7 +210,15 @@ fn main() -> ExitCode {
         Some(Cmd::Unlock { profile, env, yes, audit_dir, local_root }) => {
             unlock(&profile, &env, yes, audit_dir.as_deref(), local_root.as_deref())
         }
-        Some(Cmd::Ps) => ps(),
+        Some(Cmd::Ps { audit_dir }) => ps(audit_dir.as_deref()),
+        Some(Cmd::Resume { session, interrupted, yes, audit_dir, local_root, promote }) => resume(
+            &session,
+            interrupted,
+            yes,
+            audit_dir.as_deref(),
+            local_root.as_deref(),
+            &Orders { promote, ..Orders::default() },
+        ),
         Some(Cmd::Attach { target, env, observe, plain, from, theme }) => {
             attach(&target, env.as_deref(), observe, plain, from, theme)
         }
@@ -314,11 +344,62 @@ fn rollback_spec(
     }
 }
 
-/// `wavedeck ps`: one line per deploy with a control socket.
-fn ps() -> Result<i32, SetupError> {
+/// `wavedeck resume SESSION`: shows what the journal says of each host, then has a runner carry
+/// the deploy on.
+fn resume(
+    session: &str,
+    interrupted: Option<String>,
+    yes: bool,
+    audit_dir: Option<&Path>,
+    local_root: Option<&Path>,
+    orders: &Orders,
+) -> Result<i32, SetupError> {
+    if let Some(choice) = &interrupted {
+        choice.parse::<wavedeck::resume::Choice>().map_err(|e| SetupError::Invalid(format!("--interrupted {e}")))?;
+    }
+    let dir = wavedeck::audit::audit_dir(audit_dir)
+        .ok_or_else(|| SetupError::CannotStart("no audit directory: set --audit-dir".into()))?;
+    let path = wavedeck::resume::journal_of(&dir, session).map_err(SetupError::Invalid)?;
+    let journal = wavedeck::resume::read(&path).map_err(SetupError::Invalid)?;
+    println!("{}", journal.describe());
+    let profile = session::load_profile(&journal.profile)?;
+    let env = session::environment(&profile, &journal.env)?;
+    if env.protected && !yes {
+        return Err(SetupError::Invalid(format!(
+            "environment `{}` is protected: add --yes to resume this deploy",
+            env.name
+        )));
+    }
+    let spec = Spec {
+        job: Job::Resume { session: session.to_string(), interrupted },
+        profile: journal.profile.clone(),
+        env: journal.env.clone(),
+        audit_dir: audit_dir.map(Path::to_path_buf),
+        local_root: local_root.map(Path::to_path_buf),
+        mode: "headless".into(),
+        confirmation: (env.protected && yes).then(|| "--yes".to_string()),
+        first: Vec::new(),
+        on_detach: Some(DetachAction::Abort),
+    };
+    let runtime = runtime()?;
+    Ok(runtime.block_on(headless::drive(spec, orders)).code)
+}
+
+/// `wavedeck ps`: one line per deploy with a control socket, then the interrupted ones.
+fn ps(audit_dir: Option<&Path>) -> Result<i32, SetupError> {
     let runtime = runtime()?;
     let listings = runtime.block_on(wavedeck::remote::list()).map_err(SetupError::CannotStart)?;
-    if listings.is_empty() {
+    let running: Vec<String> = listings
+        .iter()
+        .filter_map(|l| match l {
+            wavedeck::remote::Listing::Running(w) => Some(w.about.session.clone()),
+            wavedeck::remote::Listing::Gone { .. } => None,
+        })
+        .collect();
+    let interrupted = wavedeck::audit::audit_dir(audit_dir)
+        .map(|dir| wavedeck::resume::interrupted_sessions(&dir, &running))
+        .unwrap_or_default();
+    if listings.is_empty() && interrupted.is_empty() {
         println!("no deploys running");
         return Ok(exit::OK);
     }
@@ -354,12 +435,23 @@ fn ps() -> Result<i32, SetupError> {
             wavedeck::remote::Listing::Gone { session, path, removed } => {
                 let what = if removed { "removed" } else { "left in place" };
                 println!(
-                    "{session:<28}  gone: nothing answers on {} (its process ended; the socket was {what}; \
-                     an unfinished deploy may still hold its lock: see wavedeck unlock)",
+                    "{session:<28}  gone: nothing answers on {} (its runner ended; the socket was {what})",
                     path.display()
                 )
             }
         }
+    }
+    for journal in interrupted {
+        let done = journal.hosts.iter().filter(|(_, _, p)| *p == wavedeck::resume::Progress::Done).count();
+        let stuck = journal.interrupted().count();
+        println!(
+            "{:<28}  {:<10}  {:<10}  INTERRUPTED: {done}/{} hosts done, {stuck} mid-step; carry it on: wavedeck resume {}",
+            journal.session,
+            wavedeck::text::visible(&journal.env),
+            wavedeck::text::visible(&journal.release),
+            journal.hosts.len(),
+            journal.session
+        );
     }
     Ok(exit::OK)
 }

@@ -223,6 +223,10 @@ pub struct LastDeploy {
     pub rolled_back_by: Option<String>,
     /// Per host, what the deploy changed it from (first change) and to (last change).
     pub changes: BTreeMap<String, Change>,
+    /// The interrupted session this one carried on (`wavedeck resume`): one deploy across both.
+    pub resumed_from: Option<String>,
+    /// `waves` with their numbers, to merge a resumed deploy's sessions by.
+    numbered: Vec<(usize, Vec<String>)>,
 }
 
 /// How a deploy moved one host.
@@ -260,6 +264,7 @@ pub fn last_deploy(dir: &Path, service: &str, env: &str) -> Result<Option<LastDe
             }
             Some(Found::Deploy(mut found)) => {
                 found.rolled_back_by = rolled_back_by;
+                merge_resumed(dir, &mut found, service, env);
                 return Ok(Some(found));
             }
             None => {}
@@ -300,6 +305,39 @@ pub fn release_history(dir: &Path) -> BTreeMap<(String, String), BTreeMap<String
         }
     }
     history
+}
+
+/// A resumed deploy is one deploy across its sessions: a host returns to where the first of them
+/// found it, and every host any of them started is the rollback's to consider.
+fn merge_resumed(dir: &Path, deploy: &mut LastDeploy, service: &str, env: &str) {
+    let mut earlier = deploy.resumed_from.clone();
+    // Bounded: a chain of resumes longer than this is not one anybody made by hand.
+    for _ in 0..100 {
+        let Some(session) = earlier.take() else { return };
+        let path = dir.join(format!("wavedeck-{session}.jsonl"));
+        let Ok(text) = std::fs::read_to_string(&path) else { return };
+        let Some(Found::Deploy(before)) = parse_session(&text, service, env) else { return };
+        for (host, change) in before.changes {
+            deploy
+                .changes
+                .entry(host)
+                .and_modify(|later| later.found = change.found.clone())
+                .or_insert(change);
+        }
+        for (number, hosts) in before.numbered {
+            match deploy.numbered.iter_mut().find(|(n, _)| *n == number) {
+                Some((_, known)) => {
+                    let new: Vec<String> = hosts.into_iter().filter(|h| !known.contains(h)).collect();
+                    // The earlier session reached them first.
+                    known.splice(0..0, new);
+                }
+                None => deploy.numbered.push((number, hosts)),
+            }
+        }
+        deploy.numbered.sort_by_key(|(n, _)| *n);
+        deploy.waves = deploy.numbered.iter().map(|(_, hosts)| hosts.clone()).collect();
+        earlier = before.resumed_from;
+    }
 }
 
 enum Found {
@@ -350,9 +388,11 @@ fn parse_session(text: &str, service: &str, env: &str) -> Option<Found> {
     Some(Found::Deploy(LastDeploy {
         session,
         release: release?,
-        waves: waves.into_iter().map(|(_, hosts)| hosts).collect(),
+        waves: waves.iter().map(|(_, hosts)| hosts.clone()).collect(),
+        numbered: waves,
         rolled_back_by: None,
         changes,
+        resumed_from: start.resumed_from,
     }))
 }
 

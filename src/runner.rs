@@ -36,6 +36,12 @@ pub enum Job {
     Rollback {
         confirm: bool,
     },
+    /// Carry on the interrupted deploy `session` from its journal; `interrupted` (`rerun`,
+    /// `skip`, `fail`) decides the hosts that were mid-step, and is required if there are any.
+    Resume {
+        session: String,
+        interrupted: Option<String>,
+    },
 }
 
 /// Everything a runner needs to start a deploy; secrets come from its environment, inherited
@@ -234,6 +240,74 @@ async fn answer() -> Answer {
     }
 }
 
+/// The session that carries on deploy `from`: its plan with what the journal says each host
+/// had done, its lock adoptable, its audit log linked to the interrupted one.
+fn resume_session(
+    spec: &Spec,
+    profile: &crate::profile::Profile,
+    from: &str,
+    interrupted: Option<&str>,
+) -> Result<session::Session, SetupError> {
+    use crate::resume;
+    let dir = crate::audit::audit_dir(spec.audit_dir.as_deref())
+        .ok_or_else(|| SetupError::CannotStart("no audit directory to find the journal in".into()))?;
+    let journal = resume::read(&resume::journal_of(&dir, from).map_err(SetupError::Invalid)?)
+        .map_err(SetupError::Invalid)?;
+    if let Ok(socket) = remote::socket_of(from)
+        && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    {
+        return Err(SetupError::Invalid(format!(
+            "deploy {from} is still running: wavedeck attach {from}"
+        )));
+    }
+    if let Some(later) = resume::resumed_by(&dir, from) {
+        return Err(SetupError::Invalid(format!(
+            "deploy {from} was already resumed by session {later}: resume that one if it was interrupted too"
+        )));
+    }
+    if profile.sha256 != journal.profile_sha256 {
+        return Err(SetupError::Invalid(format!(
+            "{} changed since deploy {from} began (sha256 {} then, {} now): a resume runs the same profile; \
+             restore it, or start a new deploy",
+            profile.path.display(),
+            journal.profile_sha256,
+            profile.sha256
+        )));
+    }
+    let stuck: Vec<String> = journal.interrupted().map(|(host, _)| host.to_string()).collect();
+    let choice = match (interrupted, stuck.is_empty()) {
+        (Some(choice), _) => choice.parse::<resume::Choice>().map_err(SetupError::Invalid)?,
+        (None, true) => resume::Choice::Fail,
+        (None, false) => {
+            return Err(SetupError::Invalid(format!(
+                "{} host(s) were interrupted mid-step ({}): choose --interrupted rerun (run that step again), \
+                 skip or fail",
+                stuck.len(),
+                stuck.join(", ")
+            )));
+        }
+    };
+    let carried = journal.resume(choice);
+    let options = SessionOptions {
+        profile: &spec.profile,
+        env: &journal.env,
+        release: &journal.release,
+        audit_dir: spec.audit_dir.as_deref(),
+        local_root: spec.local_root.as_deref(),
+        mode: &journal.mode,
+        resumed_from: Some(from),
+    };
+    let mut session = session::prepare_with(&options, profile.clone(), |p, secrets| {
+        let mut plan = crate::plan::Plan::build(p, &journal.env, &journal.release, secrets)?;
+        plan.resume = carried;
+        Ok(plan)
+    })?;
+    let choice = interrupted.unwrap_or("none").to_string();
+    session.audit.note(crate::audit::Record::ResumeDecided { from_session: from.to_string(), interrupted: stuck, choice });
+    session.adopt_lock_of = Some(from.to_string());
+    Ok(session)
+}
+
 /// What the runner is about to run.
 struct Prepared {
     session: session::Session,
@@ -263,6 +337,9 @@ async fn prepare(spec: &Spec) -> Result<Prepared, Ready> {
                 resumed_from: None,
             };
             (session::prepare(&options, profile.clone()).map_err(refused)?, None)
+        }
+        Job::Resume { session: from, interrupted } => {
+            (resume_session(spec, &profile, from, interrupted.as_deref()).map_err(refused)?, None)
         }
         Job::Rollback { .. } => {
             let prepared =

@@ -46,7 +46,23 @@ impl Session {
             started_at: chrono::Utc::now(),
         };
         let host = place.target.host.name.clone();
-        match lock::acquire(self.transport.as_ref(), &place, info).await {
+        let mut attempt = lock::acquire(self.transport.as_ref(), &place, info.clone()).await;
+        // A resume adopts the lock its interrupted session left (and only that one): recorded as
+        // a break of that holder, then taken as its own.
+        if let (Err(LockError::Held { holder: Some(holder), .. }), Some(adopt)) = (&attempt, &self.adopt_lock_of)
+            && &holder.session == adopt
+        {
+            let holder = Some(holder.clone());
+            self.audit.note(Record::LockBreakRequested { host: host.clone(), path: place.path.clone(), holder });
+            match lock::break_lock(self.transport.as_ref(), &place).await {
+                Ok(previous) => {
+                    self.audit.note(Record::LockBroken { host: host.clone(), path: place.path.clone(), holder: previous });
+                    attempt = lock::acquire(self.transport.as_ref(), &place, info).await;
+                }
+                Err(e) => attempt = Err(e),
+            }
+        }
+        match attempt {
             Ok(held) => {
                 self.audit.note(Record::LockAcquired { host, path: place.path.clone() });
                 Ok(Some(held))
@@ -97,6 +113,8 @@ pub struct Session {
     pub redactor: Redactor,
     pub audit: AuditLog,
     pub transport: Arc<dyn Transport>,
+    /// The interrupted session whose lock this one may take over (a resume).
+    pub adopt_lock_of: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +179,7 @@ pub fn prepare_with(
     let start =
         Opening { env: &plan.env, release: &plan.release, mode: options.mode, resumed_from: options.resumed_from };
     let audit = open_audit(&profile, &start, options.audit_dir, redactor.clone())?;
-    Ok(Session { profile, plan, redactor, audit, transport })
+    Ok(Session { profile, plan, redactor, audit, transport, adopt_lock_of: None })
 }
 
 /// The transport an environment's hosts are reached through.

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["engine", "lock"],
     &["audit"],
     &["session"],
-    &["rollback", "check"],
+    &["rollback", "check", "resume"],
     &["runner"],
     &["headless", "console"],
 ];
