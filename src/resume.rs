@@ -19,12 +19,20 @@ use crate::plan::{Carried, Resume};
 pub enum Progress {
     NotStarted,
     Done,
-    Failed { step: String },
+    Failed {
+        step: String,
+    },
     Skipped,
     /// Started; its first `steps_done` steps finished and nothing else is in flight.
-    Between { steps_done: usize },
+    Between {
+        steps_done: usize,
+    },
     /// Step number `index` (1-based) had started and not ended.
-    Interrupted { index: usize, step: String, steps_done: usize },
+    Interrupted {
+        index: usize,
+        step: String,
+        steps_done: usize,
+    },
 }
 
 /// What to do with a host interrupted mid-step (`--interrupted`).
@@ -339,7 +347,11 @@ mod tests {
         );
         let rerun = j.resume(Choice::Rerun);
         assert_eq!(rerun.hosts["a"], Carried::Done);
-        assert_eq!(rerun.hosts["b"], Carried::From { steps_done: 1 }, "the interrupted step runs again, not the one before");
+        assert_eq!(
+            rerun.hosts["b"],
+            Carried::From { steps_done: 1 },
+            "the interrupted step runs again, not the one before"
+        );
         assert_eq!(rerun.hosts["c"], Carried::From { steps_done: 1 });
         assert!(!rerun.hosts.contains_key("e"));
         assert_eq!(j.resume(Choice::Skip).hosts["b"], Carried::Skipped);

@@ -318,11 +318,7 @@ fn merge_resumed(dir: &Path, deploy: &mut LastDeploy, service: &str, env: &str) 
         let Ok(text) = std::fs::read_to_string(&path) else { return };
         let Some(Found::Deploy(before)) = parse_session(&text, service, env) else { return };
         for (host, change) in before.changes {
-            deploy
-                .changes
-                .entry(host)
-                .and_modify(|later| later.found = change.found.clone())
-                .or_insert(change);
+            deploy.changes.entry(host).and_modify(|later| later.found = change.found.clone()).or_insert(change);
         }
         for (number, hosts) in before.numbered {
             match deploy.numbered.iter_mut().find(|(n, _)| *n == number) {

@@ -251,14 +251,12 @@ fn resume_session(
     use crate::resume;
     let dir = crate::audit::audit_dir(spec.audit_dir.as_deref())
         .ok_or_else(|| SetupError::CannotStart("no audit directory to find the journal in".into()))?;
-    let journal = resume::read(&resume::journal_of(&dir, from).map_err(SetupError::Invalid)?)
-        .map_err(SetupError::Invalid)?;
+    let journal =
+        resume::read(&resume::journal_of(&dir, from).map_err(SetupError::Invalid)?).map_err(SetupError::Invalid)?;
     if let Ok(socket) = remote::socket_of(from)
         && std::os::unix::net::UnixStream::connect(&socket).is_ok()
     {
-        return Err(SetupError::Invalid(format!(
-            "deploy {from} is still running: wavedeck attach {from}"
-        )));
+        return Err(SetupError::Invalid(format!("deploy {from} is still running: wavedeck attach {from}")));
     }
     if let Some(later) = resume::resumed_by(&dir, from) {
         return Err(SetupError::Invalid(format!(
@@ -303,7 +301,11 @@ fn resume_session(
         Ok(plan)
     })?;
     let choice = interrupted.unwrap_or("none").to_string();
-    session.audit.note(crate::audit::Record::ResumeDecided { from_session: from.to_string(), interrupted: stuck, choice });
+    session.audit.note(crate::audit::Record::ResumeDecided {
+        from_session: from.to_string(),
+        interrupted: stuck,
+        choice,
+    });
     session.adopt_lock_of = Some(from.to_string());
     Ok(session)
 }

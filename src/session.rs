@@ -56,7 +56,11 @@ impl Session {
             self.audit.note(Record::LockBreakRequested { host: host.clone(), path: place.path.clone(), holder });
             match lock::break_lock(self.transport.as_ref(), &place).await {
                 Ok(previous) => {
-                    self.audit.note(Record::LockBroken { host: host.clone(), path: place.path.clone(), holder: previous });
+                    self.audit.note(Record::LockBroken {
+                        host: host.clone(),
+                        path: place.path.clone(),
+                        holder: previous,
+                    });
                     attempt = lock::acquire(self.transport.as_ref(), &place, info).await;
                 }
                 Err(e) => attempt = Err(e),
