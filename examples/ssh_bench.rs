@@ -56,13 +56,15 @@ fn main() {
         "ssh_bench: {hosts} hosts on {LISTENERS} loopback sshd listeners, waves: 1 canary then 10%, parallel {PARALLEL}"
     );
     let ours = run_wavedeck(root, &artifact, &ports);
-    let detached = run_through_runner(root, &artifact, &ports);
+    let (detached, syncs) = run_through_runner(root, &artifact, &ports);
     let theirs = run_openssh(root, &artifact, &ports);
     let per_host = |s: f64| s * 1000.0 / hosts as f64;
     println!("wavedeck (russh, 1 connection per host):   {ours:6.2} s wall, {:6.1} ms per host", per_host(ours));
     println!(
-        "wavedeck through its runner (+ audit log, socket): {detached:6.2} s wall ({:+.1}% against the engine alone)",
-        (detached / ours - 1.0) * 100.0
+        "wavedeck through its runner (+ write-ahead audit log, socket): {detached:6.2} s wall ({:+.1}% against \
+         the engine alone), {syncs} fsyncs ({:.2} per host)",
+        (detached / ours - 1.0) * 100.0,
+        syncs as f64 / hosts as f64
     );
     println!("OpenSSH client (scp + ssh per step, xargs): {theirs:6.2} s wall, {:6.1} ms per host", per_host(theirs));
     println!("ratio: wavedeck is {:.1}x faster", theirs / ours);
@@ -118,7 +120,7 @@ fn profile_text(root: &Path, artifact: &Path, ports: &[u16], remote: &Path) -> S
 
 /// The same deploy the way `wavedeck deploy` runs it: a runner process that owns it (audit log,
 /// lock, control socket), followed by this process as its client.
-fn run_through_runner(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
+fn run_through_runner(root: &Path, artifact: &Path, ports: &[u16]) -> (f64, u64) {
     let text = profile_text(root, artifact, ports, &root.join("remote-runner"));
     let path = root.join("bench.toml");
     std::fs::write(&path, text).unwrap();
@@ -142,7 +144,7 @@ fn run_through_runner(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
     });
     let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(ended.outcome, Some(Outcome::Succeeded), "{ended:?}");
-    elapsed
+    (elapsed, ended.journal_syncs)
 }
 
 fn run_wavedeck(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {

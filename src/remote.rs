@@ -109,6 +109,9 @@ pub struct Ended {
     /// Things the operator should know (a lock that could not be released, an audit write error).
     pub problems: Vec<String>,
     pub audit_path: PathBuf,
+    /// fsyncs the write-ahead journal (the audit log) cost this deploy.
+    #[serde(default)]
+    pub journal_syncs: u64,
 }
 
 /// One message on the wire, either way.

@@ -615,6 +615,7 @@ fn lost(audit_path: PathBuf, why: String) -> Ended {
         code: exit::CANNOT_START,
         problems: vec![format!("lost the deploy's runner before it ended ({why}); see wavedeck ps and the audit log")],
         audit_path,
+        journal_syncs: 0,
     }
 }
 

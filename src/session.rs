@@ -345,6 +345,7 @@ impl Running {
             code: crate::exit::CANNOT_START,
             problems: vec!["the deploy session stopped unexpectedly; see the audit log".into()],
             audit_path,
+            journal_syncs: 0,
         })
     }
 }
@@ -724,7 +725,8 @@ impl Owner {
         if let Err(e) = self.audit.close(word, code) {
             problems.push(e.to_string());
         }
-        let ended = Ended { outcome, code, problems, audit_path };
+        let journal_syncs = crate::audit::SYNCS.load(std::sync::atomic::Ordering::Relaxed);
+        let ended = Ended { outcome, code, problems, audit_path, journal_syncs };
         self.server.set_status(|s| s.state = "ended".into());
         self.server.end(ended.clone(), END_PATIENCE).await;
         ended
