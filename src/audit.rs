@@ -517,6 +517,8 @@ mod tests {
             env: "dev".into(),
             release: "1".into(),
             started_at: Utc::now(),
+            heartbeat_at: None,
+            last_step: None,
         };
         let written = vec![
             Record::LockRefused { host: "a".into(), path: "p".into(), holder: Some(info), message: "m".into() },

@@ -32,23 +32,55 @@ pub struct LockInfo {
     pub env: String,
     pub release: String,
     pub started_at: DateTime<Utc>,
+    /// The lease: refreshed every [`HEARTBEAT`] while the deploy's runner lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// The step the deploy last started, as of the heartbeat ("restart on web-3").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<String>,
 }
 
+/// How often a running deploy refreshes its lock's heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+/// A heartbeat older than this marks the lock stale: its runner is most likely gone.
+pub const STALE_AFTER: Duration = Duration::from_secs(120);
+
 impl LockInfo {
-    /// "alice on box, release 2.4.1, since 14:02 UTC (12m ago)". The fields come from a file on
-    /// a host, so they are shown with their control characters escaped.
+    /// "alice on box (session …), release 2.4.1, since 14:02 UTC (12m ago)", and whether its
+    /// lease is alive or stale. The fields come from a file on a host, so they are shown with
+    /// their control characters escaped.
     pub fn describe(&self, now: DateTime<Utc>) -> String {
-        let age = (now - self.started_at).to_std().unwrap_or_default();
-        let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
-        let text = format!(
-            "{} on {} (pid {}), release {}, since {} ({age} ago)",
+        let ago = |at: DateTime<Utc>| {
+            let age = (now - at).to_std().unwrap_or_default();
+            humantime::format_duration(Duration::from_secs(age.as_secs())).to_string()
+        };
+        let mut text = format!(
+            "{} on {} (pid {}, session {}), release {}, since {} ({} ago)",
             self.operator,
             self.machine,
             self.pid,
+            self.session,
             self.release,
-            self.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+            self.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            ago(self.started_at)
         );
+        let beat = self.heartbeat_at.unwrap_or(self.started_at);
+        if self.is_stale(now) {
+            text.push_str(&format!("; STALE: no heartbeat for {} (its runner is probably gone", ago(beat)));
+            if let Some(step) = &self.last_step {
+                text.push_str(&format!("; last step: {step}"));
+            }
+            text.push(')');
+        } else if self.heartbeat_at.is_some() {
+            text.push_str(&format!("; alive (heartbeat {} ago)", ago(beat)));
+        }
         crate::text::visible(&shorten(&text))
+    }
+
+    /// No heartbeat (or start, for a lock taken without one) within [`STALE_AFTER`].
+    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        let beat = self.heartbeat_at.unwrap_or(self.started_at);
+        (now - beat).to_std().unwrap_or_default() > STALE_AFTER
     }
 }
 
@@ -122,6 +154,24 @@ impl DeployLock {
         &self.place
     }
 
+    /// Renews the lease: rewrites the owner file with a fresh heartbeat and `last_step`, only
+    /// if the lock is still ours.
+    pub async fn heartbeat(&mut self, last_step: Option<String>) -> Result<(), String> {
+        self.info.heartbeat_at = Some(Utc::now());
+        self.info.last_step = last_step;
+        let json = serde_json::to_string(&self.info).map_err(|e| e.to_string())?;
+        let dir = shell_quote(&self.place.path);
+        let owner = shell_quote(&format!("\"session\":\"{}\"", self.info.session));
+        let command = format!(
+            "if grep -qF {owner} {dir}/owner.json 2>/dev/null; then printf '%s\\n' {json} > {dir}/owner.json.new && \
+             mv -f -- {dir}/owner.json.new {dir}/owner.json; \
+             else echo 'the lock now belongs to someone else' >&2; exit 1; fi",
+            json = shell_quote(&json),
+        );
+        let (result, output) = run(self.session.as_ref(), &command).await;
+        if result.succeeded() { Ok(()) } else { Err(format!("{}: {}", result, output.all())) }
+    }
+
     /// Removes the lock if it is still ours.
     pub async fn release(self) -> Result<(), String> {
         let dir = shell_quote(&self.place.path);
@@ -139,6 +189,8 @@ impl DeployLock {
 /// Takes the lock for `info.env`.
 pub async fn acquire(transport: &dyn Transport, place: &LockPlace, info: LockInfo) -> Result<DeployLock, LockError> {
     let session = open(transport, place).await?;
+    let mut info = info;
+    info.heartbeat_at = Some(info.started_at);
     let json = serde_json::to_string(&info).map_err(|e| failed(place, e.to_string()))?;
     let dir = shell_quote(&place.path);
     let command = format!(
@@ -211,6 +263,8 @@ mod tests {
             env: "prod".into(),
             release: "2.4.1".into(),
             started_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            heartbeat_at: DateTime::from_timestamp(1_800_000_000, 0),
+            last_step: None,
         }
     }
 
@@ -272,9 +326,41 @@ mod tests {
     }
 
     #[test]
-    fn the_holder_is_described_with_its_age() {
-        let now = DateTime::from_timestamp(1_800_000_000 + 754, 0).unwrap();
-        let text = info("s").describe(now);
-        assert_eq!(text, "ann on box (pid 7), release 2.4.1, since 2027-01-15 08:00:00 UTC (12m 34s ago)");
+    fn the_holder_is_described_with_its_age_and_a_stale_lease_says_so() {
+        let start = 1_800_000_000;
+        let mut lease = info("s");
+        lease.heartbeat_at = DateTime::from_timestamp(start + 740, 0);
+        let text = lease.describe(DateTime::from_timestamp(start + 754, 0).unwrap());
+        assert_eq!(
+            text,
+            "ann on box (pid 7, session s), release 2.4.1, since 2027-01-15 08:00:00 UTC (12m 34s ago); \
+             alive (heartbeat 14s ago)"
+        );
+        lease.last_step = Some("restart on web-3".into());
+        let later = DateTime::from_timestamp(start + 740 + 421, 0).unwrap();
+        assert!(lease.is_stale(later));
+        assert!(
+            lease
+                .describe(later)
+                .ends_with("STALE: no heartbeat for 7m 1s (its runner is probably gone; last step: restart on web-3)"),
+            "{}",
+            lease.describe(later)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_renews_only_a_lease_that_is_still_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let (transport, place) = place(dir.path());
+        let mut held = acquire(&transport, &place, info("s1")).await.unwrap();
+        held.heartbeat(Some("switch on web-2".into())).await.unwrap();
+        let Some(Some(now)) = inspect(&transport, &place).await.unwrap() else { panic!("no owner") };
+        assert_eq!(now.last_step.as_deref(), Some("switch on web-2"));
+        assert!(!now.is_stale(Utc::now()));
+        break_lock(&transport, &place).await.unwrap();
+        let _other = acquire(&transport, &place, info("s2")).await.unwrap();
+        assert!(held.heartbeat(None).await.is_err(), "another deploy's lock is not renewed");
+        let Some(Some(owner)) = inspect(&transport, &place).await.unwrap() else { panic!("no owner") };
+        assert_eq!(owner.session, "s2");
     }
 }

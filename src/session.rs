@@ -44,6 +44,8 @@ impl Session {
             env: self.plan.env.clone(),
             release: self.plan.release.clone(),
             started_at: chrono::Utc::now(),
+            heartbeat_at: None,
+            last_step: None,
         };
         let host = place.target.host.name.clone();
         let mut attempt = lock::acquire(self.transport.as_ref(), &place, info.clone()).await;
@@ -418,7 +420,7 @@ impl Session {
         let (engine_commands, engine_command_rx) = mpsc::unbounded_channel();
         let mut owner = Owner {
             audit,
-            lock,
+            lease: Lease::keep(lock),
             engine_commands,
             policy_abort: false,
             server,
@@ -444,6 +446,62 @@ impl Session {
             let _ = ended_tx.send(result);
         });
         Ok(Running { session, socket, audit_path, commands: Commands(commands), ended })
+    }
+}
+
+/// The deploy lock while the deploy runs: a task renews its lease every [`lock::HEARTBEAT`] (with
+/// the step last started), so a lock whose runner died is seen to be stale.
+struct Lease {
+    lock: Arc<tokio::sync::Mutex<Option<DeployLock>>>,
+    last_step: Arc<std::sync::Mutex<Option<String>>>,
+    /// A step started: renew soon, so a stale lock can say where its deploy got to.
+    stepped: Arc<tokio::sync::Notify>,
+    renewing: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Renewals at most this often, however many steps start.
+const RENEW_AT_MOST_EVERY: Duration = Duration::from_secs(5);
+
+impl Lease {
+    fn keep(lock: Option<DeployLock>) -> Lease {
+        let has_lock = lock.is_some();
+        let lock = Arc::new(tokio::sync::Mutex::new(lock));
+        let last_step = Arc::new(std::sync::Mutex::new(None));
+        let stepped = Arc::new(tokio::sync::Notify::new());
+        let renewing = has_lock.then(|| {
+            let (lock, last_step, stepped) = (lock.clone(), last_step.clone(), stepped.clone());
+            tokio::spawn(async move {
+                let mut beat = tokio::time::interval(lock::HEARTBEAT);
+                beat.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = beat.tick() => {}
+                        _ = stepped.notified() => {}
+                    }
+                    let step = last_step.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(held) = lock.lock().await.as_mut() {
+                        // A renewal that fails (the lock was broken) leaves the deploy running;
+                        // releasing it at the end then says the lock is no longer ours.
+                        let _ = held.heartbeat(step).await;
+                    }
+                    tokio::time::sleep(RENEW_AT_MOST_EVERY).await;
+                }
+            })
+        });
+        Lease { lock, last_step, stepped, renewing }
+    }
+
+    fn note_step(&self, step: String) {
+        *self.last_step.lock().unwrap_or_else(|e| e.into_inner()) = Some(step);
+        self.stepped.notify_one();
+    }
+
+    /// Stops renewing and hands the lock back, for release (or to leave in place).
+    async fn end(&mut self) -> Option<DeployLock> {
+        if let Some(renewing) = self.renewing.take() {
+            renewing.abort();
+        }
+        self.lock.lock().await.take()
     }
 }
 
@@ -484,7 +542,7 @@ const END_PATIENCE: Duration = Duration::from_secs(5);
 /// do (one controls, others observe; takeover; what a vanished controller means).
 struct Owner {
     audit: AuditLog,
-    lock: Option<DeployLock>,
+    lease: Lease,
     engine_commands: mpsc::UnboundedSender<Command>,
     /// An abort was ordered by policy (headless mode's standing orders): the deploy failed, it
     /// was not aborted by a person.
@@ -636,6 +694,9 @@ impl Owner {
 
     /// Follows the deploy's phase for `ps`, new clients and `detached_timeout`.
     fn track(&mut self, event: &Event) {
+        if let Event::StepStarted { host, step, .. } = event {
+            self.lease.note_step(format!("{step} on {host}"));
+        }
         let phase = match event {
             Event::DeployStarted { waves, .. } => {
                 let count = waves.len();
@@ -713,12 +774,12 @@ impl Owner {
             Some(Outcome::Aborted) => ("aborted", crate::exit::ABORTED),
             None => {
                 // Nobody knows what the hosts were left in: the lock stays for a person to judge.
-                drop(self.lock.take());
+                drop(self.lease.end().await);
                 problems.push("the deploy engine stopped unexpectedly; see the audit log".into());
                 ("error", crate::exit::CANNOT_START)
             }
         };
-        if let Some(problem) = release_lock(&mut self.audit, self.lock.take()).await {
+        if let Some(problem) = release_lock(&mut self.audit, self.lease.end().await).await {
             problems.push(problem);
         }
         let audit_path = self.audit.path().to_path_buf();

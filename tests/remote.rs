@@ -267,7 +267,10 @@ fn a_killed_deploy_leaves_a_socket_that_ps_reports_and_removes() {
         "{listed}"
     );
     assert_eq!(s.sockets(), 0);
-    assert_eq!(text(&s.run(&["ps"]).stdout).trim(), "no deploys running");
+    // What remains is an interrupted deploy, to carry on.
+    let again = text(&s.run(&["ps"]).stdout);
+    assert!(!again.contains("gone") && again.contains("INTERRUPTED: 0/3 hosts done"), "{again}");
+    assert!(again.contains(&format!("wavedeck resume {session}")), "{again}");
 }
 
 /// Sends `lines` to the socket and returns the first `answers` lines the deploy sends back.

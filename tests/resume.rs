@@ -219,3 +219,48 @@ fn resume_refuses_a_profile_that_changed_and_needs_a_choice_for_interrupted_host
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already resumed"), "{again:?}");
 }
+
+#[test]
+fn a_dead_runners_lock_is_reported_stale_with_its_last_step_and_resume_adopts_it() {
+    let s = Sandbox::new();
+    let profile = s.profile.to_str().unwrap();
+    let mut deploy =
+        s.command(&["deploy", profile, "--env", "test", "--release", "1"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(deploy.stdout.take().unwrap()).lines();
+    for line in out.by_ref() {
+        if line.unwrap().contains("-> three") {
+            break;
+        }
+    }
+    // The lease names the step the deploy last started once it has been renewed.
+    let owner = s.dir.path().join("hosts/test/h1/.wavedeck/lock-test/owner.json");
+    let read_owner = || serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&owner).unwrap()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while read_owner()["last_step"].is_null() {
+        assert!(std::time::Instant::now() < deadline, "the lease was never renewed: {}", read_owner());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let runner = children(deploy.id());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _: Vec<_> = out.collect();
+    deploy.wait().unwrap();
+    // Ten minutes pass without a heartbeat.
+    let mut lease = read_owner();
+    let old = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
+    lease["heartbeat_at"] = serde_json::Value::String(old);
+    std::fs::write(&owner, lease.to_string()).unwrap();
+    let last_step = lease["last_step"].as_str().unwrap().to_string();
+
+    let refused = s.command(&["deploy", profile, "--env", "test", "--release", "2"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(5), "another deploy still needs the lock broken");
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        said.contains("STALE: no heartbeat for 10m") && said.contains(&format!("last step: {last_step}")),
+        "{said}"
+    );
+
+    let session = resume::read(&s.journals()[0]).unwrap().session;
+    assert!(said.contains(&session), "the lock names the session: {said}");
+    let resumed = s.command(&["resume", &session, "--interrupted", "rerun"]).output().unwrap();
+    assert_eq!(resumed.status.code(), Some(0), "{}", String::from_utf8_lossy(&resumed.stderr));
+}
