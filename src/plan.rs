@@ -31,6 +31,9 @@ pub struct Plan {
     pub once: Option<HostPlan>,
     /// How far an interrupted deploy got, when this plan resumes it (empty otherwise).
     pub resume: Resume,
+    /// The deploy's id across resumes (its first session), naming the records steps leave on
+    /// hosts; empty until a session is opened for the plan.
+    pub deploy_id: String,
 }
 
 /// Where a resumed deploy picks things up: what its journal says each host had done.
@@ -169,6 +172,7 @@ impl Plan {
             waves,
             once,
             resume: Resume::default(),
+            deploy_id: String::new(),
         })
     }
 
@@ -227,6 +231,7 @@ impl Plan {
             waves: planned,
             once: None,
             resume: Resume::default(),
+            deploy_id: String::new(),
         })
     }
 

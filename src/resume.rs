@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::audit::{Record, read_lines};
+use crate::audit::{Record, SessionStart as SessionStartRef, read_lines};
 use crate::event::{Event, HostState, TriageAction};
 use crate::plan::{Carried, Resume};
 
@@ -83,6 +83,25 @@ pub fn journal_of(dir: &Path, session: &str) -> Result<PathBuf, String> {
     }
     let path = dir.join(format!("wavedeck-{session}.jsonl"));
     if path.exists() { Ok(path) } else { Err(format!("no audit log for session {session} in {}", dir.display())) }
+}
+
+/// The deploy `session` belongs to: the first session of its chain of resumes.
+pub fn deploy_of(dir: &Path, session: &str) -> String {
+    use std::io::BufRead;
+    let mut current = session.to_string();
+    // Bounded: no chain of resumes made by hand is this long.
+    for _ in 0..100 {
+        let Ok(file) = std::fs::File::open(dir.join(format!("wavedeck-{current}.jsonl"))) else { break };
+        let mut first = String::new();
+        if std::io::BufReader::new(file).read_line(&mut first).is_err() {
+            break;
+        }
+        match read_lines(&first).next().map(|l| l.record) {
+            Some(Record::SessionStart(SessionStartRef { resumed_from: Some(earlier), .. })) => current = earlier,
+            _ => break,
+        }
+    }
+    current
 }
 
 /// The session in `dir` that resumed `session`, if one did (a deploy is carried on once).

@@ -298,6 +298,7 @@ fn resume_session(
     let mut session = session::prepare_with(&options, profile.clone(), |p, secrets| {
         let mut plan = crate::plan::Plan::build(p, &journal.env, &journal.release, secrets)?;
         plan.resume = carried;
+        plan.deploy_id = resume::deploy_of(&dir, from);
         Ok(plan)
     })?;
     let choice = interrupted.unwrap_or("none").to_string();

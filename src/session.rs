@@ -185,6 +185,10 @@ pub fn prepare_with(
     let start =
         Opening { env: &plan.env, release: &plan.release, mode: options.mode, resumed_from: options.resumed_from };
     let audit = open_audit(&profile, &start, options.audit_dir, redactor.clone())?;
+    let mut plan = plan;
+    if plan.deploy_id.is_empty() {
+        plan.deploy_id = audit.session_id().to_string();
+    }
     Ok(Session { profile, plan, redactor, audit, transport, adopt_lock_of: None })
 }
 

@@ -166,3 +166,97 @@ fn keys_held_by_ssh_agent_authenticate() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("[h0] via-agent"), "{text}");
 }
+
+/// Starts a headless deploy over SSH, reads its output up to a line containing `until`, waits
+/// until the host's `deploy/count` file has begun, then kills the runner with SIGKILL. Returns
+/// the deploy's session id.
+fn deploy_and_kill_runner(fleet: &Fleet, until: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut deploy = Command::new(env!("CARGO_BIN_EXE_wavedeck"))
+        .args(["deploy", fleet.path("profile.toml").to_str().unwrap(), "--env", "test", "--release", "1"])
+        .env("WAVEDECK_AUDIT_DIR", fleet.path("audit"))
+        .env("HOME", fleet.path("home"))
+        .env_remove("SSH_AUTH_SOCK")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(deploy.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(until) {
+            break;
+        }
+    }
+    // The step's start is on disk before its command goes out: wait until it runs on the host.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(fleet.path("deploy/count")).unwrap_or_default().contains("begin") {
+        assert!(std::time::Instant::now() < deadline, "the step never started on the host: {seen}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = deploy.id();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let runner: i32 =
+        children.split_whitespace().next().unwrap_or_else(|| panic!("no runner: {seen}")).parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _: Vec<_> = lines.collect();
+    deploy.wait().unwrap();
+    let audit = std::fs::read_dir(fleet.path("audit")).unwrap().next().unwrap().unwrap().path();
+    let first: Value = serde_json::from_str(std::fs::read_to_string(audit).unwrap().lines().next().unwrap()).unwrap();
+    first["session"].as_str().unwrap().to_string()
+}
+
+/// Remote processes of a step, found by the unusual `sleep` it runs.
+fn remote_sleepers(marker: &str) -> usize {
+    let out = Command::new("pgrep").args(["-f", &format!("sleep {marker}")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn a_resumed_deploy_waits_for_a_step_still_running_on_the_host_instead_of_running_it_twice() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    // The step keeps running on the host after its runner dies (no output: nothing breaks it).
+    let steps = "[[steps]]\nname = \"slow\"\nrun = \"echo begin >> count; sleep 2.31; echo end >> count\"\n\
+                 [[steps]]\nname = \"after\"\nrun = \"echo after >> count\"\n";
+    std::fs::write(fleet.path("profile.toml"), fleet.profile(steps, "")).unwrap();
+    let session = deploy_and_kill_runner(&fleet, "-> slow");
+    assert_eq!(remote_sleepers("2.31"), 1, "the step outlives its runner on the host");
+
+    let out = wavedeck(&fleet, &["resume", &session, "--interrupted", "rerun"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("is still running on the host: waiting for it"), "{text}");
+    assert!(text.contains("ended with exit 0: taking that"), "{text}");
+    let count = std::fs::read_to_string(fleet.path("deploy/count")).unwrap();
+    assert_eq!(count, "begin\nend\nafter\n", "the step ran once");
+    assert_eq!(remote_sleepers("2.31"), 0, "nothing is left running on the host");
+}
+
+#[test]
+fn a_resumed_deploy_takes_the_status_a_step_recorded_after_its_runner_died() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let steps = "[[steps]]\nname = \"slow\"\nrun = \"echo begin >> count; sleep 0.37; echo end >> count; exit 3\"\n\
+                 [[steps]]\nname = \"after\"\nrun = \"echo after >> count\"\n";
+    std::fs::write(fleet.path("profile.toml"), fleet.profile(steps, "")).unwrap();
+    let session = deploy_and_kill_runner(&fleet, "-> slow");
+    // The step ends on the host while no runner watches; its record keeps the exit status.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while remote_sleepers("0.37") > 0 {
+        assert!(std::time::Instant::now() < deadline, "the step never ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = wavedeck(&fleet, &["resume", &session, "--interrupted", "rerun"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "its real exit status fails the host: {text}");
+    assert!(text.contains("ended with exit 3: taking that, not running it again"), "{text}");
+    let count = std::fs::read_to_string(fleet.path("deploy/count")).unwrap();
+    assert_eq!(count, "begin\nend\n", "the step ran once and the host stopped there");
+}

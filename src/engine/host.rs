@@ -130,7 +130,7 @@ pub(super) async fn run_steps(
             let began = Instant::now();
             let guard = match &step.skip_if {
                 Some(check) => {
-                    let request = ExecRequest { command: &check.0, timeout: step.timeout };
+                    let request = ExecRequest { command: &check.0, timeout: step.timeout, record: None };
                     session.exec(request, &Discard, &control.abort).await.succeeded()
                 }
                 None => false,
@@ -138,7 +138,8 @@ pub(super) async fn run_steps(
             let result = match &step.action {
                 _ if guard => StepResult::Skipped { reason: "its skip_if check succeeded: already done".into() },
                 PlannedAction::Run(command) => {
-                    let request = ExecRequest { command: &command.0, timeout: step.timeout };
+                    let record = shared.step_record(name, index, attempt, wave);
+                    let request = ExecRequest { command: &command.0, timeout: step.timeout, record };
                     session.exec(request, &sink, &control.abort).await
                 }
                 PlannedAction::Upload { from, to } => {

@@ -109,6 +109,16 @@ pub async fn run_with_prober(
         redactor,
         env: plan.env.clone(),
         monitors: CancellationToken::new(),
+        deploy_id: plan.deploy_id.clone(),
+        adopt: plan
+            .resume
+            .hosts
+            .iter()
+            .filter_map(|(host, carried)| match carried {
+                crate::plan::Carried::From { steps_done } => Some((host.clone(), steps_done + 1)),
+                _ => None,
+            })
+            .collect(),
     });
     // A failed run-once step (a migration, say) stops the deploy before any host is touched.
     let mut waves_allowed = true;
@@ -306,6 +316,28 @@ struct Shared {
     env: String,
     /// Stops the health monitors when the deploy ends.
     monitors: CancellationToken,
+    /// The deploy's id (its first session), naming step records on hosts; empty for none.
+    deploy_id: String,
+    /// Per host resumed mid-way: the step it continues with, whose earlier attempt it adopts.
+    adopt: BTreeMap<String, usize>,
+}
+
+impl Shared {
+    /// Where step `index` of `host` records itself, and what to do about an earlier attempt.
+    fn step_record(&self, host: &str, index: usize, attempt: u32, wave: usize) -> Option<crate::transport::StepRecord> {
+        use crate::transport::{Earlier, StepRecord};
+        if self.deploy_id.is_empty() {
+            return None;
+        }
+        let earlier = match (attempt, self.adopt.get(host)) {
+            (1, Some(first)) if *first == index && wave > 0 => Earlier::Adopt,
+            (1, _) => Earlier::Ignore,
+            _ => Earlier::Wait,
+        };
+        // Host names are the profile's to choose: in hex they make a safe file name.
+        let dir = format!(".wavedeck/steps/{}/{}-{index}", self.deploy_id, crate::sys::hex(host.as_bytes()));
+        Some(StepRecord { dir, earlier })
+    }
 }
 
 /// Runs hosts of one wave concurrently (at most `parallel`), each continuing from its summary's

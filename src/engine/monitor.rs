@@ -35,7 +35,7 @@ pub(super) async fn monitor(
                 let result = match &check.action {
                     PlannedAction::Probe(probe) => shared.prober.probe(probe, check.timeout).await,
                     PlannedAction::Run(command) => {
-                        let request = ExecRequest { command: &command.0, timeout: check.timeout };
+                        let request = ExecRequest { command: &command.0, timeout: check.timeout, record: None };
                         session.exec(request, &Discard, &shared.monitors).await
                     }
                     PlannedAction::Upload { .. } => StepResult::Error { message: "an upload is not a check".into() },

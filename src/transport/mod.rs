@@ -42,6 +42,31 @@ pub struct ExecRequest<'a> {
     /// in a process list on either end.
     pub command: &'a str,
     pub timeout: Duration,
+    /// Where the step leaves a record of itself on the host (its process group, then its exit
+    /// status), so that a runner that lost it (a killed runner, a dropped connection) can find
+    /// it again; `None` for checks and helpers.
+    pub record: Option<StepRecord>,
+}
+
+/// A step's record on its host: a directory (relative to the deploy directory) holding `pgid`
+/// while it runs and `status` once it has ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    pub dir: String,
+    /// What to do about an earlier attempt of the step before starting this one.
+    pub earlier: Earlier,
+}
+
+/// An earlier attempt of a step, found on the host before it starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earlier {
+    /// None can exist (the step's first attempt in a new deploy): nothing is checked.
+    Ignore,
+    /// A retry: if an earlier attempt is still running, wait for it to end first.
+    Wait,
+    /// A resumed deploy's interrupted step: wait for an earlier attempt that still runs and
+    /// take its exit status, or take the status it recorded; run again only if it left none.
+    Adopt,
 }
 
 /// What a transport writes to `sh -s`: the script inside one `{ … }` group, so the shell has read
@@ -199,7 +224,7 @@ fn char_boundary(bytes: &[u8], at: usize) -> usize {
 pub async fn run_captured(session: &dyn HostSession, command: &str, timeout: Duration) -> (StepResult, Captured) {
     let sink = CaptureSink::default();
     let never = CancellationToken::new();
-    let result = session.exec(ExecRequest { command, timeout }, &sink, &never).await;
+    let result = session.exec(ExecRequest { command, timeout, record: None }, &sink, &never).await;
     let captured = sink.0.lock().map(|c| c.clone()).unwrap_or_default();
     (result, captured)
 }

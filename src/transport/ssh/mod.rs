@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 pub use self::endpoint::{ConfigFile, Endpoint, expand_home};
 use self::hostkeys::Verifier;
 use super::{
-    BoxFuture, ConnectObserver, ExecRequest, HostSession, KILL_GRACE, LineSplitter, MAX_CAPTURED_BYTES, OutputSink,
-    Target, Transport, TransportError, UploadRequest, stdin_script, upload,
+    BoxFuture, ConnectObserver, Earlier, ExecRequest, HostSession, KILL_GRACE, LineSplitter, MAX_CAPTURED_BYTES,
+    OutputSink, StepRecord, Target, Transport, TransportError, UploadRequest, stdin_script, upload,
 };
 use crate::event::{StepResult, Stream};
 use crate::profile::SshSettings;
@@ -254,6 +254,18 @@ async fn authenticate(handle: &mut Handle<Verifier>, endpoint: &Endpoint) -> Res
     Err(TransportError::AuthFailed(format!("{place} refused every key offered ({offered}{skipped})")))
 }
 
+/// How often a waiting runner looks whether an earlier attempt of a step has ended.
+const EARLIER_POLL: Duration = Duration::from_secs(1);
+
+/// What a step's record on the host says about an earlier attempt.
+enum EarlierAttempt {
+    None,
+    Running(u32),
+    Ended(i32),
+    /// It started and is gone without a status (killed with its host, say).
+    Vanished,
+}
+
 /// An authenticated connection, and the jump-host connections it runs through.
 struct Connection {
     handle: Handle<Verifier>,
@@ -272,13 +284,100 @@ impl SshSession {
     /// The shell line that starts a step in the deploy directory, in a new session whose
     /// process group id is printed first. It holds no part of the step: the script follows on
     /// the channel's stdin, so nothing secret is in any process's arguments on the host.
-    fn wrap(&self) -> String {
+    ///
+    /// With a `record`, the group also notes its id in `<record>/pgid` before the step starts and
+    /// its exit status in `<record>/status` after it ends, so a runner that lost the step (it was
+    /// killed, or the connection dropped) can find it again.
+    fn wrap(&self, record: Option<&str>) -> String {
+        let body = match record {
+            Some(dir) => format!(
+                "r={dir}; mkdir -p \"$r\" && rm -f \"$r/status\" && echo $$ > \"$r/pgid\" || exit 125; \
+                 echo \"{PGID_MARKER}$$\"; sh -s; s=$?; echo $s > \"$r/status.new\" && mv -f \"$r/status.new\" \"$r/status\"; exit $s"
+            ),
+            None => format!("echo \"{PGID_MARKER}$$\"; exec sh -s"),
+        };
         format!(
-            "cd {dir} && WAVEDECK_HOST={host} WAVEDECK_ENV={env} exec setsid -w sh -c 'echo \"{PGID_MARKER}$$\"; exec sh -s'",
+            "cd {dir} && WAVEDECK_HOST={host} WAVEDECK_ENV={env} exec setsid -w sh -c '{body}'",
             dir = quote(&self.deploy_path),
             host = quote(&self.host),
             env = quote(&self.env),
         )
+    }
+
+    /// An earlier attempt of a step, as its record on the host tells it.
+    async fn earlier_attempt(&self, dir: &str) -> Result<EarlierAttempt, String> {
+        let check = format!(
+            "r={dir}; if [ -f \"$r/pgid\" ]; then p=$(cat \"$r/pgid\"); \
+             if kill -0 -- \"-$p\" 2>/dev/null; then echo \"alive $p\"; \
+             elif [ -f \"$r/status\" ]; then echo \"status $(cat \"$r/status\")\"; else echo dead; fi; \
+             else echo none; fi",
+            dir = quote(dir)
+        );
+        let (_, out) = self.capture(&check).await?;
+        let mut words = out.split_whitespace();
+        Ok(match (words.next(), words.next().and_then(|w| w.parse::<i64>().ok())) {
+            (Some("alive"), Some(pgid)) if pgid > 0 => EarlierAttempt::Running(pgid as u32),
+            (Some("status"), Some(code)) => EarlierAttempt::Ended(code as i32),
+            (Some("dead"), _) => EarlierAttempt::Vanished,
+            _ => EarlierAttempt::None,
+        })
+    }
+
+    /// Before a step starts again: waits for an earlier attempt still running on the host, and
+    /// with [`Earlier::Adopt`] takes the exit status it ends (or ended) with. Returns the result
+    /// to report instead of running the step, or `None` to run it.
+    async fn settle_earlier(
+        &self,
+        record: &StepRecord,
+        timeout: Duration,
+        output: &dyn OutputSink,
+        cancel: &CancellationToken,
+    ) -> Option<StepResult> {
+        let say = |text: String| output.line(Stream::Stdout, format!("wavedeck: {text}"));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut told = false;
+        loop {
+            let found = match self.earlier_attempt(&self.remote_path(&record.dir)).await {
+                Ok(found) => found,
+                Err(e) => {
+                    return Some(StepResult::Error { message: format!("cannot look for an earlier attempt: {e}") });
+                }
+            };
+            match found {
+                EarlierAttempt::Running(pgid) => {
+                    if !told {
+                        say(format!(
+                            "an earlier attempt of this step (process group {pgid}) is still running on the host: \
+                             waiting for it instead of starting another"
+                        ));
+                        told = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(EARLIER_POLL) => {}
+                        _ = cancel.cancelled() => {
+                            say(format!("stopping the earlier attempt (process group {pgid})"));
+                            self.kill_group(pgid, "TERM").await;
+                            return Some(StepResult::Cancelled);
+                        }
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        self.kill_group(pgid, "TERM").await;
+                        return Some(StepResult::TimedOut);
+                    }
+                }
+                EarlierAttempt::Ended(code) if record.earlier == Earlier::Adopt => {
+                    say(format!(
+                        "the earlier attempt of this step ended with exit {code}: taking that, not running it again"
+                    ));
+                    return Some(StepResult::Exited { code });
+                }
+                EarlierAttempt::Vanished if record.earlier == Earlier::Adopt => {
+                    say("the earlier attempt of this step died without an exit status: running it again".into());
+                    return None;
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Runs a short helper command (`sha256sum`, `mv`, `df`, `kill`) and returns its exit code
@@ -369,13 +468,22 @@ impl HostSession for SshSession {
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, StepResult> {
         Box::pin(async move {
+            if let Some(record) = request.record.as_ref().filter(|r| r.earlier != Earlier::Ignore)
+                && let Some(result) = self.settle_earlier(record, request.timeout, output, cancel).await
+            {
+                return result;
+            }
             let mut channel = match self.connection.handle.channel_open_session().await {
                 Ok(c) => c,
                 Err(e) => {
                     return StepResult::Error { message: format!("cannot open a channel (connection lost?): {e}") };
                 }
             };
-            if let Err(e) = channel.exec(true, self.wrap()).await {
+            // Relative to the deploy directory the wrapper changes into, and of safe characters
+            // only (the engine makes it so), since it sits inside the wrapper's quotes.
+            let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
+            let record = request.record.as_ref().map(|r| r.dir.as_str()).filter(|d| d.chars().all(safe));
+            if let Err(e) = channel.exec(true, self.wrap(record)).await {
                 return StepResult::Error { message: format!("cannot start the command: {e}") };
             }
             let script = stdin_script(request.command);
