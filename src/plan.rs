@@ -54,8 +54,9 @@ pub enum Carried {
     Skipped,
     /// It failed at `step` (or was declared failed on resume): it counts against its wave.
     Failed { step: String },
-    /// Its first `steps_done` steps finished; it continues with the next.
-    From { steps_done: usize },
+    /// Its first `steps_done` steps finished; it continues with the next, whose `attempt` (if
+    /// not 0) was interrupted and is looked for on the host before it runs again.
+    From { steps_done: usize, attempt: u32 },
 }
 
 #[derive(Debug, Clone)]

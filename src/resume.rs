@@ -27,11 +27,12 @@ pub enum Progress {
     Between {
         steps_done: usize,
     },
-    /// Step number `index` (1-based) had started and not ended.
+    /// Step number `index` (1-based), its `attempt`, had started and not ended.
     Interrupted {
         index: usize,
         step: String,
         steps_done: usize,
+        attempt: u32,
     },
 }
 
@@ -166,7 +167,7 @@ pub fn read(path: &Path) -> Result<Interrupted, String> {
     let mut started = false;
     // Per host: steps finished, the step in flight (index, name), final state.
     let mut done: BTreeMap<String, usize> = BTreeMap::new();
-    let mut flight: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    let mut flight: BTreeMap<String, (usize, String, u32)> = BTreeMap::new();
     let mut ended: BTreeMap<String, Progress> = BTreeMap::new();
     for line in lines {
         let event = match line.record {
@@ -191,8 +192,8 @@ pub fn read(path: &Path) -> Result<Interrupted, String> {
                     journal.once_steps_done += 1;
                 }
             }
-            Event::StepStarted { host, index, step, .. } => {
-                flight.insert(host, (index, step));
+            Event::StepStarted { host, index, step, attempt, .. } => {
+                flight.insert(host, (index, step, attempt));
             }
             Event::StepFinished { host, index, result, will_retry, step, .. } => {
                 flight.remove(&host);
@@ -235,9 +236,12 @@ pub fn read(path: &Path) -> Result<Interrupted, String> {
         *progress = match (ended.get(host), flight.get(host), steps_done) {
             (Some(Progress::Skipped), _, _) => Progress::Skipped,
             (Some(Progress::Done), _, _) => Progress::Done,
-            (_, Some((index, step)), _) => {
-                Progress::Interrupted { index: *index, step: step.clone(), steps_done: steps_done.unwrap_or(0) }
-            }
+            (_, Some((index, step, attempt)), _) => Progress::Interrupted {
+                index: *index,
+                step: step.clone(),
+                steps_done: steps_done.unwrap_or(0),
+                attempt: *attempt,
+            },
             (Some(failed @ Progress::Failed { .. }), None, _) => failed.clone(),
             (_, None, Some(steps_done)) => Progress::Between { steps_done },
             (_, None, None) => Progress::NotStarted,
@@ -265,9 +269,9 @@ impl Interrupted {
                     Progress::Done => Carried::Done,
                     Progress::Skipped => Carried::Skipped,
                     Progress::Failed { step } => Carried::Failed { step: step.clone() },
-                    Progress::Between { steps_done } => Carried::From { steps_done: *steps_done },
-                    Progress::Interrupted { steps_done, step, .. } => match choice {
-                        Choice::Rerun => Carried::From { steps_done: *steps_done },
+                    Progress::Between { steps_done } => Carried::From { steps_done: *steps_done, attempt: 0 },
+                    Progress::Interrupted { steps_done, step, attempt, .. } => match choice {
+                        Choice::Rerun => Carried::From { steps_done: *steps_done, attempt: *attempt },
                         Choice::Skip => Carried::Skipped,
                         Choice::Fail => Carried::Failed { step: step.clone() },
                     },
@@ -358,7 +362,7 @@ mod tests {
             states,
             [
                 &Progress::Done,
-                &Progress::Interrupted { index: 2, step: "two".into(), steps_done: 1 },
+                &Progress::Interrupted { index: 2, step: "two".into(), steps_done: 1, attempt: 1 },
                 &Progress::Between { steps_done: 1 },
                 &Progress::Failed { step: "one".into() },
                 &Progress::NotStarted,
@@ -368,10 +372,10 @@ mod tests {
         assert_eq!(rerun.hosts["a"], Carried::Done);
         assert_eq!(
             rerun.hosts["b"],
-            Carried::From { steps_done: 1 },
+            Carried::From { steps_done: 1, attempt: 1 },
             "the interrupted step runs again, not the one before"
         );
-        assert_eq!(rerun.hosts["c"], Carried::From { steps_done: 1 });
+        assert_eq!(rerun.hosts["c"], Carried::From { steps_done: 1, attempt: 0 });
         assert!(!rerun.hosts.contains_key("e"));
         assert_eq!(j.resume(Choice::Skip).hosts["b"], Carried::Skipped);
         assert_eq!(j.resume(Choice::Fail).hosts["b"], Carried::Failed { step: "two".into() });

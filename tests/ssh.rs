@@ -323,20 +323,82 @@ fn temp_env_without_agent<T>(f: impl FnOnce() -> T) -> T {
 }
 
 #[tokio::test]
-async fn a_cut_connection_fails_the_step_instead_of_hanging() {
+async fn a_cut_connection_reattaches_and_a_step_that_hangs_is_still_killed_at_its_timeout() {
     if !sshd::available() {
         return;
     }
     let fleet = Fleet::start(1);
-    let mut d = start(&fleet.profile(&step("wait", "echo ready\nsleep 300", ""), "keepalive_interval = \"1s\""));
+    let mut d = start(
+        &fleet.profile(&step("wait", "echo ready\nsleep 300", "timeout = \"2s\""), "keepalive_interval = \"1s\""),
+    );
     d.until("ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
     fleet.servers[0].cut_connections();
     let (outcome, hosts) = d.finish().await;
     assert_eq!(outcome, Outcome::Failed);
-    match &hosts[0].last_result {
-        Some(StepResult::Error { message }) => assert!(message.contains("connection lost"), "{message}"),
-        other => panic!("expected a connection error, got {other:?}"),
+    assert_eq!(hosts[0].last_result, Some(StepResult::TimedOut), "{:#?}", d.events);
+    assert!(output_of(&d).iter().any(|l| l.contains("reconnecting to find it on the host")), "{:#?}", d.events);
+    // Re-attached, the runner still owned the step: its timeout killed the group on the host.
+    assert_eq!(remote_count("sleep 301.7"), 0, "nothing is left running on the host");
+}
+
+/// The output lines of a deploy's events.
+fn output_of(d: &Deploy) -> Vec<String> {
+    d.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Output { line, .. } => Some(line.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Processes on this machine (the hosts' too) whose command line has `pattern`.
+fn remote_count(pattern: &str) -> usize {
+    let out = std::process::Command::new("pgrep").args(["-f", pattern]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test]
+async fn a_dropped_connection_waits_for_the_step_still_running_and_takes_its_real_exit_status() {
+    if !sshd::available() {
+        return;
     }
+    let fleet = Fleet::start(1);
+    // After `ready` the step writes nothing to its channel, so losing it does not stop the step.
+    let run = "echo ready\nsleep 1.73 >/dev/null\necho ran >> count\nexit 7";
+    let mut d = start(&fleet.profile(&step("work", run, ""), ""));
+    d.until("ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
+    fleet.servers[0].cut_connections();
+    let (_, hosts) = d.finish().await;
+    assert_eq!(hosts[0].last_result, Some(StepResult::Exited { code: 7 }), "{:#?}", d.events);
+    assert!(output_of(&d).iter().any(|l| l.contains("still running on the host: waiting for it")), "{:#?}", d.events);
+    assert_eq!(std::fs::read_to_string(fleet.path("deploy/count")).unwrap(), "ran\n", "it ran once");
+    assert_eq!(remote_count("sleep 1.73"), 0);
+}
+
+#[tokio::test]
+async fn a_step_that_ends_while_the_connection_is_down_reports_the_status_it_recorded() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let run = "echo ready\nsleep 0.41 >/dev/null\necho ran >> count\nexit 4";
+    let mut d = start(&fleet.profile(&step("work", run, ""), ""));
+    d.until("ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
+    // The server stops answering new connections while the step ends on its own.
+    let listener = nix::unistd::Pid::from_raw(fleet.servers[0].pid() as i32);
+    nix::sys::signal::kill(listener, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    fleet.servers[0].cut_connections();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(fleet.path("deploy/count")).unwrap_or_default().contains("ran") {
+        assert!(Instant::now() < deadline, "the step never ended on the host");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    nix::sys::signal::kill(listener, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let (_, hosts) = d.finish().await;
+    assert_eq!(hosts[0].last_result, Some(StepResult::Exited { code: 4 }), "{:#?}", d.events);
+    assert!(output_of(&d).iter().any(|l| l.contains("ended with exit 4: taking that")), "{:#?}", d.events);
+    assert_eq!(std::fs::read_to_string(fleet.path("deploy/count")).unwrap(), "ran\n", "it ran once");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::time::Instant;
 use crate::event::{Event, HostState, HostSummary, StepResult, Stream};
 
 use crate::plan::{HostPlan, PlannedAction, StepKind};
-use crate::transport::{ExecRequest, HostSession, Target, UploadRequest};
+use crate::transport::{ExecRequest, HostSession, OutputSink, Target, UploadRequest};
 
 use super::*;
 
@@ -40,7 +40,7 @@ pub(super) async fn run_host(
         Gate::Stop | Gate::Retries => return (summary, None),
     }
     let (state, session) = match connect(shared, &plan, &mut summary).await {
-        Ok(session) => (run_steps(shared, wave, &plan, session.as_ref(), &mut summary).await, Some(session)),
+        Ok(mut session) => (run_steps(shared, wave, &plan, &mut session, &mut summary).await, Some(session)),
         Err(state) => (state, None),
     };
     summary.state = state;
@@ -60,7 +60,7 @@ pub(super) async fn run_once(shared: &Shared, once: HostPlan) -> bool {
     }
     let mut summary = not_started(0, &once);
     let state = match connect(shared, &once, &mut summary).await {
-        Ok(session) => run_steps(shared, 0, &once, session.as_ref(), &mut summary).await,
+        Ok(mut session) => run_steps(shared, 0, &once, &mut session, &mut summary).await,
         Err(state) => state,
     };
     let ok = state == HostState::Done;
@@ -101,7 +101,7 @@ pub(super) async fn run_steps(
     shared: &Shared,
     wave: usize,
     plan: &HostPlan,
-    session: &dyn HostSession,
+    session: &mut Box<dyn HostSession>,
     summary: &mut HostSummary,
 ) -> HostState {
     let control = &shared.control;
@@ -138,9 +138,32 @@ pub(super) async fn run_steps(
             let result = match &step.action {
                 _ if guard => StepResult::Skipped { reason: "its skip_if check succeeded: already done".into() },
                 PlannedAction::Run(command) => {
-                    let record = shared.step_record(name, index, attempt, wave);
+                    let record = shared.step_record(name, index, attempt, wave, false);
                     let request = ExecRequest { command: &command.0, timeout: step.timeout, record };
-                    session.exec(request, &sink, &control.abort).await
+                    let result = session.exec(request, &sink, &control.abort).await;
+                    // A dropped connection does not end a step that left a record: find it again.
+                    match shared.step_record(name, index, attempt, wave, true) {
+                        Some(record) if matches!(result, StepResult::Error { .. }) && session.lost() => {
+                            sink.line(
+                                Stream::Stdout,
+                                "wavedeck: the connection dropped during this step: reconnecting to find it on the host"
+                                    .into(),
+                            );
+                            match connect(shared, plan, summary).await {
+                                Ok(again) => {
+                                    *session = again;
+                                    let request = ExecRequest {
+                                        command: &command.0,
+                                        timeout: step.timeout,
+                                        record: Some(record),
+                                    };
+                                    session.exec(request, &sink, &control.abort).await
+                                }
+                                Err(_) => result,
+                            }
+                        }
+                        _ => result,
+                    }
                 }
                 PlannedAction::Upload { from, to } => {
                     let request = UploadRequest { from, to, timeout: step.timeout };

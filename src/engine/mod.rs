@@ -115,7 +115,9 @@ pub async fn run_with_prober(
             .hosts
             .iter()
             .filter_map(|(host, carried)| match carried {
-                crate::plan::Carried::From { steps_done } => Some((host.clone(), steps_done + 1)),
+                crate::plan::Carried::From { steps_done, attempt } => {
+                    Some((host.clone(), (steps_done + 1, (*attempt).max(1))))
+                }
                 _ => None,
             })
             .collect(),
@@ -239,7 +241,9 @@ impl Book {
                         summary.state = HostState::Failed;
                         summary.stopped_at = Some(step.clone());
                     }
-                    Some(Carried::From { steps_done }) => summary.steps_done = (*steps_done).min(summary.steps_total),
+                    Some(Carried::From { steps_done, .. }) => {
+                        summary.steps_done = (*steps_done).min(summary.steps_total)
+                    }
                 }
                 book.summaries.push(summary);
                 book.plans.insert(host.host.name.clone(), (wave.number, host.clone()));
@@ -318,25 +322,37 @@ struct Shared {
     monitors: CancellationToken,
     /// The deploy's id (its first session), naming step records on hosts; empty for none.
     deploy_id: String,
-    /// Per host resumed mid-way: the step it continues with, whose earlier attempt it adopts.
-    adopt: BTreeMap<String, usize>,
+    /// Per host resumed mid-way: the step it continues with and the attempt of it that was
+    /// interrupted, which it adopts.
+    adopt: BTreeMap<String, (usize, u32)>,
 }
 
 impl Shared {
     /// Where step `index` of `host` records itself, and what to do about an earlier attempt.
-    fn step_record(&self, host: &str, index: usize, attempt: u32, wave: usize) -> Option<crate::transport::StepRecord> {
+    /// `reattach`: the connection dropped during this very attempt and is back.
+    fn step_record(
+        &self,
+        host: &str,
+        index: usize,
+        attempt: u32,
+        wave: usize,
+        reattach: bool,
+    ) -> Option<crate::transport::StepRecord> {
         use crate::transport::{Earlier, StepRecord};
         if self.deploy_id.is_empty() {
             return None;
         }
-        let earlier = match (attempt, self.adopt.get(host)) {
-            (1, Some(first)) if *first == index && wave > 0 => Earlier::Adopt,
-            (1, _) => Earlier::Ignore,
-            _ => Earlier::Wait,
-        };
         // Host names are the profile's to choose: in hex they make a safe file name.
-        let dir = format!(".wavedeck/steps/{}/{}-{index}", self.deploy_id, crate::sys::hex(host.as_bytes()));
-        Some(StepRecord { dir, earlier })
+        let at = |attempt: u32| {
+            format!(".wavedeck/steps/{}/{}-{index}-{attempt}", self.deploy_id, crate::sys::hex(host.as_bytes()))
+        };
+        let (earlier, earlier_attempt) = match (attempt, self.adopt.get(host)) {
+            _ if reattach => (Earlier::Reattach, attempt),
+            (1, Some(&(first, interrupted))) if first == index && wave > 0 => (Earlier::Adopt, interrupted),
+            (1, _) => (Earlier::Ignore, 1),
+            _ => (Earlier::Wait, attempt - 1),
+        };
+        Some(StepRecord { dir: at(attempt), earlier, earlier_dir: at(earlier_attempt) })
     }
 }
 

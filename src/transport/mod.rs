@@ -52,9 +52,12 @@ pub struct ExecRequest<'a> {
 /// while it runs and `status` once it has ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRecord {
+    /// Where this attempt records itself.
     pub dir: String,
     /// What to do about an earlier attempt of the step before starting this one.
     pub earlier: Earlier,
+    /// Where that earlier attempt's record is.
+    pub earlier_dir: String,
 }
 
 /// An earlier attempt of a step, found on the host before it starts again.
@@ -67,6 +70,10 @@ pub enum Earlier {
     /// A resumed deploy's interrupted step: wait for an earlier attempt that still runs and
     /// take its exit status, or take the status it recorded; run again only if it left none.
     Adopt,
+    /// The connection dropped mid-step and is back: wait for the attempt if it still runs and
+    /// take its exit status, or the status it recorded; if it never started, start it; if it
+    /// died without a status, fail (the step's retries, if any, decide what happens next).
+    Reattach,
 }
 
 /// What a transport writes to `sh -s`: the script inside one `{ … }` group, so the shell has read
@@ -288,6 +295,11 @@ pub trait HostSession: Send + Sync {
 
     /// Free space in the host's deploy directory, in bytes, for preflight checks.
     fn free_space<'a>(&'a self) -> BoxFuture<'a, Result<u64, String>>;
+
+    /// The connection is gone (a network blip, a restarted sshd): a new session is needed.
+    fn lost(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -75,7 +75,9 @@ impl Deploy {
         let secrets =
             Secrets::from_lookup(&profile, |var| secrets.iter().find(|(k, _)| *k == var).map(|(_, v)| v.to_string()))
                 .unwrap();
-        let plan = Plan::build(&profile, "test", "r1", &secrets).unwrap();
+        let mut plan = Plan::build(&profile, "test", "r1", &secrets).unwrap();
+        // As a session does: steps leave records on the hosts under this deploy's id.
+        plan.deploy_id = format!("test-{}", std::process::id());
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (tx, rx) = engine::event_channel();
         let handle = tokio::spawn(engine::run_with_prober(plan, transport, prober, command_rx, tx, secrets.redactor()));

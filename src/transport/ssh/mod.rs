@@ -337,7 +337,7 @@ impl SshSession {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut told = false;
         loop {
-            let found = match self.earlier_attempt(&self.remote_path(&record.dir)).await {
+            let found = match self.earlier_attempt(&self.remote_path(&record.earlier_dir)).await {
                 Ok(found) => found,
                 Err(e) => {
                     return Some(StepResult::Error { message: format!("cannot look for an earlier attempt: {e}") });
@@ -356,16 +356,16 @@ impl SshSession {
                         _ = tokio::time::sleep(EARLIER_POLL) => {}
                         _ = cancel.cancelled() => {
                             say(format!("stopping the earlier attempt (process group {pgid})"));
-                            self.kill_group(pgid, "TERM").await;
+                            self.stop_group(pgid).await;
                             return Some(StepResult::Cancelled);
                         }
                     }
                     if tokio::time::Instant::now() >= deadline {
-                        self.kill_group(pgid, "TERM").await;
+                        self.stop_group(pgid).await;
                         return Some(StepResult::TimedOut);
                     }
                 }
-                EarlierAttempt::Ended(code) if record.earlier == Earlier::Adopt => {
+                EarlierAttempt::Ended(code) if matches!(record.earlier, Earlier::Adopt | Earlier::Reattach) => {
                     say(format!(
                         "the earlier attempt of this step ended with exit {code}: taking that, not running it again"
                     ));
@@ -374,6 +374,13 @@ impl SshSession {
                 EarlierAttempt::Vanished if record.earlier == Earlier::Adopt => {
                     say("the earlier attempt of this step died without an exit status: running it again".into());
                     return None;
+                }
+                EarlierAttempt::Vanished if record.earlier == Earlier::Reattach => {
+                    return Some(StepResult::Error {
+                        message: "the step's processes on the host are gone without an exit status \
+                                  (killed while the connection was down?); not running it again here"
+                            .into(),
+                    });
                 }
                 _ => return None,
             }
@@ -410,6 +417,21 @@ impl SshSession {
         tokio::time::timeout(self.helper_timeout, run).await.map_err(|_| {
             format!("`{verb}` on the host did not finish within {}", humantime::format_duration(self.helper_timeout))
         })?
+    }
+
+    /// SIGTERM to a process group this session has no channel to, then SIGKILL if it is still
+    /// there after the grace period.
+    async fn stop_group(&self, pgid: u32) {
+        self.kill_group(pgid, "TERM").await;
+        let gone = format!("kill -0 -- -{pgid} 2>/dev/null && exit 1; exit 0");
+        let deadline = tokio::time::Instant::now() + KILL_GRACE;
+        while tokio::time::Instant::now() < deadline {
+            if matches!(self.capture(&gone).await, Ok((0, _))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.kill_group(pgid, "KILL").await;
     }
 
     async fn kill_group(&self, pgid: u32, signal: &str) {
@@ -541,6 +563,10 @@ impl HostSession for SshSession {
                 message: "connection lost before the command finished (no exit status)".into(),
             })
         })
+    }
+
+    fn lost(&self) -> bool {
+        self.connection.handle.is_closed()
     }
 
     fn upload<'a>(
