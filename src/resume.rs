@@ -138,6 +138,17 @@ pub fn interrupted_sessions(dir: &Path, running: &[String]) -> Vec<Interrupted> 
         .collect()
 }
 
+/// [`interrupted_sessions`], leaving out those whose runner answers on its control socket.
+pub fn interrupted_here(dir: &Path) -> Vec<Interrupted> {
+    let mut found = interrupted_sessions(dir, &[]);
+    found.retain(|j| {
+        crate::remote::socket_of(&j.session)
+            .map(|socket| std::os::unix::net::UnixStream::connect(socket).is_err())
+            .unwrap_or(true)
+    });
+    found
+}
+
 /// Reads an audit file as a journal. Refuses one that ended (nothing to resume) or that never
 /// started a deploy.
 pub fn read(path: &Path) -> Result<Interrupted, String> {

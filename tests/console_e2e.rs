@@ -559,3 +559,41 @@ fn a_rollback_preview_of_hanging_hosts_keeps_the_console_responsive_and_esc_stop
     c.keys(&["q"]);
     assert_eq!(c.exit_code(), 0);
 }
+
+#[test]
+fn a_deploy_whose_runner_died_is_listed_on_the_overview_and_resumed_from_there() {
+    if !tmux_available() {
+        return;
+    }
+    let profiles = tempfile::tempdir().unwrap();
+    let profile = profiles.path().join("gated.toml");
+    let demo = std::fs::read_to_string(DEMO).unwrap().replacen("parallel = 10", "parallel = 10\ngate = \"manual\"", 1);
+    std::fs::write(&profile, demo).unwrap();
+    let c = Console::start_with(&profile, None);
+    c.start_deploy(0, "6.0.0");
+    c.wait_for("WAITING FOR PROMOTE");
+    // The runner is the console's child: kill it as an OOM killer would.
+    // (Started from one of the console's threads: look through all of them.)
+    let pid = c.pid();
+    let children: String = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).ok())
+        .collect();
+    let runner: i32 = children.split_whitespace().next().expect("the console started a runner").parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), nix::sys::signal::Signal::SIGKILL).unwrap();
+    c.wait_for("INTERRUPTED");
+    c.keys(&["u"]);
+    let dialog = c.wait_for("Resume the interrupted deploy");
+    assert!(dialog.contains("dev-web-1") && dialog.contains("done"), "{dialog}");
+    c.keys(&["Enter"]);
+    let done = c.wait_for("SUCCEEDED:");
+    assert!(done.contains("3 done"), "{done}");
+    c.keys(&["q"]);
+    assert_eq!(c.exit_code(), 0);
+    let mut files = c.audit_files();
+    files.sort();
+    assert_eq!(files.len(), 2, "the interrupted session and the one that carried it on");
+    let resumed = read_audit(&files[1]);
+    assert_eq!(resumed[0]["resumed_from"], read_audit(&files[0])[0]["session"]);
+    assert_eq!(resumed.last().unwrap()["outcome"], "succeeded");
+}

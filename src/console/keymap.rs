@@ -46,6 +46,8 @@ pub enum Action {
     Back,
     /// Take control of a deploy this console observes (typed confirmation).
     TakeOver,
+    /// Carry on the selected environment's interrupted deploy.
+    ResumeInterrupted,
     Help,
     Quit,
 }
@@ -178,6 +180,14 @@ pub const BINDINGS: &[Binding] = &[
         screens: &[Deploy],
         action: Action::SkipOrExclude,
         footer: ("x skip", &[Paused]),
+    },
+    Binding {
+        keys: &[KeyCode::Char('u')],
+        label: "u",
+        does: "resume the environment's interrupted deploy (its runner died)",
+        screens: &[Overview],
+        action: Action::ResumeInterrupted,
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Char('T')],

@@ -273,6 +273,13 @@ async fn console_loop(
     let mut batch = Vec::with_capacity(1024);
     let audit_dir = crate::audit::audit_dir(options.audit_dir.as_deref());
     refresh_releases(&mut app, audit_dir.as_deref());
+    if !app.interrupted.is_empty() && app.status.is_none() {
+        let count = app.interrupted.len();
+        app.status = Some(format!(
+            "{count} interrupted deploy{} (its runner died): u on an INTERRUPTED environment resumes it",
+            if count == 1 { "" } else { "s" }
+        ));
+    }
     // Preflight checks run in the background and report here, per target.
     let (checks_tx, mut checks) = mpsc::unbounded_channel::<(usize, Vec<check::HostCheck>)>();
     let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
@@ -354,6 +361,14 @@ async fn console_loop(
                             app.status = Some(ended.problems.join("; "));
                         }
                         refresh_releases(&mut app, audit_dir.as_deref());
+                        // Its runner died: the deploy is interrupted, to resume from the overview.
+                        if ended.outcome.is_none() && app.deploy_running() {
+                            app.deploy = None;
+                            app.status = Some(
+                                "the deploy's runner is gone: the deploy is interrupted; u on its environment resumes it"
+                                    .into(),
+                            );
+                        }
                     }
                 }
             }
@@ -393,6 +408,26 @@ async fn console_loop(
                     if let Some(client) = running.as_ref() {
                         client.send(command, source);
                     }
+                }
+                Effect::Resume { target, session, choice } => {
+                    let Some(t) = app.targets.get(target) else { continue };
+                    let profile = &app.profiles[t.profile];
+                    let env = profile.environments[t.env].clone();
+                    let spec = Spec {
+                        job: Job::Resume { session, interrupted: choice },
+                        profile: profile.path.clone(),
+                        env: env.name.clone(),
+                        audit_dir: options.audit_dir.clone(),
+                        local_root: options.local_root.clone(),
+                        mode: "console".into(),
+                        confirmation: Some(
+                            if env.protected { "typed environment name" } else { "confirmed resume" }.into(),
+                        ),
+                        first: Vec::new(),
+                        on_detach: None,
+                    };
+                    app.interrupted.remove(&target);
+                    busy = Some(start_in_background(spec, &done_tx, &mut app));
                 }
                 Effect::TakeOver => {
                     if let Some(client) = running.as_ref() {
@@ -523,10 +558,21 @@ fn start_in_background(spec: Spec, done: &mpsc::UnboundedSender<Done>, app: &mut
     Busy { task: task.abort_handle(), cancellable: false }
 }
 
-/// Reads from the audit log, in one pass, which release each host last finished with. Runs at
-/// start and after a deploy, never while drawing.
+/// Reads from the audit log, in one pass, which release each host last finished with, and which
+/// deploys were interrupted. Runs at start and after a deploy, never while drawing.
 fn refresh_releases(app: &mut App, audit_dir: Option<&Path>) {
     let Some(dir) = audit_dir else { return };
+    app.interrupted.clear();
+    for journal in crate::resume::interrupted_here(dir) {
+        let target = app.targets.iter().position(|t| {
+            let profile = &app.profiles[t.profile];
+            profile.path == journal.profile && profile.environments[t.env].name == journal.env
+        });
+        if let Some(target) = target {
+            // Sessions come oldest first: the newest interrupted deploy of a target stays.
+            app.interrupted.insert(target, journal);
+        }
+    }
     let history = rollback::release_history(dir);
     for (i, t) in app.targets.iter().enumerate() {
         let profile = &app.profiles[t.profile];

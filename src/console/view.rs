@@ -60,7 +60,10 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
         format!(" wavedeck · {profiles} profile{} · operator {} ", if profiles == 1 { "" } else { "s" }, app.operator);
     frame.render_widget(Paragraph::new(title).style(theme.header()), header);
 
-    let [left, right] = Layout::horizontal([Constraint::Length(34), Constraint::Min(0)]).areas(body);
+    // Room for both markers (PROTECTED, INTERRUPTED) where the terminal is wide enough.
+    let wide = body.width >= 120;
+    let [left, right] =
+        Layout::horizontal([Constraint::Length(if wide { 48 } else { 34 }), Constraint::Min(0)]).areas(body);
     let mut lines = Vec::new();
     let mut last_profile = None;
     for (i, target) in app.targets.iter().enumerate() {
@@ -75,8 +78,13 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
             Span::raw(format!("   {:<14}", env.name)),
             Span::styled(format!("{:>4}", env.hosts.len()), theme.muted()),
         ];
-        if env.protected {
+        let interrupted = app.interrupted.contains_key(&i);
+        if env.protected && (wide || !interrupted) {
             spans.push(Span::styled("  PROTECTED", theme.bad()));
+        }
+        if interrupted {
+            let marker = if wide { "  INTERRUPTED" } else { "  ⚠ resume: u" };
+            spans.push(Span::styled(marker, theme.fg(theme.warn)));
         }
         let line = Line::from(spans);
         lines.push(if i == app.selected_target { line.style(theme.selection()) } else { line });
@@ -614,6 +622,26 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 theme,
                 plan.protected,
             );
+        }
+        Dialog::Resume { text, mid_step, protected, input, wrong, .. } => {
+            let mut body: Vec<Line> = text.lines().map(|l| Line::raw(format!(" {l}"))).collect();
+            body.push(Line::raw(""));
+            let ask = match (mid_step, protected) {
+                (true, false) => " r rerun the interrupted steps · s skip those hosts · f fail them · Esc cancel",
+                (false, false) => " Enter resume · Esc cancel",
+                (true, true) => " PROTECTED: type the name and rerun, skip or fail, then Enter · Esc cancel",
+                (false, true) => " PROTECTED: type the environment's name, then Enter · Esc cancel",
+            };
+            body.push(Line::styled(ask, theme.fg(theme.warn)));
+            if *protected {
+                body.push(Line::raw(format!(" > {}", input.lines().join(""))));
+            }
+            if *wrong {
+                body.push(Line::styled(" that is not the environment's name (or the choice is missing)", theme.bad()));
+            }
+            let height = (body.len() as u16 + 2).min(area.height);
+            let rect = layout::centered(area, 96, height);
+            popup(frame, rect, " Resume the interrupted deploy ", Paragraph::new(body), theme, true);
         }
         Dialog::TakeOver { input, wrong } => {
             let env = app.target_env().map(|e| e.name.as_str()).unwrap_or("?");

@@ -35,6 +35,17 @@ pub enum Dialog {
         wrong: bool,
     },
     ConfirmQuit,
+    /// An interrupted deploy's journal, and the operator's choice for hosts caught mid-step; a
+    /// protected environment's name typed in `input` first.
+    Resume {
+        target: usize,
+        text: String,
+        session: String,
+        mid_step: bool,
+        protected: bool,
+        input: TextArea<'static>,
+        wrong: bool,
+    },
     /// Taking control from another client: the environment's name typed.
     TakeOver {
         input: TextArea<'static>,
@@ -68,6 +79,41 @@ impl App {
                 KeyCode::Esc => {}
                 _ => self.dialog = Some(Dialog::ConfirmQuit),
             },
+            Dialog::Resume { target, text, session, mid_step, protected, mut input, .. } => {
+                if esc {
+                    return Vec::new();
+                }
+                let choice = match key.code {
+                    KeyCode::Char('r') if mid_step && !protected => Some(Some("rerun")),
+                    KeyCode::Char('s') if mid_step && !protected => Some(Some("skip")),
+                    KeyCode::Char('f') if mid_step && !protected => Some(Some("fail")),
+                    KeyCode::Enter if !mid_step => Some(None),
+                    _ => None,
+                };
+                if let Some(choice) = choice {
+                    return vec![Effect::Resume { target, session, choice: choice.map(str::to_string) }];
+                }
+                if protected {
+                    // "<name>" or "<name> rerun|skip|fail", then Enter.
+                    if enter {
+                        let typed = input_text(&input);
+                        let mut words = typed.split_whitespace();
+                        let expected =
+                            self.targets.get(target).map(|t| self.profiles[t.profile].environments[t.env].name.clone());
+                        let (name, choice) = (words.next(), words.next());
+                        let good_choice = !mid_step || matches!(choice, Some("rerun" | "skip" | "fail"));
+                        if name.map(str::to_string) == expected && good_choice {
+                            let choice = choice.map(str::to_string);
+                            return vec![Effect::Resume { target, session, choice }];
+                        }
+                        self.dialog =
+                            Some(Dialog::Resume { target, text, session, mid_step, protected, input, wrong: true });
+                        return Vec::new();
+                    }
+                    input.input(key);
+                }
+                self.dialog = Some(Dialog::Resume { target, text, session, mid_step, protected, input, wrong: false });
+            }
             Dialog::TakeOver { mut input, .. } => {
                 if esc {
                     return Vec::new();

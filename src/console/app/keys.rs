@@ -38,6 +38,26 @@ impl App {
         }
     }
 
+    /// The resume dialog for the selected environment's interrupted deploy.
+    fn open_resume(&mut self) {
+        let Some(journal) = self.interrupted.get(&self.selected_target) else {
+            self.status = Some("no interrupted deploy of this environment (wavedeck ps lists them)".into());
+            return;
+        };
+        let protected = self.target_env().is_some_and(|e| e.protected);
+        let mid_step = journal.interrupted().next().is_some();
+        let hint = if protected { "type the environment's name (and rerun, skip or fail)" } else { "" };
+        self.dialog = Some(Dialog::Resume {
+            target: self.selected_target,
+            text: journal.describe(),
+            session: journal.session.clone(),
+            mid_step,
+            protected,
+            input: text_input(hint),
+            wrong: false,
+        });
+    }
+
     fn request_quit(&mut self) -> Vec<Effect> {
         if self.deploy_running() && self.observing {
             // An observer's going changes nothing for the deploy.
@@ -62,6 +82,7 @@ impl App {
                 self.refresh_preview();
             }
             Action::Rollback => return self.rollback_selected(false),
+            Action::ResumeInterrupted => self.open_resume(),
             Action::Check => {
                 let Some(target) = self.targets.get(self.selected_target) else { return Vec::new() };
                 let env = &self.profiles[target.profile].environments[target.env];
@@ -167,7 +188,7 @@ impl App {
             Action::PageDown => self.scroll_log(-(self.log_page() as isize)),
             Action::Top => self.log_scroll = self.log_len(),
             Action::Follow => self.log_scroll = 0,
-            Action::Overview | Action::Check | Action::Help | Action::Quit => {}
+            Action::Overview | Action::Check | Action::Help | Action::Quit | Action::ResumeInterrupted => {}
         }
         Vec::new()
     }

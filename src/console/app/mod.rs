@@ -50,6 +50,13 @@ pub enum Effect {
     Send(Command, CommandSource),
     /// Ask the runner for control of the deploy this console observes.
     TakeOver,
+    /// Carry on the interrupted deploy `session` of `targets[target]`; `choice` decides the hosts
+    /// that were mid-step.
+    Resume {
+        target: usize,
+        session: String,
+        choice: Option<String>,
+    },
     /// Leave the deploy running (its runner carries on) and quit.
     Detach,
     Quit,
@@ -141,6 +148,8 @@ pub struct App {
     pub size: Rect,
     /// Per target (index into `targets`): host → the release it last finished, from the audit log.
     pub releases: BTreeMap<usize, BTreeMap<String, String>>,
+    /// Per target: the newest deploy to it whose runner died, to resume (`u`).
+    pub interrupted: BTreeMap<usize, crate::resume::Interrupted>,
     /// Per target: host → preflight status (`ok`, `unreachable`, …, or `checking…`).
     pub reachability: BTreeMap<usize, BTreeMap<String, String>>,
 }
@@ -177,6 +186,7 @@ impl App {
             scrollback,
             size: Rect::new(0, 0, 80, 24),
             releases: BTreeMap::new(),
+            interrupted: BTreeMap::new(),
             reachability: BTreeMap::new(),
         };
         app.refresh_preview();
