@@ -159,6 +159,45 @@ pub struct Fleet {
     pub servers: Vec<Sshd>,
 }
 
+impl Drop for Fleet {
+    /// After every SSH test, nothing a step started may be left running on its "hosts": a
+    /// process whose working directory is under this fleet's deploy directory fails the test
+    /// (after a moment for processes that were just killed to go), and is killed.
+    fn drop(&mut self) {
+        let deploy = self.path("deploy");
+        let leftovers = || -> Vec<(u32, String)> {
+            let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+                .filter(|pid| {
+                    std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&deploy))
+                        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+                })
+                .map(|pid| {
+                    (
+                        pid,
+                        std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " "),
+                    )
+                })
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut left = leftovers();
+        while !left.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            left = leftovers();
+        }
+        for (pid, _) in &left {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        if !std::thread::panicking() {
+            assert!(left.is_empty(), "processes left running on the test's hosts: {left:?}");
+        }
+    }
+}
+
 impl Fleet {
     /// `count` sshd servers trusting one ed25519 client key (`client_ed25519`).
     pub fn start(count: usize) -> Fleet {
