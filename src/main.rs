@@ -106,9 +106,10 @@ enum Cmd {
     Resume {
         /// The interrupted deploy's session id (`wavedeck ps` lists them).
         session: String,
-        /// Hosts interrupted mid-step: run that step again, skip the host, or fail it.
-        #[arg(long, value_name = "rerun|skip|fail")]
-        interrupted: Option<String>,
+        /// Hosts interrupted mid-step: run that step again, skip the host, or fail it; for all of
+        /// them, or one host with HOST=rerun|skip|fail (repeatable).
+        #[arg(long, value_name = "rerun|skip|fail|HOST=…")]
+        interrupted: Vec<String>,
         /// Confirm resuming a deploy to a protected environment.
         #[arg(long)]
         yes: bool,
@@ -348,15 +349,13 @@ fn rollback_spec(
 /// the deploy on.
 fn resume(
     session: &str,
-    interrupted: Option<String>,
+    interrupted: Vec<String>,
     yes: bool,
     audit_dir: Option<&Path>,
     local_root: Option<&Path>,
     orders: &Orders,
 ) -> Result<i32, SetupError> {
-    if let Some(choice) = &interrupted {
-        choice.parse::<wavedeck::resume::Choice>().map_err(|e| SetupError::Invalid(format!("--interrupted {e}")))?;
-    }
+    wavedeck::resume::Choices::parse(&interrupted).map_err(|e| SetupError::Invalid(format!("--interrupted {e}")))?;
     let dir = wavedeck::audit::audit_dir(audit_dir)
         .ok_or_else(|| SetupError::CannotStart("no audit directory: set --audit-dir".into()))?;
     let path = wavedeck::resume::journal_of(&dir, session).map_err(SetupError::Invalid)?;

@@ -57,6 +57,47 @@ impl std::str::FromStr for Choice {
     }
 }
 
+/// The operator's choices for hosts interrupted mid-step: one for all, and per host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Choices {
+    pub all: Option<Choice>,
+    pub hosts: BTreeMap<String, Choice>,
+}
+
+impl Choices {
+    /// From `--interrupted` values: `rerun`, `skip` or `fail` for every interrupted host, or
+    /// `HOST=rerun|skip|fail` for one.
+    pub fn parse(values: &[String]) -> Result<Choices, String> {
+        let mut choices = Choices::default();
+        for value in values {
+            match value.split_once('=') {
+                Some((host, choice)) => {
+                    choices.hosts.insert(host.to_string(), choice.parse()?);
+                }
+                None => choices.all = Some(value.parse()?),
+            }
+        }
+        Ok(choices)
+    }
+
+    /// In words, for the audit log: `rerun`, `web-3=skip`, ….
+    pub fn words(&self) -> String {
+        let mut words: Vec<String> = self.all.iter().map(|c| c.word().to_string()).collect();
+        words.extend(self.hosts.iter().map(|(h, c)| format!("{h}={}", c.word())));
+        if words.is_empty() { "none".into() } else { words.join(", ") }
+    }
+}
+
+impl Choice {
+    pub fn word(self) -> &'static str {
+        match self {
+            Choice::Rerun => "rerun",
+            Choice::Skip => "skip",
+            Choice::Fail => "fail",
+        }
+    }
+}
+
 /// An interrupted deploy, as its journal tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interrupted {
@@ -267,14 +308,30 @@ impl Interrupted {
         self.hosts.iter().filter(|(_, _, p)| matches!(p, Progress::Interrupted { .. })).map(|(h, _, p)| (h.as_str(), p))
     }
 
-    /// Where the resumed deploy picks each host up, with `choice` for hosts interrupted mid-step.
-    /// A run-once step that was in flight runs again (it comes before any host is touched, and
-    /// a migration must be safe to run twice anyway).
-    pub fn resume(&self, choice: Choice) -> Resume {
+    /// Where the resumed deploy picks each host up, with `choices` for hosts interrupted
+    /// mid-step; every such host needs one, and a choice may name only such a host. A run-once
+    /// step that was in flight runs again (it comes before any host is touched, and a migration
+    /// must be safe to run twice anyway).
+    pub fn resume(&self, choices: &Choices) -> Result<Resume, String> {
+        let stuck: Vec<&str> = self.interrupted().map(|(host, _)| host).collect();
+        if let Some(other) = choices.hosts.keys().find(|h| !stuck.contains(&h.as_str())) {
+            return Err(format!("--interrupted {other}=…: {other} was not interrupted mid-step"));
+        }
+        let undecided: Vec<&str> =
+            stuck.iter().copied().filter(|h| choices.all.is_none() && !choices.hosts.contains_key(*h)).collect();
+        if !undecided.is_empty() {
+            return Err(format!(
+                "{} host(s) were interrupted mid-step ({}): choose --interrupted rerun (run that step again), \
+                 skip or fail, for all of them or per host (--interrupted HOST=skip)",
+                undecided.len(),
+                undecided.join(", ")
+            ));
+        }
         let hosts = self
             .hosts
             .iter()
             .filter_map(|(host, _, progress)| {
+                let choice = choices.hosts.get(host).copied().or(choices.all).unwrap_or(Choice::Fail);
                 let carried = match progress {
                     Progress::NotStarted => return None,
                     Progress::Done => Carried::Done,
@@ -290,7 +347,7 @@ impl Interrupted {
                 Some((host.clone(), carried))
             })
             .collect();
-        Resume { hosts, once_steps_done: self.once_steps_done }
+        Ok(Resume { hosts, once_steps_done: self.once_steps_done })
     }
 
     /// Each host's state in words, for the operator before resuming.
@@ -379,7 +436,8 @@ mod tests {
                 &Progress::NotStarted,
             ]
         );
-        let rerun = j.resume(Choice::Rerun);
+        let all = |choice| Choices { all: Some(choice), hosts: BTreeMap::new() };
+        let rerun = j.resume(&all(Choice::Rerun)).unwrap();
         assert_eq!(rerun.hosts["a"], Carried::Done);
         assert_eq!(
             rerun.hosts["b"],
@@ -388,8 +446,14 @@ mod tests {
         );
         assert_eq!(rerun.hosts["c"], Carried::From { steps_done: 1, attempt: 0 });
         assert!(!rerun.hosts.contains_key("e"));
-        assert_eq!(j.resume(Choice::Skip).hosts["b"], Carried::Skipped);
-        assert_eq!(j.resume(Choice::Fail).hosts["b"], Carried::Failed { step: "two".into() });
+        assert_eq!(j.resume(&all(Choice::Skip)).unwrap().hosts["b"], Carried::Skipped);
+        assert_eq!(j.resume(&all(Choice::Fail)).unwrap().hosts["b"], Carried::Failed { step: "two".into() });
+        // Per host; a host that was not mid-step cannot be given a choice, and none may be left out.
+        let per_host = Choices::parse(&["b=skip".to_string()]).unwrap();
+        assert_eq!(j.resume(&per_host).unwrap().hosts["b"], Carried::Skipped);
+        assert!(j.resume(&Choices::parse(&["c=rerun".to_string()]).unwrap()).unwrap_err().contains("c was not"));
+        assert!(j.resume(&Choices::default()).unwrap_err().contains("(b)"));
+        assert!(Choices::parse(&["b=maybe".to_string()]).is_err());
         assert!(j.describe().contains("INTERRUPTED in step 2 (two)"), "{}", j.describe());
     }
 

@@ -37,10 +37,12 @@ pub enum Job {
         confirm: bool,
     },
     /// Carry on the interrupted deploy `session` from its journal; `interrupted` (`rerun`,
-    /// `skip`, `fail`) decides the hosts that were mid-step, and is required if there are any.
+    /// `skip`, `fail`, or `HOST=…` for one host) decides the hosts that were mid-step, and is
+    /// required if there are any.
     Resume {
         session: String,
-        interrupted: Option<String>,
+        #[serde(default)]
+        interrupted: Vec<String>,
     },
 }
 
@@ -246,7 +248,7 @@ fn resume_session(
     spec: &Spec,
     profile: &crate::profile::Profile,
     from: &str,
-    interrupted: Option<&str>,
+    interrupted: &[String],
 ) -> Result<session::Session, SetupError> {
     use crate::resume;
     let dir = crate::audit::audit_dir(spec.audit_dir.as_deref())
@@ -273,19 +275,8 @@ fn resume_session(
         )));
     }
     let stuck: Vec<String> = journal.interrupted().map(|(host, _)| host.to_string()).collect();
-    let choice = match (interrupted, stuck.is_empty()) {
-        (Some(choice), _) => choice.parse::<resume::Choice>().map_err(SetupError::Invalid)?,
-        (None, true) => resume::Choice::Fail,
-        (None, false) => {
-            return Err(SetupError::Invalid(format!(
-                "{} host(s) were interrupted mid-step ({}): choose --interrupted rerun (run that step again), \
-                 skip or fail",
-                stuck.len(),
-                stuck.join(", ")
-            )));
-        }
-    };
-    let carried = journal.resume(choice);
+    let choices = resume::Choices::parse(interrupted).map_err(SetupError::Invalid)?;
+    let carried = journal.resume(&choices).map_err(SetupError::Invalid)?;
     let options = SessionOptions {
         profile: &spec.profile,
         env: &journal.env,
@@ -301,7 +292,7 @@ fn resume_session(
         plan.deploy_id = resume::deploy_of(&dir, from);
         Ok(plan)
     })?;
-    let choice = interrupted.unwrap_or("none").to_string();
+    let choice = choices.words();
     session.audit.note(crate::audit::Record::ResumeDecided {
         from_session: from.to_string(),
         interrupted: stuck,
@@ -342,7 +333,7 @@ async fn prepare(spec: &Spec) -> Result<Prepared, Ready> {
             (session::prepare(&options, profile.clone()).map_err(refused)?, None)
         }
         Job::Resume { session: from, interrupted } => {
-            (resume_session(spec, &profile, from, interrupted.as_deref()).map_err(refused)?, None)
+            (resume_session(spec, &profile, from, interrupted).map_err(refused)?, None)
         }
         Job::Rollback { .. } => {
             let prepared =

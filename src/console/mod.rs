@@ -414,7 +414,7 @@ async fn console_loop(
                     let profile = &app.profiles[t.profile];
                     let env = profile.environments[t.env].clone();
                     let spec = Spec {
-                        job: Job::Resume { session, interrupted: choice },
+                        job: Job::Resume { session, interrupted: choice.into_iter().collect() },
                         profile: profile.path.clone(),
                         env: env.name.clone(),
                         audit_dir: options.audit_dir.clone(),
