@@ -169,6 +169,16 @@ impl Drop for Console {
     }
 }
 
+/// The demo with a manual gate after each wave: a deploy waits there for as long as a test
+/// needs. Keep the directory alive while the profile is used.
+fn gated_demo() -> (tempfile::TempDir, PathBuf) {
+    let profiles = tempfile::tempdir().unwrap();
+    let profile = profiles.path().join("gated.toml");
+    let demo = std::fs::read_to_string(DEMO).unwrap().replacen("parallel = 10", "parallel = 10\ngate = \"manual\"", 1);
+    std::fs::write(&profile, demo).unwrap();
+    (profiles, profile)
+}
+
 fn read_audit(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -188,10 +198,7 @@ fn pause_after_the_first_wave_then_resume_to_the_end() {
     }
     // A manual gate after wave 1 holds the deploy there for as long as the test needs, so the
     // pause lands between the waves without racing a clock.
-    let profiles = tempfile::tempdir().unwrap();
-    let profile = profiles.path().join("gated.toml");
-    let demo = std::fs::read_to_string(DEMO).unwrap().replacen("parallel = 10", "parallel = 10\ngate = \"manual\"", 1);
-    std::fs::write(&profile, demo).unwrap();
+    let (_profiles, profile) = gated_demo();
     let c = Console::start_with(&profile, None);
     c.start_deploy(0, "3.0.0");
     c.wait_for("WAITING FOR PROMOTE");
@@ -386,10 +393,7 @@ fn an_observer_cannot_steer_until_it_takes_over_and_the_takeover_is_audited() {
     if !tmux_available() {
         return;
     }
-    let profiles = tempfile::tempdir().unwrap();
-    let profile = profiles.path().join("gated.toml");
-    let demo = std::fs::read_to_string(DEMO).unwrap().replacen("parallel = 10", "parallel = 10\ngate = \"manual\"", 1);
-    std::fs::write(&profile, demo).unwrap();
+    let (_profiles, profile) = gated_demo();
     let first = Console::start_with(&profile, None);
     first.start_deploy(0, "5.0.0");
     first.wait_for("WAITING FOR PROMOTE");
@@ -565,10 +569,7 @@ fn a_deploy_whose_runner_died_is_listed_on_the_overview_and_resumed_from_there()
     if !tmux_available() {
         return;
     }
-    let profiles = tempfile::tempdir().unwrap();
-    let profile = profiles.path().join("gated.toml");
-    let demo = std::fs::read_to_string(DEMO).unwrap().replacen("parallel = 10", "parallel = 10\ngate = \"manual\"", 1);
-    std::fs::write(&profile, demo).unwrap();
+    let (_profiles, profile) = gated_demo();
     let c = Console::start_with(&profile, None);
     c.start_deploy(0, "6.0.0");
     c.wait_for("WAITING FOR PROMOTE");

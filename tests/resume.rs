@@ -49,6 +49,23 @@ impl Sandbox {
         cmd
     }
 
+    /// Starts a headless deploy of release 1 and reads its output up to a line containing `until`.
+    fn deploy_until(&self, until: &str) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+        let profile = self.profile.to_str().unwrap();
+        let mut deploy = self
+            .command(&["deploy", profile, "--env", "test", "--release", "1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(deploy.stdout.take().unwrap()).lines();
+        for line in out.by_ref() {
+            if line.unwrap().contains(until) {
+                break;
+            }
+        }
+        (deploy, out)
+    }
+
     fn host_file(&self, host: &str, name: &str) -> Vec<String> {
         let path = self.dir.path().join("hosts/test").join(host).join(name);
         std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
@@ -180,15 +197,7 @@ fn a_runner_killed_anywhere_resumes_without_running_a_finished_step_again() {
 #[test]
 fn resume_refuses_a_profile_that_changed_and_needs_a_choice_for_interrupted_hosts() {
     let s = Sandbox::new();
-    let profile = s.profile.to_str().unwrap();
-    let mut deploy =
-        s.command(&["deploy", profile, "--env", "test", "--release", "1"]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(deploy.stdout.take().unwrap()).lines();
-    for line in out.by_ref() {
-        if line.unwrap().contains("-> two") {
-            break;
-        }
-    }
+    let (mut deploy, out) = s.deploy_until("-> two");
     let runner = children(deploy.id());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
     let _: Vec<_> = out.collect();
@@ -224,14 +233,7 @@ fn resume_refuses_a_profile_that_changed_and_needs_a_choice_for_interrupted_host
 fn a_dead_runners_lock_is_reported_stale_with_its_last_step_and_resume_adopts_it() {
     let s = Sandbox::new();
     let profile = s.profile.to_str().unwrap();
-    let mut deploy =
-        s.command(&["deploy", profile, "--env", "test", "--release", "1"]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(deploy.stdout.take().unwrap()).lines();
-    for line in out.by_ref() {
-        if line.unwrap().contains("-> three") {
-            break;
-        }
-    }
+    let (mut deploy, out) = s.deploy_until("-> three");
     // The lease names the step the deploy last started once it has been renewed.
     let owner = s.dir.path().join("hosts/test/h1/.wavedeck/lock-test/owner.json");
     let read_owner = || serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&owner).unwrap()).unwrap();
