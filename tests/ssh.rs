@@ -377,6 +377,25 @@ async fn a_dropped_connection_waits_for_the_step_still_running_and_takes_its_rea
 }
 
 #[tokio::test]
+async fn a_step_that_writes_while_the_connection_is_down_goes_on_and_its_output_is_fetched() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let run = "echo ready\nsleep 0.93\necho written-after-the-drop\necho also-on-stderr >&2\necho ran >> count\nexit 5";
+    let mut d = start(&fleet.profile(&step("work", run, ""), ""));
+    d.until("ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
+    fleet.servers[0].cut_connections();
+    let (_, hosts) = d.finish().await;
+    assert_eq!(hosts[0].last_result, Some(StepResult::Exited { code: 5 }), "{:#?}", d.events);
+    let lines = output_of(&d);
+    assert!(lines.iter().any(|l| l == "written-after-the-drop"), "{lines:#?}");
+    assert!(lines.iter().any(|l| l == "also-on-stderr"), "{lines:#?}");
+    assert_eq!(lines.iter().filter(|l| *l == "ready").count(), 1, "what arrived before is not shown twice: {lines:#?}");
+    assert_eq!(std::fs::read_to_string(fleet.path("deploy/count")).unwrap(), "ran\n", "it ran once");
+}
+
+#[tokio::test]
 async fn a_step_that_ends_while_the_connection_is_down_reports_the_status_it_recorded() {
     if !sshd::available() {
         return;

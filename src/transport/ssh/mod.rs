@@ -54,7 +54,13 @@ pub struct SshTransport {
     settings: SshSettings,
     config: ConfigFile,
     client: Arc<client::Config>,
+    /// Per step record: the bytes of its stdout and stderr that reached this runner, so that
+    /// after a dropped connection only what it missed is fetched from the host.
+    seen: Seen,
 }
+
+/// Bytes of a step's stdout and stderr received over the channel, by record directory.
+type Seen = Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>>;
 
 impl SshTransport {
     /// Reads ssh_config once for the whole deploy.
@@ -67,7 +73,7 @@ impl SshTransport {
             preferred: russh::Preferred { key: Cow::Borrowed(HOST_KEY_ALGORITHMS), ..russh::Preferred::DEFAULT },
             ..Default::default()
         });
-        Ok(SshTransport { settings: settings.clone(), config, client })
+        Ok(SshTransport { settings: settings.clone(), config, client, seen: Seen::default() })
     }
 
     /// Resolves where a host's steps will go (for `check` and messages).
@@ -151,6 +157,7 @@ impl Transport for SshTransport {
                             env: target.env.clone(),
                             deploy_path: self.settings.deploy_path.clone(),
                             helper_timeout: self.settings.helper_timeout,
+                            seen: self.seen.clone(),
                         }) as Box<dyn HostSession>);
                     }
                     Err(error) => {
@@ -278,6 +285,7 @@ struct SshSession {
     env: String,
     deploy_path: String,
     helper_timeout: Duration,
+    seen: Seen,
 }
 
 impl SshSession {
@@ -289,10 +297,17 @@ impl SshSession {
     /// its exit status in `<record>/status` after it ends, so a runner that lost the step (it was
     /// killed, or the connection dropped) can find it again.
     fn wrap(&self, record: Option<&str>) -> String {
+        // With GNU tee's -p, the step's output also goes to `out` and `err` beside its record, and
+        // a dropped connection stops only the copy to it: the step goes on writing, nothing
+        // breaks its pipe. Without (busybox), output goes to the connection alone.
         let body = match record {
             Some(dir) => format!(
-                "r={dir}; mkdir -p \"$r\" && rm -f \"$r/status\" && echo $$ > \"$r/pgid\" || exit 125; \
-                 echo \"{PGID_MARKER}$$\"; sh -s; s=$?; echo $s > \"$r/status.new\" && mv -f \"$r/status.new\" \"$r/status\"; exit $s"
+                "r={dir}; mkdir -p \"$r\" && rm -f \"$r/status\" \"$r/o\" \"$r/e\" && echo $$ > \"$r/pgid\" || exit 125; \
+                 echo \"{PGID_MARKER}$$\"; \
+                 if tee -p -a /dev/null </dev/null >/dev/null 2>&1 && mkfifo \"$r/o\" \"$r/e\"; then \
+                 tee -p -a \"$r/out\" <\"$r/o\" & tee -p -a \"$r/err\" <\"$r/e\" >&2 & \
+                 sh -s >\"$r/o\" 2>\"$r/e\"; s=$?; wait; else sh -s; s=$?; fi; \
+                 rm -f \"$r/o\" \"$r/e\"; echo $s > \"$r/status.new\" && mv -f \"$r/status.new\" \"$r/status\"; exit $s"
             ),
             None => format!("echo \"{PGID_MARKER}$$\"; exec sh -s"),
         };
@@ -302,6 +317,32 @@ impl SshSession {
             host = quote(&self.host),
             env = quote(&self.env),
         )
+    }
+
+    /// Shows what a step wrote while no connection carried its output: the part of its `out`
+    /// and `err` files past what reached this runner (all of it for a runner that never saw the
+    /// step), at most the last [`MAX_CAPTURED_BYTES`] of each.
+    async fn missed_output(&self, dir: &str, output: &dyn OutputSink) {
+        let (out_seen, err_seen) = self.seen.lock().ok().and_then(|s| s.get(dir).copied()).unwrap_or((0, 0));
+        let path = self.remote_path(dir);
+        for (file, seen, stream) in [("out", out_seen, Stream::Stdout), ("err", err_seen, Stream::Stderr)] {
+            let command = format!(
+                "tail -c +{from} {file} 2>/dev/null | tail -c {MAX_CAPTURED_BYTES}",
+                from = seen + 1,
+                file = quote(&format!("{path}/{file}"))
+            );
+            if let Ok((_, text)) = self.capture(&command).await
+                && !text.is_empty()
+            {
+                output.line(
+                    Stream::Stdout,
+                    format!("wavedeck: what the step wrote to its {file} while no runner watched:"),
+                );
+                for line in text.lines() {
+                    output.line(stream, line.to_string());
+                }
+            }
+        }
     }
 
     /// An earlier attempt of a step, as its record on the host tells it.
@@ -366,6 +407,7 @@ impl SshSession {
                     }
                 }
                 EarlierAttempt::Ended(code) if matches!(record.earlier, Earlier::Adopt | Earlier::Reattach) => {
+                    self.missed_output(&record.earlier_dir, output).await;
                     say(format!(
                         "the earlier attempt of this step ended with exit {code}: taking that, not running it again"
                     ));
@@ -520,14 +562,22 @@ impl HostSession for SshSession {
             let mut stdout = LineSplitter::default();
             let mut stderr = LineSplitter::default();
             let marker = PgidMarker { pgid: std::sync::Mutex::new(None), output };
+            // Bytes that reached this runner, to fetch only the rest after a dropped connection.
+            let (mut out_bytes, mut err_bytes) = (0u64, 0u64);
             let mut status: Option<StepResult> = None;
             let deadline = tokio::time::sleep(request.timeout);
             tokio::pin!(deadline);
             let stopped = loop {
                 tokio::select! {
                     msg = channel.wait() => match msg {
-                        Some(ChannelMsg::Data { data }) => stdout.push(&data, Stream::Stdout, &marker),
-                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => stderr.push(&data, Stream::Stderr, output),
+                        Some(ChannelMsg::Data { data }) => {
+                            out_bytes += data.len() as u64;
+                            stdout.push(&data, Stream::Stdout, &marker)
+                        }
+                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                            err_bytes += data.len() as u64;
+                            stderr.push(&data, Stream::Stderr, output)
+                        }
                         Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(StepResult::Exited { code: exit_status as i32 }),
                         Some(ChannelMsg::ExitSignal { signal_name, .. }) => status = Some(StepResult::Signalled { signal: signal_number(&signal_name) }),
                         Some(_) => {}
@@ -546,6 +596,11 @@ impl HostSession for SshSession {
             };
             stdout.finish(Stream::Stdout, &marker);
             stderr.finish(Stream::Stderr, output);
+            if let (Some(dir), Ok(mut seen)) = (record, self.seen.lock()) {
+                // The wrapper's own first line is not the step's output.
+                let marker_line = marker.pgid().map_or(0, |p| format!("{PGID_MARKER}{p}\n").len() as u64);
+                seen.insert(dir.to_string(), (out_bytes.saturating_sub(marker_line), err_bytes));
+            }
             if let Some(stopped) = stopped {
                 if let Some(pgid) = marker.pgid() {
                     self.kill_group(pgid, "TERM").await;
