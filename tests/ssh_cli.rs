@@ -124,6 +124,23 @@ fn a_headless_deploy_over_ssh_reports_like_a_local_one() {
         }
     }
     assert_eq!(records.last().unwrap()["outcome"], "succeeded");
+    // Step records on the host: each step's goes once the next step starts, so this deploy
+    // leaves only its last step's, one per host (`switch` is step 2, attempt 1).
+    let deploys: Vec<_> = std::fs::read_dir(fleet.path("deploy/.wavedeck/steps")).unwrap().collect();
+    assert_eq!(deploys.len(), 1);
+    let mut left: Vec<String> = std::fs::read_dir(deploys[0].as_ref().unwrap().path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["6830-2-1", "6831-2-1"], "h0 and h1 in hex");
+    // A new deploy clears the records of the one before on its first step.
+    let again = wavedeck(
+        &fleet,
+        &["deploy", fleet.path("profile.toml").to_str().unwrap(), "--env", "test", "--release", "7.1"],
+    );
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(std::fs::read_dir(fleet.path("deploy/.wavedeck/steps")).unwrap().count(), 1);
 }
 
 #[test]

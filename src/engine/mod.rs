@@ -338,7 +338,7 @@ impl Shared {
         wave: usize,
         reattach: bool,
     ) -> Option<crate::transport::StepRecord> {
-        use crate::transport::{Earlier, StepRecord};
+        use crate::transport::{Earlier, StepRecord, Sweep};
         if self.deploy_id.is_empty() {
             return None;
         }
@@ -352,7 +352,23 @@ impl Shared {
             (1, _) => (Earlier::Ignore, 1),
             _ => (Earlier::Wait, attempt - 1),
         };
-        Some(StepRecord { dir: at(attempt), earlier, earlier_dir: at(earlier_attempt) })
+        let resumed = self.adopt.contains_key(host);
+        let sweep = match (earlier, index) {
+            // The first step of a fresh deploy on this host: older deploys' records go.
+            (Earlier::Ignore, 1) if !resumed => Some(Sweep::AllBut {
+                parent: ".wavedeck/steps".into(),
+                keep: format!(".wavedeck/steps/{}", self.deploy_id),
+            }),
+            // The previous step ended with its status in hand: its records have served.
+            (Earlier::Ignore, index) if index > 1 => Some(Sweep::Matching(format!(
+                ".wavedeck/steps/{}/{}-{}-*",
+                self.deploy_id,
+                crate::sys::hex(host.as_bytes()),
+                index - 1
+            ))),
+            _ => None,
+        };
+        Some(StepRecord { dir: at(attempt), earlier, earlier_dir: at(earlier_attempt), sweep })
     }
 }
 

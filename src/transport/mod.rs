@@ -58,6 +58,19 @@ pub struct StepRecord {
     pub earlier: Earlier,
     /// Where that earlier attempt's record is.
     pub earlier_dir: String,
+    /// Records no longer needed, removed before the step starts (relative to the deploy
+    /// directory, of safe characters only).
+    pub sweep: Option<Sweep>,
+}
+
+/// Step records that have served their purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sweep {
+    /// Every record matching this glob (the host's previous step, which ended normally).
+    Matching(String),
+    /// Every deploy's records under `parent` but `keep`'s (a new deploy's first step: an
+    /// older deploy on this host can no longer be resumed once this one holds the lock).
+    AllBut { parent: String, keep: String },
 }
 
 /// An earlier attempt of a step, found on the host before it starts again.

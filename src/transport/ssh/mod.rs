@@ -23,7 +23,7 @@ pub use self::endpoint::{ConfigFile, Endpoint, expand_home};
 use self::hostkeys::Verifier;
 use super::{
     BoxFuture, ConnectObserver, Earlier, ExecRequest, HostSession, KILL_GRACE, LineSplitter, MAX_CAPTURED_BYTES,
-    OutputSink, StepRecord, Target, Transport, TransportError, UploadRequest, stdin_script, upload,
+    OutputSink, StepRecord, Sweep, Target, Transport, TransportError, UploadRequest, stdin_script, upload,
 };
 use crate::event::{StepResult, Stream};
 use crate::profile::SshSettings;
@@ -296,13 +296,13 @@ impl SshSession {
     /// With a `record`, the group also notes its id in `<record>/pgid` before the step starts and
     /// its exit status in `<record>/status` after it ends, so a runner that lost the step (it was
     /// killed, or the connection dropped) can find it again.
-    fn wrap(&self, record: Option<&str>) -> String {
+    fn wrap(&self, record: Option<&str>, sweep: &str) -> String {
         // With GNU tee's -p, the step's output also goes to `out` and `err` beside its record, and
         // a dropped connection stops only the copy to it: the step goes on writing, nothing
         // breaks its pipe. Without (busybox), output goes to the connection alone.
         let body = match record {
             Some(dir) => format!(
-                "r={dir}; mkdir -p \"$r\" && rm -f \"$r/status\" \"$r/o\" \"$r/e\" && echo $$ > \"$r/pgid\" || exit 125; \
+                "{sweep}r={dir}; mkdir -p \"$r\" && rm -f \"$r/status\" \"$r/o\" \"$r/e\" && echo $$ > \"$r/pgid\" || exit 125; \
                  echo \"{PGID_MARKER}$$\"; \
                  if tee -p -a /dev/null </dev/null >/dev/null 2>&1 && mkfifo \"$r/o\" \"$r/e\"; then \
                  tee -p -a \"$r/out\" <\"$r/o\" & tee -p -a \"$r/err\" <\"$r/e\" >&2 & \
@@ -547,7 +547,16 @@ impl HostSession for SshSession {
             // only (the engine makes it so), since it sits inside the wrapper's quotes.
             let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
             let record = request.record.as_ref().map(|r| r.dir.as_str()).filter(|d| d.chars().all(safe));
-            if let Err(e) = channel.exec(true, self.wrap(record)).await {
+            let sweep = match request.record.as_ref().and_then(|r| r.sweep.as_ref()) {
+                Some(Sweep::Matching(glob)) if glob.chars().all(|c| safe(c) || c == '*') => {
+                    format!("rm -rf -- {glob}; ")
+                }
+                Some(Sweep::AllBut { parent, keep }) if parent.chars().chain(keep.chars()).all(safe) => {
+                    format!("for d in {parent}/*; do [ \"$d\" = {keep} ] || rm -rf -- \"$d\"; done; ")
+                }
+                _ => String::new(),
+            };
+            if let Err(e) = channel.exec(true, self.wrap(record, &sweep)).await {
                 return StepResult::Error { message: format!("cannot start the command: {e}") };
             }
             let script = stdin_script(request.command);
