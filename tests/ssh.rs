@@ -383,7 +383,7 @@ async fn a_step_that_writes_while_the_connection_is_down_goes_on_and_its_output_
     }
     let fleet = Fleet::start(1);
     let run = "echo ready\nsleep 0.93\necho written-after-the-drop\necho also-on-stderr >&2\necho ran >> count\nexit 5";
-    let mut d = start(&fleet.profile(&step("work", run, ""), ""));
+    let mut d = start(&fleet.profile(&step("work", run, ""), "keep_step_output = true"));
     d.until("ready", |e| matches!(e, Event::Output { line, .. } if line == "ready")).await;
     fleet.servers[0].cut_connections();
     let (_, hosts) = d.finish().await;

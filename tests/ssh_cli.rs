@@ -124,8 +124,8 @@ fn a_headless_deploy_over_ssh_reports_like_a_local_one() {
         }
     }
     assert_eq!(records.last().unwrap()["outcome"], "succeeded");
-    // Step records on the host: each step's goes once the next step starts, so this deploy
-    // leaves only its last step's, one per host (`switch` is step 2, attempt 1).
+    // Step records on the host: a small file per step and attempt, named by host (in hex), step
+    // and attempt.
     let deploys: Vec<_> = std::fs::read_dir(fleet.path("deploy/.wavedeck/steps")).unwrap().collect();
     assert_eq!(deploys.len(), 1);
     let mut left: Vec<String> = std::fs::read_dir(deploys[0].as_ref().unwrap().path())
@@ -133,7 +133,9 @@ fn a_headless_deploy_over_ssh_reports_like_a_local_one() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["6830-2-1", "6831-2-1"], "h0 and h1 in hex");
+    assert_eq!(left, ["6830-1-1", "6830-2-1", "6831-1-1", "6831-2-1"], "h0 and h1 in hex");
+    let record = std::fs::read_to_string(deploys[0].as_ref().unwrap().path().join("6830-2-1")).unwrap();
+    assert!(record.starts_with("pgid ") && record.ends_with("status 0\n"), "{record}");
     // A new deploy clears the records of the one before on its first step.
     let again = wavedeck(
         &fleet,

@@ -346,6 +346,7 @@ impl Shared {
         let at = |attempt: u32| {
             format!(".wavedeck/steps/{}/{}-{index}-{attempt}", self.deploy_id, crate::sys::hex(host.as_bytes()))
         };
+        // (The record is this file; with kept output, `.out` and `.err` beside it.)
         let (earlier, earlier_attempt) = match (attempt, self.adopt.get(host)) {
             _ if reattach => (Earlier::Reattach, attempt),
             (1, Some(&(first, interrupted))) if first == index && wave > 0 => (Earlier::Adopt, interrupted),
@@ -359,7 +360,8 @@ impl Shared {
                 parent: ".wavedeck/steps".into(),
                 keep: format!(".wavedeck/steps/{}", self.deploy_id),
             }),
-            // The previous step ended with its status in hand: its records have served.
+            // The previous step ended with its status in hand: its records (and kept output,
+            // which can be large) have served.
             (Earlier::Ignore, index) if index > 1 => Some(Sweep::Matching(format!(
                 ".wavedeck/steps/{}/{}-{}-*",
                 self.deploy_id,

@@ -243,6 +243,9 @@ pub struct SshSettings {
     pub helper_timeout: Duration,
     /// Where steps run and relative upload targets land.
     pub deploy_path: String,
+    /// Keep each step's output in files beside its record on the host (two `tee` processes a
+    /// step), so a dropped connection breaks no pipe and what was missed can be shown.
+    pub keep_step_output: bool,
 }
 
 pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(20);

@@ -91,6 +91,7 @@ pub(super) struct RawSsh {
     pub(super) keepalive_interval: Option<Spanned<String>>,
     pub(super) helper_timeout: Option<Spanned<String>>,
     pub(super) deploy_path: Option<String>,
+    pub(super) keep_step_output: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +182,7 @@ pub(super) fn merge_ssh(base: &RawSsh, over: &RawSsh) -> RawSsh {
         connect_attempts: over.connect_attempts.clone().or_else(|| base.connect_attempts.clone()),
         keepalive_interval: over.keepalive_interval.clone().or_else(|| base.keepalive_interval.clone()),
         helper_timeout: over.helper_timeout.clone().or_else(|| base.helper_timeout.clone()),
+        keep_step_output: over.keep_step_output.or(base.keep_step_output),
         deploy_path: over.deploy_path.clone().or_else(|| base.deploy_path.clone()),
     }
 }

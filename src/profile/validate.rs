@@ -466,6 +466,7 @@ impl Validator<'_> {
                 self.duration_at_least(d, MIN_TIMEOUT, "helper_timeout", DEFAULT_HELPER_TIMEOUT)
             }),
             deploy_path: raw.deploy_path.clone().unwrap_or_else(|| ".".into()),
+            keep_step_output: raw.keep_step_output.unwrap_or(false),
         }
     }
 

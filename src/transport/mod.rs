@@ -48,8 +48,8 @@ pub struct ExecRequest<'a> {
     pub record: Option<StepRecord>,
 }
 
-/// A step's record on its host: a directory (relative to the deploy directory) holding `pgid`
-/// while it runs and `status` once it has ended.
+/// A step's record on its host: a file (relative to the deploy directory) that says `pgid N`
+/// when the step starts and `status N` when it has ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRecord {
     /// Where this attempt records itself.
@@ -66,7 +66,8 @@ pub struct StepRecord {
 /// Step records that have served their purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sweep {
-    /// Every record matching this glob (the host's previous step, which ended normally).
+    /// Every record matching this glob (the host's previous step, which ended normally); only
+    /// where records keep output, since bare records are a few bytes.
     Matching(String),
     /// Every deploy's records under `parent` but `keep`'s (a new deploy's first step: an
     /// older deploy on this host can no longer be resumed once this one holds the lock).

@@ -162,6 +162,7 @@ mod tests {
             keepalive_interval: Duration::from_secs(15),
             helper_timeout: Duration::from_secs(20),
             deploy_path: ".".into(),
+            keep_step_output: false,
         }
     }
 

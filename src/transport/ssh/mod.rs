@@ -158,6 +158,7 @@ impl Transport for SshTransport {
                             deploy_path: self.settings.deploy_path.clone(),
                             helper_timeout: self.settings.helper_timeout,
                             seen: self.seen.clone(),
+                            keep_output: self.settings.keep_step_output,
                         }) as Box<dyn HostSession>);
                     }
                     Err(error) => {
@@ -286,6 +287,8 @@ struct SshSession {
     deploy_path: String,
     helper_timeout: Duration,
     seen: Seen,
+    /// Steps keep their output beside their record (`[ssh] keep_step_output`).
+    keep_output: bool,
 }
 
 impl SshSession {
@@ -297,17 +300,23 @@ impl SshSession {
     /// its exit status in `<record>/status` after it ends, so a runner that lost the step (it was
     /// killed, or the connection dropped) can find it again.
     fn wrap(&self, record: Option<&str>, sweep: &str) -> String {
-        // With GNU tee's -p, the step's output also goes to `out` and `err` beside its record, and
-        // a dropped connection stops only the copy to it: the step goes on writing, nothing
-        // breaks its pipe. Without (busybox), output goes to the connection alone.
+        // The record is one file written with shell builtins only (no process beyond the
+        // deploy's first `mkdir`): `pgid N` before the step, `status N` after it. With
+        // `keep_step_output`, GNU tee's -p also copies the output to `<record>.out`/`.err`, so a
+        // dropped connection stops only the copy to it and breaks no pipe: the step goes on.
         let body = match record {
-            Some(dir) => format!(
-                "{sweep}r={dir}; mkdir -p \"$r\" && rm -f \"$r/status\" \"$r/o\" \"$r/e\" && echo $$ > \"$r/pgid\" || exit 125; \
-                 echo \"{PGID_MARKER}$$\"; \
-                 if tee -p -a /dev/null </dev/null >/dev/null 2>&1 && mkfifo \"$r/o\" \"$r/e\"; then \
-                 tee -p -a \"$r/out\" <\"$r/o\" & tee -p -a \"$r/err\" <\"$r/e\" >&2 & \
-                 sh -s >\"$r/o\" 2>\"$r/e\"; s=$?; wait; else sh -s; s=$?; fi; \
-                 rm -f \"$r/o\" \"$r/e\"; echo $s > \"$r/status.new\" && mv -f \"$r/status.new\" \"$r/status\"; exit $s"
+            Some(file) if self.keep_output => format!(
+                "{sweep}f={file}; d=${{f%/*}}; [ -d \"$d\" ] || mkdir -p \"$d\" || exit 125; \
+                 echo \"pgid $$\" > \"$f\" || exit 125; echo \"{PGID_MARKER}$$\"; \
+                 if tee -p -a /dev/null </dev/null >/dev/null 2>&1 && rm -f \"$f.o\" \"$f.e\" && mkfifo \"$f.o\" \"$f.e\"; then \
+                 tee -p -a \"$f.out\" <\"$f.o\" & tee -p -a \"$f.err\" <\"$f.e\" >&2 & \
+                 sh -s >\"$f.o\" 2>\"$f.e\"; s=$?; wait; rm -f \"$f.o\" \"$f.e\"; else sh -s; s=$?; fi; \
+                 echo \"status $s\" >> \"$f\"; exit $s"
+            ),
+            Some(file) => format!(
+                "{sweep}f={file}; d=${{f%/*}}; [ -d \"$d\" ] || mkdir -p \"$d\" || exit 125; \
+                 echo \"pgid $$\" > \"$f\" || exit 125; echo \"{PGID_MARKER}$$\"; \
+                 sh -s; s=$?; echo \"status $s\" >> \"$f\"; exit $s"
             ),
             None => format!("echo \"{PGID_MARKER}$$\"; exec sh -s"),
         };
@@ -329,7 +338,7 @@ impl SshSession {
             let command = format!(
                 "tail -c +{from} {file} 2>/dev/null | tail -c {MAX_CAPTURED_BYTES}",
                 from = seen + 1,
-                file = quote(&format!("{path}/{file}"))
+                file = quote(&format!("{path}.{file}"))
             );
             if let Ok((_, text)) = self.capture(&command).await
                 && !text.is_empty()
@@ -346,13 +355,13 @@ impl SshSession {
     }
 
     /// An earlier attempt of a step, as its record on the host tells it.
-    async fn earlier_attempt(&self, dir: &str) -> Result<EarlierAttempt, String> {
+    async fn earlier_attempt(&self, file: &str) -> Result<EarlierAttempt, String> {
         let check = format!(
-            "r={dir}; if [ -f \"$r/pgid\" ]; then p=$(cat \"$r/pgid\"); \
-             if kill -0 -- \"-$p\" 2>/dev/null; then echo \"alive $p\"; \
-             elif [ -f \"$r/status\" ]; then echo \"status $(cat \"$r/status\")\"; else echo dead; fi; \
-             else echo none; fi",
-            dir = quote(dir)
+            "f={file}; [ -f \"$f\" ] || {{ echo none; exit 0; }}; p=; s=; \
+             while read -r k v; do case $k in pgid) p=$v;; status) s=$v;; esac; done < \"$f\"; \
+             if [ -n \"$s\" ]; then echo \"status $s\"; \
+             elif [ -n \"$p\" ] && kill -0 -- \"-$p\" 2>/dev/null; then echo \"alive $p\"; else echo dead; fi",
+            file = quote(file)
         );
         let (_, out) = self.capture(&check).await?;
         let mut words = out.split_whitespace();
@@ -548,11 +557,12 @@ impl HostSession for SshSession {
             let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
             let record = request.record.as_ref().map(|r| r.dir.as_str()).filter(|d| d.chars().all(safe));
             let sweep = match request.record.as_ref().and_then(|r| r.sweep.as_ref()) {
-                Some(Sweep::Matching(glob)) if glob.chars().all(|c| safe(c) || c == '*') => {
+                Some(Sweep::Matching(glob)) if self.keep_output && glob.chars().all(|c| safe(c) || c == '*') => {
                     format!("rm -rf -- {glob}; ")
                 }
                 Some(Sweep::AllBut { parent, keep }) if parent.chars().chain(keep.chars()).all(safe) => {
-                    format!("for d in {parent}/*; do [ \"$d\" = {keep} ] || rm -rf -- \"$d\"; done; ")
+                    // `rm` runs only when an older deploy left records.
+                    format!("for d in {parent}/*; do [ -e \"$d\" ] && [ \"$d\" != {keep} ] && rm -rf -- \"$d\"; done; ")
                 }
                 _ => String::new(),
             };
