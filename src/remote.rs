@@ -308,11 +308,11 @@ pub struct About {
     pub audit_path: PathBuf,
 }
 
-/// The connections of a runner's clients: their names and a way to tell each one something.
+/// The connections of a runner's clients: a way to tell each one something of its own.
 #[derive(Default)]
 struct Clients {
     next: ClientId,
-    open: HashMap<ClientId, (String, mpsc::UnboundedSender<Message>)>,
+    open: HashMap<ClientId, mpsc::UnboundedSender<Message>>,
 }
 
 /// State shared by the accept loop, every connection and the session owner.
@@ -397,14 +397,9 @@ impl Server {
         change(&mut self.shared.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// The name client `id` attached with.
-    pub fn name(&self, id: ClientId) -> String {
-        self.shared.clients().open.get(&id).map_or_else(|| format!("client {id}"), |(name, _)| name.clone())
-    }
-
     /// Sends one client a message of its own (its role changed).
     pub fn tell(&self, id: ClientId, message: Message) {
-        if let Some((_, tx)) = self.shared.clients().open.get(&id) {
+        if let Some(tx) = self.shared.clients().open.get(&id) {
             let _ = tx.send(message);
         }
     }
@@ -563,7 +558,7 @@ async fn serve(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
         let mut clients = shared.clients();
         clients.next += 1;
         let id = clients.next;
-        clients.open.insert(id, (hello.client.clone(), tell_tx));
+        clients.open.insert(id, tell_tx);
         id
     };
     let result = follow(id, hello, reader, &mut write, tell, shared, welcome).await;
