@@ -76,9 +76,37 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
 }
 
+/// `text` in at most `width` characters: when it is longer, its middle gives way to `…`, so
+/// names that differ only at the end (`prod-worker-4`, `prod-worker-5`) stay distinct.
+pub fn shorten_middle(text: &str, width: usize) -> String {
+    let count = text.chars().count();
+    if count <= width {
+        return text.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    // The end tells names apart more often than the start: it gets the larger half.
+    let tail = width / 2;
+    let head = width - 1 - tail;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(count - tail).collect();
+    format!("{start}…{end}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_too_long_gives_way_in_the_middle() {
+        assert_eq!(shorten_middle("prod-worker-4", 9), "prod…er-4");
+        assert_ne!(shorten_middle("prod-worker-4", 9), shorten_middle("prod-worker-5", 9));
+        assert_eq!(shorten_middle("web-1", 9), "web-1");
+        assert_eq!(shorten_middle("abcdef", 1), "…");
+        assert_eq!(shorten_middle("abcdef", 0), "");
+        assert_eq!(shorten_middle("ab", 2), "ab");
+    }
 
     #[test]
     fn cleaning_strips_escapes_and_controls() {

@@ -319,3 +319,43 @@ fn too_small() {
     let mut app = app();
     insta::assert_snapshot!("too_small_60x20", render(&mut app, 60, 20, 0));
 }
+
+#[test]
+fn long_host_names_give_way_in_the_middle_and_stay_distinct() {
+    let names = ["prod-eu-west-1-payments-settlement-worker-4", "prod-eu-west-1-payments-settlement-worker-5", "api-1"];
+    let hosts: Vec<String> = names.iter().map(|n| format!("{{ name = \"{n}\" }}")).collect();
+    let profile = Profile::parse(
+        Path::new("long.toml"),
+        &format!(
+            "[service]\nname = \"pay\"\n[[environments]]\nname = \"prod\"\nhosts = [{}]\n[[steps]]\nname = \"run\"\nrun = \"true\"\n",
+            hosts.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut app = App::new(vec![profile], "ann", 100);
+    app.begin_deploy();
+    feed(
+        &mut app,
+        vec![(
+            0,
+            Event::DeployStarted {
+                service: "pay".into(),
+                env: "prod".into(),
+                release: "1".into(),
+                waves: vec![WaveOutline {
+                    wave: 1,
+                    hosts: names.iter().map(|n| n.to_string()).collect(),
+                    max_failures: 0,
+                }],
+                steps: vec!["run".into()],
+            },
+        )],
+    );
+    let narrow = render(&mut app, 80, 24, 1);
+    let row = |name_end: &str| {
+        narrow.lines().find(|l| l.contains(name_end)).unwrap_or_else(|| panic!("{narrow}")).to_string()
+    };
+    // Cut in the middle: both workers keep their distinguishing end.
+    assert!(row("worker-4").contains('…') && row("worker-5").contains('…'), "{narrow}");
+    snapshot("deploy_long_host_names", &mut app, 1);
+}

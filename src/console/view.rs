@@ -346,8 +346,18 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
     frame.render_widget(Paragraph::new(status), status_area);
 }
 
+/// Columns of the host table other than HOST and STEP, and the room STEP keeps at least.
+const HOST_TABLE_FIXED: u16 = 2 + 12 + 6 + 5 + 5;
+const STEP_MIN: u16 = 8;
+
 fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, theme: &Theme, clock: Clock) {
     let visible = app.visible_hosts();
+    // HOST as wide as the longest name (of all hosts, so a filter does not make it jump), as
+    // long as STEP keeps its room; longer names give way in the middle.
+    let spacing = 6;
+    let room = area.width.saturating_sub(2 + HOST_TABLE_FIXED + spacing + STEP_MIN).max(4);
+    let longest = model.hosts.iter().map(|h| h.name.chars().count()).max().unwrap_or(4).max(4);
+    let host_width = (longest as u16).min(room);
     let rows_fit = layout::table_rows(area);
     let first = layout::first_visible_row(app.selected_host, rows_fit);
     let rows = visible.iter().enumerate().skip(first).take(rows_fit).map(|(pos, &i)| {
@@ -376,7 +386,7 @@ fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, the
             None => Span::styled("–", theme.muted()),
         };
         let row = Row::new(vec![
-            Cell::from(h.name.clone()),
+            Cell::from(crate::text::shorten_middle(&h.name, host_width as usize)),
             Cell::from(h.wave.to_string()),
             Cell::from(Span::styled(state, style)),
             Cell::from(match (h.upload, &h.step) {
@@ -391,10 +401,10 @@ fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, the
         if pos == app.selected_host { row.style(theme.selection()) } else { row }
     });
     let widths = [
-        Constraint::Min(10),
+        Constraint::Length(host_width),
         Constraint::Length(2),
         Constraint::Length(12),
-        Constraint::Min(8),
+        Constraint::Min(STEP_MIN),
         Constraint::Length(6),
         Constraint::Length(5),
         Constraint::Length(5),
@@ -512,7 +522,7 @@ fn draw_health(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, th
                 .map(|ms| format!("{ms:>5}ms"))
                 .unwrap_or_else(|| "      –".into());
             Line::from(vec![
-                Span::raw(format!(" {:<14}", truncate(&h.name, 14))),
+                Span::raw(format!(" {:<14}", crate::text::shorten_middle(&h.name, 13))),
                 Span::styled(word, style),
                 Span::raw(format!(" {latency} ")),
                 Span::styled(sparkline(&h.health, spark_width), theme.fg(theme.accent)),
@@ -796,10 +806,6 @@ fn short_result(r: &crate::event::StepResult) -> String {
         StepResult::Skipped { .. } => "skip".into(),
         StepResult::Error { .. } => "err".into(),
     }
-}
-
-fn truncate(s: &str, width: usize) -> String {
-    if s.chars().count() <= width { s.to_string() } else { s.chars().take(width - 1).chain(['…']).collect() }
 }
 
 #[cfg(test)]
