@@ -110,11 +110,27 @@ pub struct Thresholds {
     pub unhealthy_after: u32,
 }
 
+/// The first character that makes a release name unusable, named for the operator.
+fn first_bad(release: &str) -> String {
+    if release.is_empty() {
+        return " (it is empty)".into();
+    }
+    match release.chars().enumerate().find(|&(i, c)| {
+        !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) || (i == 0 && matches!(c, '.' | '-'))
+    }) {
+        Some((_, c)) if c.is_alphabetic() => format!(" (`{c}` is not an ASCII letter)"),
+        Some((_, c)) if c.is_whitespace() => " (it holds a space)".into(),
+        Some((0, c)) if matches!(c, '.' | '-') => format!(" (it starts with `{c}`)"),
+        Some((_, c)) => format!(" (`{}` is not allowed)", c.escape_default()),
+        None => String::new(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("no environment `{name}` in this profile (environments: {known})")]
     UnknownEnvironment { name: String, known: String },
-    #[error("release `{0}` is not usable: use letters, digits, `.`, `_` or `-`, not starting with `.` or `-`")]
+    #[error("release `{0}` is not usable{why}: use ASCII letters, digits, `.`, `_` or `-`, not starting with `.` or `-`", why = first_bad(.0))]
     BadRelease(String),
     #[error("this profile has no [[rollback]] steps")]
     NoRollback,
@@ -614,5 +630,14 @@ run = "true"
         assert_eq!(a, b);
         assert!(matches!(Plan::build(&profile, "prod", "v2", &masked), Err(PlanError::UnknownEnvironment { .. })));
         assert!(matches!(Plan::build(&profile, "dev", "v2; rm -rf /", &masked), Err(PlanError::BadRelease(_))));
+        let said = |release: &str| Plan::build(&profile, "dev", release, &masked).err().map(|e| e.to_string()).unwrap();
+        assert!(
+            said("2.4.1-café").contains("(`é` is not an ASCII letter): use ASCII letters"),
+            "{}",
+            said("2.4.1-café")
+        );
+        assert!(said("v2; rm").contains("(`;` is not allowed)"));
+        assert!(said("-rc1").contains("(it starts with `-`)"));
+        assert!(said("2 4").contains("(it holds a space)"));
     }
 }
