@@ -266,9 +266,13 @@ fn abort_and_quit_dialogs() {
     key(&mut app, KeyCode::Esc);
     key(&mut app, KeyCode::Char('q'));
     snapshot("dialog_confirm_quit", &mut app, 9);
-    key(&mut app, KeyCode::Char('n'));
+    key(&mut app, KeyCode::Esc);
     key(&mut app, KeyCode::Char('?'));
     snapshot("help", &mut app, 9);
+    key(&mut app, KeyCode::Esc);
+    // x on a host asks once more, by name.
+    key(&mut app, KeyCode::Char('x'));
+    snapshot("dialog_confirm_exclude", &mut app, 9);
 }
 
 #[test]

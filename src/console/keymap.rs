@@ -184,7 +184,7 @@ pub const BINDINGS: &[Binding] = &[
     Binding {
         keys: &[KeyCode::Char('u')],
         label: "u",
-        does: "resume the environment's interrupted deploy (its runner died)",
+        does: "resume an interrupted deploy (its runner died)",
         screens: &[Overview],
         action: Action::ResumeInterrupted,
         footer: ("", NEVER),
@@ -192,7 +192,7 @@ pub const BINDINGS: &[Binding] = &[
     Binding {
         keys: &[KeyCode::Char('T')],
         label: "T",
-        does: "take control of a deploy you observe (type the environment's name)",
+        does: "take control of a deploy you only observe",
         screens: &[Deploy],
         action: Action::TakeOver,
         footer: ("T take over", &[Observing]),

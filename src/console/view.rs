@@ -633,6 +633,23 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 plan.protected,
             );
         }
+        Dialog::ConfirmTriage(command) => {
+            let (title, what, host) = match command {
+                crate::event::Command::Skip { host } => (" Skip ", "accept its failure and go on without it", host),
+                crate::event::Command::Exclude { host } => {
+                    (" Exclude ", "leave it out of this deploy: it will not start", host)
+                }
+                _ => (" Confirm ", "", &String::new()),
+            };
+            let text = vec![
+                Line::styled(format!(" {} {host}?", title.trim()), theme.fg(theme.warn)),
+                Line::raw(format!(" {what}")),
+                Line::raw(""),
+                Line::raw(" y yes · Esc no"),
+            ];
+            let rect = layout::centered(area, 64, 6);
+            popup(frame, rect, title, Paragraph::new(text), theme, true);
+        }
         Dialog::Resume { text, mid_step, protected, input, wrong, .. } => {
             let mut body: Vec<Line> = text.lines().map(|l| Line::raw(format!(" {l}"))).collect();
             body.push(Line::raw(""));

@@ -35,6 +35,8 @@ pub enum Dialog {
         wrong: bool,
     },
     ConfirmQuit,
+    /// `x` on a host: skip it (failed) or exclude it (waiting), once confirmed with `y`.
+    ConfirmTriage(Command),
     /// An interrupted deploy's journal, and the operator's choice for hosts caught mid-step; a
     /// protected environment's name typed in `input` first.
     Resume {
@@ -56,8 +58,31 @@ pub enum Dialog {
     Help,
 }
 
+impl Dialog {
+    /// The text input this dialog holds, if any.
+    fn input_mut(&mut self) -> Option<&mut TextArea<'static>> {
+        match self {
+            Dialog::Release(input) | Dialog::Filter(input) | Dialog::Search(input) => Some(input),
+            Dialog::TypeName { input, .. }
+            | Dialog::AbortReason { input, .. }
+            | Dialog::ConfirmRollback { input, .. }
+            | Dialog::TakeOver { input, .. }
+            | Dialog::Resume { input, .. } => Some(input),
+            Dialog::ConfirmPlan { .. } | Dialog::ConfirmQuit | Dialog::ConfirmTriage(_) | Dialog::Help => None,
+        }
+    }
+}
+
 impl App {
     pub(super) fn on_dialog_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        // Ctrl-U empties an input, as in a shell.
+        if key.code == KeyCode::Char('u') && key.modifiers.contains(crossterm::event::KeyModifiers::CONTROL) {
+            if let Some(input) = self.dialog.as_mut().and_then(Dialog::input_mut) {
+                input.select_all();
+                input.cut();
+            }
+            return Vec::new();
+        }
         let Some(dialog) = self.dialog.take() else {
             return Vec::new();
         };
@@ -114,6 +139,13 @@ impl App {
                 }
                 self.dialog = Some(Dialog::Resume { target, text, session, mid_step, protected, input, wrong: false });
             }
+            Dialog::ConfirmTriage(command) => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                    return vec![Effect::Send(command, CommandSource::Keyboard)];
+                }
+                KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {}
+                _ => self.dialog = Some(Dialog::ConfirmTriage(command)),
+            },
             Dialog::TakeOver { mut input, .. } => {
                 if esc {
                     return Vec::new();

@@ -203,7 +203,12 @@ impl App {
             (false, Some(HostPhase::Failed)) => Command::Skip { host: name },
             (false, _) => Command::Exclude { host: name },
         };
-        vec![Effect::Send(command, CommandSource::Keyboard)]
+        if retry {
+            return vec![Effect::Send(command, CommandSource::Keyboard)];
+        }
+        // Leaving a host out is not undone by another key: it is asked once more, by name.
+        self.dialog = Some(Dialog::ConfirmTriage(command));
+        Vec::new()
     }
 
     /// Moves the selection to the next failed or unhealthy host after it, wrapping around; says

@@ -261,7 +261,11 @@ impl App {
             Event::Paused { .. } if self.pending == Some(Pending::Pausing) => self.pending = None,
             Event::Resumed if self.pending == Some(Pending::Resuming) => self.pending = None,
             Event::Aborted { .. } => self.pending = None,
-            Event::CommandIgnored { .. } => self.pending = None,
+            // Refused by the engine: the reason goes where the operator is looking.
+            Event::CommandIgnored { command, why } => {
+                self.pending = None;
+                self.status = Some(crate::text::clean(&format!("{} not done: {why}", command.name())));
+            }
             _ => {}
         }
         if let Some(name) = selected {
@@ -572,18 +576,29 @@ mod tests {
     #[test]
     fn triage_keys_retry_skip_or_exclude_the_selected_host() {
         let mut app = deploying();
-        // "a" is waiting: x excludes it.
+        // "a" is waiting: x excludes it, once confirmed by name; Esc changes nothing.
+        assert_eq!(app.on_key(key(KeyCode::Char('x'))), []);
+        assert!(matches!(&app.dialog, Some(Dialog::ConfirmTriage(Command::Exclude { host })) if host == "a"));
+        assert_eq!(app.on_key(key(KeyCode::Esc)), []);
+        assert!(app.dialog.is_none());
+        app.on_key(key(KeyCode::Char('x')));
         assert_eq!(
-            app.on_key(key(KeyCode::Char('x'))),
+            app.on_key(key(KeyCode::Char('y'))),
             [Effect::Send(Command::Exclude { host: "a".into() }, CommandSource::Keyboard)]
         );
         app.on_event(&stamp(1, Event::HostStarted { wave: 1, host: "a".into() }));
         let failed = Event::HostFinished { wave: 1, host: "a".into(), state: crate::event::HostState::Failed };
         app.on_event(&stamp(2, failed));
+        app.on_key(key(KeyCode::Char('x')));
+        assert!(matches!(&app.dialog, Some(Dialog::ConfirmTriage(Command::Skip { .. }))));
         assert_eq!(
-            app.on_key(key(KeyCode::Char('x'))),
+            app.on_key(key(KeyCode::Char('y'))),
             [Effect::Send(Command::Skip { host: "a".into() }, CommandSource::Keyboard)]
         );
+        // What the engine refuses is said where the operator looks.
+        let refused = Event::CommandIgnored { command: Command::Skip { host: "a".into() }, why: "a is done".into() };
+        app.on_event(&stamp(3, refused));
+        assert_eq!(app.status.as_deref(), Some("skip not done: a is done"));
         assert_eq!(
             app.on_key(key(KeyCode::Char('R'))),
             [Effect::Send(Command::Retry { host: "a".into() }, CommandSource::Keyboard)]
@@ -694,6 +709,18 @@ mod tests {
         assert_eq!(app.on_key(key(KeyCode::Enter)), [Effect::TakeOver]);
         // An observer's quitting is a detach: the deploy is not theirs to stop.
         assert_eq!(app.on_key(key(KeyCode::Char('q'))), [Effect::Detach]);
+    }
+
+    #[test]
+    fn ctrl_u_empties_an_input() {
+        let mut app = deploying();
+        app.on_key(key(KeyCode::Char('a')));
+        for c in "wrong reason".chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+        app.on_key(KeyEvent::new(KeyCode::Char('u'), crossterm::event::KeyModifiers::CONTROL));
+        let Some(Dialog::AbortReason { input, .. }) = &app.dialog else { panic!("the abort dialog stays open") };
+        assert_eq!(input.lines().join(""), "");
     }
 
     #[test]
