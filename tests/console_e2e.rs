@@ -202,6 +202,8 @@ fn pause_after_the_first_wave_then_resume_to_the_end() {
     let c = Console::start_with(&profile, None);
     c.start_deploy(0, "3.0.0");
     c.wait_for("WAITING FOR PROMOTE");
+    // Waiting for a person rings the terminal's bell (tmux flags the window).
+    assert_eq!(c.tmux(&["display-message", "-p", "-t", "0", "#{window_bell_flag}"]).trim(), "1");
     c.keys(&["p"]);
     let paused = c.wait_for("PAUSED by e2e-operator");
     assert!(paused.contains("PAUSED"), "{paused}");

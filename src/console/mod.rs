@@ -167,7 +167,9 @@ fn setup(profiles: Vec<Profile>, options: &ConsoleOptions) -> Result<(App, Theme
     let theme =
         Theme::resolve(options.theme.as_deref().or(config.theme.as_deref()), no_color).map_err(|e| eprintln!("{e}"))?;
     let scrollback = options.scrollback.or(config.scrollback).unwrap_or(logs::DEFAULT_SCROLLBACK);
-    Ok((App::new(profiles, &crate::audit::operator_name(), scrollback), theme))
+    let mut app = App::new(profiles, &crate::audit::operator_name(), scrollback);
+    app.bell = config.bell.unwrap_or(true);
+    Ok((app, theme))
 }
 
 /// The profiles to show: the given file or directory, else `./profiles`, else the user's
@@ -428,6 +430,11 @@ async fn console_loop(
                     };
                     app.interrupted.remove(&target);
                     busy = Some(start_in_background(spec, &done_tx, &mut app));
+                }
+                Effect::Bell => {
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(b"\x07").and_then(|()| out.flush());
                 }
                 Effect::TakeOver => {
                     if let Some(client) = running.as_ref() {

@@ -59,6 +59,8 @@ pub enum Effect {
     },
     /// Leave the deploy running (its runner carries on) and quit.
     Detach,
+    /// Ring the terminal's bell: the deploy stopped to wait for someone, or finished.
+    Bell,
     Quit,
 }
 
@@ -142,6 +144,8 @@ pub struct App {
     pub quit_when_finished: bool,
     /// Another client controls the deploy on screen: control keys are off.
     pub observing: bool,
+    /// Ring the terminal's bell when the deploy stops to wait or finishes (config `bell`).
+    pub bell: bool,
     pub operator: String,
     pub scrollback: usize,
     /// The terminal's size, for mapping mouse positions onto panes.
@@ -181,6 +185,7 @@ impl App {
             rollback_when_finished: false,
             quit_when_finished: false,
             observing: false,
+            bell: true,
             busy: None,
             operator: operator.to_string(),
             scrollback,
@@ -282,16 +287,29 @@ impl App {
         if let Event::ThresholdExceeded { action: crate::profile::FailureAction::Rollback, .. } = &event.event {
             self.rollback_when_finished = true;
         }
+        // Someone is needed (a pause, a limit, a gate), or it is over: heard from another window.
+        let mut effects = Vec::new();
+        if self.bell
+            && matches!(
+                event.event,
+                Event::Paused { .. }
+                    | Event::ThresholdExceeded { .. }
+                    | Event::AwaitingPromote { .. }
+                    | Event::DeployFinished { .. }
+            )
+        {
+            effects.push(Effect::Bell);
+        }
         if matches!(event.event, Event::DeployFinished { .. }) {
             self.pending = None;
             if self.quit_when_finished {
                 return vec![Effect::Quit];
             }
             if std::mem::take(&mut self.rollback_when_finished) {
-                return self.rollback_selected(true);
+                effects.extend(self.rollback_selected(true));
             }
         }
-        Vec::new()
+        effects
     }
 
     /// Hosts after filter and sort, as indices into the model's host list.
@@ -629,12 +647,23 @@ mod tests {
             failed_hosts: vec!["a".into()],
             action: crate::profile::FailureAction::Rollback,
         };
-        assert_eq!(app.on_event(&stamp(1, threshold)), []);
+        assert_eq!(app.on_event(&stamp(1, threshold)), [Effect::Bell]);
         let done = Event::DeployFinished { outcome: crate::event::Outcome::Aborted, duration_ms: 1, hosts: vec![] };
         assert_eq!(
             app.on_event(&stamp(2, done)),
-            [Effect::PrepareRollback { profile: 0, env: "dev".into(), automatic: true }]
+            [Effect::Bell, Effect::PrepareRollback { profile: 0, env: "dev".into(), automatic: true }]
         );
+    }
+
+    #[test]
+    fn the_bell_rings_when_someone_is_needed_or_it_is_over_unless_turned_off() {
+        let mut app = deploying();
+        let paused = Event::Paused { cause: crate::event::PauseCause::Operator, running: vec![] };
+        assert_eq!(app.on_event(&stamp(1, paused.clone())), [Effect::Bell]);
+        assert_eq!(app.on_event(&stamp(2, Event::AwaitingPromote { wave: 1 })), [Effect::Bell]);
+        assert_eq!(app.on_event(&stamp(3, Event::Resumed)), []);
+        app.bell = false;
+        assert_eq!(app.on_event(&stamp(4, paused)), []);
     }
 
     #[test]
