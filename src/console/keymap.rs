@@ -28,6 +28,8 @@ pub enum Action {
     Promote,
     Retry,
     SkipOrExclude,
+    /// Skip every failed host (asks once).
+    SkipAllFailed,
     NextPane,
     PreviousPane,
     FilterOrSearch,
@@ -196,6 +198,14 @@ pub const BINDINGS: &[Binding] = &[
         screens: &[Deploy],
         action: Action::TakeOver,
         footer: ("T take over", &[Observing]),
+    },
+    Binding {
+        keys: &[KeyCode::Char('X')],
+        label: "X",
+        does: "skip every failed host in one go (asks once, listing them)",
+        screens: &[Deploy],
+        action: Action::SkipAllFailed,
+        footer: ("", NEVER),
     },
     Binding {
         keys: &[KeyCode::Char('f')],

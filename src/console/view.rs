@@ -633,22 +633,32 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 plan.protected,
             );
         }
-        Dialog::ConfirmTriage(command) => {
-            let (title, what, host) = match command {
-                crate::event::Command::Skip { host } => (" Skip ", "accept its failure and go on without it", host),
-                crate::event::Command::Exclude { host } => {
-                    (" Exclude ", "leave it out of this deploy: it will not start", host)
-                }
-                _ => (" Confirm ", "", &String::new()),
+        Dialog::ConfirmTriage(commands) => {
+            use crate::event::Command;
+            let hosts: Vec<&str> = commands
+                .iter()
+                .filter_map(|c| match c {
+                    Command::Skip { host } | Command::Exclude { host } => Some(host.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let (title, what) = match commands.first() {
+                Some(Command::Exclude { .. }) => (" Exclude ", "leave it out of this deploy: it will not start"),
+                _ if hosts.len() > 1 => (" Skip ", "accept their failures and go on without them"),
+                _ => (" Skip ", "accept its failure and go on without it"),
+            };
+            let named = match hosts.as_slice() {
+                [one] => one.to_string(),
+                many => format!("{} failed hosts: {}", many.len(), many.join(", ")),
             };
             let text = vec![
-                Line::styled(format!(" {} {host}?", title.trim()), theme.fg(theme.warn)),
+                Line::styled(format!(" {} {named}?", title.trim()), theme.fg(theme.warn)),
                 Line::raw(format!(" {what}")),
                 Line::raw(""),
                 Line::raw(" y yes · Esc no"),
             ];
-            let rect = layout::centered(area, 64, 6);
-            popup(frame, rect, title, Paragraph::new(text), theme, true);
+            let rect = layout::centered(area, 72, 6);
+            popup(frame, rect, title, Paragraph::new(text).wrap(Wrap { trim: false }), theme, true);
         }
         Dialog::Resume { text, mid_step, protected, input, wrong, .. } => {
             let mut body: Vec<Line> = text.lines().map(|l| Line::raw(format!(" {l}"))).collect();

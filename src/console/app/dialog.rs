@@ -35,8 +35,9 @@ pub enum Dialog {
         wrong: bool,
     },
     ConfirmQuit,
-    /// `x` on a host: skip it (failed) or exclude it (waiting), once confirmed with `y`.
-    ConfirmTriage(Command),
+    /// `x` on a host: skip it (failed) or exclude it (waiting); `X`: skip every failed host.
+    /// Sent once confirmed with `y`.
+    ConfirmTriage(Vec<Command>),
     /// An interrupted deploy's journal, and the operator's choice for hosts caught mid-step; a
     /// protected environment's name typed in `input` first.
     Resume {
@@ -139,12 +140,12 @@ impl App {
                 }
                 self.dialog = Some(Dialog::Resume { target, text, session, mid_step, protected, input, wrong: false });
             }
-            Dialog::ConfirmTriage(command) => match key.code {
+            Dialog::ConfirmTriage(commands) => match key.code {
                 KeyCode::Char('y') | KeyCode::Char('Y') => {
-                    return vec![Effect::Send(command, CommandSource::Keyboard)];
+                    return commands.into_iter().map(|c| Effect::Send(c, CommandSource::Keyboard)).collect();
                 }
                 KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {}
-                _ => self.dialog = Some(Dialog::ConfirmTriage(command)),
+                _ => self.dialog = Some(Dialog::ConfirmTriage(commands)),
             },
             Dialog::TakeOver { mut input, .. } => {
                 if esc {

@@ -109,7 +109,13 @@ impl App {
         let running = self.deploy_running();
         let steers = matches!(
             action,
-            Action::Pause | Action::Resume | Action::Abort | Action::Retry | Action::Promote | Action::SkipOrExclude
+            Action::Pause
+                | Action::Resume
+                | Action::Abort
+                | Action::Retry
+                | Action::Promote
+                | Action::SkipOrExclude
+                | Action::SkipAllFailed
         );
         if running && self.observing && steers {
             self.status = Some("observing: another client controls this deploy; T takes over".into());
@@ -129,12 +135,14 @@ impl App {
             Action::Retry if running => return self.triage_selected(true),
             Action::Promote if running => return vec![Effect::Send(Command::Promote, CommandSource::Keyboard)],
             Action::SkipOrExclude if running => return self.triage_selected(false),
+            Action::SkipAllFailed if running => self.skip_all_failed(),
             Action::Pause
             | Action::Resume
             | Action::Abort
             | Action::Retry
             | Action::Promote
-            | Action::SkipOrExclude => self.status = Some("the deploy has finished".into()),
+            | Action::SkipOrExclude
+            | Action::SkipAllFailed => self.status = Some("the deploy has finished".into()),
             Action::NextPane => self.focus = self.focus.next(),
             Action::PreviousPane => self.focus = self.focus.previous(),
             Action::Enter => {
@@ -207,8 +215,24 @@ impl App {
             return vec![Effect::Send(command, CommandSource::Keyboard)];
         }
         // Leaving a host out is not undone by another key: it is asked once more, by name.
-        self.dialog = Some(Dialog::ConfirmTriage(command));
+        self.dialog = Some(Dialog::ConfirmTriage(vec![command]));
         Vec::new()
+    }
+
+    /// `X`: every failed host still counted as failed, skipped in one confirmed action.
+    fn skip_all_failed(&mut self) {
+        let failed: Vec<Command> = self
+            .deploy
+            .iter()
+            .flat_map(|d| d.hosts.iter())
+            .filter(|h| h.phase == HostPhase::Failed)
+            .map(|h| Command::Skip { host: h.name.clone() })
+            .collect();
+        if failed.is_empty() {
+            self.status = Some("no failed host to skip".into());
+        } else {
+            self.dialog = Some(Dialog::ConfirmTriage(failed));
+        }
     }
 
     /// Moves the selection to the next failed or unhealthy host after it, wrapping around; says

@@ -596,7 +596,7 @@ mod tests {
         let mut app = deploying();
         // "a" is waiting: x excludes it, once confirmed by name; Esc changes nothing.
         assert_eq!(app.on_key(key(KeyCode::Char('x'))), []);
-        assert!(matches!(&app.dialog, Some(Dialog::ConfirmTriage(Command::Exclude { host })) if host == "a"));
+        assert!(matches!(&app.dialog, Some(Dialog::ConfirmTriage(c)) if c == &[Command::Exclude { host: "a".into() }]));
         assert_eq!(app.on_key(key(KeyCode::Esc)), []);
         assert!(app.dialog.is_none());
         app.on_key(key(KeyCode::Char('x')));
@@ -608,7 +608,7 @@ mod tests {
         let failed = Event::HostFinished { wave: 1, host: "a".into(), state: crate::event::HostState::Failed };
         app.on_event(&stamp(2, failed));
         app.on_key(key(KeyCode::Char('x')));
-        assert!(matches!(&app.dialog, Some(Dialog::ConfirmTriage(Command::Skip { .. }))));
+        assert!(matches!(&app.dialog, Some(Dialog::ConfirmTriage(c)) if matches!(c[..], [Command::Skip { .. }])));
         assert_eq!(
             app.on_key(key(KeyCode::Char('y'))),
             [Effect::Send(Command::Skip { host: "a".into() }, CommandSource::Keyboard)]
@@ -652,6 +652,26 @@ mod tests {
         assert_eq!(
             app.on_event(&stamp(2, done)),
             [Effect::Bell, Effect::PrepareRollback { profile: 0, env: "dev".into(), automatic: true }]
+        );
+    }
+
+    #[test]
+    fn skipping_all_failed_hosts_is_one_confirmed_action() {
+        let mut app = deploying();
+        app.on_key(key(KeyCode::Char('X')));
+        assert_eq!(app.status.as_deref(), Some("no failed host to skip"));
+        for host in ["a", "c"] {
+            app.on_event(&stamp(1, Event::HostStarted { wave: 1, host: host.into() }));
+            let failed = Event::HostFinished { wave: 1, host: host.into(), state: crate::event::HostState::Failed };
+            app.on_event(&stamp(2, failed));
+        }
+        assert_eq!(app.on_key(key(KeyCode::Char('X'))), []);
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('y'))),
+            [
+                Effect::Send(Command::Skip { host: "a".into() }, CommandSource::Keyboard),
+                Effect::Send(Command::Skip { host: "c".into() }, CommandSource::Keyboard)
+            ]
         );
     }
 
