@@ -216,7 +216,6 @@ pub fn read(path: &Path) -> Result<Interrupted, String> {
         once_interrupted: None,
         resumed_from: start.resumed_from,
     };
-    let mut started = false;
     // Per host: steps finished, the step in flight (index, name), final state.
     let mut done: BTreeMap<String, usize> = BTreeMap::new();
     let mut flight: BTreeMap<String, (usize, String, u32)> = BTreeMap::new();
@@ -231,7 +230,6 @@ pub fn read(path: &Path) -> Result<Interrupted, String> {
         };
         match event {
             Event::DeployStarted { waves, .. } => {
-                started = true;
                 journal.hosts = waves
                     .iter()
                     .flat_map(|w| w.hosts.iter().map(move |h| (h.clone(), w.wave, Progress::NotStarted)))
@@ -280,9 +278,8 @@ pub fn read(path: &Path) -> Result<Interrupted, String> {
             _ => {}
         }
     }
-    if !started {
-        return Err(format!("session {} never started its deploy: start a new one", journal.session));
-    }
+    // No deploy_started on disk: then no step's start is either (each step's start is fsynced,
+    // and with it every line before it), so nothing ran: the resume starts every host afresh.
     for (host, _, progress) in &mut journal.hosts {
         let steps_done = done.get(host).copied();
         *progress = match (ended.get(host), flight.get(host), steps_done) {
@@ -360,6 +357,9 @@ impl Interrupted {
             self.operator,
             self.path.display()
         );
+        if self.hosts.is_empty() {
+            out.push_str("\n  it stopped before any step ran: every host starts from the beginning");
+        }
         if let Some(step) = &self.once_interrupted {
             out.push_str(&format!("\n  run-once step {step} was interrupted: it runs again"));
         }
@@ -455,6 +455,22 @@ mod tests {
         assert!(j.resume(&Choices::default()).unwrap_err().contains("(b)"));
         assert!(Choices::parse(&["b=maybe".to_string()]).is_err());
         assert!(j.describe().contains("INTERRUPTED in step 2 (two)"), "{}", j.describe());
+    }
+
+    #[test]
+    fn a_journal_that_stops_before_the_deploy_started_resumes_every_host_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        std::fs::write(
+            &path,
+            r#"{"ts":"t","session":"s","seq":1,"record":"session_start","operator":"ann","machine":"m","version":"0","argv":[],"mode":"headless","profile":"p.toml","profile_sha256":"00","env":"prod","release":"2"}
+{"ts":"t","session":"s","seq":2,"record":"lock_acquired","host":"a","path":"p"}"#,
+        )
+        .unwrap();
+        let journal = read(&path).unwrap();
+        assert!(journal.hosts.is_empty());
+        assert_eq!(journal.resume(&Choices::default()).unwrap(), Resume::default());
+        assert!(journal.describe().contains("before any step ran"));
     }
 
     #[test]
