@@ -175,6 +175,23 @@ impl DeployModel {
             .count()
     }
 
+    /// The hosts counted against `wave`'s limit, each with why: "stg-web-4 (healthz: exit 1)",
+    /// "prod-web-03 (went unhealthy while watched)".
+    pub fn wave_trouble(&self, wave: usize) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|h| h.wave == wave)
+            .filter_map(|h| match (h.phase, &h.step, &h.last_result) {
+                (HostPhase::Failed, Some(step), Some(result)) => Some(format!("{} ({step}: {result})", h.name)),
+                (HostPhase::Failed, _, _) => Some(format!("{} (failed)", h.name)),
+                (HostPhase::Done, _, _) if h.went_unhealthy => {
+                    Some(format!("{} (went unhealthy while watched)", h.name))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Forgets a host's entries in a pause's "finishing" list once the engine says they ended.
     fn finished_running(&mut self, host: &str, step: Option<&str>) {
         if let ControlView::Paused { running, .. } = &mut self.control {

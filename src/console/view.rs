@@ -287,7 +287,12 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
                 PauseCause::Operator => format!("PAUSED by {}", model.operator),
                 // Counted now, not when the pause began: retries and skips change it.
                 PauseCause::FailureThreshold { wave, limit, .. } => {
-                    format!("PAUSED · wave {wave}: {} failed or unhealthy, {limit} allowed", model.wave_failures(*wave))
+                    let trouble = model.wave_trouble(*wave);
+                    let named = match trouble.len() {
+                        0..=2 => trouble.join(", "),
+                        n => format!("{} and {} more", trouble[..2].join(", "), n - 2),
+                    };
+                    format!("PAUSED · wave {wave} stopped: {named} · {} > {limit} allowed", model.wave_failures(*wave))
                 }
             };
             let still = if running.is_empty() {
@@ -295,7 +300,14 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
             } else {
                 format!("finishing: {}", running.join(", "))
             };
-            Line::styled(format!(" {why} · r resume · a abort · {still} "), theme.banner())
+            let keys = match cause {
+                PauseCause::FailureThreshold { .. } => "r resume · R retry · x skip · a abort",
+                PauseCause::Operator => "r resume · a abort",
+            };
+            // The cause first; the keys only where they fit (the footer offers them too).
+            let full = format!(" {why} · {keys} · {still} ");
+            let text = if full.chars().count() <= area.width as usize { full } else { format!(" {why} · {still} ") };
+            Line::styled(crate::text::clean(&text), theme.banner())
         }
         ControlView::Aborted { reason } => {
             Line::styled(format!(" ABORTED: {reason} · waiting for running steps to stop "), theme.banner())
