@@ -116,6 +116,8 @@ pub struct DeployModel {
     pub control: ControlView,
     /// The engine said aborted but has not finished yet (running steps being killed).
     pub aborting: bool,
+    /// Why it was aborted, for the final banner.
+    pub abort_reason: Option<String>,
     /// The wave waiting at a manual gate, whatever else the control shows meanwhile (a pause
     /// at the gate, once resumed, is still at the gate).
     pub at_gate: Option<usize>,
@@ -140,6 +142,7 @@ impl DeployModel {
             waves: Vec::new(),
             control: ControlView::Running,
             aborting: false,
+            abort_reason: None,
             at_gate: None,
             started: None,
             finished: None,
@@ -173,6 +176,24 @@ impl DeployModel {
             .filter(|h| h.wave == wave)
             .filter(|h| h.phase == HostPhase::Failed || (h.phase == HostPhase::Done && h.went_unhealthy))
             .count()
+    }
+
+    /// Hosts a successful deploy did not leave healthy on the new release: skipped, or DOWN.
+    pub fn exceptions(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter_map(|h| match (h.phase, h.healthy) {
+                (HostPhase::Skipped, _) => Some(format!("{} skipped", h.name)),
+                (_, Some(false)) => Some(format!("{} DOWN", h.name)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Some hosts are on the new release and others not: the environment runs mixed releases.
+    pub fn mixed_releases(&self) -> bool {
+        let done = self.count(HostPhase::Done);
+        done > 0 && done < self.hosts.len()
     }
 
     /// The hosts counted against `wave`'s limit, each with why: "stg-web-4 (healthz: exit 1)",
@@ -412,6 +433,7 @@ impl DeployModel {
             Event::Aborted { reason, .. } => {
                 self.control = ControlView::Aborted { reason: reason.clone() };
                 self.aborting = true;
+                self.abort_reason = Some(reason.clone());
             }
             Event::DeployFinished { outcome, hosts, .. } => {
                 // Hosts the engine never finished (never started, or stopped before starting) are
@@ -455,6 +477,31 @@ impl DeployModel {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_success_with_skipped_or_down_hosts_has_exceptions_and_a_partial_deploy_mixed_releases() {
+        let mut m = DeployModel::new("ann", 100);
+        m.apply(&stamp(
+            0,
+            Event::DeployStarted {
+                service: "s".into(),
+                env: "prod".into(),
+                release: "2".into(),
+                waves: vec![crate::event::WaveOutline {
+                    wave: 1,
+                    hosts: vec!["a".into(), "b".into(), "c".into()],
+                    max_failures: 0,
+                }],
+                steps: vec!["x".into()],
+            },
+        ));
+        assert!(!m.mixed_releases(), "nothing done yet");
+        m.apply(&stamp(1, Event::HostFinished { wave: 1, host: "a".into(), state: HostState::Done }));
+        assert!(m.mixed_releases(), "a runs the new release, b and c the old");
+        m.apply(&stamp(2, Event::HostFinished { wave: 1, host: "b".into(), state: HostState::Skipped }));
+        m.apply(&stamp(3, Event::HealthSample { host: "c".into(), check: "h".into(), healthy: false, latency_ms: 1 }));
+        assert_eq!(m.exceptions(), ["b skipped", "c DOWN"]);
+    }
     use crate::event::{Stream, WaveOutline};
 
     pub(crate) fn at(secs: i64) -> DateTime<Utc> {

@@ -317,7 +317,11 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
             theme.banner(),
         ),
         ControlView::Finished(outcome) => {
+            let exceptions = model.exceptions();
             let (word, style) = match outcome {
+                Outcome::Succeeded if !exceptions.is_empty() => {
+                    ("SUCCEEDED WITH EXCEPTIONS", theme.fg(theme.warn).add_modifier(Modifier::BOLD))
+                }
                 Outcome::Succeeded => ("SUCCEEDED", theme.fg(theme.ok).add_modifier(Modifier::BOLD)),
                 Outcome::Failed => ("FAILED", theme.banner()),
                 Outcome::Aborted => ("ABORTED", theme.banner()),
@@ -334,7 +338,17 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
                     counts.push_str(&format!(" · {n} {word}"));
                 }
             }
-            Line::styled(format!(" {word}: {counts} · o overview · q quit "), style)
+            let mut notes = String::new();
+            if let (Outcome::Aborted, Some(reason)) = (outcome, &model.abort_reason) {
+                notes.push_str(&format!(" · reason: {reason}"));
+            }
+            if *outcome == Outcome::Succeeded && !exceptions.is_empty() {
+                notes.push_str(&format!(" · {}", exceptions.join(", ")));
+            }
+            if model.mixed_releases() {
+                notes.push_str(&format!(" · {} runs mixed releases", model.env));
+            }
+            Line::styled(crate::text::clean(&format!(" {word}: {counts}{notes} · o overview · q quit ")), style)
         }
         ControlView::Running => {
             let total = model.hosts.len();
