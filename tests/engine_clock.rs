@@ -73,6 +73,13 @@ async fn a_host_that_turns_unhealthy_during_a_long_soak_fails_its_wave() {
             .any(|e| matches!(e, Event::ThresholdExceeded { wave: 1, failed_hosts, .. } if failed_hosts == &["a"]))
     );
     assert!(d.events.iter().any(|e| matches!(e, Event::HealthChanged { host, healthy: false, .. } if host == "a")));
+    // Why, in the host's log: not only a verdict.
+    assert!(
+        d.events.iter().any(|e| matches!(e, Event::Output { host, step, line, .. }
+            if host == "a" && step == "up" && line == "up failed while watched: exit 1")),
+        "{:#?}",
+        d.events
+    );
     assert_eq!(hosts[1].state, HostState::NotStarted, "the next wave never started");
     // One sample per interval while monitored: the soak's 300 s hold about 30 of them.
     let samples = count(&d, |e| matches!(e, Event::HealthSample { host, .. } if host == "a"));

@@ -32,11 +32,12 @@ pub(super) async fn monitor(
                     _ = shared.monitors.cancelled() => return,
                 }
                 let began = Instant::now();
+                let said = Tail::default();
                 let result = match &check.action {
                     PlannedAction::Probe(probe) => shared.prober.probe(probe, check.timeout).await,
                     PlannedAction::Run(command) => {
                         let request = ExecRequest { command: &command.0, timeout: check.timeout, record: None };
-                        session.exec(request, &Discard, &shared.monitors).await
+                        session.exec(request, &said, &shared.monitors).await
                     }
                     PlannedAction::Upload { .. } => StepResult::Error { message: "an upload is not a check".into() },
                 };
@@ -51,12 +52,49 @@ pub(super) async fn monitor(
                     latency_ms: began.elapsed().as_millis() as u64,
                 });
                 if let Some(verdict) = streak.sample(healthy) {
+                    if !verdict {
+                        // Why, in the host's log: the check's last words and its result.
+                        let mut lines = said.take();
+                        lines.push(format!("{} failed while watched: {result}", check.name));
+                        for line in lines {
+                            let line = shared.redactor.redact(&line).into_owned();
+                            let (host, step) = (name.clone(), check.name.clone());
+                            shared.control.events.emit(Event::Output { host, step, stream: Stream::Stderr, line });
+                        }
+                    }
                     shared.control.health_changed(&name, &check.name, verdict);
                 }
             }
         });
     }
     while watchers.join_next().await.is_some() {}
+}
+
+/// The last lines a monitoring command printed, kept to say why a host went unhealthy (its output
+/// is not shown otherwise: a sample every few seconds per host would bury the deploy's own).
+#[derive(Default)]
+struct Tail(std::sync::Mutex<std::collections::VecDeque<String>>);
+
+/// Lines of a failing check's output shown, and characters of each.
+const TAIL_LINES: usize = 5;
+const TAIL_CHARS: usize = 500;
+
+impl Tail {
+    fn take(&self) -> Vec<String> {
+        self.0.lock().map(|mut lines| lines.drain(..).collect()).unwrap_or_default()
+    }
+}
+
+impl OutputSink for Tail {
+    fn line(&self, _stream: Stream, line: String) {
+        if let Ok(mut lines) = self.0.lock() {
+            if lines.len() == TAIL_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line.chars().take(TAIL_CHARS).collect());
+        }
+    }
+    fn fragment(&self, _stream: Stream, _piece: String) {}
 }
 
 /// Output of monitoring commands is not shown: a sample every few seconds per host would bury
