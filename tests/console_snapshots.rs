@@ -363,3 +363,14 @@ fn long_host_names_give_way_in_the_middle_and_stay_distinct() {
     assert!(row("worker-4").contains('…') && row("worker-5").contains('…'), "{narrow}");
     snapshot("deploy_long_host_names", &mut app, 1);
 }
+
+#[test]
+fn a_soak_counts_down_instead_of_looking_like_a_hang() {
+    let mut app = staging_in_flight();
+    feed(&mut app, vec![(6, Event::SoakStarted { wave: 1, duration_ms: 120_000 })]);
+    let screen = render(&mut app, 160, 48, 48);
+    assert!(screen.contains("soak of wave 1: 00:42 / 02:00"), "{screen}");
+    snapshot("deploy_soaking", &mut app, 48);
+    feed(&mut app, vec![(126, Event::SoakFinished { wave: 1, unhealthy: vec![] })]);
+    assert!(!render(&mut app, 160, 48, 130).contains("soak of wave"));
+}

@@ -118,6 +118,8 @@ pub struct DeployModel {
     pub aborting: bool,
     /// Why it was aborted, for the final banner.
     pub abort_reason: Option<String>,
+    /// The soak under way: its wave, when it began and how long it lasts.
+    pub soak: Option<(usize, DateTime<Utc>, chrono::Duration)>,
     /// The wave waiting at a manual gate, whatever else the control shows meanwhile (a pause
     /// at the gate, once resumed, is still at the gate).
     pub at_gate: Option<usize>,
@@ -143,6 +145,7 @@ impl DeployModel {
             control: ControlView::Running,
             aborting: false,
             abort_reason: None,
+            soak: None,
             at_gate: None,
             started: None,
             finished: None,
@@ -454,11 +457,11 @@ impl DeployModel {
                 self.aborting = false;
                 self.finished = Some(at);
             }
-            Event::OnceStarted { .. }
-            | Event::ThresholdExceeded { .. }
-            | Event::SoakStarted { .. }
-            | Event::SoakFinished { .. }
-            | Event::CommandIgnored { .. } => {}
+            Event::SoakStarted { wave, duration_ms } => {
+                self.soak = Some((*wave, at, chrono::Duration::milliseconds(*duration_ms as i64)));
+            }
+            Event::SoakFinished { .. } => self.soak = None,
+            Event::OnceStarted { .. } | Event::ThresholdExceeded { .. } | Event::CommandIgnored { .. } => {}
         }
         // The timeline tells the deploy's story as every front end tells it, plus each host's
         // trouble.

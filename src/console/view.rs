@@ -204,7 +204,7 @@ fn plan_lines(plan: &Plan, theme: &Theme) -> Vec<Line<'static>> {
 fn draw_deploy(frame: &mut Frame, app: &App, model: &DeployModel, theme: &Theme, clock: Clock) {
     let areas = layout::deploy(frame.area());
     draw_header(frame, areas.header, app, model, theme, clock);
-    draw_waves(frame, areas.waves, model, theme);
+    draw_waves(frame, areas.waves, model, theme, clock);
     draw_hosts(frame, areas.hosts, app, model, theme, clock);
     draw_details(frame, &areas, app, model, theme, clock);
     let moment = match model.control {
@@ -250,7 +250,7 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, th
     frame.render_widget(Paragraph::new(right).style(label_style), r);
 }
 
-fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme) {
+fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme, clock: Clock) {
     let [chips_area, status_area] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
     let mut spans = vec![Span::raw(" ")];
     for wave in &model.waves {
@@ -365,6 +365,13 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme)
                 Span::styled(
                     format!("{} failed", model.count(HostPhase::Failed)),
                     if model.count(HostPhase::Failed) > 0 { theme.bad() } else { theme.text() },
+                ),
+                // Waiting out a soak is not a hang: it counts.
+                Span::styled(
+                    model.soak.map_or_else(String::new, |(wave, began, lasts)| {
+                        format!(" · soak of wave {wave}: {} / {}", clock_text(clock.now - began), clock_text(lasts))
+                    }),
+                    theme.fg(theme.warn),
                 ),
             ])
         }
