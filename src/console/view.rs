@@ -352,9 +352,14 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme,
         }
         ControlView::Running => {
             let total = model.hosts.len();
+            // Waiting out a soak is not a hang: it counts, first, so it shows at 80 columns too.
+            let soak = model.soak.map_or_else(String::new, |(wave, began, lasts)| {
+                format!(" soak of wave {wave}: {} / {} ·", clock_text(clock.now - began), clock_text(lasts))
+            });
             Line::from(vec![
                 Span::raw(" overall "),
                 Span::styled(bar(model.settled(), total, 24), theme.fg(theme.accent)),
+                Span::styled(soak, theme.fg(theme.warn)),
                 Span::raw(format!(
                     " {}/{} hosts · {} running · {} done · ",
                     model.settled(),
@@ -365,13 +370,6 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme,
                 Span::styled(
                     format!("{} failed", model.count(HostPhase::Failed)),
                     if model.count(HostPhase::Failed) > 0 { theme.bad() } else { theme.text() },
-                ),
-                // Waiting out a soak is not a hang: it counts.
-                Span::styled(
-                    model.soak.map_or_else(String::new, |(wave, began, lasts)| {
-                        format!(" · soak of wave {wave}: {} / {}", clock_text(clock.now - began), clock_text(lasts))
-                    }),
-                    theme.fg(theme.warn),
                 ),
             ])
         }
