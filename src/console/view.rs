@@ -583,9 +583,16 @@ fn draw_timeline(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, 
                 Tone::Warn => theme.fg(theme.warn),
                 Tone::Bad => theme.bad(),
             };
+            // A line longer than the pane ends in `…` rather than stopping mid-word unmarked.
+            let room = (inner.width as usize).saturating_sub(10);
+            let text = if entry.text.chars().count() > room {
+                entry.text.chars().take(room.saturating_sub(1)).chain(['…']).collect()
+            } else {
+                entry.text.clone()
+            };
             Line::from(vec![
                 Span::styled(format!(" {} ", entry.at.with_timezone(&clock.offset).format("%H:%M:%S")), theme.muted()),
-                Span::styled(entry.text.clone(), style),
+                Span::styled(text, style),
             ])
         })
         .collect();
