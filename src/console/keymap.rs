@@ -274,7 +274,7 @@ pub const BINDINGS: &[Binding] = &[
     Binding {
         keys: &[KeyCode::PageUp],
         label: "PgUp  PgDn",
-        does: "scroll the log (stops following the tail)",
+        does: "a page of hosts · in the log: scroll (stops following)",
         screens: &[Deploy],
         action: Action::PageUp,
         footer: ("", NEVER),
@@ -288,15 +288,15 @@ pub const BINDINGS: &[Binding] = &[
         footer: ("", NEVER),
     },
     Binding {
-        keys: &[KeyCode::Home],
-        label: "Home  End",
-        does: "top of the log · follow the tail again",
+        keys: &[KeyCode::Home, KeyCode::Char('g')],
+        label: "Home End g G",
+        does: "first / last host · in the log: its top / follow the tail",
         screens: &[Deploy],
         action: Action::Top,
         footer: ("", NEVER),
     },
     Binding {
-        keys: &[KeyCode::End],
+        keys: &[KeyCode::End, KeyCode::Char('G')],
         label: "",
         does: "",
         screens: &[Deploy],

@@ -192,6 +192,12 @@ impl App {
             }
             Action::Up => self.move_in_focus(-1),
             Action::Down => self.move_in_focus(1),
+            // In the host table they move the selection a page, or to the first or last host;
+            // with the log focused they scroll it.
+            Action::PageUp if self.focus == Pane::Hosts => self.move_in_focus(-(self.host_page() as isize)),
+            Action::PageDown if self.focus == Pane::Hosts => self.move_in_focus(self.host_page() as isize),
+            Action::Top if self.focus == Pane::Hosts => self.move_in_focus(isize::MIN / 2),
+            Action::Follow if self.focus == Pane::Hosts => self.move_in_focus(isize::MAX / 2),
             Action::PageUp => self.scroll_log(self.log_page() as isize),
             Action::PageDown => self.scroll_log(-(self.log_page() as isize)),
             Action::Top => self.log_scroll = self.log_len(),

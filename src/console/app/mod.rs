@@ -365,6 +365,11 @@ impl App {
         self.log_scroll = (self.log_scroll as isize + delta).clamp(0, max as isize) as usize;
     }
 
+    /// Host rows the table shows at once.
+    fn host_page(&self) -> usize {
+        layout::table_rows(layout::deploy(self.size).hosts).max(1)
+    }
+
     fn log_page(&self) -> usize {
         let area = layout::deploy(self.size).logs;
         area.height.saturating_sub(3).max(1) as usize
@@ -656,6 +661,20 @@ mod tests {
     }
 
     #[test]
+    fn paging_keys_move_the_host_selection_and_scroll_the_log_when_it_has_focus() {
+        let mut app = deploying();
+        app.on_key(key(KeyCode::Char('G')));
+        assert_eq!(app.selected_name().as_deref(), Some("c"), "G: the last host");
+        app.on_key(key(KeyCode::Home));
+        assert_eq!(app.selected_name().as_deref(), Some("a"), "Home: the first");
+        app.on_key(key(KeyCode::PageDown));
+        assert_eq!(app.selected_name().as_deref(), Some("c"), "a page down, kept to the last");
+        app.focus = Pane::Logs;
+        app.on_key(key(KeyCode::Char('g')));
+        assert_eq!(app.selected_name().as_deref(), Some("c"), "with the log focused the selection stays");
+    }
+
+    #[test]
     fn skipping_all_failed_hosts_is_one_confirmed_action() {
         let mut app = deploying();
         app.on_key(key(KeyCode::Char('X')));
@@ -806,6 +825,8 @@ mod tests {
                 },
             ));
         }
+        // The log's keys are the log's when it has focus (in the host table they move the selection).
+        app.focus = Pane::Logs;
         app.on_key(key(KeyCode::PageUp));
         assert!(app.log_scroll > 0);
         app.on_key(key(KeyCode::End));
