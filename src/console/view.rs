@@ -96,6 +96,9 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
     if let Some(env) = app.target_env() {
         // Address and labels only where there is room for them.
         let wide = hosts_area.width >= 70;
+        // The HOST column's share of the table (below); a longer name gives way in the middle.
+        let name_width =
+            (hosts_area.width.saturating_sub(2) as usize * if wide { 24 } else { 40 } / 100).saturating_sub(1);
         let releases = app.releases.get(&app.selected_target);
         let reach = app.reachability.get(&app.selected_target);
         let rows = env.hosts.iter().map(|h| {
@@ -107,7 +110,7 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
                 Some("checking…") => Span::styled("checking…", theme.muted()),
                 Some(other) => Span::styled(other.to_string(), theme.bad()),
             };
-            let mut cells = vec![Cell::from(h.name.clone())];
+            let mut cells = vec![Cell::from(crate::text::shorten_middle(&h.name, name_width.max(4)))];
             if wide {
                 cells.extend([Cell::from(h.address.clone()), Cell::from(h.labels.join(", "))]);
             }
