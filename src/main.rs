@@ -243,11 +243,7 @@ fn main() -> ExitCode {
     };
     let code = result.unwrap_or_else(|error| {
         eprintln!("{error}");
-        match error {
-            SetupError::Invalid(_) => exit::INVALID,
-            SetupError::CannotStart(_) => exit::CANNOT_START,
-            SetupError::Locked(_) => exit::LOCKED,
-        }
+        error.code()
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -316,11 +312,7 @@ fn rollback(
 
 /// A runner's refusal as this command's error.
 fn refusal(refused: wavedeck::runner::Refused) -> SetupError {
-    match refused.code {
-        exit::INVALID => SetupError::Invalid(refused.message),
-        exit::LOCKED => SetupError::Locked(refused.message),
-        _ => SetupError::CannotStart(refused.message),
-    }
+    SetupError::from_code(refused.code, refused.message)
 }
 
 /// A runner's spec for a rollback; with `confirm` it shows its preview first and waits.

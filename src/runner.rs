@@ -153,12 +153,7 @@ fn ready(ready: &Ready) {
 }
 
 fn refused(error: SetupError) -> Ready {
-    let code = match error {
-        SetupError::Invalid(_) => exit::INVALID,
-        SetupError::CannotStart(_) => exit::CANNOT_START,
-        SetupError::Locked(_) => exit::LOCKED,
-    };
-    Ready::Refused { code, message: error.to_string(), audit_path: None }
+    Ready::Refused { code: error.code(), message: error.to_string(), audit_path: None }
 }
 
 async fn run(spec: Spec) -> i32 {

@@ -136,6 +136,26 @@ pub enum SetupError {
     Locked(String),
 }
 
+impl SetupError {
+    /// The process exit code this refusal means.
+    pub fn code(&self) -> i32 {
+        match self {
+            SetupError::Invalid(_) => crate::exit::INVALID,
+            SetupError::CannotStart(_) => crate::exit::CANNOT_START,
+            SetupError::Locked(_) => crate::exit::LOCKED,
+        }
+    }
+
+    /// The refusal an exit code stands for, with its message (a runner's answer, say).
+    pub fn from_code(code: i32, message: String) -> SetupError {
+        match code {
+            crate::exit::INVALID => SetupError::Invalid(message),
+            crate::exit::LOCKED => SetupError::Locked(message),
+            _ => SetupError::CannotStart(message),
+        }
+    }
+}
+
 pub struct SessionOptions<'a> {
     pub profile: &'a Path,
     pub env: &'a str,
@@ -722,7 +742,12 @@ impl Owner {
             Event::DeployFinished { .. } => Phase::Finishing,
             _ => return,
         };
-        if phase != self.phase && self.phase != Phase::Aborting || phase == Phase::Finishing {
+        // Once aborting, only the end changes what the deploy is doing.
+        let moves = match self.phase {
+            Phase::Aborting => phase == Phase::Finishing,
+            current => phase != current,
+        };
+        if moves {
             self.phase = phase;
             self.publish();
         }

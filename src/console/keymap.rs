@@ -54,6 +54,22 @@ pub enum Action {
     Quit,
 }
 
+impl Action {
+    /// It steers the deploy (sent to the engine): off for an observer and after the end.
+    pub fn steers(self) -> bool {
+        matches!(
+            self,
+            Action::Pause
+                | Action::Resume
+                | Action::Abort
+                | Action::Retry
+                | Action::Promote
+                | Action::SkipOrExclude
+                | Action::SkipAllFailed
+        )
+    }
+}
+
 /// Where a deploy stands, for the footer to offer the keys that apply there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Moment {

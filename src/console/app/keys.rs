@@ -107,17 +107,11 @@ impl App {
 
     fn on_deploy_action(&mut self, action: Action) -> Vec<Effect> {
         let running = self.deploy_running();
-        let steers = matches!(
-            action,
-            Action::Pause
-                | Action::Resume
-                | Action::Abort
-                | Action::Retry
-                | Action::Promote
-                | Action::SkipOrExclude
-                | Action::SkipAllFailed
-        );
-        if running && self.observing && steers {
+        if action.steers() && !running {
+            self.status = Some("the deploy has finished".into());
+            return Vec::new();
+        }
+        if action.steers() && self.observing {
             self.status = Some("observing: another client controls this deploy; T takes over".into());
             return Vec::new();
         }
@@ -127,22 +121,15 @@ impl App {
             }
             Action::TakeOver if running => self.status = Some("this console controls the deploy".into()),
             Action::TakeOver => self.status = Some("the deploy has finished".into()),
-            Action::Pause if running => return self.send(Command::Pause, Pending::Pausing),
-            Action::Resume if running => return self.send(Command::Resume, Pending::Resuming),
-            Action::Abort if running => {
+            Action::Pause => return self.send(Command::Pause, Pending::Pausing),
+            Action::Resume => return self.send(Command::Resume, Pending::Resuming),
+            Action::Abort => {
                 self.dialog = Some(Dialog::AbortReason { input: text_input("why are you aborting?"), empty: false });
             }
-            Action::Retry if running => return self.triage_selected(true),
-            Action::Promote if running => return vec![Effect::Send(Command::Promote, CommandSource::Keyboard)],
-            Action::SkipOrExclude if running => return self.triage_selected(false),
-            Action::SkipAllFailed if running => self.skip_all_failed(),
-            Action::Pause
-            | Action::Resume
-            | Action::Abort
-            | Action::Retry
-            | Action::Promote
-            | Action::SkipOrExclude
-            | Action::SkipAllFailed => self.status = Some("the deploy has finished".into()),
+            Action::Retry => return self.triage_selected(true),
+            Action::Promote => return vec![Effect::Send(Command::Promote, CommandSource::Keyboard)],
+            Action::SkipOrExclude => return self.triage_selected(false),
+            Action::SkipAllFailed => self.skip_all_failed(),
             Action::NextPane => self.focus = self.focus.next(),
             Action::PreviousPane => self.focus = self.focus.previous(),
             Action::Enter => {
