@@ -32,7 +32,7 @@ pub(super) async fn monitor(
                     _ = shared.monitors.cancelled() => return,
                 }
                 let began = Instant::now();
-                let said = Tail::default();
+                let said = Tail::new(&shared.redactor);
                 let result = match &check.action {
                     PlannedAction::Probe(probe) => shared.prober.probe(probe, check.timeout).await,
                     PlannedAction::Run(command) => {
@@ -55,9 +55,9 @@ pub(super) async fn monitor(
                     if !verdict {
                         // Why, in the host's log: the check's last words and its result.
                         let mut lines = said.take();
-                        lines.push(format!("{} failed while watched: {result}", check.name));
+                        let verdict = format!("{} failed while watched: {result}", check.name);
+                        lines.push(shared.redactor.redact(&verdict).into_owned());
                         for line in lines {
-                            let line = shared.redactor.redact(&line).into_owned();
                             let (host, step) = (name.clone(), check.name.clone());
                             shared.control.events.emit(Event::Output { host, step, stream: Stream::Stderr, line });
                         }
@@ -72,29 +72,52 @@ pub(super) async fn monitor(
 
 /// The last lines a monitoring command printed, kept to say why a host went unhealthy (its output
 /// is not shown otherwise: a sample every few seconds per host would bury the deploy's own).
+struct Tail<'a> {
+    redactor: &'a Redactor,
+    lines: std::sync::Mutex<TailLines>,
+}
+
 #[derive(Default)]
-struct Tail(std::sync::Mutex<std::collections::VecDeque<String>>);
+struct TailLines {
+    kept: std::collections::VecDeque<String>,
+    /// The line now arriving came in pieces (longer than a transport passes whole).
+    torn: bool,
+}
 
 /// Lines of a failing check's output shown, and characters of each.
 const TAIL_LINES: usize = 5;
 const TAIL_CHARS: usize = 500;
 
-impl Tail {
+impl Tail<'_> {
+    fn new(redactor: &Redactor) -> Tail<'_> {
+        Tail { redactor, lines: std::sync::Mutex::new(TailLines::default()) }
+    }
+
     fn take(&self) -> Vec<String> {
-        self.0.lock().map(|mut lines| lines.drain(..).collect()).unwrap_or_default()
+        self.lines.lock().map(|mut lines| lines.kept.drain(..).collect()).unwrap_or_default()
     }
 }
 
-impl OutputSink for Tail {
+impl OutputSink for Tail<'_> {
     fn line(&self, _stream: Stream, line: String) {
-        if let Ok(mut lines) = self.0.lock() {
-            if lines.len() == TAIL_LINES {
-                lines.pop_front();
-            }
-            lines.push_back(line.chars().take(TAIL_CHARS).collect());
+        let Ok(mut lines) = self.lines.lock() else { return };
+        // A piece of a torn line could hold part of a secret that masking cannot recognise: such
+        // a line is only mentioned. Whole lines are masked first and shortened after.
+        let kept = if std::mem::take(&mut lines.torn) {
+            "(a line too long to show here)".to_string()
+        } else {
+            self.redactor.redact(&line).chars().take(TAIL_CHARS).collect()
+        };
+        if lines.kept.len() == TAIL_LINES {
+            lines.kept.pop_front();
+        }
+        lines.kept.push_back(kept);
+    }
+    fn fragment(&self, _stream: Stream, _piece: String) {
+        if let Ok(mut lines) = self.lines.lock() {
+            lines.torn = true;
         }
     }
-    fn fragment(&self, _stream: Stream, _piece: String) {}
 }
 
 /// Output of monitoring commands is not shown: a sample every few seconds per host would bury
@@ -132,5 +155,37 @@ pub(super) async fn soak(
     bad.extend(unhealthy.into_iter().filter(|h| !failed.contains(h)));
     if bad.len() > max_failures {
         control.threshold_exceeded(wave, &bad, max_failures, policy.on_failure);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redactor() -> Redactor {
+        let profile = crate::profile::Profile::parse(
+            std::path::Path::new("t.toml"),
+            "[service]\nname = \"s\"\n[secrets]\ntok = { env = \"TOK\" }\n[[environments]]\nname = \"e\"\n\
+             hosts = [{ name = \"h\" }]\n[[steps]]\nname = \"x\"\nrun = \"true\"\n",
+        )
+        .unwrap();
+        crate::secrets::Secrets::from_lookup(&profile, |_| Some("s3cr3t-t0ken".into())).unwrap().redactor()
+    }
+
+    #[test]
+    fn a_failing_checks_last_words_are_masked_before_they_are_shortened_and_torn_lines_left_out() {
+        let redactor = redactor();
+        let tail = Tail::new(&redactor);
+        // The secret straddles the point where the line is shortened.
+        let long = format!("{}s3cr3t-t0ken and more", "x".repeat(TAIL_CHARS - 4));
+        tail.line(Stream::Stdout, long);
+        // A line that came in pieces: its last piece may hold the end of a secret.
+        tail.fragment(Stream::Stdout, "prefix s3cr3t-".into());
+        tail.line(Stream::Stdout, "t0ken rest".into());
+        tail.line(Stream::Stderr, "token s3cr3t-t0ken".into());
+        let kept = tail.take();
+        assert!(kept.iter().all(|l| !l.contains("s3cr") && !l.contains("t0ken")), "{kept:#?}");
+        assert_eq!(kept[1], "(a line too long to show here)");
+        assert!(kept[2].starts_with("token ") && kept[2] != "token s3cr3t-t0ken", "{kept:#?}");
     }
 }

@@ -340,9 +340,14 @@ impl SshSession {
                 from = seen + 1,
                 file = quote(&format!("{path}.{file}"))
             );
-            if let Ok((_, text)) = self.capture(&command).await
+            if let Ok((_, mut text)) = self.capture(&command).await
                 && !text.is_empty()
             {
+                // Cut at the front to its last bytes: the first line is a piece, and a piece may
+                // hold part of a secret that masking cannot recognise. It is left out.
+                if text.len() >= MAX_CAPTURED_BYTES {
+                    text = text.split_once('\n').map_or_else(String::new, |(_, rest)| rest.to_string());
+                }
                 output.line(
                     Stream::Stdout,
                     format!("wavedeck: what the step wrote to its {file} while no runner watched:"),
