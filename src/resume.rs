@@ -163,7 +163,8 @@ pub fn resumed_by(dir: &Path, session: &str) -> Option<String> {
 }
 
 /// Deploys in `dir` whose runner died before their end (no `session_end`), not running now
-/// (`running`) and not resumed since: the newest 100 audit files are looked at.
+/// (`running`) and not resumed since: the newest 100 audit files are looked at. Each is opened
+/// for its first line and its last bytes only; just the interrupted ones are read whole.
 pub fn interrupted_sessions(dir: &Path, running: &[String]) -> Vec<Interrupted> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut files: Vec<PathBuf> = entries
@@ -172,11 +173,50 @@ pub fn interrupted_sessions(dir: &Path, running: &[String]) -> Vec<Interrupted> 
         .collect();
     files.sort();
     let recent = &files[files.len().saturating_sub(100)..];
-    recent
+    let starts: Vec<(PathBuf, String, SessionStartRef)> =
+        recent.iter().filter_map(|path| first_record(path).map(|(id, start)| (path.clone(), id, start))).collect();
+    let resumed: Vec<&str> = starts.iter().filter_map(|(_, _, start)| start.resumed_from.as_deref()).collect();
+    starts
         .iter()
-        .filter_map(|path| read(path).ok())
-        .filter(|j| !running.contains(&j.session) && resumed_by(dir, &j.session).is_none())
+        .filter(|(path, session, start)| {
+            matches!(start.mode.as_str(), "headless" | "console")
+                && !running.contains(session)
+                && !resumed.contains(&session.as_str())
+                && !ends_with_session_end(path)
+        })
+        .filter_map(|(path, _, _)| read(path).ok())
         .collect()
+}
+
+/// An audit file's session id and start record, from its first line.
+fn first_record(path: &Path) -> Option<(String, SessionStartRef)> {
+    use std::io::BufRead;
+    let mut first = String::new();
+    std::io::BufReader::new(std::fs::File::open(path).ok()?).read_line(&mut first).ok()?;
+    let line = read_lines(&first).next()?;
+    match line.record {
+        Record::SessionStart(start) => Some((line.session, start)),
+        _ => None,
+    }
+}
+
+/// Whether an audit file's last line is its session end (the log closed it), reading only its
+/// last few KiB: audit files hold every output line and can be large.
+fn ends_with_session_end(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return false };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(4096)));
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_err() {
+        return false;
+    }
+    // The seek may land inside a character: only the last line matters.
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.contains("\"record\":\"session_end\""))
 }
 
 /// [`interrupted_sessions`], leaving out those whose runner answers on its control socket.
@@ -471,6 +511,26 @@ mod tests {
         assert!(journal.hosts.is_empty());
         assert_eq!(journal.resume(&Choices::default()).unwrap(), Resume::default());
         assert!(journal.describe().contains("before any step ran"));
+    }
+
+    #[test]
+    fn interrupted_deploys_are_those_without_an_end_not_resumed_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = |id: &str, from: Option<&str>| {
+            let from = from.map_or(String::new(), |f| format!(",\"resumed_from\":\"{f}\""));
+            format!(
+                "{{\"ts\":\"t\",\"session\":\"{id}\",\"seq\":1,\"record\":\"session_start\",\"operator\":\"ann\",\
+                 \"machine\":\"m\",\"version\":\"0\",\"argv\":[],\"mode\":\"headless\",\"profile\":\"p.toml\",\
+                 \"profile_sha256\":\"00\",\"env\":\"prod\",\"release\":\"2\"{from}}}\n"
+            )
+        };
+        let end = "{\"ts\":\"t\",\"session\":\"a\",\"seq\":2,\"record\":\"session_end\",\"outcome\":\"succeeded\",\"exit_code\":0}\n";
+        std::fs::write(dir.path().join("wavedeck-a.jsonl"), start("a", None) + end).unwrap();
+        std::fs::write(dir.path().join("wavedeck-b.jsonl"), start("b", None)).unwrap();
+        std::fs::write(dir.path().join("wavedeck-c.jsonl"), start("c", Some("b"))).unwrap();
+        let found: Vec<String> = interrupted_sessions(dir.path(), &[]).into_iter().map(|j| j.session).collect();
+        assert_eq!(found, ["c"], "a ended; b was carried on by c, itself interrupted");
+        assert!(interrupted_sessions(dir.path(), &["c".to_string()]).is_empty(), "c runs");
     }
 
     #[test]
