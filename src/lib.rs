@@ -20,8 +20,9 @@
 //!    every command (with the client it came from) before the engine sees it and every event
 //!    before a client does, decides which client controls, and releases the lock and closes the
 //!    log however the deploy ends.
-//! 8. [`rollback`] (what the last deploy changed, and where each host returns) and [`check`]
-//!    (preflight).
+//! 8. [`rollback`] (what the last deploy changed, and where each host returns), [`check`]
+//!    (preflight) and [`resume`] (an interrupted deploy's journal, and where a resume picks
+//!    each host up).
 //! 9. [`runner`]: the detached process that owns one deploy, and the client front ends attach
 //!    to it with.
 //! 10. Front ends, clients of a runner: [`headless`] (plain lines for CI) and [`console`] (the
