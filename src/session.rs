@@ -520,12 +520,16 @@ impl Lease {
         self.stepped.notify_one();
     }
 
-    /// Stops renewing and hands the lock back, for release (or to leave in place).
+    /// Stops renewing and hands the lock back, for release (or to leave in place). A renewal
+    /// under way is let finish first (it holds the lock while it rewrites the owner file):
+    /// cutting it off could leave the lock's directory without its owner file, and a release
+    /// right after would find it not empty and leave a lock nobody owns.
     async fn end(&mut self) -> Option<DeployLock> {
+        let lock = self.lock.lock().await.take();
         if let Some(renewing) = self.renewing.take() {
             renewing.abort();
         }
-        self.lock.lock().await.take()
+        lock
     }
 }
 
