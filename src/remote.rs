@@ -740,13 +740,22 @@ impl Connection {
         let stream = UnixStream::connect(path).await.map_err(|e| {
             format!("cannot connect to {}: {e} (is the deploy still running? see wavedeck ps)", path.display())
         })?;
+        // A runner that is just ending closes connections it never accepted: the same as
+        // finding no runner, not a puzzle about resets.
+        let gone = |e: std::io::Error| {
+            format!(
+                "cannot connect to {}: the deploy ended as this client arrived ({e}); see wavedeck ps",
+                path.display()
+            )
+        };
         let (read, mut writer) = stream.into_split();
-        send(&mut writer, &Message::Hello(hello)).await.map_err(|e| e.to_string())?;
+        send(&mut writer, &Message::Hello(hello)).await.map_err(gone)?;
         let mut reader = BufReader::new(read);
-        match receive(&mut reader).await.map_err(|e| e.to_string())? {
+        match receive(&mut reader).await.map_err(gone)? {
             Some(Message::Welcome(welcome)) => Ok((welcome, Connection { reader, writer })),
             Some(Message::Refused { reason, .. }) => Err(reason),
-            _ => Err("the deploy did not answer as wavedeck does".into()),
+            None => Err(gone(std::io::ErrorKind::UnexpectedEof.into())),
+            Some(_) => Err("the deploy did not answer as wavedeck does".into()),
         }
     }
 
