@@ -225,6 +225,39 @@ pub fn read_lines(text: &str) -> impl Iterator<Item = Line> + '_ {
     text.lines().filter_map(|l| serde_json::from_str::<Line>(l).ok())
 }
 
+/// Writes `host`'s whole log from the audit file at `audit` to `out`: every output line with its
+/// time and stream, each step's start and result between them. Reads line by line, so a large
+/// file is never held whole. Returns the lines written.
+pub fn write_host_log(audit: &Path, host: &str, out: &mut impl Write) -> std::io::Result<usize> {
+    use std::io::BufRead as _;
+    let mut written = 0;
+    for text in std::io::BufReader::new(File::open(audit)?).lines() {
+        let Ok(line) = serde_json::from_str::<Line>(&text?) else { continue };
+        let Record::Event(event) = line.record else { continue };
+        let said = match event {
+            Event::Output { host: h, stream, line: text, .. } if h == host => {
+                let tag = if stream == crate::event::Stream::Stderr { "stderr" } else { "stdout" };
+                format!("{tag}  {text}")
+            }
+            Event::StepStarted { host: h, step, index, total, attempt, .. } if h == host => {
+                format!("----  step {index}/{total} {step}, attempt {attempt}")
+            }
+            Event::StepFinished { host: h, step, result, duration_ms, .. } if h == host => {
+                format!("----  {step}: {result} in {duration_ms} ms")
+            }
+            Event::OutputElided { host: h, step, lines, bytes } if h == host => {
+                format!("----  {lines} lines ({bytes} bytes) of {step}'s output were not kept")
+            }
+            _ => continue,
+        };
+        // Output was masked on its way into the audit log; control characters are shown, not obeyed.
+        writeln!(out, "{}  {}", line.ts, crate::text::visible(&said))?;
+        written += 1;
+    }
+    out.flush()?;
+    Ok(written)
+}
+
 /// A line for the writer thread, and whoever waits for it to be on disk.
 struct Queued {
     text: Vec<u8>,
@@ -559,6 +592,30 @@ mod tests {
         for kind in read.iter().map(Record::kind) {
             assert!(Record::KINDS.contains(&kind));
         }
+    }
+
+    #[test]
+    fn a_hosts_log_is_read_back_from_the_audit_file_alone_and_shown_not_obeyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(dir.path(), &start(), Redactor::default()).unwrap();
+        let path = log.path().to_path_buf();
+        let output = |host: &str, line: &str| {
+            Record::Event(Event::Output {
+                host: host.into(),
+                step: "s".into(),
+                stream: crate::event::Stream::Stdout,
+                line: line.into(),
+            })
+        };
+        log.note(output("a", "first"));
+        log.note(output("b", "not a's"));
+        log.note(output("a", "evil \u{1b}]0;title\u{7}"));
+        log.close("ok", 0).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(write_host_log(&path, "a", &mut out).unwrap(), 2);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("stdout  first") && !text.contains("not a's"), "{text}");
+        assert!(!text.contains('\u{1b}') && text.contains("\\x1b"), "{text}");
     }
 
     #[test]

@@ -126,10 +126,13 @@ pub fn describe(event: &Event, operator: &str) -> Option<Told> {
             Told::deploy(Bad, format!("STOPPED by the on_failure policy: {reason}"))
         }
         Event::CommandIgnored { command, why } => Told::deploy(Info, format!("{} ignored: {why}", command.name())),
-        Event::HealthChanged { host, check, healthy: true } => {
+        Event::HealthChanged { host, check, healthy: true, .. } => {
             Told::host(host, Good, format!("healthy again ({check})"))
         }
-        Event::HealthChanged { host, check, healthy: false } => Told::host(host, Bad, format!("UNHEALTHY ({check})")),
+        Event::HealthChanged { host, check, healthy: false, why } => {
+            let why = why.as_ref().map_or_else(String::new, |w| format!(": {w}"));
+            Told::host(host, Bad, format!("UNHEALTHY ({check}{why})"))
+        }
         Event::SoakStarted { wave, duration_ms } => Told::deploy(
             Info,
             format!("wave {wave} soaking for {}: its hosts must stay healthy", seconds(*duration_ms)),

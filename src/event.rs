@@ -332,6 +332,9 @@ pub enum Event {
         host: String,
         check: String,
         healthy: bool,
+        /// Why it went unhealthy, masked: the check's last output line, or its result.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        why: Option<String>,
     },
     /// The wave's hosts must now stay healthy for `duration_ms`.
     SoakStarted {

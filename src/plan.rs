@@ -18,6 +18,9 @@ use crate::profile::{
 use crate::secrets::{Secrets, Sensitive};
 use crate::template;
 
+/// A rollback's plan is named after the release it rolls back: `rollback-of-2.4.2`.
+pub const ROLLBACK_PREFIX: &str = "rollback-of-";
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub service: String,
@@ -241,7 +244,7 @@ impl Plan {
         Ok(Plan {
             service: profile.service.clone(),
             env: env.name.clone(),
-            release: format!("rollback-of-{from_release}"),
+            release: format!("{ROLLBACK_PREFIX}{from_release}"),
             protected: env.protected,
             transport: env.transport,
             policy,

@@ -4,6 +4,8 @@
 
 use crossterm::event::KeyCode;
 
+use super::prose::{self, Ink, Prose};
+
 /// Which screen a key applies on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Screen {
@@ -50,6 +52,18 @@ pub enum Action {
     TakeOver,
     /// Carry on the selected environment's interrupted deploy.
     ResumeInterrupted,
+    /// Log: wrap long lines, or cut them with a marker and scroll sideways.
+    Wrap,
+    ScrollLeft,
+    ScrollRight,
+    /// Log: show when each line came.
+    Timestamps,
+    /// Write the selected host's whole log (from the audit log) to a file.
+    WriteLog,
+    /// The exact command (secrets masked) of the selected host's current step.
+    ShowCommand,
+    /// Keep the selection on a host of the running wave as it moves on.
+    FollowWave,
     Help,
     Quit,
 }
@@ -67,6 +81,70 @@ impl Action {
                 | Action::SkipOrExclude
                 | Action::SkipAllFailed
         )
+    }
+}
+
+/// Help lists keys in these groups, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Anywhere,
+    Overview,
+    Steering,
+    Moving,
+    Log,
+}
+
+impl Group {
+    const ALL: [Group; 5] = [Group::Anywhere, Group::Overview, Group::Steering, Group::Moving, Group::Log];
+
+    fn title(self) -> &'static str {
+        match self {
+            Group::Anywhere => "Anywhere",
+            Group::Overview => "Overview (environments)",
+            Group::Steering => "Steering a deploy",
+            Group::Moving => "Moving through hosts and panes",
+            Group::Log => "The log pane",
+        }
+    }
+}
+
+/// Which help group a key's line goes in: the overview's own keys there, others by what they do.
+fn group_of(binding: &Binding) -> Group {
+    if binding.screens == [Overview] {
+        return Group::Overview;
+    }
+    match binding.action {
+        Action::Up | Action::Down | Action::Back | Action::Help | Action::Quit | Action::Rollback => Group::Anywhere,
+        Action::Check | Action::ResumeInterrupted => Group::Overview,
+        Action::Pause
+        | Action::Resume
+        | Action::Abort
+        | Action::Promote
+        | Action::Retry
+        | Action::SkipOrExclude
+        | Action::SkipAllFailed
+        | Action::TakeOver
+        | Action::Overview => Group::Steering,
+        Action::Enter
+        | Action::NextPane
+        | Action::PreviousPane
+        | Action::FilterOrSearch
+        | Action::PageUp
+        | Action::PageDown
+        | Action::Top
+        | Action::Follow
+        | Action::Sort
+        | Action::NextTrouble
+        | Action::FollowWave
+        | Action::ShowCommand => Group::Moving,
+        Action::OlderMatch
+        | Action::NewerMatch
+        | Action::Interleave
+        | Action::Wrap
+        | Action::ScrollLeft
+        | Action::ScrollRight
+        | Action::Timestamps
+        | Action::WriteLog => Group::Log,
     }
 }
 
@@ -130,15 +208,15 @@ pub const BINDINGS: &[Binding] = &[
     Binding {
         keys: &[KeyCode::Enter, KeyCode::Char('d')],
         label: "Enter",
-        does: "deploy the environment · a host's log, or back to hosts",
+        does: "deploy the environment",
         screens: &[Overview],
         action: Action::Enter,
         footer: ("Enter deploy", ALWAYS),
     },
     Binding {
         keys: &[KeyCode::Enter],
-        label: "",
-        does: "",
+        label: "Enter",
+        does: "the selected host's log, or back to hosts · a timeline entry in full",
         screens: &[Deploy],
         action: Action::Enter,
         footer: ("", NEVER),
@@ -229,6 +307,22 @@ pub const BINDINGS: &[Binding] = &[
         does: "select the next failed or unhealthy host",
         screens: &[Deploy],
         action: Action::NextTrouble,
+        footer: ("", NEVER),
+    },
+    Binding {
+        keys: &[KeyCode::Char('F')],
+        label: "F",
+        does: "follow the running wave: the selection moves on with it (again: off)",
+        screens: &[Deploy],
+        action: Action::FollowWave,
+        footer: ("", NEVER),
+    },
+    Binding {
+        keys: &[KeyCode::Char('c')],
+        label: "c",
+        does: "the exact command of the selected host's step (secrets masked)",
+        screens: &[Deploy],
+        action: Action::ShowCommand,
         footer: ("", NEVER),
     },
     Binding {
@@ -336,6 +430,46 @@ pub const BINDINGS: &[Binding] = &[
         footer: ("", NEVER),
     },
     Binding {
+        keys: &[KeyCode::Char('w')],
+        label: "w  ← →",
+        does: "wrap long lines, or cut them (marked …) and scroll sideways",
+        screens: &[Deploy],
+        action: Action::Wrap,
+        footer: ("", NEVER),
+    },
+    Binding {
+        keys: &[KeyCode::Left],
+        label: "",
+        does: "",
+        screens: &[Deploy],
+        action: Action::ScrollLeft,
+        footer: ("", NEVER),
+    },
+    Binding {
+        keys: &[KeyCode::Right],
+        label: "",
+        does: "",
+        screens: &[Deploy],
+        action: Action::ScrollRight,
+        footer: ("", NEVER),
+    },
+    Binding {
+        keys: &[KeyCode::Char('t')],
+        label: "t",
+        does: "show when each line came (again: hide)",
+        screens: &[Deploy],
+        action: Action::Timestamps,
+        footer: ("", NEVER),
+    },
+    Binding {
+        keys: &[KeyCode::Char('W')],
+        label: "W",
+        does: "write the selected host's whole log to a file (from the audit log)",
+        screens: &[Deploy],
+        action: Action::WriteLog,
+        footer: ("", NEVER),
+    },
+    Binding {
         keys: &[KeyCode::Esc],
         label: "Esc",
         does: "close a dialog · clear filter or search · stop a plan",
@@ -345,8 +479,8 @@ pub const BINDINGS: &[Binding] = &[
     },
     Binding {
         keys: &[KeyCode::Char('?')],
-        label: "",
-        does: "",
+        label: "?",
+        does: "this help",
         screens: BOTH,
         action: Action::Help,
         footer: ("? help", ALWAYS),
@@ -354,7 +488,7 @@ pub const BINDINGS: &[Binding] = &[
     Binding {
         keys: &[KeyCode::Char('q')],
         label: "q  Ctrl-C",
-        does: "quit; during a deploy asks: detach (it goes on) or abort it",
+        does: "quit; mid-deploy it asks: detach (it goes on) or abort",
         screens: BOTH,
         action: Action::Quit,
         footer: ("q quit", ALWAYS),
@@ -369,6 +503,30 @@ pub fn action(screen: Screen, code: KeyCode) -> Option<Action> {
 /// Help's lines: each key (or pair of keys) and what it does.
 pub fn help() -> impl Iterator<Item = (&'static str, &'static str)> {
     BINDINGS.iter().filter(|b| !b.label.is_empty()).map(|b| (b.label, b.does))
+}
+
+/// Help as shown: keys grouped by where they apply, then what every dialog takes.
+pub fn help_prose() -> Vec<Prose> {
+    let mut lines = Vec::new();
+    for g in Group::ALL {
+        lines.push(prose::line(Ink::Heading, format!(" {}", g.title())));
+        for b in BINDINGS.iter().filter(|b| !b.label.is_empty() && group_of(b) == g) {
+            lines.push(vec![(Ink::Accent, format!("   {:<15}", b.label)), (Ink::Text, b.does.to_string())]);
+        }
+    }
+    lines.push(prose::line(Ink::Heading, " In dialogs"));
+    for (keys, does) in [
+        ("Enter  Esc", "confirm · cancel (nothing is done)"),
+        ("y", "yes, where a dialog asks a yes or no"),
+        ("Ctrl-U", "empty the input"),
+        ("↑ ↓ PgUp PgDn", "scroll a long dialog (a plan, this help)"),
+        ("mouse", "click selects a host · wheel scrolls the log"),
+    ] {
+        lines.push(vec![(Ink::Accent, format!("   {keys:<15}")), (Ink::Text, does.to_string())]);
+    }
+    lines.push(prose::line(Ink::Text, ""));
+    lines.push(prose::line(Ink::Muted, " Every pause, resume, abort and quit is in the audit log."));
+    lines
 }
 
 /// The footer's key hints for `screen` at `moment`, e.g. "r resume · a abort · … · q quit".

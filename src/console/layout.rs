@@ -64,6 +64,25 @@ pub fn first_visible_row(selected: usize, rows: usize) -> usize {
     (selected + 1).saturating_sub(rows.max(1))
 }
 
+/// Widths of dialogs that show text: most, and the wide ones (a command, a resume).
+pub const DIALOG_WIDTH: u16 = 78;
+pub const WIDE_DIALOG_WIDTH: u16 = 96;
+
+/// Characters of text per row in a text dialog `width` wide (a border and a space each side).
+pub fn text_width(area: Rect, width: u16) -> usize {
+    width.min(area.width).saturating_sub(4) as usize
+}
+
+/// A text dialog of `rows` rows (wrapped to [`text_width`]) above `pinned` rows that never
+/// scroll (an input, the keys): sized to its content, at most the screen. Returns where it goes
+/// and how many text rows show at once.
+pub fn text_dialog(area: Rect, width: u16, rows: usize, pinned: u16) -> (Rect, usize) {
+    let want = (rows as u16).saturating_add(pinned + 2);
+    let rect = centered(area, width, want.min(area.height.saturating_sub(2).max(pinned + 3)));
+    let shown = rect.height.saturating_sub(pinned + 2).max(1) as usize;
+    (rect, shown)
+}
+
 /// A centred rectangle for dialogs.
 pub fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let width = width.min(area.width);
@@ -88,6 +107,14 @@ mod tests {
         let l = deploy(Rect::new(0, 0, 160, 48));
         assert!(!l.shared_detail);
         assert_ne!(l.logs, l.timeline);
+    }
+
+    #[test]
+    fn a_text_dialog_fits_its_content_or_the_screen_and_keeps_its_pinned_rows() {
+        let screen = Rect::new(0, 0, 80, 24);
+        assert_eq!(text_dialog(screen, 78, 5, 1), (Rect::new(1, 8, 78, 8), 5));
+        let (rect, shown) = text_dialog(screen, 78, 300, 1);
+        assert_eq!((rect.height, shown), (22, 19), "300 rows: the screen less a margin, one row pinned");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use crate::event::Stream;
 
 /// Default lines kept per host; `--scrollback` changes it.
@@ -19,6 +21,10 @@ pub struct LogLine {
     pub stream: Stream,
     /// Shared between the host's own log and the interleaved one: each line is stored once.
     pub text: Arc<str>,
+    /// When the engine said it, for timestamps on a key (`t`).
+    pub at: DateTime<Utc>,
+    /// wavedeck's own words in the log (a step's start and end, a health verdict), not the host's.
+    pub note: bool,
 }
 
 /// A ring buffer of lines that also counts what it has dropped, so scroll positions stay valid
@@ -86,7 +92,7 @@ mod tests {
     use super::*;
 
     fn line(text: &str) -> LogLine {
-        LogLine { host: None, stream: Stream::Stdout, text: text.into() }
+        LogLine { host: None, stream: Stream::Stdout, text: text.into(), at: DateTime::UNIX_EPOCH, note: false }
     }
 
     #[test]

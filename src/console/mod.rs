@@ -15,6 +15,7 @@ pub mod keymap;
 pub mod layout;
 pub mod logs;
 pub mod model;
+pub mod prose;
 pub mod theme;
 pub mod view;
 
@@ -229,6 +230,31 @@ enum Done {
     Cancelled(Option<PathBuf>),
     /// A deploy's session has settled: lock released, audit log closed.
     Ended(session::Ended),
+    /// A host's log was written to a file (`W`): where, or why not.
+    Written(String),
+}
+
+/// Writes `host`'s whole log, from `audit`, to a file in the working directory named after the
+/// session and the host; says where, or why it could not.
+fn write_host_log(audit: &Path, host: &str) -> String {
+    let session = audit.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let safe: String =
+        host.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let name = format!("wavedeck-{session}-{safe}.log");
+    let path = std::env::current_dir().map(|d| d.join(&name)).unwrap_or_else(|_| PathBuf::from(&name));
+    // Masked, but still a deploy's output: readable by the operator only, like the audit log.
+    let created = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)
+    };
+    let written = created.and_then(|file| {
+        let mut out = std::io::BufWriter::new(file);
+        crate::audit::write_host_log(audit, host, &mut out)
+    });
+    match written {
+        Ok(lines) => format!("{host}'s log ({lines} lines) written to {}", path.display()),
+        Err(e) => format!("cannot write {host}'s log to {}: {e}", path.display()),
+    }
 }
 
 /// The slow task now running on the operator's behalf, shown in the footer.
@@ -263,6 +289,8 @@ async fn console_loop(
     let mut input = EventStream::new();
     let mut frames = tokio::time::interval(FRAME);
     frames.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The audit log of the deploy on screen, for `W` to read a host's whole log back from.
+    let mut shown_audit: Option<PathBuf> = attached.as_ref().map(|c| c.welcome.about.audit_path.clone());
     let mut running: Option<Client> = attached;
     // A deploy that has finished but whose session is still settling (lock, audit log).
     let mut ending: Option<tokio::task::JoinHandle<()>> = None;
@@ -330,6 +358,7 @@ async fn console_loop(
                         app.busy = None;
                         app.begin_deploy();
                         app.status = Some(format!("others can watch: wavedeck attach {} --observe", live.session()));
+                        shown_audit = Some(live.welcome.about.audit_path.clone());
                         running = Some(*live);
                     }
                     Done::Started(Err(message)) => {
@@ -345,6 +374,7 @@ async fn console_loop(
                             Ok(runner::Launched::Started(client)) => {
                                 app.begin_deploy();
                                 app.status = Some("on_failure = \"rollback\": rolling back".into());
+                                shown_audit = Some(client.welcome.about.audit_path.clone());
                                 running = Some(*client);
                             }
                             Ok(runner::Launched::Preview(pending)) => {
@@ -355,6 +385,7 @@ async fn console_loop(
                         }
                     }
                     Done::Cancelled(audit_path) => audit_files.extend(audit_path),
+                    Done::Written(said) => app.status = Some(said),
                     Done::Ended(ended) => {
                         ending = None;
                         audit_files.push(ended.audit_path.clone());
@@ -431,6 +462,16 @@ async fn console_loop(
                     app.interrupted.remove(&target);
                     busy = Some(start_in_background(spec, &done_tx, &mut app));
                 }
+                Effect::WriteLog { host } => match &shown_audit {
+                    Some(audit) => {
+                        app.status = Some(format!("writing {host}'s log…"));
+                        let (audit, done_tx) = (audit.clone(), done_tx.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let _ = done_tx.send(Done::Written(write_host_log(&audit, &host)));
+                        });
+                    }
+                    None => app.status = Some("no audit log for this deploy yet".into()),
+                },
                 Effect::Bell => {
                     use std::io::Write as _;
                     let mut out = std::io::stdout();

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::logs::{LogBuffer, LogLine, clean};
 pub use crate::describe::Tone;
 use crate::describe::describe;
-use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult, TriageAction};
+use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult, Stream, TriageAction};
 
 /// Health samples kept per host for the sparkline.
 pub const HEALTH_HISTORY: usize = 120;
@@ -60,6 +60,20 @@ pub struct HostView {
     /// Latency in ms of recent health samples; `None` for a failed sample.
     pub health: VecDeque<Option<u64>>,
     pub logs: LogBuffer,
+    /// The current (or last) step's command as the engine ran it, secrets masked.
+    pub command: Option<String>,
+    /// When the current (or last) step started, for its clock.
+    pub step_started: Option<DateTime<Utc>>,
+    /// Why it went unhealthy while watched, for banners: "went unhealthy during soak (healthz:
+    /// 500 memory leak)".
+    pub unhealthy_cause: Option<String>,
+}
+
+impl HostView {
+    /// wavedeck's own line in this host's log; it may quote the host, so it is cleaned.
+    fn note(&mut self, at: DateTime<Utc>, stream: Stream, text: String) {
+        self.logs.push(LogLine { host: None, stream, text: clean(&text).into(), at, note: true });
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +90,8 @@ pub struct WaveView {
     pub hosts: Vec<usize>,
     pub max_failures: usize,
     pub phase: WavePhase,
+    pub started: Option<DateTime<Utc>>,
+    pub finished: Option<DateTime<Utc>>,
 }
 
 /// The engine's control state, as last reported by it.
@@ -125,6 +141,11 @@ pub struct DeployModel {
     pub at_gate: Option<usize>,
     pub started: Option<DateTime<Utc>>,
     pub finished: Option<DateTime<Utc>>,
+    /// Since when the control is what it is now (paused, at a gate), for a clock that shows
+    /// waiting is not a hang.
+    pub control_since: Option<DateTime<Utc>>,
+    /// This deploy is a rollback of that release (its plan names it `rollback-of-<release>`).
+    pub rollback_of: Option<String>,
     /// Every host's output interleaved, each line tagged with its host.
     pub combined: LogBuffer,
     pub timeline: VecDeque<TimelineEntry>,
@@ -149,6 +170,8 @@ impl DeployModel {
             at_gate: None,
             started: None,
             finished: None,
+            control_since: None,
+            rollback_of: None,
             combined: LogBuffer::new(scrollback),
             timeline: VecDeque::new(),
             scrollback,
@@ -208,9 +231,11 @@ impl DeployModel {
             .filter_map(|h| match (h.phase, &h.step, &h.last_result) {
                 (HostPhase::Failed, Some(step), Some(result)) => Some(format!("{} ({step}: {result})", h.name)),
                 (HostPhase::Failed, _, _) => Some(format!("{} (failed)", h.name)),
-                (HostPhase::Done, _, _) if h.went_unhealthy => {
-                    Some(format!("{} (went unhealthy while watched)", h.name))
-                }
+                (HostPhase::Done, _, _) if h.went_unhealthy => Some(format!(
+                    "{} {}",
+                    h.name,
+                    h.unhealthy_cause.as_deref().unwrap_or("went unhealthy while watched")
+                )),
                 _ => None,
             })
             .collect()
@@ -249,6 +274,7 @@ impl DeployModel {
                 self.service = service.clone();
                 self.env = env.clone();
                 self.release = release.clone();
+                self.rollback_of = release.strip_prefix(crate::plan::ROLLBACK_PREFIX).map(str::to_string);
                 self.steps = steps.clone();
                 self.started = Some(at);
                 self.hosts.clear();
@@ -277,6 +303,9 @@ impl DeployModel {
                             went_unhealthy: false,
                             health: VecDeque::new(),
                             logs: LogBuffer::new(self.scrollback),
+                            command: None,
+                            step_started: None,
+                            unhealthy_cause: None,
                         });
                     }
                     self.waves.push(WaveView {
@@ -284,6 +313,8 @@ impl DeployModel {
                         hosts: members,
                         max_failures: wave.max_failures,
                         phase: WavePhase::Pending,
+                        started: None,
+                        finished: None,
                     });
                 }
             }
@@ -297,6 +328,7 @@ impl DeployModel {
             Event::WaveStarted { wave, .. } => {
                 if let Some(w) = self.waves.iter_mut().find(|w| w.number == *wave) {
                     w.phase = WavePhase::Running;
+                    w.started = Some(at);
                 }
             }
             Event::HostStarted { host, .. } => {
@@ -305,7 +337,7 @@ impl DeployModel {
                     h.started = Some(at);
                 }
             }
-            Event::StepStarted { host, step, index, total, attempt, .. } => {
+            Event::StepStarted { host, step, index, total, attempt, command, .. } => {
                 if let Some(h) = self.host_mut(host) {
                     h.phase = HostPhase::Running;
                     h.step = Some(step.clone());
@@ -314,20 +346,35 @@ impl DeployModel {
                     h.attempt = *attempt;
                     h.step_running = true;
                     h.idle_since = None;
+                    h.command = Some(command.clone());
+                    h.step_started = Some(at);
+                    // Each step and attempt opens with a rule, so the log reads as steps.
+                    let again = if *attempt > 1 { format!(" · attempt {attempt}") } else { String::new() };
+                    h.note(at, Stream::Stdout, format!("── {index}/{total} {step}{again} ──"));
                 }
             }
             Event::Output { host, stream, line, .. } => {
                 let text: std::sync::Arc<str> = clean(line).into();
-                self.combined.push(LogLine { host: Some(host.clone()), stream: *stream, text: text.clone() });
+                let line = LogLine { host: Some(host.clone()), stream: *stream, text, at, note: false };
                 if let Some(h) = self.host_mut(host) {
-                    h.logs.push(LogLine { host: None, stream: *stream, text });
+                    h.logs.push(LogLine { host: None, ..line.clone() });
                 }
+                self.combined.push(line);
             }
-            Event::StepFinished { host, step, result, .. } => {
+            Event::StepFinished { host, step, result, duration_ms, will_retry, .. } => {
                 if let Some(h) = self.host_mut(host) {
                     h.last_result = Some(result.clone());
                     h.step_running = false;
                     h.idle_since = Some(at);
+                    let then = if *will_retry { " · retrying" } else { "" };
+                    let stream = if result.succeeded() { Stream::Stdout } else { Stream::Stderr };
+                    let took = crate::describe::seconds(*duration_ms);
+                    let how = match result {
+                        StepResult::Skipped { .. } => result.to_string(),
+                        _ if result.succeeded() => "ok".to_string(),
+                        _ => format!("failed: {result}"),
+                    };
+                    h.note(at, stream, format!("── {step} {how} in {took}{then}"));
                 }
                 self.finished_running(host, Some(step));
             }
@@ -336,11 +383,11 @@ impl DeployModel {
                 let text: std::sync::Arc<str> =
                     format!("… {lines} lines ({bytes} bytes) of {step}'s output left out; its last part follows")
                         .into();
-                let stream = crate::event::Stream::Stderr;
-                self.combined.push(LogLine { host: Some(host.clone()), stream, text: text.clone() });
+                let line = LogLine { host: Some(host.clone()), stream: Stream::Stderr, text, at, note: true };
                 if let Some(h) = self.host_mut(host) {
-                    h.logs.push(LogLine { host: None, stream, text });
+                    h.logs.push(LogLine { host: None, ..line.clone() });
                 }
+                self.combined.push(line);
             }
             Event::UploadProgress { host, sent, total, .. } => {
                 if let Some(h) = self.host_mut(host) {
@@ -350,11 +397,7 @@ impl DeployModel {
             Event::ConnectFailed { host, attempt, of, kind, message, .. } => {
                 let text = format!("connection attempt {attempt}/{of} failed ({kind}): {message}");
                 if let Some(h) = self.host_mut(host) {
-                    h.logs.push(LogLine {
-                        host: None,
-                        stream: crate::event::Stream::Stderr,
-                        text: clean(&text).into(),
-                    });
+                    h.note(at, Stream::Stderr, text);
                 }
             }
             Event::HealthSample { host, healthy, latency_ms, .. } => {
@@ -384,10 +427,12 @@ impl DeployModel {
             Event::WaveFinished { wave, .. } => {
                 if let Some(w) = self.waves.iter_mut().find(|w| w.number == *wave) {
                     w.phase = WavePhase::Finished;
+                    w.finished = Some(at);
                 }
             }
             Event::Paused { cause, running } => {
                 self.control = ControlView::Paused { cause: cause.clone(), running: running.clone() };
+                self.control_since = Some(at);
             }
             Event::HostTriaged { host, action } => {
                 let phase = match action {
@@ -398,24 +443,28 @@ impl DeployModel {
                     h.phase = phase;
                 }
             }
-            Event::HealthChanged { host, check, healthy } => {
+            Event::HealthChanged { host, check, healthy, why } => {
+                let soaking = self.soak.map(|(wave, ..)| wave);
                 if let Some(h) = self.host_mut(host) {
                     h.healthy = Some(*healthy);
                     h.went_unhealthy = !*healthy;
+                    if !*healthy {
+                        let when = if soaking == Some(h.wave) { "during soak" } else { "while watched" };
+                        let why = why.as_ref().map_or_else(String::new, |w| format!(": {w}"));
+                        h.unhealthy_cause = Some(format!("went unhealthy {when} ({check}{why})"));
+                    }
                     // The host's log is where the operator looks: say it there too.
                     let (stream, text) = if *healthy {
-                        (crate::event::Stream::Stdout, format!("health check {check}: healthy again"))
+                        (Stream::Stdout, format!("health check {check}: healthy again"))
                     } else {
-                        (
-                            crate::event::Stream::Stderr,
-                            format!("health check {check}: UNHEALTHY (failing while monitored)"),
-                        )
+                        (Stream::Stderr, format!("health check {check}: UNHEALTHY (failing while monitored)"))
                     };
-                    h.logs.push(LogLine { host: None, stream, text: text.into() });
+                    h.note(at, stream, text);
                 }
             }
             Event::AwaitingPromote { wave } => {
                 self.at_gate = Some(*wave);
+                self.control_since = Some(at);
                 if !matches!(self.control, ControlView::Paused { .. } | ControlView::Aborted { .. }) {
                     self.control = ControlView::AwaitingPromote { wave: *wave };
                 }
@@ -428,6 +477,7 @@ impl DeployModel {
             }
             // Resumed at a manual gate, the deploy still waits there for a promotion.
             Event::Resumed => {
+                self.control_since = Some(at);
                 self.control = match self.at_gate {
                     Some(wave) => ControlView::AwaitingPromote { wave },
                     None => ControlView::Running,
@@ -505,7 +555,7 @@ pub(crate) mod tests {
         m.apply(&stamp(3, Event::HealthSample { host: "c".into(), check: "h".into(), healthy: false, latency_ms: 1 }));
         assert_eq!(m.exceptions(), ["b skipped", "c DOWN"]);
     }
-    use crate::event::{Stream, WaveOutline};
+    use crate::event::WaveOutline;
 
     pub(crate) fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
@@ -574,7 +624,8 @@ pub(crate) mod tests {
         ));
         let a = m.host("a").unwrap();
         assert_eq!((a.phase, a.step.as_deref(), a.step_index), (HostPhase::Running, Some("health"), 2));
-        assert_eq!(&*a.logs.get(0).unwrap().text, "503");
+        assert_eq!(&*a.logs.get(0).unwrap().text, "── 2/2 health ──", "a step opens with a rule");
+        assert_eq!(&*a.logs.get(1).unwrap().text, "503");
         assert_eq!(m.combined.get(0).unwrap().host.as_deref(), Some("a"));
         assert_eq!((a.healthy, a.health.back()), (Some(false), Some(&None)));
     }

@@ -15,9 +15,9 @@ use super::keymap;
 use super::layout::{self, DeployLayout};
 use super::logs::clean;
 use super::model::{ControlView, DeployModel, HostPhase, HostView, Tone, WavePhase};
+use super::prose::{self, Ink, Prose};
 use super::theme::Theme;
 use crate::event::{Outcome, PauseCause, Stream};
-use crate::plan::Plan;
 
 /// The time the frame is drawn at and the operator's UTC offset, passed in so that drawing
 /// stays pure and snapshots stay stable.
@@ -145,8 +145,11 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
             hosts_area,
         );
     }
-    let plan_text = match &app.preview {
-        Ok(plan) => plan_lines(plan, theme),
+    let plan_text: Vec<Line> = match &app.preview {
+        Ok(plan) => {
+            let width = plan_area.width.saturating_sub(2) as usize;
+            prose::wrap(&prose::plan(plan), width).iter().map(|row| prose_line(row, theme)).collect()
+        }
         Err(e) => vec![Line::styled(e.clone(), theme.bad())],
     };
     frame.render_widget(
@@ -159,46 +162,6 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
         keymap::footer(keymap::Screen::Overview, keymap::Moment::Idle)
     };
     draw_footer(frame, footer, app, &hint, theme);
-}
-
-fn plan_lines(plan: &Plan, theme: &Theme) -> Vec<Line<'static>> {
-    let p = &plan.policy;
-    let mut lines = vec![Line::from(vec![
-        Span::raw(format!("{} hosts in {} waves", plan.host_count(), plan.waves.len())),
-        Span::styled(
-            format!(
-                " · canary {} · batch {} · parallel {} · max failures {} per wave{}{}",
-                p.canary,
-                p.batch,
-                p.parallel,
-                p.max_failures,
-                if p.soak.is_zero() {
-                    String::new()
-                } else {
-                    format!(" · soak {}", humantime::format_duration(p.soak))
-                },
-                if p.gate == crate::profile::Promotion::Manual { " · manual gates" } else { "" }
-            ),
-            theme.muted(),
-        ),
-    ])];
-    for wave in &plan.waves {
-        let names: Vec<&str> = wave.hosts.iter().map(|h| h.host.name.as_str()).collect();
-        lines.push(Line::from(vec![
-            Span::styled(format!("wave {:>2}: ", wave.number), theme.fg(theme.accent)),
-            Span::raw(names.join(", ")),
-        ]));
-    }
-    if let Some(once) = &plan.once {
-        let steps: Vec<&str> = once.steps.iter().map(|s| s.name.as_str()).collect();
-        let text = format!("before wave 1, once on {}: {}", once.host.name, steps.join(" → "));
-        lines.insert(1, Line::styled(text, theme.muted()));
-    }
-    if let Some(host) = plan.waves.first().and_then(|w| w.hosts.first()) {
-        let steps: Vec<&str> = host.steps.iter().map(|s| s.name.as_str()).collect();
-        lines.push(Line::styled(format!("steps: {}", steps.join(" → ")), theme.muted()));
-    }
-    lines
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,47 +438,101 @@ fn draw_details(frame: &mut Frame, areas: &DeployLayout, app: &App, model: &Depl
         match app.focus {
             Pane::Health => draw_health(frame, areas.health, app, model, theme),
             Pane::Timeline => draw_timeline(frame, areas.timeline, app, model, theme, clock),
-            Pane::Hosts | Pane::Logs => draw_log(frame, areas.logs, app, theme),
+            Pane::Hosts | Pane::Logs => draw_log(frame, areas.logs, app, theme, clock),
         }
     } else {
-        draw_log(frame, areas.logs, app, theme);
+        draw_log(frame, areas.logs, app, theme, clock);
         draw_health(frame, areas.health, app, model, theme);
         draw_timeline(frame, areas.timeline, app, model, theme, clock);
     }
 }
 
-fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, clock: Clock) {
     let who =
         if app.interleaved { "all hosts".to_string() } else { app.selected_name().unwrap_or_else(|| "—".into()) };
     let mode =
         if app.log_scroll == 0 { "following".to_string() } else { format!("↑{} · End to follow", app.log_scroll) };
     let search = app.search.as_ref().map(|s| format!(" · /{s} n/N")).unwrap_or_default();
-    let title = format!(" Log — {who} ({mode}{search}) ");
+    let cut = match (app.wrap, app.log_shift) {
+        (true, _) => String::new(),
+        (false, 0) => " · cut, w wraps".to_string(),
+        (false, shift) => format!(" · →{shift}, w wraps"),
+    };
+    let title = format!(" Log — {who} ({mode}{search}{cut}) ");
     let block = pane_block(&title, app.focus == Pane::Logs, theme);
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let Some(log) = app.current_log() else { return };
     let height = inner.height as usize;
+    let width = inner.width as usize;
     let end = log.len().saturating_sub(app.log_scroll.min(log.len()));
-    let start = end.saturating_sub(height);
     let needle = app.search.as_ref().map(|s| s.to_lowercase());
-    let lines: Vec<Line> = log
-        .slice(start, end - start)
-        .map(|l| {
-            let marker = if l.stream == Stream::Stderr { "!" } else { " " };
-            let mut spans = vec![Span::styled(marker, theme.fg(theme.stderr))];
-            if let Some(host) = &l.host {
-                spans.push(Span::styled(format!("{host:<12} "), theme.fg(theme.accent)));
-            }
-            let mut style = if l.stream == Stream::Stderr { theme.fg(theme.stderr) } else { theme.text() };
-            if needle.as_ref().is_some_and(|n| l.text.to_lowercase().contains(n)) {
-                style = style.add_modifier(Modifier::REVERSED);
-            }
-            spans.push(Span::styled(l.text.to_string(), style));
-            Line::from(spans)
-        })
-        .collect();
-    frame.render_widget(Paragraph::new(lines), inner);
+    // From the newest line shown upwards until the pane is full: a wrapped line takes rows.
+    let mut rows: Vec<Line> = Vec::new();
+    for index in (0..end).rev() {
+        if rows.len() >= height {
+            break;
+        }
+        let Some(l) = log.get(index) else { break };
+        let mut lead = vec![Span::styled(if l.stream == Stream::Stderr { "!" } else { " " }, theme.fg(theme.stderr))];
+        if app.timestamps {
+            let at = l.at.with_timezone(&clock.offset).format("%H:%M:%S ").to_string();
+            lead.push(Span::styled(at, theme.muted()));
+        }
+        if let Some(host) = &l.host {
+            lead.push(Span::styled(format!("{host:<12} "), theme.fg(theme.accent)));
+        }
+        let lead_width: usize = lead.iter().map(|s| s.content.chars().count()).sum();
+        let mut style = match (l.note, l.stream) {
+            (true, Stream::Stderr) => theme.fg(theme.warn),
+            (true, Stream::Stdout) => theme.muted(),
+            (false, Stream::Stderr) => theme.fg(theme.stderr),
+            (false, Stream::Stdout) => theme.text(),
+        };
+        if needle.as_ref().is_some_and(|n| l.text.to_lowercase().contains(n)) {
+            style = style.add_modifier(Modifier::REVERSED);
+        }
+        let room = width.saturating_sub(lead_width).max(1);
+        let pieces = if app.wrap { wrap_chars(&l.text, room) } else { vec![shifted(&l.text, app.log_shift, room)] };
+        // The line's own rows, in order, go above those already collected.
+        let mut own: Vec<Line> = Vec::new();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let mut spans = if i == 0 { lead.clone() } else { vec![Span::raw(" ".repeat(lead_width))] };
+            spans.push(Span::styled(piece, style));
+            own.push(Line::from(spans));
+        }
+        // Only the rows that fit: a line longer than the pane shows its end.
+        let keep = own.len().min(height - rows.len());
+        own.drain(..own.len() - keep);
+        own.extend(rows);
+        rows = own;
+    }
+    frame.render_widget(Paragraph::new(rows), inner);
+}
+
+/// A line cut into rows of `width` characters.
+fn wrap_chars(text: &str, width: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.is_empty() {
+        return vec![String::new()];
+    }
+    chars.chunks(width.max(1)).map(|c| c.iter().collect()).collect()
+}
+
+/// A line seen from character `shift` on, in `width` characters: `…` marks text cut off on
+/// either side, so a cut line never passes for a whole one.
+fn shifted(text: &str, shift: usize, width: usize) -> String {
+    let total = text.chars().count();
+    let shift = shift.min(total.saturating_sub(1));
+    let mut shown: Vec<char> = text.chars().skip(shift).take(width).collect();
+    if shift > 0 && !shown.is_empty() {
+        shown[0] = '…';
+    }
+    if total > shift + width && !shown.is_empty() {
+        let last = shown.len() - 1;
+        shown[last] = '…';
+    }
+    shown.into_iter().collect()
 }
 
 fn draw_health(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, theme: &Theme) {
@@ -620,20 +637,13 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App, hint: &str, theme: &The
 fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
     let area = frame.area();
     match dialog {
-        Dialog::Help => {
-            let mut keys: Vec<(&str, &str)> = keymap::help().collect();
-            keys.push(("mouse", "click selects a host · wheel scrolls the log"));
-            let mut lines: Vec<Line> = keys
-                .iter()
-                .map(|(k, what)| {
-                    Line::from(vec![Span::styled(format!(" {k:<15}"), theme.fg(theme.accent)), Span::raw(*what)])
-                })
-                .collect();
-            lines.push(Line::raw(""));
-            lines.push(Line::styled(" Every pause, resume, abort and quit is in the audit log.", theme.muted()));
-            lines.push(Line::styled(" any key closes this help", theme.muted()));
-            let rect = layout::centered(area, 78, lines.len() as u16 + 2);
-            popup(frame, rect, " Keys ", Paragraph::new(lines), theme, false);
+        Dialog::Help { scroll } => {
+            let hint = Line::styled(" ↑↓ PgUp PgDn scroll · any other key closes", theme.muted());
+            text_dialog(frame, dialog, " Keys ", *scroll, hint, theme, false);
+        }
+        Dialog::Text { title, scroll, .. } => {
+            let hint = Line::styled(" Esc close", theme.muted());
+            text_dialog(frame, dialog, title, *scroll, hint, theme, false);
         }
         Dialog::ConfirmQuit => {
             let rect = layout::centered(area, 64, 8);
@@ -646,33 +656,17 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
             ];
             popup(frame, rect, " Quit ", Paragraph::new(text), theme, true);
         }
-        Dialog::Release(input) => {
+        Dialog::Release { input, error } => {
             let env = app.target_env().map(|e| e.name.as_str()).unwrap_or("?");
             let service = app.target_profile().map(|p| p.service.as_str()).unwrap_or("?");
-            let rect = layout::centered(area, 60, 6);
-            input_popup(frame, rect, &format!(" Deploy {service} to {env} "), "Release:", input, None, theme, false);
+            // The error stands under the input it is about, wrapped if long.
+            let rect = layout::centered(area, 72, if error.is_some() { 8 } else { 6 });
+            let title = format!(" Deploy {service} to {env} ");
+            input_popup(frame, rect, &title, "Release:", input, error.clone(), theme, false);
         }
-        Dialog::ConfirmPlan { plan, release } => {
-            let height = (plan.waves.len() as u16 + 10).min(area.height);
-            let rect = layout::centered(area, 78, height);
-            let mut lines = plan_lines(plan, theme);
-            lines.insert(0, Line::raw(format!("Deploy {} {} to {}:", plan.service, release, plan.env)));
-            lines.push(Line::raw(""));
-            if plan.protected {
-                lines.push(Line::styled(
-                    format!("{} is PROTECTED: you will type its name next.", plan.env),
-                    theme.bad(),
-                ));
-            }
-            lines.push(Line::styled("Enter start · Esc cancel", theme.fg(theme.accent)));
-            popup(
-                frame,
-                rect,
-                " Confirm plan ",
-                Paragraph::new(lines).wrap(Wrap { trim: false }),
-                theme,
-                plan.protected,
-            );
+        Dialog::ConfirmPlan { plan, scroll, .. } => {
+            let hint = Line::styled(" Enter start · Esc cancel", theme.fg(theme.accent));
+            text_dialog(frame, dialog, " Confirm plan ", *scroll, hint, theme, plan.protected);
         }
         Dialog::ConfirmTriage(commands) => {
             use crate::event::Command;
@@ -751,17 +745,7 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 true,
             );
         }
-        Dialog::ConfirmRollback { preview, protected, input, wrong } => {
-            let height = (preview.lines().count() as u16 + 7).min(area.height);
-            let rect = layout::centered(area, 78, height);
-            let inner = dialog_frame(frame, rect, " Roll back ", theme, true);
-            let [text_area, input_area, hint_area] =
-                Layout::vertical([Constraint::Min(1), Constraint::Length(1), Constraint::Length(1)]).areas(inner);
-            frame.render_widget(Paragraph::new(preview.clone()).wrap(Wrap { trim: false }), text_area);
-            if *protected {
-                let field = Rect { x: input_area.x + 1, width: input_area.width.saturating_sub(2), ..input_area };
-                frame.render_widget(input, field);
-            }
+        Dialog::ConfirmRollback { protected, input, wrong, scroll, .. } => {
             let hint = match (*protected, *wrong) {
                 (_, true) => Line::styled(" that is not the environment's name: nothing was started", theme.bad()),
                 (true, false) => {
@@ -769,7 +753,11 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 }
                 (false, false) => Line::styled(" Enter roll back · Esc cancel", theme.fg(theme.accent)),
             };
-            frame.render_widget(Paragraph::new(hint), hint_area);
+            let input_area = text_dialog(frame, dialog, " Roll back ", *scroll, hint, theme, true);
+            if *protected {
+                let field = Rect { x: input_area.x + 1, width: input_area.width.saturating_sub(2), ..input_area };
+                frame.render_widget(input, field);
+            }
         }
         Dialog::AbortReason { input, empty } => {
             let rect = layout::centered(area, 64, 7);
@@ -797,6 +785,54 @@ fn dialog_frame(frame: &mut Frame, rect: Rect, title: &str, theme: &Theme, dange
     let inner = block.inner(rect);
     frame.render_widget(block, rect);
     inner
+}
+
+/// A dialog of text that may not fit: sized to its content, scrolled from `scroll`, its title
+/// saying which rows show, `hint` pinned at the bottom. Returns the pinned row above the hint
+/// (for an input) when the dialog has one.
+fn text_dialog(
+    frame: &mut Frame,
+    dialog: &Dialog,
+    title: &str,
+    scroll: usize,
+    hint: Line,
+    theme: &Theme,
+    danger: bool,
+) -> Rect {
+    let area = frame.area();
+    let Some(text) = dialog.text() else { return Rect::default() };
+    let rows = prose::wrap(&text.lines, layout::text_width(area, text.width));
+    let (rect, shown) = layout::text_dialog(area, text.width, rows.len(), text.pinned);
+    let first = prose::clamp_scroll(scroll, rows.len(), shown);
+    let title = if rows.len() > shown {
+        let last = (first + shown).min(rows.len());
+        format!("{title}· {}–{last} of {} · ↑↓ PgUp PgDn ", first + 1, rows.len())
+    } else {
+        title.to_string()
+    };
+    let inner = dialog_frame(frame, rect, &title, theme, danger);
+    let [body, pinned] = Layout::vertical([Constraint::Min(1), Constraint::Length(text.pinned)]).areas(inner);
+    let lines: Vec<Line> = rows[first..].iter().take(shown).map(|row| prose_line(row, theme)).collect();
+    let text_area = Rect { x: body.x + 1, width: body.width.saturating_sub(2), ..body };
+    frame.render_widget(Paragraph::new(lines), text_area);
+    let [above, hint_area] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(pinned);
+    frame.render_widget(Paragraph::new(hint), hint_area);
+    above
+}
+
+fn prose_line(row: &Prose, theme: &Theme) -> Line<'static> {
+    Line::from(row.iter().map(|(ink, text)| Span::styled(text.clone(), ink_style(*ink, theme))).collect::<Vec<_>>())
+}
+
+fn ink_style(ink: Ink, theme: &Theme) -> Style {
+    match ink {
+        Ink::Text => theme.text(),
+        Ink::Muted => theme.muted(),
+        Ink::Accent => theme.fg(theme.accent),
+        Ink::Heading => theme.fg(theme.accent).add_modifier(Modifier::BOLD),
+        Ink::Warn => theme.fg(theme.warn),
+        Ink::Bad => theme.bad(),
+    }
 }
 
 fn popup(frame: &mut Frame, rect: Rect, title: &str, body: Paragraph, theme: &Theme, danger: bool) {
@@ -885,6 +921,15 @@ mod tests {
         let samples = [Some(10), Some(80), None, Some(40)].into_iter().collect();
         assert_eq!(sparkline(&samples, 10), "▁█×▄");
         assert_eq!(sparkline(&samples, 2), "×█", "scaled to what is shown");
+    }
+
+    #[test]
+    fn a_cut_log_line_is_marked_on_the_side_it_was_cut() {
+        assert_eq!(shifted("abcdefghij", 0, 4), "abc…");
+        assert_eq!(shifted("abcdefghij", 3, 4), "…ef…");
+        assert_eq!(shifted("abcdefghij", 6, 4), "…hij");
+        assert_eq!(shifted("abc", 0, 4), "abc");
+        assert_eq!(wrap_chars("abcdefghij", 4), ["abcd", "efgh", "ij"]);
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl Control {
         self.lock().hosts.insert(host.to_string(), triage);
     }
 
-    pub(super) fn health_changed(&self, host: &str, check: &str, healthy: bool) {
+    pub(super) fn health_changed(&self, host: &str, check: &str, healthy: bool, why: Option<String>) {
         let mut state = self.lock();
         if healthy {
             state.unhealthy.remove(host);
@@ -224,7 +224,7 @@ impl Control {
             state.unhealthy.insert(host.to_string());
             state.went_unhealthy.insert(host.to_string());
         }
-        self.events.emit(Event::HealthChanged { host: host.to_string(), check: check.to_string(), healthy });
+        self.events.emit(Event::HealthChanged { host: host.to_string(), check: check.to_string(), healthy, why });
     }
 
     pub(super) fn start_soak(&self, hosts: &[String]) {

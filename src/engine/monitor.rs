@@ -52,17 +52,21 @@ pub(super) async fn monitor(
                     latency_ms: began.elapsed().as_millis() as u64,
                 });
                 if let Some(verdict) = streak.sample(healthy) {
+                    let mut why = None;
                     if !verdict {
                         // Why, in the host's log: the check's last words and its result.
                         let mut lines = said.take();
-                        let verdict = format!("{} failed while watched: {result}", check.name);
-                        lines.push(shared.redactor.redact(&verdict).into_owned());
+                        let result = shared.redactor.redact(&result.to_string()).into_owned();
+                        // For banners: its last words if it said any, else its result; short.
+                        let last = lines.last().filter(|l| !l.trim().is_empty()).unwrap_or(&result);
+                        why = Some(crate::text::shorten_middle(last.trim(), WHY_CHARS));
+                        lines.push(format!("{} failed while watched: {result}", check.name));
                         for line in lines {
                             let (host, step) = (name.clone(), check.name.clone());
                             shared.control.events.emit(Event::Output { host, step, stream: Stream::Stderr, line });
                         }
                     }
-                    shared.control.health_changed(&name, &check.name, verdict);
+                    shared.control.health_changed(&name, &check.name, verdict, why);
                 }
             }
         });
@@ -87,6 +91,8 @@ struct TailLines {
 /// Lines of a failing check's output shown, and characters of each.
 const TAIL_LINES: usize = 5;
 const TAIL_CHARS: usize = 500;
+/// Characters of the reason a `health_changed` event gives, for one line of a banner.
+const WHY_CHARS: usize = 80;
 
 impl Tail<'_> {
     fn new(redactor: &Redactor) -> Tail<'_> {

@@ -10,13 +10,20 @@ use crate::plan::Plan;
 use crate::secrets::Secrets;
 
 use super::*;
+use crate::console::keymap;
+use crate::console::prose::{self, Ink, Prose};
 
 /// A modal dialog; it takes every key while open.
 pub enum Dialog {
-    Release(TextArea<'static>),
+    /// The release to deploy, and why the last one typed cannot be used (shown beside it).
+    Release {
+        input: TextArea<'static>,
+        error: Option<String>,
+    },
     ConfirmPlan {
         plan: Box<Plan>,
         release: String,
+        scroll: usize,
     },
     TypeName {
         release: String,
@@ -33,6 +40,7 @@ pub enum Dialog {
         protected: bool,
         input: TextArea<'static>,
         wrong: bool,
+        scroll: usize,
     },
     ConfirmQuit,
     /// `x` on a host: skip it (failed) or exclude it (waiting); `X`: skip every failed host.
@@ -56,20 +64,77 @@ pub enum Dialog {
     },
     Filter(TextArea<'static>),
     Search(TextArea<'static>),
-    Help,
+    Help {
+        scroll: usize,
+    },
+    /// Text to read, scrolled if long: a step's command, a timeline entry in full.
+    Text {
+        title: String,
+        lines: Vec<Prose>,
+        scroll: usize,
+    },
+}
+
+/// What a dialog that shows text shows, and how: for drawing and for scrolling alike.
+pub struct DialogText {
+    pub lines: Vec<Prose>,
+    pub width: u16,
+    /// Rows below the text that never scroll (an input, the keys).
+    pub pinned: u16,
 }
 
 impl Dialog {
     /// The text input this dialog holds, if any.
     fn input_mut(&mut self) -> Option<&mut TextArea<'static>> {
         match self {
-            Dialog::Release(input) | Dialog::Filter(input) | Dialog::Search(input) => Some(input),
+            Dialog::Release { input, .. } | Dialog::Filter(input) | Dialog::Search(input) => Some(input),
             Dialog::TypeName { input, .. }
             | Dialog::AbortReason { input, .. }
             | Dialog::ConfirmRollback { input, .. }
             | Dialog::TakeOver { input, .. }
             | Dialog::Resume { input, .. } => Some(input),
-            Dialog::ConfirmPlan { .. } | Dialog::ConfirmQuit | Dialog::ConfirmTriage(_) | Dialog::Help => None,
+            Dialog::ConfirmPlan { .. }
+            | Dialog::ConfirmQuit
+            | Dialog::ConfirmTriage(_)
+            | Dialog::Help { .. }
+            | Dialog::Text { .. } => None,
+        }
+    }
+
+    /// The text of a dialog that may be longer than the screen.
+    pub fn text(&self) -> Option<DialogText> {
+        let (lines, width, pinned) = match self {
+            Dialog::Help { .. } => (keymap::help_prose(), layout::WIDE_DIALOG_WIDTH, 1),
+            Dialog::Text { lines, .. } => (lines.clone(), layout::WIDE_DIALOG_WIDTH, 1),
+            Dialog::ConfirmPlan { plan, release, .. } => {
+                let mut lines =
+                    vec![prose::line(Ink::Text, format!("Deploy {} {} to {}:", plan.service, release, plan.env))];
+                lines.extend(prose::plan(plan));
+                if plan.protected {
+                    lines.push(prose::line(Ink::Text, ""));
+                    lines.push(prose::line(
+                        Ink::Bad,
+                        format!("{} is PROTECTED: you will type its name next.", plan.env),
+                    ));
+                }
+                (lines, layout::DIALOG_WIDTH, 1)
+            }
+            Dialog::ConfirmRollback { preview, .. } => {
+                let lines = preview.lines().map(|l| prose::line(Ink::Text, l)).collect();
+                (lines, layout::DIALOG_WIDTH, 2)
+            }
+            _ => return None,
+        };
+        Some(DialogText { lines, width, pinned })
+    }
+
+    fn scroll_mut(&mut self) -> Option<&mut usize> {
+        match self {
+            Dialog::Help { scroll }
+            | Dialog::Text { scroll, .. }
+            | Dialog::ConfirmPlan { scroll, .. }
+            | Dialog::ConfirmRollback { scroll, .. } => Some(scroll),
+            _ => None,
         }
     }
 }
@@ -84,13 +149,22 @@ impl App {
             }
             return Vec::new();
         }
+        if self.scroll_dialog(key.code) {
+            return Vec::new();
+        }
         let Some(dialog) = self.dialog.take() else {
             return Vec::new();
         };
         let esc = key.code == KeyCode::Esc;
         let enter = key.code == KeyCode::Enter;
         match dialog {
-            Dialog::Help => {}
+            // Any other key closes help; a text closes on Esc, Enter or q.
+            Dialog::Help { .. } => {}
+            text @ Dialog::Text { .. } => {
+                if !matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
+                    self.dialog = Some(text);
+                }
+            }
             Dialog::ConfirmQuit => match key.code {
                 KeyCode::Char('d') | KeyCode::Char('D') => return vec![Effect::Detach],
                 KeyCode::Char('a') | KeyCode::Char('A') => {
@@ -162,7 +236,7 @@ impl App {
                 input.input(key);
                 self.dialog = Some(Dialog::TakeOver { input, wrong: false });
             }
-            Dialog::Release(mut input) => {
+            Dialog::Release { mut input, error } => {
                 if esc {
                     return Vec::new();
                 }
@@ -170,10 +244,13 @@ impl App {
                     let release = input_text(&input);
                     return self.release_chosen(release, input);
                 }
+                // The error stays until the input changes.
+                let before = input_text(&input);
                 input.input(key);
-                self.dialog = Some(Dialog::Release(input));
+                let error = error.filter(|_| input_text(&input) == before);
+                self.dialog = Some(Dialog::Release { input, error });
             }
-            Dialog::ConfirmPlan { plan, release } => {
+            Dialog::ConfirmPlan { plan, release, scroll } => {
                 if enter {
                     if plan.protected {
                         self.dialog = Some(Dialog::TypeName {
@@ -186,7 +263,7 @@ impl App {
                     return self.start(release);
                 }
                 if !esc {
-                    self.dialog = Some(Dialog::ConfirmPlan { plan, release });
+                    self.dialog = Some(Dialog::ConfirmPlan { plan, release, scroll });
                 }
             }
             Dialog::TypeName { release, mut input, .. } => {
@@ -204,20 +281,20 @@ impl App {
                 input.input(key);
                 self.dialog = Some(Dialog::TypeName { release, input, wrong: false });
             }
-            Dialog::ConfirmRollback { preview, protected, mut input, .. } => {
+            Dialog::ConfirmRollback { preview, protected, mut input, scroll, .. } => {
                 if esc {
                     return vec![Effect::CancelRollback];
                 }
                 if enter {
                     let expected = self.target_env().map(|e| e.name.clone()).unwrap_or_default();
                     if protected && input_text(&input) != expected {
-                        self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: true });
+                        self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: true, scroll });
                         return Vec::new();
                     }
                     return vec![Effect::StartRollback];
                 }
                 input.input(key);
-                self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: false });
+                self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: false, scroll });
             }
             Dialog::AbortReason { mut input, .. } => {
                 if esc {
@@ -291,14 +368,39 @@ impl App {
         };
         match Plan::build(profile, &env.name, &release, &Secrets::masked(profile)) {
             Ok(plan) => {
-                self.dialog = Some(Dialog::ConfirmPlan { plan: Box::new(plan), release });
+                self.dialog = Some(Dialog::ConfirmPlan { plan: Box::new(plan), release, scroll: 0 });
             }
             Err(e) => {
-                self.status = Some(e.to_string());
-                self.dialog = Some(Dialog::Release(input));
+                self.dialog = Some(Dialog::Release { input, error: Some(e.to_string()) });
             }
         }
         Vec::new()
+    }
+
+    /// ↑ ↓ PgUp PgDn (and, where nothing is typed, Home End j k g G) scroll a dialog that
+    /// shows text, never past its end; true when the key did that.
+    fn scroll_dialog(&mut self, code: KeyCode) -> bool {
+        let size = self.size;
+        let Some(dialog) = self.dialog.as_mut() else { return false };
+        let Some(text) = dialog.text() else { return false };
+        let typing = dialog.input_mut().is_some();
+        let rows = prose::wrap(&text.lines, layout::text_width(size, text.width)).len();
+        let (_, shown) = layout::text_dialog(size, text.width, rows, text.pinned);
+        let Some(scroll) = dialog.scroll_mut() else { return false };
+        let page = shown.saturating_sub(1).max(1);
+        let wanted = match code {
+            KeyCode::Up => scroll.saturating_sub(1),
+            KeyCode::Down => *scroll + 1,
+            KeyCode::PageUp => scroll.saturating_sub(page),
+            KeyCode::PageDown => *scroll + page,
+            KeyCode::Char('k') if !typing => scroll.saturating_sub(1),
+            KeyCode::Char('j') if !typing => *scroll + 1,
+            KeyCode::Home | KeyCode::Char('g') if !typing => 0,
+            KeyCode::End | KeyCode::Char('G') if !typing => rows,
+            _ => return false,
+        };
+        *scroll = prose::clamp_scroll(wanted, rows, shown);
+        true
     }
 
     fn start(&mut self, release: String) -> Vec<Effect> {

@@ -9,6 +9,11 @@ use crate::event::Command;
 
 use super::dialog::text_input;
 use super::*;
+use crate::console::prose::{self, Ink};
+
+/// Characters ← and → scroll the unwrapped log, and the most it scrolls.
+const SIDEWAYS: usize = 20;
+const MAX_SHIFT: usize = 1 << 20;
 
 impl App {
     pub fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
@@ -29,7 +34,7 @@ impl App {
         match keymap::action(screen, key.code) {
             Some(Action::Quit) => self.request_quit(),
             Some(Action::Help) => {
-                self.dialog = Some(Dialog::Help);
+                self.dialog = Some(Dialog::Help { scroll: 0 });
                 Vec::new()
             }
             Some(action) if screen == Screen::Deploy => self.on_deploy_action(action),
@@ -98,7 +103,7 @@ impl App {
                     self.status = Some(format!("cannot plan this environment: {e}"));
                     return Vec::new();
                 }
-                self.dialog = Some(Dialog::Release(text_input("release to deploy, e.g. 2.4.1")));
+                self.dialog = Some(Dialog::Release { input: text_input("release to deploy, e.g. 2.4.1"), error: None });
             }
             _ => {}
         }
@@ -132,6 +137,7 @@ impl App {
             Action::SkipAllFailed => self.skip_all_failed(),
             Action::NextPane => self.focus = self.focus.next(),
             Action::PreviousPane => self.focus = self.focus.previous(),
+            Action::Enter if self.focus == Pane::Timeline => self.show_timeline_entry(),
             Action::Enter => {
                 if self.focus == Pane::Hosts {
                     self.focus = Pane::Logs;
@@ -189,6 +195,35 @@ impl App {
             Action::PageDown => self.scroll_log(-(self.log_page() as isize)),
             Action::Top => self.log_scroll = self.log_len(),
             Action::Follow => self.log_scroll = 0,
+            Action::Wrap => {
+                self.wrap = !self.wrap;
+                self.log_shift = 0;
+                self.status = Some(if self.wrap {
+                    "long log lines wrap".into()
+                } else {
+                    "long log lines are cut (marked …): ← → scroll sideways".into()
+                });
+            }
+            Action::ScrollLeft | Action::ScrollRight if self.wrap => {
+                self.status = Some("the log wraps long lines: w cuts them, then ← → scroll".into());
+            }
+            Action::ScrollLeft => self.log_shift = self.log_shift.saturating_sub(SIDEWAYS),
+            Action::ScrollRight => self.log_shift = (self.log_shift + SIDEWAYS).min(MAX_SHIFT),
+            Action::Timestamps => self.timestamps = !self.timestamps,
+            Action::WriteLog => match self.selected_name() {
+                Some(host) => return vec![Effect::WriteLog { host }],
+                None => self.status = Some("no host selected".into()),
+            },
+            Action::ShowCommand => self.show_command(),
+            Action::FollowWave => {
+                self.follow_wave = !self.follow_wave;
+                if self.follow_wave {
+                    self.select_running();
+                    self.status = Some("following the running wave (F again: stop)".into());
+                } else {
+                    self.status = Some("no longer following the running wave".into());
+                }
+            }
             Action::Overview | Action::Check | Action::Help | Action::Quit | Action::ResumeInterrupted => {}
         }
         Vec::new()
@@ -246,6 +281,36 @@ impl App {
             }
             None => self.status = Some("no failed or unhealthy host".into()),
         }
+    }
+
+    /// `c`: what the selected host runs now (or ran last), exactly, secrets masked.
+    fn show_command(&mut self) {
+        let Some(name) = self.selected_name() else { return };
+        let Some(host) = self.deploy.as_ref().and_then(|d| d.host(&name)) else { return };
+        let (Some(step), Some(command)) = (&host.step, &host.command) else {
+            self.status = Some(format!("{name} has not started a step yet"));
+            return;
+        };
+        let now = if host.step_running { "runs now" } else { "ran last" };
+        let again = if host.attempt > 1 { format!(", attempt {}", host.attempt) } else { String::new() };
+        let mut lines = vec![prose::line(
+            Ink::Muted,
+            format!("step {}/{} {step}{again} {now}:", host.step_index, host.total_steps),
+        )];
+        lines.extend(crate::text::clean(command).lines().map(|l| prose::line(Ink::Text, l)));
+        self.dialog = Some(Dialog::Text { title: format!(" Command — {name} "), lines, scroll: 0 });
+    }
+
+    /// Enter in the timeline: its newest shown entry, in full.
+    fn show_timeline_entry(&mut self) {
+        let Some(model) = &self.deploy else { return };
+        let len = model.timeline.len();
+        let Some(entry) = len.checked_sub(1 + self.timeline_scroll).and_then(|i| model.timeline.get(i)) else {
+            return;
+        };
+        let when = entry.at.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+        let lines = vec![prose::line(Ink::Muted, when), prose::line(Ink::Text, entry.text.clone())];
+        self.dialog = Some(Dialog::Text { title: " Timeline ".into(), lines, scroll: 0 });
     }
 
     pub(super) fn send(&mut self, command: Command, pending: Pending) -> Vec<Effect> {

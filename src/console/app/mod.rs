@@ -61,6 +61,10 @@ pub enum Effect {
     Detach,
     /// Ring the terminal's bell: the deploy stopped to wait for someone, or finished.
     Bell,
+    /// Write `host`'s whole log, read back from the deploy's audit log, to a file.
+    WriteLog {
+        host: String,
+    },
     Quit,
 }
 
@@ -130,6 +134,14 @@ pub struct App {
     pub log_scroll: usize,
     pub timeline_scroll: usize,
     pub interleaved: bool,
+    /// Long log lines wrap; off, they are cut with a marker and `log_shift` scrolls sideways.
+    pub wrap: bool,
+    /// Characters the unwrapped log is scrolled to the right.
+    pub log_shift: usize,
+    /// Each log line shows when it came.
+    pub timestamps: bool,
+    /// The selection moves on with the running wave.
+    pub follow_wave: bool,
     pub filter: String,
     pub search: Option<String>,
     pub sort: SortOrder,
@@ -178,6 +190,10 @@ impl App {
             log_scroll: 0,
             timeline_scroll: 0,
             interleaved: false,
+            wrap: true,
+            log_shift: 0,
+            timestamps: false,
+            follow_wave: false,
             filter: String::new(),
             search: None,
             sort: SortOrder::Plan,
@@ -236,7 +252,7 @@ impl App {
     /// Shows a prepared rollback for confirmation.
     pub fn confirm_rollback(&mut self, preview: String, protected: bool) {
         let input = text_input(if protected { "type the environment's name" } else { "press Enter to start" });
-        self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: false });
+        self.dialog = Some(Dialog::ConfirmRollback { preview, protected, input, wrong: false, scroll: 0 });
     }
 
     /// The overview's selected environment as a rollback request.
@@ -255,8 +271,15 @@ impl App {
         use crate::event::Event;
         // Keep the selection on the same host while the list changes under it. Output, samples
         // and progress (nearly all events) never reorder or refilter it: skip the lookup.
-        let reorders =
-            !matches!(event.event, Event::Output { .. } | Event::HealthSample { .. } | Event::UploadProgress { .. });
+        // A triaged host may move (problems first) or leave the filter: the selection stays
+        // where the operator was, on the next host, rather than following the one moved.
+        let reorders = !matches!(
+            event.event,
+            Event::Output { .. }
+                | Event::HealthSample { .. }
+                | Event::UploadProgress { .. }
+                | Event::HostTriaged { .. }
+        );
         let selected = if reorders { self.selected_name() } else { None };
         let Some(model) = self.deploy.as_mut() else {
             return Vec::new();
@@ -275,6 +298,12 @@ impl App {
         }
         if let Some(name) = selected {
             self.select_name(&name);
+        }
+        self.selected_host = self.selected_host.min(self.visible_hosts().len().saturating_sub(1));
+        if self.follow_wave
+            && matches!(event.event, Event::HostStarted { .. } | Event::HostFinished { .. } | Event::WaveStarted { .. })
+        {
+            self.select_running();
         }
         // When a wave goes bad, show the first failed host: its log says why.
         if let Event::ThresholdExceeded { failed_hosts, .. } = &event.event
@@ -339,6 +368,21 @@ impl App {
             && let Some(pos) = visible.iter().position(|&i| model.hosts[i].name == name)
         {
             self.selected_host = pos;
+        }
+    }
+
+    /// Keeps the selection on a running host: stays if the selected one runs, else the first
+    /// running host shown.
+    fn select_running(&mut self) {
+        let Some(model) = &self.deploy else { return };
+        let visible = self.visible_hosts();
+        let running = |pos: &usize| visible.get(*pos).is_some_and(|&i| model.hosts[i].phase == HostPhase::Running);
+        if running(&self.selected_host) {
+            return;
+        }
+        if let Some(pos) = (0..visible.len()).find(running) {
+            self.selected_host = pos;
+            self.log_scroll = 0;
         }
     }
 
@@ -493,7 +537,8 @@ fn trouble_rank(phase: HostPhase) -> u8 {
 mod tests {
     use super::*;
     use crate::console::model::tests::{stamp, started};
-    use crate::event::{Event, PauseCause};
+    use crate::console::prose;
+    use crate::event::{Event, HostState, PauseCause, TriageAction};
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use std::path::Path;
 
@@ -523,7 +568,7 @@ mod tests {
     fn starting_a_deploy_asks_release_then_shows_the_plan() {
         let mut app = App::new(vec![demo_profile()], "ann", 100);
         assert_eq!(app.on_key(key(KeyCode::Enter)), []);
-        assert!(matches!(app.dialog, Some(Dialog::Release(_))));
+        assert!(matches!(app.dialog, Some(Dialog::Release { .. })));
         typed(&mut app, "2.4.1");
         app.on_key(key(KeyCode::Enter));
         assert!(matches!(&app.dialog, Some(Dialog::ConfirmPlan { release, .. }) if release == "2.4.1"));
@@ -537,8 +582,8 @@ mod tests {
         app.on_key(key(KeyCode::Enter));
         typed(&mut app, "2.4.1; rm");
         app.on_key(key(KeyCode::Enter));
-        assert!(matches!(app.dialog, Some(Dialog::Release(_))));
-        assert!(app.status.as_deref().unwrap_or("").contains("not usable"));
+        let Some(Dialog::Release { error: Some(error), .. }) = &app.dialog else { panic!("the dialog stays open") };
+        assert!(error.contains("not usable"), "the error stands beside the input: {error}");
     }
 
     #[test]
@@ -635,7 +680,10 @@ mod tests {
         assert_eq!(app.status.as_deref(), Some("no failed or unhealthy host"));
         let failed = Event::HostFinished { wave: 2, host: "c".into(), state: crate::event::HostState::Failed };
         app.on_event(&stamp(1, failed));
-        app.on_event(&stamp(2, Event::HealthChanged { host: "a".into(), check: "up".into(), healthy: false }));
+        app.on_event(&stamp(
+            2,
+            Event::HealthChanged { host: "a".into(), check: "up".into(), healthy: false, why: None },
+        ));
         app.on_key(key(KeyCode::Char('f')));
         assert_eq!(app.selected_name().as_deref(), Some("c"));
         app.on_key(key(KeyCode::Char('f')));
@@ -789,6 +837,105 @@ mod tests {
         app.on_key(KeyEvent::new(KeyCode::Char('u'), crossterm::event::KeyModifiers::CONTROL));
         let Some(Dialog::AbortReason { input, .. }) = &app.dialog else { panic!("the abort dialog stays open") };
         assert_eq!(input.lines().join(""), "");
+    }
+
+    fn step(secs: i64, host: &str, wave: usize) -> Stamped {
+        stamp(
+            secs,
+            Event::StepStarted {
+                wave,
+                host: host.into(),
+                step: "stage".into(),
+                kind: crate::plan::StepKind::Command,
+                index: 1,
+                total: 2,
+                attempt: 1,
+                command: "curl -H 'token: ****' x".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn after_a_triage_the_selection_stays_where_it_was() {
+        let mut app = deploying();
+        app.sort = SortOrder::Trouble;
+        for host in ["b", "c"] {
+            app.on_event(&stamp(1, Event::HostStarted { wave: 2, host: host.into() }));
+            let failed = Event::HostFinished { wave: 2, host: host.into(), state: crate::event::HostState::Failed };
+            app.on_event(&stamp(2, failed));
+        }
+        app.on_key(key(KeyCode::Home));
+        assert_eq!(app.selected_name().as_deref(), Some("b"), "problems first: b, c, a");
+        app.on_event(&stamp(3, Event::HostTriaged { host: "b".into(), action: TriageAction::Skip }));
+        assert_eq!(app.selected_name().as_deref(), Some("c"), "b moved down; the row selected is now c");
+    }
+
+    #[test]
+    fn following_the_running_wave_moves_the_selection_on_with_it() {
+        let mut app = deploying();
+        app.on_key(key(KeyCode::Char('F')));
+        app.on_event(&stamp(1, Event::HostStarted { wave: 1, host: "a".into() }));
+        assert_eq!(app.selected_name().as_deref(), Some("a"));
+        app.on_event(&stamp(2, Event::HostFinished { wave: 1, host: "a".into(), state: HostState::Done }));
+        app.on_event(&stamp(3, Event::HostStarted { wave: 2, host: "c".into() }));
+        assert_eq!(app.selected_name().as_deref(), Some("c"), "a finished: on to the running c");
+        app.on_key(key(KeyCode::Char('F')));
+        app.on_key(key(KeyCode::Home));
+        app.on_event(&stamp(4, Event::HostStarted { wave: 2, host: "b".into() }));
+        assert_eq!(app.selected_name().as_deref(), Some("a"), "F again stops following");
+    }
+
+    #[test]
+    fn c_shows_the_selected_hosts_command_and_enter_a_timeline_entry_in_full() {
+        let mut app = deploying();
+        app.on_key(key(KeyCode::Char('c')));
+        assert_eq!(app.status.as_deref(), Some("a has not started a step yet"));
+        app.on_event(&step(1, "a", 1));
+        app.on_key(key(KeyCode::Char('c')));
+        let Some(Dialog::Text { lines, .. }) = &app.dialog else { panic!("a text dialog") };
+        assert_eq!(lines[1], prose::line(prose::Ink::Text, "curl -H 'token: ****' x"));
+        app.on_key(key(KeyCode::Esc));
+        assert!(app.dialog.is_none());
+        let long = "x".repeat(500);
+        app.on_event(&stamp(2, Event::CommandIgnored { command: Command::Resume, why: long.clone() }));
+        app.focus = Pane::Timeline;
+        app.on_key(key(KeyCode::Enter));
+        let Some(Dialog::Text { lines, .. }) = &app.dialog else { panic!("the entry in full") };
+        assert!(lines[1][0].1.ends_with(&long), "{:?}", lines[1]);
+    }
+
+    #[test]
+    fn help_scrolls_to_its_end_and_no_further() {
+        let mut app = deploying();
+        app.size = Rect::new(0, 0, 80, 24);
+        app.on_key(key(KeyCode::Char('?')));
+        app.on_key(key(KeyCode::End));
+        let Some(Dialog::Help { scroll }) = app.dialog else { panic!("help stays open while scrolling") };
+        let rows = prose::wrap(&keymap_help(), layout::text_width(app.size, layout::WIDE_DIALOG_WIDTH)).len();
+        let (_, shown) = layout::text_dialog(app.size, layout::WIDE_DIALOG_WIDTH, rows, 1);
+        assert_eq!(scroll, rows - shown, "the last page");
+        app.on_key(key(KeyCode::Up));
+        assert!(matches!(app.dialog, Some(Dialog::Help { scroll: s }) if s == rows - shown - 1));
+        app.on_key(key(KeyCode::Char('x')));
+        assert!(app.dialog.is_none(), "any other key closes it");
+    }
+
+    fn keymap_help() -> Vec<prose::Prose> {
+        crate::console::keymap::help_prose()
+    }
+
+    #[test]
+    fn log_keys_wrap_cut_and_write_the_selected_hosts_log() {
+        let mut app = deploying();
+        assert!(app.wrap, "nothing is cut unless asked");
+        app.on_key(key(KeyCode::Right));
+        assert_eq!(app.log_shift, 0, "sideways only when cut");
+        app.on_key(key(KeyCode::Char('w')));
+        app.on_key(key(KeyCode::Right));
+        assert_eq!((app.wrap, app.log_shift), (false, 20));
+        app.on_key(key(KeyCode::Char('t')));
+        assert!(app.timestamps);
+        assert_eq!(app.on_key(key(KeyCode::Char('W'))), [Effect::WriteLog { host: "a".into() }]);
     }
 
     #[test]
