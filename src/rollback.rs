@@ -47,14 +47,21 @@ impl Prepared {
     /// is masked and its control characters escaped.
     pub fn describe(&self) -> String {
         let plan = &self.session.plan;
+        // The counts are of the list below: hosts that go back, and hosts left alone.
+        let alone = self.targets.iter().filter(|(_, d)| matches!(d, Destination::Stay(_))).count();
+        let back = self.targets.len() - alone;
         let mut out = format!(
-            "Rollback of {} {} on {} (deploy session {}): {} hosts in {} waves, last deployed first",
+            "Rollback of {} {} on {} (deploy session {}): {back} host{} go{} back in {} wave{}, last deployed \
+             first{}",
             plan.service,
             self.last.release,
             plan.env,
             self.last.session,
-            plan.host_count(),
-            plan.waves.len()
+            if back == 1 { "" } else { "s" },
+            if back == 1 { "es" } else { "" },
+            plan.waves.len(),
+            if plan.waves.len() == 1 { "" } else { "s" },
+            if alone == 0 { String::new() } else { format!("; {alone} left alone") },
         );
         for (host, destination) in &self.targets {
             match destination {

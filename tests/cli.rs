@@ -541,6 +541,10 @@ fn rollback_returns_each_host_to_where_the_deploy_found_it_and_leaves_unchanged_
     assert!(preview.contains("dev-web-1        3.0 -> 2.0"), "{preview}");
     assert!(preview.contains("dev-worker-1     3.0 -> 2.0"), "{preview}");
     assert!(preview.contains("dev-web-2        left alone: this deploy did not change it"), "{preview}");
+    assert!(
+        preview.contains("2 hosts go back in 2 waves, last deployed first; 1 left alone"),
+        "the counts are the list's: {preview}"
+    );
     for host in ["dev-web-1", "dev-web-2", "dev-worker-1"] {
         assert_eq!(current(host), Path::new("releases/2.0"), "{host}: {stdout}");
     }

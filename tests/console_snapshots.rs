@@ -374,3 +374,168 @@ fn a_soak_counts_down_instead_of_looking_like_a_hang() {
     feed(&mut app, vec![(126, Event::SoakFinished { wave: 1, unhealthy: vec![] })]);
     assert!(!render(&mut app, 160, 48, 130).contains("soak of wave"));
 }
+
+/// A profile of `count` hosts named `prod-web-NNN`, for the big-fleet screens.
+fn fleet(count: usize) -> Profile {
+    let hosts: Vec<String> = (1..=count).map(|i| format!("{{ name = \"prod-web-{i:03}\" }}")).collect();
+    let text = format!(
+        "[service]\nname = \"shop\"\n[[environments]]\nname = \"prod\"\nhosts = [{}]\n\
+         plan = {{ canary = 1, batch = \"5%\" }}\n[[steps]]\nname = \"run\"\nrun = \"true\"\n",
+        hosts.join(", ")
+    );
+    Profile::parse(Path::new("fleet.toml"), &text).unwrap()
+}
+
+fn started(service: &str, env: &str, release: &str, waves: Vec<Vec<String>>) -> Event {
+    Event::DeployStarted {
+        service: service.into(),
+        env: env.into(),
+        release: release.into(),
+        waves: waves
+            .into_iter()
+            .enumerate()
+            .map(|(i, hosts)| WaveOutline { wave: i + 1, hosts, max_failures: 0 })
+            .collect(),
+        steps: vec!["run".into()],
+    }
+}
+
+#[test]
+fn the_plan_of_300_hosts_scrolls_and_keeps_its_keys_in_sight() {
+    let mut app = App::new(vec![fleet(300)], "ann", 100);
+    key(&mut app, KeyCode::Enter);
+    typed(&mut app, "2.5.0");
+    key(&mut app, KeyCode::Enter);
+    let screen = render(&mut app, 80, 24, 0);
+    assert!(screen.contains("Enter start · Esc cancel") && screen.contains("of "), "{screen}");
+    snapshot("dialog_confirm_plan_300_hosts", &mut app, 0);
+    render(&mut app, 80, 24, 0);
+    key(&mut app, KeyCode::End);
+    let end = render(&mut app, 80, 24, 0);
+    assert!(end.contains("steps: run") && end.contains("Enter start · Esc cancel"), "the last page: {end}");
+    insta::assert_snapshot!("dialog_confirm_plan_300_hosts_end_80x24", end);
+}
+
+#[test]
+fn a_fleet_of_21_waves_shows_a_window_of_them_and_one_overall_bar() {
+    let mut app = App::new(vec![fleet(300)], "ann", 100);
+    app.begin_deploy();
+    let names: Vec<String> = (1..=300).map(|i| format!("prod-web-{i:03}")).collect();
+    let mut waves = vec![names[..1].to_vec()];
+    waves.extend(names[1..].chunks(15).map(<[String]>::to_vec));
+    assert_eq!(waves.len(), 21);
+    let mut events = vec![(0, started("shop", "prod", "2.5.0", waves.clone()))];
+    // Waves 1 to 6 done in 10 s each; wave 7 running for 4 s.
+    for (i, hosts) in waves.iter().enumerate().take(7) {
+        let (wave, at) = (i + 1, i as i64 * 10);
+        events.push((at, Event::WaveStarted { wave, hosts: hosts.clone() }));
+        for host in hosts {
+            events.push((at, Event::HostStarted { wave, host: host.clone() }));
+            if wave < 7 {
+                events.push((at + 9, Event::HostFinished { wave, host: host.clone(), state: HostState::Done }));
+            }
+        }
+        if wave < 7 {
+            let done = hosts.len();
+            events.push((at + 9, Event::WaveFinished { wave, done, failed: 0, cancelled: 0, not_started: 0 }));
+        }
+    }
+    feed(&mut app, events);
+    let narrow = render(&mut app, 80, 24, 64);
+    let strip = narrow.lines().nth(1).unwrap();
+    assert!(strip.contains("▶ W7") && strip.contains("more ›") && strip.contains("76/300"), "{strip}");
+    let wide = render(&mut app, 160, 48, 64);
+    assert!(wide.contains("W7 00:04 · ETA ~"), "time in the wave and a guess at the rest: {wide}");
+    snapshot("deploy_21_waves", &mut app, 64);
+}
+
+#[test]
+fn a_soak_failure_names_the_host_and_what_its_check_said() {
+    let mut app = staging_in_flight();
+    let unhealthy = Event::HealthChanged {
+        host: "stg-web-1".into(),
+        check: "healthz".into(),
+        healthy: false,
+        why: Some("500 memory leak (3.9 GiB RSS)".into()),
+    };
+    feed(
+        &mut app,
+        vec![
+            (6, Event::SoakStarted { wave: 1, duration_ms: 120_000 }),
+            (20, unhealthy),
+            (
+                20,
+                Event::Paused {
+                    cause: PauseCause::FailureThreshold { wave: 1, failures: 1, limit: 0 },
+                    running: vec![],
+                },
+            ),
+        ],
+    );
+    let screen = render(&mut app, 160, 48, 42);
+    assert!(
+        screen.contains(
+            "PAUSED 00:22 · wave 1 stopped: stg-web-1 went unhealthy during soak (healthz: 500 memory leak (3.9 GiB RSS))"
+        ),
+        "{screen}"
+    );
+    snapshot("deploy_paused_soak_failure", &mut app, 42);
+}
+
+#[test]
+fn a_rollback_looks_like_one() {
+    let mut app = app();
+    app.begin_deploy();
+    let waves = vec![vec!["dev-web-2".to_string()], vec!["dev-web-1".to_string()]];
+    feed(
+        &mut app,
+        vec![
+            (0, started("shopfront", "dev", "rollback-of-2.4.2", waves)),
+            (0, Event::WaveStarted { wave: 1, hosts: vec!["dev-web-2".into()] }),
+        ],
+    );
+    let screen = render(&mut app, 80, 24, 3);
+    assert!(screen.contains("ROLLBACK of 2.4.2 → previous") && screen.contains("rollback wave 1/2"), "{screen}");
+    snapshot("deploy_rollback", &mut app, 3);
+}
+
+#[test]
+fn a_gate_counts_how_long_it_has_waited() {
+    let mut app = staging_in_flight();
+    feed(&mut app, vec![(10, Event::AwaitingPromote { wave: 2 })]);
+    let screen = render(&mut app, 160, 48, 75);
+    assert!(screen.contains("WAITING FOR PROMOTE 01:05"), "{screen}");
+}
+
+#[test]
+fn a_terminal_too_small_still_says_how_the_deploy_stands_and_how_to_stop_it() {
+    let mut app = staging_in_flight();
+    let screen = render(&mut app, 60, 20, 9);
+    assert!(screen.contains("RUNNING") && screen.contains("p pause · a abort · q quit"), "{screen}");
+    insta::assert_snapshot!("too_small_deploy_60x20", screen);
+}
+
+#[test]
+fn long_log_lines_wrap_or_are_cut_visibly_and_times_show_on_a_key() {
+    let mut app = staging_in_flight();
+    let long = format!("BEGIN {} END", "0123456789".repeat(20));
+    feed(&mut app, vec![(9, out("stg-web-1", Stream::Stdout, &long))]);
+    let wrapped = render(&mut app, 80, 24, 9);
+    assert!(wrapped.contains("BEGIN") && wrapped.contains("END"), "wrapped, nothing is lost: {wrapped}");
+    snapshot("deploy_log_wrapped", &mut app, 9);
+    key(&mut app, KeyCode::Char('w'));
+    key(&mut app, KeyCode::Char('t'));
+    let cut = render(&mut app, 80, 24, 9);
+    assert!(cut.contains("BEGIN") && !cut.contains("END") && cut.contains("…"), "cut, and marked: {cut}");
+    assert!(cut.contains("08:00:09 "), "times shown: {cut}");
+    snapshot("deploy_log_cut_with_times", &mut app, 9);
+}
+
+#[test]
+fn c_shows_the_selected_hosts_command() {
+    let mut app = staging_in_flight();
+    key(&mut app, KeyCode::Char('c'));
+    let screen = render(&mut app, 80, 24, 9);
+    assert!(screen.contains("Command — stg-web-1") && screen.contains("run prune"), "{screen}");
+    snapshot("dialog_command", &mut app, 9);
+}

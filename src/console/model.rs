@@ -136,6 +136,8 @@ pub struct DeployModel {
     pub abort_reason: Option<String>,
     /// The soak under way: its wave, when it began and how long it lasts.
     pub soak: Option<(usize, DateTime<Utc>, chrono::Duration)>,
+    /// How long a wave's soak lasts, once one has started (for the time-left guess).
+    pub soak_length: Option<chrono::Duration>,
     /// The wave waiting at a manual gate, whatever else the control shows meanwhile (a pause
     /// at the gate, once resumed, is still at the gate).
     pub at_gate: Option<usize>,
@@ -167,6 +169,7 @@ impl DeployModel {
             aborting: false,
             abort_reason: None,
             soak: None,
+            soak_length: None,
             at_gate: None,
             started: None,
             finished: None,
@@ -251,6 +254,20 @@ impl DeployModel {
                 (None, _) => true,
             });
         }
+    }
+
+    /// Between two waves, with nothing running, no soak and no gate: the next wave's number and
+    /// since when the last one finished.
+    pub fn between_waves(&self) -> Option<(usize, DateTime<Utc>)> {
+        if self.soak.is_some() || self.at_gate.is_some() || self.control != ControlView::Running {
+            return None;
+        }
+        if self.waves.iter().any(|w| w.phase == WavePhase::Running) {
+            return None;
+        }
+        let next = self.waves.iter().find(|w| w.phase == WavePhase::Pending)?;
+        let since = self.waves.iter().filter_map(|w| w.finished).max()?;
+        Some((next.number, since))
     }
 
     /// Hosts that reached a final state, for the overall gauge.
@@ -508,7 +525,9 @@ impl DeployModel {
                 self.finished = Some(at);
             }
             Event::SoakStarted { wave, duration_ms } => {
-                self.soak = Some((*wave, at, chrono::Duration::milliseconds(*duration_ms as i64)));
+                let length = chrono::Duration::milliseconds(*duration_ms as i64);
+                self.soak = Some((*wave, at, length));
+                self.soak_length = Some(length);
             }
             Event::SoakFinished { .. } => self.soak = None,
             Event::OnceStarted { .. } | Event::ThresholdExceeded { .. } | Event::CommandIgnored { .. } => {}

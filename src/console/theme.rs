@@ -250,6 +250,101 @@ mod tests {
         assert!(err.to_string().contains("t.toml:2:1"), "{err}");
     }
 
+    /// A colour as xterm draws it by default: the palette a contrast check can assume.
+    fn rgb(color: Color) -> Option<[f64; 3]> {
+        const ANSI: [u32; 16] = [
+            0x000000, 0xcd0000, 0x00cd00, 0xcdcd00, 0x0000ee, 0xcd00cd, 0x00cdcd, 0xe5e5e5, 0x7f7f7f, 0xff0000,
+            0x00ff00, 0xffff00, 0x5c5cff, 0xff00ff, 0x00ffff, 0xffffff,
+        ];
+        let hex = |v: u32| Some([(v >> 16) as f64, ((v >> 8) & 0xff) as f64, (v & 0xff) as f64]);
+        let named = [
+            Color::Black,
+            Color::Red,
+            Color::Green,
+            Color::Yellow,
+            Color::Blue,
+            Color::Magenta,
+            Color::Cyan,
+            Color::Gray,
+            Color::DarkGray,
+            Color::LightRed,
+            Color::LightGreen,
+            Color::LightYellow,
+            Color::LightBlue,
+            Color::LightMagenta,
+            Color::LightCyan,
+            Color::White,
+        ];
+        match color {
+            Color::Rgb(r, g, b) => Some([r as f64, g as f64, b as f64]),
+            Color::Indexed(i) if i < 16 => hex(ANSI[i as usize]),
+            Color::Indexed(i) if i >= 232 => {
+                let v = 8.0 + 10.0 * (i - 232) as f64;
+                Some([v, v, v])
+            }
+            Color::Indexed(i) => {
+                let level = |n: u8| if n == 0 { 0.0 } else { 55.0 + 40.0 * n as f64 };
+                let i = i - 16;
+                Some([level(i / 36), level(i / 6 % 6), level(i % 6)])
+            }
+            Color::Reset => None,
+            other => named.iter().position(|c| *c == other).and_then(|i| hex(ANSI[i])),
+        }
+    }
+
+    /// WCAG 2 contrast ratio of two colours.
+    fn contrast(a: [f64; 3], b: [f64; 3]) -> f64 {
+        let luminance = |c: [f64; 3]| {
+            let channel = |v: f64| {
+                let v = v / 255.0;
+                if v <= 0.03928 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) }
+            };
+            0.2126 * channel(c[0]) + 0.7152 * channel(c[1]) + 0.0722 * channel(c[2])
+        };
+        let (x, y) = (luminance(a), luminance(b));
+        (x.max(y) + 0.05) / (x.min(y) + 0.05)
+    }
+
+    #[test]
+    fn every_word_of_every_theme_is_readable_where_it_is_drawn() {
+        // The terminal's own background, which each theme is made for.
+        let backgrounds = [("dark", [0.0; 3]), ("light", [255.0; 3]), ("high-contrast", [0.0; 3])];
+        let mut problems = Vec::new();
+        for (name, background) in backgrounds {
+            let theme = Theme::resolve(Some(name), false).unwrap();
+            let on = |bg: Color| rgb(bg).unwrap_or(background);
+            // State words and text on the screen's background; the selected row's words (drawn
+            // in the selection's colour), the banner and the header on theirs.
+            let pairs = [
+                ("text", theme.text, background),
+                ("muted", theme.muted, background),
+                ("accent", theme.accent, background),
+                ("ok", theme.ok, background),
+                ("warn", theme.warn, background),
+                ("bad", theme.bad, background),
+                ("running", theme.running, background),
+                ("stderr", theme.stderr, background),
+                ("selection", theme.selection_fg, on(theme.selection_bg)),
+                ("banner", theme.banner_fg, on(theme.banner_bg)),
+                ("header", theme.header_fg, on(theme.header_bg)),
+            ];
+            for (what, fg, bg) in pairs {
+                let Some(fg) = rgb(fg) else { continue };
+                let ratio = contrast(fg, bg);
+                if ratio < 4.5 {
+                    problems.push(format!("{name}: {what} {ratio:.2}:1"));
+                }
+            }
+        }
+        assert!(problems.is_empty(), "below WCAG AA (4.5:1): {problems:?}");
+    }
+
+    #[test]
+    fn contrast_is_computed_as_wcag_says() {
+        assert!((contrast([0.0; 3], [255.0; 3]) - 21.0).abs() < 0.01);
+        assert!((contrast([0x77 as f64; 3], [255.0; 3]) - 4.48).abs() < 0.01);
+    }
+
     #[test]
     fn no_color_wins() {
         let theme = Theme::resolve(Some("light"), true).unwrap();

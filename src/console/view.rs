@@ -30,14 +30,30 @@ pub struct Clock {
 pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, clock: Clock) {
     let area = frame.area();
     if layout::too_small(area) {
-        let text = format!(
-            "terminal too small: {}×{}\nwavedeck needs at least {}×{}",
+        let mut lines = vec![Line::raw(format!(
+            "terminal too small: {}×{}, wavedeck needs {}×{}",
             area.width,
             area.height,
             layout::MIN_WIDTH,
             layout::MIN_HEIGHT
-        );
-        frame.render_widget(Paragraph::new(text).alignment(Alignment::Center).wrap(Wrap { trim: true }), area);
+        ))];
+        // A deploy goes on while the window is small: say how it stands and how to stop it.
+        if let (Some(model), Some(label)) = (&app.deploy, app.control_label()) {
+            lines.push(Line::raw(""));
+            lines.push(Line::raw(format!("{} → {} · {}", model.service, model.env, model.release)));
+            lines.push(Line::styled(label, theme.banner()));
+            let keys = match model.control {
+                _ if app.observing => "OBSERVING · q quit",
+                ControlView::Running | ControlView::AwaitingPromote { .. } => "p pause · a abort · q quit",
+                ControlView::Paused { .. } => "r resume · a abort · q quit",
+                ControlView::Aborted { .. } | ControlView::Finished(_) => "q quit",
+            };
+            lines.push(Line::raw(keys));
+        }
+        frame.render_widget(Paragraph::new(lines).alignment(Alignment::Center).wrap(Wrap { trim: true }), area);
+        if let Some(dialog) = &app.dialog {
+            draw_dialog(frame, app, dialog, theme);
+        }
         return;
     }
     match &app.deploy {
@@ -86,8 +102,13 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
             let marker = if wide { "  INTERRUPTED" } else { "  ⚠ resume: u" };
             spans.push(Span::styled(marker, theme.fg(theme.warn)));
         }
-        let line = Line::from(spans);
-        lines.push(if i == app.selected_target { line.style(theme.selection()) } else { line });
+        // On the selection bar, the bar's own colours (see the host table).
+        let line = if i == app.selected_target {
+            Line::from(spans.into_iter().map(|s| Span::raw(s.content)).collect::<Vec<_>>()).style(theme.selection())
+        } else {
+            Line::from(spans)
+        };
+        lines.push(line);
     }
     frame.render_widget(Paragraph::new(lines).block(pane_block(" Environments · hosts ", true, theme)), left);
 
@@ -193,64 +214,56 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, th
         (Some(start), None) => clock.now - start,
         _ => chrono::Duration::zero(),
     };
-    let left = format!(
-        " wavedeck · {} → {} · release {} · by {} · {} ",
-        model.service,
-        model.env,
-        model.release,
-        model.operator,
-        clock_text(elapsed)
-    );
+    // A rollback says so first, in the banner's colours, so it is never taken for a deploy.
+    let (left, left_style) = match &model.rollback_of {
+        Some(of) => (
+            format!(
+                " ROLLBACK of {of} → previous · {} → {} · by {} · {} ",
+                model.service,
+                model.env,
+                model.operator,
+                clock_text(elapsed)
+            ),
+            theme.banner(),
+        ),
+        None => (
+            format!(
+                " wavedeck · {} → {} · release {} · by {} · {} ",
+                model.service,
+                model.env,
+                model.release,
+                model.operator,
+                clock_text(elapsed)
+            ),
+            theme.header(),
+        ),
+    };
     let label = app.control_label().unwrap_or_default();
     let label_style = match &model.control {
         ControlView::Paused { .. } | ControlView::Aborted { .. } | ControlView::AwaitingPromote { .. } => {
             theme.banner()
         }
-        ControlView::Finished(Outcome::Succeeded) => theme.header().fg(theme.ok).add_modifier(Modifier::BOLD),
+        // On the screen's background, not the header's: green keeps its contrast there.
+        ControlView::Finished(Outcome::Succeeded) => theme.fg(theme.ok).add_modifier(Modifier::BOLD),
         ControlView::Finished(_) => theme.banner(),
         ControlView::Running => theme.header().add_modifier(Modifier::BOLD),
     };
     let right = format!(" {label} ");
     let [l, r] = Layout::horizontal([Constraint::Min(0), Constraint::Length(right.chars().count() as u16)]).areas(area);
-    frame.render_widget(Paragraph::new(left).style(theme.header()), l);
+    frame.render_widget(Paragraph::new(left).style(left_style), l);
     frame.render_widget(Paragraph::new(right).style(label_style), r);
 }
 
 fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme, clock: Clock) {
     let [chips_area, status_area] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
-    let mut spans = vec![Span::raw(" ")];
-    for wave in &model.waves {
-        let hosts: Vec<&HostView> = wave.hosts.iter().map(|&i| &model.hosts[i]).collect();
-        // Hosts that ran to an end; skipped ones never ran and do not fill the bar.
-        let settled = hosts
-            .iter()
-            .filter(|h| matches!(h.phase, HostPhase::Done | HostPhase::Failed | HostPhase::Cancelled))
-            .count();
-        let failed = hosts.iter().filter(|h| h.phase == HostPhase::Failed || h.went_unhealthy).count();
-        let never_ran = hosts.iter().all(|h| matches!(h.phase, HostPhase::Skipped | HostPhase::NotStarted));
-        let (mark, style) = match (wave.phase, failed) {
-            (_, f) if f > 0 => ("✗", theme.bad()),
-            _ if never_ran => ("–", theme.muted()),
-            (WavePhase::Finished, _) if hosts.iter().all(|h| h.phase == HostPhase::Done) => ("✓", theme.fg(theme.ok)),
-            (WavePhase::Finished, _) => ("■", theme.fg(theme.warn)),
-            (WavePhase::Running, _) => ("▶", theme.fg(theme.running).add_modifier(Modifier::BOLD)),
-            (WavePhase::Pending, _) => ("·", theme.muted()),
-        };
-        let name = if wave.number == 1 && model.waves.len() > 1 && hosts.len() < model.hosts.len() / 2 + 1 {
-            "canary".to_string()
-        } else {
-            format!("W{}", wave.number)
-        };
-        spans.push(Span::styled(format!("{mark} {name} {settled}/{} ", hosts.len()), style));
-        spans.push(Span::styled(bar(settled, hosts.len(), 6), style));
-        spans.push(Span::raw("  "));
-    }
-    frame.render_widget(Paragraph::new(Line::from(spans)), chips_area);
-
+    frame.render_widget(Paragraph::new(wave_strip(model, theme, chips_area.width as usize)), chips_area);
     let status = match &model.control {
         ControlView::Paused { cause, running } => {
+            // How long it has stood still: a pause is not a hang, and a long one is noticed.
+            let since =
+                model.control_since.map(|since| format!(" {}", clock_text(clock.now - since))).unwrap_or_default();
             let why = match cause {
-                PauseCause::Operator => format!("PAUSED by {}", model.operator),
+                PauseCause::Operator => format!("PAUSED{since} by {}", model.operator),
                 // Counted now, not when the pause began: retries and skips change it.
                 PauseCause::FailureThreshold { wave, limit, .. } => {
                     let trouble = model.wave_trouble(*wave);
@@ -258,7 +271,10 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme,
                         0..=2 => trouble.join(", "),
                         n => format!("{} and {} more", trouble[..2].join(", "), n - 2),
                     };
-                    format!("PAUSED · wave {wave} stopped: {named} · {} > {limit} allowed", model.wave_failures(*wave))
+                    format!(
+                        "PAUSED{since} · wave {wave} stopped: {named} · {} > {limit} allowed",
+                        model.wave_failures(*wave)
+                    )
                 }
             };
             let still = if running.is_empty() {
@@ -266,6 +282,7 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme,
             } else {
                 format!("finishing: {}", running.join(", "))
             };
+
             let keys = match cause {
                 PauseCause::FailureThreshold { .. } => "r resume · R retry · x skip · a abort",
                 PauseCause::Operator => "r resume · a abort",
@@ -273,15 +290,22 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme,
             // The cause first; the keys only where they fit (the footer offers them too).
             let full = format!(" {why} · {keys} · {still} ");
             let text = if full.chars().count() <= area.width as usize { full } else { format!(" {why} · {still} ") };
-            Line::styled(crate::text::clean(&text), theme.banner())
+            Line::styled(fit(&crate::text::clean(&text), area.width as usize), theme.banner())
         }
         ControlView::Aborted { reason } => {
-            Line::styled(format!(" ABORTED: {reason} · waiting for running steps to stop "), theme.banner())
+            let text = format!(" ABORTED: {reason} · waiting for running steps to stop ");
+            Line::styled(fit(&crate::text::clean(&text), area.width as usize), theme.banner())
         }
-        ControlView::AwaitingPromote { wave } => Line::styled(
-            format!(" WAITING FOR PROMOTE · wave {wave} is done and healthy · P promote the next wave · a abort "),
-            theme.banner(),
-        ),
+        ControlView::AwaitingPromote { wave } => {
+            let waited = model.control_since.map(|since| format!(" {}", clock_text(clock.now - since)));
+            Line::styled(
+                format!(
+                    " WAITING FOR PROMOTE{} · wave {wave} is done and healthy · P promote the next wave · a abort ",
+                    waited.unwrap_or_default()
+                ),
+                theme.banner(),
+            )
+        }
         ControlView::Finished(outcome) => {
             let exceptions = model.exceptions();
             let (word, style) = match outcome {
@@ -314,18 +338,28 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme,
             if model.mixed_releases() {
                 notes.push_str(&format!(" · {} runs mixed releases", model.env));
             }
-            Line::styled(crate::text::clean(&format!(" {word}: {counts}{notes} · o overview · q quit ")), style)
+            let text = crate::text::clean(&format!(" {word}: {counts}{notes} · o overview · q quit "));
+            Line::styled(fit(&text, area.width as usize), style)
         }
         ControlView::Running => {
             let total = model.hosts.len();
             // Waiting out a soak is not a hang: it counts, first, so it shows at 80 columns too.
-            let soak = model.soak.map_or_else(String::new, |(wave, began, lasts)| {
-                format!(" soak of wave {wave}: {} / {} ·", clock_text(clock.now - began), clock_text(lasts))
-            });
+            let soak = match (model.soak, model.between_waves()) {
+                (Some((wave, began, lasts)), _) => {
+                    format!(" soak of wave {wave}: {} / {} ·", clock_text(clock.now - began), clock_text(lasts))
+                }
+                // Between two waves (a pause_between_waves): nothing runs, and that is planned.
+                (None, Some((next, since))) => {
+                    format!(" wave {next} starts soon: waited {} ·", clock_text(clock.now - since))
+                }
+                (None, None) => String::new(),
+            };
+            let pace = wave_clock(model, clock.now).map_or_else(String::new, |c| format!(" {c} ·"));
             Line::from(vec![
                 Span::raw(" overall "),
                 Span::styled(bar(model.settled(), total, 24), theme.fg(theme.accent)),
                 Span::styled(soak, theme.fg(theme.warn)),
+                Span::styled(pace, theme.fg(theme.accent)),
                 Span::raw(format!(
                     " {}/{} hosts · {} running · {} done · ",
                     model.settled(),
@@ -341,6 +375,115 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme,
         }
     };
     frame.render_widget(Paragraph::new(status), status_area);
+}
+
+/// One chip per wave (mark, name, hosts settled, a bar); when they do not all fit, a window of
+/// them around the wave that matters now, with how many more lie on each side.
+fn wave_strip(model: &DeployModel, theme: &Theme, width: usize) -> Line<'static> {
+    let count = model.waves.len();
+    let chips: Vec<(String, String, Style)> = model
+        .waves
+        .iter()
+        .map(|wave| {
+            let hosts: Vec<&HostView> = wave.hosts.iter().map(|&i| &model.hosts[i]).collect();
+            // Hosts that ran to an end; skipped ones never ran and do not fill the bar.
+            let settled = hosts
+                .iter()
+                .filter(|h| matches!(h.phase, HostPhase::Done | HostPhase::Failed | HostPhase::Cancelled))
+                .count();
+            let failed = hosts.iter().filter(|h| h.phase == HostPhase::Failed || h.went_unhealthy).count();
+            let never_ran = hosts.iter().all(|h| matches!(h.phase, HostPhase::Skipped | HostPhase::NotStarted));
+            let (mark, style) = match (wave.phase, failed) {
+                (_, f) if f > 0 => ("✗", theme.bad()),
+                _ if never_ran => ("–", theme.muted()),
+                (WavePhase::Finished, _) if hosts.iter().all(|h| h.phase == HostPhase::Done) => {
+                    ("✓", theme.fg(theme.ok))
+                }
+                (WavePhase::Finished, _) => ("■", theme.fg(theme.warn)),
+                (WavePhase::Running, _) => ("▶", theme.fg(theme.running).add_modifier(Modifier::BOLD)),
+                (WavePhase::Pending, _) => ("·", theme.muted()),
+            };
+            let name = if model.rollback_of.is_some() {
+                format!("rollback wave {}/{count}", wave.number)
+            } else if wave.number == 1 && count > 1 && hosts.len() < model.hosts.len() / 2 + 1 {
+                "canary".to_string()
+            } else {
+                format!("W{}", wave.number)
+            };
+            (format!("{mark} {name} {settled}/{} ", hosts.len()), bar(settled, hosts.len(), 6), style)
+        })
+        .collect();
+    let chip_width = |c: &(String, String, Style)| c.0.chars().count() + c.1.chars().count() + 2;
+    let total: usize = 1 + chips.iter().map(chip_width).sum::<usize>();
+    // The wave that matters now: the running one, else the next to run, else the last.
+    let focus = model
+        .waves
+        .iter()
+        .position(|w| w.phase == WavePhase::Running)
+        .or_else(|| model.waves.iter().position(|w| w.phase == WavePhase::Pending))
+        .unwrap_or(count.saturating_sub(1));
+    let (mut first, mut last) = (0, count);
+    if total > width {
+        // Grow a window around the focus while it fits with room for both "+N more" marks.
+        let room = width.saturating_sub(1 + 2 * 12 + 14);
+        (first, last) = (focus, (focus + 1).min(count));
+        let mut used = chips.get(focus).map_or(0, chip_width);
+        loop {
+            let right = chips.get(last).map(chip_width).filter(|w| used + w <= room);
+            if let Some(w) = right {
+                used += w;
+                last += 1;
+            }
+            let left = first.checked_sub(1).and_then(|i| chips.get(i)).map(chip_width).filter(|w| used + w <= room);
+            if let Some(w) = left {
+                used += w;
+                first -= 1;
+            }
+            if right.is_none() && left.is_none() {
+                break;
+            }
+        }
+    }
+    let mut spans = vec![Span::raw(" ")];
+    if first > 0 {
+        spans.push(Span::styled(format!("‹ {first} more  "), theme.muted()));
+    }
+    for (text, gauge, style) in &chips[first..last] {
+        spans.push(Span::styled(text.clone(), *style));
+        spans.push(Span::styled(gauge.clone(), *style));
+        spans.push(Span::raw("  "));
+    }
+    if last < count {
+        spans.push(Span::styled(format!("{} more ›  ", count - last), theme.muted()));
+    }
+    if first > 0 || last < count {
+        // The whole deploy in one bar, since not every wave shows.
+        let total = model.hosts.len();
+        spans.push(Span::styled(bar(model.settled(), total, 10), theme.fg(theme.accent)));
+        spans.push(Span::raw(format!(" {}/{total}", model.settled())));
+    }
+    Line::from(spans)
+}
+
+/// How long the wave under way has run, and a guess at the time left from the waves that
+/// finished (their mean, soak included), e.g. "W3 01:12 · ETA ~04:30".
+fn wave_clock(model: &DeployModel, now: DateTime<Utc>) -> Option<String> {
+    let running = model.waves.iter().find(|w| w.phase == WavePhase::Running)?;
+    let elapsed = now - running.started?;
+    let mut text = format!("W{} {}", running.number, clock_text(elapsed));
+    // A wave's time is its hosts' and its soak's (a gate's wait for a person is not a guess).
+    let soak = model.soak_length.unwrap_or_else(chrono::Duration::zero);
+    let spans: Vec<chrono::Duration> =
+        model.waves.iter().filter_map(|w| Some(w.finished? - w.started? + soak)).collect();
+    // The canary is not a batch: leave it out of the mean once a batch has finished.
+    let batches: Vec<chrono::Duration> = if spans.len() > 1 { spans[1..].to_vec() } else { spans };
+    if !batches.is_empty() {
+        let mean = batches.iter().copied().sum::<chrono::Duration>() / batches.len() as i32;
+        let after = model.waves.iter().filter(|w| w.phase == WavePhase::Pending).count() as i32;
+        let left = (mean - elapsed).max(chrono::Duration::zero()) + mean * after;
+        text.push_str(&format!(" · ETA ~{}", clock_text(left)));
+    }
+    Some(text)
 }
 
 /// Columns of the host table other than HOST and STEP, and the room STEP keeps at least.
@@ -359,6 +502,10 @@ fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, the
     let first = layout::first_visible_row(app.selected_host, rows_fit);
     let rows = visible.iter().enumerate().skip(first).take(rows_fit).map(|(pos, &i)| {
         let h = &model.hosts[i];
+        // On the selection bar every word takes the bar's own colour: a state's colour on it
+        // could not be read (the theme test checks the bar's contrast, not every mix).
+        let selected = pos == app.selected_host;
+        let ink = |style: Style| if selected { Style::default() } else { style };
         // A pause holds a host between two steps: nothing of it runs, so its clock stands still.
         let held = h.phase == HostPhase::Running
             && h.idle_since.is_some()
@@ -378,14 +525,14 @@ fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, the
             None => String::new(),
         };
         let health = match h.healthy {
-            Some(true) => Span::styled("up", theme.fg(theme.ok)),
-            Some(false) => Span::styled("DOWN", theme.bad()),
-            None => Span::styled("–", theme.muted()),
+            Some(true) => Span::styled("up", ink(theme.fg(theme.ok))),
+            Some(false) => Span::styled("DOWN", ink(theme.bad())),
+            None => Span::styled("–", ink(theme.muted())),
         };
         let row = Row::new(vec![
             Cell::from(crate::text::shorten_middle(&h.name, host_width as usize)),
             Cell::from(h.wave.to_string()),
-            Cell::from(Span::styled(state, style)),
+            Cell::from(Span::styled(state, ink(style))),
             Cell::from(match (h.upload, &h.step) {
                 (Some((sent, total)), Some(step)) if !held => format!("{step} {}%", sent * 100 / total.max(1)),
                 (_, Some(step)) if held => format!("{step} ended"),
@@ -395,7 +542,7 @@ fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, the
             Cell::from(exit),
             Cell::from(health),
         ]);
-        if pos == app.selected_host { row.style(theme.selection()) } else { row }
+        if selected { row.style(theme.selection().add_modifier(Modifier::BOLD)) } else { row }
     });
     let widths = [
         Constraint::Length(host_width),
@@ -458,7 +605,13 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, clock: Cloc
         (false, 0) => " · cut, w wraps".to_string(),
         (false, shift) => format!(" · →{shift}, w wraps"),
     };
-    let title = format!(" Log — {who} ({mode}{search}{cut}) ");
+    // The step under way and how long it has run: a slow step shows before it times out.
+    let selected = app.selected_name().filter(|_| !app.interleaved);
+    let host = selected.as_deref().and_then(|name| app.deploy.as_ref()?.host(name)).filter(|h| h.step_running);
+    let step = host
+        .and_then(|h| Some(format!(" · {} {}", h.step.as_deref()?, clock_text(clock.now - h.step_started?))))
+        .unwrap_or_default();
+    let title = format!(" Log — {who}{step} ({mode}{search}{cut}) ");
     let block = pane_block(&title, app.focus == Pane::Logs, theme);
     let inner = block.inner(area);
     frame.render_widget(block, area);
@@ -596,7 +749,8 @@ fn draw_timeline(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, 
         .iter()
         .skip(start)
         .take(end - start)
-        .map(|entry| {
+        .enumerate()
+        .map(|(i, entry)| {
             let style = match entry.severity {
                 Tone::Info => theme.text(),
                 Tone::Good => theme.fg(theme.ok),
@@ -605,15 +759,18 @@ fn draw_timeline(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, 
             };
             // A line longer than the pane ends in `…` rather than stopping mid-word unmarked.
             let room = (inner.width as usize).saturating_sub(10);
-            let text = if entry.text.chars().count() > room {
-                entry.text.chars().take(room.saturating_sub(1)).chain(['…']).collect()
-            } else {
-                entry.text.clone()
-            };
-            Line::from(vec![
-                Span::styled(format!(" {} ", entry.at.with_timezone(&clock.offset).format("%H:%M:%S")), theme.muted()),
-                Span::styled(text, style),
-            ])
+            // With the pane focused, the newest entry shown is the one Enter opens in full; on
+            // the selection bar it takes the bar's colours.
+            let selected = app.focus == Pane::Timeline && start + i + 1 == end;
+            let ink = |style: Style| if selected { Style::default() } else { style };
+            let line = Line::from(vec![
+                Span::styled(
+                    format!(" {} ", entry.at.with_timezone(&clock.offset).format("%H:%M:%S")),
+                    ink(theme.muted()),
+                ),
+                Span::styled(fit(&entry.text, room), ink(style)),
+            ]);
+            if selected { line.style(theme.selection()) } else { line }
         })
         .collect();
     frame.render_widget(Paragraph::new(lines), inner);
@@ -889,6 +1046,14 @@ pub fn sparkline(samples: &std::collections::VecDeque<Option<u64>>, width: usize
             None => '×',
         })
         .collect()
+}
+
+/// `text` in `width` characters: ending in `…` where it had to be cut, never silently.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    text.chars().take(width.saturating_sub(1)).chain(['…']).collect()
 }
 
 fn clock_text(d: chrono::Duration) -> String {
