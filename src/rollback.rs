@@ -284,31 +284,76 @@ pub fn last_deploy(dir: &Path, service: &str, env: &str) -> Result<Option<LastDe
 /// the console starts fast however long the audit directory has grown.
 const HISTORY_SESSIONS: usize = 100;
 
-/// Per (service, environment): the release each host last finished a deploy or rollback with,
-/// from one pass over the newest audit sessions.
-pub fn release_history(dir: &Path) -> BTreeMap<(String, String), BTreeMap<String, String>> {
+/// What the audit log says of recent deploys, per (service, environment).
+#[derive(Debug, Default)]
+pub struct History {
+    /// The release each host last finished a deploy or rollback with.
+    pub releases: BTreeMap<(String, String), BTreeMap<String, String>>,
+    /// The newest deploy or rollback that started.
+    pub last: BTreeMap<(String, String), LastRun>,
+}
+
+/// A deploy or rollback as the overview sums it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    pub operator: String,
+    /// When it started, as the audit log wrote it (RFC 3339, UTC).
+    pub at: String,
+    pub release: String,
+    /// `succeeded`, `failed`, `aborted`; `None` if it never finished (running, or its runner died).
+    pub outcome: Option<String>,
+    /// Why it was aborted, by a person or by the failure policy.
+    pub reason: Option<String>,
+}
+
+/// The release history and last deploy of every environment, from one pass over the newest
+/// audit sessions.
+pub fn history(dir: &Path) -> History {
     let files = session_files(dir).unwrap_or_default();
     let start = files.len().saturating_sub(HISTORY_SESSIONS);
-    let mut history: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
+    let mut history = History::default();
     for file in &files[start..] {
         let Ok(text) = std::fs::read_to_string(file) else { continue };
         let mut lines = read_lines(&text);
         let Some(Record::SessionStart(first)) = lines.next().map(|l| l.record) else { continue };
         let mut deploy: Option<(String, String)> = None;
         let mut targets: BTreeMap<String, String> = BTreeMap::new();
+        let mut run: Option<LastRun> = None;
         for line in lines {
             match line.record {
                 Record::RollbackPlanned { targets: planned, .. } => {
                     targets.extend(planned.into_iter().filter_map(|t| Some((t.host, t.target?))));
                 }
-                Record::Event(Event::DeployStarted { service, release, .. }) => deploy = Some((service, release)),
+                Record::Event(Event::DeployStarted { service, release, .. }) => {
+                    run = Some(LastRun {
+                        operator: first.operator.clone(),
+                        at: line.ts.clone(),
+                        release: release.clone(),
+                        outcome: None,
+                        reason: None,
+                    });
+                    deploy = Some((service, release));
+                }
                 Record::Event(Event::HostFinished { host, state: HostState::Done, .. }) => {
                     let Some((service, release)) = &deploy else { continue };
                     let got = targets.get(&host).unwrap_or(release).clone();
-                    history.entry((service.clone(), first.env.clone())).or_default().insert(host, got);
+                    history.releases.entry((service.clone(), first.env.clone())).or_default().insert(host, got);
+                }
+                Record::Event(Event::Aborted { reason, .. }) => {
+                    if let Some(run) = &mut run {
+                        run.reason = Some(reason);
+                    }
+                }
+                Record::Event(Event::DeployFinished { outcome, .. }) => {
+                    if let Some(run) = &mut run {
+                        run.outcome = Some(format!("{outcome:?}").to_lowercase());
+                    }
                 }
                 _ => {}
             }
+        }
+        if let (Some((service, _)), Some(run)) = (deploy, run) {
+            history.last.insert((service, first.env.clone()), run);
         }
     }
     history
@@ -555,10 +600,29 @@ mod tests {
                 finished("a", HostState::Done),
             ],
         );
-        let history = release_history(d);
-        let releases = &history[&("shop".to_string(), "prod".to_string())];
+        let history = history(d);
+        let releases = &history.releases[&("shop".to_string(), "prod".to_string())];
+        let last = &history.last[&("shop".to_string(), "prod".to_string())];
+        assert_eq!((last.release.as_str(), last.outcome.as_deref()), ("rollback-of-2.0", None));
         assert_eq!(releases.get("a").map(String::as_str), Some("1.0"));
         assert_eq!(releases.get("b").map(String::as_str), Some("1.0"), "b's 2.0 deploy failed");
+    }
+
+    #[test]
+    fn the_last_run_of_an_environment_says_who_and_how_it_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let aborted =
+            Record::Event(Event::Aborted { reason: "db on fire".into(), by: crate::event::AbortedBy::Command });
+        let ended = Record::Event(Event::DeployFinished {
+            outcome: crate::event::Outcome::Aborted,
+            duration_ms: 1,
+            hosts: vec![],
+        });
+        write(d, "1", vec![start("1", "console", "prod"), deploy_started("2.0"), aborted, ended]);
+        let last = &history(d).last[&("shop".to_string(), "prod".to_string())];
+        assert_eq!(last.operator, "ann");
+        assert_eq!((last.outcome.as_deref(), last.reason.as_deref()), (Some("aborted"), Some("db on fire")));
     }
 
     #[test]

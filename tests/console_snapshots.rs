@@ -192,6 +192,21 @@ fn overview() {
     key(&mut app, KeyCode::Down);
     key(&mut app, KeyCode::Down);
     snapshot("overview_protected", &mut app, 0);
+    // The environment's last deploy: who, when, how it ended and why.
+    let run = wavedeck::rollback::LastRun {
+        operator: "bob".into(),
+        at: "2027-01-15T05:00:00Z".into(),
+        release: "2.4.0".into(),
+        outcome: Some("aborted".into()),
+        reason: Some("stg-web-4 db pool exhausted".into()),
+    };
+    app.last_runs.insert(app.selected_target, run);
+    let screen = render(&mut app, 160, 48, 0);
+    assert!(
+        screen.contains("last: 2.4.0 by bob, 3h 0m ago") && screen.contains("ABORTED: stg-web-4 db pool exhausted"),
+        "{screen}"
+    );
+    snapshot("overview_last_deploy", &mut app, 0);
 }
 
 #[test]

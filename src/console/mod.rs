@@ -621,11 +621,15 @@ fn refresh_releases(app: &mut App, audit_dir: Option<&Path>) {
             app.interrupted.insert(target, journal);
         }
     }
-    let history = rollback::release_history(dir);
+    let history = rollback::history(dir);
     for (i, t) in app.targets.iter().enumerate() {
         let profile = &app.profiles[t.profile];
         let key = (profile.service.clone(), profile.environments[t.env].name.clone());
-        app.releases.insert(i, history.get(&key).cloned().unwrap_or_default());
+        app.releases.insert(i, history.releases.get(&key).cloned().unwrap_or_default());
+        match history.last.get(&key) {
+            Some(run) => app.last_runs.insert(i, run.clone()),
+            None => app.last_runs.remove(&i),
+        };
     }
 }
 

@@ -58,7 +58,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, clock: Clock) {
     }
     match &app.deploy {
         Some(model) => draw_deploy(frame, app, model, theme, clock),
-        None => draw_overview(frame, app, theme),
+        None => draw_overview(frame, app, theme, clock),
     }
     if let Some(dialog) = &app.dialog {
         draw_dialog(frame, app, dialog, theme);
@@ -68,7 +68,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, clock: Clock) {
 // ---------------------------------------------------------------------------------------------
 // Overview
 
-fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
+fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme, clock: Clock) {
     let [header, body, footer] =
         Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(frame.area());
     let profiles = app.profiles.len();
@@ -166,10 +166,13 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
             hosts_area,
         );
     }
+    let width = plan_area.width.saturating_sub(2) as usize;
+    // The environment's last deploy first: who, when, and how it ended.
+    let mut plan_prose = app.last_runs.get(&app.selected_target).map(|run| last_run(run, clock)).unwrap_or_default();
     let plan_text: Vec<Line> = match &app.preview {
         Ok(plan) => {
-            let width = plan_area.width.saturating_sub(2) as usize;
-            prose::wrap(&prose::plan(plan), width).iter().map(|row| prose_line(row, theme)).collect()
+            plan_prose.extend(prose::plan(plan));
+            prose::wrap(&plan_prose, width).iter().map(|row| prose_line(row, theme)).collect()
         }
         Err(e) => vec![Line::styled(e.clone(), theme.bad())],
     };
@@ -183,6 +186,38 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme) {
         keymap::footer(keymap::Screen::Overview, keymap::Moment::Idle)
     };
     draw_footer(frame, footer, app, &hint, theme);
+}
+
+/// "last: 2.4.1 by ann, 3h 12m ago" and "ABORTED: db on fire", the outcome inked by what it was.
+fn last_run(run: &crate::rollback::LastRun, clock: Clock) -> Vec<Prose> {
+    let ago = DateTime::parse_from_rfc3339(&run.at)
+        .map(|at| {
+            let secs = (clock.now - at.with_timezone(&Utc)).num_seconds().max(0);
+            match secs {
+                s if s < 60 => "just now".to_string(),
+                s if s < 3600 => format!("{}m ago", s / 60),
+                s if s < 86_400 => format!("{}h {}m ago", s / 3600, s / 60 % 60),
+                s => format!("{}d ago", s / 86_400),
+            }
+        })
+        .unwrap_or_else(|_| run.at.clone());
+    let what = match run.release.strip_prefix(crate::plan::ROLLBACK_PREFIX) {
+        Some(of) => format!("rollback of {of}"),
+        None => run.release.clone(),
+    };
+    let (ink, outcome) = match run.outcome.as_deref() {
+        Some("succeeded") => (Ink::Text, "succeeded".to_string()),
+        Some(other) => (Ink::Bad, other.to_uppercase()),
+        None => (Ink::Warn, "did not finish".to_string()),
+    };
+    let reason = run.reason.as_ref().map(|r| format!(": {}", crate::text::clean(r))).unwrap_or_default();
+    vec![
+        vec![(
+            Ink::Muted,
+            format!("last: {} by {}, {ago}", crate::text::clean(&what), crate::text::clean(&run.operator)),
+        )],
+        vec![(ink, format!("{outcome}{reason}"))],
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------

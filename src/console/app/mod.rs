@@ -164,6 +164,8 @@ pub struct App {
     pub size: Rect,
     /// Per target (index into `targets`): host → the release it last finished, from the audit log.
     pub releases: BTreeMap<usize, BTreeMap<String, String>>,
+    /// Per target: its newest deploy or rollback, from the audit log (who, when, how it ended).
+    pub last_runs: BTreeMap<usize, crate::rollback::LastRun>,
     /// Per target: the newest deploy to it whose runner died, to resume (`u`).
     pub interrupted: BTreeMap<usize, crate::resume::Interrupted>,
     /// Per target: host → preflight status (`ok`, `unreachable`, …, or `checking…`).
@@ -207,6 +209,7 @@ impl App {
             scrollback,
             size: Rect::new(0, 0, 80, 24),
             releases: BTreeMap::new(),
+            last_runs: BTreeMap::new(),
             interrupted: BTreeMap::new(),
             reachability: BTreeMap::new(),
         };
