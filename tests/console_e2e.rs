@@ -463,7 +463,9 @@ fn the_overview_shows_last_releases_and_checks_hosts_on_request() {
     c.keys(&["o"]);
     c.wait_for("Environments");
     let overview = c.wait_for("4.2.0");
-    assert_eq!(overview.matches("4.2.0").count(), 3, "each dev host shows its release:\n{overview}");
+    let rows = overview.lines().filter(|l| l.contains("4.2.0") && l.contains("c: check")).count();
+    assert_eq!(rows, 3, "each dev host shows its release:\n{overview}");
+    assert!(overview.contains("last: 4.2.0 by e2e-operator, just now · succeeded"), "{overview}");
     c.keys(&["c"]);
     let checked = c.wait_until("three hosts ok", |screen| screen.matches(" ok ").count() == 3);
     assert!(!checked.contains("checking…"), "{checked}");
@@ -599,4 +601,48 @@ fn a_deploy_whose_runner_died_is_listed_on_the_overview_and_resumed_from_there()
     let resumed = read_audit(&files[1]);
     assert_eq!(resumed[0]["resumed_from"], read_audit(&files[0])[0]["session"]);
     assert_eq!(resumed.last().unwrap()["outcome"], "succeeded");
+}
+
+#[test]
+fn f_finds_the_failed_host_and_leaving_a_host_out_asks_first() {
+    if !tmux_available() {
+        return;
+    }
+    let c = Console::start();
+    c.start_deploy(1, "3.1.0");
+    c.wait_for("wave 2 stopped: stg-web-4");
+    // From the top of the table, f lands on the failed host: its log is the one shown.
+    c.keys(&["Home"]);
+    c.wait_for("Log — stg-web-1");
+    c.keys(&["f"]);
+    c.wait_for("Log — stg-web-4");
+    // W writes its whole log, read back from the audit log, next to where the console runs.
+    c.keys(&["W"]);
+    c.wait_for("log (");
+    let written = c.dir.path().join(format!("wavedeck-{}-stg-web-4.log", c.session()));
+    let log =
+        std::fs::read_to_string(&written).unwrap_or_else(|e| panic!("{}: {e}\n{}", written.display(), c.screen()));
+    assert!(log.contains("step 1/5 stage") && log.contains("healthz: exit 1"), "{log}");
+    // The next host waits; x asks, naming it, and Esc leaves it in.
+    c.keys(&["Down"]);
+    c.wait_for("Log — stg-worker-1");
+    c.keys(&["x"]);
+    c.wait_for("Exclude stg-worker-1?");
+    c.keys(&["Escape"]);
+    c.wait_until("the dialog closed", |s| !s.contains("Exclude stg-worker-1?"));
+    assert!(!c.audit().iter().any(|r| r["command"] == "exclude"), "nothing is left out before the operator says yes");
+    c.keys(&["x"]);
+    c.wait_for("Exclude stg-worker-1?");
+    c.keys(&["y"]);
+    c.wait_until("stg-worker-1 skipped", |s| s.lines().any(|l| l.contains("stg-worker-1") && l.contains("skipped")));
+    c.keys(&["a"]);
+    c.wait_for("Reason:");
+    c.type_text("done looking");
+    c.keys(&["Enter"]);
+    c.wait_for("ABORTED:");
+    c.keys(&["q"]);
+    assert_eq!(c.exit_code(), 3);
+    let records = c.audit();
+    let excluded = &records[position(&records, |r| r["command"] == "exclude")];
+    assert_eq!(excluded["host"], "stg-worker-1");
 }

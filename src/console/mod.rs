@@ -237,10 +237,11 @@ enum Done {
 /// Writes `host`'s whole log, from `audit`, to a file in the working directory named after the
 /// session and the host; says where, or why it could not.
 fn write_host_log(audit: &Path, host: &str) -> String {
-    let session = audit.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    // The audit file is `wavedeck-<session>.jsonl`: the host's log is `wavedeck-<session>-<host>.log`.
+    let stem = audit.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let safe: String =
         host.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
-    let name = format!("wavedeck-{session}-{safe}.log");
+    let name = format!("{stem}-{safe}.log");
     let path = std::env::current_dir().map(|d| d.join(&name)).unwrap_or_else(|_| PathBuf::from(&name));
     // Masked, but still a deploy's output: readable by the operator only, like the audit log.
     let created = {

@@ -188,7 +188,7 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme, clock: Clock) {
     draw_footer(frame, footer, app, &hint, theme);
 }
 
-/// "last: 2.4.1 by ann, 3h 12m ago" and "ABORTED: db on fire", the outcome inked by what it was.
+/// "last: 2.4.1 by ann, 3h 12m ago · ABORTED: db on fire", the outcome inked by what it was.
 fn last_run(run: &crate::rollback::LastRun, clock: Clock) -> Vec<Prose> {
     let ago = DateTime::parse_from_rfc3339(&run.at)
         .map(|at| {
@@ -211,13 +211,10 @@ fn last_run(run: &crate::rollback::LastRun, clock: Clock) -> Vec<Prose> {
         None => (Ink::Warn, "did not finish".to_string()),
     };
     let reason = run.reason.as_ref().map(|r| format!(": {}", crate::text::clean(r))).unwrap_or_default();
-    vec![
-        vec![(
-            Ink::Muted,
-            format!("last: {} by {}, {ago}", crate::text::clean(&what), crate::text::clean(&run.operator)),
-        )],
-        vec![(ink, format!("{outcome}{reason}"))],
-    ]
+    vec![vec![
+        (Ink::Muted, format!("last: {} by {}, {ago}", crate::text::clean(&what), crate::text::clean(&run.operator))),
+        (ink, format!(" · {outcome}{reason}")),
+    ]]
 }
 
 // ---------------------------------------------------------------------------------------------
