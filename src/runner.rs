@@ -456,13 +456,23 @@ impl Talk {
 /// answer, or why it did not start.
 pub async fn launch(spec: &Spec) -> Result<Launched, Refused> {
     let cannot = |message: String| Refused { code: exit::CANNOT_START, message, audit_path: None };
-    let exe = std::env::current_exe().map_err(|e| cannot(format!("cannot find wavedeck's own program: {e}")))?;
+    // The runner must be this very program (the protocol between them is not versioned). On
+    // Linux /proc/self/exe still opens it after an upgrade replaced the file on disk.
+    let this = Path::new("/proc/self/exe");
+    let exe = if this.exists() {
+        this.to_path_buf()
+    } else {
+        std::env::current_exe().map_err(|e| cannot(format!("cannot find wavedeck's own program: {e}")))?
+    };
     let log = remote::runtime_dir().ok().map(|dir| dir.join(RUNNER_LOG));
     let stderr = log
         .as_ref()
         .and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok())
         .map_or_else(Stdio::null, Stdio::from);
+    // Its argv[0] (in its audit log's session start) names the program, not /proc.
+    let name = std::env::current_exe().map_or_else(|_| "wavedeck".into(), |p| p.into_os_string());
     let mut child = tokio::process::Command::new(exe)
+        .arg0(name)
         .arg("runner")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

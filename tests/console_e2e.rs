@@ -610,7 +610,7 @@ fn f_finds_the_failed_host_and_leaving_a_host_out_asks_first() {
     }
     let c = Console::start();
     c.start_deploy(1, "3.1.0");
-    c.wait_for("wave 2 stopped: stg-web-4");
+    c.wait_for("allowed: stg-web-4");
     // From the top of the table, f lands on the failed host: its log is the one shown.
     c.keys(&["Home"]);
     c.wait_for("Log — stg-web-1");

@@ -487,7 +487,7 @@ fn a_soak_failure_names_the_host_and_what_its_check_said() {
     let screen = render(&mut app, 160, 48, 42);
     assert!(
         screen.contains(
-            "PAUSED 00:22 · wave 1 stopped: stg-web-1 went unhealthy during soak (healthz: 500 memory leak (3.9 GiB RSS))"
+            "PAUSED 00:22 · wave 1 stopped, 1 > 0 allowed: stg-web-1 went unhealthy during soak (healthz: 500 memory leak (3.9 GiB RSS))"
         ),
         "{screen}"
     );

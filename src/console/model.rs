@@ -138,6 +138,8 @@ pub struct DeployModel {
     pub soak: Option<(usize, DateTime<Utc>, chrono::Duration)>,
     /// How long a wave's soak lasts, once one has started (for the time-left guess).
     pub soak_length: Option<chrono::Duration>,
+    /// When the last wave, its soak or its gate was over: the wait for the next wave starts there.
+    pub last_settled: Option<DateTime<Utc>>,
     /// The wave waiting at a manual gate, whatever else the control shows meanwhile (a pause
     /// at the gate, once resumed, is still at the gate).
     pub at_gate: Option<usize>,
@@ -170,6 +172,7 @@ impl DeployModel {
             abort_reason: None,
             soak: None,
             soak_length: None,
+            last_settled: None,
             at_gate: None,
             started: None,
             finished: None,
@@ -257,7 +260,7 @@ impl DeployModel {
     }
 
     /// Between two waves, with nothing running, no soak and no gate: the next wave's number and
-    /// since when the last one finished.
+    /// since when the last one (its soak, its gate) was over.
     pub fn between_waves(&self) -> Option<(usize, DateTime<Utc>)> {
         if self.soak.is_some() || self.at_gate.is_some() || self.control != ControlView::Running {
             return None;
@@ -266,8 +269,7 @@ impl DeployModel {
             return None;
         }
         let next = self.waves.iter().find(|w| w.phase == WavePhase::Pending)?;
-        let since = self.waves.iter().filter_map(|w| w.finished).max()?;
-        Some((next.number, since))
+        Some((next.number, self.last_settled?))
     }
 
     /// Hosts that reached a final state, for the overall gauge.
@@ -446,6 +448,7 @@ impl DeployModel {
                     w.phase = WavePhase::Finished;
                     w.finished = Some(at);
                 }
+                self.last_settled = Some(at);
             }
             Event::Paused { cause, running } => {
                 self.control = ControlView::Paused { cause: cause.clone(), running: running.clone() };
@@ -488,6 +491,7 @@ impl DeployModel {
             }
             Event::Promoted { .. } => {
                 self.at_gate = None;
+                self.last_settled = Some(at);
                 if matches!(self.control, ControlView::AwaitingPromote { .. }) {
                     self.control = ControlView::Running;
                 }
@@ -529,7 +533,10 @@ impl DeployModel {
                 self.soak = Some((*wave, at, length));
                 self.soak_length = Some(length);
             }
-            Event::SoakFinished { .. } => self.soak = None,
+            Event::SoakFinished { .. } => {
+                self.soak = None;
+                self.last_settled = Some(at);
+            }
             Event::OnceStarted { .. } | Event::ThresholdExceeded { .. } | Event::CommandIgnored { .. } => {}
         }
         // The timeline tells the deploy's story as every front end tells it, plus each host's

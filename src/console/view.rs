@@ -133,7 +133,9 @@ fn draw_overview(frame: &mut Frame, app: &App, theme: &Theme, clock: Clock) {
             };
             let mut cells = vec![Cell::from(crate::text::shorten_middle(&h.name, name_width.max(4)))];
             if wide {
-                cells.extend([Cell::from(h.address.clone()), Cell::from(h.labels.join(", "))]);
+                // Labels cut where the column ends say so (…), like names.
+                let labels_width = (hosts_area.width.saturating_sub(2) as usize * 24 / 100).saturating_sub(1);
+                cells.extend([Cell::from(h.address.clone()), Cell::from(fit(&h.labels.join(", "), labels_width))]);
             }
             cells.extend([Cell::from(release), Cell::from(status_cell)]);
             Row::new(cells)
@@ -303,8 +305,9 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme,
                         0..=2 => trouble.join(", "),
                         n => format!("{} and {} more", trouble[..2].join(", "), n - 2),
                     };
+                    // The count first: the causes may be long and are what gets cut (with …).
                     format!(
-                        "PAUSED{since} · wave {wave} stopped: {named} · {} > {limit} allowed",
+                        "PAUSED{since} · wave {wave} stopped, {} > {limit} allowed: {named}",
                         model.wave_failures(*wave)
                     )
                 }
