@@ -297,7 +297,8 @@ impl App {
             Ink::Muted,
             format!("step {}/{} {step}{again} {now}:", host.step_index, host.total_steps),
         )];
-        lines.extend(crate::text::clean(command).lines().map(|l| prose::line(Ink::Text, l)));
+        // Line by line: cleaning drops control characters, newlines among them.
+        lines.extend(command.lines().map(|l| prose::line(Ink::Text, crate::text::clean(l))));
         self.dialog = Some(Dialog::Text { title: format!(" Command — {name} "), lines, scroll: 0 });
     }
 
