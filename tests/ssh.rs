@@ -547,3 +547,60 @@ async fn hashed_known_hosts_entries_are_understood() {
     let mut d = start(&fleet.profile(&step("hi", "echo hi", ""), ""));
     assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
 }
+
+#[tokio::test]
+async fn a_50_mib_upload_streams_in_one_channel_and_a_host_that_has_it_gets_nothing() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let artifact = fleet.path("big.bin");
+    let mut content: Vec<u8> = (0..50u32 * 1024 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&artifact, &content).unwrap();
+    std::fs::create_dir_all(fleet.path("deploy/releases")).unwrap();
+    std::fs::write(fleet.path("deploy/releases/big.bin"), &content).unwrap();
+    let upload = format!(
+        "[[steps]]\nname = \"upload\"\ntimeout = \"5m\"\nupload = {{ from = \"{}\", to = \"releases/big.bin\" }}\n",
+        artifact.display()
+    );
+    let profile = fleet.profile(&upload, "");
+    let mut d = start(&profile);
+    let (_, hosts) = d.finish().await;
+    assert!(
+        matches!(&hosts[0].last_result, Some(StepResult::Skipped { reason }) if reason.contains("sha256")),
+        "{hosts:?}"
+    );
+    assert!(!d.events.iter().any(|e| matches!(e, Event::UploadProgress { .. })), "not a byte sent");
+
+    // One byte changed: the whole file goes, and arrives whole.
+    content[12_345_678] ^= 0xff;
+    std::fs::write(&artifact, &content).unwrap();
+    let mut d = start(&profile);
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    assert!(std::fs::read(fleet.path("deploy/releases/big.bin")).unwrap() == content, "the new content, whole");
+    let last = d.events.iter().rev().find_map(|e| match e {
+        Event::UploadProgress { sent, total, .. } => Some((*sent, *total)),
+        _ => None,
+    });
+    assert_eq!(last, Some((content.len() as u64, content.len() as u64)));
+    let names: Vec<_> =
+        std::fs::read_dir(fleet.path("deploy/releases")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+}
+
+#[tokio::test]
+async fn a_step_runs_two_shells_below_sshd_with_no_setsid_between() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    // The step's own shell, its parent and grandparent: `sh -s`, `sh -c <wrapper>`, then sshd's
+    // session process (sshd already made the shell a process group leader).
+    let run = "p=$PPID; for i in 1 2; do tr '\\0' ' ' </proc/$p/cmdline | cut -c1-40; echo; \
+               p=$(awk '{print $4}' /proc/$p/stat); done";
+    let mut d = start(&fleet.profile(&step("ancestry", run, ""), ""));
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    let lines: Vec<String> = output_of(&d).into_iter().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines[0].starts_with("sh -c"), "{lines:?}");
+    assert!(lines[1].starts_with("sshd"), "no setsid layer: {lines:?}");
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use russh::client::{self, Handle};
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKeyWithHashAlg};
 use russh::{ChannelMsg, Sig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 pub use self::endpoint::{ConfigFile, Endpoint, expand_home};
@@ -320,8 +320,14 @@ impl SshSession {
             ),
             None => format!("echo \"{PGID_MARKER}$$\"; exec sh -s"),
         };
+        // OpenSSH's sshd starts every session's shell in a session of its own, so the shell is
+        // already its process group's leader: `setsid` (a fork and an exec more per step) is
+        // only needed where it is not (read from /proc with a builtin, so nothing is spawned to
+        // find out).
         format!(
-            "cd {dir} && WAVEDECK_HOST={host} WAVEDECK_ENV={env} exec setsid -w sh -c '{body}'",
+            "cd {dir} && export WAVEDECK_HOST={host} WAVEDECK_ENV={env} && \
+             {{ read -r _ _ _ _ g _ </proc/$$/stat; }} 2>/dev/null; \
+             if [ \"$g\" = \"$$\" ]; then exec sh -c '{body}'; else exec setsid -w sh -c '{body}'; fi",
             dir = quote(&self.deploy_path),
             host = quote(&self.host),
             env = quote(&self.env),
@@ -502,41 +508,122 @@ impl SshSession {
         }
     }
 
-    async fn remote_sha256(&self, path: &str) -> Option<String> {
-        let (code, out) = self.capture(&format!("sha256sum -- {} 2>/dev/null", quote(path))).await.ok()?;
-        let hash = out.split_whitespace().next()?;
-        // Anything but 64 hex digits is not a sha256, whatever the host's `sha256sum` printed.
-        (code == 0 && hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| hash.to_ascii_lowercase())
-    }
-
-    async fn send_file(&self, request: &UploadRequest<'_>, temp: &str, output: &dyn OutputSink) -> Result<(), String> {
+    /// An upload in one exec channel and one remote shell: the host hashes what it has at
+    /// `dest` and says whether it wants the file; if so the file streams on the channel's stdin
+    /// into `temp`, which the host hashes again and renames into place. One channel open, one
+    /// round trip for the question, then only data: it replaced SFTP plus four helper channels
+    /// (see the README's round-trip table). Returns why nothing was sent, or `None` when it was.
+    async fn stream_upload(
+        &self,
+        request: &UploadRequest<'_>,
+        dest: &str,
+        temp: &str,
+        want: &str,
+        output: &dyn OutputSink,
+    ) -> Result<Option<String>, String> {
+        let parent = dest.rsplit_once('/').map_or(".", |(p, _)| if p.is_empty() { "/" } else { p });
+        let script = format!(
+            "f={dest}; t={temp}; w={want}; \
+             h=$(sha256sum -- \"$f\" 2>/dev/null); [ \"${{h%% *}}\" = \"$w\" ] && {{ echo {HAVE}; exit 0; }}; \
+             mkdir -p -- {parent} || {{ echo \"{NO} cannot create {parent_shown}\"; exit 1; }}; \
+             echo {SEND}; \
+             cat > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit 1; }}; \
+             h=$(sha256sum -- \"$t\" 2>/dev/null); \
+             [ \"${{h%% *}}\" = \"$w\" ] || {{ rm -f -- \"$t\"; echo \"{BAD} ${{h%% *}}\"; exit 1; }}; \
+             mv -f -- \"$t\" \"$f\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot rename $t to $f\"; exit 1; }}; \
+             echo {DONE}",
+            dest = quote(dest),
+            temp = quote(temp),
+            parent = quote(parent),
+            parent_shown = parent.replace(['"', '\\', '$', '`'], "_"),
+        );
         let channel =
             self.connection.handle.channel_open_session().await.map_err(|e| format!("cannot open a channel: {e}"))?;
-        channel.request_subsystem(true, "sftp").await.map_err(|e| format!("no sftp subsystem: {e}"))?;
-        let sftp =
-            russh_sftp::client::SftpSession::new(channel.into_stream()).await.map_err(|e| format!("sftp: {e}"))?;
-        let mut local = tokio::fs::File::open(request.from)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", request.from.display()))?;
-        let total = local.metadata().await.map_err(|e| e.to_string())?.len();
-        let mut remote = sftp.create(temp.to_string()).await.map_err(|e| format!("cannot create {temp}: {e}"))?;
-        let mut progress = upload::Progress::new(output, total);
-        let mut buf = vec![0u8; upload::CHUNK];
-        loop {
-            let n = local.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
+        channel.exec(true, script).await.map_err(|e| format!("cannot start the upload: {e}"))?;
+        let (mut read, write) = channel.split();
+        let (go, asked) = tokio::sync::oneshot::channel::<()>();
+        // What the host says, line by line; it asks for the file with SEND.
+        let listen = async move {
+            let mut go = Some(go);
+            let (mut pending, mut said, mut code) = (Vec::new(), Vec::new(), None);
+            while let Some(msg) = read.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        let room = MAX_CAPTURED_BYTES.saturating_sub(pending.len());
+                        pending.extend_from_slice(&data[..data.len().min(room)]);
+                        while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                            let line = String::from_utf8_lossy(&pending[..i]).into_owned();
+                            pending.drain(..=i);
+                            if line == SEND
+                                && let Some(go) = go.take()
+                            {
+                                let _ = go.send(());
+                            }
+                            said.push(line);
+                        }
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
+                    _ => {}
+                }
             }
-            remote.write_all(&buf[..n]).await.map_err(|e| format!("writing {temp}: {e}"))?;
-            progress.add(n as u64);
+            (code, said)
+        };
+        let send = async move {
+            if asked.await.is_err() {
+                return Ok(false);
+            }
+            let sent = async {
+                let mut local = tokio::fs::File::open(request.from)
+                    .await
+                    .map_err(|e| format!("cannot read {}: {e}", request.from.display()))?;
+                let total = local.metadata().await.map_err(|e| e.to_string())?.len();
+                let mut progress = upload::Progress::new(output, total);
+                let mut buf = vec![0u8; upload::CHUNK];
+                loop {
+                    let n = local.read(&mut buf).await.map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        break;
+                    }
+                    // Waits for the channel's window: the host's pace, not this machine's memory.
+                    write.data(&buf[..n]).await.map_err(|e| format!("sending {temp}: {e}"))?;
+                    progress.add(n as u64);
+                }
+                write.eof().await.map_err(|e| format!("sending {temp}: {e}"))?;
+                progress.finish();
+                Ok::<(), String>(())
+            }
+            .await;
+            if sent.is_err() {
+                // The host's `cat` must not wait for the rest: end the channel.
+                let _ = write.close().await;
+            }
+            sent.map(|()| true)
+        };
+        let ((code, said), sent) = tokio::join!(listen, send);
+        let sent = sent?;
+        let last = said.last().map(String::as_str).unwrap_or_default();
+        match (code, last) {
+            (Some(0), HAVE) => Ok(Some(format!("{dest} already has sha256 {want}"))),
+            (Some(0), DONE) if sent => Ok(None),
+            (_, line) if line.starts_with(BAD) => {
+                let got = line[BAD.len()..].trim();
+                // Anything but 64 hex digits is not a sha256, whatever the host printed.
+                let got = if got.len() == 64 && got.bytes().all(|b| b.is_ascii_hexdigit()) { got } else { "nothing" };
+                Err(format!("sha256 mismatch on the host: expected {want}, got {got}"))
+            }
+            (_, line) if line.starts_with(NO) => Err(line[NO.len()..].trim().to_string()),
+            (None, _) => Err("connection lost during the upload (no exit status)".into()),
+            (Some(code), _) => Err(format!("the upload's shell on the host ended with exit {code}")),
         }
-        remote.shutdown().await.map_err(|e| format!("closing {temp}: {e}"))?;
-        progress.finish();
-        let _ = sftp.close().await;
-        Ok(())
     }
 }
+
+/// What the upload's remote shell says: it has the file, send it, done, or why not.
+const HAVE: &str = "WAVEDECK-HAVE";
+const SEND: &str = "WAVEDECK-SEND";
+const DONE: &str = "WAVEDECK-DONE";
+const BAD: &str = "WAVEDECK-BAD";
+const NO: &str = "WAVEDECK-NO";
 
 impl HostSession for SshSession {
     fn exec<'a>(
@@ -659,30 +746,11 @@ impl HostSession for SshSession {
             let temp = upload::temporary_name(&dest);
             let work = async {
                 let want = upload::sha256_file(request.from).await?;
-                if self.remote_sha256(&dest).await.as_deref() == Some(want.as_str()) {
-                    return Ok(Some(format!("{dest} already has sha256 {want}")));
+                let skipped = self.stream_upload(&request, &dest, &temp, &want, output).await?;
+                if skipped.is_none() {
+                    output.line(Stream::Stdout, format!("uploaded {dest} (sha256 {want})"));
                 }
-                let parent = dest.rsplit_once('/').map_or(".", |(p, _)| if p.is_empty() { "/" } else { p });
-                let (code, _) = self.capture(&format!("mkdir -p -- {}", quote(parent))).await?;
-                if code != 0 {
-                    return Err(format!("cannot create {parent} on the host"));
-                }
-                self.send_file(&request, &temp, output).await?;
-                match self.remote_sha256(&temp).await {
-                    Some(got) if got == want => {}
-                    got => {
-                        return Err(format!(
-                            "sha256 mismatch on the host: expected {want}, got {}",
-                            got.unwrap_or_else(|| "nothing".into())
-                        ));
-                    }
-                }
-                let (code, _) = self.capture(&format!("mv -f -- {} {}", quote(&temp), quote(&dest))).await?;
-                if code != 0 {
-                    return Err(format!("cannot rename {temp} to {dest}"));
-                }
-                output.line(Stream::Stdout, format!("uploaded {dest} (sha256 {want})"));
-                Ok(None)
+                Ok::<_, String>(skipped)
             };
             let result = tokio::select! {
                 r = work => r,
