@@ -523,13 +523,15 @@ impl SshSession {
     ) -> Result<Option<String>, String> {
         let parent = dest.rsplit_once('/').map_or(".", |(p, _)| if p.is_empty() { "/" } else { p });
         let script = format!(
+            // A hash is 64 characters: `head` keeps a host whose `sha256sum` floods from making
+            // the shell hold (and this runner read) more than that.
             "f={dest}; t={temp}; w={want}; \
-             h=$(sha256sum -- \"$f\" 2>/dev/null); [ \"${{h%% *}}\" = \"$w\" ] && {{ echo {HAVE}; exit 0; }}; \
+             h=$(sha256sum -- \"$f\" 2>/dev/null | head -c 64); [ \"$h\" = \"$w\" ] && {{ echo {HAVE}; exit 0; }}; \
              mkdir -p -- {parent} || {{ echo \"{NO} cannot create {parent_shown}\"; exit 1; }}; \
              echo {SEND}; \
              cat > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit 1; }}; \
-             h=$(sha256sum -- \"$t\" 2>/dev/null); \
-             [ \"${{h%% *}}\" = \"$w\" ] || {{ rm -f -- \"$t\"; echo \"{BAD} ${{h%% *}}\"; exit 1; }}; \
+             h=$(sha256sum -- \"$t\" 2>/dev/null | head -c 64); \
+             [ \"$h\" = \"$w\" ] || {{ rm -f -- \"$t\"; echo \"{BAD} $h\"; exit 1; }}; \
              mv -f -- \"$t\" \"$f\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot rename $t to $f\"; exit 1; }}; \
              echo {DONE}",
             dest = quote(dest),
@@ -565,6 +567,10 @@ impl SshSession {
                     ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
                     _ => {}
                 }
+            }
+            // A last line without its newline (or one longer than is kept) still counts.
+            if !pending.is_empty() {
+                said.push(String::from_utf8_lossy(&pending).into_owned());
             }
             (code, said)
         };
