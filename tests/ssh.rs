@@ -604,3 +604,69 @@ async fn a_step_runs_two_shells_below_sshd_with_no_setsid_between() {
     assert!(lines[0].starts_with("sh -c"), "{lines:?}");
     assert!(lines[1].starts_with("sshd"), "no setsid layer: {lines:?}");
 }
+
+#[tokio::test]
+async fn a_changed_host_key_in_wave_3_is_reported_while_wave_2_runs_and_fails_the_host_when_its_wave_comes() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(3);
+    // h2 (wave 3) presents another server's key than the one on record.
+    let impostor = Sshd::start(fleet.dir.path(), "impostor");
+    let swapped =
+        impostor.known_hosts_line().replace(&format!(":{} ", impostor.port), &format!(":{} ", fleet.servers[2].port));
+    let known: String = fleet.servers[..2].iter().map(|s| s.known_hosts_line()).collect::<String>() + &swapped;
+    std::fs::write(fleet.path("known_hosts"), known).unwrap();
+    // One host a wave; h1's step (wave 2) waits for the test, which lets it go once it has seen
+    // wave 3's trouble reported.
+    let profile = fleet
+        .profile(&step("hold", "[ {{ host }} = h1 ] || exit 0; while [ ! -e go ]; do sleep 0.02; done", ""), "")
+        .replace("canary = 0\nbatch = \"100%\"", "canary = 1\nbatch = 1");
+    let mut d = start(&profile);
+    d.until("wave 2", |e| matches!(e, Event::WaveStarted { wave: 2, .. })).await;
+    let reported = d
+        .until(
+            "h2's changed key",
+            |e| matches!(e, Event::ConnectFailed { host, kind, .. } if host == "h2" && kind == "host_key_changed"),
+        )
+        .await;
+    assert!(
+        !d.events.iter().any(|e| matches!(e, Event::WaveStarted { wave: 3, .. })),
+        "reported before wave 3: {reported:?}"
+    );
+    std::fs::write(fleet.path("deploy/go"), b"").unwrap();
+    let (_, hosts) = d.finish().await;
+    let h2 = hosts.iter().find(|h| h.host == "h2").unwrap();
+    assert_eq!((h2.state, h2.stopped_at.as_deref()), (HostState::Failed, Some("connect")), "{hosts:?}");
+    let wave3 = d.position(|e| matches!(e, Event::WaveStarted { wave: 3, .. })).unwrap();
+    let failed = d.position(|e| matches!(e, Event::HostFinished { host, .. } if host == "h2")).unwrap();
+    assert!(failed > wave3, "it fails when its wave comes, not before");
+    let reports = d.events.iter().filter(|e| matches!(e, Event::ConnectFailed { host, .. } if host == "h2")).count();
+    assert_eq!(reports, 1, "reported once, not dialled again");
+    assert!(hosts.iter().filter(|h| h.host != "h2").all(|h| h.state == HostState::Done), "{hosts:?}");
+}
+
+#[tokio::test]
+async fn a_connection_made_ahead_that_drops_before_its_wave_is_dialled_again() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(2);
+    let profile = fleet
+        .profile(&step("hold", "[ {{ host }} = h0 ] || exit 0; while [ ! -e go ]; do sleep 0.02; done", ""), "")
+        .replace("canary = 0\nbatch = \"100%\"", "canary = 1\nbatch = 1");
+    let mut d = start(&profile);
+    d.until("h0's step", |e| matches!(e, Event::StepStarted { host, .. } if host == "h0")).await;
+    // h1's connection is made while h0 holds wave 1 (sshd logs each accepted key).
+    let accepted = |server: &Sshd| server.log().matches("Accepted publickey").count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while accepted(&fleet.servers[1]) == 0 {
+        assert!(Instant::now() < deadline, "no connection ahead to h1:\n{}", fleet.servers[1].log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fleet.servers[1].cut_connections();
+    std::fs::write(fleet.path("deploy/go"), b"").unwrap();
+    let (outcome, hosts) = d.finish().await;
+    assert_eq!(outcome, Outcome::Succeeded, "{hosts:?}\n{:#?}", d.events);
+    assert_eq!(accepted(&fleet.servers[1]), 2, "dialled again after the drop");
+}

@@ -78,8 +78,28 @@ pub(super) async fn connect(
     let name = &plan.host.name;
     let target = Target { env: shared.env.clone(), host: plan.host.clone() };
     let observer = ConnectEvents { shared, host: name };
+    // A connection opened ahead is used if it is still up; one that failed for a reason
+    // trying again cannot fix (a host key, auth) fails the host now, as dialling it would.
+    let prepared = shared.ahead.lock().ok().and_then(|mut ahead| ahead.remove(name));
+    let prepared = match prepared {
+        Some(opening) => tokio::select! {
+            opened = opening => match opened {
+                Ok(Ok(session)) if !session.lost() => Some(Ok(session)),
+                Ok(Err(e)) if !matches!(e, crate::transport::TransportError::Unreachable(_)) => Some(Err(e)),
+                _ => None,
+            },
+            _ = control.abort.cancelled() => return Err(HostState::Cancelled),
+        },
+        None => None,
+    };
+    let opening = async {
+        match prepared {
+            Some(opened) => opened,
+            None => shared.transport.open(&target, &observer).await,
+        }
+    };
     tokio::select! {
-        opened = shared.transport.open(&target, &observer) => opened.map_err(|e| {
+        opened = opening => opened.map_err(|e| {
             let message = shared.redactor.redact(&e.to_string()).into_owned();
             control.events.emit(Event::Output {
                 host: name.clone(),

@@ -121,6 +121,8 @@ pub async fn run_with_prober(
                 _ => None,
             })
             .collect(),
+        ahead: std::sync::Mutex::new(BTreeMap::new()),
+        ahead_slots: Arc::new(Semaphore::new(CONNECT_AHEAD)),
     });
     // A failed run-once step (a migration, say) stops the deploy before any host is touched.
     let mut waves_allowed = true;
@@ -132,7 +134,10 @@ pub async fn run_with_prober(
         }
     }
     let wave_count = plan.waves.len();
-    for wave in plan.waves {
+    // Each wave's hosts, for connecting to them while the wave before runs.
+    let next_hosts: Vec<Vec<crate::profile::Host>> =
+        plan.waves.iter().map(|w| w.hosts.iter().map(|h| h.host.clone()).collect()).collect();
+    for (position, wave) in plan.waves.into_iter().enumerate() {
         let number = wave.number;
         if !waves_allowed {
             continue;
@@ -160,6 +165,10 @@ pub async fn run_with_prober(
         };
         if !started {
             continue;
+        }
+        if let Some(next) = next_hosts.get(position + 1) {
+            let waiting = next.iter().filter(|h| book.summary(&h.name).state == HostState::NotStarted).cloned();
+            connect_ahead(&shared, waiting.collect());
         }
         let hosts = wave_hosts.into_iter().map(|h| (book.summary(&h.host.name), h)).collect();
         let results = run_wave(&shared, number, hosts, wave.max_failures, &carried_failed, &plan.policy).await;
@@ -195,6 +204,12 @@ pub async fn run_with_prober(
 
     commands_task.abort();
     shared.monitors.cancel();
+    // Connections made ahead for waves that never came (an abort, a stop) are closed.
+    if let Ok(mut ahead) = shared.ahead.lock() {
+        for (_, opening) in std::mem::take(&mut *ahead) {
+            opening.abort();
+        }
+    }
     let summaries = book.finish(&control);
     let aborted_by = control.lock().aborted.as_ref().map(|(_, by)| *by);
     let outcome = if aborted_by == Some(AbortedBy::Command) {
@@ -325,6 +340,46 @@ struct Shared {
     /// Per host resumed mid-way: the step it continues with and the attempt of it that was
     /// interrupted, which it adopts.
     adopt: BTreeMap<String, (usize, u32)>,
+    /// Connections of the next wave's hosts, opened while this wave runs (see [`connect_ahead`]).
+    ahead: std::sync::Mutex<BTreeMap<String, tokio::task::JoinHandle<Opened>>>,
+    /// How many of those handshakes run at once, beside the wave's own work.
+    ahead_slots: Arc<Semaphore>,
+}
+
+/// A connection opened ahead of its host's wave, or why it could not be.
+type Opened = Result<Box<dyn crate::transport::HostSession>, crate::transport::TransportError>;
+
+/// Handshakes of the next wave at once while a wave runs: enough to have them done before it
+/// ends, few enough that the running wave's hosts (and sshd's CPU) do not wait on them.
+pub const CONNECT_AHEAD: usize = 16;
+
+/// Opens the connections of `hosts` (the next wave's) in the background, at most
+/// [`CONNECT_AHEAD`] handshakes at a time, so that a wave starts on connections already made. A
+/// host key or auth failure found this way is an event at once (`connect_failed`); the host
+/// still fails only when its wave comes, like any connection failure.
+fn connect_ahead(shared: &Arc<Shared>, hosts: Vec<crate::profile::Host>) {
+    let Ok(mut ahead) = shared.ahead.lock() else { return };
+    for host in hosts {
+        if ahead.contains_key(&host.name) {
+            continue;
+        }
+        let name = host.name.clone();
+        let task = shared.clone();
+        let opening = tokio::spawn(async move {
+            let stopped = || Err(crate::transport::TransportError::Unreachable("the deploy was stopped".into()));
+            let _slot = tokio::select! {
+                slot = task.ahead_slots.clone().acquire_owned() => slot,
+                _ = task.control.abort.cancelled() => return stopped(),
+            };
+            let target = crate::transport::Target { env: task.env.clone(), host };
+            let observer = ConnectEvents { shared: &task, host: &target.host.name };
+            tokio::select! {
+                opened = task.transport.open(&target, &observer) => opened,
+                _ = task.control.abort.cancelled() => stopped(),
+            }
+        });
+        ahead.insert(name, opening);
+    }
 }
 
 impl Shared {
