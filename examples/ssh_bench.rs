@@ -1,11 +1,18 @@
 //! SSH rolling-deploy benchmark: wavedeck's engine against the OpenSSH client doing the same
-//! work with `xargs -P`.
+//! work, on the same loopback sshd fleet in one run.
 //!
-//! Starts a loopback sshd fleet (4 listeners; 200 simulated hosts spread over them, each with
-//! its own directory), then deploys a small artifact to every host in waves (1 canary, then
-//! 10%): upload + sha256 verify, unpack, switch the `current` symlink, restart (simulated),
-//! health check. Then the same steps with `scp`/`ssh` from the OpenSSH client, one wave at a
-//! time with `xargs -P`. Prints wall time, per-host cost and the ratio.
+//! Starts a loopback sshd fleet (4 listeners; N simulated hosts spread over them, each with its
+//! own directory), then deploys a 1 MiB artifact to every host in waves (1 canary, then 10%):
+//! upload + sha256 verify, unpack, switch the `current` symlink, restart (0.2 s), health check.
+//! Contenders, one after another on the same fleet:
+//! - the handshake floor: one `ssh host true` per host, `xargs -P`;
+//! - OpenSSH one-shot: one `ssh` per host, the tarball on stdin, every step in one remote shell;
+//! - OpenSSH ControlMaster: one master connection per host, then `scp` and one `ssh` per step;
+//! - wavedeck's engine in this process (and again through its runner, with its audit log).
+//! Every OpenSSH client uses the key exchange russh picks (curve25519-sha256), so key exchange
+//! cost is not what is measured. For each: wall time, controller CPU (this process, or the ssh
+//! clients), sshd-side CPU per host (the listeners' reaped children: sshd sessions, shells,
+//! commands), and wavedeck's peak RSS.
 //!
 //! Run: `cargo run --release --example ssh_bench [hosts]` (default 200; needs sshd and ssh).
 #![allow(clippy::unwrap_used)] // A benchmark: any failure should stop it loudly.
@@ -18,7 +25,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use wavedeck::engine;
@@ -31,6 +38,17 @@ use wavedeck::transport::ssh::SshTransport;
 const LISTENERS: usize = 4;
 const PARALLEL: usize = 50;
 const RELEASE: &str = "2.0.0";
+/// The key exchange every client uses, russh's first choice.
+const KEX: &str = "curve25519-sha256";
+
+/// What one contender cost.
+struct Figures {
+    wall: f64,
+    /// CPU seconds on the controlling side: this process for wavedeck, the ssh clients otherwise.
+    controller: f64,
+    /// CPU seconds of sshd and everything it ran, for all hosts.
+    sshd: f64,
+}
 
 fn main() {
     // The deploy's runner, when the benchmark starts one, is this program again.
@@ -51,31 +69,106 @@ fn main() {
     std::fs::write(root.join("known_hosts"), known).unwrap();
     let artifact = make_artifact(root);
     let ports: Vec<u16> = (0..hosts).map(|i| servers[i % LISTENERS].port).collect();
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
 
     println!(
-        "ssh_bench: {hosts} hosts on {LISTENERS} loopback sshd listeners, waves: 1 canary then 10%, parallel {PARALLEL}"
+        "ssh_bench: {hosts} hosts on {LISTENERS} loopback sshd listeners, 1 MiB artifact, waves: 1 canary then 10%, \
+         parallel {PARALLEL}, kex {KEX}"
     );
-    let ours = run_wavedeck(root, &artifact, &ports);
+    // wavedeck first: its peak RSS is then this process's.
+    let ours = measure(&pids, || run_wavedeck(root, &artifact, &ports));
+    let rss = peak_rss_mib();
     let (detached, syncs) = run_through_runner(root, &artifact, &ports);
-    let theirs = run_openssh(root, &artifact, &ports);
+    let floor = measure(&pids, || run_openssh(root, &ports, Contender::Floor, &artifact));
+    let oneshot = measure(&pids, || run_openssh(root, &ports, Contender::OneShot, &artifact));
+    let master = measure(&pids, || run_openssh(root, &ports, Contender::ControlMaster, &artifact));
     let per_host = |s: f64| s * 1000.0 / hosts as f64;
-    println!("wavedeck (russh, 1 connection per host):   {ours:6.2} s wall, {:6.1} ms per host", per_host(ours));
+    let row = |name: &str, f: &Figures| {
+        println!(
+            "{name:<34} {:7.2} s wall  {:6.2} s controller CPU  {:6.1} ms sshd-side CPU per host",
+            f.wall,
+            f.controller,
+            per_host(f.sshd)
+        );
+    };
+    row("handshake floor (ssh host true)", &floor);
+    row("OpenSSH one-shot (1 ssh per host)", &oneshot);
+    row("OpenSSH ControlMaster + ssh/step", &master);
+    row("wavedeck engine", &ours);
+    println!("wavedeck peak RSS: {rss:.0} MiB");
     println!(
         "wavedeck through its runner (+ write-ahead audit log, socket): {detached:6.2} s wall ({:+.1}% against \
          the engine alone), {syncs} fsyncs ({:.2} per host)",
-        (detached / ours - 1.0) * 100.0,
+        (detached / ours.wall - 1.0) * 100.0,
         syncs as f64 / hosts as f64
     );
-    println!("OpenSSH client (scp + ssh per step, xargs): {theirs:6.2} s wall, {:6.1} ms per host", per_host(theirs));
-    println!("ratio: wavedeck is {:.1}x faster", theirs / ours);
+    println!(
+        "wavedeck / one-shot: {:.2}x wall, {:.2}x sshd-side CPU; wavedeck / ControlMaster: {:.2}x wall",
+        ours.wall / oneshot.wall,
+        ours.sshd / oneshot.sshd,
+        ours.wall / master.wall
+    );
 }
 
-/// A small release tarball (~64 KiB) with a VERSION file.
+/// Runs `contender` and measures it: wall time, this process's and its reaped children's CPU
+/// (the ssh clients), and the sshd listeners' reaped children's CPU once every session is gone.
+fn measure(listeners: &[u32], contender: impl FnOnce() -> f64) -> Figures {
+    let (own, clients, sshd) = (self_cpu(), children_cpu(), sshd_cpu(listeners));
+    let wall = contender();
+    settle(listeners);
+    let own = self_cpu() - own;
+    let clients = children_cpu() - clients;
+    Figures { wall, controller: own + clients, sshd: sshd_cpu(listeners) - sshd }
+}
+
+/// Waits until the listeners have reaped every session (their CPU is counted only then).
+fn settle(listeners: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline
+        && listeners.iter().any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).is_ok_and(|c| !c.trim().is_empty())
+        })
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fields of /proc/PID/stat after the command name, as seconds of CPU (100 ticks a second).
+fn stat_seconds(pid: &str, fields: &[usize]) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // `rest[0]` is field 3 (state).
+    fields.iter().map(|f| rest.get(f - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)).sum::<f64>() / 100.0
+}
+
+fn self_cpu() -> f64 {
+    stat_seconds("self", &[14, 15])
+}
+
+fn children_cpu() -> f64 {
+    stat_seconds("self", &[16, 17])
+}
+
+fn sshd_cpu(listeners: &[u32]) -> f64 {
+    listeners.iter().map(|pid| stat_seconds(&pid.to_string(), &[14, 15, 16, 17])).sum()
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// A release tarball of about 1 MiB (incompressible) with a VERSION file.
 fn make_artifact(root: &Path) -> std::path::PathBuf {
     let src = root.join("artifact");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("VERSION"), RELEASE).unwrap();
-    let blob: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let blob: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
     std::fs::write(src.join("app.bin"), blob).unwrap();
     let tarball = root.join("app.tar.gz");
     let status = Command::new("tar").arg("czf").arg(&tarball).arg("-C").arg(&src).arg(".").status().unwrap();
@@ -89,7 +182,7 @@ const STEPS: [(&str, &str); 4] = [
         "cd hosts/{{ host }} && mkdir -p releases/{{ release }} && tar xzf incoming/app.tar.gz -C releases/{{ release }}",
     ),
     ("switch", "cd hosts/{{ host }} && ln -sfn releases/{{ release }} current.new && mv -T current.new current"),
-    ("restart", "cd hosts/{{ host }} && cp current/VERSION service.state"),
+    ("restart", "cd hosts/{{ host }} && sleep 0.2 && cp current/VERSION service.state"),
     ("health", "cd hosts/{{ host }} && test \"$(cat service.state)\" = {{ release }}"),
 ];
 
@@ -168,26 +261,68 @@ fn run_wavedeck(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
     elapsed
 }
 
-fn run_openssh(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
-    let remote = root.join("remote-openssh");
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    Floor,
+    OneShot,
+    ControlMaster,
+}
+
+fn run_openssh(root: &Path, ports: &[u16], contender: Contender, artifact: &Path) -> f64 {
+    let remote = root.join(match contender {
+        Contender::Floor => "remote-floor",
+        Contender::OneShot => "remote-oneshot",
+        Contender::ControlMaster => "remote-master",
+    });
     std::fs::create_dir_all(&remote).unwrap();
     let opts = format!(
-        "-i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR",
+        "-i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR \
+         -o KexAlgorithms={KEX}",
         root.join("client_ed25519").display(),
         root.join("known_hosts").display()
     );
-    // One host's work: scp, then one ssh per step, as separate commands like the engine's steps.
-    let mut per_host = format!(
-        "set -e\nh=$1; p=$2; d={remote}/hosts/$h\nssh {opts} -p $p root@127.0.0.1 \"mkdir -p $d/incoming\"\n\
-         scp -q {opts} -P $p {artifact} root@127.0.0.1:$d/incoming/app.tar.gz\n\
-         ssh {opts} -p $p root@127.0.0.1 \"sha256sum $d/incoming/app.tar.gz\" >/dev/null\n",
-        remote = remote.display(),
-        artifact = artifact.display(),
-    );
-    for (_, run) in STEPS {
-        let command = run.replace("cd hosts/{{ host }}", "cd $d").replace("{{ release }}", RELEASE);
-        let _ = writeln!(per_host, "ssh {opts} -p $p root@127.0.0.1 '{}'", command.replace("$d", "'\"$d\"'"));
-    }
+    let steps =
+        || STEPS.iter().map(|(_, run)| run.replace("cd hosts/{{ host }}", "cd $d").replace("{{ release }}", RELEASE));
+    let per_host = match contender {
+        Contender::Floor => format!("ssh {opts} -p $2 root@127.0.0.1 true\n"),
+        // The tarball on stdin, every step in one remote shell.
+        Contender::OneShot => {
+            let mut remote_script =
+                "set -e; mkdir -p $d/incoming; cat > $d/incoming/app.tar.gz; sha256sum $d/incoming/app.tar.gz >/dev/null"
+                    .to_string();
+            for command in steps() {
+                let _ = write!(remote_script, "; ({command})");
+            }
+            let file = root.join("oneshot-remote.sh");
+            std::fs::write(&file, remote_script).unwrap();
+            format!(
+                "set -e\nh=$1; p=$2; d={remote}/hosts/$h\n\
+                 ssh {opts} -p $p root@127.0.0.1 \"d=$d; $(cat {file})\" < {artifact}\n",
+                remote = remote.display(),
+                file = file.display(),
+                artifact = artifact.display(),
+            )
+        }
+        // One master per host, then a command per step over it.
+        Contender::ControlMaster => {
+            let mut script = format!(
+                "set -e\nh=$1; p=$2; d={remote}/hosts/$h; c={root}/cm-$h\n\
+                 o=\"{opts} -o ControlPath=$c -p $p\"\n\
+                 ssh $o -o ControlMaster=yes -o ControlPersist=60 -fN root@127.0.0.1\n\
+                 ssh $o root@127.0.0.1 \"mkdir -p $d/incoming\"\n\
+                 scp -q {opts} -o ControlPath=$c -P $p {artifact} root@127.0.0.1:$d/incoming/app.tar.gz\n\
+                 ssh $o root@127.0.0.1 \"sha256sum $d/incoming/app.tar.gz\" >/dev/null\n",
+                remote = remote.display(),
+                root = root.display(),
+                artifact = artifact.display(),
+            );
+            for command in steps() {
+                let _ = writeln!(script, "ssh $o root@127.0.0.1 '{}'", command.replace("$d", "'\"$d\"'"));
+            }
+            script.push_str("ssh $o -O exit root@127.0.0.1 2>/dev/null\n");
+            script
+        }
+    };
     let script = root.join("per_host.sh");
     std::fs::write(&script, per_host).unwrap();
     let sizes = wave_sizes(
@@ -218,7 +353,7 @@ fn run_openssh(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
             .unwrap();
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), list.as_bytes()).unwrap();
         drop(child.stdin.take());
-        assert!(child.wait().unwrap().success(), "OpenSSH baseline failed in a wave");
+        assert!(child.wait().unwrap().success(), "OpenSSH contender failed in a wave");
     }
     started.elapsed().as_secs_f64()
 }

@@ -589,20 +589,20 @@ async fn a_50_mib_upload_streams_in_one_channel_and_a_host_that_has_it_gets_noth
 }
 
 #[tokio::test]
-async fn a_step_runs_two_shells_below_sshd_with_no_setsid_between() {
+async fn a_step_runs_in_one_shell_below_the_login_shell_with_no_setsid_between() {
     if !sshd::available() {
         return;
     }
     let fleet = Fleet::start(1);
-    // The step's own shell, its parent and grandparent: `sh -s`, `sh -c <wrapper>`, then sshd's
-    // session process (sshd already made the shell a process group leader).
+    // Above the step's own `sh -s`: the login shell sshd started (the wrapper runs in it), then
+    // sshd's session process (sshd already made the shell a process group leader).
     let run = "p=$PPID; for i in 1 2; do tr '\\0' ' ' </proc/$p/cmdline | cut -c1-40; echo; \
                p=$(awk '{print $4}' /proc/$p/stat); done";
     let mut d = start(&fleet.profile(&step("ancestry", run, ""), ""));
     assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
     let lines: Vec<String> = output_of(&d).into_iter().filter(|l| !l.trim().is_empty()).collect();
-    assert!(lines[0].starts_with("sh -c"), "{lines:?}");
-    assert!(lines[1].starts_with("sshd"), "no setsid layer: {lines:?}");
+    assert!(lines[0].starts_with("bash -c cd"), "the login shell runs the wrapper: {lines:?}");
+    assert!(lines[1].starts_with("sshd"), "no setsid, no sh -c layer: {lines:?}");
 }
 
 #[tokio::test]

@@ -321,13 +321,13 @@ impl SshSession {
             None => format!("echo \"{PGID_MARKER}$$\"; exec sh -s"),
         };
         // OpenSSH's sshd starts every session's shell in a session of its own, so the shell is
-        // already its process group's leader: `setsid` (a fork and an exec more per step) is
-        // only needed where it is not (read from /proc with a builtin, so nothing is spawned to
-        // find out).
+        // already its process group's leader and runs the body itself. Only where it is not
+        // (read from /proc with a builtin, so nothing is spawned to find out) does the body go
+        // under `setsid` in a shell of its own: two processes more per step.
         format!(
             "cd {dir} && export WAVEDECK_HOST={host} WAVEDECK_ENV={env} && \
              {{ read -r _ _ _ _ g _ </proc/$$/stat; }} 2>/dev/null; \
-             if [ \"$g\" = \"$$\" ]; then exec sh -c '{body}'; else exec setsid -w sh -c '{body}'; fi",
+             if [ \"$g\" = \"$$\" ]; then {body}; else exec setsid -w sh -c '{body}'; fi",
             dir = quote(&self.deploy_path),
             host = quote(&self.host),
             env = quote(&self.env),
@@ -527,7 +527,7 @@ impl SshSession {
             // the shell hold (and this runner read) more than that.
             "f={dest}; t={temp}; w={want}; \
              h=$(sha256sum -- \"$f\" 2>/dev/null | head -c 64); [ \"$h\" = \"$w\" ] && {{ echo {HAVE}; exit 0; }}; \
-             mkdir -p -- {parent} || {{ echo \"{NO} cannot create {parent_shown}\"; exit 1; }}; \
+             [ -d {parent} ] || mkdir -p -- {parent} || {{ echo \"{NO} cannot create {parent_shown}\"; exit 1; }}; \
              echo {SEND}; \
              cat > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit 1; }}; \
              h=$(sha256sum -- \"$t\" 2>/dev/null | head -c 64); \
