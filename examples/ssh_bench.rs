@@ -9,6 +9,7 @@
 //! - OpenSSH one-shot: one `ssh` per host, the tarball on stdin, every step in one remote shell;
 //! - OpenSSH ControlMaster: one master connection per host, then `scp` and one `ssh` per step;
 //! - wavedeck's engine in this process (and again through its runner, with its audit log).
+//!
 //! Every OpenSSH client uses the key exchange russh picks (curve25519-sha256), so key exchange
 //! cost is not what is measured. For each: wall time, controller CPU (this process, or the ssh
 //! clients), sshd-side CPU per host (the listeners' reaped children: sshd sessions, shells,
