@@ -258,6 +258,40 @@ pub fn write_host_log(audit: &Path, host: &str, out: &mut impl Write) -> std::io
     Ok(written)
 }
 
+/// `host`'s output lines numbered `range` (counting its output lines from the first, as the
+/// console does), read line by line from the audit file at `audit`: for a console scrolling past
+/// what it keeps in memory. Each comes with its time, stream and text (masked on its way in).
+pub fn host_output(
+    audit: &Path,
+    host: &str,
+    range: std::ops::Range<u64>,
+) -> std::io::Result<Vec<(DateTime<Utc>, crate::event::Stream, String)>> {
+    use std::io::BufRead as _;
+    let mut found = Vec::new();
+    let mut number = 0u64;
+    for text in std::io::BufReader::new(File::open(audit)?).lines() {
+        let text = text?;
+        // Most lines are other hosts' output or events: skip them before parsing.
+        if !text.contains("\"output\"") {
+            continue;
+        }
+        let Ok(line) = serde_json::from_str::<Line>(&text) else { continue };
+        let Record::Event(Event::Output { host: h, stream, line: said, .. }) = line.record else { continue };
+        if h != host {
+            continue;
+        }
+        if range.contains(&number) {
+            let at = DateTime::parse_from_rfc3339(&line.ts).map(|t| t.with_timezone(&Utc)).unwrap_or_default();
+            found.push((at, stream, said));
+        }
+        number += 1;
+        if number >= range.end {
+            break;
+        }
+    }
+    Ok(found)
+}
+
 /// A line for the writer thread, and whoever waits for it to be on disk.
 struct Queued {
     text: Vec<u8>,

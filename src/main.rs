@@ -38,6 +38,10 @@ struct Cli {
     /// Lines of output kept per host in the console [default: 10000].
     #[arg(long)]
     scrollback: Option<usize>,
+    /// Memory, in MiB, all hosts' scrollback may hold together; shared fairly, older lines stay
+    /// in the audit log [default: 256].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    scrollback_mib: Option<u32>,
     /// Directory for audit logs [default: $WAVEDECK_AUDIT_DIR, else the data directory].
     #[arg(long)]
     audit_dir: Option<PathBuf>,
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
             audit_dir: cli.audit_dir,
             local_root: cli.local_root,
             scrollback: cli.scrollback,
+            scrollback_mib: cli.scrollback_mib.map(|m| m as usize),
         })),
         Some(Cmd::Plan { profile, env, release }) => plan(&profile, &env, &release),
         Some(Cmd::Check { profile, env, local_root }) => check(&profile, &env, local_root.as_deref()),

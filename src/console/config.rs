@@ -3,6 +3,7 @@
 //! ```toml
 //! theme = "light"        # a built-in theme name or a theme file path
 //! scrollback = 10000     # lines kept per host
+//! scrollback_mib = 256   # memory all hosts' scrollback may hold together
 //! bell = true            # ring the terminal's bell when a deploy stops to wait or finishes
 //! ```
 //! Command-line flags win over this file.
@@ -20,6 +21,7 @@ pub const CONFIG_ENV: &str = "WAVEDECK_CONFIG";
 pub struct Config {
     pub theme: Option<String>,
     pub scrollback: Option<usize>,
+    pub scrollback_mib: Option<usize>,
     pub bell: Option<bool>,
 }
 

@@ -14,10 +14,17 @@ use crate::event::Stream;
 /// Default lines kept per host; `--scrollback` changes it.
 pub const DEFAULT_SCROLLBACK: usize = 10_000;
 
+/// Default bytes all scrollback together may hold (`--scrollback-memory`, config
+/// `scrollback_memory`): hosts share it fairly, the interleaved view has a quarter of it.
+pub const DEFAULT_SCROLLBACK_MEMORY: usize = 256 * 1024 * 1024;
+
+/// What a line costs beyond its text: the line itself, its slot and the text's allocation header.
+const LINE_OVERHEAD: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
-    /// Set in the interleaved all-hosts view.
-    pub host: Option<String>,
+    /// Set in the interleaved all-hosts view (shared: one name per host, not per line).
+    pub host: Option<Arc<str>>,
     pub stream: Stream,
     /// Shared between the host's own log and the interleaved one: each line is stored once.
     pub text: Arc<str>,
@@ -35,19 +42,60 @@ pub struct LogBuffer {
     capacity: usize,
     /// Lines ever pushed; a line's absolute number is stable even after older ones are dropped.
     total: u64,
+    /// What the lines held cost in memory (see [`LogLine::cost`]).
+    bytes: usize,
+    /// Host output lines (not wavedeck's notes) dropped from the front: the audit log has them.
+    dropped_output: u64,
+}
+
+impl LogLine {
+    /// Bytes this line holds in memory, for the scrollback budget.
+    pub fn cost(&self) -> usize {
+        self.text.len() + LINE_OVERHEAD
+    }
 }
 
 impl LogBuffer {
     pub fn new(capacity: usize) -> Self {
-        Self { lines: VecDeque::new(), capacity: capacity.max(1), total: 0 }
+        Self { lines: VecDeque::new(), capacity: capacity.max(1), total: 0, bytes: 0, dropped_output: 0 }
     }
 
+    /// Adds a line, dropping the oldest past the line limit.
     pub fn push(&mut self, line: LogLine) {
         if self.lines.len() == self.capacity {
-            self.lines.pop_front();
+            self.pop_front();
         }
+        self.bytes += line.cost();
         self.lines.push_back(line);
         self.total += 1;
+    }
+
+    /// Drops the oldest line; returns the bytes that freed.
+    pub fn pop_front(&mut self) -> usize {
+        match self.lines.pop_front() {
+            Some(line) => {
+                if !line.note {
+                    self.dropped_output += 1;
+                }
+                self.bytes -= line.cost();
+                line.cost()
+            }
+            None => 0,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Lines dropped from the front (older than the first one held).
+    pub fn dropped(&self) -> u64 {
+        self.total - self.lines.len() as u64
+    }
+
+    /// Host output lines among them.
+    pub fn dropped_output(&self) -> u64 {
+        self.dropped_output
     }
 
     pub fn len(&self) -> usize {

@@ -54,6 +54,8 @@ pub struct ConsoleOptions {
     pub audit_dir: Option<PathBuf>,
     pub local_root: Option<PathBuf>,
     pub scrollback: Option<usize>,
+    /// Memory all scrollback may hold, in MiB.
+    pub scrollback_mib: Option<usize>,
 }
 
 /// Runs the console; returns the process exit code.
@@ -116,13 +118,21 @@ pub fn attach(attach: Attach) -> i32 {
             return exit::INVALID;
         }
     };
-    let options =
-        ConsoleOptions { path: None, theme: attach.theme, audit_dir: None, local_root: None, scrollback: None };
+    let options = ConsoleOptions {
+        path: None,
+        theme: attach.theme,
+        audit_dir: None,
+        local_root: None,
+        scrollback: None,
+        scrollback_mib: None,
+    };
     let Ok((mut app, theme)) = setup(vec![profile], &options) else { return exit::INVALID };
     if let Some(i) = app.targets.iter().position(|t| app.profiles[t.profile].environments[t.env].name == about.env) {
         app.selected_target = i;
     }
     app.begin_deploy();
+    // The runner replays only its newest output: line numbers may not match the audit log's.
+    app.log_complete = false;
     app.observing = client.role != Role::Control;
     app.status = Some(attached_text(&client));
     let mut audit_files = Vec::new();
@@ -169,6 +179,8 @@ fn setup(profiles: Vec<Profile>, options: &ConsoleOptions) -> Result<(App, Theme
         Theme::resolve(options.theme.as_deref().or(config.theme.as_deref()), no_color).map_err(|e| eprintln!("{e}"))?;
     let scrollback = options.scrollback.or(config.scrollback).unwrap_or(logs::DEFAULT_SCROLLBACK);
     let mut app = App::new(profiles, &crate::audit::operator_name(), scrollback);
+    let mib = options.scrollback_mib.or(config.scrollback_mib).unwrap_or(logs::DEFAULT_SCROLLBACK_MEMORY >> 20);
+    app.scrollback_memory = mib.max(1) << 20;
     app.bell = config.bell.unwrap_or(true);
     Ok((app, theme))
 }
@@ -232,6 +244,12 @@ enum Done {
     Ended(session::Ended),
     /// A host's log was written to a file (`W`): where, or why not.
     Written(String),
+    /// Older output of a host, read back from the audit log, or why not.
+    Earlier {
+        host: String,
+        from: u64,
+        read: Result<Vec<(chrono::DateTime<Utc>, crate::event::Stream, String)>, String>,
+    },
 }
 
 /// Writes `host`'s whole log, from `audit`, to a file in the working directory named after the
@@ -387,6 +405,25 @@ async fn console_loop(
                     }
                     Done::Cancelled(audit_path) => audit_files.extend(audit_path),
                     Done::Written(said) => app.status = Some(said),
+                    Done::Earlier { host, from, read } => match read {
+                        Ok(read) => {
+                            let lines = read
+                                .into_iter()
+                                .map(|(at, stream, text)| logs::LogLine {
+                                    host: None,
+                                    stream,
+                                    text: crate::text::clean(&text).into(),
+                                    at,
+                                    note: false,
+                                })
+                                .collect();
+                            app.earlier_loaded(host, from, lines);
+                        }
+                        Err(e) => {
+                            app.loading_earlier = false;
+                            app.status = Some(format!("cannot read older lines from the audit log: {e}"));
+                        }
+                    },
                     Done::Ended(ended) => {
                         ending = None;
                         audit_files.push(ended.audit_path.clone());
@@ -463,6 +500,19 @@ async fn console_loop(
                     app.interrupted.remove(&target);
                     busy = Some(start_in_background(spec, &done_tx, &mut app));
                 }
+                Effect::LoadEarlier { host, from, to } => match &shown_audit {
+                    Some(audit) => {
+                        let (audit, done_tx) = (audit.clone(), done_tx.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let read = crate::audit::host_output(&audit, &host, from..to).map_err(|e| e.to_string());
+                            let _ = done_tx.send(Done::Earlier { host, from, read });
+                        });
+                    }
+                    None => {
+                        app.loading_earlier = false;
+                        app.status = Some("no audit log for this deploy to read older lines from".into());
+                    }
+                },
                 Effect::WriteLog { host } => match &shown_audit {
                     Some(audit) => {
                         app.status = Some(format!("writing {host}'s log…"));

@@ -67,6 +67,10 @@ pub struct HostView {
     /// Why it went unhealthy while watched, for banners: "went unhealthy during soak (healthz:
     /// 500 memory leak)".
     pub unhealthy_cause: Option<String>,
+    /// The name once, shared by every line of it in the interleaved view.
+    tag: std::sync::Arc<str>,
+    /// Listed among the hosts holding more than their share of the scrollback budget.
+    over_share: bool,
 }
 
 impl HostView {
@@ -154,10 +158,21 @@ pub struct DeployModel {
     pub combined: LogBuffer,
     pub timeline: VecDeque<TimelineEntry>,
     scrollback: usize,
+    /// Bytes the hosts' scrollback may hold together, and what it holds now.
+    host_memory: usize,
+    host_used: usize,
+    /// Hosts that may hold more than their share, to take lines from when over budget.
+    over: VecDeque<usize>,
 }
 
 impl DeployModel {
     pub fn new(operator: &str, scrollback: usize) -> Self {
+        Self::with_memory(operator, scrollback, super::logs::DEFAULT_SCROLLBACK_MEMORY)
+    }
+
+    /// A model whose scrollback holds at most `memory` bytes: three quarters shared fairly by
+    /// the hosts, a quarter for the interleaved view.
+    pub fn with_memory(operator: &str, scrollback: usize, memory: usize) -> Self {
         Self {
             service: String::new(),
             env: String::new(),
@@ -181,7 +196,60 @@ impl DeployModel {
             combined: LogBuffer::new(scrollback),
             timeline: VecDeque::new(),
             scrollback,
+            host_memory: memory - memory / 4,
+            host_used: 0,
+            over: VecDeque::new(),
         }
+    }
+
+    fn combined_memory(&self) -> usize {
+        self.host_memory / 3
+    }
+
+    /// A host's fair share of the budget: it may hold more while others hold less.
+    fn share(&self) -> usize {
+        self.host_memory / self.hosts.len().max(1)
+    }
+
+    /// After host `i`'s log changed from `before` bytes: counts it, and while the hosts hold more
+    /// than their budget, drops the oldest lines of hosts above their share. A quiet host keeps
+    /// its lines; the chatty ones give theirs up.
+    fn account(&mut self, i: usize, before: usize) {
+        let now = self.hosts[i].logs.bytes();
+        self.host_used = (self.host_used + now).saturating_sub(before);
+        let share = self.share();
+        if now > share && !self.hosts[i].over_share {
+            self.hosts[i].over_share = true;
+            self.over.push_back(i);
+        }
+        while self.host_used > self.host_memory {
+            let Some(&j) = self.over.front() else {
+                // Every host within its share yet over budget: only rounding; take from this one.
+                let freed = self.hosts[i].logs.pop_front();
+                if freed == 0 {
+                    break;
+                }
+                self.host_used -= freed;
+                continue;
+            };
+            if self.hosts[j].logs.bytes() <= share {
+                self.hosts[j].over_share = false;
+                self.over.pop_front();
+                continue;
+            }
+            self.host_used -= self.hosts[j].logs.pop_front();
+        }
+    }
+
+    /// Memory the scrollback holds now: the hosts' and the interleaved view's (text shared
+    /// between them counts twice, so this is an upper bound).
+    pub fn scrollback_bytes(&self) -> usize {
+        self.host_used + self.combined.bytes()
+    }
+
+    fn push_combined(&mut self, line: LogLine) {
+        self.combined.push(line);
+        while self.combined.bytes() > self.combined_memory() && self.combined.pop_front() > 0 {}
     }
 
     pub fn host(&self, name: &str) -> Option<&HostView> {
@@ -287,6 +355,23 @@ impl DeployModel {
 
     /// Folds one engine event into the model.
     pub fn apply(&mut self, stamped: &Stamped) {
+        // The host whose log this event may add to, and what its log held before.
+        let touched = match &stamped.event {
+            Event::Output { host, .. }
+            | Event::StepStarted { host, .. }
+            | Event::StepFinished { host, .. }
+            | Event::OutputElided { host, .. }
+            | Event::ConnectFailed { host, .. }
+            | Event::HealthChanged { host, .. } => self.index.get(host).map(|&i| (i, self.hosts[i].logs.bytes())),
+            _ => None,
+        };
+        self.fold(stamped);
+        if let Some((i, before)) = touched {
+            self.account(i, before);
+        }
+    }
+
+    fn fold(&mut self, stamped: &Stamped) {
         let at = stamped.at;
         match &stamped.event {
             Event::DeployStarted { service, env, release, waves, steps } => {
@@ -299,6 +384,8 @@ impl DeployModel {
                 self.hosts.clear();
                 self.index.clear();
                 self.waves.clear();
+                self.over.clear();
+                self.host_used = 0;
                 for wave in waves {
                     let mut members = Vec::new();
                     for name in &wave.hosts {
@@ -325,6 +412,8 @@ impl DeployModel {
                             command: None,
                             step_started: None,
                             unhealthy_cause: None,
+                            tag: name.as_str().into(),
+                            over_share: false,
                         });
                     }
                     self.waves.push(WaveView {
@@ -374,11 +463,12 @@ impl DeployModel {
             }
             Event::Output { host, stream, line, .. } => {
                 let text: std::sync::Arc<str> = clean(line).into();
-                let line = LogLine { host: Some(host.clone()), stream: *stream, text, at, note: false };
+                let line = LogLine { host: None, stream: *stream, text, at, note: false };
                 if let Some(h) = self.host_mut(host) {
-                    h.logs.push(LogLine { host: None, ..line.clone() });
+                    let tagged = LogLine { host: Some(h.tag.clone()), ..line.clone() };
+                    h.logs.push(line);
+                    self.push_combined(tagged);
                 }
-                self.combined.push(line);
             }
             Event::StepFinished { host, step, result, duration_ms, will_retry, .. } => {
                 if let Some(h) = self.host_mut(host) {
@@ -402,11 +492,12 @@ impl DeployModel {
                 let text: std::sync::Arc<str> =
                     format!("… {lines} lines ({bytes} bytes) of {step}'s output left out; its last part follows")
                         .into();
-                let line = LogLine { host: Some(host.clone()), stream: Stream::Stderr, text, at, note: true };
+                let line = LogLine { host: None, stream: Stream::Stderr, text, at, note: true };
                 if let Some(h) = self.host_mut(host) {
-                    h.logs.push(LogLine { host: None, ..line.clone() });
+                    let tagged = LogLine { host: Some(h.tag.clone()), ..line.clone() };
+                    h.logs.push(line);
+                    self.push_combined(tagged);
                 }
-                self.combined.push(line);
             }
             Event::UploadProgress { host, sent, total, .. } => {
                 if let Some(h) = self.host_mut(host) {
@@ -581,7 +672,7 @@ pub(crate) mod tests {
         m.apply(&stamp(3, Event::HealthSample { host: "c".into(), check: "h".into(), healthy: false, latency_ms: 1 }));
         assert_eq!(m.exceptions(), ["b skipped", "c DOWN"]);
     }
-    use crate::event::WaveOutline;
+    use crate::event::{Stream, WaveOutline};
 
     pub(crate) fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
@@ -605,6 +696,46 @@ pub(crate) mod tests {
                 steps: vec!["stage".into(), "health".into()],
             },
         )
+    }
+
+    #[test]
+    fn the_scrollback_budget_holds_under_500_chatty_hosts_and_a_quiet_one_keeps_its_lines() {
+        let memory = 8 << 20;
+        let mut m = DeployModel::with_memory("ann", 1_000_000, memory);
+        let hosts: Vec<String> = (0..501).map(|i| format!("h{i:03}")).collect();
+        m.apply(&stamp(
+            0,
+            Event::DeployStarted {
+                service: "s".into(),
+                env: "e".into(),
+                release: "1".into(),
+                waves: vec![WaveOutline { wave: 1, hosts: hosts.clone(), max_failures: 0 }],
+                steps: vec!["run".into()],
+            },
+        ));
+        let line = |host: &str, i: usize| {
+            stamp(
+                1,
+                Event::Output {
+                    host: host.into(),
+                    step: "run".into(),
+                    stream: Stream::Stdout,
+                    line: format!("{i:>6} {}", "x".repeat(100)),
+                },
+            )
+        };
+        // The quiet host says a little, then 500 hosts say 40 MB.
+        for i in 0..10 {
+            m.apply(&line("h500", i));
+        }
+        for i in 0..240_000 {
+            m.apply(&line(&hosts[i % 500], i));
+            assert!(m.scrollback_bytes() <= memory, "over budget after {i} lines: {}", m.scrollback_bytes());
+        }
+        assert_eq!(m.host("h500").unwrap().logs.len(), 10, "the quiet host lost nothing");
+        let chatty = m.host("h007").unwrap();
+        assert!(chatty.logs.dropped_output() > 0 && chatty.logs.len() > 10, "chatty hosts keep their share");
+        assert!(m.host_used > memory / 2, "the budget is used, not left idle: {}", m.host_used);
     }
 
     #[test]

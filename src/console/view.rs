@@ -650,18 +650,23 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, clock: Cloc
     let block = pane_block(&title, app.focus == Pane::Logs, theme);
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let Some(log) = app.current_log() else { return };
+    if app.current_log().is_none() {
+        return;
+    }
     let height = inner.height as usize;
     let width = inner.width as usize;
-    let end = log.len().saturating_sub(app.log_scroll.min(log.len()));
+    let len = app.log_len();
+    let end = len.saturating_sub(app.log_scroll.min(len));
     let needle = app.search.as_ref().map(|s| s.to_lowercase());
     // From the newest line shown upwards until the pane is full: a wrapped line takes rows.
     let mut rows: Vec<Line> = Vec::new();
+    let mut top = end;
     for index in (0..end).rev() {
         if rows.len() >= height {
             break;
         }
-        let Some(l) = log.get(index) else { break };
+        let Some(l) = app.log_line(index) else { break };
+        top = index;
         let mut lead = vec![Span::styled(if l.stream == Stream::Stderr { "!" } else { " " }, theme.fg(theme.stderr))];
         if app.timestamps {
             let at = l.at.with_timezone(&clock.offset).format("%H:%M:%S ").to_string();
@@ -694,6 +699,14 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, clock: Cloc
         own.drain(..own.len() - keep);
         own.extend(rows);
         rows = own;
+    }
+    // At the top with older lines not in memory: say where they are.
+    let unloaded = app.unloaded();
+    if top == 0 && unloaded > 0 {
+        let how =
+            if app.log_complete { "↑ or PgUp reads them from the audit log" } else { "W writes them all to a file" };
+        rows.insert(0, Line::styled(format!(" … {unloaded} older lines: {how}"), theme.muted()));
+        rows.truncate(height);
     }
     frame.render_widget(Paragraph::new(rows), inner);
 }

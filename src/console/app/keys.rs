@@ -183,6 +183,13 @@ impl App {
                 self.deploy = None;
                 self.refresh_preview();
             }
+            Action::Up if self.focus == Pane::Logs => {
+                let at_top = self.log_scroll >= self.log_len();
+                self.move_in_focus(-1);
+                if at_top {
+                    return self.want_earlier();
+                }
+            }
             Action::Up => self.move_in_focus(-1),
             Action::Down => self.move_in_focus(1),
             // In the host table they move the selection a page, or to the first or last host;
@@ -191,9 +198,21 @@ impl App {
             Action::PageDown if self.focus == Pane::Hosts => self.move_in_focus(self.host_page() as isize),
             Action::Top if self.focus == Pane::Hosts => self.move_in_focus(isize::MIN / 2),
             Action::Follow if self.focus == Pane::Hosts => self.move_in_focus(isize::MAX / 2),
-            Action::PageUp => self.scroll_log(self.log_page() as isize),
+            Action::PageUp => {
+                let at_top = self.log_scroll >= self.log_len();
+                self.scroll_log(self.log_page() as isize);
+                if at_top {
+                    return self.want_earlier();
+                }
+            }
             Action::PageDown => self.scroll_log(-(self.log_page() as isize)),
-            Action::Top => self.log_scroll = self.log_len(),
+            Action::Top => {
+                let at_top = self.log_scroll >= self.log_len();
+                self.log_scroll = self.log_len();
+                if at_top {
+                    return self.want_earlier();
+                }
+            }
             Action::Follow => self.log_scroll = 0,
             Action::Wrap => {
                 self.wrap = !self.wrap;

@@ -65,6 +65,13 @@ pub enum Effect {
     WriteLog {
         host: String,
     },
+    /// Read `host`'s output lines numbered `from..to` back from the audit log: the operator
+    /// scrolled past what the console keeps in memory.
+    LoadEarlier {
+        host: String,
+        from: u64,
+        to: u64,
+    },
     Quit,
 }
 
@@ -93,6 +100,20 @@ impl Pane {
         self.step(-1)
     }
 }
+
+/// A host's output read back from the audit log, just older than its scrollback.
+#[derive(Debug, Clone)]
+pub struct Earlier {
+    pub host: String,
+    /// The number (among the host's output lines) of `lines[0]`.
+    pub first: u64,
+    pub lines: Vec<super::logs::LogLine>,
+}
+
+/// Most lines read back and held at once; past them `W` writes the whole log to a file.
+pub const EARLIER_MAX: usize = 50_000;
+/// Lines read back per request.
+pub const EARLIER_PAGE: u64 = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortOrder {
@@ -142,6 +163,14 @@ pub struct App {
     pub timestamps: bool,
     /// The selection moves on with the running wave.
     pub follow_wave: bool,
+    /// Output of one host older than its scrollback, read back from the audit log.
+    pub earlier: Option<Earlier>,
+    /// Earlier lines are being read back (one request at a time).
+    pub loading_earlier: bool,
+    /// This console saw the deploy's output from its first line (it started it), so a line's
+    /// number among a host's output is its number in the audit log too. An attached console
+    /// may have missed some: it offers `W` instead of reading back.
+    pub log_complete: bool,
     pub filter: String,
     pub search: Option<String>,
     pub sort: SortOrder,
@@ -160,6 +189,8 @@ pub struct App {
     pub bell: bool,
     pub operator: String,
     pub scrollback: usize,
+    /// Bytes all scrollback may hold (see [`DeployModel::with_memory`]).
+    pub scrollback_memory: usize,
     /// The terminal's size, for mapping mouse positions onto panes.
     pub size: Rect,
     /// Per target (index into `targets`): host → the release it last finished, from the audit log.
@@ -196,6 +227,9 @@ impl App {
             log_shift: 0,
             timestamps: false,
             follow_wave: false,
+            earlier: None,
+            loading_earlier: false,
+            log_complete: true,
             filter: String::new(),
             search: None,
             sort: SortOrder::Plan,
@@ -207,6 +241,7 @@ impl App {
             busy: None,
             operator: operator.to_string(),
             scrollback,
+            scrollback_memory: super::logs::DEFAULT_SCROLLBACK_MEMORY,
             size: Rect::new(0, 0, 80, 24),
             releases: BTreeMap::new(),
             last_runs: BTreeMap::new(),
@@ -238,7 +273,7 @@ impl App {
 
     /// Starts showing a deploy the runtime has just launched.
     pub fn begin_deploy(&mut self) {
-        self.deploy = Some(DeployModel::new(&self.operator, self.scrollback));
+        self.deploy = Some(DeployModel::with_memory(&self.operator, self.scrollback, self.scrollback_memory));
         self.dialog = None;
         self.pending = None;
         self.focus = Pane::Hosts;
@@ -247,6 +282,9 @@ impl App {
         self.timeline_scroll = 0;
         self.filter.clear();
         self.search = None;
+        self.earlier = None;
+        self.loading_earlier = false;
+        self.log_complete = true;
         self.quit_when_finished = false;
         self.rollback_when_finished = false;
         self.observing = false;
@@ -422,9 +460,70 @@ impl App {
         area.height.saturating_sub(3).max(1) as usize
     }
 
-    /// Lines in the log now shown.
+    /// Lines in the log now shown: read back ones first, then the scrollback.
     pub fn log_len(&self) -> usize {
-        self.current_log().map_or(0, |l| l.len())
+        self.earlier_shown().map_or(0, |e| e.lines.len()) + self.current_log().map_or(0, |l| l.len())
+    }
+
+    /// Line `i` of the log now shown (0 is the oldest).
+    pub fn log_line(&self, i: usize) -> Option<&super::logs::LogLine> {
+        let earlier = self.earlier_shown().map_or(&[][..], |e| &e.lines[..]);
+        match earlier.get(i) {
+            Some(line) => Some(line),
+            None => self.current_log()?.get(i - earlier.len()),
+        }
+    }
+
+    /// The lines read back, if they are the shown host's.
+    fn earlier_shown(&self) -> Option<&Earlier> {
+        let host = self.selected_name().filter(|_| !self.interleaved)?;
+        self.earlier.as_ref().filter(|e| e.host == host)
+    }
+
+    /// Output lines of the shown host that are neither in memory nor read back yet.
+    pub fn unloaded(&self) -> u64 {
+        if self.interleaved {
+            return 0;
+        }
+        let dropped = self.current_log().map_or(0, |l| l.dropped_output());
+        self.earlier_shown().map_or(dropped, |e| e.first)
+    }
+
+    /// At the top of what is shown with older lines left: asks for the page before them.
+    fn want_earlier(&mut self) -> Vec<Effect> {
+        let unloaded = self.unloaded();
+        if self.log_scroll < self.log_len() || unloaded == 0 || self.loading_earlier {
+            return Vec::new();
+        }
+        let Some(host) = self.selected_name() else { return Vec::new() };
+        if !self.log_complete {
+            self.status = Some(format!("{unloaded} older lines are in the audit log: W writes them all to a file"));
+            return Vec::new();
+        }
+        if self.earlier_shown().is_some_and(|e| e.lines.len() >= EARLIER_MAX) {
+            self.status = Some(format!("{unloaded} older lines still: W writes the whole log to a file"));
+            return Vec::new();
+        }
+        self.loading_earlier = true;
+        self.status = Some("reading older lines from the audit log…".into());
+        vec![Effect::LoadEarlier { host, from: unloaded.saturating_sub(EARLIER_PAGE), to: unloaded }]
+    }
+
+    /// Older lines read back arrived: they go above what is shown, and the view stays where it was.
+    pub fn earlier_loaded(&mut self, host: String, from: u64, lines: Vec<super::logs::LogLine>) {
+        self.loading_earlier = false;
+        self.status = None;
+        let added = lines.len();
+        match &mut self.earlier {
+            Some(e) if e.host == host && e.first == from + added as u64 => {
+                let mut joined = lines;
+                joined.append(&mut e.lines);
+                e.lines = joined;
+                e.first = from;
+            }
+            _ => self.earlier = Some(Earlier { host, first: from, lines }),
+        }
+        self.log_scroll += added;
     }
 
     pub fn current_log(&self) -> Option<&super::logs::LogBuffer> {
@@ -539,6 +638,7 @@ fn trouble_rank(phase: HostPhase) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::logs::LogLine;
     use crate::console::model::tests::{stamp, started};
     use crate::console::prose;
     use crate::event::{Event, HostState, PauseCause, TriageAction};
@@ -939,6 +1039,76 @@ mod tests {
         app.on_key(key(KeyCode::Char('t')));
         assert!(app.timestamps);
         assert_eq!(app.on_key(key(KeyCode::Char('W'))), [Effect::WriteLog { host: "a".into() }]);
+    }
+
+    #[test]
+    fn scrolling_past_the_scrollback_reads_older_lines_back_from_the_audit_log_to_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = crate::audit::SessionStart {
+            operator: "ann".into(),
+            machine: "box".into(),
+            version: "0".into(),
+            argv: vec![],
+            mode: "test".into(),
+            profile: "p.toml".into(),
+            profile_sha256: "00".into(),
+            env: "dev".into(),
+            release: "1".into(),
+            resumed_from: None,
+        };
+        let mut audit = crate::audit::AuditLog::open(dir.path(), &start, Default::default()).unwrap();
+        let path = audit.path().to_path_buf();
+        // 30 lines of scrollback a host: 12,000 of c's lines leave most of them on disk only.
+        let mut app = App::new(vec![demo_profile()], "ann", 30);
+        app.begin_deploy();
+        let mut feed = |app: &mut App, event: Event| {
+            let stamped = stamp(1, event);
+            audit.event(&stamped);
+            app.on_event(&stamped);
+        };
+        feed(&mut app, started().event);
+        for i in 0..12_000 {
+            let line = format!("line {i}");
+            feed(
+                &mut app,
+                Event::Output { host: "c".into(), step: "s".into(), stream: crate::event::Stream::Stdout, line },
+            );
+            let other = format!("b {i}");
+            feed(
+                &mut app,
+                Event::Output { host: "b".into(), step: "s".into(), stream: crate::event::Stream::Stdout, line: other },
+            );
+        }
+        audit.close("ok", 0).unwrap();
+        app.on_key(key(KeyCode::Char('G')));
+        assert_eq!(app.selected_name().as_deref(), Some("c"));
+        app.focus = Pane::Logs;
+        app.on_key(key(KeyCode::Home));
+        let mut reads = 0;
+        while app.unloaded() > 0 {
+            // PgUp until the top of what is held asks for the page before it.
+            let mut effects = app.on_key(key(KeyCode::PageUp));
+            for _ in 0..10_000 {
+                if !effects.is_empty() {
+                    break;
+                }
+                effects = app.on_key(key(KeyCode::PageUp));
+            }
+            let [Effect::LoadEarlier { host, from, to }] = &effects[..] else { panic!("{effects:?}") };
+            let read = crate::audit::host_output(&path, host, *from..*to).unwrap();
+            assert_eq!(read.len() as u64, to - from);
+            let lines = read
+                .into_iter()
+                .map(|(at, stream, text)| LogLine { host: None, stream, text: text.into(), at, note: false })
+                .collect();
+            app.earlier_loaded(host.clone(), *from, lines);
+            reads += 1;
+            assert!(reads < 10, "pages of 5,000 reach the start");
+        }
+        assert_eq!(app.unloaded(), 0);
+        assert_eq!(&*app.log_line(0).unwrap().text, "line 0", "the host's first line");
+        assert_eq!(&*app.log_line(app.log_len() - 1).unwrap().text, "line 11999");
+        assert_eq!(app.log_len(), 12_000, "read back and in memory join without a gap or a repeat");
     }
 
     #[test]
