@@ -199,6 +199,8 @@ fn on_threshold(text: &str) -> Result<OnThreshold, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `check` and `ps` talk to every host at once; the runner raises its own.
+    wavedeck::sys::raise_open_files_limit();
     let result = match cli.command {
         None => Ok(wavedeck::console::run(wavedeck::console::ConsoleOptions {
             path: cli.path,

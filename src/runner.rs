@@ -119,6 +119,7 @@ const RUNNER_LOG: &str = "runner.log";
 pub fn main() -> i32 {
     // Its own session: no controlling terminal, so closing the one it came from sends nothing.
     let _ = nix::unistd::setsid();
+    crate::sys::raise_open_files_limit();
     let mut line = String::new();
     if std::io::stdin().read_line(&mut line).is_err() {
         return exit::INVALID;
