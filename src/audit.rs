@@ -159,6 +159,12 @@ pub enum Record {
     SessionEnd {
         outcome: String,
         exit_code: i32,
+        /// Lines before this one, and the SHA-256 of all of them, byte for byte: with each line's
+        /// `prev` they let `wavedeck audit verify` tell an intact file from an edited one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        records: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chain: Option<String>,
     },
 }
 
@@ -215,6 +221,9 @@ pub struct Line {
     pub ts: String,
     pub session: String,
     pub seq: u64,
+    /// SHA-256 of the previous line's exact bytes (for the first, of [`chain_start`]).
+    #[serde(default)]
+    pub prev: Option<String>,
     #[serde(flatten)]
     pub record: Record,
 }
@@ -340,8 +349,22 @@ fn write_lines(file: File, lines: std::sync::mpsc::Receiver<Queued>, failed: std
     }
 }
 
+/// What the first line's `prev` is the SHA-256 of: a chain starts from its session's id.
+pub fn chain_start(session: &str) -> String {
+    format!("wavedeck audit session {session}")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    crate::sys::hex(&sha2::Sha256::digest(bytes))
+}
+
 pub struct AuditLog {
     writer: Option<Writer>,
+    /// SHA-256 of the last line written (without its newline): the next line's `prev`.
+    prev: String,
+    /// SHA-256 over every line written so far, newlines included.
+    chain: sha2::Sha256,
     failed: std::sync::Arc<AtomicBool>,
     path: PathBuf,
     session: String,
@@ -368,6 +391,8 @@ impl AuditLog {
         };
         let mut log = AuditLog {
             writer: Some(Writer { lines, thread }),
+            prev: sha256_hex(chain_start(&session).as_bytes()),
+            chain: <sha2::Sha256 as sha2::Digest>::new(),
             failed,
             path,
             session,
@@ -442,7 +467,10 @@ impl AuditLog {
         if self.writer.is_none() {
             return;
         }
-        self.record(Utc::now(), &Record::SessionEnd { outcome: outcome.to_string(), exit_code });
+        let chain = crate::sys::hex(&sha2::Digest::finalize(self.chain.clone()));
+        let end =
+            Record::SessionEnd { outcome: outcome.to_string(), exit_code, records: Some(self.seq), chain: Some(chain) };
+        self.record(Utc::now(), &end);
         // Closing the queue makes the writer drain it, sync the file and stop.
         if let Some(Writer { lines, thread }) = self.writer.take() {
             drop(lines);
@@ -477,8 +505,14 @@ impl AuditLog {
         }
         let mut line = Value::Object(line);
         redact_strings(&mut line, &self.redactor);
+        // After masking: a hash is no secret, and masking must not touch it.
+        if let Value::Object(fields) = &mut line {
+            fields.insert("prev".into(), Value::String(std::mem::take(&mut self.prev)));
+        }
         let mut text = line.to_string();
+        self.prev = sha256_hex(text.as_bytes());
         text.push('\n');
+        sha2::Digest::update(&mut self.chain, text.as_bytes());
         if writer.lines.send(Queued { text: text.into_bytes(), durable }).is_err() {
             self.write_failed = true;
         }

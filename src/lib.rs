@@ -53,6 +53,7 @@ pub mod sys;
 pub mod template;
 pub mod text;
 pub mod transport;
+pub mod verify;
 
 /// Process exit codes, documented in the README.
 pub mod exit {

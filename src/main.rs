@@ -145,6 +145,9 @@ enum Cmd {
         #[arg(long)]
         theme: Option<String>,
     },
+    /// Read audit logs: verify that they are as wavedeck wrote them.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// The process that owns one deploy (started by the console and `deploy`; not for people).
     #[command(hide = true)]
     Runner,
@@ -176,6 +179,18 @@ enum Cmd {
         /// to whoever attaches (`wavedeck attach SESSION`) and wait that long for them to decide.
         #[arg(long, value_name = "abort|wait=DURATION", default_value = "abort", value_parser = on_threshold)]
         on_threshold: OnThreshold,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check each audit file's hash chain: intact, or where it was edited, reordered, cut or
+    /// had lines deleted. Exits 1 if any file is not intact. Example: `wavedeck audit verify
+    /// ~/.local/share/wavedeck/audit/*.jsonl`
+    Verify {
+        /// Audit files (`wavedeck-<session>.jsonl`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -231,6 +246,7 @@ fn main() -> ExitCode {
             attach(&target, env.as_deref(), observe, plain, from, theme)
         }
         Some(Cmd::Runner) => Ok(wavedeck::runner::main()),
+        Some(Cmd::Audit(AuditCmd::Verify { files })) => Ok(audit_verify(&files)),
         Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root, exclude, promote, on_threshold }) => {
             let options = SessionOptions {
                 profile: &profile,
@@ -384,6 +400,54 @@ fn resume(
 }
 
 /// `wavedeck ps`: one line per deploy with a control socket, then the interrupted ones.
+/// `wavedeck audit verify`: a line per file, and per file it carries on (`resumed_from`) the
+/// same for that one, found beside it.
+fn audit_verify(files: &[PathBuf]) -> i32 {
+    let mut intact = true;
+    for file in files {
+        let shown = wavedeck::text::visible(&file.display().to_string());
+        let verdict = match wavedeck::verify::verify(file) {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                println!("{shown}: cannot read it: {e}");
+                intact = false;
+                continue;
+            }
+        };
+        let session = verdict.session.as_deref().map(wavedeck::text::visible).unwrap_or_default();
+        if verdict.intact() {
+            println!("{shown}: intact, {} records (session {session})", verdict.records);
+        } else {
+            intact = false;
+            let problems: Vec<String> = verdict.problems.iter().map(ToString::to_string).collect();
+            println!("{shown}: NOT INTACT: {}", problems.join("; "));
+        }
+        // A resumed deploy is one deploy over several files: the earlier one must hold up too.
+        if let Some(earlier) = &verdict.resumed_from {
+            let earlier = wavedeck::text::visible(earlier);
+            let path = file.with_file_name(format!("wavedeck-{earlier}.jsonl"));
+            match wavedeck::verify::verify(&path) {
+                Ok(before)
+                    if before.intact()
+                        || before.problems == [wavedeck::verify::Problem::Truncated { after: before.records }] =>
+                {
+                    println!("  carries on session {earlier}: that file is as written (it ends where its runner died)");
+                }
+                Ok(before) => {
+                    intact = false;
+                    let problems: Vec<String> = before.problems.iter().map(ToString::to_string).collect();
+                    println!("  carries on session {earlier}: NOT INTACT: {}", problems.join("; "));
+                }
+                Err(e) => {
+                    intact = false;
+                    println!("  carries on session {earlier}, whose file {} cannot be read: {e}", path.display());
+                }
+            }
+        }
+    }
+    if intact { wavedeck::exit::OK } else { wavedeck::exit::FAILED }
+}
+
 fn ps(audit_dir: Option<&Path>) -> Result<i32, SetupError> {
     let runtime = runtime()?;
     let listings = runtime.block_on(wavedeck::remote::list()).map_err(SetupError::CannotStart)?;

@@ -689,3 +689,32 @@ fn the_readme_profile_reference_is_a_valid_profile() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+#[test]
+fn audit_verify_says_intact_for_a_deploys_log_and_names_an_edit_with_its_seq() {
+    let s = Sandbox::new();
+    let demo = fast_demo(&s, |d| d);
+    assert_eq!(s.run(&["deploy", demo.to_str().unwrap(), "--env", "dev", "--release", "1.0"]).status.code(), Some(0));
+    let file = audit_files(&s).pop().unwrap();
+    let out = s.run(&["audit", "verify", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains(": intact, "), "{}", text(&out.stdout));
+
+    // One byte of one output line changed afterwards.
+    let original = std::fs::read_to_string(&file).unwrap();
+    let (n, line) = original.lines().enumerate().find(|(_, l)| l.contains("\"event\":\"output\"")).unwrap();
+    let seq = serde_json::from_str::<Value>(line).unwrap()["seq"].as_u64().unwrap();
+    let edited: String = original
+        .lines()
+        .enumerate()
+        .map(
+            |(i, l)| {
+                if i == n { format!("{}\n", l.replacen("\"line\":\"", "\"line\":\"x", 1)) } else { format!("{l}\n") }
+            },
+        )
+        .collect();
+    std::fs::write(&file, edited).unwrap();
+    let out = s.run(&["audit", "verify", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains(&format!("NOT INTACT: edited at seq {seq}")), "{}", text(&out.stdout));
+}

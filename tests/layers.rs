@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["plan"],
     &["engine", "lock"],
     &["audit"],
-    &["session"],
+    &["session", "verify"],
     &["rollback", "check", "resume"],
     &["runner"],
     &["headless", "console"],
