@@ -349,6 +349,20 @@ fn write_lines(file: File, lines: std::sync::mpsc::Receiver<Queued>, failed: std
     }
 }
 
+/// The audit files in `dir`, oldest first (session ids start with their UTC start time).
+pub fn session_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+    };
+    files.sort();
+    Ok(files)
+}
+
 /// What the first line's `prev` is the SHA-256 of: a chain starts from its session's id.
 pub fn chain_start(session: &str) -> String {
     format!("wavedeck audit session {session}")

@@ -52,6 +52,7 @@ pub mod shell;
 pub mod sys;
 pub mod template;
 pub mod text;
+pub mod trail;
 pub mod transport;
 pub mod verify;
 

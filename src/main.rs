@@ -192,6 +192,48 @@ enum AuditCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// List the sessions in the audit directory: when, service, environment, release, operator,
+    /// mode, outcome and duration. Example: `wavedeck audit ls`
+    Ls {
+        /// Directory for audit logs [default: $WAVEDECK_AUDIT_DIR, else the data directory].
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
+    },
+    /// Tell one session as a timeline: who started it and how it was confirmed, waves,
+    /// failures with their last output lines, commands with their reasons, the outcome.
+    /// Example: `wavedeck audit show --env production --host prod-web-03`
+    Show {
+        /// A session id (as `audit ls` shows it) or an audit file; without it, the newest
+        /// session of --env.
+        session: Option<String>,
+        /// The environment whose newest deploy or rollback to show.
+        #[arg(long)]
+        env: Option<String>,
+        /// Only what concerns this host (and the session's start and end).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only from this time on: RFC 3339 (2026-11-27T08:00:00Z) or a duration ago (30m, 2h).
+        #[arg(long, value_parser = since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only lines containing this text (any case).
+        #[arg(long)]
+        grep: Option<String>,
+        /// The records themselves, one JSON line each, output included.
+        #[arg(long)]
+        json: bool,
+        /// Directory for audit logs [default: $WAVEDECK_AUDIT_DIR, else the data directory].
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
+    },
+}
+
+fn since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let ago = humantime::parse_duration(text)
+        .map_err(|_| format!("`{text}` is neither a time like 2026-11-27T08:00:00Z nor a duration like 30m"))?;
+    chrono::Duration::from_std(ago).map(|d| chrono::Utc::now() - d).map_err(|e| e.to_string())
 }
 
 /// What headless mode does when a wave goes over its failure limit and pauses.
@@ -247,6 +289,11 @@ fn main() -> ExitCode {
         }
         Some(Cmd::Runner) => Ok(wavedeck::runner::main()),
         Some(Cmd::Audit(AuditCmd::Verify { files })) => Ok(audit_verify(&files)),
+        Some(Cmd::Audit(AuditCmd::Ls { audit_dir })) => audit_ls(audit_dir.as_deref()),
+        Some(Cmd::Audit(AuditCmd::Show { session, env, host, since, grep, json, audit_dir })) => {
+            let filter = wavedeck::trail::Filter { host, since, grep };
+            audit_show(session.as_deref(), env.as_deref(), &filter, json, audit_dir.as_deref())
+        }
         Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root, exclude, promote, on_threshold }) => {
             let options = SessionOptions {
                 profile: &profile,
@@ -446,6 +493,76 @@ fn audit_verify(files: &[PathBuf]) -> i32 {
         }
     }
     if intact { wavedeck::exit::OK } else { wavedeck::exit::FAILED }
+}
+
+fn the_audit_dir(flag: Option<&Path>) -> Result<PathBuf, SetupError> {
+    wavedeck::audit::audit_dir(flag)
+        .ok_or_else(|| SetupError::Invalid("no audit directory: give --audit-dir or set WAVEDECK_AUDIT_DIR".into()))
+}
+
+/// `wavedeck audit ls`: a line per session, oldest first.
+fn audit_ls(audit_dir: Option<&Path>) -> Result<i32, SetupError> {
+    let dir = the_audit_dir(audit_dir)?;
+    let sessions = wavedeck::trail::list(&dir).map_err(SetupError::CannotStart)?;
+    if sessions.is_empty() {
+        println!("no sessions in {}", dir.display());
+        return Ok(wavedeck::exit::OK);
+    }
+    println!(
+        "{:<30} {:<16} {:<14} {:<12} {:<14} {:<10} {:<10} {:<12} DURATION",
+        "SESSION", "STARTED (UTC)", "SERVICE", "ENV", "RELEASE", "OPERATOR", "MODE", "OUTCOME"
+    );
+    for s in sessions {
+        let started = s.started.map_or_else(|| "?".into(), |t| t.format("%Y-%m-%d %H:%M").to_string());
+        let duration = match (s.started, s.ended) {
+            (Some(a), Some(b)) => {
+                humantime::format_duration(std::time::Duration::from_secs((b - a).num_seconds().max(0) as u64))
+                    .to_string()
+            }
+            _ => "-".into(),
+        };
+        let outcome = s.outcome.unwrap_or_else(|| "(no end)".into());
+        let row = format!(
+            "{:<30} {:<16} {:<14} {:<12} {:<14} {:<10} {:<10} {:<12} {duration}",
+            s.id,
+            started,
+            s.service.unwrap_or_else(|| "-".into()),
+            s.env,
+            s.release,
+            s.operator,
+            s.mode,
+            outcome
+        );
+        println!("{}", wavedeck::text::visible(&row));
+    }
+    Ok(wavedeck::exit::OK)
+}
+
+/// `wavedeck audit show`: one session's timeline.
+fn audit_show(
+    session: Option<&str>,
+    env: Option<&str>,
+    filter: &wavedeck::trail::Filter,
+    json: bool,
+    audit_dir: Option<&Path>,
+) -> Result<i32, SetupError> {
+    let path = match (session, env) {
+        (Some(given), _) if Path::new(given).is_file() => PathBuf::from(given),
+        (Some(id), _) => the_audit_dir(audit_dir)?.join(format!("wavedeck-{id}.jsonl")),
+        (None, Some(env)) => {
+            let dir = the_audit_dir(audit_dir)?;
+            wavedeck::trail::last_of(&dir, env)
+                .map_err(SetupError::CannotStart)?
+                .ok_or_else(|| SetupError::Invalid(format!("no deploy of {env} in {}", dir.display())))?
+        }
+        (None, None) => return Err(SetupError::Invalid("say which session (an id or a file), or --env ENV".into())),
+    };
+    let lines = wavedeck::trail::show(&path, filter, json)
+        .map_err(|e| SetupError::CannotStart(format!("cannot read {}: {e}", path.display())))?;
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(wavedeck::exit::OK)
 }
 
 fn ps(audit_dir: Option<&Path>) -> Result<i32, SetupError> {

@@ -11,7 +11,7 @@
 //! gets the same lock, gates, health checks, controls and audit trail.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::audit::{PlannedTarget, Record, read_lines};
@@ -247,23 +247,10 @@ pub struct Change {
 
 /// The audit session files in `dir`, oldest first (their names start with the UTC start time,
 /// so name order is time order). A missing directory has none.
-fn session_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
-    };
-    files.sort();
-    Ok(files)
-}
-
 /// Finds the newest deploy (not itself a rollback) of `service` to `env` in `dir`.
 pub fn last_deploy(dir: &Path, service: &str, env: &str) -> Result<Option<LastDeploy>, String> {
     let mut rolled_back_by = None;
-    for file in session_files(dir)?.iter().rev() {
+    for file in crate::audit::session_files(dir)?.iter().rev() {
         let Ok(text) = std::fs::read_to_string(file) else { continue };
         match parse_session(&text, service, env) {
             Some(Found::Rollback(session)) => {
@@ -309,7 +296,7 @@ pub struct LastRun {
 /// The release history and last deploy of every environment, from one pass over the newest
 /// audit sessions.
 pub fn history(dir: &Path) -> History {
-    let files = session_files(dir).unwrap_or_default();
+    let files = crate::audit::session_files(dir).unwrap_or_default();
     let start = files.len().saturating_sub(HISTORY_SESSIONS);
     let mut history = History::default();
     for file in &files[start..] {

@@ -718,3 +718,60 @@ fn audit_verify_says_intact_for_a_deploys_log_and_names_an_edit_with_its_seq() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains(&format!("NOT INTACT: edited at seq {seq}")), "{}", text(&out.stdout));
 }
+
+/// `audit show` of a run, with what differs between runs (times, durations, the machine, the
+/// profile's path) written as placeholders.
+fn normalised_show(s: &Sandbox, args: &[&str]) -> String {
+    let out = s.run(&[&["audit", "show"], args].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let machine = wavedeck::sys::machine_name();
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let l =
+                if l.starts_with(|c: char| c.is_ascii_digit()) { format!("TIME{}", &l[23..]) } else { l.to_string() };
+            let l = l.replace(&format!("test-operator@{machine}"), "test-operator@MACHINE");
+            let l = l.replace(&s.dir.path().display().to_string(), "DIR");
+            // "after 0.3s" → "after N.Ns"
+            let mut out = String::new();
+            let mut rest = l.as_str();
+            while let Some(i) = rest.find("after ") {
+                out.push_str(&rest[..i + 6]);
+                rest = &rest[i + 6..];
+                let end = rest.find('s').unwrap_or(0);
+                if rest[..end].chars().all(|c| c.is_ascii_digit() || c == '.') && end > 0 {
+                    out.push_str("N.N");
+                    rest = &rest[end..];
+                }
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn audit_show_tells_the_staging_demo_as_a_timeline_matching_its_golden_file() {
+    let s = Sandbox::new();
+    let demo = fast_demo(&s, |d| d);
+    let out = s.run(&["deploy", demo.to_str().unwrap(), "--env", "staging", "--release", "3.0"]);
+    assert_eq!(out.status.code(), Some(1), "the threshold stops it");
+    // The failing host's story is in a fixed order (the others interleave with it).
+    let shown = normalised_show(&s, &["--env", "staging", "--host", "stg-web-4"]);
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/audit_show_staging_stg-web-4.txt");
+    if std::env::var_os("GOLDEN_UPDATE").is_some() {
+        std::fs::write(golden, format!("{shown}\n")).unwrap();
+    }
+    assert_eq!(shown.trim_end(), std::fs::read_to_string(golden).unwrap().trim_end(), "GOLDEN_UPDATE=1 rewrites it");
+    // The whole session: the threshold, and the abort with its reason and who decided.
+    let all = normalised_show(&s, &["--env", "staging"]);
+    assert!(all.contains("wave 2: 1 host failed or went unhealthy, more than the 0 allowed: stg-web-4"), "{all}");
+    assert!(all.contains("(policy via test-operator@MACHINE pid"), "{all}");
+    assert!(all.contains("abort, because: wave 2"), "{all}");
+    let listed = text(&s.run(&["audit", "ls"]).stdout);
+    assert!(
+        listed.lines().any(|l| l.contains("shopfront") && l.contains("staging") && l.contains("failed")),
+        "{listed}"
+    );
+}

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["plan"],
     &["engine", "lock"],
     &["audit"],
-    &["session", "verify"],
+    &["session", "verify", "trail"],
     &["rollback", "check", "resume"],
     &["runner"],
     &["headless", "console"],
