@@ -148,6 +148,17 @@ enum Cmd {
     /// Read audit logs: verify that they are as wavedeck wrote them.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Play a past session back in the console's deploy view, from its audit file: space
+    /// pauses, `>` steps to the next operator command or failure, + and - change the speed
+    /// (1×, 10×, 100×), [ and ] move a minute, 0-9 jump through it. Nothing acts on hosts.
+    /// Example: `wavedeck replay ~/.local/share/wavedeck/audit/wavedeck-<session>.jsonl`
+    Replay {
+        /// The session's audit file.
+        file: PathBuf,
+        /// Console theme: dark, light, high-contrast, or a theme file.
+        #[arg(long)]
+        theme: Option<String>,
+    },
     /// The process that owns one deploy (started by the console and `deploy`; not for people).
     #[command(hide = true)]
     Runner,
@@ -288,6 +299,7 @@ fn main() -> ExitCode {
             attach(&target, env.as_deref(), observe, plain, from, theme)
         }
         Some(Cmd::Runner) => Ok(wavedeck::runner::main()),
+        Some(Cmd::Replay { file, theme }) => Ok(wavedeck::console::replay::run(&file, theme)),
         Some(Cmd::Audit(AuditCmd::Verify { files })) => Ok(audit_verify(&files)),
         Some(Cmd::Audit(AuditCmd::Ls { audit_dir })) => audit_ls(audit_dir.as_deref()),
         Some(Cmd::Audit(AuditCmd::Show { session, env, host, since, grep, json, audit_dir })) => {

@@ -551,3 +551,75 @@ fn c_shows_the_selected_hosts_command() {
     assert!(screen.contains("Command — stg-web-1") && screen.contains("run prune"), "{screen}");
     snapshot("dialog_command", &mut app, 9);
 }
+
+#[test]
+fn a_replay_shows_the_deploy_as_it_stood_with_a_replay_banner_and_no_control_keys() {
+    use wavedeck::console::replay::{Playback, Recording};
+    // A short staging deploy up to its threshold pause, as recorded.
+    let mut events: Vec<Stamped> = Vec::new();
+    let mut app = app();
+    let recorder = |events: &mut Vec<Stamped>, list: Vec<(i64, Event)>| {
+        events.extend(list.into_iter().map(|(s, event)| Stamped { at: t(s), event }));
+    };
+    recorder(
+        &mut events,
+        vec![(
+            0,
+            Event::DeployStarted {
+                service: "shopfront".into(),
+                env: "staging".into(),
+                release: "2.4.1".into(),
+                waves: vec![
+                    WaveOutline { wave: 1, hosts: vec!["stg-web-1".into()], max_failures: 0 },
+                    WaveOutline { wave: 2, hosts: vec!["stg-web-4".into()], max_failures: 0 },
+                ],
+                steps: vec!["stage".into(), "healthz".into()],
+            },
+        )],
+    );
+    recorder(
+        &mut events,
+        vec![
+            (1, Event::WaveStarted { wave: 1, hosts: vec!["stg-web-1".into()] }),
+            (1, Event::HostStarted { wave: 1, host: "stg-web-1".into() }),
+            (2, step(1, "stg-web-1", "stage", 1, 1)),
+            (3, out("stg-web-1", Stream::Stdout, "staged")),
+            (30, finished(1, "stg-web-1", "stage", 1, 0, false)),
+            (31, Event::HostFinished { wave: 1, host: "stg-web-1".into(), state: HostState::Done }),
+            (31, Event::WaveFinished { wave: 1, done: 1, failed: 0, cancelled: 0, not_started: 0 }),
+            (40, Event::WaveStarted { wave: 2, hosts: vec!["stg-web-4".into()] }),
+            (40, Event::HostStarted { wave: 2, host: "stg-web-4".into() }),
+            (41, step(2, "stg-web-4", "healthz", 2, 1)),
+            (42, out("stg-web-4", Stream::Stderr, "GET /healthz -> 503")),
+            (43, finished(2, "stg-web-4", "healthz", 2, 1, false)),
+            (43, Event::HostFinished { wave: 2, host: "stg-web-4".into(), state: HostState::Failed }),
+            (
+                44,
+                Event::Paused {
+                    cause: PauseCause::FailureThreshold { wave: 2, failures: 1, limit: 0 },
+                    running: vec![],
+                },
+            ),
+        ],
+    );
+    let marks = vec![t(43)];
+    let recording = Recording {
+        events,
+        marks,
+        operator: "bob".into(),
+        profile: "profiles/demo.toml".into(),
+        env: "staging".into(),
+    };
+    let mut playback = Playback::new(recording, &mut app);
+    playback.seek(&mut app, t(20));
+    let clock_at = |p: &Playback| (p.at - t(0)).num_seconds();
+    let screen = render(&mut app, 80, 24, clock_at(&playback));
+    assert!(screen.starts_with("\" REPLAY 1× · 00:20 of 00:44 · shopfront → staging"), "{screen}");
+    assert!(screen.contains("space pause/play"), "the replay's keys in the footer: {screen}");
+    snapshot("replay_mid_wave_1", &mut app, clock_at(&playback));
+    // `>`: to the failure, paused there; steering keys do nothing.
+    assert!(playback.next_mark(&mut app));
+    key(&mut app, KeyCode::Char('x'));
+    assert!(app.dialog.is_none(), "no triage in a replay");
+    snapshot("replay_at_the_failure", &mut app, clock_at(&playback));
+}

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod logs;
 pub mod model;
 pub mod prose;
+pub mod replay;
 pub mod theme;
 pub mod view;
 

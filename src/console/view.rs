@@ -239,6 +239,10 @@ fn draw_deploy(frame: &mut Frame, app: &App, model: &DeployModel, theme: &Theme,
     if moment == keymap::Moment::Observing {
         hint = format!("OBSERVING, control keys off · {hint}");
     }
+    if app.replay.is_some() {
+        hint = "space pause/play · > next command or failure · + - speed · [ ] ∓1 min · 0-9 jump · Tab pane · q quit"
+            .into();
+    }
     draw_footer(frame, areas.footer, app, &hint, theme);
 }
 
@@ -271,6 +275,11 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, th
             ),
             theme.header(),
         ),
+    };
+    // A replay says so first, in the banner's colours: nothing on screen is happening now.
+    let (left, left_style) = match &app.replay {
+        Some(replay) => (format!(" {replay} ·{}", left.trim_start_matches(" wavedeck ·")), theme.banner()),
+        None => (left, left_style),
     };
     let label = app.control_label().unwrap_or_default();
     let label_style = match &model.control {

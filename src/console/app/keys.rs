@@ -64,6 +64,9 @@ impl App {
     }
 
     fn request_quit(&mut self) -> Vec<Effect> {
+        if self.replay.is_some() {
+            return vec![Effect::Quit];
+        }
         if self.deploy_running() && self.observing {
             // An observer's going changes nothing for the deploy.
             return vec![Effect::Detach];
@@ -112,6 +115,10 @@ impl App {
 
     fn on_deploy_action(&mut self, action: Action) -> Vec<Effect> {
         let running = self.deploy_running();
+        if action.steers() && self.replay.is_some() {
+            self.status = Some("a replay: nothing here acts on hosts".into());
+            return Vec::new();
+        }
         if action.steers() && !running {
             self.status = Some("the deploy has finished".into());
             return Vec::new();

@@ -185,6 +185,9 @@ pub struct App {
     pub quit_when_finished: bool,
     /// Another client controls the deploy on screen: control keys are off.
     pub observing: bool,
+    /// A recorded session is being played back (`wavedeck replay`), as the header says it:
+    /// keys that act on hosts are off.
+    pub replay: Option<String>,
     /// Ring the terminal's bell when the deploy stops to wait or finishes (config `bell`).
     pub bell: bool,
     pub operator: String,
@@ -237,6 +240,7 @@ impl App {
             rollback_when_finished: false,
             quit_when_finished: false,
             observing: false,
+            replay: None,
             bell: true,
             busy: None,
             operator: operator.to_string(),
@@ -636,7 +640,7 @@ fn trouble_rank(phase: HostPhase) -> u8 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::console::logs::LogLine;
     use crate::console::model::tests::{stamp, started};
