@@ -49,6 +49,7 @@ pub mod runner;
 pub mod secrets;
 pub mod session;
 pub mod shell;
+pub mod signature;
 pub mod sys;
 pub mod template;
 pub mod text;

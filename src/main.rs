@@ -474,12 +474,20 @@ fn audit_verify(files: &[PathBuf]) -> i32 {
             }
         };
         let session = verdict.session.as_deref().map(wavedeck::text::visible).unwrap_or_default();
+        let signed = match wavedeck::signature::check(file) {
+            wavedeck::signature::Signed::No => String::new(),
+            wavedeck::signature::Signed::Good { key } => format!("; signature good ({key})"),
+            wavedeck::signature::Signed::Bad { key, why } => {
+                intact = false;
+                format!("; signature BAD ({key}: {})", wavedeck::text::visible(&why))
+            }
+        };
         if verdict.intact() {
-            println!("{shown}: intact, {} records (session {session})", verdict.records);
+            println!("{shown}: intact, {} records (session {session}){signed}", verdict.records);
         } else {
             intact = false;
             let problems: Vec<String> = verdict.problems.iter().map(ToString::to_string).collect();
-            println!("{shown}: NOT INTACT: {}", problems.join("; "));
+            println!("{shown}: NOT INTACT: {}{signed}", problems.join("; "));
         }
         // A resumed deploy is one deploy over several files: the earlier one must hold up too.
         if let Some(earlier) = &verdict.resumed_from {

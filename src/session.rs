@@ -819,6 +819,10 @@ impl Owner {
         if let Err(e) = self.audit.close(word, code) {
             problems.push(e.to_string());
         }
+        // Signed once closed, when the operator's agent holds the key they named.
+        if let Err(e) = crate::signature::sign_if_asked(&audit_path).await {
+            problems.push(format!("the audit log was not signed: {e}"));
+        }
         let journal_syncs = crate::audit::SYNCS.load(std::sync::atomic::Ordering::Relaxed);
         let ended = Ended { outcome, code, problems, audit_path, journal_syncs };
         self.server.set_status(|s| s.state = "ended".into());

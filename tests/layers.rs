@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["secrets", "health", "transport"],
     &["plan"],
     &["engine", "lock"],
-    &["audit"],
+    &["audit", "signature"],
     &["session", "verify", "trail"],
     &["rollback", "check", "resume"],
     &["runner"],

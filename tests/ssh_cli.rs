@@ -281,3 +281,78 @@ fn a_resumed_deploy_takes_the_status_a_step_recorded_after_its_runner_died() {
     let count = std::fs::read_to_string(fleet.path("deploy/count")).unwrap();
     assert_eq!(count, "begin\nend\n", "the step ran once and the host stopped there");
 }
+
+#[test]
+fn an_audit_log_signed_with_an_agent_key_verifies_with_ssh_keygen_and_a_tampered_one_does_not() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let socket = fleet.path("agent.sock");
+    let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(std::process::Stdio::null()).spawn();
+    let Ok(mut agent) = agent else {
+        assert!(std::env::var_os("CI").is_none(), "ssh-agent is required in CI");
+        eprintln!("skipping: ssh-agent not found");
+        return;
+    };
+    let start = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "ssh-agent did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The operator's own key, not the one that logs in to hosts.
+    let signer = fleet.path("signer_ed25519");
+    sshd::keygen(&signer, "ed25519");
+    let added = Command::new("ssh-add").arg(&signer).env("SSH_AUTH_SOCK", &socket).output().unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    std::fs::write(fleet.path("profile.toml"), fleet.profile("[[steps]]\nname = \"hi\"\nrun = \"echo signed\"\n", ""))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wavedeck"))
+        .args(["deploy", fleet.path("profile.toml").to_str().unwrap(), "--env", "test", "--release", "1"])
+        .env("WAVEDECK_AUDIT_DIR", fleet.path("audit"))
+        .env("HOME", fleet.path("home"))
+        .env("SSH_AUTH_SOCK", &socket)
+        .env("WAVEDECK_AUDIT_SIGNING_KEY", signer.with_extension("pub"))
+        .output()
+        .unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let audit = std::fs::read_dir(fleet.path("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .unwrap();
+    let sig = std::path::PathBuf::from(format!("{}.sig", audit.display()));
+    assert!(sig.exists(), "signed beside the log");
+    // OpenSSH's own verdict, with nothing of wavedeck's.
+    let public = std::fs::read_to_string(signer.with_extension("pub")).unwrap();
+    let allowed = fleet.path("allowed_signers");
+    std::fs::write(&allowed, format!("ann {}", public.split_whitespace().take(2).collect::<Vec<_>>().join(" ")))
+        .unwrap();
+    let keygen_verify = |file: &std::path::Path| {
+        Command::new("ssh-keygen")
+            .args(["-Y", "verify", "-f", allowed.to_str().unwrap(), "-I", "ann", "-n", "wavedeck-audit", "-s"])
+            .arg(&sig)
+            .stdin(std::fs::File::open(file).unwrap())
+            .output()
+            .unwrap()
+    };
+    let good = keygen_verify(&audit);
+    assert!(
+        good.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&good.stdout),
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let ours = wavedeck(&fleet, &["audit", "verify", audit.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&ours.stdout);
+    assert!(ours.status.success() && said.contains("signature good (SHA256:"), "{said}");
+    // One byte changed: OpenSSH refuses it, and so does wavedeck.
+    let text = std::fs::read_to_string(&audit).unwrap().replacen("signed", "signet", 1);
+    std::fs::write(&audit, text).unwrap();
+    assert!(!keygen_verify(&audit).status.success(), "a tampered log does not verify");
+    let ours = wavedeck(&fleet, &["audit", "verify", audit.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&ours.stdout);
+    assert!(!ours.status.success() && said.contains("signature BAD"), "{said}");
+}
