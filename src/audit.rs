@@ -363,6 +363,141 @@ pub fn session_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
+/// The audit directory's index of ended sessions, one JSON line each, appended as each closes:
+/// the console's history and `audit ls` read it instead of every file.
+pub const INDEX_FILE: &str = "sessions.index";
+
+/// A session as the index keeps it: enough for history (who, what, how it ended, where each host
+/// was left) without opening its file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub session: String,
+    pub started: String,
+    pub ended: String,
+    pub operator: String,
+    pub mode: String,
+    pub env: String,
+    /// The deploy's service and release, once it started (absent for a refused one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The session end's outcome (`succeeded`, `failed`, `aborted`, `refused`, …).
+    pub outcome: String,
+    /// The deploy's own outcome, as the engine reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_outcome: Option<String>,
+    /// Why it was aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The release each host finished with in this session.
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+}
+
+impl IndexEntry {
+    /// Folds one record into the summary.
+    fn note(&mut self, ts: &str, record: &Record, targets: &mut std::collections::BTreeMap<String, String>) {
+        match record {
+            Record::SessionStart(start) => {
+                self.started = ts.to_string();
+                self.operator = start.operator.clone();
+                self.mode = start.mode.clone();
+                self.env = start.env.clone();
+                self.resumed_from = start.resumed_from.clone();
+            }
+            Record::RollbackPlanned { targets: planned, .. } => {
+                targets.extend(planned.iter().filter_map(|t| Some((t.host.clone(), t.target.clone()?))));
+            }
+            Record::Event(Event::DeployStarted { service, release, .. }) => {
+                self.service = Some(service.clone());
+                self.release = Some(release.clone());
+            }
+            Record::Event(Event::HostFinished { host, state: crate::event::HostState::Done, .. }) => {
+                if let Some(release) = &self.release {
+                    let got = targets.get(host).unwrap_or(release).clone();
+                    self.hosts.insert(host.clone(), got);
+                }
+            }
+            Record::Event(Event::Aborted { reason, .. }) => self.reason = Some(reason.clone()),
+            Record::Event(Event::DeployFinished { outcome, .. }) => {
+                self.deploy_outcome = Some(format!("{outcome:?}").to_lowercase());
+            }
+            Record::SessionEnd { outcome, .. } => {
+                self.ended = ts.to_string();
+                self.outcome = outcome.clone();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A session's summary read from its file (for sessions the index does not hold: running, or
+/// whose runner died, or written before the index existed).
+pub fn summarize(path: &Path) -> Option<IndexEntry> {
+    use std::io::BufRead as _;
+    let reader = std::io::BufReader::new(File::open(path).ok()?);
+    let mut entry = IndexEntry::default();
+    let mut targets = std::collections::BTreeMap::new();
+    for text in reader.lines() {
+        let Ok(text) = text else { break };
+        let Some(line) = read_lines(&text).next() else { continue };
+        if entry.session.is_empty() {
+            entry.session = line.session.clone();
+        }
+        entry.note(&line.ts, &line.record, &mut targets);
+    }
+    (!entry.session.is_empty()).then_some(entry)
+}
+
+/// Every entry of the index in `dir`, oldest first; lines that do not read are skipped.
+pub fn read_index(dir: &Path) -> Vec<IndexEntry> {
+    std::fs::read_to_string(dir.join(INDEX_FILE))
+        .map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Runs `f` holding the index's lock (`sessions.index.lock`), so an append and a rewrite
+/// (`audit prune`) never cross.
+pub fn with_index_lock<T>(dir: &Path, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new().create(true).write(true).truncate(false).mode(0o600).open(dir.join(INDEX_LOCK))?;
+    let _held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| std::io::Error::from_raw_os_error(e as i32))?;
+    f()
+}
+
+const INDEX_LOCK: &str = "sessions.index.lock";
+
+/// Appends `entry` to the index in `dir`.
+fn append_index(dir: &Path, entry: &IndexEntry) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
+    line.push('\n');
+    with_index_lock(dir, || {
+        let mut file = OpenOptions::new().create(true).append(true).mode(0o600).open(dir.join(INDEX_FILE))?;
+        file.write_all(line.as_bytes())?;
+        file.sync_data()
+    })
+}
+
+/// Replaces the index in `dir` with `entries` (write beside it, then rename); call it holding
+/// [`with_index_lock`].
+pub fn rewrite_index(dir: &Path, entries: &[IndexEntry]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = dir.join(format!("{INDEX_FILE}.new"));
+    let mut file = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&temp)?;
+    for entry in entries {
+        let mut line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
+        line.push('\n');
+        file.write_all(line.as_bytes())?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&temp, dir.join(INDEX_FILE))
+}
+
 /// What the first line's `prev` is the SHA-256 of: a chain starts from its session's id.
 pub fn chain_start(session: &str) -> String {
     format!("wavedeck audit session {session}")
@@ -379,6 +514,9 @@ pub struct AuditLog {
     prev: String,
     /// SHA-256 over every line written so far, newlines included.
     chain: sha2::Sha256,
+    /// The session's summary for the index, and rollback targets met so far.
+    summary: IndexEntry,
+    targets: std::collections::BTreeMap<String, String>,
     failed: std::sync::Arc<AtomicBool>,
     path: PathBuf,
     session: String,
@@ -407,6 +545,8 @@ impl AuditLog {
             writer: Some(Writer { lines, thread }),
             prev: sha256_hex(chain_start(&session).as_bytes()),
             chain: <sha2::Sha256 as sha2::Digest>::new(),
+            summary: IndexEntry { session: session.clone(), ..IndexEntry::default() },
+            targets: std::collections::BTreeMap::new(),
             failed,
             path,
             session,
@@ -492,6 +632,12 @@ impl AuditLog {
                 self.write_failed = true;
             }
         }
+        // Indexed once on disk: the index never names a session whose file is not complete.
+        if let Some(dir) = self.path.parent()
+            && append_index(dir, &self.summary).is_err()
+        {
+            self.write_failed = true;
+        }
     }
 
     fn record(&mut self, at: DateTime<Utc>, record: &Record) {
@@ -503,8 +649,9 @@ impl AuditLog {
             return;
         };
         self.seq += 1;
+        let ts = at.to_rfc3339_opts(SecondsFormat::Millis, false);
         let mut line = Map::new();
-        line.insert("ts".into(), Value::String(at.to_rfc3339_opts(SecondsFormat::Millis, false)));
+        line.insert("ts".into(), Value::String(ts.clone()));
         line.insert("session".into(), Value::String(self.session.clone()));
         line.insert("seq".into(), Value::from(self.seq));
         match serde_json::to_value(record) {
@@ -519,6 +666,22 @@ impl AuditLog {
         }
         let mut line = Value::Object(line);
         redact_strings(&mut line, &self.redactor);
+        // The index gets the masked record, as the file does; output lines do not concern it.
+        let indexed = matches!(
+            record,
+            Record::SessionStart(_)
+                | Record::RollbackPlanned { .. }
+                | Record::SessionEnd { .. }
+                | Record::Event(
+                    Event::DeployStarted { .. }
+                        | Event::HostFinished { .. }
+                        | Event::Aborted { .. }
+                        | Event::DeployFinished { .. }
+                )
+        );
+        if indexed && let Ok(masked) = serde_json::from_value::<Line>(line.clone()) {
+            self.summary.note(&ts, &masked.record, &mut self.targets);
+        }
         // After masking: a hash is no secret, and masking must not touch it.
         if let Value::Object(fields) = &mut line {
             fields.insert("prev".into(), Value::String(std::mem::take(&mut self.prev)));

@@ -15,14 +15,16 @@
 //! 5. [`engine`] runs a plan through a transport, taking commands and emitting events; it knows
 //!    nothing of terminals or files. [`lock`] (one deploy per environment) sits beside it.
 //! 6. [`audit`]: the JSON-lines session record, as one typed [`audit::Record`] enum that its
-//!    writer and its readers share.
+//!    writer and its readers share, hash-chained, with the directory's index of ended sessions.
+//!    [`signature`]: a closed file signed by an ssh-agent key in OpenSSH's format.
 //! 7. [`session`] wires one deploy together and, once it runs, owns it: a task that audits
 //!    every command (with the client it came from) before the engine sees it and every event
 //!    before a client does, decides which client controls, and releases the lock and closes the
-//!    log however the deploy ends.
+//!    log however the deploy ends. [`verify`] checks a file's chain; [`trail`] tells sessions
+//!    for people (`audit ls`, `audit show`).
 //! 8. [`rollback`] (what the last deploy changed, and where each host returns), [`check`]
-//!    (preflight) and [`resume`] (an interrupted deploy's journal, and where a resume picks
-//!    each host up).
+//!    (preflight), [`resume`] (an interrupted deploy's journal, and where a resume picks
+//!    each host up) and [`retention`] (`audit prune`).
 //! 9. [`runner`]: the detached process that owns one deploy, and the client front ends attach
 //!    to it with.
 //! 10. Front ends, clients of a runner: [`headless`] (plain lines for CI) and [`console`] (the
@@ -44,6 +46,7 @@ pub mod plan;
 pub mod profile;
 pub mod remote;
 pub mod resume;
+pub mod retention;
 pub mod rollback;
 pub mod runner;
 pub mod secrets;

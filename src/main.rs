@@ -210,6 +210,24 @@ enum AuditCmd {
         #[arg(long)]
         audit_dir: Option<PathBuf>,
     },
+    /// Keep the audit directory to a size: delete whole ended sessions beyond the newest N or
+    /// older than an age. Each is verified first (one that is not intact is kept and named);
+    /// every environment's newest deploy, sessions others carry on, and running or interrupted
+    /// ones are never deleted. Example: `wavedeck audit prune --older-than 180d --dry-run`
+    Prune {
+        /// Keep the newest N sessions.
+        #[arg(long)]
+        keep: Option<usize>,
+        /// Delete sessions that started longer ago than this (e.g. 90d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Say what would go; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Directory for audit logs [default: $WAVEDECK_AUDIT_DIR, else the data directory].
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
+    },
     /// Tell one session as a timeline: who started it and how it was confirmed, waves,
     /// failures with their last output lines, commands with their reasons, the outcome.
     /// Example: `wavedeck audit show --env production --host prod-web-03`
@@ -302,6 +320,9 @@ fn main() -> ExitCode {
         Some(Cmd::Replay { file, theme }) => Ok(wavedeck::console::replay::run(&file, theme)),
         Some(Cmd::Audit(AuditCmd::Verify { files })) => Ok(audit_verify(&files)),
         Some(Cmd::Audit(AuditCmd::Ls { audit_dir })) => audit_ls(audit_dir.as_deref()),
+        Some(Cmd::Audit(AuditCmd::Prune { keep, older_than, dry_run, audit_dir })) => {
+            audit_prune(keep, older_than, dry_run, audit_dir.as_deref())
+        }
         Some(Cmd::Audit(AuditCmd::Show { session, env, host, since, grep, json, audit_dir })) => {
             let filter = wavedeck::trail::Filter { host, since, grep };
             audit_show(session.as_deref(), env.as_deref(), &filter, json, audit_dir.as_deref())
@@ -518,6 +539,32 @@ fn audit_verify(files: &[PathBuf]) -> i32 {
 fn the_audit_dir(flag: Option<&Path>) -> Result<PathBuf, SetupError> {
     wavedeck::audit::audit_dir(flag)
         .ok_or_else(|| SetupError::Invalid("no audit directory: give --audit-dir or set WAVEDECK_AUDIT_DIR".into()))
+}
+
+/// `wavedeck audit prune`: what went, what stayed because it did not verify.
+fn audit_prune(
+    keep: Option<usize>,
+    older_than: Option<std::time::Duration>,
+    dry_run: bool,
+    audit_dir: Option<&Path>,
+) -> Result<i32, SetupError> {
+    if keep.is_none() && older_than.is_none() {
+        return Err(SetupError::Invalid("say what to keep: --keep N and/or --older-than AGE (e.g. 90d)".into()));
+    }
+    let dir = the_audit_dir(audit_dir)?;
+    let older_than = older_than.map(|d| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+    let policy = wavedeck::retention::Policy { keep, older_than };
+    let pruned =
+        wavedeck::retention::prune(&dir, policy, chrono::Utc::now(), dry_run).map_err(SetupError::CannotStart)?;
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for session in &pruned.deleted {
+        println!("{verb} {session}");
+    }
+    for (session, why) in &pruned.kept_not_intact {
+        println!("KEPT {session}: it does not verify ({}): evidence is not deleted", wavedeck::text::visible(why));
+    }
+    println!("{} session(s) {verb}, {} kept", pruned.deleted.len(), pruned.kept);
+    Ok(if pruned.kept_not_intact.is_empty() { wavedeck::exit::OK } else { wavedeck::exit::FAILED })
 }
 
 /// `wavedeck audit ls`: a line per session, oldest first.

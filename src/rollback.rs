@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::audit::{PlannedTarget, Record, read_lines};
-use crate::event::{Event, HostState, StepResult};
+use crate::event::{Event, StepResult};
 use crate::lock::{self, LockError, LockPlace};
 use crate::plan::Plan;
 use crate::profile::{Environment, Profile, is_safe_name};
@@ -293,55 +293,36 @@ pub struct LastRun {
     pub reason: Option<String>,
 }
 
-/// The release history and last deploy of every environment, from one pass over the newest
-/// audit sessions.
+/// The release history and last deploy of every environment: from the audit directory's index
+/// of ended sessions, plus, read from their files, the newest sessions it does not hold (running,
+/// interrupted, or written before the index existed).
 pub fn history(dir: &Path) -> History {
+    let mut entries = crate::audit::read_index(dir);
+    let indexed: std::collections::BTreeSet<String> = entries.iter().map(|e| e.session.clone()).collect();
     let files = crate::audit::session_files(dir).unwrap_or_default();
     let start = files.len().saturating_sub(HISTORY_SESSIONS);
-    let mut history = History::default();
     for file in &files[start..] {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
-        let mut lines = read_lines(&text);
-        let Some(Record::SessionStart(first)) = lines.next().map(|l| l.record) else { continue };
-        let mut deploy: Option<(String, String)> = None;
-        let mut targets: BTreeMap<String, String> = BTreeMap::new();
-        let mut run: Option<LastRun> = None;
-        for line in lines {
-            match line.record {
-                Record::RollbackPlanned { targets: planned, .. } => {
-                    targets.extend(planned.into_iter().filter_map(|t| Some((t.host, t.target?))));
-                }
-                Record::Event(Event::DeployStarted { service, release, .. }) => {
-                    run = Some(LastRun {
-                        operator: first.operator.clone(),
-                        at: line.ts.clone(),
-                        release: release.clone(),
-                        outcome: None,
-                        reason: None,
-                    });
-                    deploy = Some((service, release));
-                }
-                Record::Event(Event::HostFinished { host, state: HostState::Done, .. }) => {
-                    let Some((service, release)) = &deploy else { continue };
-                    let got = targets.get(&host).unwrap_or(release).clone();
-                    history.releases.entry((service.clone(), first.env.clone())).or_default().insert(host, got);
-                }
-                Record::Event(Event::Aborted { reason, .. }) => {
-                    if let Some(run) = &mut run {
-                        run.reason = Some(reason);
-                    }
-                }
-                Record::Event(Event::DeployFinished { outcome, .. }) => {
-                    if let Some(run) = &mut run {
-                        run.outcome = Some(format!("{outcome:?}").to_lowercase());
-                    }
-                }
-                _ => {}
-            }
+        let id = file.file_stem().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix("wavedeck-"));
+        if id.is_some_and(|id| indexed.contains(id)) {
+            continue;
         }
-        if let (Some((service, _)), Some(run)) = (deploy, run) {
-            history.last.insert((service, first.env.clone()), run);
-        }
+        entries.extend(crate::audit::summarize(file));
+    }
+    // Session ids begin with their start time: in that order, later sessions win.
+    entries.sort_by(|a, b| a.session.cmp(&b.session));
+    let mut history = History::default();
+    for entry in entries {
+        let (Some(service), Some(release)) = (entry.service, entry.release) else { continue };
+        let key = (service, entry.env);
+        history.releases.entry(key.clone()).or_default().extend(entry.hosts);
+        let run = LastRun {
+            operator: entry.operator,
+            at: entry.started,
+            release,
+            outcome: entry.deploy_outcome,
+            reason: entry.reason,
+        };
+        history.last.insert(key, run);
     }
     history
 }
@@ -490,6 +471,7 @@ async fn ask(
 mod tests {
     use super::*;
     use crate::audit::SessionStart;
+    use crate::event::HostState;
     use crate::event::WaveOutline;
 
     fn start(session: &str, mode: &str, env: &str) -> Record {

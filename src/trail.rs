@@ -38,9 +38,34 @@ const HEAD_LINES: usize = 64;
 /// Bytes read from the end of a file to find its session end.
 const TAIL_BYTES: u64 = 4096;
 
-/// Every session in `dir`, oldest first.
+/// Every session in `dir`, oldest first: ended ones from the directory's index, the others
+/// (running, interrupted, or older than the index) from their files.
 pub fn list(dir: &Path) -> Result<Vec<Session>, String> {
-    Ok(crate::audit::session_files(dir)?.into_iter().filter_map(|path| summary(&path)).collect())
+    let mut sessions: Vec<Session> = crate::audit::read_index(dir)
+        .into_iter()
+        .map(|e| Session {
+            path: dir.join(format!("wavedeck-{}.jsonl", e.session)),
+            started: parse_ts(&e.started),
+            ended: parse_ts(&e.ended),
+            id: e.session,
+            operator: e.operator,
+            mode: e.mode,
+            env: e.env,
+            release: e.release.unwrap_or_default(),
+            service: e.service,
+            outcome: Some(e.outcome),
+        })
+        .collect();
+    let indexed: std::collections::BTreeSet<String> = sessions.iter().map(|s| s.id.clone()).collect();
+    for path in crate::audit::session_files(dir)? {
+        let id = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix("wavedeck-"));
+        if id.is_some_and(|id| indexed.contains(id)) {
+            continue;
+        }
+        sessions.extend(summary(&path));
+    }
+    sessions.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(sessions)
 }
 
 /// A session's start (and service) from its first lines, its end from its last bytes.

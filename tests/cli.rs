@@ -38,7 +38,11 @@ impl Sandbox {
 
     /// The records of the single audit file this sandbox produced.
     fn audit(&self) -> Vec<Value> {
-        let files: Vec<PathBuf> = std::fs::read_dir(self.audit_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+        let files: Vec<PathBuf> = std::fs::read_dir(self.audit_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
         assert_eq!(files.len(), 1, "{files:?}");
         audit_records(&files[0])
     }
@@ -268,7 +272,11 @@ fn start_busy_deploy(
 }
 
 fn audit_files(s: &Sandbox) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(s.audit_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(s.audit_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
     files.sort();
     files
 }

@@ -138,7 +138,9 @@ impl Console {
 
     fn audit_files(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(self.dir.path().join("audit")) {
-            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Ok(entries) => {
+                entries.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect()
+            }
             Err(_) => Vec::new(),
         }
     }

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["engine", "lock"],
     &["audit", "signature"],
     &["session", "verify", "trail"],
-    &["rollback", "check", "resume"],
+    &["rollback", "check", "resume", "retention"],
     &["runner"],
     &["headless", "console"],
 ];

@@ -243,8 +243,11 @@ fn a_waiting_deploy_nobody_attaches_to_aborts_itself_at_detached_timeout() {
 
 /// The records of the sandbox's one audit file.
 fn audit_of(s: &Sandbox) -> Vec<serde_json::Value> {
-    let files: Vec<PathBuf> =
-        std::fs::read_dir(s.dir.path().join("audit")).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<PathBuf> = std::fs::read_dir(s.dir.path().join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     std::fs::read_to_string(&files[0]).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }

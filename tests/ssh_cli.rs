@@ -113,7 +113,11 @@ fn a_headless_deploy_over_ssh_reports_like_a_local_one() {
     assert!(text.contains("[h0] staged h0") && text.contains("[h1] switched"), "{text}");
     assert_eq!(std::fs::read_link(fleet.path("deploy/current-h1")).unwrap(), std::path::Path::new("releases/7.0-h1"));
 
-    let audit = std::fs::read_dir(fleet.path("audit")).unwrap().next().unwrap().unwrap().path();
+    let audit = std::fs::read_dir(fleet.path("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .unwrap();
     let records: Vec<Value> =
         std::fs::read_to_string(audit).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for host in ["h0", "h1"] {
@@ -224,7 +228,11 @@ fn deploy_and_kill_runner(fleet: &Fleet, until: &str) -> String {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), nix::sys::signal::Signal::SIGKILL).unwrap();
     let _: Vec<_> = lines.collect();
     deploy.wait().unwrap();
-    let audit = std::fs::read_dir(fleet.path("audit")).unwrap().next().unwrap().unwrap().path();
+    let audit = std::fs::read_dir(fleet.path("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .unwrap();
     let first: Value = serde_json::from_str(std::fs::read_to_string(audit).unwrap().lines().next().unwrap()).unwrap();
     first["session"].as_str().unwrap().to_string()
 }
