@@ -42,6 +42,63 @@ const RELEASE: &str = "2.0.0";
 /// The key exchange every client uses, russh's first choice.
 const KEX: &str = "curve25519-sha256";
 
+/// Each contender's wave times, in seconds: wavedeck, floor, one-shot, ControlMaster.
+static WAVES: std::sync::Mutex<[Vec<f64>; 4]> = std::sync::Mutex::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]);
+
+/// A proxy per listener that delays every chunk by `delay` in each direction (netem does not work
+/// on these machines), on a runtime of its own; returns it and the proxies' ports.
+fn start_proxies(servers: &[sshd::Sshd], delay: Duration) -> (tokio::runtime::Runtime, Vec<u16>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mut ports = Vec::new();
+    for server in servers {
+        let target = server.port;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        ports.push(listener.local_addr().unwrap().port());
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    let _ = client.set_nodelay(true);
+                    let _ = upstream.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (ur, uw) = upstream.into_split();
+                    tokio::spawn(delayed_copy(cr, uw, delay));
+                    tokio::spawn(delayed_copy(ur, cw, delay));
+                });
+            }
+        });
+    }
+    (runtime, ports)
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read (reading goes on meanwhile, so the
+/// delay is latency, not lost bandwidth).
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at + delay).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || tx.send((tokio::time::Instant::now(), buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
 /// What one contender cost.
 struct Figures {
     wall: f64,
@@ -59,7 +116,11 @@ fn main() {
     if !sshd::available() {
         return;
     }
-    let hosts: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(200);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let hosts: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200);
+    // `--latency-ms N`: a proxy in front of each listener delays every chunk N ms each way.
+    let latency_ms: u64 =
+        args.iter().position(|a| a == "--latency-ms").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(0);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let key = root.join("client_ed25519");
@@ -69,12 +130,27 @@ fn main() {
     let known: String = servers.iter().map(|s| s.known_hosts_line()).collect();
     std::fs::write(root.join("known_hosts"), known).unwrap();
     let artifact = make_artifact(root);
-    let ports: Vec<u16> = (0..hosts).map(|i| servers[i % LISTENERS].port).collect();
     let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+    // With latency, clients reach each listener through its proxy (same host key: known_hosts
+    // lines are written for the proxies' ports too).
+    let (_proxies, front): (Option<tokio::runtime::Runtime>, Vec<u16>) = if latency_ms > 0 {
+        let (runtime, ports) = start_proxies(&servers, Duration::from_millis(latency_ms));
+        let known: String = servers
+            .iter()
+            .zip(&ports)
+            .map(|(s, p)| s.known_hosts_line().replace(&format!(":{} ", s.port), &format!(":{p} ")))
+            .collect();
+        std::fs::write(root.join("known_hosts"), known).unwrap();
+        (Some(runtime), ports)
+    } else {
+        (None, servers.iter().map(|s| s.port).collect())
+    };
+    let ports: Vec<u16> = (0..hosts).map(|i| front[i % LISTENERS]).collect();
 
     println!(
         "ssh_bench: {hosts} hosts on {LISTENERS} loopback sshd listeners, 1 MiB artifact, waves: 1 canary then 10%, \
-         parallel {PARALLEL}, kex {KEX}"
+         parallel {PARALLEL}, kex {KEX}{}",
+        if latency_ms > 0 { format!(", +{latency_ms} ms each way ({} ms RTT)", 2 * latency_ms) } else { String::new() }
     );
     // wavedeck first: its peak RSS is then this process's.
     let ours = measure(&pids, || run_wavedeck(root, &artifact, &ports));
@@ -96,6 +172,15 @@ fn main() {
     row("OpenSSH one-shot (1 ssh per host)", &oneshot);
     row("OpenSSH ControlMaster + ssh/step", &master);
     row("wavedeck engine", &ours);
+    let per_wave = |waves: &[f64]| waves.iter().sum::<f64>() / waves.len().max(1) as f64;
+    let waves = WAVES.lock().unwrap();
+    println!(
+        "mean wall per wave: wavedeck {:.2} s, one-shot {:.2} s, ControlMaster {:.2} s (each wave runs a 0.2 s restart)",
+        per_wave(&waves[0]),
+        per_wave(&waves[2]),
+        per_wave(&waves[3])
+    );
+    drop(waves);
     println!("wavedeck peak RSS: {rss:.0} MiB");
     println!(
         "wavedeck through its runner (+ write-ahead audit log, socket): {detached:6.2} s wall ({:+.1}% against \
@@ -251,7 +336,23 @@ fn run_wavedeck(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
     let (outcome, summaries) = runtime.block_on(async {
         let (_commands, command_rx) = mpsc::unbounded_channel();
         let (tx, mut rx) = engine::event_channel();
-        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let drain = tokio::spawn(async move {
+            let mut began = std::collections::HashMap::new();
+            while let Some(stamped) = rx.recv().await {
+                match stamped.event {
+                    wavedeck::event::Event::WaveStarted { wave, .. } => {
+                        began.insert(wave, stamped.at);
+                    }
+                    wavedeck::event::Event::WaveFinished { wave, .. } => {
+                        if let Some(at) = began.get(&wave) {
+                            let took = (stamped.at - *at).num_milliseconds() as f64 / 1000.0;
+                            WAVES.lock().unwrap()[0].push(took);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
         let result = engine::run(plan, transport, command_rx, tx, Secrets::default().redactor()).await;
         let _ = drain.await;
         result
@@ -343,7 +444,13 @@ fn run_openssh(root: &Path, ports: &[u16], contender: Contender, artifact: &Path
     );
     let started = Instant::now();
     let mut next = 0;
+    let slot = match contender {
+        Contender::Floor => 1,
+        Contender::OneShot => 2,
+        Contender::ControlMaster => 3,
+    };
     for size in sizes {
+        let wave_began = Instant::now();
         let list: String = (next..next + size).map(|i| format!("h{i:03} {}\n", ports[i])).collect();
         next += size;
         let mut child = Command::new("xargs")
@@ -355,6 +462,7 @@ fn run_openssh(root: &Path, ports: &[u16], contender: Contender, artifact: &Path
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), list.as_bytes()).unwrap();
         drop(child.stdin.take());
         assert!(child.wait().unwrap().success(), "OpenSSH contender failed in a wave");
+        WAVES.lock().unwrap()[slot].push(wave_began.elapsed().as_secs_f64());
     }
     started.elapsed().as_secs_f64()
 }

@@ -159,6 +159,7 @@ impl Transport for SshTransport {
                             helper_timeout: self.settings.helper_timeout,
                             seen: self.seen.clone(),
                             keep_output: self.settings.keep_step_output,
+                            spare: tokio::sync::Mutex::new(None),
                         }) as Box<dyn HostSession>);
                     }
                     Err(error) => {
@@ -289,9 +290,29 @@ struct SshSession {
     seen: Seen,
     /// Steps keep their output beside their record (`[ssh] keep_step_output`).
     keep_output: bool,
+    /// A session channel opened while the previous step ran, for the next one: opening a channel
+    /// is a round trip (the host must confirm it before anything is sent on it), and sshd starts
+    /// nothing for a channel until it is given a command.
+    spare: tokio::sync::Mutex<Option<russh::Channel<client::Msg>>>,
 }
 
 impl SshSession {
+    /// A session channel: the spare if there is one, else a new one.
+    async fn open_channel(&self) -> Result<russh::Channel<client::Msg>, russh::Error> {
+        if let Some(channel) = self.spare.lock().await.take() {
+            return Ok(channel);
+        }
+        self.connection.handle.channel_open_session().await
+    }
+
+    /// Opens the next spare channel if there is none; run beside a step, it costs it nothing.
+    async fn refill_spare(&self) {
+        let mut spare = self.spare.lock().await;
+        if spare.is_none() && !self.connection.handle.is_closed() {
+            *spare = self.connection.handle.channel_open_session().await.ok();
+        }
+    }
+
     /// The shell line that starts a step in the deploy directory, in a new session whose
     /// process group id is printed first. It holds no part of the step: the script follows on
     /// the channel's stdin, so nothing secret is in any process's arguments on the host.
@@ -539,8 +560,7 @@ impl SshSession {
             parent = quote(parent),
             parent_shown = parent.replace(['"', '\\', '$', '`'], "_"),
         );
-        let channel =
-            self.connection.handle.channel_open_session().await.map_err(|e| format!("cannot open a channel: {e}"))?;
+        let channel = self.open_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
         channel.exec(true, script).await.map_err(|e| format!("cannot start the upload: {e}"))?;
         let (mut read, write) = channel.split();
         let (go, asked) = tokio::sync::oneshot::channel::<()>();
@@ -639,12 +659,46 @@ impl HostSession for SshSession {
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, StepResult> {
         Box::pin(async move {
+            let (result, ()) = tokio::join!(self.run_step(request, output, cancel), self.refill_spare());
+            result
+        })
+    }
+
+    fn lost(&self) -> bool {
+        self.connection.handle.is_closed()
+    }
+
+    fn upload<'a>(
+        &'a self,
+        request: UploadRequest<'a>,
+        output: &'a dyn OutputSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, StepResult> {
+        Box::pin(async move {
+            let (result, ()) = tokio::join!(self.run_upload(request, output, cancel), self.refill_spare());
+            result
+        })
+    }
+
+    fn free_space<'a>(&'a self) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(self.df())
+    }
+}
+
+impl SshSession {
+    async fn run_step(
+        &self,
+        request: ExecRequest<'_>,
+        output: &dyn OutputSink,
+        cancel: &CancellationToken,
+    ) -> StepResult {
+        {
             if let Some(record) = request.record.as_ref().filter(|r| r.earlier != Earlier::Ignore)
                 && let Some(result) = self.settle_earlier(record, request.timeout, output, cancel).await
             {
                 return result;
             }
-            let mut channel = match self.connection.handle.channel_open_session().await {
+            let mut channel = match self.open_channel().await {
                 Ok(c) => c,
                 Err(e) => {
                     return StepResult::Error { message: format!("cannot open a channel (connection lost?): {e}") };
@@ -734,20 +788,16 @@ impl HostSession for SshSession {
             status.unwrap_or_else(|| StepResult::Error {
                 message: "connection lost before the command finished (no exit status)".into(),
             })
-        })
+        }
     }
 
-    fn lost(&self) -> bool {
-        self.connection.handle.is_closed()
-    }
-
-    fn upload<'a>(
-        &'a self,
-        request: UploadRequest<'a>,
-        output: &'a dyn OutputSink,
-        cancel: &'a CancellationToken,
-    ) -> BoxFuture<'a, StepResult> {
-        Box::pin(async move {
+    async fn run_upload(
+        &self,
+        request: UploadRequest<'_>,
+        output: &dyn OutputSink,
+        cancel: &CancellationToken,
+    ) -> StepResult {
+        {
             let dest = self.remote_path(request.to);
             let temp = upload::temporary_name(&dest);
             let work = async {
@@ -775,11 +825,11 @@ impl HostSession for SshSession {
                     }
                 }
             }
-        })
+        }
     }
 
-    fn free_space<'a>(&'a self) -> BoxFuture<'a, Result<u64, String>> {
-        Box::pin(async move {
+    async fn df(&self) -> Result<u64, String> {
+        {
             let (code, out) = self.capture(&format!("df -Pk -- {}", quote(&self.deploy_path))).await?;
             let kib = out.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse::<u64>().ok());
             match (code, kib) {
@@ -790,7 +840,7 @@ impl HostSession for SshSession {
                     Err(format!("df failed for {}: {said}", self.deploy_path))
                 }
             }
-        })
+        }
     }
 }
 
