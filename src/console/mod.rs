@@ -265,7 +265,14 @@ fn write_host_log(audit: &Path, host: &str) -> String {
     // Masked, but still a deploy's output: readable by the operator only, like the audit log.
     let created = {
         use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)
+        // Not through a link someone left in the working directory.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
     };
     let written = created.and_then(|file| {
         let mut out = std::io::BufWriter::new(file);

@@ -299,10 +299,30 @@ struct SshSession {
 impl SshSession {
     /// A session channel: the spare if there is one, else a new one.
     async fn open_channel(&self) -> Result<russh::Channel<client::Msg>, russh::Error> {
-        if let Some(channel) = self.spare.lock().await.take() {
+        // A spare being opened right now is not waited for (a host slow to answer would hold
+        // this step up): a channel of its own then.
+        if let Ok(mut spare) = self.spare.try_lock()
+            && let Some(channel) = spare.take()
+        {
             return Ok(channel);
         }
         self.connection.handle.channel_open_session().await
+    }
+
+    /// `work` with a spare channel opened beside it; the spare is given up if `work` ends first,
+    /// so it never makes a step wait.
+    async fn with_refill<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        let refill = self.refill_spare();
+        tokio::pin!(work, refill);
+        let mut refilled = false;
+        loop {
+            // `work` first: it takes the spare before the refill looks whether there is one.
+            tokio::select! {
+                biased;
+                result = &mut work => return result,
+                () = &mut refill, if !refilled => refilled = true,
+            }
+        }
     }
 
     /// Opens the next spare channel if there is none; run beside a step, it costs it nothing.
@@ -658,10 +678,7 @@ impl HostSession for SshSession {
         output: &'a dyn OutputSink,
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, StepResult> {
-        Box::pin(async move {
-            let (result, ()) = tokio::join!(self.run_step(request, output, cancel), self.refill_spare());
-            result
-        })
+        Box::pin(async move { self.with_refill(self.run_step(request, output, cancel)).await })
     }
 
     fn lost(&self) -> bool {
@@ -674,10 +691,7 @@ impl HostSession for SshSession {
         output: &'a dyn OutputSink,
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, StepResult> {
-        Box::pin(async move {
-            let (result, ()) = tokio::join!(self.run_upload(request, output, cancel), self.refill_spare());
-            result
-        })
+        Box::pin(async move { self.with_refill(self.run_upload(request, output, cancel)).await })
     }
 
     fn free_space<'a>(&'a self) -> BoxFuture<'a, Result<u64, String>> {
