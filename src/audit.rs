@@ -54,6 +54,25 @@ pub struct SessionStart {
     pub resumed_from: Option<String>,
 }
 
+#[cfg(test)]
+impl SessionStart {
+    /// A session start for tests: `ann` on `box`, the given mode, environment and release.
+    pub(crate) fn for_tests(mode: &str, env: &str, release: &str) -> SessionStart {
+        SessionStart {
+            operator: "ann".into(),
+            machine: "box".into(),
+            version: "0".into(),
+            argv: vec![],
+            mode: mode.into(),
+            profile: "p.toml".into(),
+            profile_sha256: "00".into(),
+            env: env.into(),
+            release: release.into(),
+            resumed_from: None,
+        }
+    }
+}
+
 /// Where a host goes in a planned rollback, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedTarget {

@@ -95,18 +95,7 @@ mod tests {
     use crate::event::{Event, WaveOutline};
 
     fn session(dir: &Path, env: &str, release: &str) -> String {
-        let start = SessionStart {
-            operator: "ann".into(),
-            machine: "box".into(),
-            version: "0".into(),
-            argv: vec![],
-            mode: "headless".into(),
-            profile: "p.toml".into(),
-            profile_sha256: "00".into(),
-            env: env.into(),
-            release: release.into(),
-            resumed_from: None,
-        };
+        let start = SessionStart::for_tests("headless", env, release);
         let mut log = AuditLog::open(dir, &start, Default::default()).unwrap();
         log.note(Record::Event(Event::DeployStarted {
             service: "shop".into(),

@@ -187,18 +187,7 @@ mod tests {
 
     /// A closed session of a start, `n` output lines and an end; returns its path.
     fn session(dir: &Path, n: usize) -> std::path::PathBuf {
-        let start = SessionStart {
-            operator: "ann".into(),
-            machine: "box".into(),
-            version: "0".into(),
-            argv: vec![],
-            mode: "test".into(),
-            profile: "p.toml".into(),
-            profile_sha256: "00".into(),
-            env: "dev".into(),
-            release: "1".into(),
-            resumed_from: None,
-        };
+        let start = SessionStart::for_tests("test", "dev", "1");
         let mut log = AuditLog::open(dir, &start, Default::default()).unwrap();
         for i in 0..n {
             let line = format!("line {i}");

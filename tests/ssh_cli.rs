@@ -151,18 +151,15 @@ fn a_headless_deploy_over_ssh_reports_like_a_local_one() {
     assert_eq!(std::fs::read_dir(fleet.path("deploy/.wavedeck/steps")).unwrap().count(), 1);
 }
 
-#[test]
-fn keys_held_by_ssh_agent_authenticate() {
-    if !sshd::available() {
-        return;
-    }
-    let fleet = Fleet::start(1);
+/// An ssh-agent of the test's own on a socket in the fleet's directory; `None` (the test skips)
+/// where ssh-agent is missing, which CI does not allow.
+fn start_agent(fleet: &Fleet) -> Option<(std::process::Child, std::path::PathBuf)> {
     let socket = fleet.path("agent.sock");
     let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(std::process::Stdio::null()).spawn();
-    let Ok(mut agent) = agent else {
+    let Ok(agent) = agent else {
         assert!(std::env::var_os("CI").is_none(), "ssh-agent is required in CI");
         eprintln!("skipping: ssh-agent not found");
-        return;
+        return None;
     };
     // ssh-agent has no readiness signal: wait for its socket to appear.
     let start = std::time::Instant::now();
@@ -170,6 +167,16 @@ fn keys_held_by_ssh_agent_authenticate() {
         assert!(start.elapsed() < std::time::Duration::from_secs(10), "ssh-agent did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    Some((agent, socket))
+}
+
+#[test]
+fn keys_held_by_ssh_agent_authenticate() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let Some((mut agent, socket)) = start_agent(&fleet) else { return };
     let added =
         Command::new("ssh-add").arg(fleet.path("client_ed25519")).env("SSH_AUTH_SOCK", &socket).output().unwrap();
     assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
@@ -296,18 +303,7 @@ fn an_audit_log_signed_with_an_agent_key_verifies_with_ssh_keygen_and_a_tampered
         return;
     }
     let fleet = Fleet::start(1);
-    let socket = fleet.path("agent.sock");
-    let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(std::process::Stdio::null()).spawn();
-    let Ok(mut agent) = agent else {
-        assert!(std::env::var_os("CI").is_none(), "ssh-agent is required in CI");
-        eprintln!("skipping: ssh-agent not found");
-        return;
-    };
-    let start = std::time::Instant::now();
-    while !socket.exists() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(10), "ssh-agent did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let Some((mut agent, socket)) = start_agent(&fleet) else { return };
     // The operator's own key, not the one that logs in to hosts.
     let signer = fleet.path("signer_ed25519");
     sshd::keygen(&signer, "ed25519");

@@ -1048,18 +1048,7 @@ pub(crate) mod tests {
     #[test]
     fn scrolling_past_the_scrollback_reads_older_lines_back_from_the_audit_log_to_the_first() {
         let dir = tempfile::tempdir().unwrap();
-        let start = crate::audit::SessionStart {
-            operator: "ann".into(),
-            machine: "box".into(),
-            version: "0".into(),
-            argv: vec![],
-            mode: "test".into(),
-            profile: "p.toml".into(),
-            profile_sha256: "00".into(),
-            env: "dev".into(),
-            release: "1".into(),
-            resumed_from: None,
-        };
+        let start = crate::audit::SessionStart::for_tests("test", "dev", "1");
         let mut audit = crate::audit::AuditLog::open(dir.path(), &start, Default::default()).unwrap();
         let path = audit.path().to_path_buf();
         // 30 lines of scrollback a host: 12,000 of c's lines leave most of them on disk only.
