@@ -159,6 +159,15 @@ enum Cmd {
         #[arg(long)]
         theme: Option<String>,
     },
+    /// Print a shell completion script, generated from these very commands. Example:
+    /// `wavedeck completions bash > /etc/bash_completion.d/wavedeck`
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from these very commands. Example:
+    /// `wavedeck man | man -l -`
+    Man,
     /// The process that owns one deploy (started by the console and `deploy`; not for people).
     #[command(hide = true)]
     Runner,
@@ -317,6 +326,22 @@ fn main() -> ExitCode {
             attach(&target, env.as_deref(), observe, plain, from, theme)
         }
         Some(Cmd::Runner) => Ok(wavedeck::runner::main()),
+        Some(Cmd::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "wavedeck",
+                &mut std::io::stdout(),
+            );
+            Ok(wavedeck::exit::OK)
+        }
+        Some(Cmd::Man) => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            match man.render(&mut std::io::stdout()) {
+                Ok(()) => Ok(wavedeck::exit::OK),
+                Err(e) => Err(SetupError::CannotStart(format!("cannot write the manual page: {e}"))),
+            }
+        }
         Some(Cmd::Replay { file, theme }) => Ok(wavedeck::console::replay::run(&file, theme)),
         Some(Cmd::Audit(AuditCmd::Verify { files })) => Ok(audit_verify(&files)),
         Some(Cmd::Audit(AuditCmd::Ls { audit_dir })) => audit_ls(audit_dir.as_deref()),

@@ -783,3 +783,22 @@ fn audit_show_tells_the_staging_demo_as_a_timeline_matching_its_golden_file() {
         "{listed}"
     );
 }
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_commands_themselves() {
+    let s = Sandbox::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = s.run(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = text(&out.stdout);
+        assert!(
+            script.contains("replay") && script.contains("audit") && script.contains("verify"),
+            "{shell}: {script}"
+        );
+    }
+    let man = s.run(&["man"]);
+    assert_eq!(man.status.code(), Some(0));
+    let page = text(&man.stdout);
+    assert!(page.contains(".TH wavedeck 1") && page.contains("deploy"), "{page}");
+    assert_eq!(s.run(&["completions", "tcsh"]).status.code(), Some(2), "an unknown shell is refused");
+}
