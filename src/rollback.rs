@@ -476,18 +476,7 @@ mod tests {
 
     fn start(session: &str, mode: &str, env: &str) -> Record {
         let _ = session;
-        Record::SessionStart(SessionStart {
-            operator: "ann".into(),
-            machine: "box".into(),
-            version: "0".into(),
-            argv: vec![],
-            mode: mode.into(),
-            profile: "p.toml".into(),
-            profile_sha256: "00".into(),
-            env: env.into(),
-            release: String::new(),
-            resumed_from: None,
-        })
+        Record::SessionStart(SessionStart::for_tests(mode, env, ""))
     }
 
     fn deploy_started(release: &str) -> Record {

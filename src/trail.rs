@@ -316,18 +316,7 @@ mod tests {
     use crate::event::{Command, CommandSource, StepResult};
 
     fn start() -> SessionStart {
-        SessionStart {
-            operator: "ann".into(),
-            machine: "box".into(),
-            version: "0".into(),
-            argv: vec![],
-            mode: "headless".into(),
-            profile: "shop.toml".into(),
-            profile_sha256: "00".into(),
-            env: "staging".into(),
-            release: "2.4.1".into(),
-            resumed_from: None,
-        }
+        SessionStart::for_tests("headless", "staging", "2.4.1")
     }
 
     fn output(host: &str, line: &str) -> Record {

@@ -309,18 +309,7 @@ mod tests {
 
     /// A recorded session: a deploy of a, b; b fails; ann aborts.
     fn recorded(dir: &Path) -> std::path::PathBuf {
-        let start = crate::audit::SessionStart {
-            operator: "ann".into(),
-            machine: "box".into(),
-            version: "0".into(),
-            argv: vec![],
-            mode: "console".into(),
-            profile: "missing.toml".into(),
-            profile_sha256: "00".into(),
-            env: "dev".into(),
-            release: "2".into(),
-            resumed_from: None,
-        };
+        let start = crate::audit::SessionStart::for_tests("console", "dev", "2");
         let mut log = crate::audit::AuditLog::open(dir, &start, Default::default()).unwrap();
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let at = |s: i64| t0 + chrono::Duration::seconds(s);
