@@ -659,12 +659,10 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, clock: Cloc
     let block = pane_block(&title, app.focus == Pane::Logs, theme);
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    if app.current_log().is_none() {
-        return;
-    }
+    let Some(log) = app.shown_log() else { return };
     let height = inner.height as usize;
     let width = inner.width as usize;
-    let len = app.log_len();
+    let len = log.len();
     let end = len.saturating_sub(app.log_scroll.min(len));
     let needle = app.search.as_ref().map(|s| s.to_lowercase());
     // From the newest line shown upwards until the pane is full: a wrapped line takes rows.
@@ -674,7 +672,7 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, clock: Cloc
         if rows.len() >= height {
             break;
         }
-        let Some(l) = app.log_line(index) else { break };
+        let Some(l) = log.get(index) else { break };
         top = index;
         let mut lead = vec![Span::styled(if l.stream == Stream::Stderr { "!" } else { " " }, theme.fg(theme.stderr))];
         if app.timestamps {
@@ -710,7 +708,7 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, clock: Cloc
         rows = own;
     }
     // At the top with older lines not in memory: say where they are.
-    let unloaded = app.unloaded();
+    let unloaded = log.unloaded;
     if top == 0 && unloaded > 0 {
         let how =
             if app.log_complete { "↑ or PgUp reads them from the audit log" } else { "W writes them all to a file" };

@@ -110,6 +110,32 @@ pub struct Earlier {
     pub lines: Vec<super::logs::LogLine>,
 }
 
+/// One host's log (or the interleaved one) as shown: read-back lines, then the scrollback.
+pub struct ShownLog<'a> {
+    pub earlier: &'a [super::logs::LogLine],
+    pub recent: &'a super::logs::LogBuffer,
+    /// Output lines older than both, only in the audit log.
+    pub unloaded: u64,
+}
+
+impl ShownLog<'_> {
+    pub fn len(&self) -> usize {
+        self.earlier.len() + self.recent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Line `i` (0 is the oldest).
+    pub fn get(&self, i: usize) -> Option<&super::logs::LogLine> {
+        match self.earlier.get(i) {
+            Some(line) => Some(line),
+            None => self.recent.get(i - self.earlier.len()),
+        }
+    }
+}
+
 /// Most lines read back and held at once; past them `W` writes the whole log to a file.
 pub const EARLIER_MAX: usize = 50_000;
 /// Lines read back per request.
@@ -464,18 +490,24 @@ impl App {
         area.height.saturating_sub(3).max(1) as usize
     }
 
-    /// Lines in the log now shown: read back ones first, then the scrollback.
-    pub fn log_len(&self) -> usize {
-        self.earlier_shown().map_or(0, |e| e.lines.len()) + self.current_log().map_or(0, |l| l.len())
+    /// The log now shown, resolved once (the selected host is looked up through the filter and
+    /// sort): lines read back first, then the scrollback.
+    pub fn shown_log(&self) -> Option<ShownLog<'_>> {
+        let model = self.deploy.as_ref()?;
+        if self.interleaved {
+            return Some(ShownLog { earlier: &[], recent: &model.combined, unloaded: 0 });
+        }
+        let name = self.selected_name()?;
+        let recent = &model.host(&name)?.logs;
+        Some(match self.earlier.as_ref().filter(|e| e.host == name) {
+            Some(e) => ShownLog { earlier: &e.lines, recent, unloaded: e.first },
+            None => ShownLog { earlier: &[], recent, unloaded: recent.dropped_output() },
+        })
     }
 
-    /// Line `i` of the log now shown (0 is the oldest).
-    pub fn log_line(&self, i: usize) -> Option<&super::logs::LogLine> {
-        let earlier = self.earlier_shown().map_or(&[][..], |e| &e.lines[..]);
-        match earlier.get(i) {
-            Some(line) => Some(line),
-            None => self.current_log()?.get(i - earlier.len()),
-        }
+    /// Lines in the log now shown.
+    pub fn log_len(&self) -> usize {
+        self.shown_log().map_or(0, |l| l.len())
     }
 
     /// The lines read back, if they are the shown host's.
@@ -486,11 +518,7 @@ impl App {
 
     /// Output lines of the shown host that are neither in memory nor read back yet.
     pub fn unloaded(&self) -> u64 {
-        if self.interleaved {
-            return 0;
-        }
-        let dropped = self.current_log().map_or(0, |l| l.dropped_output());
-        self.earlier_shown().map_or(dropped, |e| e.first)
+        self.shown_log().map_or(0, |l| l.unloaded)
     }
 
     /// At the top of what is shown with older lines left: asks for the page before them.
@@ -1099,8 +1127,8 @@ pub(crate) mod tests {
             assert!(reads < 10, "pages of 5,000 reach the start");
         }
         assert_eq!(app.unloaded(), 0);
-        assert_eq!(&*app.log_line(0).unwrap().text, "line 0", "the host's first line");
-        assert_eq!(&*app.log_line(app.log_len() - 1).unwrap().text, "line 11999");
+        assert_eq!(&*app.shown_log().unwrap().get(0).unwrap().text, "line 0", "the host's first line");
+        assert_eq!(&*app.shown_log().unwrap().get(app.log_len() - 1).unwrap().text, "line 11999");
         assert_eq!(app.log_len(), 12_000, "read back and in memory join without a gap or a repeat");
     }
 
