@@ -35,6 +35,27 @@ pub fn seconds(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
 
+/// Outlier groups named in one line; the rest are counted.
+const OUTLIERS_TOLD: usize = 3;
+/// Hosts named per outlier group; the rest are counted.
+const HOSTS_TOLD: usize = 5;
+
+/// `"WARN disk 94% full" in migrate (stderr): 2 of 20 hosts, web-05, web-12`
+pub fn outlier_text(group: &crate::event::OutlierGroup) -> String {
+    let mut hosts = group.hosts.iter().take(HOSTS_TOLD).cloned().collect::<Vec<_>>().join(", ");
+    if group.hosts.len() > HOSTS_TOLD {
+        hosts.push_str(&format!(" +{}", group.hosts.len() - HOSTS_TOLD));
+    }
+    let stream = if group.stderr_only { " (stderr)" } else { "" };
+    format!(
+        "\"{}\" in {}{stream}: {} of {} hosts, {hosts}",
+        crate::text::shorten_middle(&group.example, 80),
+        group.step,
+        group.hosts.len(),
+        group.of
+    )
+}
+
 /// The event as a line, or `None` for those that are data rather than news (output lines,
 /// health samples, host starts, change records). `operator` is who sends this deploy its
 /// commands: a pause, resume, promotion or triage is told as theirs.
@@ -107,6 +128,12 @@ pub fn describe(event: &Event, operator: &str) -> Option<Told> {
                 }
             }
             Told::deploy(if *failed + *cancelled > 0 { Warn } else { Good }, text)
+        }
+        Event::OutputOutliers { wave, groups } => {
+            let told: Vec<String> = groups.iter().take(OUTLIERS_TOLD).map(outlier_text).collect();
+            let more = groups.len().saturating_sub(OUTLIERS_TOLD);
+            let more = if more > 0 { format!("; and {more} more") } else { String::new() };
+            Told::deploy(Warn, format!("wave {wave}: only some hosts printed {}{more}", told.join("; ")))
         }
         Event::ThresholdExceeded { wave, failures, limit, failed_hosts, .. } => {
             Told::deploy(Bad, format!("{}: {}", threshold_text(*wave, *failures, *limit), failed_hosts.join(", ")))

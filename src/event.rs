@@ -232,6 +232,22 @@ pub struct HostSummary {
     pub last_result: Option<StepResult>,
 }
 
+/// Lines that only a few of a wave's hosts printed in a step, grouped by shape (numbers, ids
+/// and host names folded out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutlierGroup {
+    pub step: String,
+    /// The line with what varies by nature replaced: `WARN disk <n>% full on <host>`.
+    pub shape: String,
+    /// The first such line, masked and cut short.
+    pub example: String,
+    pub hosts: Vec<String>,
+    /// Hosts of the wave that ran the step.
+    pub of: usize,
+    /// Every line of it went to stderr.
+    pub stderr_only: bool,
+}
+
 /// A fact emitted by the engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -370,6 +386,12 @@ pub enum Event {
         failed: usize,
         cancelled: usize,
         not_started: usize,
+    },
+    /// At a wave's end: output only a few of its hosts printed (see [`OutlierGroup`]); only
+    /// emitted when there is some.
+    OutputOutliers {
+        wave: usize,
+        groups: Vec<OutlierGroup>,
     },
     ThresholdExceeded {
         wave: usize,

@@ -9,6 +9,7 @@
 //!    machine, hex), [`exit`].
 //! 2. [`profile`]: a service's TOML profile, read strictly and validated. [`describe`]: events
 //!    in words, for every front end. [`remote`]: a deploy's control socket and its protocol.
+//!    [`insight`]: output grouped across hosts by shape, and its outliers.
 //! 3. [`secrets`] (values from the environment, and masking), [`health`] (HTTP/TCP probes and
 //!    streaks), [`transport`] (how a host is reached: local or SSH).
 //! 4. [`plan`]: profile + environment + release into waves of hosts with rendered scripts.
@@ -41,6 +42,7 @@ pub mod engine;
 pub mod event;
 pub mod headless;
 pub mod health;
+pub mod insight;
 pub mod lock;
 pub mod plan;
 pub mod profile;

@@ -29,6 +29,8 @@ pub struct Plan {
     pub protected: bool,
     pub transport: TransportKind,
     pub policy: RolloutPolicy,
+    /// What is looked for across hosts while it runs (`[analysis]`).
+    pub analysis: crate::profile::Analysis,
     pub waves: Vec<Wave>,
     /// Run-once steps and the host they run on, before the first wave.
     pub once: Option<HostPlan>,
@@ -189,6 +191,7 @@ impl Plan {
             protected: env.protected,
             transport: env.transport,
             policy: env.policy.clone(),
+            analysis: profile.analysis.clone(),
             waves,
             once,
             resume: Resume::default(),
@@ -241,6 +244,12 @@ impl Plan {
         if policy.on_failure == crate::profile::FailureAction::Rollback {
             policy.on_failure = crate::profile::FailureAction::Pause;
         }
+        // Nor does it stop itself for slowness or compare releases: it is the way back.
+        let mut analysis = profile.analysis.clone();
+        analysis.compare = None;
+        if analysis.slow_step == crate::profile::SlowStep::Fail {
+            analysis.slow_step = crate::profile::SlowStep::Flag;
+        }
         Ok(Plan {
             service: profile.service.clone(),
             env: env.name.clone(),
@@ -248,6 +257,7 @@ impl Plan {
             protected: env.protected,
             transport: env.transport,
             policy,
+            analysis,
             waves: planned,
             once: None,
             resume: Resume::default(),

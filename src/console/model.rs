@@ -628,7 +628,10 @@ impl DeployModel {
                 self.soak = None;
                 self.last_settled = Some(at);
             }
-            Event::OnceStarted { .. } | Event::ThresholdExceeded { .. } | Event::CommandIgnored { .. } => {}
+            Event::OnceStarted { .. }
+            | Event::ThresholdExceeded { .. }
+            | Event::CommandIgnored { .. }
+            | Event::OutputOutliers { .. } => {}
         }
         // The timeline tells the deploy's story as every front end tells it, plus each host's
         // trouble.

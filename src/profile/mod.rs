@@ -60,6 +60,8 @@ pub struct Profile {
     pub rollback_target: Option<String>,
     /// The built-in release layout, when the profile opts in with `[releases]`.
     pub releases: Option<ReleaseLayout>,
+    /// Cross-host insight: outliers, slow steps, new against old (`[analysis]`).
+    pub analysis: Analysis,
     /// Things that are allowed but probably not meant (a soak too short to see a check fail).
     pub warnings: Vec<Diagnostic>,
 }
@@ -252,6 +254,61 @@ pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// What wavedeck looks for across hosts (`[analysis]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// An output group printed by at most this share of a step's hosts is an outlier.
+    pub outlier_percent: u8,
+    pub slow_step: SlowStep,
+    /// A step is slow on a host once it has run this many times the median of the hosts of
+    /// its wave that finished it…
+    pub slow_factor: f64,
+    /// …and at least this long.
+    pub slow_min: Duration,
+    /// Hosts on the new release against those still on the old, by their HTTP/TCP checks.
+    pub compare: Option<Compare>,
+}
+
+impl Default for Analysis {
+    fn default() -> Analysis {
+        Analysis {
+            outlier_percent: DEFAULT_OUTLIER_PERCENT,
+            slow_step: SlowStep::Flag,
+            slow_factor: DEFAULT_SLOW_FACTOR,
+            slow_min: DEFAULT_SLOW_MIN,
+            compare: None,
+        }
+    }
+}
+
+/// An output group printed by at most this share of a step's hosts is an outlier.
+pub const DEFAULT_OUTLIER_PERCENT: u8 = 10;
+pub const DEFAULT_SLOW_FACTOR: f64 = 3.0;
+pub const DEFAULT_SLOW_MIN: Duration = Duration::from_secs(10);
+pub const DEFAULT_COMPARE_WINDOW: Duration = Duration::from_secs(30);
+pub const DEFAULT_COMPARE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a slow step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowStep {
+    Off,
+    /// Shown in the host table and on the timeline, and audited.
+    Flag,
+    /// Stopped and failed, like a timeout (its retries still apply).
+    Fail,
+}
+
+/// New against old: both groups probed every `interval`, judged over the last `window`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compare {
+    pub window: Duration,
+    pub interval: Duration,
+    /// The new hosts' p95 latency may be at most this many times the old ones'.
+    pub max_p95_ratio: Option<f64>,
+    /// The new hosts' error rate may exceed the old ones' by at most this many percentage points.
+    pub max_error_rate_increase: Option<f64>,
+}
 
 /// A command whose success means the host serves traffic; polled until it passes or its
 /// retries run out.
@@ -525,5 +582,29 @@ after = "helo"
     fn syntax_error_is_located() {
         let err = parse("[service\nname = 1").unwrap_err();
         assert_eq!(err.0[0].position.map(|p| p.0), Some(1), "{err}");
+    }
+
+    #[test]
+    fn the_analysis_block_reads_its_limits_and_says_where_a_bad_one_is() {
+        let good = format!("{MINIMAL}\n[analysis]\nslow_step = \"fail\"\nmax_p95_ratio = 1.5\nwindow = \"20s\"\n");
+        let analysis = parse(&good).unwrap().analysis;
+        assert_eq!(analysis.slow_step, SlowStep::Fail);
+        let compare = analysis.compare.unwrap();
+        assert_eq!((compare.max_p95_ratio, compare.window), (Some(1.5), Duration::from_secs(20)));
+        assert_eq!(parse(MINIMAL).unwrap().analysis, Analysis::default());
+        assert!(Analysis::default().compare.is_none());
+
+        let bad = format!(
+            "{MINIMAL}\n[analysis]\nslow_step = \"panic\"\noutlier_percent = 0\nslow_factor = 0.5\nwindow = \"0s\"\ncompare = true\n"
+        );
+        let err = parse(&bad).unwrap_err().to_string();
+        for expect in [
+            "error: t.toml:14:13: slow_step must be \"flag\", \"fail\" or \"off\"",
+            "error: t.toml:15:19: outlier_percent must be",
+            "error: t.toml:16:15: slow_factor must be",
+            "error: t.toml:17:10: window of 0s is too short",
+        ] {
+            assert!(err.contains(expect), "{expect}\n{err}");
+        }
     }
 }

@@ -28,6 +28,21 @@ pub(super) struct RawProfile {
     pub(super) rollback: Vec<Spanned<RawStep>>,
     pub(super) rollback_target: Option<Spanned<String>>,
     pub(super) releases: Option<RawReleases>,
+    pub(super) analysis: Option<Spanned<RawAnalysis>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnalysis {
+    pub(super) outlier_percent: Option<Spanned<i64>>,
+    pub(super) slow_step: Option<Spanned<String>>,
+    pub(super) slow_factor: Option<Spanned<f64>>,
+    pub(super) slow_min: Option<Spanned<String>>,
+    pub(super) compare: Option<bool>,
+    pub(super) window: Option<Spanned<String>>,
+    pub(super) interval: Option<Spanned<String>>,
+    pub(super) max_p95_ratio: Option<Spanned<f64>>,
+    pub(super) max_error_rate_increase: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]

@@ -215,6 +215,7 @@ impl Validator<'_> {
             rollback,
             rollback_target: raw.rollback_target.as_ref().map(|t| t.get_ref().clone()),
             releases: layout,
+            analysis: raw.analysis.as_ref().map_or_else(Analysis::default, |a| self.analysis(a)),
             warnings: Vec::new(),
         }
     }
@@ -493,6 +494,65 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    pub(super) fn analysis(&mut self, raw: &Spanned<RawAnalysis>) -> Analysis {
+        let a = raw.get_ref();
+        let mut out = Analysis::default();
+        if let Some(p) = &a.outlier_percent {
+            match u8::try_from(*p.get_ref()) {
+                Ok(p) if (1..=100).contains(&p) => out.outlier_percent = p,
+                _ => self.problem(p, "outlier_percent must be a whole percentage from 1 to 100"),
+            }
+        }
+        if let Some(s) = &a.slow_step {
+            out.slow_step = match s.get_ref().as_str() {
+                "off" => SlowStep::Off,
+                "flag" => SlowStep::Flag,
+                "fail" => SlowStep::Fail,
+                other => {
+                    self.problem(s, format!("slow_step must be \"flag\", \"fail\" or \"off\", not \"{other}\""));
+                    SlowStep::Flag
+                }
+            };
+        }
+        if let Some(f) = &a.slow_factor {
+            if f.get_ref().is_finite() && *f.get_ref() >= 1.0 {
+                out.slow_factor = *f.get_ref();
+            } else {
+                self.problem(f, "slow_factor must be a number of at least 1 (3.0: three times the median)");
+            }
+        }
+        if let Some(d) = &a.slow_min {
+            out.slow_min = self.duration_at_least(d, Duration::from_secs(1), "slow_min", DEFAULT_SLOW_MIN);
+        }
+        let ratio = a.max_p95_ratio.as_ref().and_then(|r| {
+            let ok = r.get_ref().is_finite() && *r.get_ref() >= 1.0;
+            if !ok {
+                self.problem(r, "max_p95_ratio must be a number of at least 1 (1.5: new p95 up to 1.5 x old)");
+            }
+            ok.then_some(*r.get_ref())
+        });
+        let increase = a.max_error_rate_increase.as_ref().and_then(|r| {
+            let ok = r.get_ref().is_finite() && (0.0..=100.0).contains(r.get_ref());
+            if !ok {
+                self.problem(r, "max_error_rate_increase must be percentage points from 0 to 100 (2: two points)");
+            }
+            ok.then_some(*r.get_ref())
+        });
+        let compare = a.compare.unwrap_or(ratio.is_some() || increase.is_some());
+        if compare {
+            let interval = a.interval.as_ref().map_or(DEFAULT_COMPARE_INTERVAL, |d| {
+                self.duration_at_least(d, MIN_HEALTH_INTERVAL, "interval", DEFAULT_COMPARE_INTERVAL)
+            });
+            let window = a.window.as_ref().map_or(DEFAULT_COMPARE_WINDOW, |d| {
+                self.duration_at_least(d, interval.max(Duration::from_secs(1)), "window", DEFAULT_COMPARE_WINDOW)
+            });
+            out.compare = Some(Compare { window, interval, max_p95_ratio: ratio, max_error_rate_increase: increase });
+        } else if a.compare == Some(false) && (ratio.is_some() || increase.is_some()) {
+            self.problem(raw, "compare = false leaves max_p95_ratio and max_error_rate_increase unused; drop one");
+        }
+        out
     }
 
     pub(super) fn duration(&mut self, raw: &Spanned<String>, fallback: Duration) -> Duration {
