@@ -129,6 +129,15 @@ pub fn describe(event: &Event, operator: &str) -> Option<Told> {
             }
             Told::deploy(if *failed + *cancelled > 0 { Warn } else { Good }, text)
         }
+        Event::StepSlow { host, step, running_ms, median_ms, stopped, .. } => {
+            let times = *running_ms as f64 / (*median_ms).max(1) as f64;
+            let text = format!(
+                "{step} SLOW: running {}, {times:.0}x its wave's median {}",
+                seconds(*running_ms),
+                seconds(*median_ms)
+            );
+            if *stopped { Told::host(host, Bad, format!("{text}: stopped")) } else { Told::host(host, Warn, text) }
+        }
         Event::OutputOutliers { wave, groups } => {
             let told: Vec<String> = groups.iter().take(OUTLIERS_TOLD).map(outlier_text).collect();
             let more = groups.len().saturating_sub(OUTLIERS_TOLD);

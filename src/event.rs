@@ -387,6 +387,17 @@ pub enum Event {
         cancelled: usize,
         not_started: usize,
     },
+    /// A host's step has run far longer than the same step took on the hosts of its wave that
+    /// finished it (`[analysis] slow_factor` times their median, and at least `slow_min`).
+    /// `stopped`: `slow_step = "fail"` stopped it, and it fails.
+    StepSlow {
+        wave: usize,
+        host: String,
+        step: String,
+        running_ms: u64,
+        median_ms: u64,
+        stopped: bool,
+    },
     /// At a wave's end: output only a few of its hosts printed (see [`OutlierGroup`]); only
     /// emitted when there is some.
     OutputOutliers {

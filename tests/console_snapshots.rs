@@ -623,3 +623,72 @@ fn a_replay_shows_the_deploy_as_it_stood_with_a_replay_banner_and_no_control_key
     assert!(app.dialog.is_none(), "no triage in a replay");
     snapshot("replay_at_the_failure", &mut app, clock_at(&playback));
 }
+
+/// A wave of twenty hosts running `migrate` then `restart`: every host says the usual, two
+/// warn about their disk, and one is slow to restart.
+fn fleet_with_odd_ones() -> App {
+    let mut app = app();
+    app.begin_deploy();
+    let hosts: Vec<String> = (1..=20).map(|i| format!("web-{i:02}")).collect();
+    let mut events = vec![
+        (
+            0,
+            Event::DeployStarted {
+                service: "shopfront".into(),
+                env: "production".into(),
+                release: "2.5.0".into(),
+                waves: vec![WaveOutline { wave: 1, hosts: hosts.clone(), max_failures: 1 }],
+                steps: vec!["migrate".into(), "restart".into()],
+            },
+        ),
+        (0, Event::WaveStarted { wave: 1, hosts: hosts.clone() }),
+    ];
+    let said = |host: &str, step: &str, stream: Stream, line: String| Event::Output {
+        host: host.into(),
+        step: step.into(),
+        stream,
+        line,
+    };
+    for (i, host) in hosts.iter().enumerate() {
+        events.push((1, Event::HostStarted { wave: 1, host: host.clone() }));
+        events.push((1, step(1, host, "migrate", 1, 1)));
+        events.push((2, said(host, "migrate", Stream::Stdout, format!("migrated {} rows in 0.{i}s", 1200 + i * 7))));
+        if i == 3 || i == 8 {
+            events.push((2, said(host, "migrate", Stream::Stderr, format!("WARN disk 9{i}% full on /var ({host})"))));
+        }
+        events.push((3, finished(1, host, "migrate", 1, 0, false)));
+        events.push((3, step(1, host, "restart", 2, 1)));
+        events.push((4, said(host, "restart", Stream::Stdout, format!("app[{}]: listening on :8080", 2000 + i))));
+    }
+    events.push((
+        40,
+        Event::StepSlow {
+            wave: 1,
+            host: "web-07".into(),
+            step: "restart".into(),
+            running_ms: 36_000,
+            median_ms: 900,
+            stopped: false,
+        },
+    ));
+    feed(&mut app, events);
+    app
+}
+
+#[test]
+fn output_grouped_across_hosts_puts_the_odd_ones_first_and_enter_lists_their_hosts() {
+    let mut app = fleet_with_odd_ones();
+    let screen = render(&mut app, 120, 30, 41);
+    assert!(screen.contains("SLOW 2/5"), "the slow host is flagged in the table\n{screen}");
+    key(&mut app, KeyCode::Char('O'));
+    let screen = render(&mut app, 120, 30, 41);
+    assert!(screen.contains("ODD err    2/20") && screen.contains("WARN disk 93% full on /var (web-04)"), "{screen}");
+    snapshot("output_grouped", &mut app, 41);
+    key(&mut app, KeyCode::Enter);
+    let screen = render(&mut app, 120, 30, 41);
+    assert!(screen.contains("Hosts 2/20") && screen.contains("web-04") && screen.contains("web-09"), "{screen}");
+    assert!(!screen.contains("web-05"), "only the hosts that printed it\n{screen}");
+    key(&mut app, KeyCode::Esc);
+    let screen = render(&mut app, 120, 30, 41);
+    assert!(screen.contains("Hosts 20/20"), "{screen}");
+}

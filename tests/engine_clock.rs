@@ -138,3 +138,86 @@ async fn an_http_check_sampled_while_monitored_turns_the_host_unhealthy_during_s
     let probes = *prober.probes.lock().unwrap() as usize;
     assert!(probes == samples || probes == samples + 1, "{probes} probes, {samples} samples");
 }
+
+/// Twenty hosts in one wave: every one migrates, two also print an error.
+fn fleet_profile(analysis: &str) -> String {
+    let hosts: Vec<String> = (1..=20)
+        .map(|i| {
+            let extra =
+                if i == 6 || i == 17 { format!("ERROR cache unreachable from web-{i:02}") } else { "ok".into() };
+            format!("{{ name = \"web-{i:02}\", vars = {{ extra = \"{extra}\" }} }}")
+        })
+        .collect();
+    format!(
+        "[service]\nname = \"svc\"\n[plan]\ncanary = 0\nbatch = \"100%\"\n{analysis}\n[[environments]]\nname = \"test\"\n\
+         hosts = [{}]\n[[steps]]\nname = \"migrate\"\nrun = \"echo migrated 12 rows\\necho {{{{ extra }}}}\"\n",
+        hosts.join(", ")
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_outlier_group_at_a_waves_end_names_exactly_the_two_hosts_that_printed_an_error() {
+    let mut d = start(&fleet_profile(""));
+    let (outcome, _) = d.finish().await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    let reports: Vec<&Event> = d.events.iter().filter(|e| matches!(e, Event::OutputOutliers { .. })).collect();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let Event::OutputOutliers { wave: 1, groups } = reports[0] else { panic!("{reports:#?}") };
+    assert_eq!(groups.len(), 1, "{groups:#?}");
+    assert_eq!(groups[0].hosts, vec!["web-06", "web-17"]);
+    assert_eq!((groups[0].of, groups[0].step.as_str()), (20, "migrate"));
+    assert_eq!(groups[0].shape, "ERROR cache unreachable from <host>");
+    // It comes after the wave's end, so a reader has the wave's whole story before it.
+    let finished = d.position(|e| matches!(e, Event::WaveFinished { wave: 1, .. })).unwrap();
+    let reported = d.position(|e| matches!(e, Event::OutputOutliers { .. })).unwrap();
+    assert!(reported > finished);
+}
+
+/// Five hosts; `e` takes 60 s where the others take 2 s.
+fn slow_profile(analysis: &str) -> String {
+    let hosts: Vec<String> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|h| format!("{{ name = \"{h}\", vars = {{ delay = \"{}\" }} }}", if *h == "e" { 60 } else { 2 }))
+        .collect();
+    format!(
+        "[service]\nname = \"svc\"\n[plan]\ncanary = 0\nbatch = \"100%\"\nmax_failures = 1\n{analysis}\n\
+         [[environments]]\nname = \"test\"\nhosts = [{}]\n[[steps]]\nname = \"restart\"\nrun = \"sleep {{{{ delay }}}}\"\n",
+        hosts.join(", ")
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_running_past_three_times_its_waves_median_and_ten_seconds_is_flagged_once() {
+    let began = Instant::now();
+    let mut d = start(&slow_profile(""));
+    let slow = d.until("a slow step", |e| matches!(e, Event::StepSlow { .. })).await;
+    let flagged_after = began.elapsed();
+    let Event::StepSlow { host, step, running_ms, median_ms, stopped, .. } = slow else { unreachable!() };
+    assert_eq!((host.as_str(), step.as_str(), median_ms, stopped), ("e", "restart", 2000, false));
+    // 3 x 2 s is under the 10 s floor: flagged at the first look past 10 s.
+    assert!((10_000..=11_500).contains(&running_ms), "{running_ms}");
+    assert!(flagged_after < Duration::from_secs(12), "{flagged_after:?}");
+    let (outcome, hosts) = d.finish().await;
+    // Flagging changes nothing about the deploy: `e` finishes its minute.
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert!(hosts.iter().all(|h| h.state == HostState::Done));
+    assert_eq!(count(&d, |e| matches!(e, Event::StepSlow { .. })), 1);
+    assert!(began.elapsed() >= Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_slow_step_fail_the_slow_host_is_stopped_and_fails_with_the_figures() {
+    let began = Instant::now();
+    let mut d = start(&slow_profile("[analysis]\nslow_step = \"fail\"\nslow_factor = 2.0\nslow_min = \"5s\""));
+    let (outcome, hosts) = d.finish().await;
+    // One failure is within max_failures = 1: the deploy goes on and ends failed for `e` only.
+    assert_eq!(outcome, Outcome::Failed);
+    let e = hosts.iter().find(|h| h.host == "e").unwrap();
+    assert_eq!(e.state, HostState::Failed);
+    let Some(StepResult::Error { message }) = &e.last_result else { panic!("{e:#?}") };
+    assert_eq!(message, "stopped after 6.0s: over 2x the median of its wave's hosts (2.0s); slow_step = \"fail\"");
+    assert!(hosts.iter().filter(|h| h.host != "e").all(|h| h.state == HostState::Done));
+    assert!(d.events.iter().any(|e| matches!(e, Event::StepSlow { stopped: true, .. })));
+    // Stopped at the first look past 5 s, not after its minute.
+    assert!(began.elapsed() < Duration::from_secs(10), "{:?}", began.elapsed());
+}

@@ -60,6 +60,8 @@ pub enum Action {
     Timestamps,
     /// Write the selected host's whole log (from the audit log) to a file.
     WriteLog,
+    /// The log pane shows the wave's output grouped by shape across hosts, outliers first.
+    Grouped,
     /// The exact command (secrets masked) of the selected host's current step.
     ShowCommand,
     /// Keep the selection on a host of the running wave as it moves on.
@@ -144,7 +146,8 @@ fn group_of(binding: &Binding) -> Group {
         | Action::ScrollLeft
         | Action::ScrollRight
         | Action::Timestamps
-        | Action::WriteLog => Group::Log,
+        | Action::WriteLog
+        | Action::Grouped => Group::Log,
     }
 }
 
@@ -470,6 +473,14 @@ pub const BINDINGS: &[Binding] = &[
         footer: ("", NEVER),
     },
     Binding {
+        keys: &[KeyCode::Char('O')],
+        label: "O",
+        does: "output grouped across the wave's hosts, odd ones first · Enter lists the hosts that printed it",
+        screens: &[Deploy],
+        action: Action::Grouped,
+        footer: ("O groups", &[Running, Observing]),
+    },
+    Binding {
         keys: &[KeyCode::Esc],
         label: "Esc",
         does: "close a dialog · clear filter or search · stop a plan",
@@ -563,7 +574,10 @@ mod tests {
 
     #[test]
     fn footers_come_from_the_table() {
-        assert_eq!(footer(Deploy, Running), "p pause · a abort · Tab pane · / filter · i all · ? help · q quit");
+        assert_eq!(
+            footer(Deploy, Running),
+            "p pause · a abort · Tab pane · / filter · i all · O groups · ? help · q quit"
+        );
         assert_eq!(footer(Deploy, Paused), "r resume · a abort · R retry · x skip · Tab pane · ? help · q quit");
         assert_eq!(footer(Deploy, AtGate), "a abort · P promote · Tab pane · / filter · i all · ? help · q quit");
         assert_eq!(
@@ -574,7 +588,7 @@ mod tests {
             footer(Overview, Idle),
             "↑↓ environment · Enter deploy · c check hosts · B roll back · ? help · q quit"
         );
-        assert_eq!(footer(Deploy, Observing), "T take over · Tab pane · / filter · i all · ? help · q quit");
+        assert_eq!(footer(Deploy, Observing), "T take over · Tab pane · / filter · i all · O groups · ? help · q quit");
         assert_eq!(action(Deploy, KeyCode::BackTab), Some(Action::PreviousPane));
         assert_eq!(action(Overview, KeyCode::Char('p')), None);
     }

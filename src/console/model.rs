@@ -12,6 +12,8 @@ use super::logs::{LogBuffer, LogLine, clean};
 pub use crate::describe::Tone;
 use crate::describe::describe;
 use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult, Stream, TriageAction};
+use crate::insight::{OutputGroups, Shaper};
+use crate::profile::DEFAULT_OUTLIER_PERCENT;
 
 /// Health samples kept per host for the sparkline.
 pub const HEALTH_HISTORY: usize = 120;
@@ -64,6 +66,8 @@ pub struct HostView {
     pub command: Option<String>,
     /// When the current (or last) step started, for its clock.
     pub step_started: Option<DateTime<Utc>>,
+    /// Its current step has run far longer than on the hosts of its wave that finished it.
+    pub slow: bool,
     /// Why it went unhealthy while watched, for banners: "went unhealthy during soak (healthz:
     /// 500 memory leak)".
     pub unhealthy_cause: Option<String>,
@@ -156,6 +160,10 @@ pub struct DeployModel {
     pub rollback_of: Option<String>,
     /// Every host's output interleaved, each line tagged with its host.
     pub combined: LogBuffer,
+    /// Per wave, its hosts' output grouped by shape (live; the engine reports the outliers again
+    /// when the wave ends).
+    pub groups: std::collections::BTreeMap<usize, OutputGroups>,
+    shaper: Shaper,
     pub timeline: VecDeque<TimelineEntry>,
     scrollback: usize,
     /// Bytes the hosts' scrollback may hold together, and what it holds now.
@@ -194,12 +202,19 @@ impl DeployModel {
             control_since: None,
             rollback_of: None,
             combined: LogBuffer::new(scrollback),
+            groups: std::collections::BTreeMap::new(),
+            shaper: Shaper::default(),
             timeline: VecDeque::new(),
             scrollback,
             host_memory: memory - memory / 4,
             host_used: 0,
             over: VecDeque::new(),
         }
+    }
+
+    fn wave_groups(&mut self, wave: usize) -> &mut OutputGroups {
+        let shaper = &self.shaper;
+        self.groups.entry(wave).or_insert_with(|| OutputGroups::new(shaper.clone(), DEFAULT_OUTLIER_PERCENT))
     }
 
     fn combined_memory(&self) -> usize {
@@ -386,6 +401,8 @@ impl DeployModel {
                 self.waves.clear();
                 self.over.clear();
                 self.host_used = 0;
+                self.groups.clear();
+                self.shaper = Shaper::new(waves.iter().flat_map(|w| w.hosts.iter().map(String::as_str)));
                 for wave in waves {
                     let mut members = Vec::new();
                     for name in &wave.hosts {
@@ -414,6 +431,7 @@ impl DeployModel {
                             unhealthy_cause: None,
                             tag: name.as_str().into(),
                             over_share: false,
+                            slow: false,
                         });
                     }
                     self.waves.push(WaveView {
@@ -446,6 +464,9 @@ impl DeployModel {
                 }
             }
             Event::StepStarted { host, step, index, total, attempt, command, .. } => {
+                if let Some(wave) = self.host(host).map(|h| h.wave) {
+                    self.wave_groups(wave).step_started(host, step);
+                }
                 if let Some(h) = self.host_mut(host) {
                     h.phase = HostPhase::Running;
                     h.step = Some(step.clone());
@@ -456,12 +477,16 @@ impl DeployModel {
                     h.idle_since = None;
                     h.command = Some(command.clone());
                     h.step_started = Some(at);
+                    h.slow = false;
                     // Each step and attempt opens with a rule, so the log reads as steps.
                     let again = if *attempt > 1 { format!(" · attempt {attempt}") } else { String::new() };
                     h.note(at, Stream::Stdout, format!("── {index}/{total} {step}{again} ──"));
                 }
             }
-            Event::Output { host, stream, line, .. } => {
+            Event::Output { host, step, stream, line } => {
+                if let Some(wave) = self.host(host).map(|h| h.wave) {
+                    self.wave_groups(wave).line(host, step, *stream, line);
+                }
                 let text: std::sync::Arc<str> = clean(line).into();
                 let line = LogLine { host: None, stream: *stream, text, at, note: false };
                 if let Some(h) = self.host_mut(host) {
@@ -488,6 +513,11 @@ impl DeployModel {
                 self.finished_running(host, Some(step));
             }
             Event::HostChanged { .. } => {}
+            Event::StepSlow { host, .. } => {
+                if let Some(h) = self.host_mut(host) {
+                    h.slow = true;
+                }
+            }
             Event::OutputElided { host, step, lines, bytes } => {
                 let text: std::sync::Arc<str> =
                     format!("… {lines} lines ({bytes} bytes) of {step}'s output left out; its last part follows")

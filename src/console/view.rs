@@ -599,6 +599,9 @@ fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, the
     ];
     let header = Row::new(vec!["HOST", "W", "STATE", "STEP", "TIME", "EXIT", "HLTH"]).style(theme.muted());
     let mut title = format!(" Hosts {}/{} ", visible.len(), model.hosts.len());
+    if let Some(set) = &app.only {
+        title.push_str(&format!("· {} (Esc: all) ", set.label));
+    }
     if !app.filter.is_empty() {
         title.push_str(&format!("· filter \"{}\" ", app.filter));
     }
@@ -615,7 +618,12 @@ fn host_state(h: &HostView, theme: &Theme) -> (String, Style) {
     match h.phase {
         HostPhase::Running => {
             let retry = if h.attempt > 1 { format!(" #{}", h.attempt) } else { String::new() };
-            (format!("run {}/{}{retry}", h.step_index, h.total_steps), theme.fg(theme.running))
+            // Far slower than the wave's other hosts at this step: worth a look before it times out.
+            if h.slow {
+                (format!("SLOW {}/{}{retry}", h.step_index, h.total_steps), theme.fg(theme.warn))
+            } else {
+                (format!("run {}/{}{retry}", h.step_index, h.total_steps), theme.fg(theme.running))
+            }
         }
         HostPhase::Failed => ("FAILED".into(), theme.bad()),
         HostPhase::Done => ("done".into(), theme.fg(theme.ok)),
@@ -639,6 +647,9 @@ fn draw_details(frame: &mut Frame, areas: &DeployLayout, app: &App, model: &Depl
 }
 
 fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, clock: Clock) {
+    if app.grouped {
+        return draw_groups(frame, area, app, theme);
+    }
     let who =
         if app.interleaved { "all hosts".to_string() } else { app.selected_name().unwrap_or_else(|| "—".into()) };
     let mode =
@@ -715,6 +726,61 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, clock: Cloc
         rows.insert(0, Line::styled(format!(" … {unloaded} older lines: {how}"), theme.muted()));
         rows.truncate(height);
     }
+    frame.render_widget(Paragraph::new(rows), inner);
+}
+
+/// The wave's output grouped by shape across its hosts, one group a row, outliers first:
+/// `ODD err   2/20  migrate  WARN disk 94% full on web-05`.
+fn draw_groups(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let groups = app.shown_groups();
+    let wave = app.group_wave().map_or_else(String::new, |w| format!("wave {w}"));
+    let odd = groups.iter().filter(|g| g.outlier).count();
+    // Short enough for 80 columns: "odd" is a group only a few hosts printed.
+    let title = format!(" Output by shape · {wave} · {} groups · {odd} odd · Enter hosts · O log ", groups.len());
+    let block = pane_block(&title, app.focus == Pane::Logs, theme);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if groups.is_empty() {
+        frame.render_widget(Paragraph::new(Line::styled(" no output in this wave yet", theme.muted())), inner);
+        return;
+    }
+    let height = inner.height as usize;
+    let selected = app.group_at.min(groups.len() - 1);
+    let first = layout::first_visible_row(selected, height);
+    let step_width = groups.iter().map(|g| g.step.chars().count()).max().unwrap_or(4).clamp(4, 16);
+    let rows: Vec<Line> = groups
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(height)
+        .map(|(at, g)| {
+            let on_bar = at == selected;
+            let ink = |style: Style| if on_bar { Style::default() } else { style };
+            let mark = if g.outlier { Span::styled("ODD ", ink(theme.fg(theme.warn))) } else { Span::raw("    ") };
+            let stream =
+                if g.stderr_only { Span::styled("err ", ink(theme.fg(theme.stderr))) } else { Span::raw("    ") };
+            let count = format!("{:>4}/{:<4} ", g.hosts.len(), g.of);
+            let step = format!("{:<step_width$} ", crate::text::shorten_middle(&g.step, step_width));
+            let used = 8 + count.chars().count() + step.chars().count();
+            let room = (inner.width as usize).saturating_sub(used).max(1);
+            let example = crate::text::clean(&g.example);
+            let example = if example.chars().count() > room {
+                let mut cut: String = example.chars().take(room.saturating_sub(1)).collect();
+                cut.push('…');
+                cut
+            } else {
+                example
+            };
+            let line = Line::from(vec![
+                mark,
+                stream,
+                Span::styled(count, ink(theme.muted())),
+                Span::styled(step, ink(theme.fg(theme.accent))),
+                Span::styled(example, ink(theme.text())),
+            ]);
+            if on_bar { line.style(theme.selection()) } else { line }
+        })
+        .collect();
     frame.render_widget(Paragraph::new(rows), inner);
 }
 

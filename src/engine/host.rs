@@ -146,12 +146,13 @@ pub(super) async fn run_steps(
                 summary.stopped_at = Some(step.name.clone());
                 return HostState::Cancelled;
             }
-            let sink = StepOutput::new(shared, name, &step.name);
+            let sink = StepOutput::new(shared, wave, name, &step.name);
             let began = Instant::now();
+            let cancel = shared.watch.step_began(&control.abort, wave, name, index, &step.name);
             let guard = match &step.skip_if {
                 Some(check) => {
                     let request = ExecRequest { command: &check.0, timeout: step.timeout, record: None };
-                    session.exec(request, &Discard, &control.abort).await.succeeded()
+                    session.exec(request, &Discard, &cancel).await.succeeded()
                 }
                 None => false,
             };
@@ -160,7 +161,7 @@ pub(super) async fn run_steps(
                 PlannedAction::Run(command) => {
                     let record = shared.step_record(name, index, attempt, wave, false);
                     let request = ExecRequest { command: &command.0, timeout: step.timeout, record };
-                    let result = session.exec(request, &sink, &control.abort).await;
+                    let result = session.exec(request, &sink, &cancel).await;
                     // A dropped connection does not end a step that left a record: find it again.
                     match shared.step_record(name, index, attempt, wave, true) {
                         Some(record) if matches!(result, StepResult::Error { .. }) && session.lost() => {
@@ -177,7 +178,7 @@ pub(super) async fn run_steps(
                                         timeout: step.timeout,
                                         record: Some(record),
                                     };
-                                    session.exec(request, &sink, &control.abort).await
+                                    session.exec(request, &sink, &cancel).await
                                 }
                                 Err(_) => result,
                             }
@@ -187,14 +188,21 @@ pub(super) async fn run_steps(
                 }
                 PlannedAction::Upload { from, to } => {
                     let request = UploadRequest { from, to, timeout: step.timeout };
-                    session.upload(request, &sink, &control.abort).await
+                    session.upload(request, &sink, &cancel).await
                 }
                 PlannedAction::Probe(probe) => tokio::select! {
                     result = shared.prober.probe(probe, step.timeout) => result,
-                    _ = control.abort.cancelled() => StepResult::Cancelled,
+                    _ = cancel.cancelled() => StepResult::Cancelled,
                 },
             };
             sink.finish();
+            // A step stopped for its slowness failed; one stopped by an abort was cancelled.
+            let result = match shared.watch.step_ended(name, result.succeeded()) {
+                Some(why) if result == StepResult::Cancelled && !control.abort.is_cancelled() => {
+                    StepResult::Error { message: why }
+                }
+                _ => result,
+            };
             // A step may report itself as having had nothing to do.
             let result = match (result, sink.skip_reason()) {
                 (StepResult::Exited { code: 0 }, Some(reason)) => StepResult::Skipped { reason },

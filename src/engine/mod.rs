@@ -19,6 +19,7 @@ mod events;
 mod host;
 mod monitor;
 mod output;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use self::host::*;
 use self::monitor::*;
 use self::output::*;
 pub use self::output::{CHANGED_MARKER, SKIP_MARKER, STEP_OUTPUT_HEAD_BYTES, STEP_OUTPUT_TAIL_BYTES, parse_changed};
+use self::watch::*;
 
 /// Runs the plan to its end (success, failure or abort) and returns every host's summary. The
 /// last event emitted is always `DeployFinished`.
@@ -123,7 +125,14 @@ pub async fn run_with_prober(
             .collect(),
         ahead: std::sync::Mutex::new(BTreeMap::new()),
         ahead_slots: Arc::new(Semaphore::new(CONNECT_AHEAD)),
+        watch: Watch::new(
+            &plan.waves.iter().flat_map(|w| w.hosts.iter().map(|h| h.host.clone())).collect::<Vec<_>>(),
+            plan.analysis.clone(),
+        ),
     });
+    if shared.watch.slow_steps_watched() {
+        tokio::spawn(watch_pace(shared.clone()));
+    }
     // A failed run-once step (a migration, say) stops the deploy before any host is touched.
     let mut waves_allowed = true;
     if let Some(mut once) = plan.once {
@@ -180,6 +189,10 @@ pub async fn run_with_prober(
             cancelled: count(HostState::Cancelled),
             not_started: count(HostState::NotStarted) + count(HostState::Skipped),
         });
+        let outliers = shared.watch.take_outliers(number);
+        if !outliers.is_empty() {
+            events.emit(Event::OutputOutliers { wave: number, groups: outliers });
+        }
         let failed: Vec<String> =
             results.iter().filter(|r| r.state == HostState::Failed).map(|r| r.host.clone()).collect();
         book.record(results);
@@ -344,6 +357,8 @@ struct Shared {
     ahead: std::sync::Mutex<BTreeMap<String, tokio::task::JoinHandle<Opened>>>,
     /// How many of those handshakes run at once, beside the wave's own work.
     ahead_slots: Arc<Semaphore>,
+    /// Output grouped across hosts, and the pace of steps (see [`watch`]).
+    watch: Watch,
 }
 
 /// A connection opened ahead of its host's wave, or why it could not be.

@@ -12,6 +12,7 @@ use super::*;
 /// Turns a step's output into events, masking secrets first.
 pub(super) struct StepOutput<'a> {
     pub(super) shared: &'a Shared,
+    pub(super) wave: usize,
     pub(super) host: &'a str,
     pub(super) step: &'a str,
     /// The reason from a `WAVEDECK-SKIP reason` line, while it is the last stdout line.
@@ -60,9 +61,10 @@ pub fn parse_changed(line: &str) -> Option<(Option<String>, String)> {
 }
 
 impl<'a> StepOutput<'a> {
-    pub(super) fn new(shared: &'a Shared, host: &'a str, step: &'a str) -> Self {
+    pub(super) fn new(shared: &'a Shared, wave: usize, host: &'a str, step: &'a str) -> Self {
         Self {
             shared,
+            wave,
             host,
             step,
             skipped: Mutex::new(None),
@@ -93,6 +95,7 @@ impl<'a> StepOutput<'a> {
     }
 
     pub(super) fn send(&self, stream: Stream, line: String) {
+        self.shared.watch.line(self.wave, self.host, self.step, stream, &line);
         self.shared.control.events.emit(Event::Output {
             host: self.host.to_string(),
             step: self.step.to_string(),

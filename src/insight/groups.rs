@@ -169,9 +169,7 @@ impl OutputGroups {
 
     /// Whether `count` of `of` hosts is a minority worth reading first.
     pub fn is_outlier(&self, count: usize, of: usize) -> bool {
-        of >= MIN_HOSTS_FOR_OUTLIERS
-            && count < of
-            && count <= (of * self.outlier_percent as usize / 100).max(1)
+        of >= MIN_HOSTS_FOR_OUTLIERS && count < of && count <= (of * self.outlier_percent as usize / 100).max(1)
     }
 
     /// Every group: outliers first (fewest hosts first), then the rest by step and in the order
@@ -276,7 +274,8 @@ mod tests {
         let mut groups = OutputGroups::new(Shaper::default(), 10);
         for i in 0..(MAX_GROUPS_PER_STEP + 50) {
             // Letters, so the shaper cannot fold them.
-            let word: String = format!("{i:x}").chars().filter_map(|c| c.to_digit(16)).map(|d| (b'g' + d as u8) as char).collect();
+            let word: String =
+                format!("{i:x}").chars().filter_map(|c| c.to_digit(16)).map(|d| (b'g' + d as u8) as char).collect();
             groups.line("h", "dump", Stream::Stdout, &format!("entry {word}"));
         }
         assert_eq!(groups.groups().len(), MAX_GROUPS_PER_STEP);

@@ -135,13 +135,11 @@ fn numbers_replaced(out: &mut String, word: &str) {
         let mut end = 0;
         let bytes = after_start.as_bytes();
         while end < bytes.len() {
-            if bytes[end].is_ascii_digit() {
-                end += 1;
-            } else if bytes[end] == b'.' && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
-                end += 1;
-            } else {
+            let decimal_point = bytes[end] == b'.' && bytes.get(end + 1).is_some_and(u8::is_ascii_digit);
+            if !bytes[end].is_ascii_digit() && !decimal_point {
                 break;
             }
+            end += 1;
         }
         let after = &after_start[end..];
         let unit = duration_unit(after);
@@ -239,10 +237,7 @@ mod tests {
     #[test]
     fn ids_and_versions_are_placeholders_but_words_stay_words() {
         same("deployed commit 3f2a9c1d to releases/2.4.2", "deployed commit 9be0a77f to releases/2.4.2");
-        same(
-            "request 550e8400-e29b-41d4-a716-446655440000 done",
-            "request 6ba7b810-9dad-11d1-80b4-00c04fd430c8 done",
-        );
+        same("request 550e8400-e29b-41d4-a716-446655440000 done", "request 6ba7b810-9dad-11d1-80b4-00c04fd430c8 done");
         // Hex-looking words without digits are words.
         differ("deadline exceeded", "defaced exceeded");
         assert_eq!(shaper().shape("release 2.4.2 active"), "release <n> active");

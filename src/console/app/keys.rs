@@ -145,6 +145,20 @@ impl App {
             Action::NextPane => self.focus = self.focus.next(),
             Action::PreviousPane => self.focus = self.focus.previous(),
             Action::Enter if self.focus == Pane::Timeline => self.show_timeline_entry(),
+            Action::Enter if self.grouped && self.focus == Pane::Logs => self.list_group_hosts(),
+            Action::Up if self.grouped && self.focus == Pane::Logs => self.group_at = self.group_at.saturating_sub(1),
+            Action::Down if self.grouped && self.focus == Pane::Logs => {
+                self.group_at = (self.group_at + 1).min(self.shown_groups().len().saturating_sub(1));
+            }
+            Action::Grouped => {
+                self.grouped = !self.grouped;
+                if self.grouped {
+                    self.focus = Pane::Logs;
+                    self.group_at = 0;
+                    self.status =
+                        Some("output grouped across hosts: ↑↓ choose, Enter lists its hosts, O the log".into());
+                }
+            }
             Action::Enter => {
                 if self.focus == Pane::Hosts {
                     self.focus = Pane::Logs;
@@ -155,7 +169,10 @@ impl App {
                 }
             }
             Action::Back => {
-                if !self.filter.is_empty() {
+                if self.only.is_some() {
+                    self.only = None;
+                    self.selected_host = 0;
+                } else if !self.filter.is_empty() {
                     self.filter.clear();
                 } else if self.search.is_some() {
                     self.search = None;
@@ -255,6 +272,26 @@ impl App {
         Vec::new()
     }
 
+    /// Enter on a group: the host table lists only the hosts that printed it, with the first
+    /// one's log on show.
+    fn list_group_hosts(&mut self) {
+        let groups = self.shown_groups();
+        let Some(group) = groups.get(self.group_at.min(groups.len().saturating_sub(1))) else {
+            self.status = Some("no output yet".into());
+            return;
+        };
+        let example = crate::text::shorten_middle(&crate::text::clean(&group.example), 40);
+        self.only = Some(HostSet {
+            label: format!("{} of {} printed \"{example}\" in {}", group.hosts.len(), group.of, group.step),
+            hosts: group.hosts.clone(),
+        });
+        self.grouped = false;
+        self.focus = Pane::Hosts;
+        self.selected_host = 0;
+        self.log_scroll = 0;
+        self.status = Some("Esc shows every host again".into());
+    }
+
     /// `R` retries the selected host; `x` skips it if it failed or excludes it if it has not
     /// started. The engine decides; a refusal comes back as an event and shows on the timeline.
     fn triage_selected(&mut self, retry: bool) -> Vec<Effect> {
@@ -296,7 +333,7 @@ impl App {
         let visible = self.visible_hosts();
         let troubled = |i: usize| {
             let h = &model.hosts[i];
-            h.phase == HostPhase::Failed || h.healthy == Some(false) || h.went_unhealthy
+            h.phase == HostPhase::Failed || h.healthy == Some(false) || h.went_unhealthy || h.slow
         };
         let count = visible.len();
         let next = (1..=count).map(|k| (self.selected_host + k) % count).find(|&pos| troubled(visible[pos]));
@@ -305,7 +342,7 @@ impl App {
                 self.selected_host = pos;
                 self.log_scroll = 0;
             }
-            None => self.status = Some("no failed or unhealthy host".into()),
+            None => self.status = Some("no failed, unhealthy or slow host".into()),
         }
     }
 

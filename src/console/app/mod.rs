@@ -11,7 +11,7 @@ use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::{Position, Rect};
 
 use super::layout::{self, DeployLayout};
-use super::model::{ControlView, DeployModel, HostPhase, HostView};
+use super::model::{ControlView, DeployModel, HostPhase, HostView, WavePhase};
 use crate::audit::CommandSource;
 use crate::event::{Command, Stamped};
 use crate::plan::Plan;
@@ -198,6 +198,12 @@ pub struct App {
     /// may have missed some: it offers `W` instead of reading back.
     pub log_complete: bool,
     pub filter: String,
+    /// The log pane shows the wave's output grouped by shape across hosts (`O`), with this
+    /// group selected.
+    pub grouped: bool,
+    pub group_at: usize,
+    /// The host table shows only these hosts: those that printed a group (Enter on it).
+    pub only: Option<HostSet>,
     pub search: Option<String>,
     pub sort: SortOrder,
     /// A one-line message for the operator (errors, hints); cleared by the next key.
@@ -260,6 +266,9 @@ impl App {
             loading_earlier: false,
             log_complete: true,
             filter: String::new(),
+            grouped: false,
+            group_at: 0,
+            only: None,
             search: None,
             sort: SortOrder::Plan,
             status: None,
@@ -418,14 +427,31 @@ impl App {
             return Vec::new();
         };
         let needle = self.filter.to_lowercase();
-        let mut hosts: Vec<usize> =
-            (0..model.hosts.len()).filter(|&i| needle.is_empty() || host_matches(&model.hosts[i], &needle)).collect();
+        let listed = |i: usize| self.only.as_ref().is_none_or(|set| set.hosts.contains(&model.hosts[i].name));
+        let mut hosts: Vec<usize> = (0..model.hosts.len())
+            .filter(|&i| listed(i) && (needle.is_empty() || host_matches(&model.hosts[i], &needle)))
+            .collect();
         match self.sort {
             SortOrder::Plan => {}
             SortOrder::Name => hosts.sort_by(|&a, &b| model.hosts[a].name.cmp(&model.hosts[b].name)),
-            SortOrder::Trouble => hosts.sort_by_key(|&i| trouble_rank(model.hosts[i].phase)),
+            SortOrder::Trouble => hosts.sort_by_key(|&i| trouble_rank(&model.hosts[i])),
         }
         hosts
+    }
+
+    /// The wave whose output the grouped view shows: the selected host's, else the running one,
+    /// else the last one that ran.
+    pub fn group_wave(&self) -> Option<usize> {
+        let model = self.deploy.as_ref()?;
+        let selected = self.selected_name().and_then(|name| model.host(&name).map(|h| h.wave));
+        let running = model.waves.iter().find(|w| w.phase == WavePhase::Running).map(|w| w.number);
+        selected.or(running).or_else(|| model.groups.keys().next_back().copied())
+    }
+
+    /// The grouped view's groups: outliers first.
+    pub fn shown_groups(&self) -> Vec<crate::insight::LineGroup> {
+        let groups = self.group_wave().and_then(|wave| self.deploy.as_ref()?.groups.get(&wave));
+        groups.map(|g| g.groups()).unwrap_or_default()
     }
 
     pub fn selected_name(&self) -> Option<String> {
@@ -638,6 +664,14 @@ impl App {
     }
 }
 
+/// Hosts the table is limited to, and what they have in common.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSet {
+    /// "printed \"WARN disk 94% full\" in migrate"
+    pub label: String,
+    pub hosts: Vec<String>,
+}
+
 fn host_matches(host: &HostView, needle: &str) -> bool {
     host.name.to_lowercase().contains(needle)
         || phase_word(host.phase).contains(needle)
@@ -656,14 +690,15 @@ pub fn phase_word(phase: HostPhase) -> &'static str {
     }
 }
 
-fn trouble_rank(phase: HostPhase) -> u8 {
-    match phase {
+fn trouble_rank(host: &HostView) -> u8 {
+    match host.phase {
         HostPhase::Failed => 0,
         HostPhase::Cancelled => 1,
-        HostPhase::Running => 2,
-        HostPhase::Waiting => 3,
-        HostPhase::Skipped | HostPhase::NotStarted => 4,
-        HostPhase::Done => 5,
+        HostPhase::Running if host.slow => 2,
+        HostPhase::Running => 3,
+        HostPhase::Waiting => 4,
+        HostPhase::Skipped | HostPhase::NotStarted => 5,
+        HostPhase::Done => 6,
     }
 }
 
@@ -812,7 +847,7 @@ pub(crate) mod tests {
     fn f_walks_the_failed_and_unhealthy_hosts_and_wraps() {
         let mut app = deploying();
         app.on_key(key(KeyCode::Char('f')));
-        assert_eq!(app.status.as_deref(), Some("no failed or unhealthy host"));
+        assert_eq!(app.status.as_deref(), Some("no failed, unhealthy or slow host"));
         let failed = Event::HostFinished { wave: 2, host: "c".into(), state: crate::event::HostState::Failed };
         app.on_event(&stamp(1, failed));
         app.on_event(&stamp(
