@@ -138,6 +138,9 @@ pub fn describe(event: &Event, operator: &str) -> Option<Told> {
             );
             if *stopped { Told::host(host, Bad, format!("{text}: stopped")) } else { Told::host(host, Warn, text) }
         }
+        Event::AnalysisFailed { wave, check, reason, .. } => {
+            Told::deploy(Bad, format!("wave {wave} worse than the old release ({check}): {reason}"))
+        }
         Event::OutputOutliers { wave, groups } => {
             let told: Vec<String> = groups.iter().take(OUTLIERS_TOLD).map(outlier_text).collect();
             let more = groups.len().saturating_sub(OUTLIERS_TOLD);
@@ -151,6 +154,7 @@ pub fn describe(event: &Event, operator: &str) -> Option<Told> {
             let why = match cause {
                 PauseCause::Operator => format!("by {operator}"),
                 PauseCause::FailureThreshold { wave, .. } => format!("by the failure threshold in wave {wave}"),
+                PauseCause::Analysis { wave, .. } => format!("by the new-against-old analysis in wave {wave}"),
             };
             let still =
                 if running.is_empty() { String::new() } else { format!("; still running: {}", running.join(", ")) };
@@ -198,6 +202,7 @@ pub fn describe(event: &Event, operator: &str) -> Option<Told> {
         | Event::Output { .. }
         | Event::UploadProgress { .. }
         | Event::HealthSample { .. }
+        | Event::HealthCompared { .. }
         | Event::HostChanged { .. } => None,
     }
 }

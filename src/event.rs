@@ -191,7 +191,16 @@ impl std::fmt::Display for StepResult {
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum PauseCause {
     Operator,
-    FailureThreshold { wave: usize, failures: usize, limit: usize },
+    FailureThreshold {
+        wave: usize,
+        failures: usize,
+        limit: usize,
+    },
+    /// The wave's new hosts crossed an `[analysis]` limit against the old ones.
+    Analysis {
+        wave: usize,
+        reason: String,
+    },
 }
 
 /// Who stopped a deploy.
@@ -246,6 +255,18 @@ pub struct OutlierGroup {
     pub of: usize,
     /// Every line of it went to stderr.
     pub stderr_only: bool,
+}
+
+/// One group of hosts' answers to a check over a window: how many hosts and samples, latency
+/// of the answered ones, and the share that failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Figures {
+    pub hosts: usize,
+    pub samples: usize,
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    /// Failed samples per thousand.
+    pub errors_per_mille: u32,
 }
 
 /// A fact emitted by the engine.
@@ -397,6 +418,23 @@ pub enum Event {
         running_ms: u64,
         median_ms: u64,
         stopped: bool,
+    },
+    /// New against old: the hosts this deploy finished (`new`) against those it has not touched
+    /// yet (`old`), by one HTTP/TCP check over `[analysis] window`. Before any host is done,
+    /// `new` is empty and `old` is the whole fleet: the baseline.
+    HealthCompared {
+        check: String,
+        new: Figures,
+        old: Figures,
+    },
+    /// During a wave's soak, the new hosts crossed an `[analysis]` limit against the old ones;
+    /// `action` (the profile's `on_failure`) follows.
+    AnalysisFailed {
+        wave: usize,
+        check: String,
+        /// The figures that crossed it: "new p95 312ms > 1.5 x old p95 140ms".
+        reason: String,
+        action: FailureAction,
     },
     /// At a wave's end: output only a few of its hosts printed (see [`OutlierGroup`]); only
     /// emitted when there is some.

@@ -170,8 +170,11 @@ pub async fn follow(started: Result<Client, Refused>, orders: &Orders) -> Ended 
                 // Decisions are the controller's: once a person took over, they make them.
                 let in_control = client.role == Role::Control;
                 match &event.event {
-                    Event::ThresholdExceeded { action: FailureAction::Rollback, .. } => rollback = true,
-                    Event::Paused { cause: PauseCause::FailureThreshold { wave, failures, limit }, .. } if in_control => {
+                    Event::ThresholdExceeded { action: FailureAction::Rollback, .. }
+                    | Event::AnalysisFailed { action: FailureAction::Rollback, .. } => rollback = true,
+                    Event::Paused { cause: cause @ (PauseCause::FailureThreshold { .. } | PauseCause::Analysis { .. }), .. }
+                        if in_control =>
+                    {
                         if let Some(wait) = orders.wait_on_threshold {
                             say(&format!(
                                 "== waiting up to {} for someone to decide: wavedeck attach {session}",
@@ -180,10 +183,14 @@ pub async fn follow(started: Result<Client, Refused>, orders: &Orders) -> Ended 
                             client.release();
                             handed_over = Some(tokio::time::Instant::now() + wait);
                         } else {
-                            let reason = format!(
-                                "{}; headless mode has no operator to resume",
-                                threshold_text(*wave, *failures, *limit)
-                            );
+                            let why = match cause {
+                                PauseCause::FailureThreshold { wave, failures, limit } => {
+                                    threshold_text(*wave, *failures, *limit)
+                                }
+                                PauseCause::Analysis { wave, reason } => format!("wave {wave}: {reason}"),
+                                PauseCause::Operator => "paused".into(),
+                            };
+                            let reason = format!("{why}; headless mode has no operator to resume");
                             client.send(Command::Abort { reason }, CommandSource::Policy);
                             stopped_by_policy = true;
                         }

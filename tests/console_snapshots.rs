@@ -692,3 +692,44 @@ fn output_grouped_across_hosts_puts_the_odd_ones_first_and_enter_lists_their_hos
     let screen = render(&mut app, 120, 30, 41);
     assert!(screen.contains("Hosts 20/20"), "{screen}");
 }
+
+#[test]
+fn the_health_pane_puts_new_hosts_against_old_ones_with_a_sparkline_each() {
+    use wavedeck::event::Figures;
+    let mut app = staging_in_flight();
+    let mut events = Vec::new();
+    for i in 0..12u64 {
+        let new = if i < 2 {
+            Figures::default()
+        } else {
+            Figures { hosts: 1, samples: 5 * i as usize, p50_ms: 90 + i * 9, p95_ms: 120 + i * 15, errors_per_mille: 0 }
+        };
+        let old = Figures { hosts: 3, samples: 45, p50_ms: 88, p95_ms: 110 + i % 3, errors_per_mille: 4 };
+        events.push((9 + i as i64, Event::HealthCompared { check: "healthz".into(), new, old }));
+    }
+    events.push((
+        21,
+        Event::AnalysisFailed {
+            wave: 1,
+            check: "healthz".into(),
+            reason: "new hosts' p95 285ms > 1.5 x old hosts' p95 111ms (1 new, 3 old hosts)".into(),
+            action: wavedeck::event::FailureAction::Pause,
+        },
+    ));
+    events.push((
+        21,
+        Event::Paused {
+            cause: PauseCause::Analysis {
+                wave: 1,
+                reason: "new hosts' p95 285ms > 1.5 x old hosts' p95 111ms (1 new, 3 old hosts)".into(),
+            },
+            running: vec![],
+        },
+    ));
+    feed(&mut app, events);
+    let screen = render(&mut app, 160, 48, 22);
+    assert!(screen.contains("healthz    new    1 p50   189ms p95   285ms err  0.0%"), "{screen}");
+    assert!(screen.contains("healthz    old    3 p50    88ms p95   112ms err  0.4%"), "{screen}");
+    assert!(screen.contains("PAUSED 00:01 · wave 1 worse than old: new hosts' p95 285ms"), "{screen}");
+    snapshot("health_new_against_old", &mut app, 22);
+}

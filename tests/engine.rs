@@ -574,3 +574,85 @@ async fn http_checks_need_the_status_and_the_body() {
         other => panic!("{other:?}"),
     }
 }
+
+/// One small HTTP server per host on loopback: it answers after `base`, or `base * factor`
+/// once the host's directory holds `upgraded` (what the deploy's step leaves there).
+async fn latency_servers(root: &std::path::Path, hosts: &[&str], base_ms: u64, factor: f64) -> Vec<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ports = Vec::new();
+    for host in hosts {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ports.push(listener.local_addr().unwrap().port());
+        let marker = root.join("test").join(host).join("upgraded");
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                let marker = marker.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let delay = if marker.exists() { base_ms as f64 * factor } else { base_ms as f64 };
+                    // The host's own answer time, which is what the analysis measures.
+                    tokio::time::sleep(std::time::Duration::from_millis(delay as u64)).await;
+                    let _ =
+                        socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+                });
+            }
+        });
+    }
+    ports
+}
+
+async fn compared_deploy(factor: f64) -> Deploy {
+    let root = root();
+    let hosts = ["h1", "h2", "h3", "h4", "h5"];
+    let ports = latency_servers(root.path(), &hosts, 100, factor).await;
+    let listed: Vec<String> =
+        hosts.iter().zip(&ports).map(|(h, p)| format!("{{ name = \"{h}\", vars = {{ port = \"{p}\" }} }}")).collect();
+    let source = format!(
+        "[service]\nname = \"svc\"\n[plan]\ncanary = 1\nbatch = \"100%\"\nsoak = \"4s\"\non_failure = \"abort\"\n\
+         [analysis]\nmax_p95_ratio = 1.5\nwindow = \"3s\"\ninterval = \"200ms\"\n\
+         [[environments]]\nname = \"test\"\nhosts = [{}]\n\
+         [[steps]]\nname = \"upgrade\"\nrun = \"touch upgraded\"\n\
+         [[health]]\nname = \"healthz\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{{{{ port }}}}/healthz\"\n",
+        listed.join(", ")
+    );
+    let mut d = Deploy::start(&source, root.path());
+    d.finish().await;
+    drop(root);
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_hosts_twice_as_slow_as_the_old_ones_fail_the_canary_during_its_soak() {
+    let d = compared_deploy(2.0).await;
+    let failed = d.events.iter().find_map(|e| match e {
+        Event::AnalysisFailed { wave, check, reason, .. } => Some((*wave, check.clone(), reason.clone())),
+        _ => None,
+    });
+    let (wave, check, reason) = failed.unwrap_or_else(|| panic!("no verdict: {:#?}", d.events.last()));
+    assert_eq!((wave, check.as_str()), (1, "healthz"));
+    assert!(reason.starts_with("new hosts' p95 2") && reason.contains("> 1.5 x old hosts' p95 1"), "{reason}");
+    assert!(reason.ends_with("(1 new, 4 old hosts)"), "{reason}");
+    // on_failure = "abort": the second wave never starts.
+    assert!(!d.events.iter().any(|e| matches!(e, Event::WaveStarted { wave: 2, .. })));
+    assert!(matches!(d.events.last(), Some(Event::DeployFinished { outcome: Outcome::Failed, .. })));
+    // The comparison itself was reported as it went: a baseline of old hosts, then the canary.
+    assert!(d.events.iter().any(
+        |e| matches!(e, Event::HealthCompared { new, old, .. } if new.hosts == 1 && old.hosts == 4 && old.samples >= 10)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_hosts_ten_percent_slower_pass_and_the_deploy_goes_on() {
+    let d = compared_deploy(1.1).await;
+    assert!(!d.events.iter().any(|e| matches!(e, Event::AnalysisFailed { .. })), "{:#?}", d.events);
+    assert!(matches!(d.events.last(), Some(Event::DeployFinished { outcome: Outcome::Succeeded, .. })));
+    assert!(d.events.iter().any(|e| matches!(e, Event::WaveStarted { wave: 2, .. })));
+}

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::logs::{LogBuffer, LogLine, clean};
 pub use crate::describe::Tone;
 use crate::describe::describe;
-use crate::event::{Event, HostState, Outcome, PauseCause, Stamped, StepResult, Stream, TriageAction};
+use crate::event::{Event, Figures, HostState, Outcome, PauseCause, Stamped, StepResult, Stream, TriageAction};
 use crate::insight::{OutputGroups, Shaper};
 use crate::profile::DEFAULT_OUTLIER_PERCENT;
 
@@ -120,6 +120,16 @@ pub enum ControlView {
     Finished(Outcome),
 }
 
+/// New against old for one check, as the engine last compared them, with their p95 over time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comparison {
+    pub check: String,
+    pub new: Figures,
+    pub old: Figures,
+    pub new_p95: VecDeque<Option<u64>>,
+    pub old_p95: VecDeque<Option<u64>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct TimelineEntry {
     pub at: DateTime<Utc>,
@@ -164,6 +174,8 @@ pub struct DeployModel {
     /// when the wave ends).
     pub groups: std::collections::BTreeMap<usize, OutputGroups>,
     shaper: Shaper,
+    /// New against old, per check (`[analysis]` compare).
+    pub compared: Vec<Comparison>,
     pub timeline: VecDeque<TimelineEntry>,
     scrollback: usize,
     /// Bytes the hosts' scrollback may hold together, and what it holds now.
@@ -204,6 +216,7 @@ impl DeployModel {
             combined: LogBuffer::new(scrollback),
             groups: std::collections::BTreeMap::new(),
             shaper: Shaper::default(),
+            compared: Vec::new(),
             timeline: VecDeque::new(),
             scrollback,
             host_memory: memory - memory / 4,
@@ -402,6 +415,7 @@ impl DeployModel {
                 self.over.clear();
                 self.host_used = 0;
                 self.groups.clear();
+                self.compared.clear();
                 self.shaper = Shaper::new(waves.iter().flat_map(|w| w.hosts.iter().map(String::as_str)));
                 for wave in waves {
                     let mut members = Vec::new();
@@ -513,6 +527,34 @@ impl DeployModel {
                 self.finished_running(host, Some(step));
             }
             Event::HostChanged { .. } => {}
+            Event::HealthCompared { check, new, old } => {
+                let at = match self.compared.iter().position(|c| &c.check == check) {
+                    Some(at) => at,
+                    None => {
+                        self.compared.push(Comparison {
+                            check: check.clone(),
+                            new: Figures::default(),
+                            old: Figures::default(),
+                            new_p95: VecDeque::new(),
+                            old_p95: VecDeque::new(),
+                        });
+                        self.compared.len() - 1
+                    }
+                };
+                let c = &mut self.compared[at];
+                c.new = new.clone();
+                c.old = old.clone();
+                for (series, figures) in [(&mut c.new_p95, new), (&mut c.old_p95, old)] {
+                    // A group without answers in the window has no point to draw.
+                    if figures.samples > 0 {
+                        if series.len() == HEALTH_HISTORY {
+                            series.pop_front();
+                        }
+                        series.push_back(Some(figures.p95_ms));
+                    }
+                }
+            }
+            Event::AnalysisFailed { .. } => {}
             Event::StepSlow { host, .. } => {
                 if let Some(h) = self.host_mut(host) {
                     h.slow = true;

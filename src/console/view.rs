@@ -320,6 +320,9 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme,
                         model.wave_failures(*wave)
                     )
                 }
+                PauseCause::Analysis { wave, reason } => {
+                    format!("PAUSED{since} · wave {wave} worse than old: {reason}")
+                }
             };
             let still = if running.is_empty() {
                 "nothing running".to_string()
@@ -330,6 +333,7 @@ fn draw_waves(frame: &mut Frame, area: Rect, model: &DeployModel, theme: &Theme,
             let keys = match cause {
                 PauseCause::FailureThreshold { .. } => "r resume · R retry · x skip · a abort",
                 PauseCause::Operator => "r resume · a abort",
+                PauseCause::Analysis { .. } => "r resume · a abort · B roll back when done",
             };
             // The cause first; the keys only where they fit (the footer offers them too).
             let full = format!(" {why} · {keys} · {still} ");
@@ -825,10 +829,12 @@ fn draw_health(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, th
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let visible = app.visible_hosts();
-    let rows = inner.height as usize;
+    // New against old first: the fleet's verdict before any one host's.
+    let mut lines = comparison_lines(model, theme, inner.width as usize);
+    let rows = (inner.height as usize).saturating_sub(lines.len());
     let first = layout::first_visible_row(app.selected_host, rows);
     let spark_width = inner.width.saturating_sub(28) as usize;
-    let lines: Vec<Line> = visible
+    let host_lines: Vec<Line> = visible
         .iter()
         .skip(first)
         .take(rows)
@@ -854,7 +860,40 @@ fn draw_health(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, th
             ])
         })
         .collect();
+    lines.extend(host_lines);
     frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// Two lines per compared check, the hosts on the new release over those on the old, with
+/// sparklines of their p95 on one scale:
+/// `healthz new   3 p50   12ms p95  210ms err  0.0% ▂▃▅▇`.
+fn comparison_lines(model: &DeployModel, theme: &Theme, width: usize) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    for c in &model.compared {
+        let max = c.new_p95.iter().chain(&c.old_p95).flatten().copied().max().unwrap_or(1).max(1);
+        let check = crate::text::shorten_middle(&crate::text::clean(&c.check), 10);
+        for (label, figures, series, style) in
+            [("new", &c.new, &c.new_p95, theme.fg(theme.running)), ("old", &c.old, &c.old_p95, theme.muted())]
+        {
+            let text = if figures.samples == 0 {
+                format!(" {check:<10} {label} {:>4} hosts · no answers yet", figures.hosts)
+            } else {
+                format!(
+                    " {check:<10} {label} {:>4} p50 {:>5}ms p95 {:>5}ms err {:>4.1}% ",
+                    figures.hosts,
+                    figures.p50_ms,
+                    figures.p95_ms,
+                    figures.errors_per_mille as f64 / 10.0
+                )
+            };
+            let room = width.saturating_sub(text.chars().count());
+            lines.push(Line::from(vec![
+                Span::styled(text, style),
+                Span::styled(sparkline_to(series, room, max), theme.fg(theme.accent)),
+            ]));
+        }
+    }
+    lines
 }
 
 fn draw_timeline(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, theme: &Theme, clock: Clock) {
@@ -1157,13 +1196,19 @@ fn bar(done: usize, total: usize, width: usize) -> String {
 
 /// Latencies as block characters scaled to the largest shown; a failed sample is `×`.
 pub fn sparkline(samples: &std::collections::VecDeque<Option<u64>>, width: usize) -> String {
+    let shown = samples.iter().rev().take(width).flatten().copied().max().unwrap_or(0).max(1);
+    sparkline_to(samples, width, shown)
+}
+
+/// A sparkline on a given scale, so two of them can be compared by eye.
+fn sparkline_to(samples: &std::collections::VecDeque<Option<u64>>, width: usize, max: u64) -> String {
     const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let shown: Vec<Option<u64>> = samples.iter().rev().take(width).rev().copied().collect();
-    let max = shown.iter().flatten().copied().max().unwrap_or(0).max(1);
+    let max = max.max(1);
     shown
         .iter()
         .map(|s| match s {
-            Some(ms) => BLOCKS[((*ms * 7) / max) as usize],
+            Some(ms) => BLOCKS[((*ms).min(max) * 7 / max) as usize],
             None => '×',
         })
         .collect()

@@ -54,6 +54,8 @@ pub(super) struct ControlState {
     pub(super) unhealthy: std::collections::BTreeSet<String>,
     /// Hosts that went unhealthy since their wave's soak began.
     pub(super) went_unhealthy: std::collections::BTreeSet<String>,
+    /// The wave whose soak is under way: the new-against-old analysis judges it meanwhile.
+    pub(super) soaking: Option<usize>,
     /// The wave waiting at a manual gate.
     pub(super) awaiting_promotion: Option<usize>,
     /// Hosts the operator asked to retry, in the order asked.
@@ -227,8 +229,13 @@ impl Control {
         self.events.emit(Event::HealthChanged { host: host.to_string(), check: check.to_string(), healthy, why });
     }
 
-    pub(super) fn start_soak(&self, hosts: &[String]) {
+    pub(super) fn end_soak(&self) {
+        self.lock().soaking = None;
+    }
+
+    pub(super) fn start_soak(&self, wave: usize, hosts: &[String]) {
         let mut state = self.lock();
+        state.soaking = Some(wave);
         for host in hosts {
             state.went_unhealthy.remove(host);
         }
@@ -385,6 +392,22 @@ impl Control {
         drop(state);
         self.abort.cancel();
         self.bump();
+    }
+
+    /// The new-against-old analysis found the soaking wave worse than the old release.
+    pub(super) fn analysis_failed(&self, wave: usize, check: &str, reason: String, action: FailureAction) {
+        self.events.emit(Event::AnalysisFailed { wave, check: check.to_string(), reason: reason.clone(), action });
+        match action {
+            FailureAction::Pause => self.pause(PauseCause::Analysis { wave, reason }, None),
+            FailureAction::Abort | FailureAction::Rollback => self.abort(
+                format!(
+                    "wave {wave} worse than the old release: {reason}{}",
+                    if action == FailureAction::Rollback { "; rolling back" } else { "" }
+                ),
+                AbortedBy::Policy,
+                None,
+            ),
+        }
     }
 
     pub(super) fn threshold_exceeded(&self, wave: usize, failed_hosts: &[String], limit: usize, action: FailureAction) {

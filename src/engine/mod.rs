@@ -14,6 +14,7 @@
 //! proof of the control semantics: after `Paused` no `HostStarted`/`StepStarted`/`WaveStarted`
 //! appears until `Resumed`, and after `Aborted` none appears at all.
 
+mod compare;
 mod control;
 mod events;
 mod host;
@@ -132,6 +133,10 @@ pub async fn run_with_prober(
     });
     if shared.watch.slow_steps_watched() {
         tokio::spawn(watch_pace(shared.clone()));
+    }
+    let wave_hosts: Vec<HostPlan> = plan.waves.iter().flat_map(|w| w.hosts.iter().cloned()).collect();
+    if let (Some(settings), Some(checks)) = (plan.analysis.compare.clone(), compare::comparable(&wave_hosts)) {
+        tokio::spawn(compare::compare(shared.clone(), settings, checks, plan.policy.on_failure));
     }
     // A failed run-once step (a migration, say) stops the deploy before any host is touched.
     let mut waves_allowed = true;

@@ -146,12 +146,16 @@ pub(super) async fn soak(
     policy: &crate::profile::RolloutPolicy,
 ) {
     let control = &shared.control;
-    control.start_soak(hosts);
+    control.start_soak(wave, hosts);
     control.events.emit(Event::SoakStarted { wave, duration_ms: policy.soak.as_millis() as u64 });
     tokio::select! {
         _ = tokio::time::sleep(policy.soak) => {}
-        _ = control.abort.cancelled() => return,
+        _ = control.abort.cancelled() => {
+            control.end_soak();
+            return;
+        }
     }
+    control.end_soak();
     let unhealthy = control.unhealthy_during_soak(hosts);
     control.events.emit(Event::SoakFinished { wave, unhealthy: unhealthy.clone() });
     if unhealthy.is_empty() {

@@ -393,7 +393,9 @@ impl App {
             self.log_scroll = 0;
             self.interleaved = false;
         }
-        if let Event::ThresholdExceeded { action: crate::profile::FailureAction::Rollback, .. } = &event.event {
+        if let Event::ThresholdExceeded { action: crate::profile::FailureAction::Rollback, .. }
+        | Event::AnalysisFailed { action: crate::profile::FailureAction::Rollback, .. } = &event.event
+        {
             self.rollback_when_finished = true;
         }
         // Someone is needed (a pause, a limit, a gate), or it is over: heard from another window.
