@@ -288,6 +288,36 @@ impl Plan {
     }
 
     /// A human-readable rendering for `wavedeck plan`.
+    /// What the deploy judges across hosts beyond each host's own checks, when the profile
+    /// asks for more than the defaults: "new vs old during each soak: p95 ≤ 2x old, errors ≤
+    /// old + 5 points".
+    pub fn analysis_text(&self) -> Option<String> {
+        let a = &self.analysis;
+        let mut parts = Vec::new();
+        if let Some(c) = &a.compare {
+            let mut limits = Vec::new();
+            if let Some(ratio) = c.max_p95_ratio {
+                limits.push(format!("p95 ≤ {ratio}x old"));
+            }
+            if let Some(points) = c.max_error_rate_increase {
+                limits.push(format!("errors ≤ old + {points} points"));
+            }
+            if limits.is_empty() {
+                parts.push("new vs old compared (no limits)".to_string());
+            } else {
+                parts.push(format!("new vs old during each soak: {}", limits.join(", ")));
+            }
+        }
+        if a.slow_step == crate::profile::SlowStep::Fail {
+            parts.push(format!(
+                "a step over {}x its wave's median (and {}) fails",
+                a.slow_factor,
+                humantime::format_duration(a.slow_min)
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join(" · "))
+    }
+
     pub fn describe(&self) -> String {
         let mut out = String::new();
         let p = &self.policy;
@@ -315,6 +345,9 @@ impl Plan {
             },
             humantime::format_duration(p.pause_between_waves)
         );
+        if let Some(analysis) = self.analysis_text() {
+            let _ = writeln!(out, "analysis: {analysis}");
+        }
         for wave in &self.waves {
             let names: Vec<&str> = wave.hosts.iter().map(|h| h.host.name.as_str()).collect();
             let _ = writeln!(

@@ -215,7 +215,9 @@ pub fn prepare_with(
 /// The transport an environment's hosts are reached through.
 pub fn transport_for(env: &Environment, local_root_flag: Option<&Path>) -> Result<Arc<dyn Transport>, SetupError> {
     Ok(match env.transport {
-        TransportKind::Local => Arc::new(LocalTransport::new(local_root(local_root_flag)?)),
+        TransportKind::Local => {
+            Arc::new(LocalTransport::new(local_root(local_root_flag)?).answering_http(env.local_http))
+        }
         TransportKind::Ssh => {
             ensure_fd_limit(env.policy.parallel)?;
             Arc::new(SshTransport::new(&env.ssh).map_err(|e| SetupError::Invalid(e.to_string()))?)

@@ -9,6 +9,9 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/demo.toml");
+/// The insight demo; the only test here that deploys it, since its hosts answer HTTP on a fixed
+/// port.
+const PRICING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/pricing.toml");
 
 struct Sandbox {
     dir: tempfile::TempDir,
@@ -801,4 +804,31 @@ fn completions_and_the_manual_page_come_from_the_commands_themselves() {
     let page = text(&man.stdout);
     assert!(page.contains(".TH wavedeck 1") && page.contains("deploy"), "{page}");
     assert_eq!(s.run(&["completions", "tcsh"]).status.code(), Some(2), "an unknown shell is refused");
+}
+
+#[test]
+fn the_pricing_demo_names_its_odd_host_and_stops_when_new_hosts_answer_slower_than_old_ones() {
+    let s = Sandbox::new();
+    let out = s.run(&["deploy", PRICING, "--env", "eu-west", "--release", "2.0"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "== wave 2: only some hosts printed \"WARN /var is 91% full: log rotation is behind\" in stage (stderr): \
+             1 of 3 hosts, eu-web-03"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("== wave 2 worse than the old release (lb): new hosts' p95 2"), "{stdout}");
+    let records = s.audit();
+    let outliers = events(&records, "output_outliers").next().unwrap();
+    assert_eq!(outliers["groups"][0]["hosts"], serde_json::json!(["eu-web-03"]));
+    assert_eq!(outliers["groups"][0]["shape"], "WARN /var is <n>% full: log rotation is behind");
+    let verdict = events(&records, "analysis_failed").next().unwrap();
+    assert_eq!((verdict["wave"].as_u64(), verdict["check"].as_str()), (Some(2), Some("lb")));
+    assert!(verdict["reason"].as_str().unwrap().ends_with("(4 new, 8 old hosts)"), "{verdict}");
+    assert!(events(&records, "paused").any(|r| r["cause"] == "analysis"), "the audit log says why it stopped");
+    // The baseline was there before any host was touched: all twelve answered as old.
+    assert!(events(&records, "health_compared").any(|r| r["new"]["hosts"] == 0 && r["old"]["hosts"] == 12));
+    assert!(!events(&records, "wave_started").any(|r| r["wave"] == 3));
 }

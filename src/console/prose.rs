@@ -115,6 +115,9 @@ pub fn plan(plan: &crate::plan::Plan) -> Vec<Prose> {
         (Ink::Text, format!("{} hosts in {} waves", plan.host_count(), plan.waves.len())),
         (Ink::Muted, shape),
     ]];
+    if let Some(analysis) = plan.analysis_text() {
+        lines.push(line(Ink::Muted, format!("analysis: {analysis}")));
+    }
     if let Some(once) = &plan.once {
         let steps: Vec<&str> = once.steps.iter().map(|s| s.name.as_str()).collect();
         lines.push(line(Ink::Muted, format!("before wave 1, once on {}: {}", once.host.name, steps.join(" → "))));

@@ -604,7 +604,7 @@ fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, the
     let header = Row::new(vec!["HOST", "W", "STATE", "STEP", "TIME", "EXIT", "HLTH"]).style(theme.muted());
     let mut title = format!(" Hosts {}/{} ", visible.len(), model.hosts.len());
     if let Some(set) = &app.only {
-        title.push_str(&format!("· {} (Esc: all) ", set.label));
+        title.push_str(&format!("· {} · Esc: all ", set.label));
     }
     if !app.filter.is_empty() {
         title.push_str(&format!("· filter \"{}\" ", app.filter));
@@ -614,6 +614,7 @@ fn draw_hosts(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, the
         SortOrder::Trouble => title.push_str("· problems first "),
         SortOrder::Name => title.push_str("· by name "),
     }
+    let title = fit(&title, area.width.saturating_sub(2) as usize);
     let table = Table::new(rows, widths).header(header).block(pane_block(&title, app.focus == Pane::Hosts, theme));
     frame.render_widget(table, area);
 }
@@ -834,6 +835,9 @@ fn draw_health(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, th
     let rows = (inner.height as usize).saturating_sub(lines.len());
     let first = layout::first_visible_row(app.selected_host, rows);
     let spark_width = inner.width.saturating_sub(28) as usize;
+    // One scale for every host, so the one that answers slowly stands out.
+    let scale = visible.iter().flat_map(|&i| model.hosts[i].health.iter().rev().take(spark_width)).flatten().max();
+    let scale = scale.copied().unwrap_or(1);
     let host_lines: Vec<Line> = visible
         .iter()
         .skip(first)
@@ -856,7 +860,7 @@ fn draw_health(frame: &mut Frame, area: Rect, app: &App, model: &DeployModel, th
                 Span::raw(format!(" {:<14}", crate::text::shorten_middle(&h.name, 13))),
                 Span::styled(word, style),
                 Span::raw(format!(" {latency} ")),
-                Span::styled(sparkline(&h.health, spark_width), theme.fg(theme.accent)),
+                Span::styled(sparkline_to(&h.health, spark_width, scale), theme.fg(theme.accent)),
             ])
         })
         .collect();
@@ -1194,13 +1198,8 @@ fn bar(done: usize, total: usize, width: usize) -> String {
     format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
 }
 
-/// Latencies as block characters scaled to the largest shown; a failed sample is `×`.
-pub fn sparkline(samples: &std::collections::VecDeque<Option<u64>>, width: usize) -> String {
-    let shown = samples.iter().rev().take(width).flatten().copied().max().unwrap_or(0).max(1);
-    sparkline_to(samples, width, shown)
-}
-
-/// A sparkline on a given scale, so two of them can be compared by eye.
+/// The last `width` latencies as block characters, on a scale whose top is `max` (shared by the
+/// sparklines drawn together, so they can be compared by eye); a failed sample is `×`.
 fn sparkline_to(samples: &std::collections::VecDeque<Option<u64>>, width: usize, max: u64) -> String {
     const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let shown: Vec<Option<u64>> = samples.iter().rev().take(width).rev().copied().collect();
@@ -1250,8 +1249,9 @@ mod tests {
     #[test]
     fn sparkline_scales_and_marks_failures() {
         let samples = [Some(10), Some(80), None, Some(40)].into_iter().collect();
-        assert_eq!(sparkline(&samples, 10), "▁█×▄");
-        assert_eq!(sparkline(&samples, 2), "×█", "scaled to what is shown");
+        assert_eq!(sparkline_to(&samples, 10, 80), "▁█×▄");
+        assert_eq!(sparkline_to(&samples, 2, 40), "×█", "only the last ones fit");
+        assert_eq!(sparkline_to(&samples, 4, 160), "▁▄×▂", "on a shared scale a host is as high as it is slow");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! New against old while a deploy runs: every HTTP/TCP check is also made on a sample of the
 //! hosts this deploy has not touched yet, so the hosts it finished can be judged against them
-//! (see [`crate::insight::compare`]). Before any host is done the whole fleet is the baseline;
-//! once none is left untouched, the last figures of the old ones stand in for them.
+//! (see [`crate::insight::compare`]). A first round is taken before any host is touched: the
+//! fleet's baseline. Once no host is left untouched, the last figures of the old ones stand in
+//! for them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -54,13 +55,16 @@ enum Side {
     Old,
 }
 
-/// Compares until the deploy ends, judging each wave during its soak.
+/// Compares until the deploy ends, judging each wave during its soak. `baseline_taken` is told once
+/// the first round is in: the fleet as it was before the deploy touched it.
 pub(super) async fn compare(
     shared: Arc<Shared>,
     settings: Compare,
     hosts: BTreeMap<String, Checks>,
     on_failure: FailureAction,
+    baseline_taken: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut baseline_taken = Some(baseline_taken);
     let limits =
         Limits { max_p95_ratio: settings.max_p95_ratio, max_error_rate_increase: settings.max_error_rate_increase };
     let check_names: Vec<String> = {
@@ -169,5 +173,14 @@ pub(super) async fn compare(
                 shared.control.analysis_failed(wave, check, reason, on_failure);
             }
         }
+        if let Some(told) = baseline_taken.take() {
+            let _ = told.send(());
+        }
     }
+}
+
+/// The longest the first wave waits for the baseline round (its probes' own timeouts end it
+/// sooner).
+pub(super) fn baseline_wait(hosts: &BTreeMap<String, Checks>) -> Duration {
+    hosts.values().flatten().map(|(_, _, timeout)| *timeout).max().unwrap_or_default() + Duration::from_secs(1)
 }

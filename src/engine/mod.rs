@@ -136,7 +136,11 @@ pub async fn run_with_prober(
     }
     let wave_hosts: Vec<HostPlan> = plan.waves.iter().flat_map(|w| w.hosts.iter().cloned()).collect();
     if let (Some(settings), Some(checks)) = (plan.analysis.compare.clone(), compare::comparable(&wave_hosts)) {
-        tokio::spawn(compare::compare(shared.clone(), settings, checks, plan.policy.on_failure));
+        let (told, baseline) = tokio::sync::oneshot::channel();
+        let wait = compare::baseline_wait(&checks);
+        tokio::spawn(compare::compare(shared.clone(), settings, checks, plan.policy.on_failure, told));
+        // The fleet as the deploy found it, before the first host is touched.
+        let _ = tokio::time::timeout(wait, baseline).await;
     }
     // A failed run-once step (a migration, say) stops the deploy before any host is touched.
     let mut waves_allowed = true;

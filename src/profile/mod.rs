@@ -87,6 +87,9 @@ pub struct Environment {
     pub once_host: Option<String>,
     /// The deploy lock's directory on the first host; `.wavedeck/lock-<env>` when not set.
     pub lock_path: Option<String>,
+    /// Local transport only: where the deploy's runner answers HTTP for its simulated hosts (see
+    /// [`crate::transport::local`]), so HTTP checks work on this machine.
+    pub local_http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

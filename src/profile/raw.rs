@@ -88,6 +88,7 @@ pub(super) struct RawEnvironment {
     pub(super) ssh: RawSsh,
     pub(super) once_host: Option<Spanned<String>>,
     pub(super) lock_path: Option<Spanned<String>>,
+    pub(super) local_http: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) hosts: Vec<Spanned<RawHost>>,
 }

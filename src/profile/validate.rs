@@ -320,9 +320,28 @@ impl Validator<'_> {
         {
             self.problem(path, format!("lock_path {why}"));
         }
+        let local_http = env.local_http.as_ref().and_then(|addr| {
+            let parsed = addr.get_ref().parse::<std::net::SocketAddr>();
+            match (parsed, transport) {
+                (Ok(parsed), TransportKind::Local) if parsed.ip().is_loopback() => Some(parsed),
+                (Ok(_), TransportKind::Local) => {
+                    self.problem(addr, "local_http must be a loopback address like \"127.0.0.1:47390\"");
+                    None
+                }
+                (Ok(_), TransportKind::Ssh) => {
+                    self.problem(addr, "local_http is for the local transport; SSH hosts serve HTTP themselves");
+                    None
+                }
+                (Err(_), _) => {
+                    self.problem(addr, "local_http must be an address like \"127.0.0.1:47390\"");
+                    None
+                }
+            }
+        });
         Environment {
             name,
             protected: env.protected,
+            local_http,
             transport,
             vars,
             hosts,

@@ -40,11 +40,30 @@ fn inherited_env() -> impl Iterator<Item = (String, std::ffi::OsString)> {
 #[derive(Debug, Clone)]
 pub struct LocalTransport {
     root: PathBuf,
+    /// Where the hosts answer HTTP (`local_http`), and that server once the first host is
+    /// opened (inside the runtime), or why it could not start.
+    http: Option<std::net::SocketAddr>,
+    serving: std::sync::Arc<std::sync::Mutex<Option<Result<super::local_http::Serving, String>>>>,
 }
 
 impl LocalTransport {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), http: None, serving: Default::default() }
+    }
+
+    /// Hosts that also answer HTTP on `addr` (see [`super::local_http`]) while this transport
+    /// is in use.
+    pub fn answering_http(mut self, addr: Option<std::net::SocketAddr>) -> Self {
+        self.http = addr;
+        self
+    }
+
+    /// Starts the HTTP server on first use; an address already taken fails every host, saying so.
+    fn ensure_http(&self) -> Result<(), TransportError> {
+        let Some(addr) = self.http else { return Ok(()) };
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        let started = serving.get_or_insert_with(|| super::local_http::serve(self.root.clone(), addr));
+        started.as_ref().map(|_| ()).map_err(|e| TransportError::Config(e.clone()))
     }
 
     pub fn host_dir(&self, target: &Target) -> PathBuf {
@@ -60,6 +79,7 @@ impl Transport for LocalTransport {
         _observer: &'a dyn ConnectObserver,
     ) -> BoxFuture<'a, Result<Box<dyn HostSession>, TransportError>> {
         Box::pin(async move {
+            self.ensure_http()?;
             let dir = self.host_dir(target);
             tokio::fs::create_dir_all(&dir)
                 .await

@@ -7,6 +7,7 @@
 //! only learns the [`StepResult`].
 
 pub mod local;
+pub mod local_http;
 pub mod ssh;
 pub mod upload;
 

@@ -280,11 +280,8 @@ impl App {
             self.status = Some("no output yet".into());
             return;
         };
-        let example = crate::text::shorten_middle(&crate::text::clean(&group.example), 40);
-        self.only = Some(HostSet {
-            label: format!("{} of {} printed \"{example}\" in {}", group.hosts.len(), group.of, group.step),
-            hosts: group.hosts.clone(),
-        });
+        let example = crate::text::shorten_middle(&crate::text::clean(&group.example), 24);
+        self.only = Some(HostSet { label: format!("printed \"{example}\""), hosts: group.hosts.clone() });
         self.grouped = false;
         self.focus = Pane::Hosts;
         self.selected_host = 0;

@@ -669,7 +669,7 @@ impl App {
 /// Hosts the table is limited to, and what they have in common.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSet {
-    /// "printed \"WARN disk 94% full\" in migrate"
+    /// `printed "WARN disk 94% full"`
     pub label: String,
     pub hosts: Vec<String>,
 }
