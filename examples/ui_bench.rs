@@ -1,5 +1,7 @@
 //! Console rendering benchmark: feeds the UI state 50,000 output lines per second spread over
-//! 500 hosts and measures the cost of folding events in and of drawing a 160×48 frame.
+//! 500 hosts and measures the cost of folding events in (output grouping across hosts
+//! included) and of drawing a 160×48 frame, with the log and with the output grouped by shape
+//! (`O`) on screen half the time each.
 //!
 //! Run: `cargo run --release --example ui_bench [seconds]` (default 20 simulated seconds).
 //! It prints p50/p99 draw time per frame, event throughput and resident memory.
@@ -64,6 +66,7 @@ fn main() {
     let clock = Clock { now, offset: FixedOffset::east_opt(0).unwrap() };
     let per_frame = LINES_PER_SECOND / FPS;
     let mut draw_times = Vec::new();
+    let mut grouped_times = Vec::new();
     let mut apply_time = Duration::ZERO;
     let mut line_no = 0usize;
     let frames = seconds * FPS;
@@ -74,10 +77,15 @@ fn main() {
                 line_no += 1;
                 let host = hosts[line_no % HOSTS].clone();
                 let stream = if line_no % 10 == 0 { Stream::Stderr } else { Stream::Stdout };
-                let line = format!(
-                    "\u{1b}[32m{line_no:>9}\u{1b}[0m GET /api/orders 200 12ms upstream=10.0.0.{}",
-                    line_no % 255
-                );
+                // Mostly one shape, as a fleet's access logs are; a few hosts also warn.
+                let line = if line_no % 997 == 0 {
+                    format!("WARN pool {} exhausted after {}ms", line_no % 7, line_no % 300)
+                } else {
+                    format!(
+                        "\u{1b}[32m{line_no:>9}\u{1b}[0m GET /api/orders 200 12ms upstream=10.0.0.{}",
+                        line_no % 255
+                    )
+                };
                 stamp(Event::Output { host, step: "run".into(), stream, line })
             })
             .collect();
@@ -90,17 +98,29 @@ fn main() {
         if frame % FPS == 0 {
             app.selected_host = (frame / FPS * 37) % HOSTS;
         }
+        // Each simulated second, the log or the output grouped by shape.
+        app.grouped = (frame / FPS) % 2 == 1;
         let t = Instant::now();
         terminal.draw(|f| view::draw(f, &app, &theme, clock)).unwrap();
-        draw_times.push(t.elapsed());
+        if app.grouped { grouped_times.push(t.elapsed()) } else { draw_times.push(t.elapsed()) };
     }
     draw_times.sort();
+    grouped_times.sort();
     let pct = |p: f64| draw_times[((draw_times.len() as f64 - 1.0) * p) as usize];
+    let grouped_pct = |p: f64| grouped_times[((grouped_times.len() as f64 - 1.0) * p) as usize];
     let total_lines = frames * per_frame;
     println!(
         "ui_bench: {HOSTS} hosts, {LINES_PER_SECOND} lines/s for {seconds} simulated s ({total_lines} lines), 160x48, scrollback {DEFAULT_SCROLLBACK}/host"
     );
     println!("draw per frame: p50 {:?}  p99 {:?}  max {:?}", pct(0.50), pct(0.99), draw_times.last().unwrap());
+    if !grouped_times.is_empty() {
+        println!(
+            "draw per frame, output grouped by shape: p50 {:?}  p99 {:?}  max {:?}",
+            grouped_pct(0.50),
+            grouped_pct(0.99),
+            grouped_times.last().unwrap()
+        );
+    }
     println!(
         "event folding: {:.0} lines/s on one core ({:.1}% of a {FPS} fps frame budget at {LINES_PER_SECOND} lines/s)",
         total_lines as f64 / apply_time.as_secs_f64(),

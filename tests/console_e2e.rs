@@ -168,7 +168,23 @@ impl Console {
 impl Drop for Console {
     fn drop(&mut self) {
         let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+        // A test that failed mid-deploy leaves its runner waiting (that is what runners do when
+        // their console goes): stop the runners working in this test's directory.
+        for pid in runners_in(self.dir.path()) {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
     }
+}
+
+/// wavedeck processes whose working directory is `dir`.
+fn runners_in(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("wavedeck")))
+        .collect()
 }
 
 /// The demo with a manual gate after each wave: a deploy waits there for as long as a test
@@ -647,4 +663,38 @@ fn f_finds_the_failed_host_and_leaving_a_host_out_asks_first() {
     let records = c.audit();
     let excluded = &records[position(&records, |r| r["command"] == "exclude")];
     assert_eq!(excluded["host"], "stg-worker-1");
+}
+
+#[test]
+fn the_insight_demo_pauses_on_the_slow_host_and_o_leads_to_the_odd_one() {
+    if !tmux_available() {
+        return;
+    }
+    let pricing = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/pricing.toml"));
+    let c = Console::start_with(pricing, None);
+    c.start_deploy(0, "2.0");
+    // The new-against-old analysis stops wave 2's soak, with the figures in the banner.
+    c.wait_for("wave 2 worse than old: new hosts' p95");
+    // O: the wave's output by shape, the line only eu-web-03 printed first.
+    c.keys(&["O"]);
+    c.wait_for("Output by shape · wave 2");
+    let screen = c.screen();
+    let first = screen.lines().find(|l| l.contains("ODD")).unwrap_or_default();
+    assert!(first.contains("1/3") && first.contains("WARN /var is 91% full"), "{screen}");
+    // Enter: the table lists only the host that printed it, and its log shows the line.
+    c.keys(&["Enter"]);
+    c.wait_for("Hosts 1/12");
+    c.wait_for("Log — eu-web-03");
+    assert!(c.screen().contains("!WARN /var is 91% full"), "{}", c.screen());
+    c.keys(&["Escape"]);
+    c.wait_for("Hosts 12/12");
+    c.keys(&["a"]);
+    c.wait_for("Reason:");
+    c.type_text("slower than the old release");
+    c.keys(&["Enter"]);
+    c.wait_for("ABORTED:");
+    c.keys(&["q"]);
+    assert_eq!(c.exit_code(), 3);
+    let records = c.audit();
+    assert!(records.iter().any(|r| r["event"] == "analysis_failed" && r["wave"] == 2));
 }

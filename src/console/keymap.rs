@@ -475,7 +475,7 @@ pub const BINDINGS: &[Binding] = &[
     Binding {
         keys: &[KeyCode::Char('O')],
         label: "O",
-        does: "output grouped across the wave's hosts, odd ones first · Enter lists the hosts that printed it",
+        does: "output grouped across a wave's hosts, odd ones first · Enter: who printed it · ← → waves",
         screens: &[Deploy],
         action: Action::Grouped,
         footer: ("O groups", &[Running, Observing]),

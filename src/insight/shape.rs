@@ -90,12 +90,19 @@ impl Shaper {
     }
 
     fn is_host(&self, word: &str) -> bool {
-        if self.hosts.is_empty() {
+        if self.hosts.is_empty() || !word.bytes().any(|b| b.is_ascii_alphabetic()) {
             return false;
         }
-        let lower = word.to_ascii_lowercase();
+        // Every line passes here: no copy unless the word has capitals.
+        let lower;
+        let word = if word.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = word.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            word
+        };
         // `web-3.example.com` for a host named `web-3`.
-        self.hosts.contains(&lower) || lower.split_once('.').is_some_and(|(first, _)| self.hosts.contains(first))
+        self.hosts.contains(word) || word.split_once('.').is_some_and(|(first, _)| self.hosts.contains(first))
     }
 }
 

@@ -11,7 +11,7 @@ use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::{Position, Rect};
 
 use super::layout::{self, DeployLayout};
-use super::model::{ControlView, DeployModel, HostPhase, HostView, WavePhase};
+use super::model::{ControlView, DeployModel, HostPhase, HostView};
 use crate::audit::CommandSource;
 use crate::event::{Command, Stamped};
 use crate::plan::Plan;
@@ -202,6 +202,8 @@ pub struct App {
     /// group selected.
     pub grouped: bool,
     pub group_at: usize,
+    /// The wave the grouped view shows, picked with ← →; `None` follows the latest.
+    pub group_pick: Option<usize>,
     /// The host table shows only these hosts: those that printed a group (Enter on it).
     pub only: Option<HostSet>,
     pub search: Option<String>,
@@ -268,6 +270,7 @@ impl App {
             filter: String::new(),
             grouped: false,
             group_at: 0,
+            group_pick: None,
             only: None,
             search: None,
             sort: SortOrder::Plan,
@@ -441,13 +444,25 @@ impl App {
         hosts
     }
 
-    /// The wave whose output the grouped view shows: the selected host's, else the running one,
-    /// else the last one that ran.
+    /// The wave whose output the grouped view shows: the one picked, else the latest that ran.
     pub fn group_wave(&self) -> Option<usize> {
         let model = self.deploy.as_ref()?;
-        let selected = self.selected_name().and_then(|name| model.host(&name).map(|h| h.wave));
-        let running = model.waves.iter().find(|w| w.phase == WavePhase::Running).map(|w| w.number);
-        selected.or(running).or_else(|| model.groups.keys().next_back().copied())
+        self.group_pick.filter(|w| model.groups.contains_key(w)).or_else(|| model.groups.keys().next_back().copied())
+    }
+
+    /// ← → in the grouped view: the wave before or after the one shown, among those with output.
+    pub fn pick_group_wave(&mut self, later: bool) {
+        let Some(model) = self.deploy.as_ref() else { return };
+        let Some(shown) = self.group_wave() else { return };
+        let next = if later {
+            model.groups.range(shown + 1..).next().map(|(w, _)| *w)
+        } else {
+            model.groups.range(..shown).next_back().map(|(w, _)| *w)
+        };
+        if let Some(wave) = next {
+            self.group_pick = Some(wave);
+            self.group_at = 0;
+        }
     }
 
     /// The grouped view's groups: outliers first.
