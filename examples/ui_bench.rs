@@ -102,7 +102,11 @@ fn main() {
         app.grouped = (frame / FPS) % 2 == 1;
         let t = Instant::now();
         terminal.draw(|f| view::draw(f, &app, &theme, clock)).unwrap();
-        if app.grouped { grouped_times.push(t.elapsed()) } else { draw_times.push(t.elapsed()) };
+        if app.grouped {
+            grouped_times.push(t.elapsed())
+        } else {
+            draw_times.push(t.elapsed())
+        };
     }
     draw_times.sort();
     grouped_times.sort();

@@ -85,8 +85,8 @@ pub(super) async fn compare(
             _ = tick.tick() => {}
             _ = shared.monitors.cancelled() => return,
         }
-        // Where each host stands: done by this deploy is new; not started (or left out) is old;
-        // running or failed is neither.
+        // Where each host stands: done by this deploy is new; not started is old; running,
+        // failed or left out (a skipped host may have failed half-way) is neither.
         let (standing, soaking) = {
             let state = shared.control.lock();
             let standing: HashMap<String, Option<Side>> = hosts
@@ -94,7 +94,7 @@ pub(super) async fn compare(
                 .map(|h| {
                     let side = match state.hosts.get(h) {
                         Some(Triage::Done) => Some(Side::New),
-                        Some(Triage::Pending) | Some(Triage::Skipped) => Some(Side::Old),
+                        Some(Triage::Pending) => Some(Side::Old),
                         _ => None,
                     };
                     (h.clone(), side)
