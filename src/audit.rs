@@ -174,6 +174,21 @@ pub enum Record {
     ControlReleased {
         client: String,
     },
+    /// A `[[notify]]` webhook took a message (`url` masked).
+    NotifySent {
+        target: String,
+        url: String,
+        on: crate::profile::NotifyOn,
+        attempts: u32,
+    },
+    /// A message was not delivered, after `attempts` tries (0: dropped, the queue was full).
+    NotifyFailed {
+        target: String,
+        url: String,
+        on: crate::profile::NotifyOn,
+        attempts: u32,
+        error: String,
+    },
     Event(Event),
     SessionEnd {
         outcome: String,
@@ -205,6 +220,8 @@ impl Record {
         "client_detached",
         "control_taken",
         "control_released",
+        "notify_sent",
+        "notify_failed",
         "event",
         "session_end",
     ];
@@ -228,6 +245,8 @@ impl Record {
             Record::LockReleaseFailed { .. } => "lock_release_failed",
             Record::LockBreakRequested { .. } => "lock_break_requested",
             Record::LockBroken { .. } => "lock_broken",
+            Record::NotifySent { .. } => "notify_sent",
+            Record::NotifyFailed { .. } => "notify_failed",
             Record::Event(_) => "event",
             Record::SessionEnd { .. } => "session_end",
         }

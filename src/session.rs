@@ -121,6 +121,8 @@ pub struct Session {
     pub transport: Arc<dyn Transport>,
     /// The interrupted session whose lock this one may take over (a resume).
     pub adopt_lock_of: Option<String>,
+    /// The profile's `[[notify]]` webhooks, their URLs rendered.
+    pub notify: Vec<crate::notify::Target>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +201,7 @@ pub fn prepare_with(
 ) -> Result<Session, SetupError> {
     let secrets = Secrets::from_env(&profile).map_err(SetupError::Invalid)?;
     let plan = planner(&profile, &secrets).map_err(|e| SetupError::Invalid(e.to_string()))?;
+    let notify = crate::notify::targets(&profile, &plan.env, &secrets).map_err(SetupError::Invalid)?;
     let env = profile.environment(&plan.env).ok_or_else(|| SetupError::Invalid("environment vanished".into()))?;
     let transport = transport_for(env, options.local_root)?;
     let redactor = secrets.redactor();
@@ -209,7 +212,7 @@ pub fn prepare_with(
     if plan.deploy_id.is_empty() {
         plan.deploy_id = audit.session_id().to_string();
     }
-    Ok(Session { profile, plan, redactor, audit, transport, adopt_lock_of: None })
+    Ok(Session { profile, plan, redactor, audit, transport, adopt_lock_of: None, notify })
 }
 
 /// The transport an environment's hosts are reached through.
@@ -441,7 +444,18 @@ impl Session {
                 return Err(Refused { code, message, audit_path });
             }
         };
-        let Session { plan, redactor, audit, transport, .. } = self;
+        let Session { plan, redactor, audit, transport, notify, .. } = self;
+        let (notifier, notices) = crate::notify::Notifier::start(
+            notify,
+            crate::notify::About {
+                service: plan.service.clone(),
+                env: plan.env.clone(),
+                release: plan.release.clone(),
+                session: session.clone(),
+                operator: crate::sys::operator_name(),
+            },
+            redactor.clone(),
+        );
         let socket = server.path.clone();
         let (engine_commands, engine_command_rx) = mpsc::unbounded_channel();
         let mut owner = Owner {
@@ -457,6 +471,7 @@ impl Session {
             phase: Phase::Starting,
             alone_since: Some(Instant::now()),
             timed_out: false,
+            notifier,
         };
         // Queued before the engine runs, so they apply before any host starts.
         for (command, source) in first {
@@ -467,11 +482,19 @@ impl Session {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (ended_tx, ended) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let result = owner.run(command_rx, requests, engine_stream).await;
+            let result = owner.run(command_rx, requests, engine_stream, notices).await;
             engine.abort();
             let _ = ended_tx.send(result);
         });
         Ok(Running { session, socket, audit_path, commands: Commands(commands), ended })
+    }
+}
+
+fn notice_record(sent: crate::notify::Sent) -> Record {
+    let crate::notify::Sent { target, url, on, attempts, error } = sent;
+    match error {
+        None => Record::NotifySent { target, url, on, attempts },
+        Some(error) => Record::NotifyFailed { target, url, on, attempts, error },
     }
 }
 
@@ -590,6 +613,8 @@ struct Owner {
     alone_since: Option<Instant>,
     /// `detached_timeout` has fired once; the abort it sent is under way.
     timed_out: bool,
+    /// Tells the profile's webhooks, off the deploy's path.
+    notifier: crate::notify::Notifier,
 }
 
 impl Owner {
@@ -764,6 +789,7 @@ impl Owner {
         mut commands: mpsc::UnboundedReceiver<(Command, CommandSource)>,
         mut requests: mpsc::UnboundedReceiver<Request>,
         mut events: EventStream,
+        mut notices: mpsc::UnboundedReceiver<crate::notify::Sent>,
     ) -> Ended {
         let mut outcome = None;
         let mut commands_open = true;
@@ -777,6 +803,7 @@ impl Owner {
                     None => commands_open = false,
                 },
                 Some(request) = requests.recv() => self.answer(request).await,
+                Some(sent) = notices.recv() => self.audit.note(notice_record(sent)),
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.timed_out = true;
                     let reason = format!(
@@ -789,6 +816,7 @@ impl Owner {
                     let Some((event, durable)) = event else { break };
                     self.audit.event_durable(&event, durable);
                     self.track(&event.event);
+                    self.notifier.offer(&event);
                     self.server.record(&event);
                     if let Event::DeployFinished { outcome: o, .. } = &event.event {
                         outcome = Some(*o);
@@ -801,6 +829,11 @@ impl Owner {
         // requests are refused as the deploy ends (rather than wait for an answer that would
         // come too late).
         drop(requests);
+        // The outcome's message goes out before the log closes, so its fate is in it.
+        self.notifier.finish(crate::notify::DRAIN).await;
+        while let Ok(sent) = notices.try_recv() {
+            self.audit.note(notice_record(sent));
+        }
         let mut problems = Vec::new();
         let (word, code) = match outcome {
             Some(Outcome::Succeeded) => ("succeeded", crate::exit::OK),

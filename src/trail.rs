@@ -286,6 +286,13 @@ fn tell(record: &Record, operator: &str) -> Option<String> {
         Record::LockReleaseFailed { message } => format!("lock NOT released: {message}"),
         Record::LockBreakRequested { host, .. } => format!("breaking the lock on {host} requested"),
         Record::LockBroken { host, .. } => format!("lock on {host} broken"),
+        Record::NotifySent { target, on, attempts, .. } => {
+            let tries = if *attempts > 1 { format!(" after {attempts} tries") } else { String::new() };
+            format!("told {target} ({}){tries}", on.name())
+        }
+        Record::NotifyFailed { target, on, attempts, error, .. } => {
+            format!("could NOT tell {target} ({}) after {attempts} tries: {error}", on.name())
+        }
         Record::Event(event) => {
             let told = describe(event, operator)?;
             match told.host {

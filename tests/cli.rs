@@ -832,3 +832,93 @@ fn the_pricing_demo_names_its_odd_host_and_stops_when_new_hosts_answer_slower_th
     assert!(events(&records, "health_compared").any(|r| r["new"]["hosts"] == 0 && r["old"]["hosts"] == 12));
     assert!(!events(&records, "wave_started").any(|r| r["wave"] == 3));
 }
+
+/// Requests a test server received: (path, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A webhook receiver on loopback: answers 503 to its first request and 200 after, and keeps
+/// each request's path and body.
+fn webhook_receiver() -> (u16, Received) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = got.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                if header.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
+            kept.lock().unwrap().push((path, String::from_utf8_lossy(&body).into_owned()));
+            let status = if n == 0 { "503 Service Unavailable" } else { "200 OK" };
+            let _ = stream
+                .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn webhooks_hear_the_deploy_with_retries_and_a_dead_one_fails_nothing_but_its_record() {
+    let s = Sandbox::new();
+    let (port, got) = webhook_receiver();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let profile = fast_demo(&s, |demo| {
+        demo.replace(
+            "[releases]",
+            &format!(
+                "[secrets]\nhook = {{ env = \"WAVEDECK_TEST_HOOK\" }}\n\n\
+                 [[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"http://127.0.0.1:{port}/hooks/{{{{ hook }}}}\"\n\
+                 on = [\"started\", \"finished\"]\n\n\
+                 [[notify]]\nname = \"gone\"\nurl = \"http://127.0.0.1:{dead}/{{{{ env }}}}\"\non = [\"finished\"]\n\n\
+                 [releases]"
+            ),
+        )
+    });
+    let out = s
+        .command(&["deploy", profile.to_str().unwrap(), "--env", "dev", "--release", "7.0"])
+        .env("WAVEDECK_TEST_HOOK", "t0psecret-hook")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "a webhook that is down fails nothing\n{}", text(&out.stdout));
+    let got = got.lock().unwrap().clone();
+    // The first message was refused once and sent again: three requests for two messages.
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(got.iter().all(|(path, _)| path == "/hooks/t0psecret-hook"), "the real URL is used: {got:#?}");
+    let texts: Vec<String> = got
+        .iter()
+        .map(|(_, body)| serde_json::from_str::<Value>(body).unwrap()["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        texts[0].starts_with("*wavedeck* shopfront 7.0 → dev started: deploying shopfront 7.0 to dev"),
+        "{texts:?}"
+    );
+    assert!(texts[2].starts_with("*wavedeck* shopfront 7.0 → dev finished: SUCCEEDED: 3/3 hosts done"), "{texts:?}");
+
+    let file = std::fs::read_to_string(audit_files(&s).last().unwrap()).unwrap();
+    assert!(!file.contains("t0psecret"), "the hook's secret stays out of the audit log");
+    let records = audit_records(audit_files(&s).last().unwrap());
+    let sent: Vec<&Value> = records.iter().filter(|r| r["record"] == "notify_sent").collect();
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert_eq!((sent[0]["on"].as_str(), sent[0]["attempts"].as_u64()), (Some("started"), Some(2)));
+    assert_eq!(sent[0]["url"], format!("http://127.0.0.1:{port}/hooks/******"));
+    let failed = records.iter().find(|r| r["record"] == "notify_failed").unwrap();
+    assert_eq!((failed["target"].as_str(), failed["attempts"].as_u64()), (Some("gone"), Some(4)));
+    // Audited before the session's end, which stays the last line.
+    assert_eq!(records.last().unwrap()["record"], "session_end");
+}

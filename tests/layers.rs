@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["secrets", "health", "transport"],
     &["plan"],
     &["engine", "lock"],
-    &["audit", "signature"],
+    &["audit", "signature", "notify"],
     &["session", "verify", "trail"],
     &["rollback", "check", "resume", "retention"],
     &["runner"],

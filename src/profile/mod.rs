@@ -62,6 +62,8 @@ pub struct Profile {
     pub releases: Option<ReleaseLayout>,
     /// Cross-host insight: outliers, slow steps, new against old (`[analysis]`).
     pub analysis: Analysis,
+    /// Who hears about the deploy (`[[notify]]`).
+    pub notify: Vec<Notify>,
     /// Things that are allowed but probably not meant (a soak too short to see a check fail).
     pub warnings: Vec<Diagnostic>,
 }
@@ -257,6 +259,65 @@ pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// A webhook told about a deploy (`[[notify]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// How the audit log names it: its `name`, else `<kind>-<n>`.
+    pub name: String,
+    pub kind: NotifyKind,
+    /// A template of `[vars]`, secrets, `service` and `env`.
+    pub url: String,
+    pub on: Vec<NotifyOn>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyKind {
+    /// A JSON document with the deploy, the occasion, its text and the event.
+    Webhook,
+    /// A Slack-compatible incoming webhook: `{"text": …}`.
+    Slack,
+}
+
+/// What a `[[notify]]` entry is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    Started,
+    Paused,
+    /// A wave over its failure limit, or worse than the old release.
+    Threshold,
+    PromoteWait,
+    Aborted,
+    /// A rollback starts.
+    Rollback,
+    Finished,
+}
+
+impl NotifyOn {
+    pub const ALL: [NotifyOn; 7] = [
+        NotifyOn::Started,
+        NotifyOn::Paused,
+        NotifyOn::Threshold,
+        NotifyOn::PromoteWait,
+        NotifyOn::Aborted,
+        NotifyOn::Rollback,
+        NotifyOn::Finished,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NotifyOn::Started => "started",
+            NotifyOn::Paused => "paused",
+            NotifyOn::Threshold => "threshold",
+            NotifyOn::PromoteWait => "promote_wait",
+            NotifyOn::Aborted => "aborted",
+            NotifyOn::Rollback => "rollback",
+            NotifyOn::Finished => "finished",
+        }
+    }
+}
 
 /// What wavedeck looks for across hosts (`[analysis]`).
 #[derive(Debug, Clone, PartialEq)]

@@ -29,6 +29,17 @@ pub(super) struct RawProfile {
     pub(super) rollback_target: Option<Spanned<String>>,
     pub(super) releases: Option<RawReleases>,
     pub(super) analysis: Option<Spanned<RawAnalysis>>,
+    #[serde(default)]
+    pub(super) notify: Vec<Spanned<RawNotify>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) kind: Option<Spanned<String>>,
+    pub(super) url: Spanned<String>,
+    pub(super) on: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]

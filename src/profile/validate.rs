@@ -202,6 +202,7 @@ impl Validator<'_> {
         }
         self.check_templates(&uses, &vars, &secrets, &environments);
 
+        let notify = self.notify(&raw.notify, &vars, &secrets);
         Profile {
             path: self.path.to_path_buf(),
             sha256: hex_sha256(self.source.as_bytes()),
@@ -216,6 +217,7 @@ impl Validator<'_> {
             rollback_target: raw.rollback_target.as_ref().map(|t| t.get_ref().clone()),
             releases: layout,
             analysis: raw.analysis.as_ref().map_or_else(Analysis::default, |a| self.analysis(a)),
+            notify,
             warnings: Vec::new(),
         }
     }
@@ -513,6 +515,72 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    pub(super) fn notify(
+        &mut self,
+        raw: &[Spanned<RawNotify>],
+        vars: &BTreeMap<String, String>,
+        secrets: &BTreeMap<String, SecretRef>,
+    ) -> Vec<Notify> {
+        let mut out: Vec<Notify> = Vec::new();
+        for (i, entry) in raw.iter().enumerate() {
+            let n = entry.get_ref();
+            let kind = match n.kind.as_ref().map(|k| (k, k.get_ref().as_str())) {
+                None | Some((_, "webhook")) => NotifyKind::Webhook,
+                Some((_, "slack")) => NotifyKind::Slack,
+                Some((k, other)) => {
+                    self.problem(k, format!("notify kind must be \"webhook\" or \"slack\", not \"{other}\""));
+                    NotifyKind::Webhook
+                }
+            };
+            let url = n.url.get_ref();
+            match template::variables(url) {
+                Err(e) => self.problem(&n.url, format!("notify url: template error: {e}")),
+                Ok(names) => {
+                    for name in names {
+                        let known = ["service", "env"].contains(&name.as_str())
+                            || vars.contains_key(&name)
+                            || secrets.contains_key(&name);
+                        if !known {
+                            self.problem(
+                                &n.url,
+                                format!(
+                                    "notify url uses `{name}`: only [vars], secrets, service and env are known here"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            let scheme_ok = url.starts_with("https://") || url.starts_with("http://") || url.starts_with("{{");
+            if !scheme_ok {
+                self.problem(&n.url, "notify url must start with https:// or http://");
+            }
+            let on = match &n.on {
+                None => NotifyOn::ALL.to_vec(),
+                Some(list) => list
+                    .iter()
+                    .filter_map(|word| {
+                        let found = NotifyOn::ALL.iter().find(|o| o.name() == word.get_ref().as_str()).copied();
+                        if found.is_none() {
+                            let names: Vec<&str> = NotifyOn::ALL.iter().map(|o| o.name()).collect();
+                            self.problem(word, format!("notify on: expected one of {}", names.join(", ")));
+                        }
+                        found
+                    })
+                    .collect(),
+            };
+            let name = match &n.name {
+                Some(name) => name.get_ref().clone(),
+                None => format!("{}-{}", if kind == NotifyKind::Slack { "slack" } else { "webhook" }, i + 1),
+            };
+            if let Some(taken) = n.name.as_ref().filter(|_| out.iter().any(|o| o.name == name)) {
+                self.problem(taken, format!("notify `{name}` is defined twice"));
+            }
+            out.push(Notify { name, kind, url: url.clone(), on });
+        }
+        out
     }
 
     pub(super) fn analysis(&mut self, raw: &Spanned<RawAnalysis>) -> Analysis {
