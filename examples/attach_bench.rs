@@ -59,6 +59,7 @@ async fn bench() {
         confirmation: None,
         first: Vec::new(),
         on_detach: None,
+        metrics_file: None,
     };
     let started = Instant::now();
     let mut controller = runner::spawn(&spec).await.map_err(|r| r.message).unwrap();

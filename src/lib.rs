@@ -18,7 +18,7 @@
 //! 6. [`audit`]: the JSON-lines session record, as one typed [`audit::Record`] enum that its
 //!    writer and its readers share, hash-chained, with the directory's index of ended sessions.
 //!    [`signature`]: a closed file signed by an ssh-agent key in OpenSSH's format. [`notify`]:
-//!    webhooks told about the deploy, off its path.
+//!    webhooks told about the deploy, off its path. [`metrics`]: its figures for Prometheus.
 //! 7. [`session`] wires one deploy together and, once it runs, owns it: a task that audits
 //!    every command (with the client it came from) before the engine sees it and every event
 //!    before a client does, decides which client controls, and releases the lock and closes the
@@ -45,6 +45,7 @@ pub mod headless;
 pub mod health;
 pub mod insight;
 pub mod lock;
+pub mod metrics;
 pub mod notify;
 pub mod plan;
 pub mod profile;

@@ -199,6 +199,10 @@ enum Cmd {
         /// to whoever attaches (`wavedeck attach SESSION`) and wait that long for them to decide.
         #[arg(long, value_name = "abort|wait=DURATION", default_value = "abort", value_parser = on_threshold)]
         on_threshold: OnThreshold,
+        /// Keep the deploy's figures in this file for Prometheus (node_exporter's textfile
+        /// collector) [default: $WAVEDECK_METRICS_FILE].
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
     },
 }
 
@@ -352,7 +356,18 @@ fn main() -> ExitCode {
             let filter = wavedeck::trail::Filter { host, since, grep };
             audit_show(session.as_deref(), env.as_deref(), &filter, json, audit_dir.as_deref())
         }
-        Some(Cmd::Deploy { profile, env, release, yes, audit_dir, local_root, exclude, promote, on_threshold }) => {
+        Some(Cmd::Deploy {
+            profile,
+            env,
+            release,
+            yes,
+            audit_dir,
+            local_root,
+            exclude,
+            promote,
+            on_threshold,
+            metrics_file,
+        }) => {
             let options = SessionOptions {
                 profile: &profile,
                 env: &env,
@@ -366,7 +381,7 @@ fn main() -> ExitCode {
                 OnThreshold::Abort => None,
                 OnThreshold::Wait(d) => Some(d),
             };
-            deploy(&options, yes, &Orders { exclude, promote, wait_on_threshold })
+            deploy(&options, yes, &Orders { exclude, promote, wait_on_threshold }, metrics_file)
         }
     };
     let code = result.unwrap_or_else(|error| {
@@ -462,6 +477,7 @@ fn rollback_spec(
         first: Vec::new(),
         // Today's contract for a command in a terminal: it goes, the rollback stops.
         on_detach: Some(DetachAction::Abort),
+        metrics_file: None,
     }
 }
 
@@ -499,6 +515,7 @@ fn resume(
         confirmation: (env.protected && yes).then(|| "--yes".to_string()),
         first: Vec::new(),
         on_detach: Some(DetachAction::Abort),
+        metrics_file: None,
     };
     let runtime = runtime()?;
     Ok(runtime.block_on(headless::drive(spec, orders)).code)
@@ -861,7 +878,12 @@ fn unlock(
     Ok(exit::OK)
 }
 
-fn deploy(options: &SessionOptions, yes: bool, orders: &Orders) -> Result<i32, SetupError> {
+fn deploy(
+    options: &SessionOptions,
+    yes: bool,
+    orders: &Orders,
+    metrics_file: Option<PathBuf>,
+) -> Result<i32, SetupError> {
     let profile = session::load_profile(options.profile)?;
     let env = session::environment(&profile, options.env)?;
     if env.protected && !yes {
@@ -888,6 +910,7 @@ fn deploy(options: &SessionOptions, yes: bool, orders: &Orders) -> Result<i32, S
         // Headless keeps its contract: if it goes, the deploy stops (no paused runner is left
         // on a CI machine).
         on_detach: Some(DetachAction::Abort),
+        metrics_file,
     };
     let runtime = runtime()?;
     let ended = runtime.block_on(headless::drive(spec, orders));

@@ -64,6 +64,9 @@ pub struct Spec {
     pub first: Vec<(Command, CommandSource)>,
     /// Overrides the environment's `on_detach` (headless mode aborts when it goes away).
     pub on_detach: Option<DetachAction>,
+    /// Where to keep the deploy's figures for Prometheus (else `$WAVEDECK_METRICS_FILE`).
+    #[serde(default)]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// The runner's line back to the front end that started it (a rollback to confirm first says
@@ -188,7 +191,11 @@ async fn run(spec: Spec) -> i32 {
     if let Some(how) = &confirmation {
         session.confirmed(how);
     }
-    let options = RunOptions { on_detach: spec.on_detach.unwrap_or(on_detach), detached_timeout };
+    let metrics_file = spec
+        .metrics_file
+        .clone()
+        .or_else(|| std::env::var_os(crate::metrics::METRICS_FILE_ENV).filter(|p| !p.is_empty()).map(PathBuf::from));
+    let options = RunOptions { on_detach: spec.on_detach.unwrap_or(on_detach), detached_timeout, metrics_file };
     let running = match session.start(spec.first.clone(), options).await {
         Ok(running) => running,
         Err(refusal) => {

@@ -348,12 +348,14 @@ impl Commands {
 pub use crate::remote::Ended;
 
 /// How a running deploy treats the clients that come and go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOptions {
     /// What happens when the controlling client goes away without detaching.
     pub on_detach: DetachAction,
     /// How long a waiting deploy with no client at all lives before it aborts itself.
     pub detached_timeout: Duration,
+    /// Where the deploy's figures for Prometheus go (`--metrics-file`).
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// A deploy in flight, owned by its session's task: clients reach it through `socket`.
@@ -472,7 +474,10 @@ impl Session {
             alone_since: Some(Instant::now()),
             timed_out: false,
             notifier,
+            metrics: None,
         };
+        owner.metrics =
+            owner.options.metrics_file.clone().map(|path| crate::metrics::MetricsFile::start(path, &session));
         // Queued before the engine runs, so they apply before any host starts.
         for (command, source) in first {
             owner.pass(command, source, None).await;
@@ -615,6 +620,8 @@ struct Owner {
     timed_out: bool,
     /// Tells the profile's webhooks, off the deploy's path.
     notifier: crate::notify::Notifier,
+    /// Keeps the deploy's figures for Prometheus, when asked to.
+    metrics: Option<crate::metrics::MetricsFile>,
 }
 
 impl Owner {
@@ -817,6 +824,9 @@ impl Owner {
                     self.audit.event_durable(&event, durable);
                     self.track(&event.event);
                     self.notifier.offer(&event);
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.observe(&event);
+                    }
                     self.server.record(&event);
                     if let Event::DeployFinished { outcome: o, .. } = &event.event {
                         outcome = Some(*o);
@@ -848,6 +858,12 @@ impl Owner {
             }
         };
         if let Some(problem) = release_lock(&mut self.audit, self.lease.end().await).await {
+            problems.push(problem);
+        }
+        // As the exit code says it: headless mode's own abort at a threshold is a failure.
+        if let Some(metrics) = &mut self.metrics
+            && let Some(problem) = metrics.finish(word).await
+        {
             problems.push(problem);
         }
         let audit_path = self.audit.path().to_path_buf();

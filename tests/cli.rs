@@ -922,3 +922,64 @@ fn webhooks_hear_the_deploy_with_retries_and_a_dead_one_fails_nothing_but_its_re
     // Audited before the session's end, which stays the last line.
     assert_eq!(records.last().unwrap()["record"], "session_end");
 }
+
+/// The samples of a metrics file in the text format: `name{labels}` → value; every family has
+/// its HELP and TYPE before its samples, and the file ends with `# EOF`.
+fn metrics(path: &Path) -> std::collections::BTreeMap<String, f64> {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert_eq!(text.lines().last(), Some("# EOF"), "{text}");
+    let mut typed = std::collections::BTreeSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split(' ');
+            typed.insert(words.next().unwrap().to_string());
+            assert_eq!(words.next(), Some("gauge"), "{line}");
+        } else if !line.starts_with('#') {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let family = series.split('{').next().unwrap();
+            assert!(typed.contains(family), "{family} has no TYPE before its samples:\n{text}");
+            assert!(samples.insert(series.to_string(), value.parse::<f64>().unwrap()).is_none(), "{series} twice");
+        }
+    }
+    samples
+}
+
+#[test]
+fn a_metrics_file_keeps_each_environments_last_deploy_for_prometheus() {
+    let s = Sandbox::new();
+    let profile = fast_demo(&s, |demo| demo);
+    let file = s.dir.path().join("wavedeck.prom");
+    let deploy = |env: &str| {
+        let args = ["deploy", profile.to_str().unwrap(), "--env", env, "--release", "3.0", "--metrics-file"];
+        s.command(&args).arg(&file).output().unwrap()
+    };
+    assert_eq!(deploy("dev").status.code(), Some(0));
+    let m = metrics(&file);
+    let dev = "service=\"shopfront\",env=\"dev\"";
+    assert_eq!(m[&format!("wavedeck_deploy_state{{{dev},state=\"succeeded\"}}")], 1.0);
+    assert_eq!(m[&format!("wavedeck_deploy_state{{{dev},state=\"running\"}}")], 0.0);
+    assert_eq!(m[&format!("wavedeck_deploy_hosts{{{dev},state=\"done\"}}")], 3.0);
+    assert!(m[&format!("wavedeck_deploy_duration_seconds{{{dev}}}")] > 0.0);
+    assert!(m.contains_key(&format!("wavedeck_wave_duration_seconds{{{dev},wave=\"2\"}}")), "{m:#?}");
+    let succeeded = m[&format!("wavedeck_last_success_timestamp_seconds{{{dev}}}")];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - succeeded).abs() < 120.0, "{succeeded} vs {now}");
+
+    // Staging fails at its threshold: its own series say so, and dev's stay as they were.
+    assert_eq!(deploy("staging").status.code(), Some(1));
+    let m = metrics(&file);
+    let staging = "service=\"shopfront\",env=\"staging\"";
+    assert_eq!(m[&format!("wavedeck_deploy_state{{{staging},state=\"failed\"}}")], 1.0);
+    assert_eq!(m[&format!("wavedeck_deploy_hosts{{{staging},state=\"failed\"}}")], 1.0);
+    assert!(!m.contains_key(&format!("wavedeck_last_success_timestamp_seconds{{{staging}}}")));
+    assert_eq!(m[&format!("wavedeck_last_success_timestamp_seconds{{{dev}}}")], succeeded);
+    assert_eq!(m[&format!("wavedeck_deploy_state{{{dev},state=\"succeeded\"}}")], 1.0);
+    // Written by rename: no temporary file is left beside it.
+    let left: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

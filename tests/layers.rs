@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["secrets", "health", "transport"],
     &["plan"],
     &["engine", "lock"],
-    &["audit", "signature", "notify"],
+    &["audit", "signature", "notify", "metrics"],
     &["session", "verify", "trail"],
     &["rollback", "check", "resume", "retention"],
     &["runner"],

@@ -5,6 +5,7 @@
 //! scrollback = 10000     # lines kept per host
 //! scrollback_mib = 256   # memory all hosts' scrollback may hold together
 //! bell = true            # ring the terminal's bell when a deploy stops to wait or finishes
+//! metrics_file = "/var/lib/node_exporter/textfile/wavedeck.prom"
 //! ```
 //! Command-line flags win over this file.
 
@@ -23,6 +24,8 @@ pub struct Config {
     pub scrollback: Option<usize>,
     pub scrollback_mib: Option<usize>,
     pub bell: Option<bool>,
+    /// Where deploys started from the console keep their figures for Prometheus.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Config {

@@ -183,6 +183,7 @@ fn setup(profiles: Vec<Profile>, options: &ConsoleOptions) -> Result<(App, Theme
     let mib = options.scrollback_mib.or(config.scrollback_mib).unwrap_or(logs::DEFAULT_SCROLLBACK_MEMORY >> 20);
     app.scrollback_memory = mib.max(1) << 20;
     app.bell = config.bell.unwrap_or(true);
+    app.metrics_file = config.metrics_file;
     Ok((app, theme))
 }
 
@@ -504,6 +505,7 @@ async fn console_loop(
                         ),
                         first: Vec::new(),
                         on_detach: None,
+                        metrics_file: app.metrics_file.clone(),
                     };
                     app.interrupted.remove(&target);
                     busy = Some(start_in_background(spec, &done_tx, &mut app));
@@ -563,6 +565,7 @@ async fn console_loop(
                         confirmation: Some(if protected { "typed environment name" } else { "confirmed plan" }.into()),
                         first: Vec::new(),
                         on_detach: None,
+                        metrics_file: app.metrics_file.clone(),
                     };
                     busy = Some(start_in_background(spec, &done_tx, &mut app));
                 }
@@ -577,6 +580,7 @@ async fn console_loop(
                         confirmation: None,
                         first: Vec::new(),
                         on_detach: None,
+                        metrics_file: app.metrics_file.clone(),
                     };
                     let tx = done_tx.clone();
                     // Stopping this task (Esc) closes the runner's stdin: it records the refusal

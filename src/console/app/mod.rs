@@ -238,6 +238,8 @@ pub struct App {
     pub interrupted: BTreeMap<usize, crate::resume::Interrupted>,
     /// Per target: host → preflight status (`ok`, `unreachable`, …, or `checking…`).
     pub reachability: BTreeMap<usize, BTreeMap<String, String>>,
+    /// Where deploys started here keep their figures for Prometheus (config `metrics_file`).
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
 impl App {
@@ -289,6 +291,7 @@ impl App {
             last_runs: BTreeMap::new(),
             interrupted: BTreeMap::new(),
             reachability: BTreeMap::new(),
+            metrics_file: None,
         };
         app.refresh_preview();
         app
