@@ -780,6 +780,18 @@ pub fn audit_dir(flag: Option<&Path>) -> Option<PathBuf> {
 
 pub use crate::sys::{machine_name, operator_name};
 
+/// An event as one JSON line in the audit log's schema (`ts`, `session`, `record`, the event's
+/// fields), without the file's own `seq` and `prev`: for `deploy --output json`.
+pub fn event_json(session: &str, event: &Stamped) -> String {
+    let mut line = Map::new();
+    line.insert("ts".into(), Value::String(event.at.to_rfc3339_opts(SecondsFormat::Millis, false)));
+    line.insert("session".into(), Value::String(session.to_string()));
+    if let Ok(Value::Object(fields)) = serde_json::to_value(Record::Event(event.event.clone())) {
+        line.extend(fields);
+    }
+    Value::Object(line).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,8 @@ pub struct Orders {
     /// `--on-threshold wait=DURATION`: at a failure-threshold pause, hand control to whoever
     /// attaches and wait this long for them to decide, instead of aborting.
     pub wait_on_threshold: Option<Duration>,
+    /// `--output json`: every event as a JSON line on stdout, as the audit log has it.
+    pub json: bool,
 }
 
 /// Starts a runner for `spec` and follows it to the end, printing as it goes.
@@ -120,12 +122,16 @@ pub async fn drive(spec: Spec, orders: &Orders) -> Ended {
 
 /// Follows a runner this process started (or says why it did not start) to its end.
 pub async fn follow(started: Result<Client, Refused>, orders: &Orders) -> Ended {
+    // With --output json, stdout carries only the event stream; what is said besides goes to
+    // stderr.
+    let json = orders.json;
+    let note = |text: &str| if json { eprintln!("{text}") } else { say(text) };
     let mut client = match started {
         Ok(client) => client,
         Err(refused) => {
             eprintln!("error: {}", refused.message);
             if let Some(path) = &refused.audit_path {
-                say(&format!("audit log: {}", path.display()));
+                note(&format!("audit log: {}", path.display()));
             }
             return Ended { code: refused.code, rollback: false };
         }
@@ -133,7 +139,7 @@ pub async fn follow(started: Result<Client, Refused>, orders: &Orders) -> Ended 
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
-            say(&format!("error: cannot listen for signals: {e}; aborting"));
+            note(&format!("error: cannot listen for signals: {e}; aborting"));
             client.send(Command::Abort { reason: format!("cannot listen for signals: {e}") }, CommandSource::Policy);
             let _ = client.ended().await;
             return Ended { code: exit::CANNOT_START, rollback: false };
@@ -141,10 +147,10 @@ pub async fn follow(started: Result<Client, Refused>, orders: &Orders) -> Ended 
     };
     let session = client.session().to_string();
     if let Some(preview) = &client.preview {
-        say(preview);
+        note(preview);
     }
-    say(&format!("audit log: {}", client.welcome.about.audit_path.display()));
-    say(&format!("watch from another terminal: wavedeck attach {session} --observe"));
+    note(&format!("audit log: {}", client.welcome.about.audit_path.display()));
+    note(&format!("watch from another terminal: wavedeck attach {session} --observe"));
     let operator = crate::sys::operator_name();
     let mut rollback = false;
     let mut stopped_by_policy = false;
@@ -163,7 +169,9 @@ pub async fn follow(started: Result<Client, Refused>, orders: &Orders) -> Ended 
                     }
                     other => render(other, &operator),
                 };
-                if let Some(text) = text {
+                if json {
+                    say(&crate::audit::event_json(&session, &event));
+                } else if let Some(text) = text {
                     // Host output and messages may carry terminal escapes: shown, never obeyed.
                     say(&crate::text::visible(&text));
                 }
@@ -176,7 +184,7 @@ pub async fn follow(started: Result<Client, Refused>, orders: &Orders) -> Ended 
                         if in_control =>
                     {
                         if let Some(wait) = orders.wait_on_threshold {
-                            say(&format!(
+                            note(&format!(
                                 "== waiting up to {} for someone to decide: wavedeck attach {session}",
                                 humantime::format_duration(wait)
                             ));
@@ -212,18 +220,18 @@ pub async fn follow(started: Result<Client, Refused>, orders: &Orders) -> Ended 
             }
             Some(notice) = client.notices.recv() => {
                 client.note(&notice);
-                say(&crate::text::visible(&format!("== {notice}")));
+                note(&crate::text::visible(&format!("== {notice}")));
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 handed_over = None;
-                say("== nobody decided in time: taking control back and aborting");
+                note("== nobody decided in time: taking control back and aborting");
                 client.take_over();
                 let reason = "nobody decided at the failure threshold within --on-threshold wait".to_string();
                 client.send(Command::Abort { reason }, CommandSource::Policy);
                 stopped_by_policy = true;
             }
             name = signals.next() => {
-                say(&format!("== {name} received: aborting (running steps get {}s to stop)", crate::transport::KILL_GRACE.as_secs()));
+                note(&format!("== {name} received: aborting (running steps get {}s to stop)", crate::transport::KILL_GRACE.as_secs()));
                 if client.role != Role::Control {
                     client.take_over();
                 }
@@ -233,9 +241,9 @@ pub async fn follow(started: Result<Client, Refused>, orders: &Orders) -> Ended 
     }
     let ended = client.ended().await;
     for problem in &ended.problems {
-        say(&format!("error: {problem}"));
+        note(&format!("error: {problem}"));
     }
-    say(&format!("audit log: {}", ended.audit_path.display()));
+    note(&format!("audit log: {}", ended.audit_path.display()));
     Ended { code: ended.code, rollback }
 }
 

@@ -203,7 +203,18 @@ enum Cmd {
         /// collector) [default: $WAVEDECK_METRICS_FILE].
         #[arg(long, value_name = "PATH")]
         metrics_file: Option<PathBuf>,
+        /// `text`: lines for people; `json`: every event as a JSON line on stdout, in the audit
+        /// log's schema (the rest goes to stderr), for CI tools.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
+}
+
+/// What `deploy` prints on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -367,6 +378,7 @@ fn main() -> ExitCode {
             promote,
             on_threshold,
             metrics_file,
+            output,
         }) => {
             let options = SessionOptions {
                 profile: &profile,
@@ -381,7 +393,8 @@ fn main() -> ExitCode {
                 OnThreshold::Abort => None,
                 OnThreshold::Wait(d) => Some(d),
             };
-            deploy(&options, yes, &Orders { exclude, promote, wait_on_threshold }, metrics_file)
+            let json = output == Output::Json;
+            deploy(&options, yes, &Orders { exclude, promote, wait_on_threshold, json }, metrics_file)
         }
     };
     let code = result.unwrap_or_else(|error| {

@@ -983,3 +983,30 @@ fn a_metrics_file_keeps_each_environments_last_deploy_for_prometheus() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn output_json_is_the_event_stream_in_the_audit_logs_schema_and_nothing_else_on_stdout() {
+    let s = Sandbox::new();
+    let profile = fast_demo(&s, |demo| demo);
+    let out = s.run(&["deploy", profile.to_str().unwrap(), "--env", "staging", "--release", "4.0", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(lines.first().unwrap()["event"], "deploy_started");
+    assert_eq!(lines.last().unwrap()["event"], "deploy_finished");
+    assert!(text(&out.stderr).contains("audit log:"), "what is said besides goes to stderr");
+    // The same events, in the same order and words, as the audit log's event records.
+    let audited: Vec<Value> = audit_records(audit_files(&s).last().unwrap())
+        .into_iter()
+        .filter(|r| r["record"] == "event")
+        .map(|mut r| {
+            let r = r.as_object_mut().unwrap();
+            r.remove("seq");
+            r.remove("prev");
+            Value::Object(r.clone())
+        })
+        .collect();
+    assert_eq!(lines, audited);
+}
