@@ -6,7 +6,7 @@
 //! 1. Leaves: [`event`] (the vocabulary: commands in, events out, step kinds, failure
 //!    actions), [`diag`] (`file:line:col` diagnostics), [`template`], [`text`] (host text made
 //!    safe for a terminal), [`shell`] (quoting, the release-layout scripts), [`sys`] (operator,
-//!    machine, hex), [`exit`].
+//!    machine, hex), [`exit`], [`debuglog`] (`--debug-log`).
 //! 2. [`profile`]: a service's TOML profile, read strictly and validated. [`describe`]: events
 //!    in words, for every front end. [`remote`]: a deploy's control socket and its protocol.
 //!    [`insight`]: output grouped across hosts by shape, and its outliers.
@@ -37,6 +37,7 @@
 pub mod audit;
 pub mod check;
 pub mod console;
+pub mod debuglog;
 pub mod describe;
 pub mod diag;
 pub mod engine;

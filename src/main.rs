@@ -49,6 +49,10 @@ struct Cli {
     /// directory].
     #[arg(long)]
     local_root: Option<PathBuf>,
+    /// Write what wavedeck and its SSH library do to FILE (appended, secrets masked), to
+    /// diagnose a connection. Works with every command.
+    #[arg(long, global = true, value_name = "FILE")]
+    debug_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -309,6 +313,14 @@ fn on_threshold(text: &str) -> Result<OnThreshold, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _debug_log = match cli.debug_log.as_deref().map(wavedeck::debuglog::init) {
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(u8::try_from(exit::INVALID).unwrap_or(2));
+        }
+        Some(Ok(guard)) => Some(guard),
+        None => None,
+    };
     // `check` and `ps` talk to every host at once; the runner raises its own.
     wavedeck::sys::raise_open_files_limit();
     let result = match cli.command {

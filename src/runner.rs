@@ -134,6 +134,9 @@ pub fn main() -> i32 {
             return exit::INVALID;
         }
     };
+    let _debug_log = std::env::var_os(crate::debuglog::DEBUG_LOG_ENV)
+        .filter(|p| !p.is_empty())
+        .and_then(|path| crate::debuglog::init(std::path::Path::new(&path)).ok());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -482,6 +485,8 @@ pub async fn launch(spec: &Spec) -> Result<Launched, Refused> {
     let mut child = tokio::process::Command::new(exe)
         .arg0(name)
         .arg("runner")
+        // A runner started with --debug-log writes to the same file.
+        .envs(crate::debuglog::path().map(|path| (crate::debuglog::DEBUG_LOG_ENV, path)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(stderr)

@@ -205,6 +205,8 @@ pub fn prepare_with(
     let env = profile.environment(&plan.env).ok_or_else(|| SetupError::Invalid("environment vanished".into()))?;
     let transport = transport_for(env, options.local_root)?;
     let redactor = secrets.redactor();
+    let masking = redactor.clone();
+    crate::debuglog::mask_with(move |text| masking.redact(text).into_owned());
     let start =
         Opening { env: &plan.env, release: &plan.release, mode: options.mode, resumed_from: options.resumed_from };
     let audit = open_audit(&profile, &start, options.audit_dir, redactor.clone())?;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Lowest first. A module not listed here fails the test until it is given a layer.
 const LAYERS: &[&[&str]] = &[
-    &["event", "diag", "template", "text", "shell", "sys", "exit"],
+    &["event", "diag", "template", "text", "shell", "sys", "exit", "debuglog"],
     &["profile", "describe", "remote", "insight"],
     &["secrets", "health", "transport"],
     &["plan"],

@@ -360,3 +360,34 @@ fn an_audit_log_signed_with_an_agent_key_verifies_with_ssh_keygen_and_a_tampered
     let said = String::from_utf8_lossy(&ours.stdout);
     assert!(!ours.status.success() && said.contains("signature BAD"), "{said}");
 }
+
+#[test]
+fn the_debug_log_has_our_and_russhs_account_of_the_connection_and_no_secret() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    // The secret is in a step and reaches the host; a log line quoting it must be masked.
+    let steps = "[secrets]\ntoken = { env = \"WAVEDECK_TEST_TOKEN\" }\n\
+                 [[steps]]\nname = \"use\"\nrun = \"echo {{ token }} >/dev/null\"\n";
+    std::fs::write(fleet.path("profile.toml"), fleet.profile(steps, "")).unwrap();
+    let log = fleet.path("debug.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_wavedeck"))
+        .args(["deploy", fleet.path("profile.toml").to_str().unwrap(), "--env", "test", "--release", "1.0"])
+        .arg("--debug-log")
+        .arg(&log)
+        .env("WAVEDECK_AUDIT_DIR", fleet.path("audit"))
+        .env("HOME", fleet.path("home"))
+        .env("WAVEDECK_TEST_TOKEN", "s3cr3t-debug-t0ken")
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("wavedeck::transport::ssh") && text.contains("authenticated"), "{text}");
+    // russh's own lines, through the `log` bridge.
+    assert!(text.lines().any(|l| l.contains("russh")), "{text}");
+    // Both processes wrote to it: the command and its runner.
+    assert!(text.matches("debug log opened").count() >= 2, "{text}");
+    assert!(!text.contains("s3cr3t-debug-t0ken"), "no secret in the debug log");
+}

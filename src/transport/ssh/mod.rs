@@ -101,6 +101,7 @@ impl SshTransport {
             Verifier::new(&endpoint.hostname, endpoint.port, &self.settings.known_hosts, self.settings.host_key_policy);
         let refusal = verifier.refusal.clone();
         let place = format!("{}:{}", endpoint.hostname, endpoint.port);
+        tracing::debug!(host = %endpoint.alias, %place, user = %endpoint.user, jump = via.is_some(), "connecting");
         let config = self.client.clone();
         let connecting = async {
             match via {
@@ -133,7 +134,11 @@ impl SshTransport {
                 humantime::format_duration(endpoint.connect_timeout)
             ))
         })??;
-        authenticate(&mut handle, endpoint).await?;
+        tracing::debug!(%place, "host key accepted; authenticating");
+        authenticate(&mut handle, endpoint)
+            .await
+            .inspect_err(|e| tracing::debug!(%place, error = %e, "authentication failed"))?;
+        tracing::debug!(%place, "authenticated");
         Ok(handle)
     }
 }
@@ -163,6 +168,7 @@ impl Transport for SshTransport {
                         }) as Box<dyn HostSession>);
                     }
                     Err(error) => {
+                        tracing::debug!(host = %target.host.name, attempt, of = attempts, kind = error.kind(), %error, "connection attempt failed");
                         // Only a missing connection can get better by trying again.
                         let retry = matches!(error, TransportError::Unreachable(_)) && attempt < attempts;
                         let wait = retry.then(|| jitter(delay));
