@@ -58,6 +58,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Show the waves and the commands a deploy would run, touching nothing.
+    #[command(after_help = "Examples:\n  wavedeck plan profiles/demo.toml --env staging --release 2.4.1")]
     Plan {
         /// The service's profile (TOML).
         profile: PathBuf,
@@ -68,6 +69,7 @@ enum Cmd {
         release: String,
     },
     /// Connect to every host of an environment and report whether it can be deployed to.
+    #[command(after_help = "Examples:\n  wavedeck check profiles/demo.toml --env production")]
     Check {
         profile: PathBuf,
         #[arg(long)]
@@ -79,6 +81,9 @@ enum Cmd {
     },
     /// Roll back the hosts the last deploy to an environment changed, in reverse wave order,
     /// with the profile's [[rollback]] steps (shows where each host returns to first).
+    #[command(
+        after_help = "Examples:\n  wavedeck rollback profiles/demo.toml --env dev\n  wavedeck rollback profiles/demo.toml --env production --yes"
+    )]
     Rollback {
         profile: PathBuf,
         #[arg(long)]
@@ -92,6 +97,7 @@ enum Cmd {
         local_root: Option<PathBuf>,
     },
     /// Show who holds an environment's deploy lock and break it (asks first; audited).
+    #[command(after_help = "Examples:\n  wavedeck unlock profiles/demo.toml --env staging")]
     Unlock {
         profile: PathBuf,
         #[arg(long)]
@@ -105,12 +111,16 @@ enum Cmd {
         local_root: Option<PathBuf>,
     },
     /// List the deploys running on this machine (yours), and interrupted ones to resume.
+    #[command(after_help = "Examples:\n  wavedeck ps")]
     Ps {
         #[arg(long)]
         audit_dir: Option<PathBuf>,
     },
     /// Carry on a deploy whose runner died (killed, crashed, a reboot), from its journal: hosts
     /// that finished are left alone, the others continue where they stopped.
+    #[command(
+        after_help = "Examples:\n  wavedeck resume 20261127T101500.000Z-4242\n  wavedeck resume 20261127T101500.000Z-4242 --interrupted rerun --interrupted prod-web-03=skip"
+    )]
     Resume {
         /// The interrupted deploy's session id (`wavedeck ps` lists them).
         session: String,
@@ -131,6 +141,9 @@ enum Cmd {
     },
     /// Open the console on a running deploy: everything it did so far, then live. It takes
     /// control if nobody has it; otherwise it observes and can take over.
+    #[command(
+        after_help = "Examples:\n  wavedeck attach 20261127T101500.000Z-4242\n  wavedeck attach profiles/demo.toml --env production --observe\n  wavedeck attach 20261127T101500.000Z-4242 --plain"
+    )]
     Attach {
         /// The session id, as `wavedeck ps` shows it; or a profile, with --env.
         target: String,
@@ -149,13 +162,18 @@ enum Cmd {
         #[arg(long)]
         theme: Option<String>,
     },
-    /// Read audit logs: verify that they are as wavedeck wrote them.
+    /// Read audit logs: list, show, verify (are they as wavedeck wrote them?) and prune them.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  wavedeck audit ls\n  wavedeck audit show --env production --since 2h\n  wavedeck audit verify ~/.local/share/wavedeck/audit/*.jsonl"
+    )]
     Audit(AuditCmd),
     /// Play a past session back in the console's deploy view, from its audit file: space
     /// pauses, `>` steps to the next operator command or failure, + and - change the speed
     /// (1×, 10×, 100×), [ and ] move a minute, 0-9 jump through it. Nothing acts on hosts.
-    /// Example: `wavedeck replay ~/.local/share/wavedeck/audit/wavedeck-<session>.jsonl`
+    #[command(
+        after_help = "Examples:\n  wavedeck replay ~/.local/share/wavedeck/audit/wavedeck-20261127T101500.000Z-4242.jsonl"
+    )]
     Replay {
         /// The session's audit file.
         file: PathBuf,
@@ -163,19 +181,26 @@ enum Cmd {
         #[arg(long)]
         theme: Option<String>,
     },
-    /// Print a shell completion script, generated from these very commands. Example:
-    /// `wavedeck completions bash > /etc/bash_completion.d/wavedeck`
+    /// Print a shell completion script, generated from these very commands.
+    #[command(
+        after_help = "Examples:\n  wavedeck completions bash > /etc/bash_completion.d/wavedeck\n  wavedeck completions zsh > ~/.zfunc/_wavedeck"
+    )]
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff), generated from these very commands. Example:
-    /// `wavedeck man | man -l -`
+    /// Print the manual page (roff), generated from these very commands.
+    #[command(
+        after_help = "Examples:\n  wavedeck man | man -l -\n  wavedeck man > /usr/local/share/man/man1/wavedeck.1"
+    )]
     Man,
     /// The process that owns one deploy (started by the console and `deploy`; not for people).
     #[command(hide = true)]
     Runner,
     /// Run a deploy without the console: plain output and an exit code, for CI.
+    #[command(
+        after_help = "Examples:\n  wavedeck deploy profiles/demo.toml --env staging --release 2.4.1\n  wavedeck deploy profiles/demo.toml --env production --release 2.4.1 --yes --on-threshold wait=15m\n  wavedeck deploy profiles/demo.toml --env dev --release 2.4.1 --output json > events.jsonl"
+    )]
     Deploy {
         profile: PathBuf,
         #[arg(long)]
@@ -226,6 +251,9 @@ enum AuditCmd {
     /// Check each audit file's hash chain: intact, or where it was edited, reordered, cut or
     /// had lines deleted. Exits 1 if any file is not intact. Example: `wavedeck audit verify
     /// ~/.local/share/wavedeck/audit/*.jsonl`
+    #[command(
+        after_help = "Examples:\n  wavedeck audit verify ~/.local/share/wavedeck/audit/wavedeck-20261127T101500.000Z-4242.jsonl"
+    )]
     Verify {
         /// Audit files (`wavedeck-<session>.jsonl`).
         #[arg(required = true)]
@@ -233,6 +261,7 @@ enum AuditCmd {
     },
     /// List the sessions in the audit directory: when, service, environment, release, operator,
     /// mode, outcome and duration. Example: `wavedeck audit ls`
+    #[command(after_help = "Examples:\n  wavedeck audit ls\n  wavedeck audit ls --audit-dir /var/log/wavedeck")]
     Ls {
         /// Directory for audit logs [default: $WAVEDECK_AUDIT_DIR, else the data directory].
         #[arg(long)]
@@ -242,6 +271,9 @@ enum AuditCmd {
     /// older than an age. Each is verified first (one that is not intact is kept and named);
     /// every environment's newest deploy, sessions others carry on, and running or interrupted
     /// ones are never deleted. Example: `wavedeck audit prune --older-than 180d --dry-run`
+    #[command(
+        after_help = "Examples:\n  wavedeck audit prune --keep 200 --dry-run\n  wavedeck audit prune --older-than 90d"
+    )]
     Prune {
         /// Keep the newest N sessions.
         #[arg(long)]
@@ -259,6 +291,9 @@ enum AuditCmd {
     /// Tell one session as a timeline: who started it and how it was confirmed, waves,
     /// failures with their last output lines, commands with their reasons, the outcome.
     /// Example: `wavedeck audit show --env production --host prod-web-03`
+    #[command(
+        after_help = "Examples:\n  wavedeck audit show\n  wavedeck audit show --env production --host prod-web-03 --since 30m\n  wavedeck audit show 20261127T101500.000Z-4242 --json"
+    )]
     Show {
         /// A session id (as `audit ls` shows it) or an audit file; without it, the newest
         /// session of --env.

@@ -1010,3 +1010,31 @@ fn output_json_is_the_event_stream_in_the_audit_logs_schema_and_nothing_else_on_
         .collect();
     assert_eq!(lines, audited);
 }
+
+/// The subcommands a `--help` lists.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect()
+}
+
+#[test]
+fn every_subcommands_help_ends_with_an_example_of_itself() {
+    let s = Sandbox::new();
+    let top = text(&s.run(&["--help"]).stdout);
+    let mut commands: Vec<Vec<String>> = subcommands(&top).into_iter().map(|c| vec![c]).collect();
+    assert!(commands.len() >= 12, "{top}");
+    let audit = text(&s.run(&["audit", "--help"]).stdout);
+    commands.extend(subcommands(&audit).into_iter().map(|c| vec!["audit".to_string(), c]));
+    for command in commands {
+        let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
+        args.push("--help");
+        let help = text(&s.run(&args).stdout);
+        let example = format!("Examples:\n  wavedeck {}", command.join(" "));
+        assert!(help.contains(&example), "`wavedeck {}` has no example:\n{help}", command.join(" "));
+    }
+}
