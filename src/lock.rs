@@ -276,6 +276,7 @@ mod tests {
             port: None,
             labels: vec![],
             vars: Default::default(),
+            from: None,
         };
         (LocalTransport::new(root), LockPlace::new(Target { env: "prod".into(), host }, None))
     }

@@ -361,6 +361,28 @@ impl Plan {
                 names.join(", ")
             );
         }
+        // Hosts from an inventory: where each was found, and how it is reached.
+        let listed: Vec<&crate::profile::Host> =
+            self.waves.iter().flat_map(|w| w.hosts.iter().map(|h| &h.host)).filter(|h| h.from.is_some()).collect();
+        if !listed.is_empty() {
+            let _ = writeln!(out, "\nhosts from the inventory:");
+            let width = listed.iter().map(|h| h.name.len()).max().unwrap_or(0);
+            for host in listed {
+                let mut how = Vec::new();
+                if host.address != host.name {
+                    how.push(format!("address {}", host.address));
+                }
+                if let Some(port) = host.port {
+                    how.push(format!("port {port}"));
+                }
+                if let Some(user) = &host.user {
+                    how.push(format!("user {user}"));
+                }
+                let from = host.from.as_deref().unwrap_or_default();
+                let line = format!("  {:<width$}  {from}  {}", host.name, how.join(", "));
+                let _ = writeln!(out, "{}", line.trim_end());
+            }
+        }
         if let Some(once) = &self.once {
             let names: Vec<&str> = once.steps.iter().map(|s| s.name.as_str()).collect();
             let _ = writeln!(

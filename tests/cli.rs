@@ -1038,3 +1038,26 @@ fn every_subcommands_help_ends_with_an_example_of_itself() {
         assert!(help.contains(&example), "`wavedeck {}` has no example:\n{help}", command.join(" "));
     }
 }
+
+#[test]
+fn hosts_from_ansible_inventories_in_ini_and_yaml_plan_as_the_golden_files_say() {
+    let s = Sandbox::new();
+    let profile = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/inventory/web.toml");
+    for (env, golden) in [("prod-ini", "plan_inventory_ini.txt"), ("prod-yaml", "plan_inventory_yaml.txt")] {
+        let out = s.run(&["plan", profile, "--env", env, "--release", "1.0"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let shown = text(&out.stdout);
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(golden);
+        if std::env::var_os("GOLDEN_UPDATE").is_some() {
+            std::fs::write(&golden, &shown).unwrap();
+        }
+        assert_eq!(
+            shown.trim_end(),
+            std::fs::read_to_string(golden).unwrap().trim_end(),
+            "GOLDEN_UPDATE=1 rewrites it"
+        );
+        // The list variable is named once, as a warning.
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.matches("left out: packages").count(), 2, "{stderr}");
+    }
+}

@@ -6,6 +6,7 @@
 //! meaning and reports every problem it finds at once, each at `file:line:col`. The rest of the
 //! program only ever sees the validated [`Profile`].
 
+pub mod inventory;
 mod raw;
 mod validate;
 
@@ -110,6 +111,9 @@ pub struct Host {
     pub port: Option<u16>,
     pub labels: Vec<String>,
     pub vars: BTreeMap<String, String>,
+    /// Where it was defined when not in the profile itself: `inventory/prod.ini:12`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// How hosts are grouped into waves and what happens when a wave goes bad.
@@ -417,7 +421,15 @@ impl Profile {
         let mut profile = v.profile(raw);
         if v.problems.is_empty() {
             v.check_soaks(&profile.health);
-            v.warnings.dedup();
+            // An environment's plan is checked once per environment: say each thing once.
+            let mut said = Vec::new();
+            v.warnings.retain(|w| {
+                let first = !said.contains(w);
+                if first {
+                    said.push(w.clone());
+                }
+                first
+            });
             profile.warnings = v.warnings;
             return Ok(profile);
         }

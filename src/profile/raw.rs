@@ -102,6 +102,14 @@ pub(super) struct RawEnvironment {
     pub(super) local_http: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) hosts: Vec<Spanned<RawHost>>,
+    pub(super) hosts_from: Option<Spanned<RawHostsFrom>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHostsFrom {
+    pub(super) ansible: Spanned<String>,
+    pub(super) group: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone)]

@@ -306,13 +306,24 @@ impl Validator<'_> {
                 name: host_name,
                 labels: raw_host.labels.clone(),
                 vars: self.vars(&raw_host.vars, "variable"),
+                from: None,
             });
         }
-        if env.hosts.is_empty() {
+        if let Some(source) = &env.hosts_from {
+            if !env.hosts.is_empty() {
+                self.problem(source, "give an environment `hosts` or `hosts_from`, not both");
+            }
+            for host in self.inventory_hosts(source, &name) {
+                if !host_names.insert(host.name.clone()) {
+                    self.problem(source, format!("host `{}` appears twice in environment `{name}`", host.name));
+                }
+                hosts.push(host);
+            }
+        } else if env.hosts.is_empty() {
             self.problem(&env.name, format!("environment `{name}` has no hosts"));
         }
         if let Some(once) = &env.once_host
-            && !env.hosts.iter().any(|h| h.get_ref().name.get_ref() == once.get_ref())
+            && !hosts.iter().any(|h: &Host| &h.name == once.get_ref())
         {
             self.problem(once, format!("once_host `{}` is not a host of environment `{name}`", once.get_ref()));
         }
@@ -515,6 +526,58 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// An environment's hosts from an Ansible inventory; its problems point into the inventory.
+    fn inventory_hosts(&mut self, source: &Spanned<RawHostsFrom>, env: &str) -> Vec<Host> {
+        let from = source.get_ref();
+        let shown = from.ansible.get_ref();
+        let file = profile_relative(self.path.parent().unwrap_or(Path::new(".")), shown);
+        let group = from.group.as_deref().unwrap_or("all");
+        let found = match super::inventory::load(&file, shown, group) {
+            Ok(found) => found,
+            Err(problems) => {
+                self.problems.extend(problems);
+                return Vec::new();
+            }
+        };
+        if found.is_empty() {
+            self.problem(&from.ansible, format!("group `{group}` of {shown} has no hosts (environment `{env}`)"));
+        }
+        let mut ignored = BTreeSet::new();
+        let mut hosts = Vec::new();
+        for h in found {
+            if !is_safe_name(&h.name) {
+                self.problem(
+                    &from.ansible,
+                    format!("{}: host name `{}` must be letters, digits, `.`, `_` or `-`", h.from, h.name),
+                );
+                continue;
+            }
+            ignored.extend(h.ignored);
+            hosts.push(Host {
+                address: h.address.unwrap_or_else(|| h.name.clone()),
+                user: h.user,
+                port: h.port,
+                name: h.name,
+                labels: Vec::new(),
+                vars: h.vars,
+                from: Some(h.from),
+            });
+        }
+        if !ignored.is_empty() {
+            let names: Vec<String> = ignored.into_iter().collect();
+            self.warnings.push(Diagnostic::at(
+                self.path,
+                self.source,
+                source.span(),
+                format!(
+                    "the inventory's list and map variables cannot be template variables and are left out: {}",
+                    names.join(", ")
+                ),
+            ));
+        }
+        hosts
     }
 
     pub(super) fn notify(

@@ -333,6 +333,7 @@ mod tests {
             port: None,
             labels: vec![],
             vars: Default::default(),
+            from: None,
         };
         let session = transport.open(&Target { env: "e".into(), host }, &NoObserver).await.unwrap();
         let command = "head -c 10000000 /dev/zero | tr '\\0' a; echo; yes | head -n 100000";

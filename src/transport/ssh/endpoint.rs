@@ -174,6 +174,7 @@ mod tests {
             port: None,
             labels: vec![],
             vars: BTreeMap::new(),
+            from: None,
         }
     }
 
