@@ -26,7 +26,7 @@
 //!    for people (`audit ls`, `audit show`).
 //! 8. [`rollback`] (what the last deploy changed, and where each host returns), [`check`]
 //!    (preflight), [`resume`] (an interrupted deploy's journal, and where a resume picks
-//!    each host up) and [`retention`] (`audit prune`).
+//!    each host up), [`retention`] (`audit prune`) and [`diff`] (`plan --diff`).
 //! 9. [`runner`]: the detached process that owns one deploy, and the client front ends attach
 //!    to it with.
 //! 10. Front ends, clients of a runner: [`headless`] (plain lines for CI) and [`console`] (the
@@ -40,6 +40,7 @@ pub mod console;
 pub mod debuglog;
 pub mod describe;
 pub mod diag;
+pub mod diff;
 pub mod engine;
 pub mod event;
 pub mod headless;

@@ -67,6 +67,14 @@ enum Cmd {
         /// Release to plan for (shown in rendered commands).
         #[arg(long, default_value = "RELEASE")]
         release: String,
+        /// Also read every `template` step's file on each host and show how the deploy would
+        /// change it (a unified diff, secrets masked). Connects to the hosts; changes nothing.
+        #[arg(long)]
+        diff: bool,
+        /// Directory holding local-transport hosts [default: $WAVEDECK_LOCAL_ROOT, else the
+        /// data directory].
+        #[arg(long)]
+        local_root: Option<PathBuf>,
     },
     /// Connect to every host of an environment and report whether it can be deployed to.
     #[command(after_help = "Examples:\n  wavedeck check profiles/demo.toml --env production")]
@@ -367,7 +375,9 @@ fn main() -> ExitCode {
             scrollback: cli.scrollback,
             scrollback_mib: cli.scrollback_mib.map(|m| m as usize),
         })),
-        Some(Cmd::Plan { profile, env, release }) => plan(&profile, &env, &release),
+        Some(Cmd::Plan { profile, env, release, diff, local_root }) => {
+            plan(&profile, &env, &release, diff, local_root.as_deref())
+        }
         Some(Cmd::Check { profile, env, local_root }) => check(&profile, &env, local_root.as_deref()),
         Some(Cmd::Rollback { profile, env, yes, audit_dir, local_root }) => {
             rollback(&profile, &env, yes, audit_dir.as_deref(), local_root.as_deref())
@@ -451,11 +461,19 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn plan(profile: &Path, env: &str, release: &str) -> Result<i32, SetupError> {
+fn plan(profile: &Path, env: &str, release: &str, diff: bool, local_root: Option<&Path>) -> Result<i32, SetupError> {
     let profile = session::load_profile(profile)?;
     let plan = Plan::build(&profile, env, release, &Secrets::masked(&profile))
         .map_err(|e| SetupError::Invalid(e.to_string()))?;
     print!("{}", plan.describe());
+    if diff {
+        // The real content needs the real secrets; what is shown is masked.
+        let secrets = Secrets::from_env(&profile).map_err(SetupError::Invalid)?;
+        let real = Plan::build(&profile, env, release, &secrets).map_err(|e| SetupError::Invalid(e.to_string()))?;
+        let transport = session::transport_for(session::environment(&profile, env)?, local_root)?;
+        let changes = runtime()?.block_on(wavedeck::diff::template_changes(&real, transport, &secrets.redactor()));
+        print!("{}", wavedeck::diff::report(&changes));
+    }
     Ok(exit::OK)
 }
 

@@ -104,6 +104,9 @@ pub enum PlannedAction {
     Run(Sensitive),
     /// A local file to copy to `to` on the host.
     Upload { from: PathBuf, to: String },
+    /// A rendered template to write to `to`: `content` with its secrets, `shown` with them
+    /// masked (what `plan --diff` shows).
+    Template { content: Sensitive, shown: String, to: String, mode: Option<u32> },
     /// An HTTP or TCP check made from the console machine.
     Probe(Probe),
 }
@@ -566,6 +569,15 @@ fn planned_steps<'p>(
                 let local = profile_relative(profile.path.parent().unwrap_or(Path::new(".")), &from);
                 let shown = format!("upload {} -> {to}", local.display());
                 (PlannedAction::Upload { from: local, to }, shown)
+            }
+            StepAction::Template { from, to, mode, source } => {
+                let fail = |message| PlanError::Render { what: what.clone(), host: host.name.clone(), message };
+                let content = Sensitive(template::render_file(source, real).map_err(fail)?);
+                let masked = template::render_file(source, shown).map_err(fail)?;
+                let (_, to) = render(&what, to)?;
+                let mode_shown = mode.map(|m| format!(" (mode {m:04o})")).unwrap_or_default();
+                let shown = format!("template {from} -> {to}{mode_shown}");
+                (PlannedAction::Template { content, shown: masked, to, mode: *mode }, shown)
             }
         };
         steps.push(PlannedStep {

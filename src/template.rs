@@ -30,6 +30,16 @@ pub fn render(source: &str, vars: &BTreeMap<String, String>) -> Result<String, S
     template.render(vars).map_err(describe)
 }
 
+/// Renders a template file (a `template` step's): as [`render`], keeping the file's last
+/// newline, which a config file needs and a command does not.
+pub fn render_file(source: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut env = environment();
+    let syntax = minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build().map_err(describe)?;
+    env.set_syntax(syntax);
+    let template = env.template_from_str(source).map_err(describe)?;
+    template.render(vars).map_err(describe)
+}
+
 fn describe(err: minijinja::Error) -> String {
     match (err.detail(), err.line()) {
         (Some(detail), Some(line)) => format!("{detail} (template line {line})"),

@@ -693,6 +693,8 @@ fn the_readme_profile_reference_is_a_valid_profile() {
     let s = Sandbox::new();
     let path = s.dir.path().join("reference.toml");
     std::fs::write(&path, example).unwrap();
+    // The template its `config` step renders.
+    std::fs::write(s.dir.path().join("app.conf.j2"), "listen {{ listen }}\n").unwrap();
     let out = s
         .command(&["plan", path.to_str().unwrap(), "--env", "production"])
         .env("SHOPFRONT_TOKEN", "x")

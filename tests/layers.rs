@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["engine", "lock"],
     &["audit", "signature", "notify", "metrics"],
     &["session", "verify", "trail"],
-    &["rollback", "check", "resume", "retention"],
+    &["rollback", "check", "resume", "retention", "diff"],
     &["runner"],
     &["headless", "console"],
 ];

@@ -391,3 +391,69 @@ fn the_debug_log_has_our_and_russhs_account_of_the_connection_and_no_secret() {
     assert!(text.matches("debug log opened").count() >= 2, "{text}");
     assert!(!text.contains("s3cr3t-debug-t0ken"), "no secret in the debug log");
 }
+
+#[test]
+fn a_template_step_renders_per_host_and_plan_diff_shows_what_would_change_with_secrets_masked() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(2);
+    std::fs::write(fleet.path("app.conf.j2"), "listen {{ port }}\ntoken {{ token }}\nname {{ host }}\n").unwrap();
+    let profile = |port: u16| {
+        let steps = format!(
+            "[vars]\nport = \"{port}\"\n[secrets]\ntoken = {{ env = \"WAVEDECK_TEST_TOKEN\" }}\n\
+             [[steps]]\nname = \"config\"\n\
+             template = {{ from = \"app.conf.j2\", to = \"conf/app-{{{{ host }}}}.conf\", mode = \"0640\" }}\n"
+        );
+        std::fs::write(fleet.path("profile.toml"), fleet.profile(&steps, "")).unwrap();
+    };
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wavedeck"))
+            .args(args)
+            .env("WAVEDECK_AUDIT_DIR", fleet.path("audit"))
+            .env("HOME", fleet.path("home"))
+            .env("WAVEDECK_TEST_TOKEN", "s3cr3t-tmpl-t0ken")
+            .env_remove("SSH_AUTH_SOCK")
+            .output()
+            .unwrap()
+    };
+    let path = fleet.path("profile.toml");
+    let path = path.to_str().unwrap();
+    profile(8080);
+    let diff = run(&["plan", path, "--env", "test", "--release", "1.0", "--diff"]);
+    let shown = String::from_utf8_lossy(&diff.stdout);
+    assert_eq!(diff.status.code(), Some(0), "{shown}{}", String::from_utf8_lossy(&diff.stderr));
+    assert!(
+        shown.contains("== h0: conf/app-h0.conf (config) is new\n+listen 8080\n+token ******\n+name h0\n"),
+        "{shown}"
+    );
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+
+    let out = run(&["deploy", path, "--env", "test", "--release", "1.0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let written = fleet.path("deploy/conf/app-h1.conf");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "listen 8080\ntoken s3cr3t-tmpl-t0ken\nname h1\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&written).unwrap().permissions().mode() & 0o7777, 0o640);
+
+    // Unchanged: plan --diff says so, and the step is skipped.
+    let same = String::from_utf8_lossy(&run(&["plan", path, "--env", "test", "--release", "2.0", "--diff"]).stdout)
+        .into_owned();
+    assert!(same.contains("unchanged (the step will skip them): h0:conf/app-h0.conf, h1:conf/app-h1.conf"), "{same}");
+    let again =
+        String::from_utf8_lossy(&run(&["deploy", path, "--env", "test", "--release", "2.0"]).stdout).into_owned();
+    assert!(again.contains("[h0] -- config skipped: ") && again.contains("already has sha256"), "{again}");
+
+    // A changed variable: a unified diff, the secret masked on both sides.
+    profile(9090);
+    let changed = String::from_utf8_lossy(&run(&["plan", path, "--env", "test", "--release", "3.0", "--diff"]).stdout)
+        .into_owned();
+    assert!(
+        changed.contains(
+            "== h1: conf/app-h1.conf (config) changes\n--- conf/app-h1.conf (on the host)\n+++ conf/app-h1.conf (new)\n"
+        ),
+        "{changed}"
+    );
+    assert!(changed.contains("-listen 8080\n+listen 9090\n token ******\n name h1\n"), "{changed}");
+    assert!(!changed.contains("s3cr3t"), "{changed}");
+}

@@ -115,6 +115,36 @@ pub(super) async fn connect(
     }
 }
 
+/// A rendered template on this machine while it is uploaded: mode 0600, removed when dropped.
+struct Rendered {
+    path: std::path::PathBuf,
+}
+
+impl Rendered {
+    fn write(content: &str) -> Result<Rendered, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("wavedeck-template-{}-{n}", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(content.as_bytes()));
+        let rendered = Rendered { path };
+        written.map_err(|e| format!("cannot write the rendered template to {}: {e}", rendered.path.display()))?;
+        Ok(rendered)
+    }
+}
+
+impl Drop for Rendered {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Runs a host's steps in order, each through the pause/abort gate, with retries; returns the
 /// host's final state and fills in `summary`.
 pub(super) async fn run_steps(
@@ -187,8 +217,19 @@ pub(super) async fn run_steps(
                     }
                 }
                 PlannedAction::Upload { from, to } => {
-                    let request = UploadRequest { from, to, timeout: step.timeout };
+                    let request = UploadRequest { from, to, timeout: step.timeout, mode: None };
                     session.upload(request, &sink, &cancel).await
+                }
+                PlannedAction::Template { content, to, mode, .. } => {
+                    // Rendered with its secrets into a file only this user can read, uploaded
+                    // like any file, and removed.
+                    match Rendered::write(&content.0) {
+                        Ok(file) => {
+                            let request = UploadRequest { from: &file.path, to, timeout: step.timeout, mode: *mode };
+                            session.upload(request, &sink, &cancel).await
+                        }
+                        Err(message) => StepResult::Error { message },
+                    }
                 }
                 PlannedAction::Probe(probe) => tokio::select! {
                     result = shared.prober.probe(probe, step.timeout) => result,

@@ -39,7 +39,9 @@ pub(super) async fn monitor(
                         let request = ExecRequest { command: &command.0, timeout: check.timeout, record: None };
                         session.exec(request, &said, &shared.monitors).await
                     }
-                    PlannedAction::Upload { .. } => StepResult::Error { message: "an upload is not a check".into() },
+                    PlannedAction::Upload { .. } | PlannedAction::Template { .. } => {
+                        StepResult::Error { message: "an upload is not a check".into() }
+                    }
                 };
                 if shared.monitors.is_cancelled() {
                     return;

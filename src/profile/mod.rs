@@ -192,6 +192,10 @@ pub enum StepAction {
     /// sha256, written under a temporary name and renamed into place, skipped when the host
     /// already has the same file.
     Upload { from: String, to: String },
+    /// Render a local template (`from`, read when the profile is loaded; its text is `source`)
+    /// per host, with the host's variables and the secrets, and upload the result to `to` like
+    /// an upload: verified, renamed into place with `mode`, skipped when unchanged.
+    Template { from: String, to: String, mode: Option<u32>, source: String },
 }
 
 /// The built-in release layout: `dir/<release>` directories, a `current` symlink switched
@@ -682,5 +686,28 @@ after = "helo"
         ] {
             assert!(err.contains(expect), "{expect}\n{err}");
         }
+    }
+
+    #[test]
+    fn a_template_steps_file_mode_and_names_are_checked_where_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.conf.j2"), "port {{ port }}\nhost {{ host }}\n").unwrap();
+        let path = dir.path().join("p.toml");
+        let with = |step: &str| MINIMAL.replace("run = \"echo {{ host }} {{ release }}\"", step);
+        let good =
+            with("template = { from = \"app.conf.j2\", to = \"app.conf\", mode = \"0640\" }\n[vars]\nport = \"80\"");
+        let profile = Profile::parse(&path, &good).unwrap();
+        let StepAction::Template { mode, source, .. } = &profile.steps[0].action else { panic!() };
+        assert_eq!((*mode, source.as_str()), (Some(0o640), "port {{ port }}\nhost {{ host }}\n"));
+
+        let err =
+            Profile::parse(&path, &with("template = { from = \"app.conf.j2\", to = \"app.conf\", mode = \"rw\" }"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("uses `{{port}}`, which is not defined"), "{err}");
+        assert!(err.contains("mode must be octal permission bits"), "{err}");
+        let err =
+            Profile::parse(&path, &with("template = { from = \"nope.j2\", to = \"x\" }")).unwrap_err().to_string();
+        assert!(err.contains("p.toml:11:21: cannot read template"), "{err}");
     }
 }

@@ -148,6 +148,7 @@ pub(super) struct RawStep {
     pub(super) name: Spanned<String>,
     pub(super) run: Option<Spanned<String>>,
     pub(super) upload: Option<Spanned<RawUpload>>,
+    pub(super) template: Option<Spanned<RawTemplate>>,
     pub(super) builtin: Option<Spanned<String>>,
     pub(super) skip_if: Option<Spanned<String>>,
     pub(super) timeout: Option<Spanned<String>>,
@@ -162,6 +163,14 @@ pub(super) struct RawStep {
 pub(super) struct RawReleases {
     pub(super) dir: Option<String>,
     pub(super) keep: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTemplate {
+    pub(super) from: Spanned<String>,
+    pub(super) to: Spanned<String>,
+    pub(super) mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -162,8 +162,25 @@ impl Validator<'_> {
         }
         let health = self.health(&raw.health, &steps);
 
-        // Every template must only read names that exist for every host it will run on.
+        // Every template must only read names that exist for every host it will run on; a
+        // template file's names are reported at its `from`.
+        let files: Vec<(String, Spanned<String>)> = raw
+            .steps
+            .iter()
+            .chain(raw.rollback.iter())
+            .filter_map(|s| {
+                let step = s.get_ref();
+                let t = step.template.as_ref()?.get_ref();
+                let path = profile_relative(self.path.parent().unwrap_or(Path::new(".")), t.from.get_ref());
+                let text = std::fs::read_to_string(path).ok()?;
+                let what = format!("template {} of step `{}`", t.from.get_ref(), step.name.get_ref());
+                Some((what, Spanned::new(t.from.span(), text)))
+            })
+            .collect();
         let mut uses: Vec<TemplateUse> = Vec::new();
+        for (what, text) in &files {
+            uses.push(TemplateUse { what: what.clone(), text, no_secrets: None });
+        }
         for (kind, list) in [("step", &raw.steps), ("rollback step", &raw.rollback)] {
             for s in list.iter() {
                 let step = s.get_ref();
@@ -173,6 +190,7 @@ impl Validator<'_> {
                     (step.run.as_ref(), None),
                     (step.upload.as_ref().map(|u| &u.get_ref().from), PATHS),
                     (step.upload.as_ref().map(|u| &u.get_ref().to), PATHS),
+                    (step.template.as_ref().map(|t| &t.get_ref().to), PATHS),
                     (step.skip_if.as_ref(), None),
                 ];
                 for (text, no_secrets) in texts {
@@ -732,15 +750,20 @@ impl Validator<'_> {
             if !names.insert(name.clone()) {
                 self.problem(&step.name, format!("{what} `{name}` is defined twice"));
             }
-            let given =
-                [step.run.is_some(), step.upload.is_some(), step.builtin.is_some()].iter().filter(|g| **g).count();
+            let given = [step.run.is_some(), step.upload.is_some(), step.template.is_some(), step.builtin.is_some()]
+                .iter()
+                .filter(|g| **g)
+                .count();
             if given > 1 {
                 self.problem(
                     &step.name,
-                    format!("{what} `{name}` has more than one of `run`, `upload` and `builtin`: use one"),
+                    format!("{what} `{name}` has more than one of `run`, `upload`, `template` and `builtin`: use one"),
                 );
             }
             let action = match (&step.run, &step.upload, &step.builtin) {
+                _ if step.template.is_some() && step.run.is_none() && step.upload.is_none() => {
+                    self.template_step(step.template.as_ref().map(Spanned::get_ref))
+                }
                 (Some(run), _, _) => StepAction::Run(run.get_ref().clone()),
                 (None, Some(upload), _) => StepAction::Upload {
                     from: upload.get_ref().from.get_ref().clone(),
@@ -765,7 +788,10 @@ impl Validator<'_> {
                 (None, None, None) => {
                     self.problem(
                         &step.name,
-                        format!("{what} `{name}` needs `run` (a command), `upload` (a file to copy) or `builtin`"),
+                        format!(
+                            "{what} `{name}` needs `run` (a command), `upload` (a file to copy), `template` \
+                             (a file to render and copy) or `builtin`"
+                        ),
                     );
                     StepAction::Run(String::new())
                 }
@@ -786,6 +812,28 @@ impl Validator<'_> {
             });
         }
         out
+    }
+
+    /// A `template = { from, to, mode }` step: its file read now, so a missing one is an error
+    /// before anything runs, and its variables are checked like the profile's own templates.
+    fn template_step(&mut self, raw: Option<&RawTemplate>) -> StepAction {
+        let Some(raw) = raw else { return StepAction::Run(String::new()) };
+        let file = profile_relative(self.path.parent().unwrap_or(Path::new(".")), raw.from.get_ref());
+        let source = match std::fs::read_to_string(&file) {
+            Ok(source) => source,
+            Err(e) => {
+                self.problem(&raw.from, format!("cannot read template {}: {e}", file.display()));
+                String::new()
+            }
+        };
+        let mode = raw.mode.as_ref().and_then(|m| {
+            let parsed = u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8).ok().filter(|m| *m <= 0o7777);
+            if parsed.is_none() {
+                self.problem(m, "mode must be octal permission bits, like \"0640\"");
+            }
+            parsed
+        });
+        StepAction::Template { from: raw.from.get_ref().clone(), to: raw.to.get_ref().clone(), mode, source }
     }
 
     pub(super) fn health(&mut self, raw: &[Spanned<RawHealth>], steps: &[Step]) -> Vec<HealthCheck> {

@@ -148,7 +148,7 @@ impl HostSession for LocalSession {
                 };
             }
             let dest = self.dir.join(to);
-            let work = copy_verified(request.from, &dest, output);
+            let work = copy_verified(request.from, &dest, request.mode, output);
             tokio::select! {
                 result = work => result,
                 _ = tokio::time::sleep(request.timeout) => StepResult::TimedOut,
@@ -168,7 +168,16 @@ impl HostSession for LocalSession {
 /// Copies `from` to `dest` through a temporary file that is verified and then renamed, unless
 /// `dest` already has the same content. A cancelled copy leaves only the temporary file behind,
 /// never a half-written `dest`.
-async fn copy_verified(from: &Path, dest: &Path, output: &dyn OutputSink) -> StepResult {
+async fn copy_verified(from: &Path, dest: &Path, mode: Option<u32>, output: &dyn OutputSink) -> StepResult {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |path: PathBuf| async move {
+        match mode {
+            Some(mode) => tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .await
+                .map_err(|e| format!("cannot set mode {mode:o} on {}: {e}", path.display())),
+            None => Ok(()),
+        }
+    };
     let fail = |message: String| StepResult::Error { message };
     let want = match upload::sha256_file(from).await {
         Ok(h) => h,
@@ -178,6 +187,9 @@ async fn copy_verified(from: &Path, dest: &Path, output: &dyn OutputSink) -> Ste
         && let Ok(have) = upload::sha256_file(dest).await
         && have == want
     {
+        if let Err(e) = chmod(dest.to_path_buf()).await {
+            return fail(e);
+        }
         return StepResult::Skipped { reason: format!("{} already has sha256 {want}", dest.display()) };
     }
     if let Some(parent) = dest.parent()
@@ -207,6 +219,7 @@ async fn copy_verified(from: &Path, dest: &Path, output: &dyn OutputSink) -> Ste
         if got != want {
             return Err(format!("sha256 mismatch after copy: expected {want}, got {got}"));
         }
+        chmod(temp.clone()).await?;
         tokio::fs::rename(&temp, dest).await.map_err(|e| format!("cannot rename into {}: {e}", dest.display()))
     };
     match copied.await {

@@ -105,6 +105,9 @@ pub struct UploadRequest<'a> {
     /// Destination on the host; relative to its deploy directory unless absolute.
     pub to: &'a str,
     pub timeout: Duration,
+    /// Permission bits the file ends with (`0640`), set before it is renamed into place, and on
+    /// a file that already had the content; `None` leaves them to the host's umask.
+    pub mode: Option<u32>,
 }
 
 /// Receives what a running step produces: output lines as they are produced (without the

@@ -569,16 +569,25 @@ impl SshSession {
         output: &dyn OutputSink,
     ) -> Result<Option<String>, String> {
         let parent = dest.rsplit_once('/').map_or(".", |(p, _)| if p.is_empty() { "/" } else { p });
+        // The mode is set on the temporary file before it is renamed, so the file is never in
+        // place with looser permissions; a file that already has the content gets it too.
+        let chmod = |file: &str| match request.mode {
+            Some(mode) => format!(
+                "chmod {mode:o} \"{file}\" || {{ echo \"{NO} cannot set mode {mode:o} on {file}\"; exit 1; }}; "
+            ),
+            None => String::new(),
+        };
+        let (chmod_dest, chmod_temp) = (chmod("$f"), chmod("$t"));
         let script = format!(
             // A hash is 64 characters: `head` keeps a host whose `sha256sum` floods from making
             // the shell hold (and this runner read) more than that.
             "f={dest}; t={temp}; w={want}; \
-             h=$(sha256sum -- \"$f\" 2>/dev/null | head -c 64); [ \"$h\" = \"$w\" ] && {{ echo {HAVE}; exit 0; }}; \
+             h=$(sha256sum -- \"$f\" 2>/dev/null | head -c 64); [ \"$h\" = \"$w\" ] && {{ {chmod_dest}echo {HAVE}; exit 0; }}; \
              [ -d {parent} ] || mkdir -p -- {parent} || {{ echo \"{NO} cannot create {parent_shown}\"; exit 1; }}; \
              echo {SEND}; \
              cat > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit 1; }}; \
              h=$(sha256sum -- \"$t\" 2>/dev/null | head -c 64); \
-             [ \"$h\" = \"$w\" ] || {{ rm -f -- \"$t\"; echo \"{BAD} $h\"; exit 1; }}; \
+             [ \"$h\" = \"$w\" ] || {{ rm -f -- \"$t\"; echo \"{BAD} $h\"; exit 1; }}; {chmod_temp}\
              mv -f -- \"$t\" \"$f\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot rename $t to $f\"; exit 1; }}; \
              echo {DONE}",
             dest = quote(dest),
