@@ -457,3 +457,39 @@ fn a_template_step_renders_per_host_and_plan_diff_shows_what_would_change_with_s
     assert!(changed.contains("-listen 8080\n+listen 9090\n token ******\n name h1\n"), "{changed}");
     assert!(!changed.contains("s3cr3t"), "{changed}");
 }
+
+#[test]
+fn a_user_certificate_from_the_ca_sshd_trusts_lets_in_a_key_sshd_does_not_know() {
+    if !sshd::available() {
+        return;
+    }
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("user_ca");
+    sshd::keygen(&ca, "ed25519");
+    let fleet = Fleet::start_with(1, "ed25519", &format!("TrustedUserCAKeys {}", ca.with_extension("pub").display()));
+    // No authorized key at all: only what the CA signed gets in.
+    std::fs::write(fleet.path("authorized_keys"), "").unwrap();
+    let key = fleet.path("cert_user");
+    sshd::keygen(&key, "ed25519");
+    let profile = fleet
+        .profile("[[steps]]\nname = \"noop\"\nrun = \"true\"\n", "")
+        .replace(&fleet.path("client_ed25519").display().to_string(), &key.display().to_string());
+    std::fs::write(fleet.path("profile.toml"), profile).unwrap();
+    let check = || {
+        let out = wavedeck(&fleet, &["check", fleet.path("profile.toml").to_str().unwrap(), "--env", "test"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = check();
+    assert!(refused.contains("auth_failed"), "without a certificate the key is unknown: {refused}");
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&ca)
+        .args(["-I", "wavedeck-test", "-n", "root", "-V", "-5m:+1h"])
+        .arg(key.with_extension("pub"))
+        .status()
+        .unwrap();
+    assert!(signed.success());
+    assert!(fleet.path("cert_user-cert.pub").exists());
+    let accepted = check();
+    assert!(accepted.contains("test: 1 of 1 hosts ready"), "{accepted}");
+}

@@ -25,6 +25,9 @@ pub struct Endpoint {
     pub identities: Vec<PathBuf>,
     /// Offer only `identities` (and agent keys matching them), as OpenSSH's IdentitiesOnly.
     pub identities_only: bool,
+    /// OpenSSH user certificates named by ssh_config's CertificateFile; a key's own
+    /// `<key>-cert.pub` is found beside it without being named.
+    pub certificates: Vec<PathBuf>,
     /// Hops to go through, outermost first (ProxyJump).
     pub jumps: Vec<Endpoint>,
     pub connect_timeout: Duration,
@@ -101,6 +104,8 @@ impl ConfigFile {
             .is_some_and(|v| v.eq_ignore_ascii_case("yes"));
         let connect_timeout = params.as_ref().and_then(|p| p.connect_timeout).unwrap_or(settings.connect_timeout);
         let keepalive = params.as_ref().and_then(|p| p.server_alive_interval).unwrap_or(settings.keepalive_interval);
+        let certificates =
+            params.as_ref().and_then(|p| p.certificate_file.clone()).map(|p| vec![expand_home(&p)]).unwrap_or_default();
         Ok(Endpoint {
             alias: alias.to_string(),
             hostname,
@@ -108,6 +113,7 @@ impl ConfigFile {
             user,
             identities,
             identities_only,
+            certificates,
             jumps: Vec::new(),
             connect_timeout,
             keepalive,

@@ -238,10 +238,30 @@ async fn authenticate(handle: &mut Handle<Verifier>, endpoint: &Endpoint) -> Res
             }
             Err(e) => return Err(TransportError::Config(format!("cannot use identity file {}: {e}", path.display()))),
         };
+        // A certificate for this key (signed by a CA the host trusts) first, as OpenSSH does.
+        let mut beside = path.clone().into_os_string();
+        beside.push("-cert.pub");
+        let key = Arc::new(key);
+        for cert_path in std::iter::once(std::path::PathBuf::from(beside)).chain(endpoint.certificates.iter().cloned())
+        {
+            let Ok(cert) = russh::keys::load_openssh_certificate(&cert_path) else { continue };
+            if cert.public_key() != key.public_key().key_data() {
+                continue;
+            }
+            tried.push(format!("certificate {}", cert_path.display()));
+            tracing::debug!(certificate = %cert_path.display(), "offering a user certificate");
+            let result = handle
+                .authenticate_openssh_cert(user.clone(), key.clone(), cert)
+                .await
+                .map_err(|e| TransportError::Unreachable(format!("connection lost while authenticating: {e}")))?;
+            if result.success() {
+                return Ok(());
+            }
+        }
         tried.push(path.display().to_string());
         let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
         let result = handle
-            .authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(key, hash))
             .await
             .map_err(|e| TransportError::Unreachable(format!("connection lost while authenticating: {e}")))?;
         if result.success() {
