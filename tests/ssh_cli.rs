@@ -493,3 +493,58 @@ fn a_user_certificate_from_the_ca_sshd_trusts_lets_in_a_key_sshd_does_not_know()
     let accepted = check();
     assert!(accepted.contains("test: 1 of 1 hosts ready"), "{accepted}");
 }
+
+/// Signs `public` with `ca` as a host certificate for 127.0.0.1, valid now.
+fn sign_host(ca: &std::path::Path, public: &std::path::Path, principal: &str) {
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(ca)
+        .args(["-I", "wavedeck-test-host", "-h", "-n", principal, "-V", "-5m:+1h"])
+        .arg(public)
+        .status()
+        .unwrap();
+    assert!(signed.success());
+}
+
+#[test]
+fn a_host_certificate_from_an_authority_in_known_hosts_is_trusted_and_one_from_another_is_not() {
+    if !sshd::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, other_ca) = (dir.path().join("host_ca"), dir.path().join("other_ca"));
+    sshd::keygen(&ca, "ed25519");
+    sshd::keygen(&other_ca, "ed25519");
+    let cert = dir.path().join("host-cert.pub");
+    let fleet = Fleet::start_with(1, "ed25519", &format!("HostCertificate {}", cert.display()));
+    let server = &fleet.servers[0];
+    // The host's key, signed once sshd made it; sshd reads the certificate again on SIGHUP.
+    let reload = |signer: &std::path::Path| {
+        std::fs::copy(server.dir.join("host_ed25519.pub"), dir.path().join("host.pub")).unwrap();
+        sign_host(signer, &dir.path().join("host.pub"), "127.0.0.1");
+        let before = server.log().matches("Server listening on").count();
+        Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while server.log().matches("Server listening on").count() <= before {
+            assert!(std::time::Instant::now() < deadline, "sshd did not restart:\n{}", server.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    reload(&ca);
+    // known_hosts trusts the authority for the host, and holds no key of the host itself.
+    let ca_line = std::fs::read_to_string(ca.with_extension("pub")).unwrap();
+    std::fs::write(fleet.path("known_hosts"), format!("@cert-authority [127.0.0.1]:{} {ca_line}", server.port))
+        .unwrap();
+    std::fs::write(fleet.path("profile.toml"), fleet.profile("[[steps]]\nname = \"noop\"\nrun = \"true\"\n", ""))
+        .unwrap();
+    let check = || {
+        let out = wavedeck(&fleet, &["check", fleet.path("profile.toml").to_str().unwrap(), "--env", "test"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let trusted = check();
+    assert!(trusted.contains("test: 1 of 1 hosts ready"), "{trusted}");
+    // Signed by an authority known_hosts does not trust: its plain key is unknown, so refused.
+    reload(&other_ca);
+    let refused = check();
+    assert!(refused.contains("host_key_unknown"), "{refused}");
+}

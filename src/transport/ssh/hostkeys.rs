@@ -6,9 +6,12 @@
 //! a file that exists but cannot be read refuses the connection; a line that cannot be parsed is
 //! skipped without hiding the others (bytes that are not UTF-8, tabs between fields, a
 //! malformed line for the same host); host patterns honour `*`, `?` and `!negation`; `@revoked`
-//! refuses its key under any policy; `@cert-authority` lines are not host keys and are ignored
-//! (host certificates are refused anyway). A known key of another type counts as *changed*: a
-//! host that is in the file with some key is not unknown.
+//! refuses its key under any policy. `@cert-authority` lines name the authorities whose host
+//! certificates are trusted for the hosts they match: a host certificate is accepted when such
+//! an authority signed it, it is a host certificate, it names the host among its principals, and
+//! it is valid now; a certificate from no trusted authority is judged by its plain key, as any
+//! key. A known key of another type counts as *changed*: a host that is in the file with some
+//! key is not unknown.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,54 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// The name the host is looked up by: `host`, or `[host]:port` off port 22.
+    fn shown(&self) -> String {
+        if self.port == 22 { self.host.clone() } else { format!("[{}]:{}", self.host, self.port) }
+    }
+
+    /// Some `@cert-authority` line covers this host: the client then asks for a host
+    /// certificate (as OpenSSH does), which only such a line can vouch for.
+    pub fn trusts_an_authority(&self) -> bool {
+        authorities(&self.files, &self.shown()).is_ok_and(|(cas, _)| !cas.is_empty())
+    }
+
+    /// Decides about a host certificate; returns whether to trust it.
+    pub fn verify_certificate(&self, cert: &russh::keys::Certificate) -> bool {
+        use russh::keys::ssh_key::certificate::CertType;
+        let shown = self.shown();
+        let (cas, revoked) = match authorities(&self.files, &shown) {
+            Ok(found) => found,
+            Err(e) => return self.refuse(TransportError::Config(e)),
+        };
+        let ca_key = cert.signature_key();
+        let plain = PublicKey::new(cert.public_key().clone(), "");
+        if revoked.iter().any(|r| r.key_data() == ca_key || r.key_data() == plain.key_data()) {
+            return self.refuse(TransportError::HostKeyChanged(format!(
+                "the host certificate of {shown} is signed by, or is for, a key that is REVOKED in known_hosts. \
+                 Refusing to connect."
+            )));
+        }
+        let Some((ca, place)) = cas.iter().find(|(ca, _)| ca.key_data() == ca_key) else {
+            // No authority of ours signed it: its key is judged like any host key.
+            return self.verify(&plain);
+        };
+        let fingerprint = ca.fingerprint(HashAlg::Sha256);
+        let why = if cert.cert_type() != CertType::Host {
+            Some("it is a user certificate, not a host certificate".to_string())
+        } else if !cert.valid_principals().iter().any(|p| p.eq_ignore_ascii_case(&self.host)) {
+            Some(format!("it names {:?}, not {}", cert.valid_principals(), self.host))
+        } else {
+            cert.validate([&fingerprint]).err().map(|e| format!("it does not check out: {e}"))
+        };
+        match why {
+            None => true,
+            Some(why) => self.refuse(TransportError::HostKeyUnknown(format!(
+                "the host certificate of {shown} is signed by the authority trusted at {place} ({fingerprint}), \
+                 but {why}. Refusing to connect."
+            ))),
+        }
+    }
+
     pub fn new(host: &str, port: u16, known_hosts: &[PathBuf], policy: HostKeyPolicy) -> Self {
         let mut files = vec![expand_home(std::path::Path::new("~/.ssh/known_hosts"))];
         files.extend(known_hosts.iter().map(|p| expand_home(p)));
@@ -49,7 +100,7 @@ impl Verifier {
 
     /// Decides about `key`; returns whether to trust it.
     pub fn verify(&self, key: &PublicKey) -> bool {
-        let shown = if self.port == 22 { self.host.clone() } else { format!("[{}]:{}", self.host, self.port) };
+        let shown = self.shown();
         let fingerprint = key.fingerprint(HashAlg::Sha256);
         let algorithm = key.algorithm().as_str().to_string();
         match lookup(&self.files, &shown, key) {
@@ -136,6 +187,33 @@ fn lookup(files: &[PathBuf], name: &str, key: &PublicKey) -> Result<Known, Strin
         (false, Some(place)) => Known::Changed(place),
         (false, None) => Known::Unknown,
     })
+}
+
+/// Authorities trusted for a host, each with where it is written (`file:line`).
+type Authorities = Vec<(PublicKey, String)>;
+
+/// The `@cert-authority` keys whose patterns match `name`, and every `@revoked` key of the files.
+fn authorities(files: &[PathBuf], name: &str) -> Result<(Authorities, Vec<PublicKey>), String> {
+    let mut cas = Vec::new();
+    let mut revoked = Vec::new();
+    for file in files {
+        let bytes = match std::fs::read(file) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read known_hosts file {}: {e}; refusing to guess", file.display())),
+        };
+        for (number, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            let Some(entry) = Entry::parse(&String::from_utf8_lossy(raw)) else { continue };
+            match entry.marker {
+                Some(Marker::Revoked) => revoked.push(entry.key),
+                Some(Marker::CertAuthority) if entry.matches(name) => {
+                    cas.push((entry.key, format!("{}:{}", file.display(), number + 1)));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((cas, revoked))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,9 +318,7 @@ impl client::Handler for Verifier {
     ) -> Result<bool, Self::Error> {
         match server_key {
             russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => Ok(self.verify(key)),
-            russh::keys::PublicKeyOrCertificate::Certificate(_) => Ok(self.refuse(TransportError::HostKeyUnknown(
-                format!("{} presented a host certificate; wavedeck verifies plain host keys only", self.host),
-            ))),
+            russh::keys::PublicKeyOrCertificate::Certificate(cert) => Ok(self.verify_certificate(cert)),
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct SshTransport {
     settings: SshSettings,
     config: ConfigFile,
     client: Arc<client::Config>,
+    /// The same, also asking for host certificates: for hosts an `@cert-authority` line covers.
+    client_asking_certificates: Arc<client::Config>,
     /// Per step record: the bytes of its stdout and stderr that reached this runner, so that
     /// after a dropped connection only what it missed is fetched from the host.
     seen: Seen,
@@ -66,14 +68,26 @@ impl SshTransport {
     /// Reads ssh_config once for the whole deploy.
     pub fn new(settings: &SshSettings) -> Result<SshTransport, TransportError> {
         let config = ConfigFile::load(settings)?;
-        let client = Arc::new(client::Config {
+        let client_config = |certificates: &'static [Algorithm]| client::Config {
             keepalive_interval: Some(settings.keepalive_interval),
             keepalive_max: KEEPALIVE_MAX,
             nodelay: true,
-            preferred: russh::Preferred { key: Cow::Borrowed(HOST_KEY_ALGORITHMS), ..russh::Preferred::DEFAULT },
+            preferred: russh::Preferred {
+                key: Cow::Borrowed(HOST_KEY_ALGORITHMS),
+                host_key_certificates: Cow::Borrowed(certificates),
+                ..russh::Preferred::DEFAULT
+            },
             ..Default::default()
-        });
-        Ok(SshTransport { settings: settings.clone(), config, client, seen: Seen::default() })
+        };
+        let client = Arc::new(client_config(&[]));
+        let client_asking_certificates = Arc::new(client_config(HOST_KEY_ALGORITHMS));
+        Ok(SshTransport {
+            settings: settings.clone(),
+            config,
+            client,
+            client_asking_certificates,
+            seen: Seen::default(),
+        })
     }
 
     /// Resolves where a host's steps will go (for `check` and messages).
@@ -101,8 +115,10 @@ impl SshTransport {
             Verifier::new(&endpoint.hostname, endpoint.port, &self.settings.known_hosts, self.settings.host_key_policy);
         let refusal = verifier.refusal.clone();
         let place = format!("{}:{}", endpoint.hostname, endpoint.port);
+        // Host certificates are asked for only where known_hosts trusts an authority for the host.
+        let config =
+            if verifier.trusts_an_authority() { self.client_asking_certificates.clone() } else { self.client.clone() };
         tracing::debug!(host = %endpoint.alias, %place, user = %endpoint.user, jump = via.is_some(), "connecting");
-        let config = self.client.clone();
         let connecting = async {
             match via {
                 None => {
