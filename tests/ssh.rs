@@ -670,3 +670,43 @@ async fn a_connection_made_ahead_that_drops_before_its_wave_is_dialled_again() {
     assert_eq!(outcome, Outcome::Succeeded, "{hosts:?}\n{:#?}", d.events);
     assert_eq!(accepted(&fleet.servers[1]), 2, "dialled again after the drop");
 }
+
+#[tokio::test]
+async fn a_bastion_behind_a_bastion_is_reached_through_its_own_proxy_jump() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(3);
+    let (outer, middle, target) = (&fleet.servers[0], &fleet.servers[1], &fleet.servers[2]);
+    std::fs::write(
+        fleet.path("ssh_config"),
+        format!(
+            "Host inner-web\n  HostName 127.0.0.1\n  Port {}\n  ProxyJump root@middle\n\n\
+             Host middle\n  HostName 127.0.0.1\n  Port {}\n  ProxyJump root@127.0.0.1:{}\n",
+            target.port, middle.port, outer.port
+        ),
+    )
+    .unwrap();
+    let mut profile = fleet
+        .profile(&step("where", "echo two-hops", ""), &format!("config = \"{}\"", fleet.path("ssh_config").display()))
+        .replace("config = \"none\"\n", "");
+    for hop in [outer, middle] {
+        profile = profile.replace(
+            &format!(
+                "{{ name = \"h{}\", address = \"127.0.0.1\", port = {} }}, ",
+                if hop.port == outer.port { 0 } else { 1 },
+                hop.port
+            ),
+            "",
+        );
+    }
+    let profile =
+        profile.replace(&format!("address = \"127.0.0.1\", port = {} }}", target.port), "address = \"inner-web\" }");
+    let mut d = start(&profile);
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    assert!(d.events.iter().any(|e| matches!(e, Event::Output { line, .. } if line == "two-hops")));
+    // Each bastion was logged into (and verified, through known_hosts) on the way.
+    for hop in [outer, middle] {
+        assert!(hop.log().contains("Accepted publickey"), "{}", hop.log());
+    }
+}

@@ -61,17 +61,43 @@ impl ConfigFile {
         let user = host.user.clone().or_else(|| settings.user.clone());
         let port = host.port.or(settings.port);
         let mut endpoint = self.resolve(&host.address, user, port, settings)?;
-        let jumps = self.jump_specs(&host.address);
-        for spec in jumps {
-            let (user, alias, port) = parse_jump(&spec).ok_or_else(|| {
-                TransportError::Config(format!("ProxyJump `{spec}` for {}: expected [user@]host[:port]", host.address))
-            })?;
-            let mut hop = self.resolve(&alias, user, port, settings)?;
-            // A hop's own ProxyJump is not followed: list every hop on the target instead.
-            hop.jumps.clear();
-            endpoint.jumps.push(hop);
-        }
+        endpoint.jumps = self.hops(&host.address, settings, &mut vec![host.address.clone()])?;
         Ok(endpoint)
+    }
+
+    /// The hops to `alias`, outermost first: its ProxyJump list, preceded by the hops to the
+    /// first of them (a bastion that is itself behind a bastion), as OpenSSH goes. `path` is the
+    /// chain so far, to refuse a loop.
+    fn hops(
+        &self,
+        alias: &str,
+        settings: &SshSettings,
+        path: &mut Vec<String>,
+    ) -> Result<Vec<Endpoint>, TransportError> {
+        let mut hops = Vec::new();
+        for (i, spec) in self.jump_specs(alias).into_iter().enumerate() {
+            let (user, hop_alias, port) = parse_jump(&spec).ok_or_else(|| {
+                TransportError::Config(format!("ProxyJump `{spec}` for {alias}: expected [user@]host[:port]"))
+            })?;
+            if path.contains(&hop_alias) || path.len() > MAX_HOPS {
+                path.push(hop_alias);
+                return Err(TransportError::Config(format!(
+                    "ProxyJump goes round in a loop or too deep (at most {MAX_HOPS} hops): {}",
+                    path.join(" -> ")
+                )));
+            }
+            // The first hop is reached directly from here, so its own ProxyJump applies; later
+            // hops are reached through the earlier ones.
+            if i == 0 {
+                path.push(hop_alias.clone());
+                hops.extend(self.hops(&hop_alias, settings, path)?);
+                path.pop();
+            }
+            let mut hop = self.resolve(&hop_alias, user, port, settings)?;
+            hop.jumps.clear();
+            hops.push(hop);
+        }
+        Ok(hops)
     }
 
     fn resolve(
@@ -127,6 +153,9 @@ impl ConfigFile {
         jumps.into_iter().filter(|j| !j.eq_ignore_ascii_case("none")).collect()
     }
 }
+
+/// The longest chain of ProxyJump hops followed.
+const MAX_HOPS: usize = 8;
 
 /// `[user@]host[:port]`.
 fn parse_jump(spec: &str) -> Option<(Option<String>, String, Option<u16>)> {
@@ -221,5 +250,23 @@ mod tests {
         assert_eq!(parse_jump("a@b:1"), Some((Some("a".into()), "b".into(), Some(1))));
         assert_eq!(parse_jump("b"), Some((None, "b".into(), None)));
         assert_eq!(parse_jump("b:x"), None);
+    }
+
+    #[test]
+    fn a_bastions_own_proxy_jump_goes_first_and_a_loop_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            "Host web\n  ProxyJump inner\n\nHost inner\n  HostName 10.9.9.9\n  ProxyJump outer\n\n\
+             Host outer\n  HostName 203.0.113.7\n\nHost a\n  ProxyJump b\n\nHost b\n  ProxyJump a\n",
+        )
+        .unwrap();
+        let config = ConfigFile::load(&settings(Some(path.clone()))).unwrap();
+        let e = config.endpoint(&host("web", None), &settings(Some(path.clone()))).unwrap();
+        let hops: Vec<&str> = e.jumps.iter().map(|j| j.hostname.as_str()).collect();
+        assert_eq!(hops, ["203.0.113.7", "10.9.9.9"]);
+        let err = config.endpoint(&host("a", None), &settings(Some(path))).unwrap_err().to_string();
+        assert!(err.contains("ProxyJump goes round in a loop or too deep (at most 8 hops): a -> b -> a"), "{err}");
     }
 }
