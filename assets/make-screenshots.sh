@@ -45,20 +45,33 @@ wait_for() {
 }
 keys() { tmux -L "$socket" send-keys -t 0 "$@"; }
 
-# The HTML around a capture: the terminal's own colours on black, in a monospace font that has
-# the box-drawing characters.
+# The terminal's 16 colours, as a dark terminal shows them (aha names them by class; colour 0,
+# black, is its "dimgray"), so black text on the selection bar stays black.
+PALETTE='
+body{margin:0;background:#0d1117}
+pre{margin:12px;font:15px/1.2 "DejaVu Sans Mono",monospace;color:#c9d1d9}
+.bold{font-weight:bold}
+.dimgray{color:#0d1117}.red{color:#f85149}.green{color:#3fb950}.yellow{color:#d29922}
+.blue{color:#58a6ff}.purple{color:#bc8cff}.cyan{color:#39c5cf}.white{color:#c9d1d9}
+.highlighted.dimgray{color:#6e7681}.highlighted.red{color:#ff7b72}.highlighted.green{color:#56d364}
+.highlighted.yellow{color:#e3b341}.highlighted.blue{color:#79c0ff}.highlighted.purple{color:#d2a8ff}
+.highlighted.cyan{color:#56d4dd}.highlighted.white{color:#f0f6fc}
+.bg-black{background:#0d1117}.bg-red{background:#f85149}.bg-green{background:#3fb950}
+.bg-yellow{background:#d29922}.bg-blue{background:#58a6ff}.bg-purple{background:#bc8cff}
+.bg-cyan{background:#39c5cf}.bg-white{background:#c9d1d9}.highlighted.bg-black{background:#6e7681}
+'
+
+# The HTML around a capture, in a monospace font that has the box-drawing characters.
 photograph() {
   local name="$1"
   tmux -L "$socket" capture-pane -e -p -t 0 > "assets/$name.ansi"
   {
-    printf '<!doctype html><meta charset="utf-8"><style>'
-    printf 'body{margin:0;background:#0d1117}pre{margin:12px;font:15px/1.2 "DejaVu Sans Mono",monospace;color:#c9d1d9}'
-    printf '</style><pre>'
-    aha --no-header --black < "assets/$name.ansi"
+    printf '<!doctype html><meta charset="utf-8"><style>%s</style><pre>' "$PALETTE"
+    aha --no-header --stylesheet < "assets/$name.ansi"
     printf '</pre>'
   } > "$work/$name.html"
   "$chrome" --headless --no-sandbox --disable-gpu --hide-scrollbars --force-device-scale-factor=1 \
-    --window-size=1300,880 --screenshot="$PWD/assets/$name.png" "file://$work/$name.html" >/dev/null 2>&1
+    --window-size=1300,785 --screenshot="$PWD/assets/$name.png" "file://$work/$name.html" >/dev/null 2>&1
   echo "wrote assets/$name.png"
 }
 
