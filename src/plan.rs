@@ -291,6 +291,15 @@ impl Plan {
     }
 
     /// A human-readable rendering for `wavedeck plan`.
+    /// Some step renders a template (so `plan --diff` has something to show).
+    pub fn has_templates(&self) -> bool {
+        self.waves
+            .iter()
+            .flat_map(|w| &w.hosts)
+            .flat_map(|h| &h.steps)
+            .any(|s| matches!(s.action, PlannedAction::Template { .. }))
+    }
+
     /// What the deploy judges across hosts beyond each host's own checks, when the profile
     /// asks for more than the defaults: "new vs old during each soak: p95 ≤ 2x old, errors ≤
     /// old + 5 points".

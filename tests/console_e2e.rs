@@ -698,3 +698,31 @@ fn the_insight_demo_pauses_on_the_slow_host_and_o_leads_to_the_odd_one() {
     let records = c.audit();
     assert!(records.iter().any(|r| r["event"] == "analysis_failed" && r["wave"] == 2));
 }
+
+#[test]
+fn d_on_the_plan_shows_how_a_template_would_change_each_host_with_secrets_masked() {
+    if !tmux_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.conf.j2"), "listen {{ port }}\nname {{ host }}\n").unwrap();
+    let profile = dir.path().join("conf.toml");
+    std::fs::write(
+        &profile,
+        "[service]\nname = \"conf\"\n[vars]\nport = \"8080\"\n[[environments]]\nname = \"dev\"\n\
+         hosts = [{ name = \"c1\" }, { name = \"c2\" }]\n[[steps]]\nname = \"config\"\n\
+         template = { from = \"app.conf.j2\", to = \"app.conf\" }\n",
+    )
+    .unwrap();
+    let c = Console::start_with(&profile, None);
+    c.keys(&["Enter"]);
+    c.wait_for("Release:");
+    c.type_text("1.0");
+    c.keys(&["Enter"]);
+    c.wait_for("D template diffs");
+    c.keys(&["D"]);
+    c.wait_for("Template changes");
+    let screen = c.screen();
+    assert!(screen.contains("== c1: app.conf (config) is new") && screen.contains("+listen 8080"), "{screen}");
+    assert!(c.audit_files().is_empty(), "looking changed nothing and started nothing");
+}

@@ -187,6 +187,29 @@ fn setup(profiles: Vec<Profile>, options: &ConsoleOptions) -> Result<(App, Theme
     Ok((app, theme))
 }
 
+/// What `plan --diff` prints, for the confirmation dialog's `D`; a problem is the text.
+async fn plan_diff(
+    profile: &Profile,
+    env: &crate::profile::Environment,
+    release: &str,
+    local_root: Option<&std::path::Path>,
+) -> String {
+    let secrets = match crate::secrets::Secrets::from_env(profile) {
+        Ok(secrets) => secrets,
+        Err(e) => return format!("cannot render the templates: {e}"),
+    };
+    let plan = match crate::plan::Plan::build(profile, &env.name, release, &secrets) {
+        Ok(plan) => plan,
+        Err(e) => return e.to_string(),
+    };
+    let transport = match session::transport_for(env, local_root) {
+        Ok(transport) => transport,
+        Err(e) => return e.to_string(),
+    };
+    let changes = crate::diff::template_changes(&plan, transport, &secrets.redactor()).await;
+    crate::diff::report(&changes).trim_start().to_string()
+}
+
 /// The profiles to show: the given file or directory, else `./profiles`, else the user's
 /// config directory.
 fn load_profiles(path: Option<&Path>) -> Result<Vec<Profile>, String> {
@@ -340,6 +363,8 @@ async fn console_loop(
     }
     // Preflight checks run in the background and report here, per target.
     let (checks_tx, mut checks) = mpsc::unbounded_channel::<(usize, Vec<check::HostCheck>)>();
+    // Texts a background task found, to show in a dialog: (title, text).
+    let (texts_tx, mut texts) = mpsc::unbounded_channel::<(String, String)>();
     let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
 
     loop {
@@ -451,6 +476,11 @@ async fn console_loop(
                         }
                     }
                 }
+            }
+            Some((title, text)) = texts.recv() => {
+                app.busy = None;
+                app.show_text(&title, &text);
+                dirty = true;
             }
             Some((target, results)) = checks.recv() => {
                 let statuses = results.into_iter().map(|r| (r.host, r.status)).collect();
@@ -605,6 +635,23 @@ async fn console_loop(
                         }
                         Err(e) => app.status = Some(e.to_string()),
                     }
+                }
+                Effect::PlanDiff { target, release } => {
+                    let Some(t) = app.targets.get(target) else { continue };
+                    let profile = app.profiles[t.profile].clone();
+                    let env = profile.environments[t.env].clone();
+                    let title = format!("Template changes — {} {release} to {}", profile.service, env.name);
+                    let local_root = options.local_root.clone();
+                    let tx = texts_tx.clone();
+                    // On a thread of its own with its own small runtime: the reads hold borrows across
+                    // awaits that a task on the console's runtime could not.
+                    tokio::task::spawn_blocking(move || {
+                        let text = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                            Ok(runtime) => runtime.block_on(plan_diff(&profile, &env, &release, local_root.as_deref())),
+                            Err(e) => format!("cannot start the reads: {e}"),
+                        };
+                        let _ = tx.send((title, text));
+                    });
                 }
                 Effect::StartRollback => {
                     if let Some(pending) = prepared_rollback.take() {

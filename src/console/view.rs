@@ -986,7 +986,12 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
             input_popup(frame, rect, &title, "Release:", input, error.clone(), theme, false);
         }
         Dialog::ConfirmPlan { plan, scroll, .. } => {
-            let hint = Line::styled(" Enter start · Esc cancel", theme.fg(theme.accent));
+            let keys = if plan.has_templates() {
+                " Enter start · D template diffs · Esc cancel"
+            } else {
+                " Enter start · Esc cancel"
+            };
+            let hint = Line::styled(keys, theme.fg(theme.accent));
             text_dialog(frame, dialog, " Confirm plan ", *scroll, hint, theme, plan.protected);
         }
         Dialog::ConfirmTriage(commands) => {

@@ -251,6 +251,12 @@ impl App {
                 self.dialog = Some(Dialog::Release { input, error });
             }
             Dialog::ConfirmPlan { plan, release, scroll } => {
+                if key.code == KeyCode::Char('D') && plan.has_templates() {
+                    let effect = Effect::PlanDiff { target: self.selected_target, release: release.clone() };
+                    self.dialog = Some(Dialog::ConfirmPlan { plan, release, scroll });
+                    self.busy = Some("reading the template files on the hosts…".into());
+                    return vec![effect];
+                }
                 if enter {
                     if plan.protected {
                         self.dialog = Some(Dialog::TypeName {

@@ -47,6 +47,12 @@ pub enum Effect {
     Check {
         target: usize,
     },
+    /// Read the hosts' files of the plan's template steps and show how `release` would change
+    /// them (in the background).
+    PlanDiff {
+        target: usize,
+        release: String,
+    },
     Send(Command, CommandSource),
     /// Ask the runner for control of the deploy this console observes.
     TakeOver,
@@ -310,6 +316,12 @@ impl App {
             (Some(p), Some(e)) => Plan::build(p, &e.name, "RELEASE", &Secrets::masked(p)).map_err(|e| e.to_string()),
             _ => Err("no environment selected".into()),
         };
+    }
+
+    /// Show this text in a dialog (what a background task found).
+    pub fn show_text(&mut self, title: &str, text: &str) {
+        let lines = text.lines().map(|l| super::prose::line(super::prose::Ink::Text, crate::text::clean(l))).collect();
+        self.dialog = Some(Dialog::Text { title: format!(" {title} "), lines, scroll: 0 });
     }
 
     pub fn deploy_running(&self) -> bool {
