@@ -60,6 +60,7 @@ async fn bench() {
         first: Vec::new(),
         on_detach: None,
         metrics_file: None,
+        passphrases: Default::default(),
     };
     let started = Instant::now();
     let mut controller = runner::spawn(&spec).await.map_err(|r| r.message).unwrap();

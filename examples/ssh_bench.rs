@@ -314,6 +314,7 @@ fn run_through_runner(root: &Path, artifact: &Path, ports: &[u16]) -> (f64, u64)
         first: Vec::new(),
         on_detach: None,
         metrics_file: None,
+        passphrases: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let started = Instant::now();

@@ -556,6 +556,7 @@ fn rollback_spec(
         // Today's contract for a command in a terminal: it goes, the rollback stops.
         on_detach: Some(DetachAction::Abort),
         metrics_file: None,
+        passphrases: Default::default(),
     }
 }
 
@@ -594,6 +595,7 @@ fn resume(
         first: Vec::new(),
         on_detach: Some(DetachAction::Abort),
         metrics_file: None,
+        passphrases: Default::default(),
     };
     let runtime = runtime()?;
     Ok(runtime.block_on(headless::drive(spec, orders)).code)
@@ -989,6 +991,7 @@ fn deploy(
         // on a CI machine).
         on_detach: Some(DetachAction::Abort),
         metrics_file,
+        passphrases: Default::default(),
     };
     let runtime = runtime()?;
     let ended = runtime.block_on(headless::drive(spec, orders));

@@ -67,6 +67,27 @@ pub struct Spec {
     /// Where to keep the deploy's figures for Prometheus (else `$WAVEDECK_METRICS_FILE`).
     #[serde(default)]
     pub metrics_file: Option<PathBuf>,
+    /// Passphrases the operator typed for encrypted identity files no agent holds. They travel
+    /// only on the runner's standard input and stay in its memory.
+    #[serde(default, skip_serializing_if = "Passphrases::is_empty")]
+    pub passphrases: Passphrases,
+}
+
+/// Identity files and the passphrases typed for them; never shown.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Passphrases(pub Vec<(PathBuf, String)>);
+
+impl Passphrases {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Passphrases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Passphrases({} given)", self.0.len())
+    }
 }
 
 /// The runner's line back to the front end that started it (a rollback to confirm first says
@@ -134,6 +155,7 @@ pub fn main() -> i32 {
             return exit::INVALID;
         }
     };
+    crate::transport::ssh::remember_passphrases(spec.passphrases.0.clone());
     let _debug_log = std::env::var_os(crate::debuglog::DEBUG_LOG_ENV)
         .filter(|p| !p.is_empty())
         .and_then(|path| crate::debuglog::init(std::path::Path::new(&path)).ok());

@@ -733,3 +733,43 @@ fn the_health_pane_puts_new_hosts_against_old_ones_with_a_sparkline_each() {
     assert!(screen.contains("PAUSED 00:01 · wave 1 worse than old: new hosts' p95 285ms"), "{screen}");
     snapshot("health_new_against_old", &mut app, 22);
 }
+
+#[test]
+fn a_locked_key_is_asked_for_unseen_a_wrong_passphrase_again_and_the_right_one_starts_the_deploy() {
+    use wavedeck::console::app::Effect;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id_locked");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "open sesame", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut app = app();
+    let spec = wavedeck::runner::Spec {
+        job: wavedeck::runner::Job::Deploy { release: "2.4.1".into() },
+        profile: "profiles/demo.toml".into(),
+        env: "staging".into(),
+        audit_dir: None,
+        local_root: None,
+        mode: "console".into(),
+        confirmation: Some("confirmed plan".into()),
+        first: Vec::new(),
+        on_detach: None,
+        metrics_file: None,
+        passphrases: Default::default(),
+    };
+    app.ask_passphrases(spec, vec![key.clone()]);
+    typed(&mut app, "open sesam");
+    let screen = render(&mut app, 80, 24, 0);
+    assert!(screen.contains("Unlock a key for this deploy") && screen.contains("••••••••••"), "{screen}");
+    assert!(!screen.contains("sesam"), "typed unseen\n{screen}");
+    let effects = app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert!(effects.is_empty());
+    assert!(render(&mut app, 80, 24, 0).contains("that passphrase does not open it"));
+    typed(&mut app, "open sesame");
+    let effects = app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let [Effect::Launch(spec)] = effects.as_slice() else { panic!("{effects:?}") };
+    assert_eq!(spec.passphrases.0, vec![(key, "open sesame".to_string())]);
+    assert!(!format!("{spec:?}").contains("sesame"), "a spec never shows the passphrase");
+}

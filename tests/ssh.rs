@@ -710,3 +710,33 @@ async fn a_bastion_behind_a_bastion_is_reached_through_its_own_proxy_jump() {
         assert!(hop.log().contains("Accepted publickey"), "{}", hop.log());
     }
 }
+
+#[tokio::test]
+async fn an_encrypted_key_opens_with_the_passphrase_the_operator_typed_and_is_then_not_locked() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let key = fleet.path("typed");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "battery staple", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The fleet trusts this key too.
+    let mut authorized = std::fs::read_to_string(fleet.path("authorized_keys")).unwrap();
+    authorized.push_str(&std::fs::read_to_string(key.with_extension("pub")).unwrap());
+    std::fs::write(fleet.path("authorized_keys"), authorized).unwrap();
+    let profile = fleet.profile(&step("hi", "echo unlocked", ""), "").replace("client_ed25519", "typed");
+    let parsed = wavedeck::profile::Profile::parse(std::path::Path::new("p.toml"), &profile).unwrap();
+    let env = &parsed.environments[0];
+    // What the console asks about before it starts the deploy (no agent here).
+    let locked = temp_env_without_agent(|| wavedeck::transport::ssh::locked_identities(&env.ssh, &env.hosts));
+    assert_eq!(locked.await, vec![key.clone()]);
+    wavedeck::transport::ssh::remember_passphrases(vec![(key.clone(), "battery staple".into())]);
+    assert!(wavedeck::transport::ssh::locked_identities(&env.ssh, &env.hosts).await.is_empty());
+    let mut d = temp_env_without_agent(|| Deploy::start_on(&profile, transport(&profile)));
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    assert!(d.events.iter().any(|e| matches!(e, Event::Output { line, .. } if line == "unlocked")));
+}

@@ -258,6 +258,8 @@ fn load_profiles(path: Option<&Path>) -> Result<Vec<Profile>, String> {
 /// What a background task of the console reports when it is done. Anything that touches a
 /// host or the network runs as such a task, so the loop never waits on it.
 enum Done {
+    /// The identity files a deploy needs that are encrypted and in no agent (none: start it).
+    Locked { spec: Box<Spec>, files: Vec<PathBuf> },
     /// A deploy or rollback started (its lock taken), or was refused.
     Started(Result<Box<Client>, String>),
     /// A rollback was planned and its targets previewed, for the operator to confirm (or, for
@@ -406,6 +408,13 @@ async fn console_loop(
             Some(finished) = done.recv() => {
                 dirty = true;
                 match finished {
+                    Done::Locked { spec, files } if files.is_empty() => {
+                        busy = Some(start_in_background(*spec, &done_tx, &mut app));
+                    }
+                    Done::Locked { spec, files } => {
+                        busy = None;
+                        app.ask_passphrases(*spec, files);
+                    }
                     Done::Started(Ok(live)) => {
                         busy = None;
                         app.busy = None;
@@ -536,6 +545,7 @@ async fn console_loop(
                         first: Vec::new(),
                         on_detach: None,
                         metrics_file: app.metrics_file.clone(),
+                        passphrases: Default::default(),
                     };
                     app.interrupted.remove(&target);
                     busy = Some(start_in_background(spec, &done_tx, &mut app));
@@ -596,9 +606,26 @@ async fn console_loop(
                         first: Vec::new(),
                         on_detach: None,
                         metrics_file: app.metrics_file.clone(),
+                        passphrases: Default::default(),
                     };
-                    busy = Some(start_in_background(spec, &done_tx, &mut app));
+                    // An encrypted key no agent holds is asked about first, as ssh would.
+                    let environment = app.profiles[profile].environment(&spec.env).cloned();
+                    match environment.filter(|e| e.transport == crate::profile::TransportKind::Ssh) {
+                        Some(environment) => {
+                            let tx = done_tx.clone();
+                            app.busy = Some("looking for keys to unlock…".into());
+                            let task = tokio::spawn(async move {
+                                let files =
+                                    crate::transport::ssh::locked_identities(&environment.ssh, &environment.hosts)
+                                        .await;
+                                let _ = tx.send(Done::Locked { spec: Box::new(spec), files });
+                            });
+                            busy = Some(Busy { task: task.abort_handle(), cancellable: false });
+                        }
+                        None => busy = Some(start_in_background(spec, &done_tx, &mut app)),
+                    }
                 }
+                Effect::Launch(spec) => busy = Some(start_in_background(*spec, &done_tx, &mut app)),
                 Effect::PrepareRollback { profile, env, automatic } => {
                     let spec = Spec {
                         job: Job::Rollback { confirm: !automatic },
@@ -611,6 +638,7 @@ async fn console_loop(
                         first: Vec::new(),
                         on_detach: None,
                         metrics_file: app.metrics_file.clone(),
+                        passphrases: Default::default(),
                     };
                     let tx = done_tx.clone();
                     // Stopping this task (Esc) closes the runner's stdin: it records the refusal

@@ -62,6 +62,14 @@ pub enum Dialog {
         input: TextArea<'static>,
         wrong: bool,
     },
+    /// An encrypted identity file no ssh-agent holds: its passphrase, typed unseen, before the
+    /// deploy starts. `files` are those still to ask about, the first now.
+    Passphrase {
+        spec: Box<crate::runner::Spec>,
+        files: Vec<std::path::PathBuf>,
+        input: TextArea<'static>,
+        wrong: bool,
+    },
     Filter(TextArea<'static>),
     Search(TextArea<'static>),
     Help {
@@ -87,7 +95,10 @@ impl Dialog {
     /// The text input this dialog holds, if any.
     fn input_mut(&mut self) -> Option<&mut TextArea<'static>> {
         match self {
-            Dialog::Release { input, .. } | Dialog::Filter(input) | Dialog::Search(input) => Some(input),
+            Dialog::Release { input, .. }
+            | Dialog::Filter(input)
+            | Dialog::Search(input)
+            | Dialog::Passphrase { input, .. } => Some(input),
             Dialog::TypeName { input, .. }
             | Dialog::AbortReason { input, .. }
             | Dialog::ConfirmRollback { input, .. }
@@ -272,6 +283,32 @@ impl App {
                     self.dialog = Some(Dialog::ConfirmPlan { plan, release, scroll });
                 }
             }
+            Dialog::Passphrase { mut spec, mut files, mut input, .. } => {
+                if esc {
+                    let file = files.first().map(|f| f.display().to_string()).unwrap_or_default();
+                    self.status =
+                        Some(format!("nothing started: {file} stays locked (ssh-add it, or type its passphrase)"));
+                    return Vec::new();
+                }
+                if enter && !files.is_empty() {
+                    let typed = input.lines().join("\n");
+                    let file = files.remove(0);
+                    // Checked here, so a typo is asked again instead of failing every host.
+                    if russh::keys::load_secret_key(&file, Some(&typed)).is_err() {
+                        files.insert(0, file);
+                        self.dialog = Some(Dialog::Passphrase { spec, files, input: passphrase_input(), wrong: true });
+                        return Vec::new();
+                    }
+                    spec.passphrases.0.push((file, typed));
+                    if files.is_empty() {
+                        return vec![Effect::Launch(spec)];
+                    }
+                    self.dialog = Some(Dialog::Passphrase { spec, files, input: passphrase_input(), wrong: false });
+                    return Vec::new();
+                }
+                input.input(key);
+                self.dialog = Some(Dialog::Passphrase { spec, files, input, wrong: false });
+            }
             Dialog::TypeName { release, mut input, .. } => {
                 if esc {
                     return Vec::new();
@@ -422,6 +459,13 @@ pub(super) fn text_input(placeholder: &str) -> TextArea<'static> {
     let mut input = TextArea::default();
     input.set_placeholder_text(placeholder);
     input.set_cursor_line_style(ratatui::style::Style::default());
+    input
+}
+
+/// An input whose characters show as `•`.
+pub(super) fn passphrase_input() -> TextArea<'static> {
+    let mut input = text_input("");
+    input.set_mask_char('•');
     input
 }
 

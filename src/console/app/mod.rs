@@ -47,6 +47,8 @@ pub enum Effect {
     Check {
         target: usize,
     },
+    /// Start the runner for `spec` (the operator unlocked the keys it needs).
+    Launch(Box<crate::runner::Spec>),
     /// Read the hosts' files of the plan's template steps and show how `release` would change
     /// them (in the background).
     PlanDiff {
@@ -316,6 +318,13 @@ impl App {
             (Some(p), Some(e)) => Plan::build(p, &e.name, "RELEASE", &Secrets::masked(p)).map_err(|e| e.to_string()),
             _ => Err("no environment selected".into()),
         };
+    }
+
+    /// Asks for the passphrases of `files` before `spec` starts.
+    pub fn ask_passphrases(&mut self, spec: crate::runner::Spec, files: Vec<std::path::PathBuf>) {
+        self.busy = None;
+        self.dialog =
+            Some(Dialog::Passphrase { spec: Box::new(spec), files, input: dialog::passphrase_input(), wrong: false });
     }
 
     /// Show this text in a dialog (what a background task found).

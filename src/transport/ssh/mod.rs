@@ -213,6 +213,62 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.75 + spread)
 }
 
+/// Passphrases of encrypted identity files the operator typed for this deploy (the console asks
+/// before it starts one; the runner, a process per deploy, holds them in memory only).
+static PASSPHRASES: std::sync::Mutex<Vec<(std::path::PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps the passphrases the operator typed, for the keys of this process's deploy.
+pub fn remember_passphrases(given: Vec<(std::path::PathBuf, String)>) {
+    if let Ok(mut kept) = PASSPHRASES.lock() {
+        kept.extend(given);
+    }
+}
+
+fn passphrase_for(path: &std::path::Path) -> Option<String> {
+    PASSPHRASES.lock().ok()?.iter().find(|(p, _)| p == path).map(|(_, pass)| pass.clone())
+}
+
+/// The identity files the hosts of `hosts` would be offered that are encrypted, that no
+/// running ssh-agent holds and that no passphrase was given for: what a console must ask
+/// about before starting a deploy (headless mode refuses them with the `ssh-add` hint).
+pub async fn locked_identities(settings: &SshSettings, hosts: &[crate::profile::Host]) -> Vec<std::path::PathBuf> {
+    let Ok(config) = ConfigFile::load(settings) else { return Vec::new() };
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for host in hosts {
+        if let Ok(endpoint) = config.endpoint(host, settings) {
+            for file in endpoint.jumps.iter().flat_map(|j| &j.identities).chain(&endpoint.identities) {
+                if !files.contains(file) {
+                    files.push(file.clone());
+                }
+            }
+        }
+    }
+    let encrypted: Vec<std::path::PathBuf> = files
+        .into_iter()
+        .filter(|p| p.exists() && passphrase_for(p).is_none())
+        .filter(|p| matches!(russh::keys::load_secret_key(p, None), Err(russh::keys::Error::KeyIsEncrypted)))
+        .collect();
+    if encrypted.is_empty() {
+        return encrypted;
+    }
+    let held: Vec<russh::keys::PublicKey> = match russh::keys::agent::client::AgentClient::connect_env().await {
+        Ok(mut agent) => agent
+            .request_identities()
+            .await
+            .map(|ids| ids.into_iter().map(|i| i.public_key().into_owned()).collect())
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    encrypted
+        .into_iter()
+        .filter(|p| {
+            let public = std::fs::read_to_string(p.with_extension("pub")).ok();
+            let public = public.and_then(|t| russh::keys::PublicKey::from_openssh(t.trim()).ok());
+            !public.is_some_and(|k| held.iter().any(|h| h.key_data() == k.key_data()))
+        })
+        .collect()
+}
+
 /// Agent keys first (unless IdentitiesOnly), then identity files, like OpenSSH.
 async fn authenticate(handle: &mut Handle<Verifier>, endpoint: &Endpoint) -> Result<(), TransportError> {
     let user = endpoint.user.clone();
@@ -246,11 +302,18 @@ async fn authenticate(handle: &mut Handle<Verifier>, endpoint: &Endpoint) -> Res
         if !path.exists() {
             continue;
         }
-        let key = match russh::keys::load_secret_key(path, None) {
+        let passphrase = passphrase_for(path);
+        let key = match russh::keys::load_secret_key(path, passphrase.as_deref()) {
             Ok(key) => key,
             Err(russh::keys::Error::KeyIsEncrypted) => {
                 encrypted.push(path.display().to_string());
                 continue;
+            }
+            Err(_) if passphrase.is_some() => {
+                return Err(TransportError::Config(format!(
+                    "the passphrase given for {} does not open it",
+                    path.display()
+                )));
             }
             Err(e) => return Err(TransportError::Config(format!("cannot use identity file {}: {e}", path.display()))),
         };
