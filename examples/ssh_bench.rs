@@ -156,6 +156,7 @@ fn main() {
     let ours = measure(&pids, || run_wavedeck(root, &artifact, &ports));
     let rss = peak_rss_mib();
     let (detached, syncs) = run_through_runner(root, &artifact, &ports);
+    let (checked, ready) = run_check(root, &artifact, &ports);
     let floor = measure(&pids, || run_openssh(root, &ports, Contender::Floor, &artifact));
     let oneshot = measure(&pids, || run_openssh(root, &ports, Contender::OneShot, &artifact));
     let master = measure(&pids, || run_openssh(root, &ports, Contender::ControlMaster, &artifact));
@@ -182,6 +183,7 @@ fn main() {
     );
     drop(waves);
     println!("wavedeck peak RSS: {rss:.0} MiB");
+    println!("wavedeck check (connect, authenticate, free space) of all {hosts} hosts: {checked:.2} s, {ready} ready");
     println!(
         "wavedeck through its runner (+ write-ahead audit log, socket): {detached:6.2} s wall ({:+.1}% against \
          the engine alone), {syncs} fsyncs ({:.2} per host)",
@@ -363,6 +365,20 @@ fn run_wavedeck(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
     let failed: Vec<_> = summaries.iter().filter(|s| s.state != wavedeck::event::HostState::Done).collect();
     assert_eq!(outcome, Outcome::Succeeded, "wavedeck deploy failed: {failed:#?}");
     elapsed
+}
+
+/// `wavedeck check` of every host (as the CLI and the console's `c` run it): wall time, and how
+/// many came back ready.
+fn run_check(root: &Path, artifact: &Path, ports: &[u16]) -> (f64, usize) {
+    let profile = profile_text(root, artifact, ports, &root.join("remote-check"));
+    let profile = Profile::parse(Path::new("bench.toml"), &profile).unwrap_or_else(|e| panic!("{e}"));
+    let env = profile.environments[0].clone();
+    let transport = Arc::new(SshTransport::new(&env.ssh).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let started = Instant::now();
+    let results = runtime.block_on(wavedeck::check::check(&env, transport));
+    let ready = results.iter().filter(|r| r.status == "ok").count();
+    (started.elapsed().as_secs_f64(), ready)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -159,26 +159,17 @@ enum Known {
 fn lookup(files: &[PathBuf], name: &str, key: &PublicKey) -> Result<Known, String> {
     let mut trusted = false;
     let mut changed = None;
-    for file in files {
-        let bytes = match std::fs::read(file) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot read known_hosts file {}: {e}; refusing to guess", file.display())),
-        };
-        for (number, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-            let Some(entry) = Entry::parse(&String::from_utf8_lossy(raw)) else { continue };
-            if !entry.matches(name) {
-                continue;
-            }
-            let place = || format!("{}:{}", file.display(), number + 1);
-            let same = entry.key.key_data() == key.key_data();
-            match entry.marker {
-                Some(Marker::Revoked) if same => return Ok(Known::Revoked(place())),
-                Some(_) => {}
-                None if same => trusted = true,
-                None => {
-                    changed.get_or_insert_with(place);
-                }
+    for (entry, place) in entries(files)? {
+        if !entry.matches(name) {
+            continue;
+        }
+        let same = entry.key.key_data() == key.key_data();
+        match entry.marker {
+            Some(Marker::Revoked) if same => return Ok(Known::Revoked(place)),
+            Some(_) => {}
+            None if same => trusted = true,
+            None => {
+                changed.get_or_insert(place);
             }
         }
     }
@@ -189,13 +180,10 @@ fn lookup(files: &[PathBuf], name: &str, key: &PublicKey) -> Result<Known, Strin
     })
 }
 
-/// Authorities trusted for a host, each with where it is written (`file:line`).
-type Authorities = Vec<(PublicKey, String)>;
-
-/// The `@cert-authority` keys whose patterns match `name`, and every `@revoked` key of the files.
-fn authorities(files: &[PathBuf], name: &str) -> Result<(Authorities, Vec<PublicKey>), String> {
-    let mut cas = Vec::new();
-    let mut revoked = Vec::new();
+/// Every entry of the files that parses, with where it is (`file:line`). A missing file has none;
+/// one that exists but cannot be read is an error (refusing to guess).
+fn entries(files: &[PathBuf]) -> Result<Vec<(Entry, String)>, String> {
+    let mut out = Vec::new();
     for file in files {
         let bytes = match std::fs::read(file) {
             Ok(bytes) => bytes,
@@ -203,14 +191,26 @@ fn authorities(files: &[PathBuf], name: &str) -> Result<(Authorities, Vec<Public
             Err(e) => return Err(format!("cannot read known_hosts file {}: {e}; refusing to guess", file.display())),
         };
         for (number, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-            let Some(entry) = Entry::parse(&String::from_utf8_lossy(raw)) else { continue };
-            match entry.marker {
-                Some(Marker::Revoked) => revoked.push(entry.key),
-                Some(Marker::CertAuthority) if entry.matches(name) => {
-                    cas.push((entry.key, format!("{}:{}", file.display(), number + 1)));
-                }
-                _ => {}
+            if let Some(entry) = Entry::parse(&String::from_utf8_lossy(raw)) {
+                out.push((entry, format!("{}:{}", file.display(), number + 1)));
             }
+        }
+    }
+    Ok(out)
+}
+
+/// Authorities trusted for a host, each with where it is written (`file:line`).
+type Authorities = Vec<(PublicKey, String)>;
+
+/// The `@cert-authority` keys whose patterns match `name`, and every `@revoked` key of the files.
+fn authorities(files: &[PathBuf], name: &str) -> Result<(Authorities, Vec<PublicKey>), String> {
+    let mut cas = Vec::new();
+    let mut revoked = Vec::new();
+    for (entry, place) in entries(files)? {
+        match entry.marker {
+            Some(Marker::Revoked) => revoked.push(entry.key),
+            Some(Marker::CertAuthority) if entry.matches(name) => cas.push((entry.key, place)),
+            _ => {}
         }
     }
     Ok((cas, revoked))
