@@ -298,13 +298,7 @@ async fn an_encrypted_key_without_an_agent_is_named() {
         return;
     }
     let fleet = Fleet::start(1);
-    let key = fleet.path("locked");
-    let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "correct horse", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sshd::keygen_encrypted(&fleet.path("locked"), "correct horse");
     let profile = fleet.profile(&step("hi", "echo hi", ""), "").replace("client_ed25519", "locked");
     let transport = transport(&profile);
     // No agent for this test, whatever the machine has.
@@ -718,12 +712,7 @@ async fn an_encrypted_key_opens_with_the_passphrase_the_operator_typed_and_is_th
     }
     let fleet = Fleet::start(1);
     let key = fleet.path("typed");
-    let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "battery staple", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sshd::keygen_encrypted(&key, "battery staple");
     // The fleet trusts this key too.
     let mut authorized = std::fs::read_to_string(fleet.path("authorized_keys")).unwrap();
     authorized.push_str(&std::fs::read_to_string(key.with_extension("pub")).unwrap());

@@ -37,6 +37,14 @@ pub fn keygen(path: &Path, kind: &str) {
     assert!(status.success());
 }
 
+/// An ed25519 key at `path` encrypted with `passphrase`.
+pub fn keygen_encrypted(path: &Path, passphrase: &str) {
+    let _ = std::fs::remove_file(path);
+    let status =
+        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", passphrase, "-f"]).arg(path).status().unwrap();
+    assert!(status.success());
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
