@@ -101,10 +101,15 @@ pub struct Sent {
 }
 
 struct Job {
+    id: u64,
     target: Target,
     on: NotifyOn,
     body: String,
 }
+
+/// Messages queued and not yet settled, so that those the deploy's end cuts off are still
+/// recorded (as not delivered).
+type Outstanding = std::sync::Arc<std::sync::Mutex<Vec<(u64, Sent)>>>;
 
 /// The session's side: offers events, and hears back what became of each message.
 pub struct Notifier {
@@ -114,6 +119,8 @@ pub struct Notifier {
     results_tx: mpsc::UnboundedSender<Sent>,
     worker: Option<tokio::task::JoinHandle<()>>,
     redactor: Redactor,
+    outstanding: Outstanding,
+    next_id: u64,
 }
 
 impl Notifier {
@@ -121,14 +128,15 @@ impl Notifier {
     /// of the receiver.
     pub fn start(targets: Vec<Target>, about: About, redactor: Redactor) -> (Notifier, mpsc::UnboundedReceiver<Sent>) {
         let (results_tx, results) = mpsc::unbounded_channel();
+        let outstanding = Outstanding::default();
         let (jobs, worker) = if targets.is_empty() {
             (None, None)
         } else {
             let (jobs, queue) = mpsc::channel(QUEUE);
-            let worker = tokio::spawn(work(queue, results_tx.clone(), redactor.clone()));
+            let worker = tokio::spawn(work(queue, results_tx.clone(), redactor.clone(), outstanding.clone()));
             (Some(jobs), Some(worker))
         };
-        (Notifier { targets, about, jobs, results_tx, worker, redactor }, results)
+        (Notifier { targets, about, jobs, results_tx, worker, redactor, outstanding, next_id: 0 }, results)
     }
 
     /// Queues the messages `event` calls for; never waits.
@@ -140,8 +148,16 @@ impl Notifier {
         }
         for target in self.targets.iter().filter(|t| t.on.contains(&on)) {
             let body = payload(target.kind, &self.about, on, event, &self.redactor);
-            let job = Job { target: target.clone(), on, body };
+            self.next_id += 1;
+            let id = self.next_id;
+            let unsettled =
+                Sent { target: target.name.clone(), url: target.shown_url.clone(), on, attempts: 0, error: None };
+            if let Ok(mut outstanding) = self.outstanding.lock() {
+                outstanding.push((id, unsettled));
+            }
+            let job = Job { id, target: target.clone(), on, body };
             if jobs.try_send(job).is_err() {
+                settle(&self.outstanding, id);
                 let _ = self.results_tx.send(Sent {
                     target: target.name.clone(),
                     url: target.shown_url.clone(),
@@ -162,11 +178,30 @@ impl Notifier {
                 abort.abort();
             }
         }
+        // Cut off by the end: recorded as not delivered, never left out.
+        let cut_off = self.outstanding.lock().map(|mut o| std::mem::take(&mut *o)).unwrap_or_default();
+        for (_, mut sent) in cut_off {
+            sent.error =
+                Some(format!("not delivered before the deploy ended (its last messages get {}s)", patience.as_secs()));
+            let _ = self.results_tx.send(sent);
+        }
+    }
+}
+
+/// The message `id` has its result (or was never queued).
+fn settle(outstanding: &Outstanding, id: u64) {
+    if let Ok(mut outstanding) = outstanding.lock() {
+        outstanding.retain(|(i, _)| *i != id);
     }
 }
 
 /// Sends queued messages one after another, each with its retries.
-async fn work(mut queue: mpsc::Receiver<Job>, results: mpsc::UnboundedSender<Sent>, redactor: Redactor) {
+async fn work(
+    mut queue: mpsc::Receiver<Job>,
+    results: mpsc::UnboundedSender<Sent>,
+    redactor: Redactor,
+    outstanding: Outstanding,
+) {
     while let Some(job) = queue.recv().await {
         let mut attempts = 0;
         let mut backoff = FIRST_BACKOFF;
@@ -186,6 +221,7 @@ async fn work(mut queue: mpsc::Receiver<Job>, results: mpsc::UnboundedSender<Sen
             tokio::time::sleep(backoff).await;
             backoff *= 2;
         };
+        settle(&outstanding, job.id);
         let _ = results.send(Sent {
             target: job.target.name.clone(),
             url: job.target.shown_url.clone(),
@@ -248,6 +284,28 @@ fn payload(kind: NotifyKind, about: &About, on: NotifyOn, event: &Stamped, redac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_message_the_deploys_end_cuts_off_is_recorded_as_not_delivered() {
+        // A webhook that takes the connection and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let target = Target {
+            name: "silent".into(),
+            kind: NotifyKind::Webhook,
+            url: url.clone(),
+            shown_url: url,
+            on: vec![NotifyOn::Finished],
+        };
+        let (mut notifier, mut results) = Notifier::start(vec![target], About::default(), Redactor::default());
+        let finished = Event::DeployFinished { outcome: Outcome::Succeeded, duration_ms: 1, hosts: vec![] };
+        notifier.offer(&Stamped { at: chrono::Utc::now(), event: finished });
+        notifier.finish(Duration::from_millis(200)).await;
+        let sent = results.try_recv().unwrap();
+        assert_eq!((sent.target.as_str(), sent.on), ("silent", NotifyOn::Finished));
+        assert!(sent.error.unwrap().starts_with("not delivered before the deploy ended"));
+        drop(listener);
+    }
 
     #[test]
     fn every_occasion_comes_from_its_event_and_output_is_none() {

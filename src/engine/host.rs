@@ -126,7 +126,11 @@ impl Rendered {
         use std::os::unix::fs::OpenOptionsExt;
         static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("wavedeck-template-{}-{n}", std::process::id()));
+        // In this user's private (0700) runtime directory: a runner killed mid-upload leaves the
+        // file (and its secrets) where only this user can read it.
+        let dir =
+            crate::remote::runtime_dir().map_err(|e| format!("no private directory for the rendered template: {e}"))?;
+        let path = dir.join(format!("template-{}-{n}", std::process::id()));
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

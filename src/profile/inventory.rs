@@ -522,14 +522,22 @@ fn expand(pattern: &str) -> Option<Vec<String>> {
         }
         (a..=b).step_by(step).map(|c| c.to_string()).collect()
     };
+    let rests = expand(tail)?;
+    // Ranges multiply: a pattern is refused before it could name more hosts than any fleet has.
+    if items.len().saturating_mul(rests.len()) > MAX_EXPANDED {
+        return None;
+    }
     let mut out = Vec::new();
     for item in items {
-        for rest in expand(tail)? {
+        for rest in &rests {
             out.push(format!("{head}{item}{rest}"));
         }
     }
     Some(out)
 }
+
+/// The most hosts one inventory pattern may name.
+const MAX_EXPANDED: usize = 100_000;
 
 fn single_letter(s: &str) -> Option<char> {
     let mut chars = s.chars();
@@ -559,7 +567,7 @@ mod tests {
         assert_eq!(expand("h[1:9:4]").unwrap(), ["h1", "h5", "h9"]);
         assert_eq!(expand("r[1:2]-n[1:2]").unwrap(), ["r1-n1", "r1-n2", "r2-n1", "r2-n2"]);
         assert_eq!(expand("plain").unwrap(), ["plain"]);
-        for bad in ["w[3:1]", "w[a:9]", "w[1:2:0]", "w[1:", "w[aa:b]"] {
+        for bad in ["w[3:1]", "w[a:9]", "w[1:2:0]", "w[1:", "w[aa:b]", "w[1:99999]-[1:99999]"] {
             assert_eq!(expand(bad), None, "{bad}");
         }
     }

@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub const IDLE: (u16, u64, &str) = (200, 50, "idle");
 /// The longest request read (a check's request is one short line and a few headers).
 const MAX_REQUEST: usize = 8 * 1024;
+/// How long a connection may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a simulated host makes a check wait.
 const MAX_LATENCY: Duration = Duration::from_secs(30);
 
@@ -50,10 +52,11 @@ async fn answer(mut socket: TcpStream, root: PathBuf) {
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        match socket.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) if request.len() + n > MAX_REQUEST => return,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
+        // A client that connects and never asks is let go.
+        match tokio::time::timeout(REQUEST_TIMEOUT, socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(n)) if request.len() + n > MAX_REQUEST => return,
+            Ok(Ok(n)) => request.extend_from_slice(&buf[..n]),
         }
     }
     let line = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_string();
