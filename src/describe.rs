@@ -178,7 +178,8 @@ pub fn describe(event: &Event, operator: &str) -> Option<Told> {
             format!("wave {wave} soaking for {}: its hosts must stay healthy", seconds(*duration_ms)),
         ),
         Event::SoakFinished { wave, unhealthy } if unhealthy.is_empty() => {
-            Told::deploy(Good, format!("wave {wave} stayed healthy"))
+            // About the checks' verdicts only: an analysis verdict is told on its own.
+            Told::deploy(Good, format!("wave {wave}'s hosts passed their health checks through the soak"))
         }
         Event::SoakFinished { wave, unhealthy } => {
             Told::deploy(Bad, format!("wave {wave} went unhealthy during soak: {}", unhealthy.join(", ")))

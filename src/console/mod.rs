@@ -548,7 +548,7 @@ async fn console_loop(
                         passphrases: Default::default(),
                     };
                     app.interrupted.remove(&target);
-                    busy = Some(start_in_background(spec, &done_tx, &mut app));
+                    busy = Some(start_unlocking(spec, Some(env), &done_tx, &mut app));
                 }
                 Effect::LoadEarlier { host, from, to } => match &shown_audit {
                     Some(audit) => {
@@ -608,22 +608,8 @@ async fn console_loop(
                         metrics_file: app.metrics_file.clone(),
                         passphrases: Default::default(),
                     };
-                    // An encrypted key no agent holds is asked about first, as ssh would.
                     let environment = app.profiles[profile].environment(&spec.env).cloned();
-                    match environment.filter(|e| e.transport == crate::profile::TransportKind::Ssh) {
-                        Some(environment) => {
-                            let tx = done_tx.clone();
-                            app.busy = Some("looking for keys to unlock…".into());
-                            let task = tokio::spawn(async move {
-                                let files =
-                                    crate::transport::ssh::locked_identities(&environment.ssh, &environment.hosts)
-                                        .await;
-                                let _ = tx.send(Done::Locked { spec: Box::new(spec), files });
-                            });
-                            busy = Some(Busy { task: task.abort_handle(), cancellable: false });
-                        }
-                        None => busy = Some(start_in_background(spec, &done_tx, &mut app)),
-                    }
+                    busy = Some(start_unlocking(spec, environment, &done_tx, &mut app));
                 }
                 Effect::Launch(spec) => busy = Some(start_in_background(*spec, &done_tx, &mut app)),
                 Effect::PrepareRollback { profile, env, automatic } => {
@@ -726,6 +712,28 @@ async fn console_loop(
 
 /// Starts a runner for `spec` (it takes the lock and starts the engine) in a task that reports
 /// back with the client attached to it.
+/// Starts `spec`'s runner, first asking (through [`Done::Locked`]) for the passphrase of any
+/// encrypted identity file its SSH hosts need that no agent holds, as ssh would.
+fn start_unlocking(
+    spec: Spec,
+    environment: Option<crate::profile::Environment>,
+    done: &mpsc::UnboundedSender<Done>,
+    app: &mut App,
+) -> Busy {
+    match environment.filter(|e| e.transport == crate::profile::TransportKind::Ssh) {
+        Some(environment) => {
+            let tx = done.clone();
+            app.busy = Some("looking for keys to unlock…".into());
+            let task = tokio::spawn(async move {
+                let files = crate::transport::ssh::locked_identities(&environment.ssh, &environment.hosts).await;
+                let _ = tx.send(Done::Locked { spec: Box::new(spec), files });
+            });
+            Busy { task: task.abort_handle(), cancellable: false }
+        }
+        None => start_in_background(spec, done, app),
+    }
+}
+
 fn start_in_background(spec: Spec, done: &mpsc::UnboundedSender<Done>, app: &mut App) -> Busy {
     let tx = done.clone();
     let place = app
