@@ -40,55 +40,82 @@ pub async fn template_changes(
     transport: Arc<dyn Transport>,
     redactor: &Redactor,
 ) -> Vec<(String, Result<Vec<FileChange>, String>)> {
-    let hosts: Vec<&crate::plan::HostPlan> = plan.waves.iter().flat_map(|w| w.hosts.iter()).collect();
-    let reads = hosts.iter().enumerate().map(|(at, host)| {
-        let transport = transport.clone();
-        async move {
-            let templates: Vec<(&String, &String, &str, &String)> = host
+    // Each read owns what it needs, so the whole can run as a task of its own.
+    let reads: Vec<_> = plan
+        .waves
+        .iter()
+        .flat_map(|w| w.hosts.iter())
+        .enumerate()
+        .map(|(at, host)| {
+            let templates: Vec<Planned> = host
                 .steps
                 .iter()
                 .filter_map(|s| match &s.action {
-                    PlannedAction::Template { content, shown, to, .. } => {
-                        Some((&s.name, to, content.0.as_str(), shown))
-                    }
+                    PlannedAction::Template { content, shown, to, .. } => Some(Planned {
+                        step: s.name.clone(),
+                        to: to.clone(),
+                        content: content.0.clone(),
+                        shown: shown.clone(),
+                    }),
                     _ => None,
                 })
                 .collect();
-            if templates.is_empty() {
-                return (at, host.host.name.clone(), Ok(Vec::new()));
-            }
             let target = Target { env: plan.env.clone(), host: host.host.clone() };
-            let session = match transport.open(&target, &NoObserver).await {
-                Ok(session) => session,
-                Err(e) => return (at, host.host.name.clone(), Err(redactor.redact(&e.to_string()).into_owned())),
-            };
-            let mut changes = Vec::new();
-            for (step, to, content, shown) in templates {
-                let read = format!("cat -- {}", crate::shell::quote(to));
-                let (result, said) = run_captured(session.as_ref(), &read, READ_TIMEOUT).await;
-                let change = match result.exit_code() {
-                    Some(0) if said.stdout.len() >= MAX_CAPTURED_BYTES => {
-                        Change::Unknown(format!("larger than {} KiB: not compared", MAX_CAPTURED_BYTES / 1024))
-                    }
-                    // Equal is decided on the real text; what is shown has the secrets masked (what
-                    // is on the host may hold one too).
-                    Some(0) if said.stdout == content => Change::Unchanged,
-                    Some(0) => match compare(&redactor.redact(&said.stdout), shown, to) {
-                        Change::Unchanged => Change::Changed("(only secret values differ)\n".into()),
-                        other => other,
-                    },
-                    _ if said.stderr.contains("No such file") => Change::New(shown.clone()),
-                    _ => Change::Unknown(redactor.redact(said.all().trim()).into_owned()),
-                };
-                changes.push(FileChange { step: step.clone(), to: to.clone(), change });
-            }
-            (at, host.host.name.clone(), Ok(changes))
-        }
-    });
+            read_host(at, target, templates, transport.clone(), redactor.clone())
+        })
+        .collect();
     let mut done: Vec<(usize, String, Result<Vec<FileChange>, String>)> =
         futures_util::stream::iter(reads).buffer_unordered(AT_ONCE).collect().await;
     done.sort_by_key(|(at, _, _)| *at);
     done.into_iter().map(|(_, host, changes)| (host, changes)).collect()
+}
+
+/// A template step as it would write on one host.
+struct Planned {
+    step: String,
+    to: String,
+    /// With its secrets: compared, never shown.
+    content: String,
+    shown: String,
+}
+
+/// One host's templates against what it has; `at` keeps the plan's order.
+async fn read_host(
+    at: usize,
+    target: Target,
+    templates: Vec<Planned>,
+    transport: Arc<dyn Transport>,
+    redactor: Redactor,
+) -> (usize, String, Result<Vec<FileChange>, String>) {
+    let name = target.host.name.clone();
+    if templates.is_empty() {
+        return (at, name, Ok(Vec::new()));
+    }
+    let session = match transport.open(&target, &NoObserver).await {
+        Ok(session) => session,
+        Err(e) => return (at, name, Err(redactor.redact(&e.to_string()).into_owned())),
+    };
+    let mut changes = Vec::new();
+    for Planned { step, to, content, shown } in templates {
+        let read = format!("cat -- {}", crate::shell::quote(&to));
+        let (result, said) = run_captured(session.as_ref(), &read, READ_TIMEOUT).await;
+        let change = match result.exit_code() {
+            Some(0) if said.stdout.len() >= MAX_CAPTURED_BYTES => {
+                Change::Unknown(format!("larger than {} KiB: not compared", MAX_CAPTURED_BYTES / 1024))
+            }
+            // Equal is decided on the real text; what is shown has the secrets masked (what is on
+            // the host may hold one too).
+            Some(0) if said.stdout == content => Change::Unchanged,
+            Some(0) => match compare(&redactor.redact(&said.stdout), &shown, &to) {
+                Change::Unchanged => Change::Changed("(only secret values differ)\n".into()),
+                other => other,
+            },
+            _ if said.stderr.contains("No such file") => Change::New(shown),
+            _ => Change::Unknown(redactor.redact(said.all().trim()).into_owned()),
+        };
+        changes.push(FileChange { step, to, change });
+    }
+    (at, name, Ok(changes))
 }
 
 fn compare(old: &str, new: &str, to: &str) -> Change {

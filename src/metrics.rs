@@ -87,7 +87,6 @@ impl DeployFigures {
                     self.succeeded_at = Some(stamped.at);
                 }
             }
-            Event::HostFinished { .. } => {}
             _ => return false,
         }
         true

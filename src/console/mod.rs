@@ -657,13 +657,8 @@ async fn console_loop(
                     let title = format!("Template changes — {} {release} to {}", profile.service, env.name);
                     let local_root = options.local_root.clone();
                     let tx = texts_tx.clone();
-                    // On a thread of its own with its own small runtime: the reads hold borrows across
-                    // awaits that a task on the console's runtime could not.
-                    tokio::task::spawn_blocking(move || {
-                        let text = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                            Ok(runtime) => runtime.block_on(plan_diff(&profile, &env, &release, local_root.as_deref())),
-                            Err(e) => format!("cannot start the reads: {e}"),
-                        };
+                    tokio::spawn(async move {
+                        let text = plan_diff(&profile, &env, &release, local_root.as_deref()).await;
                         let _ = tx.send((title, text));
                     });
                 }

@@ -29,9 +29,8 @@ type Checks = Vec<(String, Probe, Duration)>;
 type Answers = VecDeque<(Instant, u64, bool)>;
 
 /// The hosts' HTTP/TCP checks, or `None` when no host has one (nothing to compare by).
-pub(super) fn comparable(hosts: &[HostPlan]) -> Option<BTreeMap<String, Checks>> {
+pub(super) fn comparable<'p>(hosts: impl Iterator<Item = &'p HostPlan>) -> Option<BTreeMap<String, Checks>> {
     let checks: BTreeMap<String, Checks> = hosts
-        .iter()
         .map(|h| {
             let probes = h
                 .steps

@@ -134,8 +134,8 @@ pub async fn run_with_prober(
     if shared.watch.slow_steps_watched() {
         tokio::spawn(watch_pace(shared.clone()));
     }
-    let wave_hosts: Vec<HostPlan> = plan.waves.iter().flat_map(|w| w.hosts.iter().cloned()).collect();
-    if let (Some(settings), Some(checks)) = (plan.analysis.compare.clone(), compare::comparable(&wave_hosts)) {
+    let planned = plan.waves.iter().flat_map(|w| w.hosts.iter());
+    if let (Some(settings), Some(checks)) = (plan.analysis.compare.clone(), compare::comparable(planned)) {
         let (told, baseline) = tokio::sync::oneshot::channel();
         let wait = compare::baseline_wait(&checks);
         tokio::spawn(compare::compare(shared.clone(), settings, checks, plan.policy.on_failure, told));

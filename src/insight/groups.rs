@@ -23,7 +23,7 @@ pub struct LineGroup {
     /// The first line of this shape, as printed (masked, cut to [`EXAMPLE_CHARS`]).
     pub example: String,
     pub example_host: String,
-    /// Hosts that printed a line of this shape, in the order they first did.
+    /// Hosts that printed a line of this shape, in the order the deploy first heard from them.
     pub hosts: Vec<String>,
     /// Hosts that ran the step.
     pub of: usize,
@@ -60,9 +60,8 @@ struct Group {
     shape: String,
     example: String,
     example_host: u32,
-    /// In the order hosts first printed it.
-    hosts: Vec<u32>,
-    seen: BTreeSet<u32>,
+    /// Ids are given in the order hosts are first heard from, so this is that order too.
+    hosts: BTreeSet<u32>,
     stdout: u64,
     stderr: u64,
 }
@@ -148,8 +147,7 @@ impl OutputGroups {
                     shape: shape.clone(),
                     example: line.chars().take(EXAMPLE_CHARS).collect(),
                     example_host: id,
-                    hosts: Vec::new(),
-                    seen: BTreeSet::new(),
+                    hosts: BTreeSet::new(),
                     stdout: 0,
                     stderr: 0,
                 });
@@ -158,9 +156,7 @@ impl OutputGroups {
             }
         };
         let group = &mut groups.groups[at];
-        if group.seen.insert(id) {
-            group.hosts.push(id);
-        }
+        group.hosts.insert(id);
         match stream {
             Stream::Stdout => group.stdout += 1,
             Stream::Stderr => group.stderr += 1,
