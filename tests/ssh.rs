@@ -583,20 +583,27 @@ async fn a_50_mib_upload_streams_in_one_channel_and_a_host_that_has_it_gets_noth
 }
 
 #[tokio::test]
-async fn a_step_runs_in_one_shell_below_the_login_shell_with_no_setsid_between() {
+async fn a_step_runs_in_a_subshell_of_the_hosts_agent_right_below_sshd_and_in_its_process_group() {
     if !sshd::available() {
         return;
     }
     let fleet = Fleet::start(1);
-    // Above the step's own `sh -s`: the login shell sshd started (the wrapper runs in it), then
-    // sshd's session process (sshd already made the shell a process group leader).
-    let run = "p=$PPID; for i in 1 2; do tr '\\0' ' ' </proc/$p/cmdline | cut -c1-40; echo; \
-               p=$(awk '{print $4}' /proc/$p/stat); done";
-    let mut d = start(&fleet.profile(&step("ancestry", run, ""), ""));
+    // Above the step's subshell: the agent (`sh -c`, which the login shell became), then sshd's
+    // session process, which made the login shell a process group leader.
+    let run = "read -r _ _ _ parent group _ </proc/self/stat; echo agent $parent; \
+               for p in $parent $(awk '{print $4}' /proc/$parent/stat); do tr '\\0' ' ' </proc/$p/cmdline | cut -c1-40; echo; done; \
+               [ \"$group\" = \"$parent\" ] && echo in the agent group";
+    let profile = fleet.profile(&step("one", run, ""), "") + &step("two", run, "");
+    let mut d = start(&profile);
     assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
     let lines: Vec<String> = output_of(&d).into_iter().filter(|l| !l.trim().is_empty()).collect();
-    assert!(lines[0].starts_with("bash -c cd"), "the login shell runs the wrapper: {lines:?}");
-    assert!(lines[1].starts_with("sshd"), "no setsid, no sh -c layer: {lines:?}");
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    for step in lines.chunks(4) {
+        assert!(step[1].starts_with("sh -c IFS= read -r __wd_n"), "the agent runs the step: {lines:?}");
+        assert!(step[2].starts_with("sshd"), "no login shell, setsid or sh -c layer between: {lines:?}");
+        assert_eq!(step[3], "in the agent group", "{lines:?}");
+    }
+    assert_eq!(lines[0], lines[4], "both steps ran on one agent: {lines:?}");
 }
 
 #[tokio::test]

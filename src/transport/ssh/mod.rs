@@ -6,6 +6,7 @@
 //! keys. Every step runs under `setsid` in its own process group on the host, and reports that
 //! group first, so a timeout or abort can kill everything the step started.
 
+mod agent;
 mod endpoint;
 mod hostkeys;
 
@@ -181,6 +182,7 @@ impl Transport for SshTransport {
                             seen: self.seen.clone(),
                             keep_output: self.settings.keep_step_output,
                             spare: tokio::sync::Mutex::new(None),
+                            agent: tokio::sync::Mutex::new(AgentSlot::NotStarted),
                         }) as Box<dyn HostSession>);
                     }
                     Err(error) => {
@@ -399,6 +401,26 @@ struct SshSession {
     /// is a round trip (the host must confirm it before anything is sent on it), and sshd starts
     /// nothing for a channel until it is given a command.
     spare: tokio::sync::Mutex<Option<russh::Channel<client::Msg>>>,
+    /// The host's persistent shell for steps ([`agent`]); a step that finds it busy (a health
+    /// monitor's sample beside a step) gets a channel of its own.
+    agent: tokio::sync::Mutex<AgentSlot>,
+}
+
+enum AgentSlot {
+    /// Started with the first step that can use it (and again after a step's timeout or abort
+    /// killed it with the step).
+    NotStarted,
+    Running(Agent),
+    /// It could not start on this host (sshd does not make sessions group leaders, or the deploy
+    /// directory is missing): steps get channels of their own.
+    Unavailable,
+}
+
+/// A running agent: its channel, the nonce of its markers, its process id (and group).
+struct Agent {
+    channel: russh::Channel<client::Msg>,
+    nonce: String,
+    pid: Option<u32>,
 }
 
 impl SshSession {
@@ -826,25 +848,19 @@ impl SshSession {
             {
                 return result;
             }
+            let (record, sweep) = record_and_sweep(request.record.as_ref(), self.keep_output);
+            // Steps keeping their output on the host tee it through fifos: channels of their own.
+            if (record.is_none() || !self.keep_output)
+                && let Ok(mut agent) = self.agent.try_lock()
+                && let Some(result) = self.run_on_agent(&mut agent, &request, record, &sweep, output, cancel).await
+            {
+                return result;
+            }
             let mut channel = match self.open_channel().await {
                 Ok(c) => c,
                 Err(e) => {
                     return StepResult::Error { message: format!("cannot open a channel (connection lost?): {e}") };
                 }
-            };
-            // Relative to the deploy directory the wrapper changes into, and of safe characters
-            // only (the engine makes it so), since it sits inside the wrapper's quotes.
-            let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
-            let record = request.record.as_ref().map(|r| r.dir.as_str()).filter(|d| d.chars().all(safe));
-            let sweep = match request.record.as_ref().and_then(|r| r.sweep.as_ref()) {
-                Some(Sweep::Matching(glob)) if self.keep_output && glob.chars().all(|c| safe(c) || c == '*') => {
-                    format!("rm -rf -- {glob}; ")
-                }
-                Some(Sweep::AllBut { parent, keep }) if parent.chars().chain(keep.chars()).all(safe) => {
-                    // `rm` runs only when an older deploy left records.
-                    format!("for d in {parent}/*; do [ -e \"$d\" ] && [ \"$d\" != {keep} ] && rm -rf -- \"$d\"; done; ")
-                }
-                _ => String::new(),
             };
             if let Err(e) = channel.exec(true, self.wrap(record, &sweep)).await {
                 return StepResult::Error { message: format!("cannot start the command: {e}") };
@@ -919,6 +935,159 @@ impl SshSession {
         }
     }
 
+    /// Starts the host's agent on a channel of its own: the login shell changes into the deploy
+    /// directory and, if sshd made it its process group's leader, becomes `sh` running the
+    /// agent's program. Nothing is waited for: the first step follows at once, and the agent's
+    /// first line (its pid) arrives with that step's output.
+    async fn start_agent(&self) -> Result<Agent, String> {
+        let channel = self.open_channel().await.map_err(|e| e.to_string())?;
+        let command = format!(
+            "cd {dir} && export WAVEDECK_HOST={host} WAVEDECK_ENV={env} && \
+             {{ read -r _ _ _ _ g _ </proc/$$/stat; }} 2>/dev/null; [ \"$g\" = \"$$\" ] && exec sh -c {program}",
+            dir = quote(&self.deploy_path),
+            host = quote(&self.host),
+            env = quote(&self.env),
+            program = quote(&agent::program()),
+        );
+        channel.exec(true, command).await.map_err(|e| e.to_string())?;
+        let nonce = agent::nonce();
+        channel.data(format!("{nonce}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+        Ok(Agent { channel, nonce, pid: None })
+    }
+
+    /// Runs a step on the host's agent, starting it first if need be. `None` when there is no
+    /// agent to run it on (it could not start: nothing ran), so the step takes a channel of its
+    /// own instead.
+    async fn run_on_agent(
+        &self,
+        slot: &mut AgentSlot,
+        request: &ExecRequest<'_>,
+        record: Option<&str>,
+        sweep: &str,
+        output: &dyn OutputSink,
+        cancel: &CancellationToken,
+    ) -> Option<StepResult> {
+        if matches!(slot, AgentSlot::NotStarted) {
+            *slot = match self.start_agent().await {
+                Ok(agent) => AgentSlot::Running(agent),
+                Err(e) => {
+                    tracing::debug!(host = %self.host, error = %e, "no agent: steps get channels of their own");
+                    AgentSlot::Unavailable
+                }
+            };
+        }
+        let AgentSlot::Running(agent) = slot else { return None };
+        let text = agent::request(&agent.nonce, request.command, record, sweep);
+        if agent.channel.data(text.as_bytes()).await.is_err() {
+            // The agent is gone (the connection, say); whether it ever ran anything is unknown
+            // only if it had started, and then it was between steps.
+            *slot = AgentSlot::NotStarted;
+            return None;
+        }
+        let (mut out_scan, mut err_scan) = (agent::MarkerScan::new(&agent.nonce), agent::MarkerScan::new(&agent.nonce));
+        let (mut stdout, mut stderr) = (LineSplitter::default(), LineSplitter::default());
+        let (mut out_bytes, mut err_bytes) = (0u64, 0u64);
+        let (mut out_end, mut err_end): (Option<i32>, bool) = (None, false);
+        // How the agent itself ended, if it did: a step that killed it (`kill $$`), say.
+        let mut agent_exit: Option<StepResult> = None;
+        let deadline = tokio::time::sleep(request.timeout);
+        tokio::pin!(deadline);
+        let stopped = loop {
+            tokio::select! {
+                msg = agent.channel.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) => out_scan.feed(&data, |piece| match piece {
+                        // Before its pid, output is the login shell's (a chatty profile), not the step's.
+                        agent::Piece::Output(bytes) if out_end.is_none() && agent.pid.is_some() => {
+                            out_bytes += bytes.len() as u64;
+                            stdout.push(&bytes, Stream::Stdout, output);
+                        }
+                        agent::Piece::Marker(agent::Marker::Pid(pid)) => agent.pid = Some(pid),
+                        agent::Piece::Marker(agent::Marker::End(Some(code))) => out_end = Some(code),
+                        _ => {}
+                    }),
+                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => err_scan.feed(&data, |piece| match piece {
+                        agent::Piece::Output(bytes) if !err_end && agent.pid.is_some() => {
+                            err_bytes += bytes.len() as u64;
+                            stderr.push(&bytes, Stream::Stderr, output);
+                        }
+                        agent::Piece::Marker(agent::Marker::End(None)) => err_end = true,
+                        _ => {}
+                    }),
+                    Some(ChannelMsg::ExitStatus { exit_status }) => agent_exit = Some(StepResult::Exited { code: exit_status as i32 }),
+                    Some(ChannelMsg::ExitSignal { signal_name, .. }) => agent_exit = Some(StepResult::Signalled { signal: signal_number(&signal_name) }),
+                    Some(_) => {}
+                    None => break None,
+                },
+                _ = &mut deadline => break Some(StepResult::TimedOut),
+                _ = cancel.cancelled() => break Some(StepResult::Cancelled),
+            }
+            if let (Some(code), true) = (out_end, err_end) {
+                break Some(StepResult::Exited { code });
+            }
+            tokio::select! {
+                _ = output.ready() => {}
+                _ = &mut deadline => break Some(StepResult::TimedOut),
+                _ = cancel.cancelled() => break Some(StepResult::Cancelled),
+            }
+        };
+        if out_end.is_none() {
+            out_scan.finish(|piece| {
+                if let agent::Piece::Output(bytes) = piece {
+                    stdout.push(&bytes, Stream::Stdout, output);
+                }
+            });
+        }
+        if !err_end {
+            err_scan.finish(|piece| {
+                if let agent::Piece::Output(bytes) = piece {
+                    stderr.push(&bytes, Stream::Stderr, output);
+                }
+            });
+        }
+        stdout.finish(Stream::Stdout, output);
+        stderr.finish(Stream::Stderr, output);
+        if let (Some(dir), Ok(mut seen)) = (record, self.seen.lock()) {
+            seen.insert(dir.to_string(), (out_bytes, err_bytes));
+        }
+        match stopped {
+            Some(StepResult::Exited { code }) => Some(StepResult::Exited { code }),
+            Some(stopped) => {
+                // The step's group is the agent's: both go, and the next step starts a new agent.
+                match agent.pid {
+                    Some(pid) => {
+                        self.kill_group(pid, "TERM").await;
+                        let ended = tokio::time::timeout(KILL_GRACE, async {
+                            while agent.channel.wait().await.is_some() {}
+                        })
+                        .await;
+                        if ended.is_err() {
+                            self.kill_group(pid, "KILL").await;
+                        }
+                    }
+                    None => {
+                        let _ = agent.channel.signal(Sig::TERM).await;
+                    }
+                }
+                let _ = agent.channel.close().await;
+                *slot = AgentSlot::NotStarted;
+                Some(stopped)
+            }
+            None if agent.pid.is_none() => {
+                // It never said it runs, so it ran nothing: the deploy directory is missing, or
+                // the login shell is not a group leader here. The channel way says why.
+                tracing::debug!(host = %self.host, "the agent did not start: steps get channels of their own");
+                *slot = AgentSlot::Unavailable;
+                None
+            }
+            None => {
+                *slot = AgentSlot::NotStarted;
+                Some(agent_exit.unwrap_or_else(|| StepResult::Error {
+                    message: "connection lost before the command finished (no exit status)".into(),
+                }))
+            }
+        }
+    }
+
     async fn run_upload(
         &self,
         request: UploadRequest<'_>,
@@ -970,6 +1139,28 @@ impl SshSession {
             }
         }
     }
+}
+
+/// Where a step records itself and which old records go first, as shell text; only names of
+/// safe characters (the engine makes them so) are used, since they sit inside the wrapper's
+/// quotes; relative to the deploy directory the wrapper changes into.
+fn record_and_sweep(record: Option<&StepRecord>, keep_output: bool) -> (Option<&str>, String) {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
+    let dir = record.map(|r| r.dir.as_str()).filter(|d| d.chars().all(safe));
+    let sweep = match record.and_then(|r| r.sweep.as_ref()) {
+        Some(Sweep::Matching(glob)) if keep_output && glob.chars().all(|c| safe(c) || c == '*') => {
+            format!("rm -rf -- {glob}; ")
+        }
+        Some(Sweep::AllBut { parent, keep }) if parent.chars().chain(keep.chars()).all(safe) => {
+            // `rm` runs only when an older deploy left records. The loop's name is the agent's
+            // own, so no step after it on the same agent sees it.
+            format!(
+                "for __wd_d in {parent}/*; do [ -e \"$__wd_d\" ] && [ \"$__wd_d\" != {keep} ] && rm -rf -- \"$__wd_d\"; done; "
+            )
+        }
+        _ => String::new(),
+    };
+    (dir, sweep)
 }
 
 fn signal_number(sig: &Sig) -> i32 {
