@@ -155,6 +155,15 @@ fn main() {
     // wavedeck first: its peak RSS is then this process's.
     let ours = measure(&pids, || run_wavedeck(root, &artifact, &ports));
     let rss = peak_rss_mib();
+    if args.iter().any(|a| a == "--wavedeck-only") {
+        println!(
+            "wavedeck engine {:.2} s wall, {:.2} s controller CPU, {:.1} ms sshd-side CPU per host, {rss:.0} MiB peak RSS",
+            ours.wall,
+            ours.controller,
+            ours.sshd * 1000.0 / hosts as f64
+        );
+        return;
+    }
     let (detached, syncs) = run_through_runner(root, &artifact, &ports);
     let (checked, ready) = run_check(root, &artifact, &ports);
     let floor = measure(&pids, || run_openssh(root, &ports, Contender::Floor, &artifact));
@@ -340,17 +349,35 @@ fn run_wavedeck(root: &Path, artifact: &Path, ports: &[u16]) -> f64 {
     let (outcome, summaries) = runtime.block_on(async {
         let (_commands, command_rx) = mpsc::unbounded_channel();
         let (tx, mut rx) = engine::event_channel();
+        // `BENCH_TIMELINE=1`: each wave's steps, as offsets from the wave's start: when the first
+        // host began the step and when the last one finished it.
+        let timeline = std::env::var_os("BENCH_TIMELINE").is_some();
         let drain = tokio::spawn(async move {
+            use wavedeck::event::Event;
             let mut began = std::collections::HashMap::new();
+            let mut steps: Vec<(String, i64, i64)> = Vec::new();
             while let Some(stamped) = rx.recv().await {
                 match stamped.event {
-                    wavedeck::event::Event::WaveStarted { wave, .. } => {
+                    Event::WaveStarted { wave, .. } => {
                         began.insert(wave, stamped.at);
+                        steps.clear();
                     }
-                    wavedeck::event::Event::WaveFinished { wave, .. } => {
+                    Event::StepStarted { wave, step, .. } | Event::StepFinished { wave, step, .. } if timeline => {
+                        let at = began.get(&wave).map_or(0, |b| (stamped.at - *b).num_milliseconds());
+                        match steps.iter_mut().find(|(name, ..)| *name == step) {
+                            Some(entry) => entry.2 = entry.2.max(at),
+                            None => steps.push((step, at, at)),
+                        }
+                    }
+                    Event::WaveFinished { wave, .. } => {
                         if let Some(at) = began.get(&wave) {
                             let took = (stamped.at - *at).num_milliseconds() as f64 / 1000.0;
                             WAVES.lock().unwrap()[0].push(took);
+                            if timeline {
+                                let shown: Vec<String> =
+                                    steps.iter().map(|(name, first, last)| format!("{name} {first}-{last}")).collect();
+                                println!("wave {wave}: {:.0} ms: {}", took * 1000.0, shown.join(", "));
+                            }
                         }
                     }
                     _ => {}
