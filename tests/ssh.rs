@@ -607,6 +607,46 @@ async fn a_step_runs_in_a_subshell_of_the_hosts_agent_right_below_sshd_and_in_it
 }
 
 #[tokio::test]
+async fn one_agent_carries_an_upload_and_the_steps_around_it_and_a_timeout_takes_the_agent_with_its_step() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    let artifact = fleet.path("app.bin");
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&artifact, &content).unwrap();
+    let agent = "read -r _ _ _ agent _ </proc/self/stat; echo agent $agent";
+    // The first attempt hangs past its timeout; the retry finds `once` and ends at once. (The
+    // retry first waits for the killed group to be gone, zombies included: a second or so.)
+    let slow = format!("if [ -e once ]; then {agent}; exit 0; fi; touch once; sleep 300 & echo $! > sleeper.pid; wait");
+    let steps = step("before", agent, "")
+        + &format!(
+            "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
+            artifact.display()
+        )
+        + &step("after", &format!("{agent}; cmp -s releases/app.bin {} && echo same", artifact.display()), "")
+        + &step("slow", &slow, "timeout = \"3s\"\nretries = 1");
+    let mut d = start(&fleet.profile(&steps, ""));
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    let lines: Vec<String> = output_of(&d).into_iter().filter(|l| l.starts_with("agent ") || l == "same").collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0], lines[1], "the upload kept the agent in step with its input: {lines:?}");
+    assert_eq!(lines[2], "same", "the file arrived whole: {lines:?}");
+    assert_ne!(lines[3], lines[0], "the timeout killed the agent with its step; the retry got a new one: {lines:?}");
+    let pid = read_pid(&fleet.path("deploy/sleeper.pid"));
+    assert!(!still_running(pid), "remote sleeper {pid} survived the timeout");
+    let old_agent: i32 = lines[0]["agent ".len()..].parse().unwrap();
+    assert!(!still_running(old_agent), "the killed step's agent {old_agent} is gone");
+    assert!(
+        d.events
+            .iter()
+            .any(|e| matches!(e, Event::StepFinished { step, result: StepResult::TimedOut, .. } if step == "slow")),
+        "{:#?}",
+        d.events
+    );
+}
+
+#[tokio::test]
 async fn a_changed_host_key_in_wave_3_is_reported_while_wave_2_runs_and_fails_the_host_when_its_wave_comes() {
     if !sshd::available() {
         return;

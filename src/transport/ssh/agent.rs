@@ -30,7 +30,7 @@
 use super::super::stdin_script;
 
 /// Names the agent uses for itself, unset before a step runs; a prefix no profile uses.
-const OWN: &str = "__wd_n __wd_nl __wd_s __wd_w __wd_l __wd_st __wd_f __wd_d";
+const OWN: &str = "__wd_g __wd_n __wd_nl __wd_s __wd_w __wd_l __wd_st __wd_f __wd_d";
 
 /// The agent's program, run by `sh -c` on the agent's channel. It reads the nonce, announces its
 /// process id, then loops: a step's script up to `<nonce>.s`, the code around it (the step's
@@ -68,6 +68,11 @@ pub fn request(nonce: &str, command: &str, record: Option<&str>, sweep: &str) ->
     format!("{script}{nonce}.s\n{run}\n{nonce}.w\n", script = stdin_script(command))
 }
 
+/// A request with no step script: `run` is the agent's own code (an upload).
+pub fn raw_request(nonce: &str, run: &str) -> String {
+    format!("{nonce}.s\n{run}\n{nonce}.w\n")
+}
+
 /// 128 random bits as hex: what marks the agent's own lines in its output.
 pub fn nonce() -> String {
     use std::io::Read;
@@ -78,7 +83,9 @@ pub fn nonce() -> String {
         use std::hash::{BuildHasher, Hasher};
         for half in bytes.chunks_mut(8) {
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
+            );
             half.copy_from_slice(&h.finish().to_le_bytes());
         }
     }
@@ -119,7 +126,7 @@ impl MarkerScan {
     }
 
     /// Splits `data` into the step's output and the agent's markers, in order.
-    pub fn feed<'a>(&mut self, data: &'a [u8], mut found: impl FnMut(Piece<'_>)) {
+    pub fn feed(&mut self, data: &[u8], mut found: impl FnMut(Piece<'_>)) {
         let joined;
         let mut rest: &[u8] = if self.held.is_empty() {
             data

@@ -418,9 +418,35 @@ enum AgentSlot {
 
 /// A running agent: its channel, the nonce of its markers, its process id (and group).
 struct Agent {
-    channel: russh::Channel<client::Msg>,
+    read: russh::ChannelReadHalf,
+    write: russh::ChannelWriteHalf<client::Msg>,
     nonce: String,
     pid: Option<u32>,
+    /// A request was sent and its end not seen: its caller gave up on it (a dropped future), so
+    /// the agent's next markers are not the next request's. Such an agent is not used again.
+    in_flight: bool,
+    /// `head -c` here reads no more than it is asked to (GNU), so uploads can go through the
+    /// agent's stdin; `Some(false)` once the agent said otherwise.
+    exact_head: Option<bool>,
+}
+
+/// How one request to the agent went.
+enum Exchange {
+    /// It ended with this status.
+    Ended(i32),
+    /// It was stopped (timeout, cancel, an upload's local error): the agent was killed with it.
+    Stopped(StepResult),
+    /// The agent never started: nothing ran.
+    NotRun,
+    /// The agent died or the connection dropped during the request.
+    Lost(StepResult),
+}
+
+/// An upload's file, sent on the agent's stdin once the host asks for it.
+struct AgentUpload<'a> {
+    from: &'a std::path::Path,
+    size: u64,
+    asked: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl SshSession {
@@ -689,33 +715,8 @@ impl SshSession {
         want: &str,
         output: &dyn OutputSink,
     ) -> Result<Option<String>, String> {
-        let parent = dest.rsplit_once('/').map_or(".", |(p, _)| if p.is_empty() { "/" } else { p });
-        // The mode is set on the temporary file before it is renamed, so the file is never in
-        // place with looser permissions; a file that already has the content gets it too.
-        let chmod = |file: &str| match request.mode {
-            Some(mode) => format!(
-                "chmod {mode:o} \"{file}\" || {{ echo \"{NO} cannot set mode {mode:o} on {file}\"; exit 1; }}; "
-            ),
-            None => String::new(),
-        };
-        let (chmod_dest, chmod_temp) = (chmod("$f"), chmod("$t"));
-        let script = format!(
-            // A hash is 64 characters: `head` keeps a host whose `sha256sum` floods from making
-            // the shell hold (and this runner read) more than that.
-            "f={dest}; t={temp}; w={want}; \
-             h=$(sha256sum -- \"$f\" 2>/dev/null | head -c 64); [ \"$h\" = \"$w\" ] && {{ {chmod_dest}echo {HAVE}; exit 0; }}; \
-             [ -d {parent} ] || mkdir -p -- {parent} || {{ echo \"{NO} cannot create {parent_shown}\"; exit 1; }}; \
-             echo {SEND}; \
-             cat > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit 1; }}; \
-             h=$(sha256sum -- \"$t\" 2>/dev/null | head -c 64); \
-             [ \"$h\" = \"$w\" ] || {{ rm -f -- \"$t\"; echo \"{BAD} $h\"; exit 1; }}; {chmod_temp}\
-             mv -f -- \"$t\" \"$f\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot rename $t to $f\"; exit 1; }}; \
-             echo {DONE}",
-            dest = quote(dest),
-            temp = quote(temp),
-            parent = quote(parent),
-            parent_shown = parent.replace(['"', '\\', '$', '`'], "_"),
-        );
+        let receive = format!("cat > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit 1; }}");
+        let script = upload_script(request.mode, dest, temp, want, &receive);
         let channel = self.open_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
         channel.exec(true, script).await.map_err(|e| format!("cannot start the upload: {e}"))?;
         let (mut read, write) = channel.split();
@@ -783,20 +784,99 @@ impl SshSession {
         };
         let ((code, said), sent) = tokio::join!(listen, send);
         let sent = sent?;
-        let last = said.last().map(String::as_str).unwrap_or_default();
-        match (code, last) {
-            (Some(0), HAVE) => Ok(Some(format!("{dest} already has sha256 {want}"))),
-            (Some(0), DONE) if sent => Ok(None),
-            (_, line) if line.starts_with(BAD) => {
-                let got = line[BAD.len()..].trim();
-                // Anything but 64 hex digits is not a sha256, whatever the host printed.
-                let got = if got.len() == 64 && got.bytes().all(|b| b.is_ascii_hexdigit()) { got } else { "nothing" };
-                Err(format!("sha256 mismatch on the host: expected {want}, got {got}"))
-            }
-            (_, line) if line.starts_with(NO) => Err(line[NO.len()..].trim().to_string()),
-            (None, _) => Err("connection lost during the upload (no exit status)".into()),
-            (Some(code), _) => Err(format!("the upload's shell on the host ended with exit {code}")),
+        upload_verdict(code, &said, sent, dest, want)
+    }
+}
+
+/// The remote script of an upload: hash what is at `dest`; if it is not the file, ask for it
+/// (`SEND`), `receive` it into `temp`, hash that, set its mode and rename it into place.
+fn upload_script(mode: Option<u32>, dest: &str, temp: &str, want: &str, receive: &str) -> String {
+    let parent = dest.rsplit_once('/').map_or(".", |(p, _)| if p.is_empty() { "/" } else { p });
+    // The mode is set on the temporary file before it is renamed, so the file is never in
+    // place with looser permissions; a file that already has the content gets it too.
+    let chmod = |file: &str| match mode {
+        Some(mode) => {
+            format!("chmod {mode:o} \"{file}\" || {{ echo \"{NO} cannot set mode {mode:o} on {file}\"; exit 1; }}; ")
         }
+        None => String::new(),
+    };
+    let (chmod_dest, chmod_temp) = (chmod("$f"), chmod("$t"));
+    format!(
+        // A hash is 64 characters: `head` keeps a host whose `sha256sum` floods from making
+        // the shell hold (and this runner read) more than that. Nothing is hashed where there
+        // is no file yet (a new release's path).
+        "f={dest}; t={temp}; w={want}; \
+         if [ -e \"$f\" ]; then h=$(sha256sum -- \"$f\" 2>/dev/null | head -c 64); [ \"$h\" = \"$w\" ] && {{ {chmod_dest}echo {HAVE}; exit 0; }}; fi; \
+         [ -d {parent} ] || mkdir -p -- {parent} || {{ echo \"{NO} cannot create {parent_shown}\"; exit 1; }}; \
+         echo {SEND}; \
+         {receive}; \
+         h=$(sha256sum -- \"$t\" 2>/dev/null | head -c 64); \
+         [ \"$h\" = \"$w\" ] || {{ rm -f -- \"$t\"; echo \"{BAD} $h\"; exit 1; }}; {chmod_temp}\
+         mv -f -- \"$t\" \"$f\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot rename $t to $f\"; exit 1; }}; \
+         echo {DONE}",
+        dest = quote(dest),
+        temp = quote(temp),
+        parent = quote(parent),
+        parent_shown = parent.replace(['"', '\\', '$', '`'], "_"),
+    )
+}
+
+/// What an upload's script said, as its result: why nothing was sent, `None` when it was, or
+/// the error.
+fn upload_verdict(
+    code: Option<u32>,
+    said: &[String],
+    sent: bool,
+    dest: &str,
+    want: &str,
+) -> Result<Option<String>, String> {
+    let last = said.last().map(String::as_str).unwrap_or_default();
+    match (code, last) {
+        (Some(0), HAVE) => Ok(Some(format!("{dest} already has sha256 {want}"))),
+        (Some(0), DONE) if sent => Ok(None),
+        (_, line) if line.starts_with(BAD) => {
+            let got = line[BAD.len()..].trim();
+            // Anything but 64 hex digits is not a sha256, whatever the host printed.
+            let got = if got.len() == 64 && got.bytes().all(|b| b.is_ascii_hexdigit()) { got } else { "nothing" };
+            Err(format!("sha256 mismatch on the host: expected {want}, got {got}"))
+        }
+        (_, line) if line.starts_with(NO) => Err(line[NO.len()..].trim().to_string()),
+        (None, _) => Err("connection lost during the upload (no exit status)".into()),
+        (Some(code), _) => Err(format!("the upload's shell on the host ended with exit {code}")),
+    }
+}
+
+/// Collects what an upload's script says on stdout, and tells the sender when it asks for the
+/// file; progress goes on to the step's sink.
+struct SaidLines<'a> {
+    lines: std::sync::Mutex<Vec<String>>,
+    go: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    output: &'a dyn OutputSink,
+}
+
+impl OutputSink for SaidLines<'_> {
+    fn line(&self, stream: Stream, line: String) {
+        if stream != Stream::Stdout {
+            return;
+        }
+        if line == SEND
+            && let Some(go) = self.go.lock().ok().and_then(|mut g| g.take())
+        {
+            let _ = go.send(());
+        }
+        // The verdict is the last line; a few before it are plenty.
+        if let Ok(mut lines) = self.lines.lock() {
+            if lines.len() == 16 {
+                lines.remove(0);
+            }
+            lines.push(line);
+        }
+    }
+
+    fn fragment(&self, _: Stream, _: String) {}
+
+    fn progress(&self, sent: u64, total: u64) {
+        self.output.progress(sent, total);
     }
 }
 
@@ -806,6 +886,11 @@ const SEND: &str = "WAVEDECK-SEND";
 const DONE: &str = "WAVEDECK-DONE";
 const BAD: &str = "WAVEDECK-BAD";
 const NO: &str = "WAVEDECK-NO";
+/// The agent's `head` is not GNU's: the upload takes a channel of its own.
+const NO_HEAD: &str = "WAVEDECK-HEAD-NOT-GNU";
+/// What an upload through the agent exits with when the agent's input is no longer in step
+/// (the file could not be taken in whole): the agent ends rather than read file data as steps.
+const DESYNC: u8 = 86;
 
 impl HostSession for SshSession {
     fn exec<'a>(
@@ -952,21 +1037,18 @@ impl SshSession {
         channel.exec(true, command).await.map_err(|e| e.to_string())?;
         let nonce = agent::nonce();
         channel.data(format!("{nonce}\n").as_bytes()).await.map_err(|e| e.to_string())?;
-        Ok(Agent { channel, nonce, pid: None })
+        let (read, write) = channel.split();
+        Ok(Agent { read, write, nonce, pid: None, in_flight: false, exact_head: None })
     }
 
-    /// Runs a step on the host's agent, starting it first if need be. `None` when there is no
-    /// agent to run it on (it could not start: nothing ran), so the step takes a channel of its
-    /// own instead.
-    async fn run_on_agent(
-        &self,
-        slot: &mut AgentSlot,
-        request: &ExecRequest<'_>,
-        record: Option<&str>,
-        sweep: &str,
-        output: &dyn OutputSink,
-        cancel: &CancellationToken,
-    ) -> Option<StepResult> {
+    /// The running agent, started if need be; `None` where there is none to be had.
+    async fn ready_agent<'s>(&self, slot: &'s mut AgentSlot) -> Option<&'s mut Agent> {
+        if let AgentSlot::Running(agent) = slot
+            && agent.in_flight
+        {
+            let _ = agent.write.close().await;
+            *slot = AgentSlot::NotStarted;
+        }
         if matches!(slot, AgentSlot::NotStarted) {
             *slot = match self.start_agent().await {
                 Ok(agent) => AgentSlot::Running(agent),
@@ -976,37 +1058,101 @@ impl SshSession {
                 }
             };
         }
-        let AgentSlot::Running(agent) = slot else { return None };
-        let text = agent::request(&agent.nonce, request.command, record, sweep);
-        if agent.channel.data(text.as_bytes()).await.is_err() {
-            // The agent is gone (the connection, say); whether it ever ran anything is unknown
-            // only if it had started, and then it was between steps.
-            *slot = AgentSlot::NotStarted;
-            return None;
+        match slot {
+            AgentSlot::Running(agent) => Some(agent),
+            _ => None,
         }
-        let (mut out_scan, mut err_scan) = (agent::MarkerScan::new(&agent.nonce), agent::MarkerScan::new(&agent.nonce));
+    }
+
+    /// Runs a step on the host's agent. `None` when there is no agent to run it on (it could not
+    /// start: nothing ran), so the step takes a channel of its own instead.
+    async fn run_on_agent(
+        &self,
+        slot: &mut AgentSlot,
+        request: &ExecRequest<'_>,
+        record: Option<&str>,
+        sweep: &str,
+        output: &dyn OutputSink,
+        cancel: &CancellationToken,
+    ) -> Option<StepResult> {
+        let agent = self.ready_agent(slot).await?;
+        let text = agent::request(&agent.nonce, request.command, record, sweep);
+        let (exchange, bytes) = self.exchange(agent, &text, output, request.timeout, cancel, None).await;
+        if let (Some(dir), Ok(mut seen)) = (record, self.seen.lock()) {
+            seen.insert(dir.to_string(), bytes);
+        }
+        self.settle(slot, exchange)
+    }
+
+    /// What an exchange means for the step, and for the agent: one that was stopped or lost is
+    /// started again for the next step, one that never started is not tried again.
+    fn settle(&self, slot: &mut AgentSlot, exchange: Exchange) -> Option<StepResult> {
+        match exchange {
+            Exchange::Ended(code) => Some(StepResult::Exited { code }),
+            Exchange::Stopped(result) | Exchange::Lost(result) => {
+                *slot = AgentSlot::NotStarted;
+                Some(result)
+            }
+            Exchange::NotRun => {
+                // It never said it runs: the deploy directory is missing, or the login shell is
+                // not a group leader here. The channel way says why.
+                tracing::debug!(host = %self.host, "the agent did not start: steps get channels of their own");
+                *slot = AgentSlot::Unavailable;
+                None
+            }
+        }
+    }
+
+    /// Sends one request to the agent and reads its output up to the request's end markers,
+    /// sending `upload`'s file when the host asks for it. Returns how it went, and the bytes of
+    /// stdout and stderr that were the request's.
+    async fn exchange(
+        &self,
+        agent: &mut Agent,
+        text: &str,
+        output: &dyn OutputSink,
+        timeout: Duration,
+        cancel: &CancellationToken,
+        upload: Option<AgentUpload<'_>>,
+    ) -> (Exchange, (u64, u64)) {
+        let Agent { read, write, nonce, pid, in_flight, .. } = agent;
+        if write.data(text.as_bytes()).await.is_err() {
+            // The agent is gone (with the connection, say), between two requests.
+            return (Exchange::NotRun, (0, 0));
+        }
+        *in_flight = true;
+        let (mut out_scan, mut err_scan) = (agent::MarkerScan::new(nonce), agent::MarkerScan::new(nonce));
         let (mut stdout, mut stderr) = (LineSplitter::default(), LineSplitter::default());
         let (mut out_bytes, mut err_bytes) = (0u64, 0u64);
         let (mut out_end, mut err_end): (Option<i32>, bool) = (None, false);
         // How the agent itself ended, if it did: a step that killed it (`kill $$`), say.
         let mut agent_exit: Option<StepResult> = None;
-        let deadline = tokio::time::sleep(request.timeout);
+        let sender = async {
+            let Some(upload) = upload else { return std::future::pending().await };
+            if upload.asked.await.is_err() {
+                return std::future::pending().await;
+            }
+            self.send_file(write, upload.from, upload.size, nonce, output).await
+        };
+        tokio::pin!(sender);
+        let mut sent = false;
+        let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let stopped = loop {
             tokio::select! {
-                msg = agent.channel.wait() => match msg {
+                msg = read.wait() => match msg {
                     Some(ChannelMsg::Data { data }) => out_scan.feed(&data, |piece| match piece {
                         // Before its pid, output is the login shell's (a chatty profile), not the step's.
-                        agent::Piece::Output(bytes) if out_end.is_none() && agent.pid.is_some() => {
+                        agent::Piece::Output(bytes) if out_end.is_none() && pid.is_some() => {
                             out_bytes += bytes.len() as u64;
                             stdout.push(&bytes, Stream::Stdout, output);
                         }
-                        agent::Piece::Marker(agent::Marker::Pid(pid)) => agent.pid = Some(pid),
+                        agent::Piece::Marker(agent::Marker::Pid(id)) => *pid = Some(id),
                         agent::Piece::Marker(agent::Marker::End(Some(code))) => out_end = Some(code),
                         _ => {}
                     }),
                     Some(ChannelMsg::ExtendedData { data, ext: 1 }) => err_scan.feed(&data, |piece| match piece {
-                        agent::Piece::Output(bytes) if !err_end && agent.pid.is_some() => {
+                        agent::Piece::Output(bytes) if !err_end && pid.is_some() => {
                             err_bytes += bytes.len() as u64;
                             stderr.push(&bytes, Stream::Stderr, output);
                         }
@@ -1018,10 +1164,17 @@ impl SshSession {
                     Some(_) => {}
                     None => break None,
                 },
+                result = &mut sender, if !sent => {
+                    sent = true;
+                    if let Err(message) = result {
+                        break Some(StepResult::Error { message });
+                    }
+                }
                 _ = &mut deadline => break Some(StepResult::TimedOut),
                 _ = cancel.cancelled() => break Some(StepResult::Cancelled),
             }
             if let (Some(code), true) = (out_end, err_end) {
+                *in_flight = false;
                 break Some(StepResult::Exited { code });
             }
             tokio::select! {
@@ -1030,62 +1183,134 @@ impl SshSession {
                 _ = cancel.cancelled() => break Some(StepResult::Cancelled),
             }
         };
-        if out_end.is_none() {
-            out_scan.finish(|piece| {
-                if let agent::Piece::Output(bytes) = piece {
-                    stdout.push(&bytes, Stream::Stdout, output);
-                }
-            });
+        for (scan, splitter, stream, ended) in [
+            (&mut out_scan, &mut stdout, Stream::Stdout, out_end.is_some()),
+            (&mut err_scan, &mut stderr, Stream::Stderr, err_end),
+        ] {
+            if !ended {
+                scan.finish(|piece| {
+                    if let agent::Piece::Output(bytes) = piece {
+                        splitter.push(&bytes, stream, output);
+                    }
+                });
+            }
+            splitter.finish(stream, output);
         }
-        if !err_end {
-            err_scan.finish(|piece| {
-                if let agent::Piece::Output(bytes) = piece {
-                    stderr.push(&bytes, Stream::Stderr, output);
-                }
-            });
-        }
-        stdout.finish(Stream::Stdout, output);
-        stderr.finish(Stream::Stderr, output);
-        if let (Some(dir), Ok(mut seen)) = (record, self.seen.lock()) {
-            seen.insert(dir.to_string(), (out_bytes, err_bytes));
-        }
-        match stopped {
-            Some(StepResult::Exited { code }) => Some(StepResult::Exited { code }),
+        let bytes = (out_bytes, err_bytes);
+        let exchange = match stopped {
+            Some(StepResult::Exited { code }) => Exchange::Ended(code),
             Some(stopped) => {
                 // The step's group is the agent's: both go, and the next step starts a new agent.
-                match agent.pid {
-                    Some(pid) => {
-                        self.kill_group(pid, "TERM").await;
-                        let ended = tokio::time::timeout(KILL_GRACE, async {
-                            while agent.channel.wait().await.is_some() {}
-                        })
-                        .await;
+                match *pid {
+                    Some(id) => {
+                        self.kill_group(id, "TERM").await;
+                        let ended =
+                            tokio::time::timeout(KILL_GRACE, async { while read.wait().await.is_some() {} }).await;
                         if ended.is_err() {
-                            self.kill_group(pid, "KILL").await;
+                            self.kill_group(id, "KILL").await;
                         }
                     }
                     None => {
-                        let _ = agent.channel.signal(Sig::TERM).await;
+                        let _ = write.signal(Sig::TERM).await;
                     }
                 }
-                let _ = agent.channel.close().await;
-                *slot = AgentSlot::NotStarted;
-                Some(stopped)
+                let _ = write.close().await;
+                Exchange::Stopped(stopped)
             }
-            None if agent.pid.is_none() => {
-                // It never said it runs, so it ran nothing: the deploy directory is missing, or
-                // the login shell is not a group leader here. The channel way says why.
-                tracing::debug!(host = %self.host, "the agent did not start: steps get channels of their own");
-                *slot = AgentSlot::Unavailable;
-                None
+            None if pid.is_none() => Exchange::NotRun,
+            None => Exchange::Lost(agent_exit.unwrap_or_else(|| StepResult::Error {
+                message: "connection lost before the command finished (no exit status)".into(),
+            })),
+        };
+        (exchange, bytes)
+    }
+
+    /// Streams a file on the agent's stdin, exactly `size` bytes (the host's `head -c` stops
+    /// there), then the line that tells the agent its input is its own again.
+    async fn send_file(
+        &self,
+        write: &russh::ChannelWriteHalf<client::Msg>,
+        from: &std::path::Path,
+        size: u64,
+        nonce: &str,
+        output: &dyn OutputSink,
+    ) -> Result<(), String> {
+        let mut local =
+            tokio::fs::File::open(from).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+        let mut progress = upload::Progress::new(output, size);
+        let mut buf = vec![0u8; upload::CHUNK];
+        let mut left = size;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = local.read(&mut buf[..want]).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+            if n == 0 {
+                return Err(format!("{} shrank while it was being sent", from.display()));
             }
-            None => {
-                *slot = AgentSlot::NotStarted;
-                Some(agent_exit.unwrap_or_else(|| StepResult::Error {
-                    message: "connection lost before the command finished (no exit status)".into(),
-                }))
-            }
+            write.data(&buf[..n]).await.map_err(|e| format!("sending {}: {e}", from.display()))?;
+            progress.add(n as u64);
+            left -= n as u64;
         }
+        write.data(format!("{nonce}.u\n").as_bytes()).await.map_err(|e| format!("sending {}: {e}", from.display()))?;
+        progress.finish();
+        Ok(())
+    }
+
+    /// An upload through the host's agent: the same script as on a channel of its own, with the
+    /// file read from the agent's stdin by `head -c`. `None` when there is no agent, or its
+    /// `head` might read past the file (not GNU): then the upload takes a channel of its own.
+    async fn upload_on_agent(
+        &self,
+        request: &UploadRequest<'_>,
+        dest: &str,
+        temp: &str,
+        want: &str,
+        output: &dyn OutputSink,
+        cancel: &CancellationToken,
+    ) -> Option<Result<Option<String>, StepResult>> {
+        let mut slot = self.agent.try_lock().ok()?;
+        let agent = self.ready_agent(&mut slot).await?;
+        if agent.exact_head == Some(false) {
+            return None;
+        }
+        let size = tokio::fs::metadata(request.from).await.ok()?.len();
+        let receive = format!(
+            "head -c {size} > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit {DESYNC}; }}; \
+             IFS= read -r l; [ \"$l\" = \"{nonce}.u\" ] || {{ rm -f -- \"$t\"; exit {DESYNC}; }}",
+            nonce = agent.nonce
+        );
+        // The check for GNU `head` is made once per agent and kept in its own variable.
+        let run = format!(
+            "case ${{__wd_g=$(head --version 2>/dev/null)}} in *GNU*) \
+             ( {script} ); __wd_st=$?; [ \"$__wd_st\" = {DESYNC} ] && exit {DESYNC};; \
+             *) echo {NO_HEAD};; esac",
+            script = upload_script(request.mode, dest, temp, want, &receive),
+        );
+        let (go, asked) = tokio::sync::oneshot::channel();
+        let said = SaidLines { lines: Default::default(), go: std::sync::Mutex::new(Some(go)), output };
+        let text = agent::raw_request(&agent.nonce, &run);
+        let upload = AgentUpload { from: request.from, size, asked };
+        let (exchange, _) = self.exchange(agent, &text, &said, request.timeout, cancel, Some(upload)).await;
+        let said = said.lines.into_inner().unwrap_or_default();
+        if said.last().map(String::as_str) == Some(NO_HEAD) {
+            agent.exact_head = Some(false);
+            return None;
+        }
+        agent.exact_head = Some(true);
+        let verdict = match &exchange {
+            Exchange::Ended(code) => upload_verdict(Some(*code as u32), &said, true, dest, want)
+                .map_err(|message| StepResult::Error { message }),
+            Exchange::Stopped(result) => Err(result.clone()),
+            Exchange::Lost(result) => Err(match said.last().and_then(|l| l.strip_prefix(NO)) {
+                Some(why) => StepResult::Error { message: why.trim().to_string() },
+                None if *result == (StepResult::Exited { code: i32::from(DESYNC) }) => {
+                    StepResult::Error { message: "the host's agent could not take the file in whole and ended".into() }
+                }
+                None => result.clone(),
+            }),
+            Exchange::NotRun => return None,
+        };
+        self.settle(&mut slot, exchange);
+        Some(verdict)
     }
 
     async fn run_upload(
@@ -1094,33 +1319,29 @@ impl SshSession {
         output: &dyn OutputSink,
         cancel: &CancellationToken,
     ) -> StepResult {
-        {
-            let dest = self.remote_path(request.to);
-            let temp = upload::temporary_name(&dest);
-            let work = async {
-                let want = upload::sha256_file(request.from).await?;
-                let skipped = self.stream_upload(&request, &dest, &temp, &want, output).await?;
-                if skipped.is_none() {
-                    output.line(Stream::Stdout, format!("uploaded {dest} (sha256 {want})"));
-                }
-                Ok::<_, String>(skipped)
-            };
-            let result = tokio::select! {
-                r = work => r,
-                _ = tokio::time::sleep(request.timeout) => Err("timed out".into()),
-                _ = cancel.cancelled() => Err("cancelled".into()),
-            };
-            match result {
-                Ok(Some(reason)) => StepResult::Skipped { reason },
-                Ok(None) => StepResult::Exited { code: 0 },
-                Err(message) => {
-                    let _ = self.capture(&format!("rm -f -- {}", quote(&temp))).await;
-                    match message.as_str() {
-                        "timed out" => StepResult::TimedOut,
-                        "cancelled" => StepResult::Cancelled,
-                        _ => StepResult::Error { message },
-                    }
-                }
+        let dest = self.remote_path(request.to);
+        let temp = upload::temporary_name(&dest);
+        let want = match upload::sha256_file(request.from).await {
+            Ok(want) => want,
+            Err(message) => return StepResult::Error { message },
+        };
+        let outcome = match self.upload_on_agent(&request, &dest, &temp, &want, output, cancel).await {
+            Some(outcome) => outcome,
+            None => tokio::select! {
+                r = self.stream_upload(&request, &dest, &temp, &want, output) => r.map_err(|message| StepResult::Error { message }),
+                _ = tokio::time::sleep(request.timeout) => Err(StepResult::TimedOut),
+                _ = cancel.cancelled() => Err(StepResult::Cancelled),
+            },
+        };
+        match outcome {
+            Ok(Some(reason)) => StepResult::Skipped { reason },
+            Ok(None) => {
+                output.line(Stream::Stdout, format!("uploaded {dest} (sha256 {want})"));
+                StepResult::Exited { code: 0 }
+            }
+            Err(result) => {
+                let _ = self.capture(&format!("rm -f -- {}", quote(&temp))).await;
+                result
             }
         }
     }
