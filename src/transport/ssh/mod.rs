@@ -430,6 +430,26 @@ struct Agent {
     exact_head: Option<bool>,
 }
 
+/// How long a dropped session's agent gets to end on its own.
+const AGENT_GOODBYE: Duration = Duration::from_secs(2);
+
+impl Drop for SshSession {
+    /// Ends the agent by ending its input, and keeps the connection up until it has gone (a
+    /// channel holds it open), so that sshd sees its session end as after any command: it reaps
+    /// the agent rather than leaving it to outlive the connection.
+    fn drop(&mut self) {
+        let slot = std::mem::replace(self.agent.get_mut(), AgentSlot::NotStarted);
+        if let AgentSlot::Running(mut agent) = slot
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = agent.write.eof().await;
+                let _ = tokio::time::timeout(AGENT_GOODBYE, async { while agent.read.wait().await.is_some() {} }).await;
+            });
+        }
+    }
+}
+
 /// How one request to the agent went.
 enum Exchange {
     /// It ended with this status.
