@@ -80,7 +80,7 @@ pub(super) async fn connect(
     let observer = ConnectEvents { shared, host: name };
     // A connection opened ahead is used if it is still up; one that failed for a reason
     // trying again cannot fix (a host key, auth) fails the host now, as dialling it would.
-    let prepared = shared.ahead.lock().ok().and_then(|mut ahead| ahead.remove(name));
+    let prepared = shared.ahead.lock().ok().and_then(|mut ahead| ahead.remove(name)).map(|ahead| ahead.take());
     let prepared = match prepared {
         Some(opening) => tokio::select! {
             opened = opening => match opened {

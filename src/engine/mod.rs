@@ -228,8 +228,8 @@ pub async fn run_with_prober(
     shared.monitors.cancel();
     // Connections made ahead for waves that never came (an abort, a stop) are closed.
     if let Ok(mut ahead) = shared.ahead.lock() {
-        for (_, opening) in std::mem::take(&mut *ahead) {
-            opening.abort();
+        for (_, ahead) in std::mem::take(&mut *ahead) {
+            ahead.opening.abort();
         }
     }
     let summaries = book.finish(&control);
@@ -363,7 +363,7 @@ struct Shared {
     /// interrupted, which it adopts.
     adopt: BTreeMap<String, (usize, u32)>,
     /// Connections of the next wave's hosts, opened while this wave runs (see [`connect_ahead`]).
-    ahead: std::sync::Mutex<BTreeMap<String, tokio::task::JoinHandle<Opened>>>,
+    ahead: std::sync::Mutex<BTreeMap<String, Ahead>>,
     /// How many of those handshakes run at once, beside the wave's own work.
     ahead_slots: Arc<Semaphore>,
     /// Output grouped across hosts, and the pace of steps (see [`watch`]).
@@ -373,9 +373,28 @@ struct Shared {
 /// A connection opened ahead of its host's wave, or why it could not be.
 type Opened = Result<Box<dyn crate::transport::HostSession>, crate::transport::TransportError>;
 
-/// Handshakes of the next wave at once while a wave runs: enough to have them done before it
-/// ends, few enough that the running wave's hosts (and sshd's CPU) do not wait on them.
-pub const CONNECT_AHEAD: usize = 16;
+/// A connection being opened ahead of its host's wave.
+struct Ahead {
+    opening: tokio::task::JoinHandle<Opened>,
+    /// Cancelled when the host's wave has come: the handshake starts then without waiting for
+    /// one of the [`CONNECT_AHEAD`] slots.
+    wanted: tokio_util::sync::CancellationToken,
+}
+
+impl Ahead {
+    /// The connection, now: a handshake still waiting for a slot starts at once.
+    pub(super) fn take(self) -> tokio::task::JoinHandle<Opened> {
+        self.wanted.cancel();
+        self.opening
+    }
+}
+
+/// Handshakes of the next wave at once while a wave runs. A handshake costs CPU at both ends,
+/// and the running wave's hosts come first: a few at a time use the wave's quiet moments (a
+/// restart, a health check), and whatever is not connected when its wave comes is dialled then,
+/// with the wave's own parallelism. Measured in `ssh_bench` (README): 16 at once made each wave
+/// wait on sshd's CPU.
+pub const CONNECT_AHEAD: usize = 4;
 
 /// Opens the connections of `hosts` (the next wave's) in the background, at most
 /// [`CONNECT_AHEAD`] handshakes at a time, so that a wave starts on connections already made. A
@@ -389,10 +408,13 @@ fn connect_ahead(shared: &Arc<Shared>, hosts: Vec<crate::profile::Host>) {
         }
         let name = host.name.clone();
         let task = shared.clone();
+        let wanted = tokio_util::sync::CancellationToken::new();
+        let now = wanted.clone();
         let opening = tokio::spawn(async move {
             let stopped = || Err(crate::transport::TransportError::Unreachable("the deploy was stopped".into()));
             let _slot = tokio::select! {
-                slot = task.ahead_slots.clone().acquire_owned() => slot,
+                slot = task.ahead_slots.clone().acquire_owned() => slot.ok(),
+                _ = now.cancelled() => None,
                 _ = task.control.abort.cancelled() => return stopped(),
             };
             let target = crate::transport::Target { env: task.env.clone(), host };
@@ -402,7 +424,7 @@ fn connect_ahead(shared: &Arc<Shared>, hosts: Vec<crate::profile::Host>) {
                 _ = task.control.abort.cancelled() => stopped(),
             }
         });
-        ahead.insert(name, opening);
+        ahead.insert(name, Ahead { opening, wanted });
     }
 }
 

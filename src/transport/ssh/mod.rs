@@ -1,10 +1,12 @@
-//! The SSH transport, on russh: one authenticated connection per host, a channel per step.
+//! The SSH transport, on russh: one authenticated connection per host, and on it one persistent
+//! remote shell ([`agent`]) that runs the host's steps and uploads one after another.
 //!
 //! What operators rely on from OpenSSH is kept: known_hosts verification (hashed and
 //! `[host]:port` entries), ~/.ssh/config (`Host` patterns, HostName, User, Port, IdentityFile,
 //! IdentitiesOnly, ProxyJump, ConnectTimeout, ServerAliveInterval), agent and identity-file
-//! keys. Every step runs under `setsid` in its own process group on the host, and reports that
-//! group first, so a timeout or abort can kill everything the step started.
+//! keys. Every step runs in a process group only it (and the agent) is in, so a timeout or abort
+//! can kill everything the step started. Where the agent cannot run, a step gets a channel of its
+//! own, under `setsid`, and reports its group first.
 
 mod agent;
 mod endpoint;
