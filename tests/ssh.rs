@@ -500,11 +500,14 @@ async fn an_unreachable_host_is_retried_with_backoff_and_each_attempt_is_an_even
         return;
     }
     let fleet = Fleet::start(1);
+    // Nothing listens on 127.0.0.3 (the test servers bind 127.0.0.1 only), so no other test's
+    // server can take the port meanwhile.
     let closed = sshd::free_port();
-    let profile = fleet
-        .profile(&step("hi", "echo hi", ""), "")
-        .replace("connect_attempts = 1", "connect_attempts = 3")
-        .replace(&format!("port = {} }}", fleet.servers[0].port), &format!("port = {closed} }}"));
+    let profile =
+        fleet.profile(&step("hi", "echo hi", ""), "").replace("connect_attempts = 1", "connect_attempts = 3").replace(
+            &format!("address = \"127.0.0.1\", port = {} }}", fleet.servers[0].port),
+            &format!("address = \"127.0.0.3\", port = {closed} }}"),
+        );
     let mut d = start(&profile);
     let (_, hosts) = d.finish().await;
     let attempts: Vec<(u32, u32, String, Option<u64>)> = d

@@ -32,15 +32,25 @@ use super::super::stdin_script;
 /// Names the agent uses for itself, unset before a step runs; a prefix no profile uses.
 const OWN: &str = "__wd_g __wd_n __wd_nl __wd_s __wd_w __wd_l __wd_st __wd_f __wd_d";
 
-/// The agent's program, run by `sh -c` on the agent's channel. It reads the nonce, announces its
-/// process id, then loops: a step's script up to `<nonce>.s`, the code around it (the step's
-/// record) up to `<nonce>.w`; runs them; writes the end markers. End of input ends it.
-pub fn program() -> String {
+/// The agent's program, run by `sh -c` on the agent's channel. It defines its functions (with
+/// the caller's `functions`, named `extra_names`), reads the nonce, announces its process id,
+/// then loops: a step's script up to `<nonce>.s`, the code that runs it up to `<nonce>.w`; runs
+/// it; writes the end markers. End of input ends it.
+///
+/// What the agent does around a step is in functions here because this text is an argument,
+/// parsed at once, while what comes on stdin is read a byte at a time (a shell must not read
+/// past a line): a request only names a function.
+pub fn program(functions: &str, extra_names: &str) -> String {
     // One line, so that `ps` on the host shows it whole; the newline each script line gets back
     // is `$(printf)`'s, kept from being stripped by the dot after it.
     format!(
         "IFS= read -r __wd_n || exit 0; __wd_nl=$(printf '\\n.'); __wd_nl=${{__wd_nl%.}}; \
-         __wd_run() {{ eval \"unset -f __wd_run; unset {OWN}; $__wd_s\"; }}; \
+         __wd_run() {{ eval \"unset -f __wd_run __wd_go __wd_rec {extra_names}; unset {OWN}; $__wd_s\"; }}; \
+         __wd_go() {{ ( __wd_run ); __wd_st=$?; }}; \
+         __wd_rec() {{ __wd_f=$1; __wd_d=${{__wd_f%/*}}; \
+         if {{ [ -d \"$__wd_d\" ] || mkdir -p \"$__wd_d\"; }} && echo \"pgid $$\" > \"$__wd_f\"; then \
+         ( __wd_run ); __wd_st=$?; echo \"status $__wd_st\" >> \"$__wd_f\"; else __wd_st=125; fi; }}; \
+         {functions} \
          printf '%s:pid:%s\\n' \"$__wd_n\" \"$$\"; \
          while :; do __wd_s=; __wd_w=; \
          while :; do IFS= read -r __wd_l || exit 0; [ \"$__wd_l\" = \"$__wd_n.s\" ] && break; __wd_s=\"$__wd_s$__wd_l$__wd_nl\"; done; \
@@ -51,19 +61,15 @@ pub fn program() -> String {
     )
 }
 
-/// What the agent is sent for one step: the script, then the code that runs it (in a subshell,
-/// with its record around it when it has one) and leaves its status in `__wd_st`.
+/// What the agent is sent for one step: the script, then the call that runs it in a subshell
+/// (with its record around it when it has one) and leaves its status in `__wd_st`.
 ///
 /// `record` and `sweep` are relative to the deploy directory and of safe characters only (the
 /// caller makes sure), as on a channel of its own.
 pub fn request(nonce: &str, command: &str, record: Option<&str>, sweep: &str) -> String {
     let run = match record {
-        Some(file) => format!(
-            "{sweep}__wd_f={file}; __wd_d=${{__wd_f%/*}}; \
-             if {{ [ -d \"$__wd_d\" ] || mkdir -p \"$__wd_d\"; }} && echo \"pgid $$\" > \"$__wd_f\"; then \
-             ( __wd_run ); __wd_st=$?; echo \"status $__wd_st\" >> \"$__wd_f\"; else __wd_st=125; fi"
-        ),
-        None => format!("{sweep}( __wd_run ); __wd_st=$?"),
+        Some(file) => format!("{sweep}__wd_rec {file}"),
+        None => format!("{sweep}__wd_go"),
     };
     format!("{script}{nonce}.s\n{run}\n{nonce}.w\n", script = stdin_script(command))
 }
@@ -273,7 +279,7 @@ mod tests {
         input.push_str(&request(n, "if then", None, ""));
         let mut child = std::process::Command::new("sh")
             .arg("-c")
-            .arg(program())
+            .arg(program("", ""))
             .current_dir(dir.path())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

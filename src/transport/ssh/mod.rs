@@ -737,8 +737,7 @@ impl SshSession {
         want: &str,
         output: &dyn OutputSink,
     ) -> Result<Option<String>, String> {
-        let receive = format!("cat > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit 1; }}");
-        let script = upload_script(request.mode, dest, temp, want, &receive);
+        let script = format!("{}\n__wd_up {}", upload_function(), upload_args(request.mode, dest, temp, want, "all"));
         let channel = self.open_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
         channel.exec(true, script).await.map_err(|e| format!("cannot start the upload: {e}"))?;
         let (mut read, write) = channel.split();
@@ -810,37 +809,52 @@ impl SshSession {
     }
 }
 
-/// The remote script of an upload: hash what is at `dest`; if it is not the file, ask for it
-/// (`SEND`), `receive` it into `temp`, hash that, set its mode and rename it into place.
-fn upload_script(mode: Option<u32>, dest: &str, temp: &str, want: &str, receive: &str) -> String {
-    let parent = dest.rsplit_once('/').map_or(".", |(p, _)| if p.is_empty() { "/" } else { p });
-    // The mode is set on the temporary file before it is renamed, so the file is never in
-    // place with looser permissions; a file that already has the content gets it too.
-    let chmod = |file: &str| match mode {
-        Some(mode) => {
-            format!("chmod {mode:o} \"{file}\" || {{ echo \"{NO} cannot set mode {mode:o} on {file}\"; exit 1; }}; ")
-        }
-        None => String::new(),
-    };
-    let (chmod_dest, chmod_temp) = (chmod("$f"), chmod("$t"));
+/// An upload on the host, as a shell function of one line:
+/// `__wd_up DEST TEMP SHA256 HOW MODE PARENT`. It hashes what is at DEST (if anything); if that
+/// is not the file it asks for it (`SEND`), takes it into TEMP, hashes that, sets MODE (octal, or
+/// `-` to leave it to the umask) and renames it into place. HOW is `all` to read stdin to its end
+/// (a channel of its own), or the file's size: GNU `head -c` takes exactly that many bytes from
+/// the agent's input, which must then go on with `<nonce>.u`; if it does not (the file could not
+/// be taken in whole) the function exits [`DESYNC`], and the agent ends rather than read file
+/// data as steps.
+fn upload_function() -> String {
+    // A hash is 64 characters: `head` keeps a host whose `sha256sum` floods from making the shell
+    // hold (and this runner read) more than that. Nothing is hashed where there is no file yet (a
+    // new release's path). The mode is set on the temporary file before it is renamed, so the
+    // file is never in place with looser permissions; a file that already has the content gets
+    // it too.
     format!(
-        // A hash is 64 characters: `head` keeps a host whose `sha256sum` floods from making
-        // the shell hold (and this runner read) more than that. Nothing is hashed where there
-        // is no file yet (a new release's path).
-        "f={dest}; t={temp}; w={want}; \
-         if [ -e \"$f\" ]; then h=$(sha256sum -- \"$f\" 2>/dev/null | head -c 64); [ \"$h\" = \"$w\" ] && {{ {chmod_dest}echo {HAVE}; exit 0; }}; fi; \
-         [ -d {parent} ] || mkdir -p -- {parent} || {{ echo \"{NO} cannot create {parent_shown}\"; exit 1; }}; \
+        "__wd_up() {{ ( f=$1; t=$2; w=$3; n=$4; m=$5; p=$6; \
+         if [ -e \"$f\" ]; then h=$(sha256sum -- \"$f\" 2>/dev/null | head -c 64); if [ \"$h\" = \"$w\" ]; then \
+         [ \"$m\" = - ] || chmod \"$m\" \"$f\" || {{ echo \"{NO} cannot set mode $m on $f\"; exit 1; }}; echo {HAVE}; exit 0; fi; fi; \
+         [ -d \"$p\" ] || mkdir -p -- \"$p\" || {{ echo \"{NO} cannot create $p\"; exit 1; }}; \
          echo {SEND}; \
-         {receive}; \
+         if [ \"$n\" = all ]; then cat > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit 1; }}; \
+         else head -c \"$n\" > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit {DESYNC}; }}; \
+         IFS= read -r l; [ \"$l\" = \"$__wd_n.u\" ] || {{ rm -f -- \"$t\"; exit {DESYNC}; }}; fi; \
          h=$(sha256sum -- \"$t\" 2>/dev/null | head -c 64); \
-         [ \"$h\" = \"$w\" ] || {{ rm -f -- \"$t\"; echo \"{BAD} $h\"; exit 1; }}; {chmod_temp}\
+         [ \"$h\" = \"$w\" ] || {{ rm -f -- \"$t\"; echo \"{BAD} $h\"; exit 1; }}; \
+         [ \"$m\" = - ] || chmod \"$m\" \"$t\" || {{ echo \"{NO} cannot set mode $m on $t\"; exit 1; }}; \
          mv -f -- \"$t\" \"$f\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot rename $t to $f\"; exit 1; }}; \
-         echo {DONE}",
-        dest = quote(dest),
-        temp = quote(temp),
-        parent = quote(parent),
-        parent_shown = parent.replace(['"', '\\', '$', '`'], "_"),
+         echo {DONE} ); }};"
     )
+}
+
+/// The agent's own upload: through `__wd_up` where `head` is GNU's (checked once per agent), else
+/// [`NO_HEAD`], and the upload takes a channel of its own.
+fn agent_upload_function() -> String {
+    format!(
+        "__wd_ag() {{ case ${{__wd_g=$(head --version 2>/dev/null)}} in \
+         *GNU*) __wd_up \"$@\"; __wd_st=$?; [ \"$__wd_st\" = {DESYNC} ] && exit {DESYNC};; \
+         *) echo {NO_HEAD};; esac; }};"
+    )
+}
+
+/// The arguments of `__wd_up` for an upload (see [`upload_function`]).
+fn upload_args(mode: Option<u32>, dest: &str, temp: &str, want: &str, how: &str) -> String {
+    let parent = dest.rsplit_once('/').map_or(".", |(p, _)| if p.is_empty() { "/" } else { p });
+    let mode = mode.map_or_else(|| "-".to_string(), |m| format!("{m:o}"));
+    [dest, temp, want, how, &mode, parent].map(quote).join(" ")
 }
 
 /// What an upload's script said, as its result: why nothing was sent, `None` when it was, or
@@ -912,7 +926,7 @@ const NO: &str = "WAVEDECK-NO";
 const NO_HEAD: &str = "WAVEDECK-HEAD-NOT-GNU";
 /// What an upload through the agent exits with when the agent's input is no longer in step
 /// (the file could not be taken in whole): the agent ends rather than read file data as steps.
-const DESYNC: u8 = 86;
+const DESYNC: i32 = 86;
 
 impl HostSession for SshSession {
     fn exec<'a>(
@@ -1054,7 +1068,7 @@ impl SshSession {
             dir = quote(&self.deploy_path),
             host = quote(&self.host),
             env = quote(&self.env),
-            program = quote(&agent::program()),
+            program = quote(&agent::program(&(upload_function() + &agent_upload_function()), "__wd_up __wd_ag")),
         );
         channel.exec(true, command).await.map_err(|e| e.to_string())?;
         let nonce = agent::nonce();
@@ -1295,18 +1309,7 @@ impl SshSession {
             return None;
         }
         let size = tokio::fs::metadata(request.from).await.ok()?.len();
-        let receive = format!(
-            "head -c {size} > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit {DESYNC}; }}; \
-             IFS= read -r l; [ \"$l\" = \"{nonce}.u\" ] || {{ rm -f -- \"$t\"; exit {DESYNC}; }}",
-            nonce = agent.nonce
-        );
-        // The check for GNU `head` is made once per agent and kept in its own variable.
-        let run = format!(
-            "case ${{__wd_g=$(head --version 2>/dev/null)}} in *GNU*) \
-             ( {script} ); __wd_st=$?; [ \"$__wd_st\" = {DESYNC} ] && exit {DESYNC};; \
-             *) echo {NO_HEAD};; esac",
-            script = upload_script(request.mode, dest, temp, want, &receive),
-        );
+        let run = format!("__wd_ag {}", upload_args(request.mode, dest, temp, want, &size.to_string()));
         let (go, asked) = tokio::sync::oneshot::channel();
         let said = SaidLines { lines: Default::default(), go: std::sync::Mutex::new(Some(go)), output };
         let text = agent::raw_request(&agent.nonce, &run);
@@ -1324,7 +1327,7 @@ impl SshSession {
             Exchange::Stopped(result) => Err(result.clone()),
             Exchange::Lost(result) => Err(match said.last().and_then(|l| l.strip_prefix(NO)) {
                 Some(why) => StepResult::Error { message: why.trim().to_string() },
-                None if *result == (StepResult::Exited { code: i32::from(DESYNC) }) => {
+                None if *result == (StepResult::Exited { code: DESYNC }) => {
                     StepResult::Error { message: "the host's agent could not take the file in whole and ended".into() }
                 }
                 None => result.clone(),
