@@ -1322,20 +1322,23 @@ impl SshSession {
         }
         agent.exact_head = Some(true);
         let verdict = match &exchange {
-            Exchange::Ended(code) => upload_verdict(Some(*code as u32), &said, true, dest, want)
-                .map_err(|message| StepResult::Error { message }),
-            Exchange::Stopped(result) => Err(result.clone()),
-            Exchange::Lost(result) => Err(match said.last().and_then(|l| l.strip_prefix(NO)) {
+            Exchange::Ended(code) => Some(
+                upload_verdict(Some(*code as u32), &said, true, dest, want)
+                    .map_err(|message| StepResult::Error { message }),
+            ),
+            Exchange::Stopped(result) => Some(Err(result.clone())),
+            Exchange::Lost(result) => Some(Err(match said.last().and_then(|l| l.strip_prefix(NO)) {
                 Some(why) => StepResult::Error { message: why.trim().to_string() },
                 None if *result == (StepResult::Exited { code: DESYNC }) => {
                     StepResult::Error { message: "the host's agent could not take the file in whole and ended".into() }
                 }
                 None => result.clone(),
-            }),
-            Exchange::NotRun => return None,
+            })),
+            // Nothing ran: the upload takes a channel of its own.
+            Exchange::NotRun => None,
         };
         self.settle(&mut slot, exchange);
-        Some(verdict)
+        verdict
     }
 
     async fn run_upload(
