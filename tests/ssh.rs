@@ -628,9 +628,23 @@ async fn one_agent_carries_an_upload_and_the_steps_around_it_and_a_timeout_takes
             artifact.display()
         )
         + &step("after", &format!("{agent}; cmp -s releases/app.bin {} && echo same", artifact.display()), "")
+        // A step that reads its stdin gets nothing (not the agent's next request), and one that
+        // ends on 200 KiB without a newline, on both streams, still ends where it ends.
+        + &step("reads", "cat; echo read nothing", "")
+        + &step("long", "head -c 204800 /dev/zero | tr \"\\\\0\" x; head -c 204800 /dev/zero | tr \"\\\\0\" y >&2", "")
         + &step("slow", &slow, "timeout = \"3s\"\nretries = 1");
     let mut d = start(&fleet.profile(&steps, ""));
     assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    assert!(output_of(&d).iter().any(|l| l == "read nothing"), "{:#?}", d.events);
+    let long: usize = d
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Output { step, line, .. } if step == "long" => Some(line.len()),
+            _ => None,
+        })
+        .sum();
+    assert!(long >= 2 * 204_800, "both 200 KiB lines arrived whole ({long} bytes)");
     let lines: Vec<String> = output_of(&d).into_iter().filter(|l| l.starts_with("agent ") || l == "same").collect();
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert_eq!(lines[0], lines[1], "the upload kept the agent in step with its input: {lines:?}");
