@@ -663,6 +663,67 @@ async fn one_agent_carries_an_upload_and_the_steps_around_it_and_a_timeout_takes
     );
 }
 
+/// The agents (`sh -c IFS= read -r __wd_n …`) running below an sshd listener.
+fn agents_under(listener: u32) -> Vec<u32> {
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sh\0-c\0IFS= read -r __wd_n"))
+        })
+        .filter(|&pid| {
+            let mut at = pid;
+            (0..4).any(|_| match parent_of(at) {
+                Some(parent) if parent == listener => true,
+                Some(parent) if parent > 1 => {
+                    at = parent;
+                    false
+                }
+                _ => false,
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_connection_made_ahead_has_its_agent_running_before_its_wave_and_the_wave_uses_it() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(2);
+    // Wave 1 (h0) holds until the test lets it go; h1 (wave 2) is connected meanwhile.
+    let run = "[ {{ host }} = h0 ] && while [ ! -e go ]; do sleep 0.02; done; \
+               read -r _ _ _ agent _ </proc/self/stat; echo agent $agent";
+    let profile =
+        fleet.profile(&step("hold", run, ""), "").replace("canary = 0\nbatch = \"100%\"", "canary = 1\nbatch = 1");
+    let mut d = start(&profile);
+    d.until("wave 1", |e| matches!(e, Event::WaveStarted { wave: 1, .. })).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ahead = loop {
+        if let [agent] = agents_under(fleet.servers[1].pid())[..] {
+            break agent;
+        }
+        assert!(Instant::now() < deadline, "no agent for h1 while wave 1 ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!d.events.iter().any(|e| matches!(e, Event::WaveStarted { wave: 2, .. })), "{:#?}", d.events);
+    std::fs::write(fleet.path("deploy/go"), b"").unwrap();
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    let h1: Vec<&String> = d
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Output { host, line, .. } if host == "h1" && line.starts_with("agent ") => Some(line),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(h1, [&format!("agent {ahead}")], "wave 2 ran on the agent started ahead");
+}
+
 #[tokio::test]
 async fn a_changed_host_key_in_wave_3_is_reported_while_wave_2_runs_and_fails_the_host_when_its_wave_comes() {
     if !sshd::available() {

@@ -412,15 +412,22 @@ fn connect_ahead(shared: &Arc<Shared>, hosts: Vec<crate::profile::Host>) {
         let now = wanted.clone();
         let opening = tokio::spawn(async move {
             let stopped = || Err(crate::transport::TransportError::Unreachable("the deploy was stopped".into()));
-            let _slot = tokio::select! {
+            let slot = tokio::select! {
                 slot = task.ahead_slots.clone().acquire_owned() => slot.ok(),
                 _ = now.cancelled() => None,
                 _ = task.control.abort.cancelled() => return stopped(),
             };
             let target = crate::transport::Target { env: task.env.clone(), host };
             let observer = ConnectEvents { shared: &task, host: &target.host.name };
+            let connecting = async {
+                let session = task.transport.open(&target, &observer).await?;
+                // The slot is for handshakes; getting ready after one takes none.
+                drop(slot);
+                session.prepare().await;
+                Ok(session)
+            };
             tokio::select! {
-                opened = task.transport.open(&target, &observer) => opened,
+                opened = connecting => opened,
                 _ = task.control.abort.cancelled() => stopped(),
             }
         });

@@ -318,6 +318,12 @@ pub trait HostSession: Send + Sync {
     fn lost(&self) -> bool {
         false
     }
+
+    /// Gets ready to run steps, so that the first one need not wait for it (SSH: starts the
+    /// host's agent). Called on connections made ahead of their wave; doing nothing is fine.
+    fn prepare(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 #[cfg(test)]

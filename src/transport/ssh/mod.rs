@@ -185,6 +185,7 @@ impl Transport for SshTransport {
                             keep_output: self.settings.keep_step_output,
                             spare: tokio::sync::Mutex::new(None),
                             agent: tokio::sync::Mutex::new(AgentSlot::NotStarted),
+                            agent_up: std::sync::atomic::AtomicBool::new(false),
                         }) as Box<dyn HostSession>);
                     }
                     Err(error) => {
@@ -406,6 +407,8 @@ struct SshSession {
     /// The host's persistent shell for steps ([`agent`]); a step that finds it busy (a health
     /// monitor's sample beside a step) gets a channel of its own.
     agent: tokio::sync::Mutex<AgentSlot>,
+    /// The agent is running (read without waiting for the agent's lock, which a step holds).
+    agent_up: std::sync::atomic::AtomicBool,
 }
 
 enum AgentSlot {
@@ -501,7 +504,11 @@ impl SshSession {
     }
 
     /// Opens the next spare channel if there is none; run beside a step, it costs it nothing.
+    /// Not while the agent runs: steps need no channel then.
     async fn refill_spare(&self) {
+        if self.agent_up.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let mut spare = self.spare.lock().await;
         if spare.is_none() && !self.connection.handle.is_closed() {
             *spare = self.connection.handle.channel_open_session().await.ok();
@@ -942,6 +949,14 @@ impl HostSession for SshSession {
         self.connection.handle.is_closed()
     }
 
+    fn prepare(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Ok(mut slot) = self.agent.try_lock() {
+                let _ = self.ready_agent(&mut slot).await;
+            }
+        })
+    }
+
     fn upload<'a>(
         &'a self,
         request: UploadRequest<'a>,
@@ -1094,6 +1109,7 @@ impl SshSession {
                 }
             };
         }
+        self.agent_up.store(matches!(slot, AgentSlot::Running(_)), std::sync::atomic::Ordering::Relaxed);
         match slot {
             AgentSlot::Running(agent) => Some(agent),
             _ => None,
@@ -1123,6 +1139,9 @@ impl SshSession {
     /// What an exchange means for the step, and for the agent: one that was stopped or lost is
     /// started again for the next step, one that never started is not tried again.
     fn settle(&self, slot: &mut AgentSlot, exchange: Exchange) -> Option<StepResult> {
+        if !matches!(exchange, Exchange::Ended(_)) {
+            self.agent_up.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         match exchange {
             Exchange::Ended(code) => Some(StepResult::Exited { code }),
             Exchange::Stopped(result) | Exchange::Lost(result) => {
