@@ -784,24 +784,12 @@ impl SshSession {
                 return Ok(false);
             }
             let sent = async {
-                let mut local = tokio::fs::File::open(request.from)
+                let size = tokio::fs::metadata(request.from)
                     .await
-                    .map_err(|e| format!("cannot read {}: {e}", request.from.display()))?;
-                let total = local.metadata().await.map_err(|e| e.to_string())?.len();
-                let mut progress = upload::Progress::new(output, total);
-                let mut buf = vec![0u8; upload::CHUNK];
-                loop {
-                    let n = local.read(&mut buf).await.map_err(|e| e.to_string())?;
-                    if n == 0 {
-                        break;
-                    }
-                    // Waits for the channel's window: the host's pace, not this machine's memory.
-                    write.data(&buf[..n]).await.map_err(|e| format!("sending {temp}: {e}"))?;
-                    progress.add(n as u64);
-                }
-                write.eof().await.map_err(|e| format!("sending {temp}: {e}"))?;
-                progress.finish();
-                Ok::<(), String>(())
+                    .map_err(|e| format!("cannot read {}: {e}", request.from.display()))?
+                    .len();
+                send_file(&write, request.from, size, output).await?;
+                write.eof().await.map_err(|e| format!("sending {temp}: {e}"))
             }
             .await;
             if sent.is_err() {
@@ -814,6 +802,32 @@ impl SshSession {
         let sent = sent?;
         upload_verdict(code, &said, sent, dest, want)
     }
+}
+
+/// Streams `size` bytes of a file on a channel, at the host's pace (each write waits for the
+/// channel's window, not for this machine's memory), with progress events.
+async fn send_file(
+    write: &russh::ChannelWriteHalf<client::Msg>,
+    from: &std::path::Path,
+    size: u64,
+    output: &dyn OutputSink,
+) -> Result<(), String> {
+    let mut local = tokio::fs::File::open(from).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    let mut progress = upload::Progress::new(output, size);
+    let mut buf = vec![0u8; upload::CHUNK];
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = local.read(&mut buf[..want]).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+        if n == 0 {
+            return Err(format!("{} shrank while it was being sent", from.display()));
+        }
+        write.data(&buf[..n]).await.map_err(|e| format!("sending {}: {e}", from.display()))?;
+        progress.add(n as u64);
+        left -= n as u64;
+    }
+    progress.finish();
+    Ok(())
 }
 
 /// An upload on the host, as a shell function of one line:
@@ -1187,7 +1201,13 @@ impl SshSession {
             if upload.asked.await.is_err() {
                 return std::future::pending().await;
             }
-            self.send_file(write, upload.from, upload.size, nonce, output).await
+            // Exactly the file (the host's `head -c` stops there), then the line that gives
+            // the agent its input back.
+            send_file(write, upload.from, upload.size, output).await?;
+            write
+                .data(format!("{nonce}.u\n").as_bytes())
+                .await
+                .map_err(|e| format!("sending {}: {e}", upload.from.display()))
         };
         tokio::pin!(sender);
         let mut sent = false;
@@ -1278,36 +1298,6 @@ impl SshSession {
             })),
         };
         (exchange, bytes)
-    }
-
-    /// Streams a file on the agent's stdin, exactly `size` bytes (the host's `head -c` stops
-    /// there), then the line that tells the agent its input is its own again.
-    async fn send_file(
-        &self,
-        write: &russh::ChannelWriteHalf<client::Msg>,
-        from: &std::path::Path,
-        size: u64,
-        nonce: &str,
-        output: &dyn OutputSink,
-    ) -> Result<(), String> {
-        let mut local =
-            tokio::fs::File::open(from).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-        let mut progress = upload::Progress::new(output, size);
-        let mut buf = vec![0u8; upload::CHUNK];
-        let mut left = size;
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = local.read(&mut buf[..want]).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-            if n == 0 {
-                return Err(format!("{} shrank while it was being sent", from.display()));
-            }
-            write.data(&buf[..n]).await.map_err(|e| format!("sending {}: {e}", from.display()))?;
-            progress.add(n as u64);
-            left -= n as u64;
-        }
-        write.data(format!("{nonce}.u\n").as_bytes()).await.map_err(|e| format!("sending {}: {e}", from.display()))?;
-        progress.finish();
-        Ok(())
     }
 
     /// An upload through the host's agent: the same script as on a channel of its own, with the
