@@ -663,6 +663,80 @@ async fn one_agent_carries_an_upload_and_the_steps_around_it_and_a_timeout_takes
     );
 }
 
+#[tokio::test]
+async fn where_head_is_not_gnus_the_upload_takes_a_channel_of_its_own_and_the_agent_stays_in_step() {
+    if !sshd::available() {
+        return;
+    }
+    // A `head` that says it is BusyBox's (which may read past what it is asked for) and logs how
+    // it is called, then does the real thing.
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("head.log");
+    std::fs::write(
+        bin.path().join("head"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {log}\n[ \"$1\" = --version ] && {{ echo 'BusyBox v1.36.1'; exit 0; }}\nexec /usr/bin/head \"$@\"\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("head")).status().unwrap();
+    let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv PATH={}:/usr/bin:/bin", bin.path().display()));
+    let artifact = fleet.path("app.bin");
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&artifact, &content).unwrap();
+    let agent = "read -r _ _ _ agent _ </proc/self/stat; echo agent $agent";
+    let steps = step("before", agent, "")
+        + &format!(
+            "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
+            artifact.display()
+        )
+        + &step("after", agent, "");
+    let mut d = start(&fleet.profile(&steps, ""));
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    assert!(std::fs::read(fleet.path("deploy/releases/app.bin")).unwrap() == content, "the file, whole");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(calls.lines().any(|l| l == "--version"), "{calls}");
+    assert!(!calls.contains("-c 3000000"), "the agent's stdin was not handed to this head: {calls}");
+    let agents: Vec<String> = output_of(&d).into_iter().filter(|l| l.starts_with("agent ")).collect();
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    assert_eq!(agents[0], agents[1], "the steps around the upload ran on the same agent: {agents:?}");
+}
+
+#[tokio::test]
+async fn a_head_that_reads_past_the_file_ends_the_agent_instead_of_running_file_data_as_steps() {
+    if !sshd::available() {
+        return;
+    }
+    // Says it is GNU's, then takes one byte more than it is asked for.
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bin.path().join("head"),
+        "#!/bin/sh\n[ \"$1\" = -c ] && [ \"$2\" -gt 1000 ] && exec /usr/bin/head -c $(($2 + 1))\nexec /usr/bin/head \"$@\"\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("head")).status().unwrap();
+    let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv PATH={}:/usr/bin:/bin", bin.path().display()));
+    let artifact = fleet.path("app.bin");
+    std::fs::write(&artifact, vec![b'x'; 100_000]).unwrap();
+    let steps = format!(
+        "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
+        artifact.display()
+    ) + &step("after", "echo must not run", "");
+    let mut d = start(&fleet.profile(&steps, ""));
+    let (outcome, hosts) = d.finish().await;
+    assert_eq!(outcome, Outcome::Failed, "{:#?}", d.events);
+    assert_eq!(hosts[0].stopped_at.as_deref(), Some("upload"), "{hosts:?}");
+    assert!(
+        matches!(&hosts[0].last_result, Some(StepResult::Error { message }) if message.contains("could not take the file in whole")),
+        "{hosts:?}"
+    );
+    assert!(!output_of(&d).iter().any(|l| l == "must not run"));
+    let left: Vec<_> =
+        std::fs::read_dir(fleet.path("deploy/releases")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "neither the file nor its temporary name: {left:?}");
+}
+
 /// The agents (`sh -c IFS= read -r __wd_n …`) running below an sshd listener.
 fn agents_under(listener: u32) -> Vec<u32> {
     let parent_of = |pid: u32| -> Option<u32> {
