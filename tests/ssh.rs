@@ -602,7 +602,7 @@ async fn a_step_runs_in_a_subshell_of_the_hosts_agent_right_below_sshd_and_in_it
     let lines: Vec<String> = output_of(&d).into_iter().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 8, "{lines:?}");
     for step in lines.chunks(4) {
-        assert!(step[1].starts_with("sh -c IFS= read -r __wd_n"), "the agent runs the step: {lines:?}");
+        assert!(step[1].starts_with("sh -c __wd_dir="), "the agent runs the step: {lines:?}");
         assert!(step[2].starts_with("sshd"), "no login shell, setsid or sh -c layer between: {lines:?}");
         assert_eq!(step[3], "in the agent group", "{lines:?}");
     }
@@ -737,7 +737,30 @@ async fn a_head_that_reads_past_the_file_ends_the_agent_instead_of_running_file_
     assert!(left.is_empty(), "neither the file nor its temporary name: {left:?}");
 }
 
-/// The agents (`sh -c IFS= read -r __wd_n …`) running below an sshd listener.
+#[tokio::test]
+async fn a_deploy_path_through_a_symlink_that_a_step_repoints_is_followed_afresh_by_the_next_step() {
+    if !sshd::available() {
+        return;
+    }
+    let fleet = Fleet::start(1);
+    for dir in ["blue", "green"] {
+        std::fs::create_dir_all(fleet.path(dir)).unwrap();
+    }
+    std::os::unix::fs::symlink(fleet.path("blue"), fleet.path("live")).unwrap();
+    let steps = step("where", "pwd -P", "")
+        + &step("repoint", "cd .. && ln -sfn green live.new && mv -T live.new live", "")
+        + &step("where-now", "pwd -P", "");
+    let profile = fleet.profile(&steps, "").replace(
+        &format!("deploy_path = \"{}\"", fleet.path("deploy").display()),
+        &format!("deploy_path = \"{}\"", fleet.path("live").display()),
+    );
+    let mut d = start(&profile);
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    let real = |dir: &str| fleet.path(dir).canonicalize().unwrap().display().to_string();
+    assert_eq!(output_of(&d), [real("blue"), real("green")], "as a step on a channel of its own would");
+}
+
+/// The agents (`sh -c __wd_dir=… …`) running below an sshd listener.
 fn agents_under(listener: u32) -> Vec<u32> {
     let parent_of = |pid: u32| -> Option<u32> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -746,9 +769,7 @@ fn agents_under(listener: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sh\0-c\0IFS= read -r __wd_n"))
-        })
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sh\0-c\0__wd_dir=")))
         .filter(|&pid| {
             let mut at = pid;
             (0..4).any(|_| match parent_of(at) {

@@ -30,12 +30,16 @@
 use super::super::stdin_script;
 
 /// Names the agent uses for itself, unset before a step runs; a prefix no profile uses.
-const OWN: &str = "__wd_g __wd_n __wd_nl __wd_s __wd_w __wd_l __wd_st __wd_f __wd_d";
+const OWN: &str = "__wd_g __wd_n __wd_nl __wd_s __wd_w __wd_l __wd_st __wd_f __wd_d __wd_dir";
 
-/// The agent's program, run by `sh -c` on the agent's channel. It defines its functions (with
-/// the caller's `functions`, named `extra_names`), reads the nonce, announces its process id,
-/// then loops: a step's script up to `<nonce>.s`, the code that runs it up to `<nonce>.w`; runs
-/// it; writes the end markers. End of input ends it.
+/// The agent's program, run by `sh -c` on the agent's channel, started in the deploy directory
+/// with the path it was reached by as `$1`.
+/// It defines its functions (with the caller's `functions`, named `extra_names`), reads the
+/// nonce, announces its process id, then loops: a step's script up to `<nonce>.s`, the code that
+/// runs it up to `<nonce>.w`; changes into the deploy directory again, by the path it was started
+/// with (a step may have pointed a symlink on that path elsewhere, or replaced the directory, and
+/// a step on a channel of its own would `cd` there afresh too); runs it; writes the end markers.
+/// End of input ends it.
 ///
 /// What the agent does around a step is in functions here because this text is an argument,
 /// parsed at once, while what comes on stdin is read a byte at a time (a shell must not read
@@ -44,7 +48,7 @@ pub fn program(functions: &str, extra_names: &str) -> String {
     // One line, so that `ps` on the host shows it whole; the newline each script line gets back
     // is `$(printf)`'s, kept from being stripped by the dot after it.
     format!(
-        "IFS= read -r __wd_n || exit 0; __wd_nl=$(printf '\\n.'); __wd_nl=${{__wd_nl%.}}; \
+        "__wd_dir=${{1:-$PWD}}; IFS= read -r __wd_n || exit 0; __wd_nl=$(printf '\\n.'); __wd_nl=${{__wd_nl%.}}; \
          __wd_run() {{ eval \"unset -f __wd_run __wd_go __wd_rec {extra_names}; unset {OWN}; $__wd_s\"; }}; \
          __wd_go() {{ ( __wd_run ); __wd_st=$?; }}; \
          __wd_rec() {{ __wd_f=$1; __wd_d=${{__wd_f%/*}}; \
@@ -55,7 +59,7 @@ pub fn program(functions: &str, extra_names: &str) -> String {
          while :; do __wd_s=; __wd_w=; \
          while :; do IFS= read -r __wd_l || exit 0; [ \"$__wd_l\" = \"$__wd_n.s\" ] && break; __wd_s=\"$__wd_s$__wd_l$__wd_nl\"; done; \
          while :; do IFS= read -r __wd_l || exit 0; [ \"$__wd_l\" = \"$__wd_n.w\" ] && break; __wd_w=\"$__wd_w$__wd_l$__wd_nl\"; done; \
-         __wd_st=0; eval \"$__wd_w\"; \
+         if cd -- \"$__wd_dir\"; then __wd_st=0; eval \"$__wd_w\"; else __wd_st=1; fi; \
          printf '%s:end:%s\\n' \"$__wd_n\" \"$__wd_st\"; printf '%s:end\\n' \"$__wd_n\" >&2; \
          done"
     )
@@ -264,6 +268,53 @@ mod tests {
     fn nonces_differ() {
         assert_ne!(nonce(), nonce());
         assert_eq!(nonce().len(), 35);
+    }
+
+    /// Runs the agent's program as the login shell leaves it (started in `dir`, with `PWD` the
+    /// path it changed into) on `input`; returns its stdout with the markers taken out.
+    fn run_agent(root: &std::path::Path, dir: &str, input: &str) -> (String, Vec<Marker>) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(program("", ""))
+            .current_dir(root.join(dir))
+            .env("PWD", root.join(dir))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let done = child.wait_with_output().unwrap();
+        let (out, markers) = scan("WDKtest", &[&done.stdout]);
+        (String::from_utf8(out).unwrap(), markers)
+    }
+
+    #[test]
+    fn each_step_starts_in_the_deploy_directory_found_afresh_by_its_path() {
+        let root = tempfile::tempdir().unwrap();
+        for dir in ["a", "b"] {
+            std::fs::create_dir(root.path().join(dir)).unwrap();
+        }
+        std::os::unix::fs::symlink("a", root.path().join("cur")).unwrap();
+        let n = "WDKtest";
+        let input = format!("{n}\n")
+            + &request(n, "pwd -P", None, "")
+            + &request(n, "cd .. && ln -sfn b cur.new && mv -T cur.new cur", None, "")
+            + &request(n, "pwd -P", None, "");
+        let (out, markers) = run_agent(root.path(), "cur", &input);
+        let real = root.path().canonicalize().unwrap();
+        assert_eq!(out, format!("{}\n{}\n", real.join("a").display(), real.join("b").display()));
+        assert_eq!(markers.iter().filter(|m| **m == Marker::End(Some(0))).count(), 3, "{markers:?}");
+
+        // The directory gone: the step fails as `cd` on a channel of its own would, and the
+        // agent goes on.
+        let input = format!("{n}\n")
+            + &request(n, "cd .. && rm cur", None, "")
+            + &request(n, "echo never", None, "")
+            + &request(n, "echo", None, "");
+        let (out, markers) = run_agent(root.path(), "cur", &input);
+        assert!(!out.contains("never"), "{out}");
+        assert_eq!(markers[1..], [Marker::End(Some(0)), Marker::End(Some(1)), Marker::End(Some(1))]);
     }
 
     /// The program and a request, run by this machine's `sh` as sshd would run them: the

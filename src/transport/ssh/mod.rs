@@ -1093,7 +1093,7 @@ impl SshSession {
         let channel = self.open_channel().await.map_err(|e| e.to_string())?;
         let command = format!(
             "cd {dir} && export WAVEDECK_HOST={host} WAVEDECK_ENV={env} && \
-             {{ read -r _ _ _ _ g _ </proc/$$/stat; }} 2>/dev/null; [ \"$g\" = \"$$\" ] && exec sh -c {program}",
+             {{ read -r _ _ _ _ g _ </proc/$$/stat; }} 2>/dev/null; [ \"$g\" = \"$$\" ] && exec sh -c {program} sh \"$PWD\"",
             dir = quote(&self.deploy_path),
             host = quote(&self.host),
             env = quote(&self.env),
