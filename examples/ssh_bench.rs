@@ -15,7 +15,10 @@
 //! clients), sshd-side CPU per host (the listeners' reaped children: sshd sessions, shells,
 //! commands), and wavedeck's peak RSS.
 //!
-//! Run: `cargo run --release --example ssh_bench [hosts]` (default 200; needs sshd and ssh).
+//! Run: `cargo run --release --example ssh_bench [hosts] [--latency-ms N] [--no-work]
+//! [--wavedeck-only]` (default 200 hosts; needs sshd and ssh). `--no-work`: steps that run `true`
+//! and no upload, for every contender. `BENCH_TIMELINE=1`: each wave's steps, when they began and
+//! ended.
 #![allow(clippy::unwrap_used)] // A benchmark: any failure should stop it loudly.
 
 #[path = "../tests/common/sshd.rs"]
@@ -43,6 +46,19 @@ const RELEASE: &str = "2.0.0";
 const KEX: &str = "curve25519-sha256";
 
 /// Each contender's wave times, in seconds: wavedeck, floor, one-shot, ControlMaster.
+/// `--no-work`: every step runs `true` and nothing is uploaded, for every contender: what the way
+/// of running steps costs by itself (for wavedeck, the agent), beside the handshake.
+static NO_WORK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn no_work() -> bool {
+    NO_WORK.get().copied().unwrap_or(false)
+}
+
+/// The steps after the upload, as `(name, command)`.
+fn steps() -> Vec<(&'static str, &'static str)> {
+    if no_work() { STEPS.iter().map(|(name, _)| (*name, "true")).collect() } else { STEPS.to_vec() }
+}
+
 static WAVES: std::sync::Mutex<[Vec<f64>; 4]> = std::sync::Mutex::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]);
 
 /// A proxy per listener that delays every chunk by `delay` in each direction (netem does not work
@@ -117,6 +133,7 @@ fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let _ = NO_WORK.set(args.iter().any(|a| a == "--no-work"));
     let hosts: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200);
     // `--latency-ms N`: a proxy in front of each listener delays every chunk N ms each way.
     let latency_ms: u64 =
@@ -148,9 +165,10 @@ fn main() {
     let ports: Vec<u16> = (0..hosts).map(|i| front[i % LISTENERS]).collect();
 
     println!(
-        "ssh_bench: {hosts} hosts on {LISTENERS} loopback sshd listeners, 1 MiB artifact, waves: 1 canary then 10%, \
+        "ssh_bench: {hosts} hosts on {LISTENERS} loopback sshd listeners, {work}, waves: 1 canary then 10%, \
          parallel {PARALLEL}, kex {KEX}{}",
-        if latency_ms > 0 { format!(", +{latency_ms} ms each way ({} ms RTT)", 2 * latency_ms) } else { String::new() }
+        if latency_ms > 0 { format!(", +{latency_ms} ms each way ({} ms RTT)", 2 * latency_ms) } else { String::new() },
+        work = if no_work() { "no upload, every step `true`" } else { "1 MiB artifact" },
     );
     // wavedeck first: its peak RSS is then this process's.
     let ours = measure(&pids, || run_wavedeck(root, &artifact, &ports));
@@ -185,10 +203,11 @@ fn main() {
     let per_wave = |waves: &[f64]| waves.iter().sum::<f64>() / waves.len().max(1) as f64;
     let waves = WAVES.lock().unwrap();
     println!(
-        "mean wall per wave: wavedeck {:.2} s, one-shot {:.2} s, ControlMaster {:.2} s (each wave runs a 0.2 s restart)",
+        "mean wall per wave: wavedeck {:.2} s, one-shot {:.2} s, ControlMaster {:.2} s{}",
         per_wave(&waves[0]),
         per_wave(&waves[2]),
-        per_wave(&waves[3])
+        per_wave(&waves[3]),
+        if no_work() { "" } else { " (each wave runs a 0.2 s restart)" },
     );
     drop(waves);
     println!("wavedeck peak RSS: {rss:.0} MiB");
@@ -297,12 +316,15 @@ fn profile_text(root: &Path, artifact: &Path, ports: &[u16], remote: &Path) -> S
     for (i, port) in ports.iter().enumerate() {
         let _ = write!(profile, "{{ name = \"h{i:03}\", address = \"127.0.0.1\", port = {port} }},");
     }
-    let _ = write!(
-        profile,
-        "]\n[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"hosts/{{{{ host }}}}/incoming/app.tar.gz\" }}\n",
-        artifact.display()
-    );
-    for (name, run) in STEPS {
+    profile.push_str("]\n");
+    if !no_work() {
+        let _ = write!(
+            profile,
+            "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"hosts/{{{{ host }}}}/incoming/app.tar.gz\" }}\n",
+            artifact.display()
+        );
+    }
+    for (name, run) in steps() {
         let _ = write!(profile, "[[steps]]\nname = \"{name}\"\nrun = '{run}'\n");
     }
     profile
@@ -428,15 +450,24 @@ fn run_openssh(root: &Path, ports: &[u16], contender: Contender, artifact: &Path
         root.join("client_ed25519").display(),
         root.join("known_hosts").display()
     );
-    let steps =
-        || STEPS.iter().map(|(_, run)| run.replace("cd hosts/{{ host }}", "cd $d").replace("{{ release }}", RELEASE));
+    let steps = || {
+        steps()
+            .into_iter()
+            .map(|(_, run)| run.replace("cd hosts/{{ host }}", "cd $d").replace("{{ release }}", RELEASE))
+    };
+    let (upload, artifact) = if no_work() {
+        ("true", Path::new("/dev/null"))
+    } else {
+        (
+            "set -e; mkdir -p $d/incoming; cat > $d/incoming/app.tar.gz; sha256sum $d/incoming/app.tar.gz >/dev/null",
+            artifact,
+        )
+    };
     let per_host = match contender {
         Contender::Floor => format!("ssh {opts} -p $2 root@127.0.0.1 true\n"),
         // The tarball on stdin, every step in one remote shell.
         Contender::OneShot => {
-            let mut remote_script =
-                "set -e; mkdir -p $d/incoming; cat > $d/incoming/app.tar.gz; sha256sum $d/incoming/app.tar.gz >/dev/null"
-                    .to_string();
+            let mut remote_script = upload.to_string();
             for command in steps() {
                 let _ = write!(remote_script, "; ({command})");
             }
@@ -455,14 +486,19 @@ fn run_openssh(root: &Path, ports: &[u16], contender: Contender, artifact: &Path
             let mut script = format!(
                 "set -e\nh=$1; p=$2; d={remote}/hosts/$h; c={root}/cm-$h\n\
                  o=\"{opts} -o ControlPath=$c -p $p\"\n\
-                 ssh $o -o ControlMaster=yes -o ControlPersist=60 -fN root@127.0.0.1\n\
-                 ssh $o root@127.0.0.1 \"mkdir -p $d/incoming\"\n\
-                 scp -q {opts} -o ControlPath=$c -P $p {artifact} root@127.0.0.1:$d/incoming/app.tar.gz\n\
-                 ssh $o root@127.0.0.1 \"sha256sum $d/incoming/app.tar.gz\" >/dev/null\n",
+                 ssh $o -o ControlMaster=yes -o ControlPersist=60 -fN root@127.0.0.1\n",
                 remote = remote.display(),
                 root = root.display(),
-                artifact = artifact.display(),
             );
+            if !no_work() {
+                let _ = write!(
+                    script,
+                    "ssh $o root@127.0.0.1 \"mkdir -p $d/incoming\"\n\
+                     scp -q {opts} -o ControlPath=$c -P $p {artifact} root@127.0.0.1:$d/incoming/app.tar.gz\n\
+                     ssh $o root@127.0.0.1 \"sha256sum $d/incoming/app.tar.gz\" >/dev/null\n",
+                    artifact = artifact.display(),
+                );
+            }
             for command in steps() {
                 let _ = writeln!(script, "ssh $o root@127.0.0.1 '{}'", command.replace("$d", "'\"$d\"'"));
             }
