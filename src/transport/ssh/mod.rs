@@ -1006,11 +1006,12 @@ impl SshSession {
             {
                 return result;
             }
-            let mut channel = match self.open_channel().await {
-                Ok(c) => c,
-                Err(e) => {
+            let mut channel = match tokio::time::timeout(request.timeout, self.open_channel()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
                     return StepResult::Error { message: format!("cannot open a channel (connection lost?): {e}") };
                 }
+                Err(_) => return StepResult::TimedOut,
             };
             if let Err(e) = channel.exec(true, self.wrap(record, &sweep)).await {
                 return StepResult::Error { message: format!("cannot start the command: {e}") };
@@ -1115,7 +1116,10 @@ impl SshSession {
             *slot = AgentSlot::NotStarted;
         }
         if matches!(slot, AgentSlot::NotStarted) {
-            *slot = match self.start_agent().await {
+            // A host that never confirms the channel must not hold the step (or the connection
+            // made ahead, which its wave waits for) for ever.
+            let started = tokio::time::timeout(self.helper_timeout, self.start_agent()).await;
+            *slot = match started.unwrap_or_else(|_| Err("the host did not open a channel in time".into())) {
                 Ok(agent) => AgentSlot::Running(agent),
                 Err(e) => {
                     tracing::debug!(host = %self.host, error = %e, "no agent: steps get channels of their own");
