@@ -949,3 +949,84 @@ async fn an_encrypted_key_opens_with_the_passphrase_the_operator_typed_and_is_th
     assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
     assert!(d.events.iter().any(|e| matches!(e, Event::Output { line, .. } if line == "unlocked")));
 }
+
+/// An SSH server (in this process) that lets any key in and then never answers a channel open:
+/// it holds each request without accepting or refusing it.
+struct NeverOpens {
+    held: Vec<russh::server::ChannelOpenHandle>,
+}
+
+impl russh::server::Handler for NeverOpens {
+    type Error = russh::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _: &str,
+        _: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<russh::server::Auth, Self::Error> {
+        Ok(russh::server::Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _: russh::Channel<russh::server::Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        self.held.push(reply);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn hosts_that_let_us_in_and_never_open_a_channel_fail_at_their_timeout_in_every_wave() {
+    if !sshd::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (host_key, client_key) = (dir.path().join("host_ed25519"), dir.path().join("client_ed25519"));
+    sshd::keygen(&host_key, "ed25519");
+    sshd::keygen(&client_key, "ed25519");
+    let config = Arc::new(russh::server::Config {
+        keys: vec![russh::keys::load_secret_key(&host_key, None).unwrap()],
+        auth_rejection_time: Duration::ZERO,
+        ..Default::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let config = config.clone();
+            tokio::spawn(async move {
+                if let Ok(running) = russh::server::run_stream(config, stream, NeverOpens { held: Vec::new() }).await {
+                    let _ = running.await;
+                }
+            });
+        }
+    });
+    let public = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
+    let mut parts = public.split_whitespace();
+    let known = dir.path().join("known_hosts");
+    std::fs::write(&known, format!("[127.0.0.1]:{port} {} {}\n", parts.next().unwrap(), parts.next().unwrap()))
+        .unwrap();
+    // Two waves: h1's connection is made ahead, while h0's wave runs.
+    let profile = format!(
+        "[service]\nname = \"svc\"\n\n[plan]\ncanary = 1\nbatch = 1\nmax_failures = \"100%\"\n\n[ssh]\nuser = \"root\"\n\
+         identity_files = [\"{key}\"]\nknown_hosts = [\"{known}\"]\nconfig = \"none\"\ndeploy_path = \"/tmp\"\n\
+         connect_attempts = 1\nhelper_timeout = \"1s\"\n\n[[environments]]\nname = \"test\"\ntransport = \"ssh\"\n\
+         hosts = [{{ name = \"h0\", address = \"127.0.0.1\", port = {port} }}, \
+         {{ name = \"h1\", address = \"127.0.0.1\", port = {port} }}]\n\n{steps}",
+        key = client_key.display(),
+        known = known.display(),
+        steps = step("hello", "echo hello", "timeout = \"2s\""),
+    );
+    let mut d = start(&profile);
+    let (_, hosts) = d.finish().await;
+    for host in &hosts {
+        assert_eq!(
+            (host.state, host.last_result.as_ref()),
+            (HostState::Failed, Some(&StepResult::TimedOut)),
+            "{hosts:#?}"
+        );
+    }
+}
