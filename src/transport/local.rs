@@ -199,22 +199,14 @@ async fn copy_verified(from: &Path, dest: &Path, mode: Option<u32>, output: &dyn
     }
     let temp = PathBuf::from(upload::temporary_name(&dest.to_string_lossy()));
     let copied = async {
-        let mut src = tokio::fs::File::open(from).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-        let total = src.metadata().await.map_err(|e| e.to_string())?.len();
+        let total = tokio::fs::metadata(from).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?.len();
         let mut dst =
             tokio::fs::File::create(&temp).await.map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
-        let mut progress = upload::Progress::new(output, total);
-        let mut buf = vec![0u8; upload::CHUNK];
-        loop {
-            let n = src.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            dst.write_all(&buf[..n]).await.map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
-            progress.add(n as u64);
-        }
+        upload::copy(from, total, &mut dst, output).await.map_err(|e| match e {
+            upload::CopyError::Read(e) => format!("cannot read {}: {e}", from.display()),
+            upload::CopyError::Write(e) => format!("cannot write {}: {e}", temp.display()),
+        })?;
         dst.sync_all().await.map_err(|e| e.to_string())?;
-        progress.finish();
         let got = upload::sha256_file(&temp).await?;
         if got != want {
             return Err(format!("sha256 mismatch after copy: expected {want}, got {got}"));

@@ -38,6 +38,44 @@ pub async fn sha256_file(path: &Path) -> Result<String, String> {
 
 pub use crate::sys::hex;
 
+/// Copies the first `size` bytes of the file at `from` to `to`, a chunk at a time, with progress
+/// events; each write waits for `to` to take it (a channel's window: the host's pace, not this
+/// machine's memory). A file that turns out shorter is an error; what a longer one has past
+/// `size` is left behind, and the hash check after the copy says so. The error says which side
+/// failed.
+pub async fn copy(
+    from: &Path,
+    size: u64,
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    output: &dyn OutputSink,
+) -> Result<(), CopyError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut local = tokio::fs::File::open(from).await.map_err(|e| CopyError::Read(e.to_string()))?;
+    let mut progress = Progress::new(output, size);
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = local.read(&mut buf[..want]).await.map_err(|e| CopyError::Read(e.to_string()))?;
+        if n == 0 {
+            return Err(CopyError::Read("it shrank while it was being copied".into()));
+        }
+        to.write_all(&buf[..n]).await.map_err(|e| CopyError::Write(e.to_string()))?;
+        progress.add(n as u64);
+        left -= n as u64;
+    }
+    to.flush().await.map_err(|e| CopyError::Write(e.to_string()))?;
+    progress.finish();
+    Ok(())
+}
+
+/// Which side of a [`copy`] failed, and why.
+#[derive(Debug)]
+pub enum CopyError {
+    Read(String),
+    Write(String),
+}
+
 /// A name next to `to` for writing before the atomic rename.
 pub fn temporary_name(to: &str) -> String {
     format!("{to}.wavedeck-tmp-{}-{}", std::process::id(), rand_suffix())

@@ -19,7 +19,6 @@ use std::time::Duration;
 use russh::client::{self, Handle};
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKeyWithHashAlg};
 use russh::{ChannelMsg, Sig};
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 pub use self::endpoint::{ConfigFile, Endpoint, expand_home};
@@ -804,30 +803,20 @@ impl SshSession {
     }
 }
 
-/// Streams `size` bytes of a file on a channel, at the host's pace (each write waits for the
-/// channel's window, not for this machine's memory), with progress events.
+/// Streams `size` bytes of a file on a channel (see [`upload::copy`]).
 async fn send_file(
     write: &russh::ChannelWriteHalf<client::Msg>,
     from: &std::path::Path,
     size: u64,
     output: &dyn OutputSink,
 ) -> Result<(), String> {
-    let mut local = tokio::fs::File::open(from).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-    let mut progress = upload::Progress::new(output, size);
-    let mut buf = vec![0u8; upload::CHUNK];
-    let mut left = size;
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = local.read(&mut buf[..want]).await.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-        if n == 0 {
-            return Err(format!("{} shrank while it was being sent", from.display()));
-        }
-        write.data(&buf[..n]).await.map_err(|e| format!("sending {}: {e}", from.display()))?;
-        progress.add(n as u64);
-        left -= n as u64;
-    }
-    progress.finish();
-    Ok(())
+    // The writer only sends data: ending the channel's input is the caller's to decide (the
+    // agent's input goes on after the file).
+    let mut channel = write.make_writer();
+    upload::copy(from, size, &mut channel, output).await.map_err(|e| match e {
+        upload::CopyError::Read(e) => format!("cannot read {}: {e}", from.display()),
+        upload::CopyError::Write(e) => format!("sending {}: {e}", from.display()),
+    })
 }
 
 /// An upload on the host, as a shell function of one line:
