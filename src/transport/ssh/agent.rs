@@ -271,22 +271,24 @@ mod tests {
     }
 
     /// Runs the agent's program as the login shell leaves it (started in `dir`, with `PWD` the
-    /// path it changed into) on `input`; returns its stdout with the markers taken out.
-    fn run_agent(root: &std::path::Path, dir: &str, input: &str) -> (String, Vec<Marker>) {
+    /// path it changed into) on `input`; returns its stdout with the markers taken out, the
+    /// markers, and its stderr.
+    fn run_agent(dir: &std::path::Path, input: &str) -> (String, Vec<Marker>, Vec<u8>) {
         use std::io::Write;
         let mut child = std::process::Command::new("sh")
             .arg("-c")
             .arg(program("", ""))
-            .current_dir(root.join(dir))
-            .env("PWD", root.join(dir))
+            .current_dir(dir)
+            .env("PWD", dir)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         let done = child.wait_with_output().unwrap();
         let (out, markers) = scan("WDKtest", &[&done.stdout]);
-        (String::from_utf8(out).unwrap(), markers)
+        (String::from_utf8(out).unwrap(), markers, done.stderr)
     }
 
     #[test]
@@ -301,7 +303,7 @@ mod tests {
             + &request(n, "pwd -P", None, "")
             + &request(n, "cd .. && ln -sfn b cur.new && mv -T cur.new cur", None, "")
             + &request(n, "pwd -P", None, "");
-        let (out, markers) = run_agent(root.path(), "cur", &input);
+        let (out, markers, _) = run_agent(&root.path().join("cur"), &input);
         let real = root.path().canonicalize().unwrap();
         assert_eq!(out, format!("{}\n{}\n", real.join("a").display(), real.join("b").display()));
         assert_eq!(markers.iter().filter(|m| **m == Marker::End(Some(0))).count(), 3, "{markers:?}");
@@ -312,7 +314,7 @@ mod tests {
             + &request(n, "cd .. && rm cur", None, "")
             + &request(n, "echo never", None, "")
             + &request(n, "echo", None, "");
-        let (out, markers) = run_agent(root.path(), "cur", &input);
+        let (out, markers, _) = run_agent(&root.path().join("cur"), &input);
         assert!(!out.contains("never"), "{out}");
         assert_eq!(markers[1..], [Marker::End(Some(0)), Marker::End(Some(1)), Marker::End(Some(1))]);
     }
@@ -328,20 +330,7 @@ mod tests {
         input.push_str(&request(n, "echo \"x=${x-unset} pwd=$(basename \"$PWD\") own=${__wd_s-gone}\"", None, ""));
         input.push_str(&request(n, "echo recorded", Some("rec/a/1"), "rm -rf -- rec/old; "));
         input.push_str(&request(n, "if then", None, ""));
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(program("", ""))
-            .current_dir(dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        let done = child.wait_with_output().unwrap();
-        let (out, markers) = scan(n, &[&done.stdout]);
-        let out = String::from_utf8(out).unwrap();
+        let (out, markers, stderr) = run_agent(dir.path(), &input);
         let name = dir.path().file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(out, format!("out\nx=unset pwd={name} own=gone\nrecorded\n"));
         assert!(matches!(markers[0], Marker::Pid(_)));
@@ -349,7 +338,7 @@ mod tests {
             markers[1..],
             [Marker::End(Some(7)), Marker::End(Some(0)), Marker::End(Some(0)), Marker::End(Some(2))]
         );
-        let (err, markers) = scan(n, &[&done.stderr]);
+        let (err, markers) = scan(n, &[&stderr]);
         assert!(String::from_utf8_lossy(&err).starts_with("err\n"), "{}", String::from_utf8_lossy(&err));
         assert_eq!(markers.len(), 4);
         let record = std::fs::read_to_string(dir.path().join("rec/a/1")).unwrap();
