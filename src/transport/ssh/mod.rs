@@ -429,9 +429,9 @@ struct Agent {
     /// A request was sent and its end not seen: its caller gave up on it (a dropped future), so
     /// the agent's next markers are not the next request's. Such an agent is not used again.
     in_flight: bool,
-    /// `head -c` here reads no more than it is asked to (GNU), so uploads can go through the
-    /// agent's stdin; `Some(false)` once the agent said otherwise.
-    exact_head: Option<bool>,
+    /// The agent said its `head` is not GNU's (it may read past the file): uploads take a
+    /// channel of their own.
+    head_not_gnu: bool,
 }
 
 /// How long a dropped session's agent gets to end on its own.
@@ -1093,7 +1093,7 @@ impl SshSession {
         let nonce = agent::nonce();
         channel.data(format!("{nonce}\n").as_bytes()).await.map_err(|e| e.to_string())?;
         let (read, write) = channel.split();
-        Ok(Agent { read, write, nonce, pid: None, in_flight: false, exact_head: None })
+        Ok(Agent { read, write, nonce, pid: None, in_flight: false, head_not_gnu: false })
     }
 
     /// The running agent, started if need be; `None` where there is none to be had.
@@ -1307,7 +1307,7 @@ impl SshSession {
     ) -> Option<Result<Option<String>, StepResult>> {
         let mut slot = self.agent.try_lock().ok()?;
         let agent = self.ready_agent(&mut slot).await?;
-        if agent.exact_head == Some(false) {
+        if agent.head_not_gnu {
             return None;
         }
         let size = tokio::fs::metadata(request.from).await.ok()?.len();
@@ -1319,10 +1319,9 @@ impl SshSession {
         let (exchange, _) = self.exchange(agent, &text, &said, request.timeout, cancel, Some(upload)).await;
         let said = said.lines.into_inner().unwrap_or_default();
         if said.last().map(String::as_str) == Some(NO_HEAD) {
-            agent.exact_head = Some(false);
+            agent.head_not_gnu = true;
             return None;
         }
-        agent.exact_head = Some(true);
         let verdict = match &exchange {
             Exchange::Ended(code) => Some(
                 upload_verdict(Some(*code as u32), &said, true, dest, want)
