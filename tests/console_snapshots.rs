@@ -773,3 +773,37 @@ fn a_locked_key_is_asked_for_unseen_a_wrong_passphrase_again_and_the_right_one_s
     assert_eq!(spec.passphrases.0, vec![(key, "open sesame".to_string())]);
     assert!(!format!("{spec:?}").contains("sesame"), "a spec never shows the passphrase");
 }
+
+#[test]
+fn a_rollback_asks_for_a_locked_key_too_and_goes_on_to_its_preview_with_it() {
+    use wavedeck::console::app::Effect;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id_locked");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "open sesame", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut app = app();
+    let spec = wavedeck::runner::Spec {
+        job: wavedeck::runner::Job::Rollback { confirm: true },
+        profile: "profiles/demo.toml".into(),
+        env: "staging".into(),
+        audit_dir: None,
+        local_root: None,
+        mode: "console".into(),
+        confirmation: None,
+        first: Vec::new(),
+        on_detach: None,
+        metrics_file: None,
+        passphrases: Default::default(),
+    };
+    app.ask_passphrases(spec, vec![key.clone()]);
+    assert!(render(&mut app, 80, 24, 0).contains("Unlock a key for this rollback"));
+    typed(&mut app, "open sesame");
+    let effects = app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let [Effect::Launch(spec)] = effects.as_slice() else { panic!("{effects:?}") };
+    assert!(matches!(spec.job, wavedeck::runner::Job::Rollback { confirm: true }), "{spec:?}");
+    assert_eq!(spec.passphrases.0, vec![(key, "open sesame".to_string())]);
+}

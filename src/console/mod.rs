@@ -409,7 +409,7 @@ async fn console_loop(
                 dirty = true;
                 match finished {
                     Done::Locked { spec, files } if files.is_empty() => {
-                        busy = Some(start_in_background(*spec, &done_tx, &mut app));
+                        busy = Some(launch(*spec, &done_tx, &mut app));
                     }
                     Done::Locked { spec, files } => {
                         busy = None;
@@ -611,7 +611,7 @@ async fn console_loop(
                     let environment = app.profiles[profile].environment(&spec.env).cloned();
                     busy = Some(start_unlocking(spec, environment, &done_tx, &mut app));
                 }
-                Effect::Launch(spec) => busy = Some(start_in_background(*spec, &done_tx, &mut app)),
+                Effect::Launch(spec) => busy = Some(launch(*spec, &done_tx, &mut app)),
                 Effect::PrepareRollback { profile, env, automatic } => {
                     let spec = Spec {
                         job: Job::Rollback { confirm: !automatic },
@@ -626,15 +626,9 @@ async fn console_loop(
                         metrics_file: app.metrics_file.clone(),
                         passphrases: Default::default(),
                     };
-                    let tx = done_tx.clone();
-                    // Stopping this task (Esc) closes the runner's stdin: it records the refusal
-                    // and ends once its preview is ready.
-                    let task = tokio::spawn(async move {
-                        let result = runner::launch(&spec).await.map_err(|r| r.message.replace('\n', " "));
-                        let _ = tx.send(Done::Prepared(result));
-                    });
-                    app.busy = Some("planning the rollback: reading the audit log, asking the hosts…".into());
-                    busy = Some(Busy { task: task.abort_handle(), cancellable: !automatic });
+                    // The preview already asks the hosts, so a locked key is asked for first.
+                    let environment = app.profiles[profile].environment(&spec.env).cloned();
+                    busy = Some(start_unlocking(spec, environment, &done_tx, &mut app));
                 }
                 Effect::Check { target } => {
                     let Some(t) = app.targets.get(target) else { continue };
@@ -705,10 +699,9 @@ async fn console_loop(
     }
 }
 
-/// Starts a runner for `spec` (it takes the lock and starts the engine) in a task that reports
-/// back with the client attached to it.
-/// Starts `spec`'s runner, first asking (through [`Done::Locked`]) for the passphrase of any
-/// encrypted identity file its SSH hosts need that no agent holds, as ssh would.
+/// Starts `spec`'s runner (see [`launch`]), first asking (through [`Done::Locked`]) for the
+/// passphrase of any encrypted identity file its SSH hosts need that no agent holds, as ssh
+/// would.
 fn start_unlocking(
     spec: Spec,
     environment: Option<crate::profile::Environment>,
@@ -725,10 +718,34 @@ fn start_unlocking(
             });
             Busy { task: task.abort_handle(), cancellable: false }
         }
-        None => start_in_background(spec, done, app),
+        None => launch(spec, done, app),
     }
 }
 
+/// Starts `spec`'s runner: a rollback to be confirmed first shows its preview
+/// ([`Done::Prepared`]); anything else takes its lock and starts ([`Done::Started`]).
+fn launch(spec: Spec, done: &mpsc::UnboundedSender<Done>, app: &mut App) -> Busy {
+    match spec.job {
+        Job::Rollback { confirm } => prepare_rollback(spec, confirm, done, app),
+        _ => start_in_background(spec, done, app),
+    }
+}
+
+/// Launches a rollback's runner, which plans it and previews where each host goes back to.
+/// Stopping this task (Esc, when `cancellable`) closes the runner's stdin: it records the
+/// refusal and ends once its preview is ready.
+fn prepare_rollback(spec: Spec, cancellable: bool, done: &mpsc::UnboundedSender<Done>, app: &mut App) -> Busy {
+    let tx = done.clone();
+    let task = tokio::spawn(async move {
+        let result = runner::launch(&spec).await.map_err(|r| r.message.replace('\n', " "));
+        let _ = tx.send(Done::Prepared(result));
+    });
+    app.busy = Some("planning the rollback: reading the audit log, asking the hosts…".into());
+    Busy { task: task.abort_handle(), cancellable }
+}
+
+/// Starts a runner for `spec` (it takes the lock and starts the engine) in a task that reports
+/// back with the client attached to it.
 fn start_in_background(spec: Spec, done: &mpsc::UnboundedSender<Done>, app: &mut App) -> Busy {
     let tx = done.clone();
     let place = app

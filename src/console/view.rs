@@ -1056,12 +1056,16 @@ fn draw_dialog(frame: &mut Frame, app: &App, dialog: &Dialog, theme: &Theme) {
                 true,
             );
         }
-        Dialog::Passphrase { files, input, wrong, .. } => {
+        Dialog::Passphrase { spec, files, input, wrong } => {
             let file = files.first().map(|f| f.display().to_string()).unwrap_or_default();
             let rect = layout::centered(area, 72, 7);
             let error = wrong.then(|| "that passphrase does not open it: try again (Esc: start nothing)".to_string());
             let label = crate::text::shorten_middle(&format!("Passphrase for {file}:"), 68);
-            input_popup(frame, rect, " Unlock a key for this deploy ", &label, input, error, theme, false);
+            let title = match spec.job {
+                crate::runner::Job::Rollback { .. } => " Unlock a key for this rollback ",
+                _ => " Unlock a key for this deploy ",
+            };
+            input_popup(frame, rect, title, &label, input, error, theme, false);
         }
         Dialog::TypeName { input, wrong, .. } => {
             let env = app.target_env().map(|e| e.name.as_str()).unwrap_or("?");
