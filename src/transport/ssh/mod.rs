@@ -748,35 +748,19 @@ impl SshSession {
         channel.exec(true, script).await.map_err(|e| format!("cannot start the upload: {e}"))?;
         let (mut read, write) = channel.split();
         let (go, asked) = tokio::sync::oneshot::channel::<()>();
-        // What the host says, line by line; it asks for the file with SEND.
-        let listen = async move {
-            let mut go = Some(go);
-            let (mut pending, mut said, mut code) = (Vec::new(), Vec::new(), None);
+        // What the host says, line by line (as on the agent); it asks for the file with SEND.
+        let said = SaidLines { lines: Default::default(), go: std::sync::Mutex::new(Some(go)), output };
+        let listen = async {
+            let (mut lines, mut code) = (LineSplitter::default(), None);
             while let Some(msg) = read.wait().await {
                 match msg {
-                    ChannelMsg::Data { data } => {
-                        let room = MAX_CAPTURED_BYTES.saturating_sub(pending.len());
-                        pending.extend_from_slice(&data[..data.len().min(room)]);
-                        while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                            let line = String::from_utf8_lossy(&pending[..i]).into_owned();
-                            pending.drain(..=i);
-                            if line == SEND
-                                && let Some(go) = go.take()
-                            {
-                                let _ = go.send(());
-                            }
-                            said.push(line);
-                        }
-                    }
+                    ChannelMsg::Data { data } => lines.push(&data, Stream::Stdout, &said),
                     ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
                     _ => {}
                 }
             }
-            // A last line without its newline (or one longer than is kept) still counts.
-            if !pending.is_empty() {
-                said.push(String::from_utf8_lossy(&pending).into_owned());
-            }
-            (code, said)
+            lines.finish(Stream::Stdout, &said);
+            code
         };
         let send = async move {
             if asked.await.is_err() {
@@ -797,9 +781,9 @@ impl SshSession {
             }
             sent.map(|()| true)
         };
-        let ((code, said), sent) = tokio::join!(listen, send);
+        let (code, sent) = tokio::join!(listen, send);
         let sent = sent?;
-        upload_verdict(code, &said, sent, dest, want)
+        upload_verdict(code, &said.lines.into_inner().unwrap_or_default(), sent, dest, want)
     }
 }
 
