@@ -734,31 +734,42 @@ fn the_health_pane_puts_new_hosts_against_old_ones_with_a_sparkline_each() {
     snapshot("health_new_against_old", &mut app, 22);
 }
 
-#[test]
-fn a_locked_key_is_asked_for_unseen_a_wrong_passphrase_again_and_the_right_one_starts_the_deploy() {
-    use wavedeck::console::app::Effect;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("id_locked");
+/// An ed25519 key in `dir` locked with the passphrase "open sesame".
+fn locked_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let key = dir.join("id_locked");
     let made = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "open sesame", "-f"])
         .arg(&key)
         .status()
         .unwrap();
     assert!(made.success());
-    let mut app = app();
-    let spec = wavedeck::runner::Spec {
-        job: wavedeck::runner::Job::Deploy { release: "2.4.1".into() },
+    key
+}
+
+/// What the console starts for `job` on the demo's staging.
+fn staging_spec(job: wavedeck::runner::Job, confirmation: Option<&str>) -> wavedeck::runner::Spec {
+    wavedeck::runner::Spec {
+        job,
         profile: "profiles/demo.toml".into(),
         env: "staging".into(),
         audit_dir: None,
         local_root: None,
         mode: "console".into(),
-        confirmation: Some("confirmed plan".into()),
+        confirmation: confirmation.map(str::to_string),
         first: Vec::new(),
         on_detach: None,
         metrics_file: None,
         passphrases: Default::default(),
-    };
+    }
+}
+
+#[test]
+fn a_locked_key_is_asked_for_unseen_a_wrong_passphrase_again_and_the_right_one_starts_the_deploy() {
+    use wavedeck::console::app::Effect;
+    let dir = tempfile::tempdir().unwrap();
+    let key = locked_key(dir.path());
+    let mut app = app();
+    let spec = staging_spec(wavedeck::runner::Job::Deploy { release: "2.4.1".into() }, Some("confirmed plan"));
     app.ask_passphrases(spec, vec![key.clone()]);
     typed(&mut app, "open sesam");
     let screen = render(&mut app, 80, 24, 0);
@@ -778,27 +789,9 @@ fn a_locked_key_is_asked_for_unseen_a_wrong_passphrase_again_and_the_right_one_s
 fn a_rollback_asks_for_a_locked_key_too_and_goes_on_to_its_preview_with_it() {
     use wavedeck::console::app::Effect;
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("id_locked");
-    let made = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "open sesame", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let key = locked_key(dir.path());
     let mut app = app();
-    let spec = wavedeck::runner::Spec {
-        job: wavedeck::runner::Job::Rollback { confirm: true },
-        profile: "profiles/demo.toml".into(),
-        env: "staging".into(),
-        audit_dir: None,
-        local_root: None,
-        mode: "console".into(),
-        confirmation: None,
-        first: Vec::new(),
-        on_detach: None,
-        metrics_file: None,
-        passphrases: Default::default(),
-    };
+    let spec = staging_spec(wavedeck::runner::Job::Rollback { confirm: true }, None);
     app.ask_passphrases(spec, vec![key.clone()]);
     assert!(render(&mut app, 80, 24, 0).contains("Unlock a key for this rollback"));
     typed(&mut app, "open sesame");
