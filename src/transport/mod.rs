@@ -350,4 +350,55 @@ mod tests {
         assert_eq!(result, StepResult::Exited { code: 0 });
         assert_eq!(captured.stdout.len(), MAX_CAPTURED_BYTES);
     }
+
+    #[derive(Default)]
+    struct Progressed(std::sync::Mutex<Vec<(u64, u64)>>);
+
+    impl OutputSink for Progressed {
+        fn line(&self, _: Stream, _: String) {}
+        fn fragment(&self, _: Stream, _: String) {}
+        fn progress(&self, sent: u64, total: u64) {
+            self.0.lock().unwrap().push((sent, total));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_upload_arrives_whole_with_its_mode_and_progress_and_is_skipped_when_there() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("app.bin");
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&from, &content).unwrap();
+        let root = dir.path().join("hosts");
+        let transport = local::LocalTransport::new(&root);
+        let host = Host {
+            name: "h".into(),
+            address: "h".into(),
+            user: None,
+            port: None,
+            labels: vec![],
+            vars: Default::default(),
+            from: None,
+        };
+        let session = transport.open(&Target { env: "e".into(), host }, &NoObserver).await.unwrap();
+        let upload = || UploadRequest {
+            from: &from,
+            to: "releases/app.bin",
+            timeout: Duration::from_secs(60),
+            mode: Some(0o640),
+        };
+        let sink = Progressed::default();
+        let result = session.upload(upload(), &sink, &CancellationToken::new()).await;
+        assert_eq!(result, StepResult::Exited { code: 0 });
+        let placed = root.join("e/h/releases/app.bin");
+        assert!(std::fs::read(&placed).unwrap() == content, "the file, whole");
+        assert_eq!(std::fs::metadata(&placed).unwrap().permissions().mode() & 0o777, 0o640);
+        let progress = sink.0.lock().unwrap().clone();
+        assert_eq!((progress.first(), progress.last()), (Some(&(0, 300_000)), Some(&(300_000, 300_000))));
+        let left: Vec<_> = std::fs::read_dir(placed.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left");
+
+        let again = session.upload(upload(), &Progressed::default(), &CancellationToken::new()).await;
+        assert!(matches!(again, StepResult::Skipped { .. }), "{again:?}");
+    }
 }
