@@ -16,7 +16,7 @@
 //! commands), and wavedeck's peak RSS.
 //!
 //! Run: `cargo run --release --example ssh_bench [hosts] [--latency-ms N] [--no-work]
-//! [--wavedeck-only]` (default 200 hosts; needs sshd and ssh). `--no-work`: steps that run `true`
+//! [--wavedeck-only | --one-shot-only]` (default 200 hosts; needs sshd and ssh). `--no-work`: steps that run `true`
 //! and no upload, for every contender. `BENCH_TIMELINE=1`: each wave's steps, when they began and
 //! ended.
 #![allow(clippy::unwrap_used)] // A benchmark: any failure should stop it loudly.
@@ -170,6 +170,16 @@ fn main() {
         if latency_ms > 0 { format!(", +{latency_ms} ms each way ({} ms RTT)", 2 * latency_ms) } else { String::new() },
         work = if no_work() { "no upload, every step `true`" } else { "1 MiB artifact" },
     );
+    if args.iter().any(|a| a == "--one-shot-only") {
+        let oneshot = measure(&pids, || run_openssh(root, &ports, Contender::OneShot, &artifact));
+        println!(
+            "OpenSSH one-shot {:.2} s wall, {:.2} s controller CPU, {:.1} ms sshd-side CPU per host",
+            oneshot.wall,
+            oneshot.controller,
+            oneshot.sshd * 1000.0 / hosts as f64
+        );
+        return;
+    }
     // wavedeck first: its peak RSS is then this process's.
     let ours = measure(&pids, || run_wavedeck(root, &artifact, &ports));
     let rss = peak_rss_mib();

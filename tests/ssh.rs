@@ -664,23 +664,23 @@ async fn one_agent_carries_an_upload_and_the_steps_around_it_and_a_timeout_takes
 }
 
 #[tokio::test]
-async fn where_head_is_not_gnus_the_upload_takes_a_channel_of_its_own_and_the_agent_stays_in_step() {
+async fn where_dd_is_not_gnus_the_upload_takes_a_channel_of_its_own_and_the_agent_stays_in_step() {
     if !sshd::available() {
         return;
     }
-    // A `head` that says it is BusyBox's (which may read past what it is asked for) and logs how
+    // A `dd` that says it is BusyBox's (which may read past what it is asked for) and logs how
     // it is called, then does the real thing.
     let bin = tempfile::tempdir().unwrap();
-    let log = bin.path().join("head.log");
+    let log = bin.path().join("dd.log");
     std::fs::write(
-        bin.path().join("head"),
+        bin.path().join("dd"),
         format!(
-            "#!/bin/sh\necho \"$*\" >> {log}\n[ \"$1\" = --version ] && {{ echo 'BusyBox v1.36.1'; exit 0; }}\nexec /usr/bin/head \"$@\"\n",
+            "#!/bin/sh\necho \"$*\" >> {log}\n[ \"$1\" = --version ] && {{ echo 'BusyBox v1.36.1'; exit 0; }}\nexec /usr/bin/dd \"$@\"\n",
             log = log.display()
         ),
     )
     .unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("head")).status().unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("dd")).status().unwrap();
     let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv PATH={}:/usr/bin:/bin", bin.path().display()));
     let artifact = fleet.path("app.bin");
     let content: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
@@ -697,25 +697,25 @@ async fn where_head_is_not_gnus_the_upload_takes_a_channel_of_its_own_and_the_ag
     assert!(std::fs::read(fleet.path("deploy/releases/app.bin")).unwrap() == content, "the file, whole");
     let calls = std::fs::read_to_string(&log).unwrap();
     assert!(calls.lines().any(|l| l == "--version"), "{calls}");
-    assert!(!calls.contains("-c 3000000"), "the agent's stdin was not handed to this head: {calls}");
+    assert!(!calls.contains("count=3000000"), "the agent's stdin was not handed to this dd: {calls}");
     let agents: Vec<String> = output_of(&d).into_iter().filter(|l| l.starts_with("agent ")).collect();
     assert_eq!(agents.len(), 2, "{agents:?}");
     assert_eq!(agents[0], agents[1], "the steps around the upload ran on the same agent: {agents:?}");
 }
 
 #[tokio::test]
-async fn a_head_that_reads_past_the_file_ends_the_agent_instead_of_running_file_data_as_steps() {
+async fn a_dd_that_reads_past_the_file_ends_the_agent_instead_of_running_file_data_as_steps() {
     if !sshd::available() {
         return;
     }
     // Says it is GNU's, then takes one byte more than it is asked for.
     let bin = tempfile::tempdir().unwrap();
     std::fs::write(
-        bin.path().join("head"),
-        "#!/bin/sh\n[ \"$1\" = -c ] && [ \"$2\" -gt 1000 ] && exec /usr/bin/head -c $(($2 + 1))\nexec /usr/bin/head \"$@\"\n",
+        bin.path().join("dd"),
+        "#!/bin/sh\ncase $2 in count=*) n=${2#count=}; [ \"$n\" -gt 1000 ] && exec /usr/bin/dd bs=64k count=$((n + 1)) iflag=count_bytes,fullblock status=none;; esac\nexec /usr/bin/dd \"$@\"\n",
     )
     .unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("head")).status().unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("dd")).status().unwrap();
     let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv PATH={}:/usr/bin:/bin", bin.path().display()));
     let artifact = fleet.path("app.bin");
     std::fs::write(&artifact, vec![b'x'; 100_000]).unwrap();

@@ -429,9 +429,9 @@ struct Agent {
     /// A request was sent and its end not seen: its caller gave up on it (a dropped future), so
     /// the agent's next markers are not the next request's. Such an agent is not used again.
     in_flight: bool,
-    /// The agent said its `head` is not GNU's (it may read past the file): uploads take a
+    /// The agent said its `dd` is not GNU's (it may read past the file): uploads take a
     /// channel of their own.
-    head_not_gnu: bool,
+    dd_not_gnu: bool,
 }
 
 /// How long a dropped session's agent gets to end on its own.
@@ -805,42 +805,46 @@ async fn send_file(
 
 /// An upload on the host, as a shell function of one line:
 /// `__wd_up DEST TEMP SHA256 HOW MODE PARENT`. It hashes what is at DEST (if anything); if that
-/// is not the file it asks for it (`SEND`), takes it into TEMP, hashes that, sets MODE (octal, or
-/// `-` to leave it to the umask) and renames it into place. HOW is `all` to read stdin to its end
-/// (a channel of its own), or the file's size: GNU `head -c` takes exactly that many bytes from
-/// the agent's input, which must then go on with `<nonce>.u`; if it does not (the file could not
-/// be taken in whole) the function exits [`DESYNC`], and the agent ends rather than read file
-/// data as steps.
+/// is not the file it asks for it (`SEND`), takes it into TEMP, hashes that, sets
+/// MODE (octal, or `-` to leave it to the umask) and renames it into place. HOW is `all` to read
+/// stdin to its end (a channel of its own), or the file's size: GNU `dd` takes exactly that many
+/// bytes from the agent's input, which must then go on with `<nonce>.u`; if it does not (the file
+/// could not be taken in whole) the function exits [`DESYNC`], and the agent ends rather than read
+/// file data as steps.
 fn upload_function() -> String {
-    // A hash is 64 characters: `head` keeps a host whose `sha256sum` floods from making the shell
-    // hold (and this runner read) more than that. Nothing is hashed where there is no file yet (a
-    // new release's path). The mode is set on the temporary file before it is renamed, so the
+    // The host's `sha256sum` prints the hash it got and the shell compares it: it is never told
+    // the hash it should find, so one that does not hash cannot pass a file. The file comes on
+    // stdin, so no name is printed back, and only a 64-character hash is passed on (a host whose
+    // `sha256sum` floods says nothing more than a hash's length). Nothing is hashed where there
+    // is no file yet (a new release's path). `dd` reads in 64 KiB blocks where `head -c` would
+    // read 8 KiB at a time. The mode is set on the temporary file before it is renamed, so the
     // file is never in place with looser permissions; a file that already has the content gets
     // it too.
+    let hash_64 = "?".repeat(64);
     format!(
         "__wd_up() {{ ( f=$1; t=$2; w=$3; n=$4; m=$5; p=$6; \
-         if [ -e \"$f\" ]; then h=$(sha256sum -- \"$f\" 2>/dev/null | head -c 64); if [ \"$h\" = \"$w\" ]; then \
+         if [ -e \"$f\" ]; then h=$(sha256sum <\"$f\" 2>/dev/null); if [ \"${{h%% *}}\" = \"$w\" ]; then \
          [ \"$m\" = - ] || chmod \"$m\" \"$f\" || {{ echo \"{NO} cannot set mode $m on $f\"; exit 1; }}; echo {HAVE}; exit 0; fi; fi; \
          [ -d \"$p\" ] || mkdir -p -- \"$p\" || {{ echo \"{NO} cannot create $p\"; exit 1; }}; \
          echo {SEND}; \
          if [ \"$n\" = all ]; then cat > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit 1; }}; \
-         else head -c \"$n\" > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit {DESYNC}; }}; \
+         else dd bs=64k count=\"$n\" iflag=count_bytes,fullblock status=none > \"$t\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot write $t\"; exit {DESYNC}; }}; \
          IFS= read -r l; [ \"$l\" = \"$__wd_n.u\" ] || {{ rm -f -- \"$t\"; exit {DESYNC}; }}; fi; \
-         h=$(sha256sum -- \"$t\" 2>/dev/null | head -c 64); \
-         [ \"$h\" = \"$w\" ] || {{ rm -f -- \"$t\"; echo \"{BAD} $h\"; exit 1; }}; \
+         h=$(sha256sum <\"$t\" 2>/dev/null); h=${{h%% *}}; \
+         [ \"$h\" = \"$w\" ] || {{ rm -f -- \"$t\"; case $h in {hash_64}) echo \"{BAD} $h\";; *) echo {BAD};; esac; exit 1; }}; \
          [ \"$m\" = - ] || chmod \"$m\" \"$t\" || {{ echo \"{NO} cannot set mode $m on $t\"; exit 1; }}; \
          mv -f -- \"$t\" \"$f\" || {{ rm -f -- \"$t\"; echo \"{NO} cannot rename $t to $f\"; exit 1; }}; \
          echo {DONE} ); }};"
     )
 }
 
-/// The agent's own upload: through `__wd_up` where `head` is GNU's (checked once per agent), else
-/// [`NO_HEAD`], and the upload takes a channel of its own.
+/// The agent's own upload: through `__wd_up` where `dd` is GNU's (checked once per agent), else
+/// [`NO_GNU_DD`], and the upload takes a channel of its own.
 fn agent_upload_function() -> String {
     format!(
-        "__wd_ag() {{ case ${{__wd_g=$(head --version 2>/dev/null)}} in \
+        "__wd_ag() {{ case ${{__wd_g=$(dd --version 2>/dev/null)}} in \
          *GNU*) __wd_up \"$@\"; __wd_st=$?; [ \"$__wd_st\" = {DESYNC} ] && exit {DESYNC};; \
-         *) echo {NO_HEAD};; esac; }};"
+         *) echo {NO_GNU_DD};; esac; }};"
     )
 }
 
@@ -916,8 +920,9 @@ const SEND: &str = "WAVEDECK-SEND";
 const DONE: &str = "WAVEDECK-DONE";
 const BAD: &str = "WAVEDECK-BAD";
 const NO: &str = "WAVEDECK-NO";
-/// The agent's `head` is not GNU's: the upload takes a channel of its own.
-const NO_HEAD: &str = "WAVEDECK-HEAD-NOT-GNU";
+/// The agent's `dd` is not GNU's (it may not stop exactly at the file's end): the upload takes a
+/// channel of its own.
+const NO_GNU_DD: &str = "WAVEDECK-DD-NOT-GNU";
 /// What an upload through the agent exits with when the agent's input is no longer in step
 /// (the file could not be taken in whole): the agent ends rather than read file data as steps.
 const DESYNC: i32 = 86;
@@ -1077,7 +1082,7 @@ impl SshSession {
         let nonce = agent::nonce();
         channel.data(format!("{nonce}\n").as_bytes()).await.map_err(|e| e.to_string())?;
         let (read, write) = channel.split();
-        Ok(Agent { read, write, nonce, pid: None, in_flight: false, head_not_gnu: false })
+        Ok(Agent { read, write, nonce, pid: None, in_flight: false, dd_not_gnu: false })
     }
 
     /// The running agent, started if need be; `None` where there is none to be had.
@@ -1178,7 +1183,7 @@ impl SshSession {
             if upload.asked.await.is_err() {
                 return std::future::pending().await;
             }
-            // Exactly the file (the host's `head -c` stops there), then the line that gives
+            // Exactly the file (the host's `dd` stops there), then the line that gives
             // the agent its input back.
             send_file(write, upload.from, upload.size, output).await?;
             write
@@ -1278,8 +1283,8 @@ impl SshSession {
     }
 
     /// An upload through the host's agent: the same script as on a channel of its own, with the
-    /// file read from the agent's stdin by `head -c`. `None` when there is no agent, or its
-    /// `head` might read past the file (not GNU): then the upload takes a channel of its own.
+    /// file read from the agent's stdin by `dd`. `None` when there is no agent, or its `dd`
+    /// might read past the file (not GNU): then the upload takes a channel of its own.
     async fn upload_on_agent(
         &self,
         request: &UploadRequest<'_>,
@@ -1291,7 +1296,7 @@ impl SshSession {
     ) -> Option<Result<Option<String>, StepResult>> {
         let mut slot = self.agent.try_lock().ok()?;
         let agent = self.ready_agent(&mut slot).await?;
-        if agent.head_not_gnu {
+        if agent.dd_not_gnu {
             return None;
         }
         let size = tokio::fs::metadata(request.from).await.ok()?.len();
@@ -1302,8 +1307,8 @@ impl SshSession {
         let upload = AgentUpload { from: request.from, size, asked };
         let (exchange, _) = self.exchange(agent, &text, &said, request.timeout, cancel, Some(upload)).await;
         let said = said.lines.into_inner().unwrap_or_default();
-        if said.last().map(String::as_str) == Some(NO_HEAD) {
-            agent.head_not_gnu = true;
+        if said.last().map(String::as_str) == Some(NO_GNU_DD) {
+            agent.dd_not_gnu = true;
             return None;
         }
         let verdict = match &exchange {
