@@ -184,7 +184,7 @@ impl Transport for SshTransport {
                             keep_output: self.settings.keep_step_output,
                             spare: tokio::sync::Mutex::new(None),
                             agent: tokio::sync::Mutex::new(AgentSlot::NotStarted),
-                            agent_up: std::sync::atomic::AtomicBool::new(false),
+                            no_agent: std::sync::atomic::AtomicBool::new(false),
                         }) as Box<dyn HostSession>);
                     }
                     Err(error) => {
@@ -406,8 +406,9 @@ struct SshSession {
     /// The host's persistent shell for steps ([`agent`]); a step that finds it busy (a health
     /// monitor's sample beside a step) gets a channel of its own.
     agent: tokio::sync::Mutex<AgentSlot>,
-    /// The agent is running (read without waiting for the agent's lock, which a step holds).
-    agent_up: std::sync::atomic::AtomicBool,
+    /// The host cannot run an agent, so steps take channels and a spare is worth keeping (read
+    /// without waiting for the agent's lock, which a step holds).
+    no_agent: std::sync::atomic::AtomicBool,
 }
 
 enum AgentSlot {
@@ -503,9 +504,11 @@ impl SshSession {
     }
 
     /// Opens the next spare channel if there is none; run beside a step, it costs it nothing.
-    /// Not while the agent runs: steps need no channel then.
+    /// Only where steps take channels (no agent on this host, or steps keep their output):
+    /// otherwise the agent, or the first step's start of it, needs none, and an unused channel
+    /// is still an sshd session to set up and tear down.
     async fn refill_spare(&self) {
-        if self.agent_up.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.keep_output && !self.no_agent.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         let mut spare = self.spare.lock().await;
@@ -1105,7 +1108,7 @@ impl SshSession {
                 }
             };
         }
-        self.agent_up.store(matches!(slot, AgentSlot::Running(_)), std::sync::atomic::Ordering::Relaxed);
+        self.no_agent.store(matches!(slot, AgentSlot::Unavailable), std::sync::atomic::Ordering::Relaxed);
         match slot {
             AgentSlot::Running(agent) => Some(agent),
             _ => None,
@@ -1135,9 +1138,6 @@ impl SshSession {
     /// What an exchange means for the step, and for the agent: one that was stopped or lost is
     /// started again for the next step, one that never started is not tried again.
     fn settle(&self, slot: &mut AgentSlot, exchange: Exchange) -> Option<StepResult> {
-        if !matches!(exchange, Exchange::Ended(_)) {
-            self.agent_up.store(false, std::sync::atomic::Ordering::Relaxed);
-        }
         match exchange {
             Exchange::Ended(code) => Some(StepResult::Exited { code }),
             Exchange::Stopped(result) | Exchange::Lost(result) => {
@@ -1149,6 +1149,7 @@ impl SshSession {
                 // not a group leader here. The channel way says why.
                 tracing::debug!(host = %self.host, "the agent did not start: steps get channels of their own");
                 *slot = AgentSlot::Unavailable;
+                self.no_agent.store(true, std::sync::atomic::Ordering::Relaxed);
                 None
             }
         }
