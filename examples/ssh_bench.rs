@@ -8,6 +8,8 @@
 //! - the handshake floor: one `ssh host true` per host, `xargs -P`;
 //! - OpenSSH one-shot: one `ssh` per host, the tarball on stdin, every step in one remote shell;
 //! - OpenSSH ControlMaster: one master connection per host, then `scp` and one `ssh` per step;
+//! - one-shot again with the upload checked as wavedeck checks it (the hash compared, the file
+//!   renamed into place), the like-for-like script;
 //! - wavedeck's engine in this process (and again through its runner, with its audit log).
 //!
 //! Every OpenSSH client uses the key exchange russh picks (curve25519-sha256), so key exchange
@@ -45,7 +47,8 @@ const RELEASE: &str = "2.0.0";
 /// The key exchange every client uses, russh's first choice.
 const KEX: &str = "curve25519-sha256";
 
-/// Each contender's wave times, in seconds: wavedeck, floor, one-shot, ControlMaster.
+/// Each contender's wave times, in seconds: wavedeck, floor, one-shot, ControlMaster, one-shot
+/// checked.
 /// `--no-work`: every step runs `true` and nothing is uploaded, for every contender: what the way
 /// of running steps costs by itself (for wavedeck, the agent), beside the handshake.
 static NO_WORK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -59,7 +62,8 @@ fn steps() -> Vec<(&'static str, &'static str)> {
     if no_work() { STEPS.iter().map(|(name, _)| (*name, "true")).collect() } else { STEPS.to_vec() }
 }
 
-static WAVES: std::sync::Mutex<[Vec<f64>; 4]> = std::sync::Mutex::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]);
+static WAVES: std::sync::Mutex<[Vec<f64>; 5]> =
+    std::sync::Mutex::new([Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()]);
 
 /// A proxy per listener that delays every chunk by `delay` in each direction (netem does not work
 /// on these machines), on a runtime of its own; returns it and the proxies' ports.
@@ -171,13 +175,17 @@ fn main() {
         work = if no_work() { "no upload, every step `true`" } else { "1 MiB artifact" },
     );
     if args.iter().any(|a| a == "--one-shot-only") {
-        let oneshot = measure(&pids, || run_openssh(root, &ports, Contender::OneShot, &artifact));
-        println!(
-            "OpenSSH one-shot {:.2} s wall, {:.2} s controller CPU, {:.1} ms sshd-side CPU per host",
-            oneshot.wall,
-            oneshot.controller,
-            oneshot.sshd * 1000.0 / hosts as f64
-        );
+        for (name, contender) in
+            [("OpenSSH one-shot", Contender::OneShot), ("one-shot, checked", Contender::OneShotChecked)]
+        {
+            let f = measure(&pids, || run_openssh(root, &ports, contender, &artifact));
+            println!(
+                "{name} {:.2} s wall, {:.2} s controller CPU, {:.1} ms sshd-side CPU per host",
+                f.wall,
+                f.controller,
+                f.sshd * 1000.0 / hosts as f64
+            );
+        }
         return;
     }
     // wavedeck first: its peak RSS is then this process's.
@@ -197,10 +205,11 @@ fn main() {
     let floor = measure(&pids, || run_openssh(root, &ports, Contender::Floor, &artifact));
     let oneshot = measure(&pids, || run_openssh(root, &ports, Contender::OneShot, &artifact));
     let master = measure(&pids, || run_openssh(root, &ports, Contender::ControlMaster, &artifact));
+    let like_for_like = measure(&pids, || run_openssh(root, &ports, Contender::OneShotChecked, &artifact));
     let per_host = |s: f64| s * 1000.0 / hosts as f64;
     let row = |name: &str, f: &Figures| {
         println!(
-            "{name:<34} {:7.2} s wall  {:6.2} s controller CPU  {:6.1} ms sshd-side CPU per host",
+            "{name:<38} {:7.2} s wall  {:6.2} s controller CPU  {:6.1} ms sshd-side CPU per host",
             f.wall,
             f.controller,
             per_host(f.sshd)
@@ -209,6 +218,7 @@ fn main() {
     row("handshake floor (ssh host true)", &floor);
     row("OpenSSH one-shot (1 ssh per host)", &oneshot);
     row("OpenSSH ControlMaster + ssh/step", &master);
+    row("one-shot, upload checked as wavedeck", &like_for_like);
     row("wavedeck engine", &ours);
     let per_wave = |waves: &[f64]| waves.iter().sum::<f64>() / waves.len().max(1) as f64;
     let waves = WAVES.lock().unwrap();
@@ -233,6 +243,11 @@ fn main() {
         ours.wall / oneshot.wall,
         ours.sshd / oneshot.sshd,
         ours.wall / master.wall
+    );
+    println!(
+        "wavedeck / one-shot with its upload checked as wavedeck's: {:.2}x wall, {:.2}x sshd-side CPU",
+        ours.wall / like_for_like.wall,
+        ours.sshd / like_for_like.sshd
     );
 }
 
@@ -445,6 +460,9 @@ enum Contender {
     Floor,
     OneShot,
     ControlMaster,
+    /// One-shot with the upload checked as wavedeck checks it: the hash compared, the file
+    /// renamed into place.
+    OneShotChecked,
 }
 
 fn run_openssh(root: &Path, ports: &[u16], contender: Contender, artifact: &Path) -> f64 {
@@ -452,6 +470,7 @@ fn run_openssh(root: &Path, ports: &[u16], contender: Contender, artifact: &Path
         Contender::Floor => "remote-floor",
         Contender::OneShot => "remote-oneshot",
         Contender::ControlMaster => "remote-master",
+        Contender::OneShotChecked => "remote-checked",
     });
     std::fs::create_dir_all(&remote).unwrap();
     let opts = format!(
@@ -466,18 +485,30 @@ fn run_openssh(root: &Path, ports: &[u16], contender: Contender, artifact: &Path
             .map(|(_, run)| run.replace("cd hosts/{{ host }}", "cd $d").replace("{{ release }}", RELEASE))
     };
     let (upload, artifact) = if no_work() {
-        ("true", Path::new("/dev/null"))
+        ("true".to_string(), Path::new("/dev/null"))
+    } else if contender == Contender::OneShotChecked {
+        // What wavedeck's upload guarantees, by hand: the hash compared, an atomic rename.
+        let out = Command::new("sha256sum").arg(artifact).output().unwrap();
+        let sum = String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string();
+        (
+            format!(
+                "set -e; mkdir -p $d/incoming; t=$d/incoming/.app.tar.gz.tmp; cat > $t; h=$(sha256sum < $t); \
+                 [ \"${{h%% *}}\" = {sum} ]; mv -f $t $d/incoming/app.tar.gz"
+            ),
+            artifact,
+        )
     } else {
         (
-            "set -e; mkdir -p $d/incoming; cat > $d/incoming/app.tar.gz; sha256sum $d/incoming/app.tar.gz >/dev/null",
+            "set -e; mkdir -p $d/incoming; cat > $d/incoming/app.tar.gz; sha256sum $d/incoming/app.tar.gz >/dev/null"
+                .to_string(),
             artifact,
         )
     };
     let per_host = match contender {
         Contender::Floor => format!("ssh {opts} -p $2 root@127.0.0.1 true\n"),
         // The tarball on stdin, every step in one remote shell.
-        Contender::OneShot => {
-            let mut remote_script = upload.to_string();
+        Contender::OneShot | Contender::OneShotChecked => {
+            let mut remote_script = upload.clone();
             for command in steps() {
                 let _ = write!(remote_script, "; ({command})");
             }
@@ -539,6 +570,7 @@ fn run_openssh(root: &Path, ports: &[u16], contender: Contender, artifact: &Path
         Contender::Floor => 1,
         Contender::OneShot => 2,
         Contender::ControlMaster => 3,
+        Contender::OneShotChecked => 4,
     };
     for size in sizes {
         let wave_began = Instant::now();
