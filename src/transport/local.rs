@@ -179,7 +179,7 @@ async fn copy_verified(from: &Path, dest: &Path, mode: Option<u32>, output: &dyn
         }
     };
     let fail = |message: String| StepResult::Error { message };
-    let want = match upload::sha256_file(from).await {
+    let want = match upload::sha256_source(from).await {
         Ok(h) => h,
         Err(e) => return fail(e),
     };

@@ -1340,7 +1340,7 @@ impl SshSession {
     ) -> StepResult {
         let dest = self.remote_path(request.to);
         let temp = upload::temporary_name(&dest);
-        let want = match upload::sha256_file(request.from).await {
+        let want = match upload::sha256_source(request.from).await {
             Ok(want) => want,
             Err(message) => return StepResult::Error { message },
         };
