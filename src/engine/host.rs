@@ -130,7 +130,9 @@ impl Rendered {
         // file (and its secrets) where only this user can read it.
         let dir =
             crate::remote::runtime_dir().map_err(|e| format!("no private directory for the rendered template: {e}"))?;
-        let path = dir.join(format!("template-{}-{n}", std::process::id()));
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| sweep_orphaned_templates(&dir));
+        let path = dir.join(format!("{TEMPLATE_PREFIX}{}-{n}", std::process::id()));
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -146,6 +148,59 @@ impl Rendered {
 impl Drop for Rendered {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What a rendered template's name starts with, before the process id that wrote it.
+const TEMPLATE_PREFIX: &str = "template-";
+
+/// Removes the rendered templates of processes that no longer run (a runner killed mid-upload
+/// never dropped its [`Rendered`]): each holds a host's secrets, and nothing else would ever
+/// remove it. A process id taken again by a living process keeps its file until that one ends.
+fn sweep_orphaned_templates(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMPLATE_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .filter(|&pid| pid > 1);
+        let Some(pid) = pid else { continue };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
+        if gone {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendered_template_left_by_a_process_that_is_gone_is_removed_and_a_living_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let files = [
+            format!("{TEMPLATE_PREFIX}{dead}-0"),
+            format!("{TEMPLATE_PREFIX}{}-3", std::process::id()),
+            "runner.log".to_string(),
+            format!("{TEMPLATE_PREFIX}not-a-pid"),
+        ];
+        for name in &files {
+            std::fs::write(dir.path().join(name), "secret").unwrap();
+        }
+        sweep_orphaned_templates(dir.path());
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        let mut kept = files[1..].to_vec();
+        kept.sort();
+        assert_eq!(left, kept);
     }
 }
 
