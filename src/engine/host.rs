@@ -175,35 +175,6 @@ fn sweep_orphaned_templates(dir: &std::path::Path) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rendered_template_left_by_a_process_that_is_gone_is_removed_and_a_living_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
-        let files = [
-            format!("{TEMPLATE_PREFIX}{dead}-0"),
-            format!("{TEMPLATE_PREFIX}{}-3", std::process::id()),
-            "runner.log".to_string(),
-            format!("{TEMPLATE_PREFIX}not-a-pid"),
-        ];
-        for name in &files {
-            std::fs::write(dir.path().join(name), "secret").unwrap();
-        }
-        sweep_orphaned_templates(dir.path());
-        let mut left: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        left.sort();
-        let mut kept = files[1..].to_vec();
-        kept.sort();
-        assert_eq!(left, kept);
-    }
-}
-
 /// Runs a host's steps in order, each through the pause/abort gate, with retries; returns the
 /// host's final state and fills in `summary`.
 pub(super) async fn run_steps(
@@ -356,4 +327,33 @@ pub(super) async fn run_steps(
         }
     }
     HostState::Done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendered_template_left_by_a_process_that_is_gone_is_removed_and_a_living_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let files = [
+            format!("{TEMPLATE_PREFIX}{dead}-0"),
+            format!("{TEMPLATE_PREFIX}{}-3", std::process::id()),
+            "runner.log".to_string(),
+            format!("{TEMPLATE_PREFIX}not-a-pid"),
+        ];
+        for name in &files {
+            std::fs::write(dir.path().join(name), "secret").unwrap();
+        }
+        sweep_orphaned_templates(dir.path());
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        let mut kept = files[1..].to_vec();
+        kept.sort();
+        assert_eq!(left, kept);
+    }
 }
