@@ -79,6 +79,7 @@ fn one_session(dir: &Path) -> String {
     let mut log = AuditLog::open(dir, &start, Default::default()).unwrap();
     let hosts = vec!["dev-web-1".to_string(), "dev-web-2".to_string(), "dev-worker-1".to_string()];
     log.note(Record::Event(Event::DeployStarted {
+        outlier_percent: wavedeck::profile::DEFAULT_OUTLIER_PERCENT,
         service: "shopfront".into(),
         env: "dev".into(),
         release: "1.0".into(),

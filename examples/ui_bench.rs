@@ -41,6 +41,7 @@ fn main() {
     let now = Utc::now();
     let stamp = |event| Stamped { at: now, event };
     app.on_event(&stamp(Event::DeployStarted {
+        outlier_percent: wavedeck::profile::DEFAULT_OUTLIER_PERCENT,
         service: "bench".into(),
         env: "load".into(),
         release: "1".into(),

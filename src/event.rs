@@ -279,6 +279,10 @@ pub enum Event {
         release: String,
         waves: Vec<WaveOutline>,
         steps: Vec<String>,
+        /// `[analysis] outlier_percent`: a line shape printed by at most this share of a wave's
+        /// hosts is odd, for every consumer alike (a log written before it had the default).
+        #[serde(default = "default_outlier_percent")]
+        outlier_percent: u8,
     },
     /// Run-once steps (a migration, …) start on their designated host, before any wave.
     /// Their step events carry wave 0.
@@ -494,4 +498,12 @@ pub struct Stamped {
     pub at: DateTime<Utc>,
     #[serde(flatten)]
     pub event: Event,
+}
+
+/// An output group printed by at most this share of a step's hosts is an outlier (what
+/// `[analysis] outlier_percent` is when a profile does not say).
+pub const DEFAULT_OUTLIER_PERCENT: u8 = 10;
+
+fn default_outlier_percent() -> u8 {
+    DEFAULT_OUTLIER_PERCENT
 }

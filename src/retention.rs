@@ -98,6 +98,7 @@ mod tests {
         let start = SessionStart::for_tests("headless", env, release);
         let mut log = AuditLog::open(dir, &start, Default::default()).unwrap();
         log.note(Record::Event(Event::DeployStarted {
+            outlier_percent: crate::profile::DEFAULT_OUTLIER_PERCENT,
             service: "shop".into(),
             env: env.into(),
             release: release.into(),

@@ -481,6 +481,7 @@ mod tests {
 
     fn deploy_started(release: &str) -> Record {
         Record::Event(Event::DeployStarted {
+            outlier_percent: crate::profile::DEFAULT_OUTLIER_PERCENT,
             service: "shop".into(),
             env: "prod".into(),
             release: release.into(),

@@ -339,6 +339,7 @@ mod tests {
     fn session(dir: &Path) -> PathBuf {
         let mut log = AuditLog::open(dir, &start(), Default::default()).unwrap();
         log.note(Record::Event(Event::DeployStarted {
+            outlier_percent: crate::profile::DEFAULT_OUTLIER_PERCENT,
             service: "shop".into(),
             env: "staging".into(),
             release: "2.4.1".into(),

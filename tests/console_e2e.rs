@@ -547,6 +547,7 @@ fn a_rollback_preview_of_hanging_hosts_keeps_the_console_responsive_and_esc_stop
         let mut records = vec![
             Record::SessionStart(start),
             Record::Event(Event::DeployStarted {
+                outlier_percent: wavedeck::profile::DEFAULT_OUTLIER_PERCENT,
                 service: "hang".into(),
                 env: "far".into(),
                 release: "2.0".into(),

@@ -105,6 +105,7 @@ fn staging_in_flight() -> App {
         (
             0,
             Event::DeployStarted {
+                outlier_percent: wavedeck::profile::DEFAULT_OUTLIER_PERCENT,
                 service: "shopfront".into(),
                 env: "staging".into(),
                 release: "2.4.1".into(),
@@ -355,6 +356,7 @@ fn long_host_names_give_way_in_the_middle_and_stay_distinct() {
         vec![(
             0,
             Event::DeployStarted {
+                outlier_percent: wavedeck::profile::DEFAULT_OUTLIER_PERCENT,
                 service: "pay".into(),
                 env: "prod".into(),
                 release: "1".into(),
@@ -400,6 +402,7 @@ fn fleet(count: usize) -> Profile {
 
 fn started(service: &str, env: &str, release: &str, waves: Vec<Vec<String>>) -> Event {
     Event::DeployStarted {
+        outlier_percent: wavedeck::profile::DEFAULT_OUTLIER_PERCENT,
         service: service.into(),
         env: env.into(),
         release: release.into(),
@@ -566,6 +569,7 @@ fn a_replay_shows_the_deploy_as_it_stood_with_a_replay_banner_and_no_control_key
         vec![(
             0,
             Event::DeployStarted {
+                outlier_percent: wavedeck::profile::DEFAULT_OUTLIER_PERCENT,
                 service: "shopfront".into(),
                 env: "staging".into(),
                 release: "2.4.1".into(),
@@ -634,6 +638,7 @@ fn fleet_with_odd_ones() -> App {
         (
             0,
             Event::DeployStarted {
+                outlier_percent: wavedeck::profile::DEFAULT_OUTLIER_PERCENT,
                 service: "shopfront".into(),
                 env: "production".into(),
                 release: "2.5.0".into(),

@@ -174,6 +174,8 @@ pub struct DeployModel {
     /// when the wave ends).
     pub groups: std::collections::BTreeMap<usize, OutputGroups>,
     shaper: Shaper,
+    /// The deploy's `[analysis] outlier_percent`, as its start said.
+    outlier_percent: u8,
     /// New against old, per check (`[analysis]` compare).
     pub compared: Vec<Comparison>,
     pub timeline: VecDeque<TimelineEntry>,
@@ -216,6 +218,7 @@ impl DeployModel {
             combined: LogBuffer::new(scrollback),
             groups: std::collections::BTreeMap::new(),
             shaper: Shaper::default(),
+            outlier_percent: DEFAULT_OUTLIER_PERCENT,
             compared: Vec::new(),
             timeline: VecDeque::new(),
             scrollback,
@@ -227,7 +230,8 @@ impl DeployModel {
 
     fn wave_groups(&mut self, wave: usize) -> &mut OutputGroups {
         let shaper = &self.shaper;
-        self.groups.entry(wave).or_insert_with(|| OutputGroups::new(shaper.clone(), DEFAULT_OUTLIER_PERCENT))
+        let outlier_percent = self.outlier_percent;
+        self.groups.entry(wave).or_insert_with(|| OutputGroups::new(shaper.clone(), outlier_percent))
     }
 
     fn combined_memory(&self) -> usize {
@@ -402,7 +406,8 @@ impl DeployModel {
     fn fold(&mut self, stamped: &Stamped) {
         let at = stamped.at;
         match &stamped.event {
-            Event::DeployStarted { service, env, release, waves, steps } => {
+            Event::DeployStarted { service, env, release, waves, steps, outlier_percent } => {
+                self.outlier_percent = *outlier_percent;
                 self.service = service.clone();
                 self.env = env.clone();
                 self.release = release.clone();
@@ -729,6 +734,7 @@ pub(crate) mod tests {
         m.apply(&stamp(
             0,
             Event::DeployStarted {
+                outlier_percent: crate::profile::DEFAULT_OUTLIER_PERCENT,
                 service: "s".into(),
                 env: "prod".into(),
                 release: "2".into(),
@@ -761,6 +767,7 @@ pub(crate) mod tests {
         stamp(
             0,
             Event::DeployStarted {
+                outlier_percent: crate::profile::DEFAULT_OUTLIER_PERCENT,
                 service: "shop".into(),
                 env: "staging".into(),
                 release: "2.4.1".into(),
@@ -781,6 +788,7 @@ pub(crate) mod tests {
         m.apply(&stamp(
             0,
             Event::DeployStarted {
+                outlier_percent: crate::profile::DEFAULT_OUTLIER_PERCENT,
                 service: "s".into(),
                 env: "e".into(),
                 release: "1".into(),
@@ -811,6 +819,37 @@ pub(crate) mod tests {
         let chatty = m.host("h007").unwrap();
         assert!(chatty.logs.dropped_output() > 0 && chatty.logs.len() > 10, "chatty hosts keep their share");
         assert!(m.host_used > memory / 2, "the budget is used, not left idle: {}", m.host_used);
+    }
+
+    #[test]
+    fn the_console_marks_odd_output_by_the_profiles_outlier_percent_as_the_engine_does() {
+        let odd_at = |outlier_percent: u8| {
+            let mut m = DeployModel::new("ann", 100);
+            let hosts: Vec<String> = (1..=5).map(|i| format!("h{i}")).collect();
+            m.apply(&stamp(
+                0,
+                Event::DeployStarted {
+                    outlier_percent,
+                    service: "s".into(),
+                    env: "e".into(),
+                    release: "1".into(),
+                    waves: vec![WaveOutline { wave: 1, hosts: hosts.clone(), max_failures: 0 }],
+                    steps: vec!["x".into()],
+                },
+            ));
+            for (i, host) in hosts.iter().enumerate() {
+                m.apply(&step_started(1, host, "x", 1));
+                let line = if i < 2 { "cache miss" } else { "ready" };
+                m.apply(&stamp(
+                    2,
+                    Event::Output { host: host.clone(), step: "x".into(), stream: Stream::Stdout, line: line.into() },
+                ));
+            }
+            m.groups[&1].outliers().into_iter().map(|g| g.shape).collect::<Vec<_>>()
+        };
+        // Two hosts of five: odd where the profile allows 40 %, not at the default 10 %.
+        assert_eq!(odd_at(40), ["cache miss"]);
+        assert!(odd_at(crate::profile::DEFAULT_OUTLIER_PERCENT).is_empty());
     }
 
     #[test]

@@ -318,6 +318,7 @@ mod tests {
             &mut log,
             0,
             Event::DeployStarted {
+                outlier_percent: crate::profile::DEFAULT_OUTLIER_PERCENT,
                 service: "shop".into(),
                 env: "dev".into(),
                 release: "2".into(),

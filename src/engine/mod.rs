@@ -68,6 +68,7 @@ pub async fn run_with_prober(
     let started = Instant::now();
     let control = Arc::new(Control::new(events.clone()));
     events.emit(Event::DeployStarted {
+        outlier_percent: plan.analysis.outlier_percent,
         service: plan.service.clone(),
         env: plan.env.clone(),
         release: plan.release.clone(),

@@ -354,8 +354,7 @@ impl Default for Analysis {
     }
 }
 
-/// An output group printed by at most this share of a step's hosts is an outlier.
-pub const DEFAULT_OUTLIER_PERCENT: u8 = 10;
+pub use crate::event::DEFAULT_OUTLIER_PERCENT;
 pub const DEFAULT_SLOW_FACTOR: f64 = 3.0;
 pub const DEFAULT_SLOW_MIN: Duration = Duration::from_secs(10);
 pub const DEFAULT_COMPARE_WINDOW: Duration = Duration::from_secs(30);
