@@ -128,6 +128,18 @@ struct Figures {
     sshd: f64,
 }
 
+impl Figures {
+    /// One line of the figures, for the runs of one contender.
+    fn summary(&self, hosts: usize) -> String {
+        format!(
+            "{:.2} s wall, {:.2} s controller CPU, {:.1} ms sshd-side CPU per host",
+            self.wall,
+            self.controller,
+            self.sshd * 1000.0 / hosts as f64
+        )
+    }
+}
+
 fn main() {
     // The deploy's runner, when the benchmark starts one, is this program again.
     if std::env::args().nth(1).as_deref() == Some("runner") {
@@ -179,12 +191,7 @@ fn main() {
             [("OpenSSH one-shot", Contender::OneShot), ("one-shot, checked", Contender::OneShotChecked)]
         {
             let f = measure(&pids, || run_openssh(root, &ports, contender, &artifact));
-            println!(
-                "{name} {:.2} s wall, {:.2} s controller CPU, {:.1} ms sshd-side CPU per host",
-                f.wall,
-                f.controller,
-                f.sshd * 1000.0 / hosts as f64
-            );
+            println!("{name} {}", f.summary(hosts));
         }
         return;
     }
@@ -192,12 +199,7 @@ fn main() {
     let ours = measure(&pids, || run_wavedeck(root, &artifact, &ports));
     let rss = peak_rss_mib();
     if args.iter().any(|a| a == "--wavedeck-only") {
-        println!(
-            "wavedeck engine {:.2} s wall, {:.2} s controller CPU, {:.1} ms sshd-side CPU per host, {rss:.0} MiB peak RSS",
-            ours.wall,
-            ours.controller,
-            ours.sshd * 1000.0 / hosts as f64
-        );
+        println!("wavedeck engine {}, {rss:.0} MiB peak RSS", ours.summary(hosts));
         return;
     }
     let (detached, syncs) = run_through_runner(root, &artifact, &ports);

@@ -818,7 +818,8 @@ fn upload_function() -> String {
     // The host's `sha256sum` prints the hash it got and the shell compares it: it is never told
     // the hash it should find, so one that does not hash cannot pass a file. The file comes on
     // stdin, so no name is printed back, and only a 64-character hash is passed on (a host whose
-    // `sha256sum` floods says nothing more than a hash's length). Nothing is hashed where there
+    // `sha256sum` floods says nothing more than a hash's length to this runner; its own shell
+    // holds what it printed, until the step's timeout at most). Nothing is hashed where there
     // is no file yet (a new release's path). `dd` reads in 64 KiB blocks where `head -c` would
     // read 8 KiB at a time. The mode is set on the temporary file before it is renamed, so the
     // file is never in place with looser permissions; a file that already has the content gets
