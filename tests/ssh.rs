@@ -586,6 +586,42 @@ async fn a_50_mib_upload_streams_in_one_channel_and_a_host_that_has_it_gets_noth
 }
 
 #[tokio::test]
+async fn an_empty_file_and_a_small_one_go_through_the_agent_and_the_steps_after_them_run_on_it() {
+    if !sshd::available() {
+        return;
+    }
+    // No `cat` on this host: only the agent's `dd` can take the files (a channel of its own reads
+    // with `cat`).
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::write(bin.path().join("cat"), "#!/bin/sh\nexit 1\n").unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("cat")).status().unwrap();
+    let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv PATH={}:/usr/bin:/bin", bin.path().display()));
+    std::fs::write(fleet.path("empty"), b"").unwrap();
+    // Bytes that look like the agent's own lines must arrive as the file's, not be read as them.
+    std::fs::write(fleet.path("small"), b"WDK.u\nx.s\n").unwrap();
+    let agent = "read -r _ _ _ agent _ </proc/self/stat; echo agent $agent";
+    let upload = |name: &str| {
+        format!(
+            "[[steps]]\nname = \"{name}\"\nupload = {{ from = \"{}\", to = \"releases/{name}\" }}\n",
+            fleet.path(name).display()
+        )
+    };
+    let steps = step("before", agent, "") + &upload("empty") + &upload("small") + &step("after", agent, "");
+    let mut d = start(&fleet.profile(&steps, ""));
+    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+    for name in ["empty", "small"] {
+        let path = fleet.path(&format!("deploy/releases/{name}"));
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(fleet.path(name)).unwrap(), "{name}, whole");
+    }
+    let agents: Vec<String> = output_of(&d).into_iter().filter(|l| l.starts_with("agent ")).collect();
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    assert_eq!(agents[0], agents[1], "the uploads kept the agent in step: {agents:?}");
+    let names: Vec<_> =
+        std::fs::read_dir(fleet.path("deploy/releases")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+}
+
+#[tokio::test]
 async fn a_step_runs_in_a_subshell_of_the_hosts_agent_right_below_sshd_and_in_its_process_group() {
     if !sshd::available() {
         return;
