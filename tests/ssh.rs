@@ -655,8 +655,8 @@ async fn one_agent_carries_an_upload_and_the_steps_around_it_and_a_timeout_takes
     let content: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     std::fs::write(&artifact, &content).unwrap();
     let agent = "read -r _ _ _ agent _ </proc/self/stat; echo agent $agent";
-    // The first attempt hangs past its timeout; the retry finds `once` and ends at once. (The
-    // retry first waits for the killed group to be gone, zombies included: a second or so.)
+    // The first attempt hangs past its timeout; the retry finds `once` and ends at once (it first
+    // makes sure the killed group is gone; zombies do not count).
     let slow = format!("if [ -e once ]; then {agent}; exit 0; fi; touch once; sleep 300 & echo $! > sleeper.pid; wait");
     let steps = step("before", agent, "")
         + &format!(

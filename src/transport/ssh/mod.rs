@@ -596,8 +596,9 @@ impl SshSession {
             "f={file}; [ -f \"$f\" ] || {{ echo none; exit 0; }}; p=; s=; \
              while read -r k v; do case $k in pgid) p=$v;; status) s=$v;; esac; done < \"$f\"; \
              if [ -n \"$s\" ]; then echo \"status $s\"; \
-             elif [ -n \"$p\" ] && kill -0 -- \"-$p\" 2>/dev/null; then echo \"alive $p\"; else echo dead; fi",
-            file = quote(file)
+             elif [ -n \"$p\" ] && {alive}; then echo \"alive $p\"; else echo dead; fi",
+            file = quote(file),
+            alive = group_alive("p"),
         );
         let (_, out) = self.capture(&check).await?;
         let mut words = out.split_whitespace();
@@ -710,7 +711,7 @@ impl SshSession {
     /// there after the grace period.
     async fn stop_group(&self, pgid: u32) {
         self.kill_group(pgid, "TERM").await;
-        let gone = format!("kill -0 -- -{pgid} 2>/dev/null && exit 1; exit 0");
+        let gone = format!("p={pgid}; {alive} && exit 1; exit 0", alive = group_alive("p"));
         let deadline = tokio::time::Instant::now() + KILL_GRACE;
         while tokio::time::Instant::now() < deadline {
             if matches!(self.capture(&gone).await, Ok((0, _))) {
@@ -722,7 +723,7 @@ impl SshSession {
     }
 
     async fn kill_group(&self, pgid: u32, signal: &str) {
-        let _ = self.capture(&format!("kill -{signal} -- -{pgid} 2>/dev/null")).await;
+        let _ = self.capture(&format!("{} 2>/dev/null", signal_group(signal, &pgid.to_string()))).await;
     }
 
     fn remote_path(&self, to: &str) -> String {
@@ -804,6 +805,30 @@ async fn send_file(
         upload::CopyError::Read(e) => format!("cannot read {}: {e}", from.display()),
         upload::CopyError::Write(e) => format!("sending {}: {e}", from.display()),
     })
+}
+
+/// A shell condition, true while the process group whose id is in `$var` has a member that is not
+/// a zombie. `kill -0` alone counts zombies (a killed step's, until something reaps them), and a
+/// retry would wait on processes that are already dead. Where `/proc` can be read, the members
+/// are looked up there with builtins only, zombies left out; without `/proc`, `kill -0` alone
+/// decides, so a zombie can only make a retry wait, never let a living step be run again.
+fn group_alive(var: &str) -> String {
+    format!(
+        "{{ {kill_0} 2>/dev/null && {{ [ ! -r /proc/$$/stat ] || {{ __l=; \
+         for __s in /proc/[0-9]*/stat; do IFS= read -r __r <\"$__s\" 2>/dev/null || continue; \
+         set -- ${{__r##*) }}; [ \"$3\" = \"${var}\" ] || continue; case $1 in Z|X) ;; *) __l=1; break;; esac; done; \
+         [ -n \"$__l\" ]; }}; }}; }}",
+        kill_0 = signal_group("0", &format!("\"${var}\""))
+    )
+}
+
+/// The command that sends `signal` (a name, or `0` to only ask) to process group `pgid` (a
+/// number, or a quoted expansion of one), in the form every shell's `kill` reads. dash's `kill`
+/// refuses `kill -TERM -- -N` ("Illegal number: -"): on a host whose login shell is dash, a
+/// timed-out or aborted step's group was never signalled, and a group still running looked
+/// gone. It reads `-s TERM -- -N` as POSIX says, as bash does.
+fn signal_group(signal: &str, pgid: &str) -> String {
+    format!("kill -s {signal} -- -{pgid}")
 }
 
 /// An upload on the host, as a shell function of one line:
@@ -1472,6 +1497,57 @@ mod tests {
         let out =
             std::process::Command::new("sh").arg("-c").arg(format!("printf %s {}", quote(tricky))).output().unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), tricky);
+    }
+
+    #[test]
+    fn a_process_group_is_signalled_whether_the_login_shell_is_dash_or_bash() {
+        use std::os::unix::process::CommandExt;
+        for shell in ["sh", "bash"] {
+            let mut group = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+            let pgid = group.id().to_string();
+            let ask = std::process::Command::new(shell).arg("-c").arg(signal_group("0", &pgid)).status().unwrap();
+            assert!(ask.success(), "{shell}: kill -s 0 finds the group");
+            let term = std::process::Command::new(shell).arg("-c").arg(signal_group("TERM", &pgid)).status().unwrap();
+            assert!(term.success(), "{shell}: kill -s TERM");
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(group.wait().unwrap().signal(), Some(15), "{shell}: the group got SIGTERM");
+        }
+    }
+
+    #[test]
+    fn a_process_group_of_zombies_only_is_not_alive_though_kill_0_says_it_is() {
+        use std::os::unix::process::CommandExt;
+        // A command with a `)` and a space in its name, as /proc shows it: `(a) b`.
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("a) b");
+        std::fs::copy("/bin/sleep", &odd).unwrap();
+        let mut leader = std::process::Command::new(&odd).arg("30").process_group(0).spawn().unwrap();
+        let pgid = leader.id();
+        let ask = |shell: &str, condition: &str| {
+            let script = format!("p={pgid}; if {condition}; then echo yes; else echo no; fi");
+            let out = std::process::Command::new(shell).arg("-c").arg(script).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let kill_0 = "kill -0 -$p 2>/dev/null";
+        for shell in ["sh", "bash"] {
+            assert_eq!(ask(shell, &group_alive("p")), "yes", "{shell}: a running leader");
+        }
+        // Killed and not yet reaped: a zombie, still its group's member for `kill -0`.
+        leader.kill().unwrap();
+        let zombie = loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pgid}/stat")).unwrap();
+            if stat.rsplit_once(") ").unwrap().1.starts_with('Z') {
+                break stat;
+            }
+            std::thread::yield_now();
+        };
+        assert!(zombie.contains("(a) b)"), "{zombie}");
+        assert_eq!(ask("sh", kill_0), "yes");
+        for shell in ["sh", "bash"] {
+            assert_eq!(ask(shell, &group_alive("p")), "no", "{shell}: only a zombie left");
+        }
+        leader.wait().unwrap();
+        assert_eq!(ask("sh", &group_alive("p")), "no", "gone");
     }
 
     #[test]
