@@ -733,6 +733,39 @@ async fn where_dash_reads_wavedecks_commands_a_timed_out_step_is_killed_with_its
 }
 
 #[tokio::test]
+async fn where_zsh_is_the_login_shell_steps_on_channels_of_their_own_helpers_and_uploads_work() {
+    if !sshd::available() {
+        return;
+    }
+    if !sshd::tool("zsh") {
+        return;
+    }
+    // zsh reads whatever wavedeck sends first, as on a host whose login shell it is: an unmatched
+    // glob is an error there and unquoted expansions are not split, so everything past the
+    // first `cd` must run under `sh`. keep_step_output gives each step a channel of its own,
+    // whose record sweep is a glob that matches nothing on a first deploy.
+    let fleet = Fleet::start_with(1, "ed25519", "ForceCommand /usr/bin/zsh -c \"$SSH_ORIGINAL_COMMAND\"");
+    std::fs::write(fleet.path("app.bin"), b"release bits").unwrap();
+    let steps = step("one", "echo one", "")
+        + &format!(
+            "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
+            fleet.path("app.bin").display()
+        )
+        + &step("two", "for f in nothing-matches-*; do echo \"$f\"; done", "");
+    let profile = fleet.profile(&steps, "keep_step_output = true");
+    for _ in 0..2 {
+        let mut d = start(&profile);
+        assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
+        // The step itself runs under sh: its unmatched glob is itself, as POSIX says.
+        assert_eq!(
+            output_of(&d).iter().filter(|l| !l.starts_with("uploaded")).collect::<Vec<_>>(),
+            ["one", "nothing-matches-*"]
+        );
+    }
+    assert_eq!(std::fs::read(fleet.path("deploy/releases/app.bin")).unwrap(), b"release bits");
+}
+
+#[tokio::test]
 async fn where_dd_is_not_gnus_the_upload_takes_a_channel_of_its_own_and_the_agent_stays_in_step() {
     if !sshd::available() {
         return;

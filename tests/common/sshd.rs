@@ -21,6 +21,17 @@ pub fn available() -> bool {
     false
 }
 
+/// Whether `tool` is installed for a test that needs it: where it is not, the test is skipped
+/// with a word why, except in CI (`.ci/run` installs it), where that is a failure.
+pub fn tool(tool: &str) -> bool {
+    if which(tool) {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI (.ci/run installs it)");
+    eprintln!("skipping: {tool} not found");
+    false
+}
+
 fn which(tool: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
 }

@@ -546,16 +546,17 @@ impl SshSession {
             None => format!("echo \"{PGID_MARKER}$$\"; exec sh -s"),
         };
         // OpenSSH's sshd starts every session's shell in a session of its own, so the shell is
-        // already its process group's leader and runs the body itself. Only where it is not
-        // (read from /proc with a builtin, so nothing is spawned to find out) does the body go
-        // under `setsid` in a shell of its own: two processes more per step.
+        // already its process group's leader and becomes `sh` for the body (the same process,
+        // so the same group). Only where it is not (read from /proc with a builtin, so nothing
+        // is spawned to find out) does the body go under `setsid`: one process more per step.
         format!(
             "cd {dir} && export WAVEDECK_HOST={host} WAVEDECK_ENV={env} && \
              {{ read -r _ _ _ _ g _ </proc/$$/stat; }} 2>/dev/null; \
-             if [ \"$g\" = \"$$\" ]; then {body}; else exec setsid -w sh -c '{body}'; fi",
+             if [ \"$g\" = \"$$\" ]; then exec {run}; else exec setsid -w {run}; fi",
             dir = quote(&self.deploy_path),
             host = quote(&self.host),
             env = quote(&self.env),
+            run = format!("sh -c {}", quote(&body)),
         )
     }
 
@@ -686,7 +687,7 @@ impl SshSession {
                 .channel_open_session()
                 .await
                 .map_err(|e| format!("cannot open a channel: {e}"))?;
-            channel.exec(true, command).await.map_err(|e| e.to_string())?;
+            channel.exec(true, under_sh(command)).await.map_err(|e| e.to_string())?;
             let (mut code, mut out) = (None, Vec::new());
             while let Some(msg) = channel.wait().await {
                 match msg {
@@ -749,7 +750,7 @@ impl SshSession {
     ) -> Result<Option<String>, String> {
         let script = format!("{}\n__wd_up {}", upload_function(), upload_args(request.mode, dest, temp, want, "all"));
         let channel = self.open_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
-        channel.exec(true, script).await.map_err(|e| format!("cannot start the upload: {e}"))?;
+        channel.exec(true, under_sh(&script)).await.map_err(|e| format!("cannot start the upload: {e}"))?;
         let (mut read, write) = channel.split();
         let (go, asked) = tokio::sync::oneshot::channel::<()>();
         // What the host says, line by line (as on the agent); it asks for the file with SEND.
@@ -805,6 +806,13 @@ async fn send_file(
         upload::CopyError::Read(e) => format!("cannot read {}: {e}", from.display()),
         upload::CopyError::Write(e) => format!("sending {}: {e}", from.display()),
     })
+}
+
+/// `script` as the host's login shell is given it: that shell only becomes `sh`, which runs it.
+/// What wavedeck sends is written for `sh`; a login shell of another kind (zsh, where an
+/// unmatched glob is an error and unquoted expansions are not split) would read it otherwise.
+fn under_sh(script: &str) -> String {
+    format!("exec sh -c {}", quote(script))
 }
 
 /// A shell condition, true while the process group whose id is in `$var` has a member that is not
