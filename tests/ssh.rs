@@ -700,36 +700,42 @@ async fn one_agent_carries_an_upload_and_the_steps_around_it_and_a_timeout_takes
 }
 
 #[tokio::test]
-async fn where_dash_reads_wavedecks_commands_a_timed_out_step_is_killed_with_its_group_and_retried() {
+async fn where_dash_or_busybox_reads_wavedecks_commands_a_timed_out_step_is_killed_with_its_group() {
     if !sshd::available() {
         return;
     }
     // Every command wavedeck sends (the agent's start, kill, the earlier-attempt check) is read
-    // by dash here, as on a host whose login shell is /bin/sh.
-    let fleet = Fleet::start_with(1, "ed25519", "ForceCommand /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"");
-    std::fs::write(fleet.path("app.bin"), b"release bits").unwrap();
-    let agent = "read -r _ _ _ agent _ </proc/self/stat; echo agent $agent";
-    let slow = format!(
-        "if [ -e once ]; then {agent}; exit 0; fi; touch once; {agent}; sleep 300 & echo $! > sleeper.pid; wait"
-    );
-    let steps = format!(
-        "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
-        fleet.path("app.bin").display()
-    ) + &step("slow", &slow, "timeout = \"2s\"\nretries = 1");
-    let mut d = start(&fleet.profile(&steps, ""));
-    assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
-    assert_eq!(std::fs::read(fleet.path("deploy/releases/app.bin")).unwrap(), b"release bits");
-    let agents: Vec<String> = output_of(&d).into_iter().filter(|l| l.starts_with("agent ")).collect();
-    assert_eq!(agents.len(), 2, "{agents:?}");
-    let pid = read_pid(&fleet.path("deploy/sleeper.pid"));
-    assert!(!still_running(pid), "remote sleeper {pid} survived the timeout");
-    let old_agent: i32 = agents[0]["agent ".len()..].parse().unwrap();
-    assert!(!still_running(old_agent), "the timed-out step's agent {old_agent} is gone");
-    assert!(
-        !output_of(&d).iter().any(|l| l.contains("still running on the host")),
-        "the retry did not wait on a killed group: {:#?}",
-        d.events
-    );
+    // by dash, then by BusyBox ash, as on a host whose login shell is /bin/sh or Alpine's.
+    let mut readers = vec!["/bin/sh"];
+    if sshd::tool("busybox") {
+        readers.push("/usr/bin/busybox sh");
+    }
+    for reader in readers {
+        let fleet = Fleet::start_with(1, "ed25519", &format!("ForceCommand {reader} -c \"$SSH_ORIGINAL_COMMAND\""));
+        std::fs::write(fleet.path("app.bin"), b"release bits").unwrap();
+        let agent = "read -r _ _ _ agent _ </proc/self/stat; echo agent $agent";
+        let slow = format!(
+            "if [ -e once ]; then {agent}; exit 0; fi; touch once; {agent}; sleep 300 & echo $! > sleeper.pid; wait"
+        );
+        let steps = format!(
+            "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
+            fleet.path("app.bin").display()
+        ) + &step("slow", &slow, "timeout = \"2s\"\nretries = 1");
+        let mut d = start(&fleet.profile(&steps, ""));
+        assert_eq!(d.finish().await.0, Outcome::Succeeded, "{reader}: {:#?}", d.events);
+        assert_eq!(std::fs::read(fleet.path("deploy/releases/app.bin")).unwrap(), b"release bits", "{reader}");
+        let agents: Vec<String> = output_of(&d).into_iter().filter(|l| l.starts_with("agent ")).collect();
+        assert_eq!(agents.len(), 2, "{reader}: {agents:?}");
+        let pid = read_pid(&fleet.path("deploy/sleeper.pid"));
+        assert!(!still_running(pid), "{reader}: remote sleeper {pid} survived the timeout");
+        let old_agent: i32 = agents[0]["agent ".len()..].parse().unwrap();
+        assert!(!still_running(old_agent), "{reader}: the timed-out step's agent {old_agent} is gone");
+        assert!(
+            !output_of(&d).iter().any(|l| l.contains("still running on the host")),
+            "{reader}: the retry did not wait on a killed group: {:#?}",
+            d.events
+        );
+    }
 }
 
 #[tokio::test]

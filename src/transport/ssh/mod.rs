@@ -834,12 +834,13 @@ fn group_alive(var: &str) -> String {
 }
 
 /// The command that sends `signal` (a name, or `0` to only ask) to process group `pgid` (a
-/// number, or a quoted expansion of one), in the form every shell's `kill` reads. dash's `kill`
-/// refuses `kill -TERM -- -N` ("Illegal number: -"): on a host whose login shell is dash, a
-/// timed-out or aborted step's group was never signalled, and a group still running looked
-/// gone. It reads `-s TERM -- -N` as POSIX says, as bash does.
+/// number, or a quoted expansion of one), in the one form every login shell's `kill` reads:
+/// dash refuses `kill -TERM -- -N` ("Illegal number: -") and `-s TERM -N`, BusyBox ash refuses
+/// `-s TERM -- -N` ("invalid number '--'"); bash, zsh, dash and BusyBox all read `kill -TERM -N`.
+/// With the `--` form, on a host whose login shell is dash a timed-out or aborted step's group
+/// was never signalled, and a group still running looked gone.
 fn signal_group(signal: &str, pgid: &str) -> String {
-    format!("kill -s {signal} -- -{pgid}")
+    format!("kill -{signal} -{pgid}")
 }
 
 /// An upload on the host, as a shell function of one line:
@@ -1510,29 +1511,43 @@ mod tests {
         assert_eq!(String::from_utf8(out.stdout).unwrap(), tricky);
     }
 
-    /// The login shells these commands meet: dash (as `sh`), bash and zsh. zsh is installed by
-    /// `.ci/run`; elsewhere it may be missing, and is then left out with a word why.
-    fn login_shells() -> Vec<&'static str> {
-        let has_zsh = std::process::Command::new("zsh").arg("-c").arg("true").status().is_ok_and(|s| s.success());
-        if !has_zsh {
-            assert!(std::env::var_os("CI").is_none(), "zsh is missing (.ci/run installs it)");
-            eprintln!("zsh is not installed: the process-group commands are tried under sh and bash only");
-        }
-        ["sh", "bash", "zsh"].into_iter().filter(|s| *s != "zsh" || has_zsh).collect()
+    /// The login shells these commands meet, as the words that run a script with each: dash (as
+    /// `sh`), bash, zsh and BusyBox ash (Alpine's). zsh and BusyBox are installed by `.ci/run`;
+    /// elsewhere one may be missing, and is then left out with a word why.
+    fn login_shells() -> Vec<Vec<&'static str>> {
+        let shells = [vec!["sh", "-c"], vec!["bash", "-c"], vec!["zsh", "-c"], vec!["busybox", "sh", "-c"]];
+        shells
+            .into_iter()
+            .filter(|words| {
+                let there = std::process::Command::new(words[0])
+                    .args(&words[1..])
+                    .arg("true")
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !there {
+                    assert!(std::env::var_os("CI").is_none(), "{} is missing (.ci/run installs it)", words[0]);
+                    eprintln!("{} is not installed: the process-group commands are not tried under it", words[0]);
+                }
+                there
+            })
+            .collect()
+    }
+
+    /// Runs `script` with the shell `words` and returns whether it succeeded.
+    fn run_with(words: &[&str], script: &str) -> bool {
+        std::process::Command::new(words[0]).args(&words[1..]).arg(script).status().unwrap().success()
     }
 
     #[test]
-    fn a_process_group_is_signalled_whether_the_login_shell_is_dash_bash_or_zsh() {
+    fn a_process_group_is_signalled_whatever_the_login_shell_dash_bash_zsh_or_busybox() {
         use std::os::unix::process::CommandExt;
         for shell in login_shells() {
             let mut group = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
             let pgid = group.id().to_string();
-            let ask = std::process::Command::new(shell).arg("-c").arg(signal_group("0", &pgid)).status().unwrap();
-            assert!(ask.success(), "{shell}: kill -s 0 finds the group");
-            let term = std::process::Command::new(shell).arg("-c").arg(signal_group("TERM", &pgid)).status().unwrap();
-            assert!(term.success(), "{shell}: kill -s TERM");
+            assert!(run_with(&shell, &signal_group("0", &pgid)), "{shell:?}: kill -0 finds the group");
+            assert!(run_with(&shell, &signal_group("TERM", &pgid)), "{shell:?}: kill -TERM");
             use std::os::unix::process::ExitStatusExt;
-            assert_eq!(group.wait().unwrap().signal(), Some(15), "{shell}: the group got SIGTERM");
+            assert_eq!(group.wait().unwrap().signal(), Some(15), "{shell:?}: the group got SIGTERM");
         }
     }
 
@@ -1545,14 +1560,14 @@ mod tests {
         std::fs::copy("/bin/sleep", &odd).unwrap();
         let mut leader = std::process::Command::new(&odd).arg("30").process_group(0).spawn().unwrap();
         let pgid = leader.id();
-        let ask = |shell: &str, condition: &str| {
+        let ask = |shell: &[&str], condition: &str| {
             let script = format!("p={pgid}; if {condition}; then echo yes; else echo no; fi");
-            let out = std::process::Command::new(shell).arg("-c").arg(script).output().unwrap();
+            let out = std::process::Command::new(shell[0]).args(&shell[1..]).arg(script).output().unwrap();
             String::from_utf8(out.stdout).unwrap().trim().to_string()
         };
         let kill_0 = "kill -0 -$p 2>/dev/null";
         for shell in login_shells() {
-            assert_eq!(ask(shell, &group_alive("p")), "yes", "{shell}: a running leader");
+            assert_eq!(ask(&shell, &group_alive("p")), "yes", "{shell:?}: a running leader");
         }
         // Killed and not yet reaped: a zombie, still its group's member for `kill -0`.
         leader.kill().unwrap();
@@ -1564,12 +1579,12 @@ mod tests {
             std::thread::yield_now();
         };
         assert!(zombie.contains("(a) b)"), "{zombie}");
-        assert_eq!(ask("sh", kill_0), "yes");
+        assert_eq!(ask(&["sh", "-c"], kill_0), "yes");
         for shell in login_shells() {
-            assert_eq!(ask(shell, &group_alive("p")), "no", "{shell}: only a zombie left");
+            assert_eq!(ask(&shell, &group_alive("p")), "no", "{shell:?}: only a zombie left");
         }
         leader.wait().unwrap();
-        assert_eq!(ask("sh", &group_alive("p")), "no", "gone");
+        assert_eq!(ask(&["sh", "-c"], &group_alive("p")), "no", "gone");
     }
 
     #[test]
