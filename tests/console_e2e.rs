@@ -145,6 +145,22 @@ impl Console {
         }
     }
 
+    /// Polls the audit log until it holds a `record` of this kind; fails after the deadline.
+    fn wait_for_record(&self, record: &str) {
+        let start = Instant::now();
+        // The runner may be writing the last line: a line that does not parse yet is not it.
+        let holds = |f: &PathBuf| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|r| r["record"] == record))
+        };
+        while !self.audit_files().iter().any(holds) {
+            assert!(start.elapsed() < DEADLINE, "no {record:?} in the audit log within {DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn audit(&self) -> Vec<Value> {
         let files = self.audit_files();
         assert_eq!(files.len(), 1, "{files:?}");
@@ -386,6 +402,9 @@ fn closing_the_terminal_pauses_the_deploy_and_attach_resumes_it_to_the_end() {
     c.wait_for("fetched app.bin");
     // The terminal goes away with everything in it, as when an SSH session to a bastion dies.
     c.tmux(&["kill-server"]);
+    // Coming back before the runner has seen the console go would find it still in control (and
+    // attach as an observer): the operator comes back after.
+    c.wait_for_record("client_detached");
     let back = c.attach(&c.session(), "e2e-operator");
     let screen = back.wait_for("PAUSED");
     // The history is there: the log lines from before the terminal closed.
