@@ -592,10 +592,7 @@ async fn an_empty_file_and_a_small_one_go_through_the_agent_and_the_steps_after_
     }
     // No `cat` on this host: only the agent's `dd` can take the files (a channel of its own reads
     // with `cat`).
-    let bin = tempfile::tempdir().unwrap();
-    std::fs::write(bin.path().join("cat"), "#!/bin/sh\nexit 1\n").unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("cat")).status().unwrap();
-    let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv PATH={}:/usr/bin:/bin", bin.path().display()));
+    let fleet = Fleet::with_tools(&[("cat", "#!/bin/sh\nexit 1\n")]);
     std::fs::write(fleet.path("empty"), b"").unwrap();
     // Bytes that look like the agent's own lines must arrive as the file's, not be read as them.
     std::fs::write(fleet.path("small"), b"WDK.u\nx.s\n").unwrap();
@@ -778,18 +775,15 @@ async fn where_dd_is_not_gnus_the_upload_takes_a_channel_of_its_own_and_the_agen
     }
     // A `dd` that says it is BusyBox's (which may read past what it is asked for) and logs how
     // it is called, then does the real thing.
-    let bin = tempfile::tempdir().unwrap();
-    let log = bin.path().join("dd.log");
-    std::fs::write(
-        bin.path().join("dd"),
-        format!(
+    let calls = tempfile::tempdir().unwrap();
+    let log = calls.path().join("dd.log");
+    let fleet = Fleet::with_tools(&[(
+        "dd",
+        &format!(
             "#!/bin/sh\necho \"$*\" >> {log}\n[ \"$1\" = --version ] && {{ echo 'BusyBox v1.36.1'; exit 0; }}\nexec /usr/bin/dd \"$@\"\n",
             log = log.display()
         ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("dd")).status().unwrap();
-    let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv PATH={}:/usr/bin:/bin", bin.path().display()));
+    )]);
     let artifact = fleet.path("app.bin");
     let content: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     std::fs::write(&artifact, &content).unwrap();
@@ -817,14 +811,10 @@ async fn a_dd_that_reads_past_the_file_ends_the_agent_instead_of_running_file_da
         return;
     }
     // Says it is GNU's, then takes one byte more than it is asked for.
-    let bin = tempfile::tempdir().unwrap();
-    std::fs::write(
-        bin.path().join("dd"),
+    let fleet = Fleet::with_tools(&[(
+        "dd",
         "#!/bin/sh\ncase $2 in count=*) n=${2#count=}; [ \"$n\" -gt 1000 ] && exec /usr/bin/dd bs=64k count=$((n + 1)) iflag=count_bytes,fullblock status=none;; esac\nexec /usr/bin/dd \"$@\"\n",
-    )
-    .unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("dd")).status().unwrap();
-    let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv PATH={}:/usr/bin:/bin", bin.path().display()));
+    )]);
     let artifact = fleet.path("app.bin");
     std::fs::write(&artifact, vec![b'x'; 100_000]).unwrap();
     let steps = format!(

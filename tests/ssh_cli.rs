@@ -59,10 +59,7 @@ fn a_helper_command_that_hangs_on_the_host_is_given_up_on_and_reported() {
         return;
     }
     // The host's `df` hangs, as on a stale NFS mount.
-    let bin = tempfile::tempdir().unwrap();
-    std::fs::write(bin.path().join("df"), "#!/bin/sh\nsleep 30\n").unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("df")).status().unwrap();
-    let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv SHLVL=5 PATH={}:/usr/bin:/bin", bin.path().display()));
+    let fleet = Fleet::with_tools(&[("df", "#!/bin/sh\nsleep 30\n")]);
     let profile = fleet.profile("[[steps]]\nname = \"noop\"\nrun = \"true\"\n", "helper_timeout = \"1s\"");
     std::fs::write(fleet.path("profile.toml"), profile).unwrap();
     let out = wavedeck(&fleet, &["check", fleet.path("profile.toml").to_str().unwrap(), "--env", "test"]);
@@ -76,10 +73,7 @@ fn a_host_whose_sha256sum_floods_cannot_fill_memory_or_the_audit_log() {
         return;
     }
     // The host's `sha256sum` prints 50 MB without a newline instead of a hash.
-    let bin = tempfile::tempdir().unwrap();
-    std::fs::write(bin.path().join("sha256sum"), "#!/bin/sh\nhead -c 50000000 /dev/zero | tr '\\0' a\n").unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(bin.path().join("sha256sum")).status().unwrap();
-    let fleet = Fleet::start_with(1, "ed25519", &format!("SetEnv SHLVL=5 PATH={}:/usr/bin:/bin", bin.path().display()));
+    let fleet = Fleet::with_tools(&[("sha256sum", "#!/bin/sh\nhead -c 50000000 /dev/zero | tr '\\0' a\n")]);
     std::fs::write(fleet.path("artifact.bin"), b"release bits").unwrap();
     let steps = "[[steps]]\nname = \"fetch\"\nupload = { from = \"artifact.bin\", to = \"artifact.bin\" }\n";
     std::fs::write(fleet.path("profile.toml"), fleet.profile(steps, "")).unwrap();

@@ -176,6 +176,8 @@ impl Drop for Sshd {
 pub struct Fleet {
     pub dir: tempfile::TempDir,
     pub servers: Vec<Sshd>,
+    /// Stand-ins for host commands ([`Fleet::with_tools`]), kept as long as the fleet.
+    tools: Option<tempfile::TempDir>,
 }
 
 impl Drop for Fleet {
@@ -218,6 +220,23 @@ impl Drop for Fleet {
 }
 
 impl Fleet {
+    /// One host whose sessions find `tools` (name, script) first on their PATH: stand-ins for a
+    /// host's own commands (a `df` that hangs, a `dd` that is not GNU's). The directory is kept
+    /// with the fleet.
+    pub fn with_tools(tools: &[(&str, &str)]) -> Fleet {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = tempfile::tempdir().unwrap();
+        for (name, script) in tools {
+            let path = bin.path().join(name);
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut fleet =
+            Fleet::start_with(1, "ed25519", &format!("SetEnv SHLVL=5 PATH={}:/usr/bin:/bin", bin.path().display()));
+        fleet.tools = Some(bin);
+        fleet
+    }
+
     /// `count` sshd servers trusting one ed25519 client key (`client_ed25519`).
     pub fn start(count: usize) -> Fleet {
         Self::start_with(count, "ed25519", "")
@@ -234,7 +253,7 @@ impl Fleet {
             (0..count).map(|i| Sshd::start_with(dir.path(), &format!("sshd{i}"), kind, extra)).collect();
         let known: String = servers.iter().map(|s| s.known_hosts_line()).collect();
         std::fs::write(dir.path().join("known_hosts"), known).unwrap();
-        Fleet { dir, servers }
+        Fleet { dir, servers, tools: None }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
