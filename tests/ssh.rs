@@ -45,6 +45,15 @@ fn read_pid(path: &Path) -> i32 {
     std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
 }
 
+/// After a step that timed out: the process it left in `sleeper.pid` and the agent it ran on
+/// (its `agent <pid>` line) are gone.
+fn assert_killed_with_its_agent(fleet: &Fleet, agent_line: &str, context: &str) {
+    let pid = read_pid(&fleet.path("deploy/sleeper.pid"));
+    assert!(!still_running(pid), "{context}: remote sleeper {pid} survived the timeout");
+    let agent: i32 = agent_line["agent ".len()..].parse().unwrap();
+    assert!(!still_running(agent), "{context}: the timed-out step's agent {agent} is gone");
+}
+
 #[tokio::test]
 async fn output_streams_before_exit_with_stderr_and_exit_code() {
     if !sshd::available() {
@@ -683,10 +692,7 @@ async fn one_agent_carries_an_upload_and_the_steps_around_it_and_a_timeout_takes
     assert_eq!(lines[0], lines[1], "the upload kept the agent in step with its input: {lines:?}");
     assert_eq!(lines[2], "same", "the file arrived whole: {lines:?}");
     assert_ne!(lines[3], lines[0], "the timeout killed the agent with its step; the retry got a new one: {lines:?}");
-    let pid = read_pid(&fleet.path("deploy/sleeper.pid"));
-    assert!(!still_running(pid), "remote sleeper {pid} survived the timeout");
-    let old_agent: i32 = lines[0]["agent ".len()..].parse().unwrap();
-    assert!(!still_running(old_agent), "the killed step's agent {old_agent} is gone");
+    assert_killed_with_its_agent(&fleet, &lines[0], "");
     assert!(
         d.events
             .iter()
@@ -723,10 +729,7 @@ async fn where_dash_or_busybox_reads_wavedecks_commands_a_timed_out_step_is_kill
         assert_eq!(std::fs::read(fleet.path("deploy/releases/app.bin")).unwrap(), b"release bits", "{reader}");
         let agents: Vec<String> = output_of(&d).into_iter().filter(|l| l.starts_with("agent ")).collect();
         assert_eq!(agents.len(), 2, "{reader}: {agents:?}");
-        let pid = read_pid(&fleet.path("deploy/sleeper.pid"));
-        assert!(!still_running(pid), "{reader}: remote sleeper {pid} survived the timeout");
-        let old_agent: i32 = agents[0]["agent ".len()..].parse().unwrap();
-        assert!(!still_running(old_agent), "{reader}: the timed-out step's agent {old_agent} is gone");
+        assert_killed_with_its_agent(&fleet, &agents[0], reader);
         assert!(
             !output_of(&d).iter().any(|l| l.contains("still running on the host")),
             "{reader}: the retry did not wait on a killed group: {:#?}",

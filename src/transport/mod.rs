@@ -331,10 +331,8 @@ mod tests {
     use super::*;
     use crate::profile::Host;
 
-    #[tokio::test]
-    async fn a_helper_that_floods_is_kept_to_its_first_64_kib() {
-        let dir = tempfile::tempdir().unwrap();
-        let transport = local::LocalTransport::new(dir.path());
+    /// A session on host `h` of environment `e`, kept under `root` by the local transport.
+    async fn local_session(root: &std::path::Path) -> Box<dyn HostSession> {
         let host = Host {
             name: "h".into(),
             address: "h".into(),
@@ -344,7 +342,13 @@ mod tests {
             vars: Default::default(),
             from: None,
         };
-        let session = transport.open(&Target { env: "e".into(), host }, &NoObserver).await.unwrap();
+        local::LocalTransport::new(root).open(&Target { env: "e".into(), host }, &NoObserver).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_floods_is_kept_to_its_first_64_kib() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = local_session(dir.path()).await;
         let command = "head -c 10000000 /dev/zero | tr '\\0' a; echo; yes | head -n 100000";
         let (result, captured) = run_captured(session.as_ref(), command, Duration::from_secs(60)).await;
         assert_eq!(result, StepResult::Exited { code: 0 });
@@ -370,17 +374,7 @@ mod tests {
         let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&from, &content).unwrap();
         let root = dir.path().join("hosts");
-        let transport = local::LocalTransport::new(&root);
-        let host = Host {
-            name: "h".into(),
-            address: "h".into(),
-            user: None,
-            port: None,
-            labels: vec![],
-            vars: Default::default(),
-            from: None,
-        };
-        let session = transport.open(&Target { env: "e".into(), host }, &NoObserver).await.unwrap();
+        let session = local_session(&root).await;
         let upload = || UploadRequest {
             from: &from,
             to: "releases/app.bin",
