@@ -27,6 +27,11 @@ fn step(name: &str, run: &str, extra: &str) -> String {
     format!("[[steps]]\nname = \"{name}\"\nretry_delay = \"10ms\"\n{extra}\nrun = '''\n{run}\n'''\n")
 }
 
+/// An upload step named `name` of the local file `from` to `to` (under the deploy directory).
+fn upload_step(name: &str, from: &Path, to: &str, extra: &str) -> String {
+    format!("[[steps]]\nname = \"{name}\"\n{extra}\nupload = {{ from = \"{}\", to = \"{to}\" }}\n", from.display())
+}
+
 /// Whether a process is still running (a zombie counts as gone); polls briefly because a
 /// killed process needs a moment to die and there is no event for that.
 fn still_running(pid: i32) -> bool {
@@ -432,10 +437,7 @@ async fn uploads_are_verified_renamed_into_place_and_skipped_when_identical() {
     let artifact = fleet.path("app.tar");
     let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&artifact, &content).unwrap();
-    let upload = format!(
-        "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.tar\" }}\n",
-        artifact.display()
-    );
+    let upload = upload_step("upload", &artifact, "releases/app.tar", "");
     let profile = fleet.profile(&upload, "");
     let mut d = start(&profile);
     assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
@@ -565,10 +567,7 @@ async fn a_50_mib_upload_streams_in_one_channel_and_a_host_that_has_it_gets_noth
     std::fs::write(&artifact, &content).unwrap();
     std::fs::create_dir_all(fleet.path("deploy/releases")).unwrap();
     std::fs::write(fleet.path("deploy/releases/big.bin"), &content).unwrap();
-    let upload = format!(
-        "[[steps]]\nname = \"upload\"\ntimeout = \"5m\"\nupload = {{ from = \"{}\", to = \"releases/big.bin\" }}\n",
-        artifact.display()
-    );
+    let upload = upload_step("upload", &artifact, "releases/big.bin", "timeout = \"5m\"");
     let profile = fleet.profile(&upload, "");
     let mut d = start(&profile);
     let (_, hosts) = d.finish().await;
@@ -606,12 +605,7 @@ async fn an_empty_file_and_a_small_one_go_through_the_agent_and_the_steps_after_
     // Bytes that look like the agent's own lines must arrive as the file's, not be read as them.
     std::fs::write(fleet.path("small"), b"WDK.u\nx.s\n").unwrap();
     let agent = "read -r _ _ _ agent _ </proc/self/stat; echo agent $agent";
-    let upload = |name: &str| {
-        format!(
-            "[[steps]]\nname = \"{name}\"\nupload = {{ from = \"{}\", to = \"releases/{name}\" }}\n",
-            fleet.path(name).display()
-        )
-    };
+    let upload = |name: &str| upload_step(name, &fleet.path(name), &format!("releases/{name}"), "");
     let steps = step("before", agent, "") + &upload("empty") + &upload("small") + &step("after", agent, "");
     let mut d = start(&fleet.profile(&steps, ""));
     assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
@@ -665,10 +659,7 @@ async fn one_agent_carries_an_upload_and_the_steps_around_it_and_a_timeout_takes
     // makes sure the killed group is gone; zombies do not count).
     let slow = format!("if [ -e once ]; then {agent}; exit 0; fi; touch once; sleep 300 & echo $! > sleeper.pid; wait");
     let steps = step("before", agent, "")
-        + &format!(
-            "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
-            artifact.display()
-        )
+        + &upload_step("upload", &artifact, "releases/app.bin", "")
         + &step("after", &format!("{agent}; cmp -s releases/app.bin {} && echo same", artifact.display()), "")
         // A step that reads its stdin gets nothing (not the agent's next request), and one that
         // ends on 200 KiB without a newline, on both streams, still ends where it ends.
@@ -720,10 +711,8 @@ async fn where_dash_or_busybox_reads_wavedecks_commands_a_timed_out_step_is_kill
         let slow = format!(
             "if [ -e once ]; then {agent}; exit 0; fi; touch once; {agent}; sleep 300 & echo $! > sleeper.pid; wait"
         );
-        let steps = format!(
-            "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
-            fleet.path("app.bin").display()
-        ) + &step("slow", &slow, "timeout = \"2s\"\nretries = 1");
+        let steps = upload_step("upload", &fleet.path("app.bin"), "releases/app.bin", "")
+            + &step("slow", &slow, "timeout = \"2s\"\nretries = 1");
         let mut d = start(&fleet.profile(&steps, ""));
         assert_eq!(d.finish().await.0, Outcome::Succeeded, "{reader}: {:#?}", d.events);
         assert_eq!(std::fs::read(fleet.path("deploy/releases/app.bin")).unwrap(), b"release bits", "{reader}");
@@ -753,10 +742,7 @@ async fn where_zsh_is_the_login_shell_steps_on_channels_of_their_own_helpers_and
     let fleet = Fleet::start_with(1, "ed25519", "ForceCommand /usr/bin/zsh -c \"$SSH_ORIGINAL_COMMAND\"");
     std::fs::write(fleet.path("app.bin"), b"release bits").unwrap();
     let steps = step("one", "echo one", "")
-        + &format!(
-            "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
-            fleet.path("app.bin").display()
-        )
+        + &upload_step("upload", &fleet.path("app.bin"), "releases/app.bin", "")
         + &step("two", "for f in nothing-matches-*; do echo \"$f\"; done", "");
     let profile = fleet.profile(&steps, "keep_step_output = true");
     for _ in 0..2 {
@@ -792,10 +778,7 @@ async fn where_dd_is_not_gnus_the_upload_takes_a_channel_of_its_own_and_the_agen
     std::fs::write(&artifact, &content).unwrap();
     let agent = "read -r _ _ _ agent _ </proc/self/stat; echo agent $agent";
     let steps = step("before", agent, "")
-        + &format!(
-            "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
-            artifact.display()
-        )
+        + &upload_step("upload", &artifact, "releases/app.bin", "")
         + &step("after", agent, "");
     let mut d = start(&fleet.profile(&steps, ""));
     assert_eq!(d.finish().await.0, Outcome::Succeeded, "{:#?}", d.events);
@@ -820,10 +803,7 @@ async fn a_dd_that_reads_past_the_file_ends_the_agent_instead_of_running_file_da
     )]);
     let artifact = fleet.path("app.bin");
     std::fs::write(&artifact, vec![b'x'; 100_000]).unwrap();
-    let steps = format!(
-        "[[steps]]\nname = \"upload\"\nupload = {{ from = \"{}\", to = \"releases/app.bin\" }}\n",
-        artifact.display()
-    ) + &step("after", "echo must not run", "");
+    let steps = upload_step("upload", &artifact, "releases/app.bin", "") + &step("after", "echo must not run", "");
     let mut d = start(&fleet.profile(&steps, ""));
     let (outcome, hosts) = d.finish().await;
     assert_eq!(outcome, Outcome::Failed, "{:#?}", d.events);
